@@ -1,0 +1,170 @@
+"""Kernel math: the kgengine kernel convention and pure functions on SR kernels.
+
+The kernel convention (used by estimation, ``degrade``, export and the benchmark alike)
+---------------------------------------------------------------------------------------
+A kernel ``k`` is a 2-D array of shape (h, w) that sums to 1. Degradation by scale ``s`` is
+a *correlation* (no flip) followed by sub-sampling with phase 0::
+
+    c_y, c_x = h // 2, w // 2
+    LR[i, j] = sum_{u, v} k[u, v] * HR[s*i + u - c_y, s*j + v - c_x]
+
+so LR pixel (i, j) is centred on HR pixel (s*i, s*j) when the kernel's centre of mass sits at
+index (h // 2, w // 2). Out-of-image HR pixels are read with whole-sample reflection
+(``d c b | a b c d | c b a``: NumPy/PyTorch/ONNX ``reflect``, SciPy ``mirror``). The LR size
+is ``ceil(H / s) x ceil(W / s)``. Estimated kernels are saved centred this way (odd size,
+centre of mass at the middle pixel), which is also the DIV2KRK convention (SciPy
+``correlate`` with the kernel centred at ``size // 2``, then ``[::2, ::2]``; DIV2KRK reads
+borders half-sample symmetric, kgengine whole-sample, which changes only border pixels).
+
+All functions here take and return float64 NumPy arrays unless stated otherwise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+KERNEL_CONVENTION = (
+    "correlation, centre index size//2, LR[i,j]=sum k[u,v]*HR[s*i+u-c,s*j+v-c], "
+    "phase 0, whole-sample reflect borders"
+)
+
+
+def center_of_mass(k: np.ndarray) -> tuple[float, float]:
+    """Centre of mass ``(row, col)`` of ``k``: ``sum_u u * sum_v k[u, v] / sum k``.
+
+    Args:
+        k: (h, w) kernel; its sum must not be 0.
+    """
+    k = np.asarray(k, dtype=np.float64)
+    total = k.sum()
+    rows = np.arange(k.shape[0]) @ k.sum(axis=1) / total
+    cols = np.arange(k.shape[1]) @ k.sum(axis=0) / total
+    return float(rows), float(cols)
+
+
+def gaussian_kernel(size: int, sigma: float) -> np.ndarray:
+    """Isotropic Gaussian ``k[u, v] ∝ exp(-((u-c)^2 + (v-c)^2) / (2 sigma^2))``, c = size//2.
+
+    Returns:
+        (size, size) kernel summing to 1.
+    """
+    return anisotropic_gaussian(size, sigma**2, sigma**2, 0.0)
+
+
+def anisotropic_gaussian(
+    size: int, var1: float, var2: float, theta: float, noise: np.ndarray | None = None
+) -> np.ndarray:
+    """Anisotropic Gaussian ``k(x) ∝ exp(-½ xᵀ Σ⁻¹ x)`` with ``Σ = R(θ) diag(var1, var2) R(θ)ᵀ``.
+
+    ``x = (col - c, row - c)`` with ``c = size // 2``: ``var1`` is the variance along the
+    direction at angle ``theta`` (radians, counter-clockwise from the column axis). With
+    ``noise`` (same shape, multiplicative, e.g. ``U(1-0.25, 1+0.25)``) the kernel is
+    ``k * noise`` renormalised, as in the DIV2KRK recipe.
+
+    Returns:
+        (size, size) kernel summing to 1.
+    """
+    c = size // 2
+    rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    cov = rot @ np.diag([var1, var2]) @ rot.T
+    inv = np.linalg.inv(cov)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) - c
+    pts = np.stack([xx, yy], axis=-1)  # (size, size, 2) as (x, y)
+    k = np.exp(-0.5 * np.einsum("...i,ij,...j->...", pts, inv, pts))
+    if noise is not None:
+        k = k * noise
+    return k / k.sum()
+
+
+def shift_kernel(k: np.ndarray, dy: float, dx: float) -> np.ndarray:
+    """Translate ``k`` by ``(dy, dx)`` pixels (cubic spline, zeros outside), same shape."""
+    return ndimage.shift(np.asarray(k, np.float64), (dy, dx), order=3, mode="constant")
+
+
+def clean_kernel(k: np.ndarray, n: int = 40) -> np.ndarray:
+    """Zero the negligible entries: ``k' = max(k - 0.75 * k_(n+1), 0) / sum(...)``.
+
+    ``k_(n+1)`` is the (n+1)-th largest entry (the authors' ``n_filtering = 40``). If that
+    leaves nothing positive, the positive part of ``k`` is kept instead.
+    """
+    k = np.asarray(k, np.float64)
+    flat = np.sort(k.ravel())
+    pivot = flat[-n - 1] if flat.size > n else flat[0]
+    out = np.clip(k - 0.75 * pivot, 0.0, None)
+    if out.sum() <= 0:
+        out = np.clip(k, 0.0, None)
+    if out.sum() <= 0:
+        raise ValueError("kernel has no positive entries")
+    return out / out.sum()
+
+
+def center_kernel(k: np.ndarray) -> np.ndarray:
+    """Shift ``k`` so that its centre of mass is at ``(h//2, w//2)`` (the convention).
+
+    Sub-pixel shift by cubic spline within the same (h, w) support, then negatives are
+    clipped and the kernel renormalised to sum 1 (a few iterations, since clipping moves the
+    centre of mass slightly). Returns the (h, w) centred kernel.
+    """
+    k = np.asarray(k, np.float64)
+    target = (k.shape[0] // 2, k.shape[1] // 2)
+    for _ in range(3):
+        cy, cx = center_of_mass(k)
+        k = np.clip(shift_kernel(k, target[0] - cy, target[1] - cx), 0.0, None)
+        k = k / k.sum()
+    return k
+
+
+def analytic_x4(k2: np.ndarray) -> np.ndarray:
+    """The x4 kernel from the x2 one: ``k4 = k2 ⊛ (k2 dilated by 2)``, size ``3n - 2``.
+
+    ``k4[t] = sum_{2v + u = t} k2[v] k2[u]`` (per axis), so that in the kgengine convention
+    ``degrade(degrade(x, k2, 2), k2, 2) == degrade(x, k4, 4)`` away from the borders.
+    For odd ``n`` the centre index of ``k4`` is ``3 (n // 2) = (3n - 2) // 2``.
+
+    Args:
+        k2: (n, n) x2 kernel.
+    Returns:
+        (3n-2, 3n-2) kernel with the same sum squared as ``k2`` (1 for a normalised k2).
+    """
+    k2 = np.asarray(k2, np.float64)
+    n0, n1 = k2.shape
+    out = np.zeros((3 * n0 - 2, 3 * n1 - 2))
+    for r in range(n0):
+        for c in range(n1):
+            out[2 * r : 2 * r + n0, 2 * c : 2 * c + n1] += k2[r, c] * k2
+    return out
+
+
+def bicubic_taps_x2() -> np.ndarray:
+    """The 8 taps of MATLAB's antialiased x2 bicubic downscaler (Keys, a = -0.5).
+
+    ``w[i] = cubic(x_i / 2) / 2`` for ``x_i = -3.5, ..., 3.5``; the taps sum to 1. The 2-D
+    kernel is ``outer(w, w)`` (8x8), whose centre lies between pixels 3 and 4.
+    """
+    x = (np.arange(8) - 3.5) / 2.0
+    a = -0.5
+    ax = np.abs(x)
+    w = np.where(
+        ax <= 1,
+        (a + 2) * ax**3 - (a + 3) * ax**2 + 1,
+        np.where(ax < 2, a * ax**3 - 5 * a * ax**2 + 8 * a * ax - 4 * a, 0.0),
+    )
+    return w / 2.0
+
+
+def boundary_mask(size: int, penalty: float = 30.0) -> np.ndarray:
+    """The authors' boundary-penalty mask ``m`` (0 inside, ``penalty·(1 - g/max g)`` outside).
+
+    ``g`` is a Gaussian with ``σ = size//2 + size%2``; only the outer ring of width
+    ``(size - σ)//2 - 1`` keeps a non-zero penalty (the outer 2 pixels for size 13).
+    """
+    center_size = size // 2 + size % 2
+    z = np.arange(-size // 2 + 1, size // 2 + 1, dtype=np.float64)
+    g1 = np.exp(-(z**2) / (2 * center_size**2))
+    g = np.outer(g1, g1)
+    mask = 1.0 - g / g.max()
+    margin = (size - center_size) // 2 - 1
+    if margin > 0:
+        mask[margin:-margin, margin:-margin] = 0.0
+    return penalty * mask
