@@ -1,0 +1,3 @@
+from kgengine.cli import app
+
+app(prog_name="kgengine")
