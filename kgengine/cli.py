@@ -24,6 +24,9 @@ app = typer.Typer(
 COMMAND_MODULES: list[str] = [
     "estimate",
     "info",
+    "eval",
+    "export",
+    "degrade",
 ]
 
 

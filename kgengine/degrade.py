@@ -69,8 +69,21 @@ def degrade_torch(hr: torch.Tensor, kernel: torch.Tensor, scale: int) -> torch.T
     return y[..., :out_h, :out_w].reshape(b, c, out_h, out_w)
 
 
+def _degrade_fast(hr: torch.Tensor, kernel: torch.Tensor, scale: int) -> torch.Tensor:
+    """:func:`degrade_torch` computed by :func:`kgengine.ops.downscale` (automatic backend,
+    or ``KGENGINE_OPS_BACKEND``) for the scales it supports, else by the reference."""
+    from kgengine.ops.downscale import SCALES, downscale  # lazy: kgengine.ops imports us
+
+    if scale in SCALES and hr.dim() == 4:
+        return downscale(hr, kernel, scale, border="reflect")
+    return degrade_torch(hr, kernel, scale)
+
+
 def degrade(hr: ArrayLike, kernel: ArrayLike, scale: int) -> ArrayLike:
     """Degrade ``hr`` with ``kernel`` by ``scale`` in the kgengine convention.
+
+    Computed by the strided conv-downscale op :func:`kgengine.ops.downscale` (the fastest
+    backend for the device; ``KGENGINE_OPS_BACKEND=torch`` selects :func:`degrade_torch`).
 
     Accepts either a NumPy image ``(H, W)`` / ``(H, W, C)`` (returned as NumPy in the same
     layout and dtype float64) or a tensor ``(B, C, H, W)`` (returned as a tensor), with a
@@ -84,12 +97,12 @@ def degrade(hr: ArrayLike, kernel: ArrayLike, scale: int) -> ArrayLike:
     """
     if isinstance(hr, torch.Tensor):
         k = kernel if isinstance(kernel, torch.Tensor) else torch.as_tensor(np.asarray(kernel))
-        return degrade_torch(hr, k, scale)
+        return _degrade_fast(hr, k, scale)
     arr = np.asarray(hr, dtype=np.float64)
     if arr.ndim not in (2, 3):
         raise ValueError(f"hr: expected (H,W) or (H,W,C), got shape {arr.shape}")
     chw = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     t = torch.from_numpy(np.ascontiguousarray(chw))[None]
     k = torch.as_tensor(np.asarray(kernel, dtype=np.float64))
-    y = degrade_torch(t, k, scale)[0].numpy()
+    y = _degrade_fast(t, k, scale)[0].numpy()
     return y[0] if arr.ndim == 2 else y.transpose(1, 2, 0)

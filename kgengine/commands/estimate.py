@@ -1,9 +1,100 @@
-"""``kgengine estimate`` (placeholder until the trainer lands)."""
+"""``kgengine estimate IMAGE... -o OUTDIR``: estimate the SR kernel of each image."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from kgengine.errors import KGEngineError
+from kgengine.progress import make_progress
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("estimate")(estimate)
+
+
+def estimate(
+    images: Annotated[list[Path], typer.Argument(help="LR images (PNG/JPEG/TIFF/... or .npy).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")],
+    x4: Annotated[bool, typer.Option("--x4", help="Also derive the x4 kernel.")] = False,
+    iters: Annotated[int, typer.Option(help="Training iterations (paper: 3000).")] = 3000,
+    seed: Annotated[int, typer.Option(help="Random seed, the same for every image.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    mode: Annotated[
+        str, typer.Option(help="composed (fast) or layers (the authors' computation).")
+    ] = "composed",
+    authors_defects: Annotated[
+        bool, typer.Option("--authors-defects", help="Reproduce defects 1-3 of the authors' code.")
+    ] = False,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Config override key=value (repeatable), e.g. --set lr_g=1e-4."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Redo images whose outputs already exist.")] = False,
+) -> None:
+    """Estimate the x2 (and x4) kernel of each image and write .npy, .mat, PNG and a JSON report.
+
+    Images whose report already exists in OUTDIR are skipped (resume). A bad image is
+    reported on one line and skipped; the exit code is 1 if any image failed.
+    """
+    try:
+        failed = _estimate(images, out, x4=x4, iters=iters, seed=seed, device=device, mode=mode,
+                           authors_defects=authors_defects, overrides=overrides or [],
+                           force=force)
+    except KGEngineError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if failed:
+        typer.echo(f"{failed} of {len(images)} image(s) failed", err=True)
+        raise typer.Exit(1)
+
+
+def _estimate(
+    images: list[Path], out: Path, *, x4: bool, iters: int, seed: int, device: str, mode: str,
+    authors_defects: bool, overrides: list[str], force: bool,
+) -> int:
+    from kgengine.api import estimate_kernel, resolve_device
+    from kgengine.config import KernelGANConfig, parse_overrides
+    from kgengine.imageio import read_image
+    from kgengine.outputs import is_done, write_outputs
+
+    base = KernelGANConfig.authors() if authors_defects else KernelGANConfig()
+    try:
+        cfg = base.replace(iters=iters, **parse_overrides(overrides))
+    except ValueError as exc:
+        raise KGEngineError(str(exc)) from None
+    resolve_device(device)
+    stems = [p.stem for p in images]
+    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    if dupes:
+        raise KGEngineError(f"several inputs share the name {dupes[0]!r}: outputs would collide")
+    failed = 0
+    with make_progress() as progress:
+        overall = progress.add_task("images", total=len(images))
+        for path in images:
+            if not force and is_done(out, path.stem, x4):
+                progress.console.print(f"[dim]skip {path} (done)[/dim]")
+                progress.advance(overall)
+                continue
+            task = progress.add_task(path.name, total=cfg.iters)
+            try:
+                img = read_image(path, min_size=cfg.crop_size)
+                res = estimate_kernel(
+                    img, seed=seed, x4=x4, device=device, config=cfg, mode=mode,
+                    callback=lambda done, t=task: progress.update(t, completed=done),
+                )
+                res.name = path.stem
+                res.report["image"] = str(path)
+                write_outputs(res, out)
+                progress.console.print(
+                    f"{path}: done in {res.report['wall_s']:.1f} s "
+                    f"({res.report['ms_per_iter']:.2f} ms/iter)"
+                )
+            except KGEngineError as exc:
+                failed += 1
+                typer.echo(f"error: {exc}", err=True)
+            progress.remove_task(task)
+            progress.advance(overall)
+    return failed

@@ -1,0 +1,179 @@
+"""Benchmark: degrading 2040x1356 RGB images, onnxruntime vs PyTorch eager vs SciPy.
+
+Images per second (median of ``--repeats`` timed runs after one warm-up), side by side in
+one run, with the ratio to PyTorch eager (``kgengine.degrade.degrade_torch``), for x2 with
+a 13x13 kernel and x4 with a 25x25 kernel:
+
+- ``torch eager``: ``degrade_torch`` on the CPU (all usable cores);
+- ``ort fixed``: the fixed-kernel ONNX model (tiled Conv, see ``kgengine.onnx_export``);
+- ``ort pool``: the pool model (kernel as input), what ``kgengine degrade`` runs;
+- ``ort pool tile=1``: the pool model as a plain Pad + Conv graph (ablation);
+- ``scipy``: ``ndimage.correlate(mode='mirror')`` per channel, then ``[::s, ::s]``.
+
+Every output is checked against PyTorch (max abs difference printed). On a machine with a
+CUDA GPU it also times onnxruntime's CUDA and TensorRT providers against PyTorch CUDA (data
+already on the device, IOBinding, synchronised); otherwise it says why that part is skipped.
+
+Run: ``python bench/bench_degrade.py [--repeats 5] [--batch 1 4] [--no-scipy]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import onnxruntime as ort
+import scipy
+import torch
+from scipy import ndimage
+
+from kgengine.degrade import degrade_torch
+from kgengine.kernel import anisotropic_gaussian
+from kgengine.onnx_export import build_fixed_model, build_pool_model
+from kgengine.providers import cuda_device_count, make_session, usable_cores
+
+H, W = 1356, 2040
+CASES = [(2, 13), (4, 25)]
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def median_time(fn: Callable[[], object], repeats: int, sync: Callable[[], None] = lambda: None
+                ) -> float:
+    fn()  # warm-up (session/kernel initialisation, allocator)
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def scipy_degrade(x: np.ndarray, k: np.ndarray, s: int) -> np.ndarray:
+    """(N,C,H,W) float32 -> (N,C,ceil(H/s),ceil(W/s)); 'mirror' = whole-sample reflect."""
+    out = np.empty((*x.shape[:2], -(-x.shape[2] // s), -(-x.shape[3] // s)), np.float32)
+    for n in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            out[n, c] = ndimage.correlate(x[n, c], k, mode="mirror")[::s, ::s]
+    return out
+
+
+def kernel_for(size: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    var = rng.uniform(0.6, 5, 2) * (size / 13) ** 2  # x4 kernels are wider
+    return anisotropic_gaussian(size, *var, rng.uniform(0, np.pi)).astype(np.float32)
+
+
+def print_rows(title: str, rows: list[tuple[str, float, float]], batch: int) -> None:
+    base = next(t for name, t, _ in rows if name.startswith("torch"))
+    print(f"\n{title}")
+    print(f"  {'method':24s} {'img/s':>8s} {'ms/img':>8s} {'vs torch':>9s} {'max|diff|':>10s}")
+    for name, t, diff in rows:
+        print(f"  {name:24s} {batch / t:8.2f} {1000 * t / batch:8.1f} {base / t:8.2f}x "
+              f"{diff:10.1e}")
+
+
+def cpu_case(scale: int, size: int, batch: int, repeats: int, with_scipy: bool) -> None:
+    """One (scale, kernel size, batch) row group on the CPU."""
+    k = kernel_for(size, seed=size)
+    fixed = make_session(build_fixed_model(k, scale).SerializeToString(), "cpu").session
+    pool = make_session(build_pool_model(size, scale).SerializeToString(), "cpu").session
+    plain = make_session(build_pool_model(size, scale, tile=1).SerializeToString(), "cpu").session
+    x = np.random.default_rng(batch).random((batch, 3, H, W), dtype=np.float32)
+    xt, kt = torch.from_numpy(x), torch.from_numpy(k)
+    ks = np.repeat(k[None, None], batch, axis=0)
+    with torch.no_grad():
+        ref = degrade_torch(xt, kt, scale).numpy()
+        rows = [("torch eager", median_time(lambda: degrade_torch(xt, kt, scale), repeats), 0.0)]
+    runs = {
+        "ort fixed": lambda: fixed.run(None, {"hr": x})[0],
+        "ort pool": lambda: pool.run(None, {"hr": x, "kernel": ks})[0],
+        "ort pool tile=1": lambda: plain.run(None, {"hr": x, "kernel": ks})[0],
+    }
+    if with_scipy and batch == 1:
+        runs["scipy correlate"] = lambda: scipy_degrade(x, k, scale)
+    for name, fn in runs.items():
+        diff = float(np.abs(fn() - ref).max())
+        n = max(1, repeats // 2) if "scipy" in name else repeats  # SciPy is slow
+        rows.append((name, median_time(fn, n), diff))
+    print_rows(f"x{scale}, {size}x{size} kernel, batch {batch} of {W}x{H} RGB (CPU)", rows, batch)
+
+
+def gpu_case(scale: int, size: int, batch: int, repeats: int) -> None:
+    """One row group on the GPU: torch CUDA vs onnxruntime CUDA / TensorRT (tile 1 and 4)."""
+    k = kernel_for(size, seed=size)
+    x = np.random.default_rng(batch).random((batch, 3, H, W), dtype=np.float32)
+    xt, kt = torch.from_numpy(x).cuda(), torch.from_numpy(k).cuda()
+    ks = np.repeat(k[None, None], batch, axis=0)
+    sync = torch.cuda.synchronize
+    with torch.no_grad():
+        ref = degrade_torch(xt, kt, scale).cpu().numpy()
+        rows = [("torch cuda", median_time(lambda: degrade_torch(xt, kt, scale), repeats, sync),
+                 0.0)]
+    for provider in ("cuda", "tensorrt"):
+        for tile in (1, 4):
+            model = build_pool_model(size, scale, tile=tile).SerializeToString()
+            try:
+                sess = make_session(model, provider).session
+            except Exception as exc:  # noqa: BLE001 - report and go on
+                print(f"  {provider}: skipped ({exc})")
+                break
+            io = sess.io_binding()
+            io.bind_ortvalue_input("hr", ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+            io.bind_ortvalue_input("kernel", ort.OrtValue.ortvalue_from_numpy(ks, "cuda", 0))
+            io.bind_output("lr", "cuda")
+            t = median_time(lambda s=sess, b=io: (s.run_with_iobinding(b), b.synchronize_outputs()),
+                            repeats)
+            diff = float(np.abs(io.copy_outputs_to_cpu()[0] - ref).max())
+            rows.append((f"ort {provider} pool t={tile}", t, diff))
+    print_rows(f"x{scale}, {size}x{size} kernel, batch {batch} (GPU, data on device)", rows, batch)
+
+
+def bench_gpu(repeats: int, batches: list[int]) -> None:
+    count, why = cuda_device_count()
+    if count == 0:
+        print(f"\nGPU part skipped: {why}")
+        return
+    if not torch.cuda.is_available():
+        print("\nGPU part skipped: this torch build has no CUDA (torch.cuda.is_available() False)")
+        return
+    print(f"\nGPU: {torch.cuda.get_device_name(0)}")
+    for scale, size in CASES:
+        for batch in batches:
+            gpu_case(scale, size, batch, repeats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per method")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 4], help="images per call")
+    parser.add_argument("--no-scipy", action="store_true", help="skip the (slow) SciPy baseline")
+    args = parser.parse_args()
+    torch.set_num_threads(usable_cores())
+    print(f"machine: {cpu_name()}, {usable_cores()} usable cores, {platform.machine()}")
+    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime "
+          f"{ort.__version__}, numpy {np.__version__}, scipy {scipy.__version__}")
+    print(f"images: {W}x{H} RGB float32, seeded; median of {args.repeats} after 1 warm-up")
+    for scale, size in CASES:
+        for batch in args.batch:
+            cpu_case(scale, size, batch, args.repeats, not args.no_scipy)
+    bench_gpu(args.repeats, args.batch)
+
+
+if __name__ == "__main__":
+    main()

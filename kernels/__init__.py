@@ -1,0 +1,1 @@
+"""CUDA C sources of kgengine, shipped as the package ``kgengine._cuda`` (see README.md)."""

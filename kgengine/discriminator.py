@@ -1,0 +1,126 @@
+"""The spectral-normalised patch discriminator D, batched over B images (one D per image).
+
+Per image: a 7x7 conv (3->64, bias), five blocks [1x1 conv 64->64 (bias), BatchNorm, ReLU],
+a 1x1 conv 64->1 (bias) and a sigmoid; spectral normalisation on every conv. Its output
+("D-map") has one probability per 7x7 patch of the input.
+
+Batching: the weights carry a leading image axis B and are applied with grouped convs and
+batched matmuls, so image b only ever meets its own weights. BatchNorm statistics are taken
+per crop over its spatial positions: in the authors' batch-of-one setting that is exactly
+what ``BatchNorm2d`` computes in training mode. Spectral normalisation follows
+``torch.nn.utils.spectral_norm``: one power iteration per forward pass (``u``, ``v`` updated
+without gradient), ``W_sn = W / (u^T W v)`` with the gradient flowing through ``W`` in both
+places.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+BN_EPS = 1e-5
+SN_EPS = 1e-12
+
+
+def init_params(
+    channels: int, kernel_size: int, n_layers: int, gain: float, default_init: bool,
+    gen: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """D's parameters and spectral-norm vectors for one image (float64).
+
+    ``default_init=False``: Xavier-normal conv weights with ``gain`` (the authors' intent);
+    ``True``: PyTorch's default ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (the authors' actual
+    behaviour, defect 3). Biases 0, BN weight ~ N(1, 0.02), BN bias 0, ``u``/``v`` random
+    unit vectors. The L = n_layers - 2 middle 1x1 layers are stored stacked.
+
+    Returns:
+        {"w0": (64,3,k,k), "b0": (64,), "wm": (L,64,64), "bm": (L,64), "gamma": (L,64),
+         "beta": (L,64), "wf": (1,64), "bf": (1,), "u0": (64,), "v0": (3k²,),
+         "um": (L,64), "vm": (L,64), "uf": (1,), "vf": (64,)}.
+    """
+    n_mid = n_layers - 2
+
+    def weight(shape: tuple[int, ...]) -> torch.Tensor:
+        fan_out = shape[0] * (shape[2] * shape[3] if len(shape) == 4 else 1)
+        fan_in = math.prod(shape[1:])
+        if default_init:
+            bound = 1.0 / math.sqrt(fan_in)
+            return (torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+        std = gain * math.sqrt(2.0 / (fan_in + fan_out))
+        return torch.randn(shape, generator=gen, dtype=torch.float64) * std
+
+    def unit(*shape: int) -> torch.Tensor:
+        return F.normalize(torch.randn(shape, generator=gen, dtype=torch.float64), dim=-1)
+
+    w0 = weight((channels, 3, kernel_size, kernel_size))
+    wm = torch.stack([weight((channels, channels)) for _ in range(n_mid)])
+    wf = weight((1, channels))
+    zeros = partial(torch.zeros, dtype=torch.float64)
+    return {
+        "w0": w0, "b0": zeros(channels),
+        "wm": wm, "bm": zeros(n_mid, channels),
+        "gamma": 1.0 + 0.02 * torch.randn(n_mid, channels, generator=gen, dtype=torch.float64),
+        "beta": zeros(n_mid, channels),
+        "wf": wf, "bf": zeros(1),
+        "u0": unit(channels), "v0": unit(3 * kernel_size**2),
+        "um": unit(n_mid, channels), "vm": unit(n_mid, channels),
+        "uf": unit(1), "vf": unit(channels),
+    }
+
+
+#: The trainable entries of :func:`init_params` (the others are spectral-norm state).
+TRAINABLE = ("w0", "b0", "wm", "bm", "gamma", "beta", "wf", "bf")
+
+
+def spectral_normalize(w: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """One power iteration and ``W / sigma`` for a batch of weight matrices.
+
+    Args:
+        w: (X, out, ...) weights (flattened to (X, out, n) for the iteration).
+        u: (X, out), v: (X, n) running singular vectors, updated in place (no grad).
+    Returns:
+        ``w / sigma`` with ``sigma = u^T W v`` (X,) and the gradient through ``w``.
+    """
+    mat = w.reshape(w.shape[0], w.shape[1], -1)
+    with torch.no_grad():
+        v.copy_(F.normalize(torch.bmm(u.unsqueeze(1), mat).squeeze(1), dim=1, eps=SN_EPS))
+        u.copy_(F.normalize(torch.bmm(mat, v.unsqueeze(2)).squeeze(2), dim=1, eps=SN_EPS))
+    sigma = torch.bmm(u.unsqueeze(1), torch.bmm(mat, v.unsqueeze(2))).reshape(-1)
+    return w / sigma.reshape(-1, *([1] * (w.dim() - 1)))
+
+
+def forward(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+    """D-maps for N crops of each of B images.
+
+    Args:
+        x: (N, B, 3, S, S) crops (image b's crops go to D_b).
+        p: batched parameters (leading axis B), see :func:`init_params`.
+    Returns:
+        (N, B, S-k+1, S-k+1) probabilities in (0, 1).
+    """
+    n, b, c, s, _ = x.shape
+    w0 = spectral_normalize(p["w0"], p["u0"], p["v0"])  # (B, 64, 3, k, k)
+    ch, n_mid = w0.shape[1], p["wm"].shape[1]
+    wm = spectral_normalize(p["wm"].reshape(b * n_mid, ch, ch), p["um"].view(b * n_mid, ch),
+                            p["vm"].view(b * n_mid, ch)).reshape(b, n_mid, ch, ch)
+    wf = spectral_normalize(p["wf"], p["uf"], p["vf"])  # (B, 1, 64)
+    h = F.conv2d(x.reshape(n, b * c, s, s), w0.reshape(b * ch, c, *w0.shape[-2:]), groups=b)
+    side = h.shape[-1]
+    # (N, B*64, s, s) -> (B, 64, N*P): the N crops side by side, so every layer is one bmm
+    h = h.reshape(n, b, ch, side * side).permute(1, 2, 0, 3).reshape(b, ch, n * side * side)
+    h = h + p["b0"].unsqueeze(-1)
+    # unbind once (one backward node) rather than index per layer
+    layers = zip(wm.unbind(1), p["bm"].unsqueeze(-1).unbind(1),
+                 p["gamma"][..., None, None].unbind(1), p["beta"][..., None, None].unbind(1))
+    for w_i, b_i, gamma_i, beta_i in layers:
+        h = torch.baddbmm(b_i, w_i, h)
+        hv = h.view(b, ch, n, side * side)  # BatchNorm statistics per crop
+        centred = hv - hv.mean(dim=-1, keepdim=True)
+        var = centred.pow(2).mean(dim=-1, keepdim=True)
+        scale = gamma_i * torch.rsqrt(var + BN_EPS)
+        h = torch.relu(centred * scale + beta_i).view(b, ch, n * side * side)
+    out = torch.baddbmm(p["bf"].unsqueeze(-1), wf, h)  # (B, 1, N*P)
+    return torch.sigmoid(out).reshape(b, n, side, side).transpose(0, 1)

@@ -1,0 +1,313 @@
+"""Kernel pools: many SR kernels in one array, with where each came from.
+
+A :class:`KernelPool` holds ``N`` kernels zero-padded to one common odd size ``K`` and
+centred (the kernel's centre index ``(h//2, w//2)`` lands on ``(K//2, K//2)``, which leaves
+``degrade`` unchanged: see :func:`pad_kernel`). Pools are read from
+
+- the single file ``kernel_pool.npz`` written by :func:`save_pool` (the farm writes these):
+  arrays ``kernels (N,K,K) float32``, ``ids (N,) str``, ``sources (N,) str``,
+  ``seeds (N,) int64``, ``scale () int64`` and ``index`` (a JSON string: one record per row
+  with its id, source image, seed and estimation report); no pickled objects, so
+  ``np.load(path, allow_pickle=False)`` reads it;
+- a folder of ``.npy`` / ``.mat`` kernels (``.mat`` variable ``Kernel`` as saved by
+  ZSSR/KernelGAN/DIV2KRK, or else the file's only 2-D variable), or a single such file.
+
+Every kernel is checked (2-D, finite, sum > 0) and renormalised to sum 1; a bad file raises
+:class:`~kgengine.errors.KGEngineError` naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kgengine.atomic import atomic_write
+from kgengine.errors import KGEngineError
+
+#: File name :func:`save_pool` uses when given a folder.
+POOL_FILE = "kernel_pool.npz"
+#: Kernel file types read from a pool folder.
+KERNEL_SUFFIXES = (".npy", ".mat")
+
+
+@dataclass
+class KernelPool:
+    """``N`` kernels of one common odd size ``K``, with their provenance.
+
+    Attributes:
+        kernels: (N, K, K) float32, each summing to 1, centred at ``(K//2, K//2)``.
+        ids: N unique names (e.g. the source image's stem, or the kernel file's stem).
+        sources: N strings: the image the kernel was estimated from, or the kernel file.
+        seeds: N ints: the estimation seed (-1 when unknown).
+        scale: the scale factor the kernels are for (2 or 4).
+        reports: optional N dicts (estimation reports), stored in the ``index`` JSON.
+    """
+
+    kernels: np.ndarray
+    ids: list[str]
+    sources: list[str]
+    seeds: list[int]
+    scale: int
+    reports: list[dict] | None = None
+
+    def __post_init__(self) -> None:
+        k = np.asarray(self.kernels, dtype=np.float32)
+        if k.ndim != 3 or k.shape[1] != k.shape[2] or k.shape[1] % 2 == 0:
+            raise KGEngineError(f"kernel pool: expected kernels (N,K,K) with K odd, got {k.shape}")
+        n = k.shape[0]
+        for name, val in (("ids", self.ids), ("sources", self.sources), ("seeds", self.seeds)):
+            if len(val) != n:
+                raise KGEngineError(f"kernel pool: {n} kernels but {len(val)} {name}")
+        if self.reports is not None and len(self.reports) != n:
+            raise KGEngineError(f"kernel pool: {n} kernels but {len(self.reports)} reports")
+        if len(set(self.ids)) != n:
+            raise KGEngineError("kernel pool: kernel ids are not unique")
+        if int(self.scale) < 1:
+            raise KGEngineError(f"kernel pool: scale must be >= 1, got {self.scale}")
+        self.kernels = k
+        self.ids = [str(i) for i in self.ids]
+        self.sources = [str(s) for s in self.sources]
+        self.seeds = [int(s) for s in self.seeds]
+        self.scale = int(self.scale)
+
+    def __len__(self) -> int:
+        return self.kernels.shape[0]
+
+    @property
+    def kernel_size(self) -> int:
+        """The common odd kernel size ``K``."""
+        return int(self.kernels.shape[1])
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the kernels, ids and scale: identifies the pool's content."""
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self.kernels).tobytes())
+        h.update(json.dumps([self.ids, self.scale]).encode())
+        return h.hexdigest()
+
+
+def check_kernel(k: Any, where: str) -> np.ndarray:
+    """Validate one kernel and renormalise it: ``k / sum(k)`` as float64.
+
+    Args:
+        k: array-like, must be 2-D, finite, with a positive sum.
+        where: the file (or row) named in the error message.
+    Raises:
+        KGEngineError: ``"<where>: <problem>"``.
+    """
+    try:
+        arr = np.asarray(k, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise KGEngineError(f"{where}: kernel is not a numeric array") from None
+    if arr.ndim != 2 or min(arr.shape) < 1:
+        raise KGEngineError(f"{where}: kernel must be a 2-D array, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise KGEngineError(f"{where}: kernel contains NaN or inf values")
+    total = arr.sum()
+    if not total > 0:
+        raise KGEngineError(f"{where}: kernel sum is {total:.3g}, must be > 0")
+    return arr / total
+
+
+def pad_kernel(k: np.ndarray, size: int) -> np.ndarray:
+    """Zero-pad ``k`` (h, w) to (size, size), putting index ``(h//2, w//2)`` at ``size//2``.
+
+    ``degrade(x, pad_kernel(k, K), s) == degrade(x, k, s)``: the padding only adds zero taps
+    around the same centre. Requires ``size`` odd and ``size//2 - h//2 >= 0`` and
+    ``size//2 - h//2 + h <= size`` (same for w). Returns a float64 array.
+    """
+    h, w = k.shape
+    oy, ox = size // 2 - h // 2, size // 2 - w // 2
+    if size % 2 == 0 or oy < 0 or ox < 0 or oy + h > size or ox + w > size:
+        raise ValueError(f"cannot centre a {h}x{w} kernel in {size}x{size}")
+    out = np.zeros((size, size), dtype=np.float64)
+    out[oy : oy + h, ox : ox + w] = k
+    return out
+
+
+def common_size(shapes: list[tuple[int, int]]) -> int:
+    """Smallest odd ``K`` that holds every (h, w) kernel centred by :func:`pad_kernel`."""
+    need = 1
+    for h, w in shapes:
+        for n in (h, w):
+            # centre n//2 at K//2 needs K//2 >= n//2 and K//2 >= n - 1 - n//2
+            need = max(need, 2 * max(n // 2, n - 1 - n // 2) + 1)
+    return need
+
+
+def read_kernel_file(path: str | os.PathLike) -> np.ndarray:
+    """Read one kernel from ``.npy`` or ``.mat`` and validate it (see :func:`check_kernel`).
+
+    ``.mat``: the variable ``Kernel`` (ZSSR/KernelGAN/DIV2KRK), else the only 2-D numeric
+    variable in the file. Returns (h, w) float64 summing to 1.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001 - any failure is a bad file
+            raise KGEngineError(f"{path}: cannot read .npy kernel ({type(exc).__name__})") from None
+    elif suffix == ".mat":
+        arr = _read_mat_kernel(path)
+    else:
+        raise KGEngineError(f"{path}: not a kernel file (expected .npy or .mat)")
+    return check_kernel(arr, str(path))
+
+
+def _read_mat_kernel(path: Path) -> np.ndarray:
+    from scipy.io import loadmat
+
+    try:
+        data = loadmat(path)
+    except NotImplementedError:
+        raise KGEngineError(f"{path}: MATLAB v7.3 files are not supported (use -v7)") from None
+    except Exception as exc:  # noqa: BLE001 - any failure is a bad file
+        raise KGEngineError(f"{path}: cannot read .mat file ({type(exc).__name__})") from None
+    if "Kernel" in data:
+        return data["Kernel"]
+    arrays = [
+        v for k, v in data.items()
+        if not k.startswith("__") and isinstance(v, np.ndarray) and v.ndim == 2
+        and np.issubdtype(v.dtype, np.number)
+    ]
+    if len(arrays) != 1:
+        raise KGEngineError(
+            f"{path}: no 'Kernel' variable and {len(arrays)} 2-D variables (need exactly one)"
+        )
+    return arrays[0]
+
+
+def make_pool(
+    kernels: list[np.ndarray],
+    ids: list[str],
+    sources: list[str],
+    scale: int,
+    seeds: list[int] | None = None,
+    reports: list[dict] | None = None,
+) -> KernelPool:
+    """Validate, renormalise and pad kernels of any sizes into a :class:`KernelPool`."""
+    if not kernels:
+        raise KGEngineError("kernel pool: no kernels")
+    checked = [check_kernel(k, src) for k, src in zip(kernels, sources, strict=True)]
+    size = common_size([k.shape for k in checked])
+    stack = np.stack([pad_kernel(k, size) for k in checked]).astype(np.float32)
+    seeds = [-1] * len(checked) if seeds is None else seeds
+    return KernelPool(stack, list(ids), list(sources), list(seeds), scale, reports)
+
+
+def save_pool(path: str | os.PathLike, pool: KernelPool) -> Path:
+    """Write ``pool`` atomically as one ``.npz`` file (``path`` or ``path/kernel_pool.npz``).
+
+    Returns the written file's path. Readable with ``np.load(..., allow_pickle=False)``.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        path = path / POOL_FILE
+    index = [
+        {
+            "row": i,
+            "id": pool.ids[i],
+            "source": pool.sources[i],
+            "seed": pool.seeds[i],
+            "report": None if pool.reports is None else pool.reports[i],
+        }
+        for i in range(len(pool))
+    ]
+    arrays = {
+        "kernels": pool.kernels.astype(np.float32),
+        "ids": np.array(pool.ids, dtype=str),
+        "sources": np.array(pool.sources, dtype=str),
+        "seeds": np.array(pool.seeds, dtype=np.int64),
+        "scale": np.array(pool.scale, dtype=np.int64),
+        "index": np.array(json.dumps(index, default=_json_default)),
+    }
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    return atomic_write(path, write)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
+def load_pool(path: str | os.PathLike, scale: int | None = None) -> KernelPool:
+    """Read a pool file, a folder of kernel files, or a single kernel file.
+
+    Args:
+        path: ``kernel_pool.npz`` (from :func:`save_pool`), a folder of ``.npy``/``.mat``
+            kernels (read in sorted file-name order; ids = file stems), or one such file.
+        scale: the scale the kernels are used for. A pool file records its own scale and a
+            different ``scale`` is an error; for folders and single files it defaults to 2.
+    Raises:
+        KGEngineError: naming the file and the problem.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in KERNEL_SUFFIXES)
+        if not files:
+            raise KGEngineError(f"{path}: no .npy or .mat kernel files in this folder")
+        stems = [p.stem for p in files]
+        dup = sorted({s for s in stems if stems.count(s) > 1})
+        if dup:
+            raise KGEngineError(f"{path}: several kernel files named {dup[0]!r} (.npy and .mat?)")
+        kernels = [read_kernel_file(p) for p in files]
+        return make_pool(kernels, stems, [str(p.resolve()) for p in files], scale or 2)
+    if not path.is_file():
+        raise KGEngineError(f"{path}: no such kernel pool (file or folder)")
+    if path.suffix.lower() in KERNEL_SUFFIXES:
+        return make_pool([read_kernel_file(path)], [path.stem], [str(path.resolve())], scale or 2)
+    if path.suffix.lower() != ".npz":
+        raise KGEngineError(f"{path}: not a kernel pool (expected .npz, .npy, .mat or a folder)")
+    pool = _load_npz(path)
+    if scale is not None and scale != pool.scale:
+        raise KGEngineError(f"{path}: pool holds x{pool.scale} kernels, not x{scale}")
+    return pool
+
+
+def _load_npz(path: Path) -> KernelPool:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except Exception as exc:  # noqa: BLE001 - any failure is a bad file
+        why = f"{type(exc).__name__}: {exc}"
+        raise KGEngineError(f"{path}: cannot read kernel pool ({why})") from None
+    missing = [k for k in ("kernels", "ids", "sources", "seeds", "scale") if k not in arrays]
+    if missing:
+        raise KGEngineError(f"{path}: not a kernel pool, missing arrays {missing}")
+    kernels = arrays["kernels"]
+    if kernels.ndim != 3:
+        raise KGEngineError(f"{path}: kernels must be (N,K,K), got shape {kernels.shape}")
+    reports = None
+    if "index" in arrays:
+        try:
+            index = json.loads(str(arrays["index"]))
+            rep = [row.get("report") for row in index]
+            reports = rep if any(r is not None for r in rep) else None
+        except (ValueError, AttributeError, TypeError):
+            raise KGEngineError(f"{path}: the pool's index is not valid JSON") from None
+    rows = [check_kernel(k, f"{path} row {i}") for i, k in enumerate(kernels)]
+    try:
+        return KernelPool(
+            np.stack(rows).astype(np.float32) if rows else kernels,
+            arrays["ids"].tolist(),
+            arrays["sources"].tolist(),
+            arrays["seeds"].tolist(),
+            int(arrays["scale"]),
+            reports,
+        )
+    except KGEngineError as exc:
+        raise KGEngineError(f"{path}: {exc}") from None

@@ -1,0 +1,94 @@
+"""KernelGAN's losses: the GAN term, the four kernel priors and the bicubic prior.
+
+Every function works on a batch and returns one value per image, shape (B,), so that the
+batched trainer can weight each image's terms with its own schedule. ``k`` is (B, K, K).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kgengine.kernel import bicubic_taps_x2, boundary_mask
+
+
+def gan_loss(d_map: torch.Tensor, real: bool) -> torch.Tensor:
+    """``mean |D - 1|`` (label real) or ``mean |D|`` (label fake) per image.
+
+    Args:
+        d_map: (B, h, w) discriminator output.
+    """
+    target = 1.0 if real else 0.0
+    return (d_map - target).abs().flatten(1).mean(1)
+
+
+def sum_to_one(k: torch.Tensor) -> torch.Tensor:
+    """``L_sum = |1 - sum_{u,v} k[u,v]|``."""
+    return (1.0 - k.sum(dim=(1, 2))).abs()
+
+
+def boundaries(k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``L_boundaries = mean_{u,v} |k[u,v] * m[u,v]|`` with the fixed mask ``m`` (K, K)."""
+    return (k * mask).abs().flatten(1).mean(1)
+
+
+def sparsity(k: torch.Tensor, power: float = 0.2) -> torch.Tensor:
+    """``L_sparse = mean_{u,v} |k[u,v]|^p`` (p = 0.2, as in the authors' code)."""
+    return k.abs().pow(power).flatten(1).mean(1)
+
+
+def centralized(k: torch.Tensor, center: float) -> torch.Tensor:
+    """``L_centre = ½ ‖(c, c) - com(k)‖²`` = the authors' ``MSELoss`` over the two coordinates.
+
+    ``com(k) = (sum_u u·sum_v k[u,v], sum_v v·sum_u k[u,v]) / sum k``; the target is
+    ``c = K//2 + ½ (s - K%2)`` (6.5 for K = 13, s = 2).
+    """
+    idx = torch.arange(k.shape[-1], dtype=k.dtype, device=k.device)
+    total = k.sum(dim=(1, 2))
+    rows = (k.sum(dim=2) @ idx) / total
+    cols = (k.sum(dim=1) @ idx) / total
+    return 0.5 * ((rows - center) ** 2 + (cols - center) ** 2)
+
+
+def centre_target(kernel_size: int, scale: int = 2) -> float:
+    """The centre-of-mass target ``K//2 + ½ (s - K%2)`` of the centralisation prior."""
+    return kernel_size // 2 + 0.5 * (scale - kernel_size % 2)
+
+
+def bicubic_downscale(x: torch.Tensor, rgb_sum: bool = False) -> torch.Tensor:
+    """x2 bicubic downscale as the authors' prior computes it: 8x8 kernel, stride 2, pad 3.
+
+    Output pixel i is centred on input ``2i + 0.5``. ``rgb_sum=True`` reproduces defect 1
+    (a [3, 3, 8, 8] weight: every output channel is the sum of the R, G, B results).
+
+    Args:
+        x: (B, C, H, W). Returns (B, C, H/2 - 1 + ..., ...) = (B, C, (H - 2)//2 + 1, ...).
+    """
+    b, c, h, w = x.shape
+    taps = torch.as_tensor(bicubic_taps_x2(), dtype=x.dtype, device=x.device)
+    k2 = torch.outer(taps, taps)
+    y = F.conv2d(x.reshape(b * c, 1, h, w), k2[None, None], stride=2, padding=3)
+    y = y.reshape(b, c, *y.shape[-2:])
+    if rgb_sum:
+        y = y.sum(dim=1, keepdim=True).expand_as(y)
+    return y
+
+
+def bicubic_prior(g_in: torch.Tensor, g_out: torch.Tensor, rgb_sum: bool = False) -> torch.Tensor:
+    """``MSE(G(x), bicubic(x))`` per image, the bicubic result centre-cropped to G's output.
+
+    With G's 13x13 kernel this pulls its centre of mass to 6.5, matching the centralisation
+    prior. Args: g_in (B, C, 64, 64), g_out (B, C, 26, 26). Returns (B,).
+    """
+    target = bicubic_downscale(g_in, rgb_sum)
+    dh = (target.shape[-2] - g_out.shape[-2]) // 2
+    dw = (target.shape[-1] - g_out.shape[-1]) // 2
+    target = target[..., dh : dh + g_out.shape[-2], dw : dw + g_out.shape[-1]]
+    return (g_out - target).pow(2).flatten(1).mean(1)
+
+
+def boundary_mask_tensor(size: int, penalty: float, like: torch.Tensor) -> torch.Tensor:
+    """:func:`kgengine.kernel.boundary_mask` as a tensor with ``like``'s dtype/device."""
+    return torch.as_tensor(np.asarray(boundary_mask(size, penalty)), dtype=like.dtype,
+                           device=like.device)

@@ -1,0 +1,172 @@
+"""A seeded synthetic benchmark in the DIV2KRK layout (ALGORITHM.md section 8).
+
+For image ``N`` (1-based, like DIV2KRK) the random generator is
+``numpy.random.default_rng([seed, N])``, so every image is reproducible on its own and the
+set does not change when ``n`` grows. From it:
+
+- ``var1, var2 ~ U(0.6, 5)`` (axis *variances*, px²), ``theta ~ U(0, π)``, and per-entry
+  multiplicative noise ``U(1 − 0.25, 1 + 0.25)`` of shape 11×11;
+- ``k2 = anisotropic_gaussian(11, var1, var2, theta, noise)`` (renormalised to sum 1,
+  centred at index 5: the kgengine convention);
+- ``k4 = analytic_x4(k2)`` (31×31): applying ``k2`` then ↓2 twice equals ``k4`` then ↓4.
+
+The HR image is cropped at the top-left corner to ``H − H mod 4`` × ``W − W mod 4`` (so the
+x2 and x4 LR images have exact sizes ``H/2`` and ``H/4``), rounded to 8 bits (so ``gt/``
+holds exactly the image that was degraded) and then
+
+- ``lr_x2 = degrade(hr, k2, 2)``, ``lr_x4 = degrade(hr, k4, 4)`` (kgengine's ``degrade``,
+  whole-sample reflect borders, no additive noise), stored as 8-bit PNG (quantised, as in
+  DIV2KRK).
+
+Layout written under ``out_dir`` (every file atomically)::
+
+    gt/im_N.png             cropped HR image
+    lr_x2/im_N.png          x2 LR image
+    lr_x4/im_N.png          x4 LR image
+    gt_k_x2/kernel_N.mat    11x11 float64, key "Kernel"
+    gt_k_x4/kernel_N.mat    31x31 float64, key "Kernel"
+    synth.json              seed, recipe and per-image parameters (source file, var1, ...)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kgengine.atomic import save_json, save_mat
+from kgengine.degrade import degrade
+from kgengine.imageio import read_image, write_png
+from kgengine.kernel import analytic_x4, anisotropic_gaussian
+
+#: The DIV2KRK recipe (ALGORITHM.md section 8).
+KERNEL_SIZE = 11
+VAR_RANGE = (0.6, 5.0)
+NOISE_LEVEL = 0.25
+#: HR height and width are cropped to a multiple of this (so x2 and x4 sizes are exact).
+CROP_MULTIPLE = 4
+
+
+@dataclass(frozen=True)
+class KernelParams:
+    """The random draw of one image: axis variances (px²), angle (rad) and noise level."""
+
+    var1: float
+    var2: float
+    theta: float
+    noise_level: float
+
+
+def image_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of image ``index`` (1-based) of set ``seed``: ``default_rng([seed, N])``."""
+    return np.random.default_rng([int(seed), int(index)])
+
+
+def draw_kernel(
+    rng: np.random.Generator,
+    size: int = KERNEL_SIZE,
+    var_range: tuple[float, float] = VAR_RANGE,
+    noise_level: float = NOISE_LEVEL,
+) -> tuple[np.ndarray, KernelParams]:
+    """Draw one DIV2KRK kernel: ``var1, var2 ~ U(var_range)``, ``θ ~ U(0, π)``, noise ``U(1±ε)``.
+
+    The draws are made in this order: var1, var2, theta, then the (size, size) noise.
+
+    Returns:
+        ((size, size) float64 kernel summing to 1, the :class:`KernelParams`).
+    """
+    var1 = float(rng.uniform(*var_range))
+    var2 = float(rng.uniform(*var_range))
+    theta = float(rng.uniform(0.0, np.pi))
+    noise = rng.uniform(1.0 - noise_level, 1.0 + noise_level, size=(size, size))
+    k = anisotropic_gaussian(size, var1, var2, theta, noise=noise)
+    return k, KernelParams(var1, var2, theta, noise_level)
+
+
+def crop_to_multiple(img: np.ndarray, multiple: int = CROP_MULTIPLE) -> np.ndarray:
+    """Top-left crop of an (H, W, ...) image to ``H - H % m`` × ``W - W % m``."""
+    h, w = img.shape[:2]
+    return img[: h - h % multiple, : w - w % multiple]
+
+
+def select_evenly(paths: Sequence[Path], n: int | None) -> list[Path]:
+    """``n`` of the sorted ``paths``, spread evenly: indices ``round(linspace(0, len-1, n))``."""
+    paths = sorted(Path(p) for p in paths)
+    if n is None or n >= len(paths):
+        return paths
+    if n <= 0:
+        return []
+    idx = np.round(np.linspace(0, len(paths) - 1, n)).astype(int)
+    return [paths[i] for i in idx]
+
+
+def make_div2krk_like(
+    hr_paths: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    n: int | None = None,
+    *,
+    kernel_size: int = KERNEL_SIZE,
+    var_range: tuple[float, float] = VAR_RANGE,
+    noise_level: float = NOISE_LEVEL,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> list[dict]:
+    """Write a DIV2KRK-layout synthetic set (see the module docstring) and return its manifest.
+
+    Args:
+        hr_paths: HR images; ``n`` of them (sorted, evenly spread, :func:`select_evenly`)
+            become ``im_1 .. im_n`` in sorted order.
+        out_dir: output folder (created).
+        seed: set seed; image ``N`` uses ``default_rng([seed, N])``.
+        n: number of images (all when ``None``).
+        progress: called as ``progress(done, total, name)`` after each image.
+    Returns:
+        One dict per image: ``index``, ``name``, ``source``, ``hr_shape``, the kernel
+        parameters. The same list is saved to ``out_dir/synth.json``.
+    Raises:
+        BadImageError: an HR image is unreadable or smaller than 64 px a side.
+    """
+    out = Path(out_dir)
+    chosen = select_evenly([Path(p) for p in hr_paths], n)
+    manifest: list[dict] = []
+    for index, src in enumerate(chosen, start=1):
+        hr = crop_to_multiple(read_image(src, min_size=64).astype(np.float64))
+        hr = np.round(hr * 255.0) / 255.0  # what gt/im_N.png will hold, exactly
+        k2, params = draw_kernel(image_rng(seed, index), kernel_size, var_range, noise_level)
+        k4 = analytic_x4(k2)
+        name = f"im_{index}"
+        write_png(out / "gt" / f"{name}.png", hr)
+        write_png(out / "lr_x2" / f"{name}.png", degrade(hr, k2, 2))
+        write_png(out / "lr_x4" / f"{name}.png", degrade(hr, k4, 4))
+        save_mat(out / "gt_k_x2" / f"kernel_{index}.mat", {"Kernel": k2})
+        save_mat(out / "gt_k_x4" / f"kernel_{index}.mat", {"Kernel": k4})
+        manifest.append(
+            {
+                "index": index,
+                "name": name,
+                "source": src.name,
+                "hr_shape": list(hr.shape[:2]),
+                **asdict(params),
+            }
+        )
+        if progress is not None:
+            progress(index, len(chosen), name)
+    save_json(
+        out / "synth.json",
+        {
+            "seed": seed,
+            "recipe": {
+                "kernel_size": kernel_size,
+                "var_range": list(var_range),
+                "noise_level": noise_level,
+                "x4": "analytic_x4(k2)",
+                "crop_multiple": CROP_MULTIPLE,
+                "rng": "numpy default_rng([seed, N])",
+            },
+            "images": manifest,
+        },
+    )
+    return manifest

@@ -1,0 +1,75 @@
+"""Availability report for ``kgengine info``: torch/CUDA, onnxruntime, Numba, CuPy."""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+
+def _torch() -> dict[str, Any]:
+    import torch
+
+    out: dict[str, Any] = {"version": torch.__version__, "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        out["cuda"] = f"yes ({torch.version.cuda}): {torch.cuda.get_device_name(0)}"
+    else:
+        out["cuda"] = "no (torch.cuda.is_available() is False)"
+    return out
+
+
+def _onnxruntime() -> dict[str, Any]:
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        return {"available": f"no ({exc})"}
+    return {"version": ort.__version__, "providers": ", ".join(ort.get_available_providers())}
+
+
+def _numba() -> dict[str, Any]:
+    try:
+        import numba
+    except ImportError as exc:
+        return {"available": f"no ({exc})"}
+    out: dict[str, Any] = {"version": numba.__version__}
+    try:
+        from numba import cuda
+
+        out["cuda"] = "yes" if cuda.is_available() else "no (no CUDA driver/device)"
+    except Exception as exc:  # noqa: BLE001 - report, never fail
+        out["cuda"] = f"no ({exc})"
+    return out
+
+
+def _cupy() -> dict[str, Any]:
+    try:
+        import cupy
+    except Exception as exc:  # noqa: BLE001 - ImportError or CUDA runtime errors
+        return {"available": f"no ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})"}
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+        return {"version": cupy.__version__, "devices": n}
+    except Exception as exc:  # noqa: BLE001
+        return {"version": cupy.__version__, "devices": f"0 ({type(exc).__name__})"}
+
+
+def _ops() -> dict[str, Any]:
+    try:
+        from kgengine.ops.backend import backend_report
+    except ImportError as exc:
+        return {"available": f"no ({exc})"}
+    return dict(backend_report())
+
+
+def collect() -> dict[str, dict[str, Any]]:
+    """Sections of ``kgengine info``."""
+    from kgengine import __version__
+
+    return {
+        "kgengine": {"version": __version__, "python": platform.python_version(),
+                     "machine": platform.machine()},
+        "torch": _torch(),
+        "onnxruntime": _onnxruntime(),
+        "numba": _numba(),
+        "cupy": _cupy(),
+        "ops backends": _ops(),
+    }

@@ -1,0 +1,289 @@
+"""The batched KernelGAN trainer: B images, B generators, B discriminators, one loop.
+
+Every per-image quantity is batched along a leading axis: G and D weights, Adam state
+(Adam is element-wise, so one optimiser over batched tensors equals B optimisers), loss
+weights, schedule flags, the random stream (counter-based, keyed by the image's seed) and
+D's normalisation statistics (per crop). A batch of B therefore gives the same kernels as
+B single runs with the same seeds, up to floating-point rounding.
+
+One iteration (authors' order): sample the G crop (64x64) and the D crop (26x26, noisy);
+G step on ``L_G = |D(G(x)) - 1| + λ_bic·L_bic + ½L_sum + ½L_bnd + λ_c·L_c + λ_s·L_sp``;
+D step on ``½(|D(real) - 1| + |D(G(x) + n)|)`` with the updated G; schedule update.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from kgengine import discriminator as D
+from kgengine import generator as G
+from kgengine import priors
+from kgengine.adam import FlatAdam
+from kgengine.config import KernelGANConfig
+from kgengine.errors import BadImageError
+from kgengine.ops.patches import sample_patches
+from kgengine.ops.rng import STREAM_G_NOISE, normal
+from kgengine.probmap import crop_probability_maps
+
+MODES = ("composed", "layers")
+
+
+@dataclass
+class PreparedImage:
+    """An image ready for training: shaved, even-sized, in [-1, 1], with its crop CDFs."""
+
+    pixels: np.ndarray  # (h, w, 3) float32 in [-1, 1]
+    g_map: np.ndarray  # (h, w) float64, sums to 1
+    d_map: np.ndarray  # (h, w) float64, sums to 1
+
+
+def prepare_image(img: np.ndarray, cfg: KernelGANConfig, name: str = "<array>") -> PreparedImage:
+    """Shave ``cfg.shave`` px (less if the image is small), trim to even, map to [-1, 1].
+
+    Args:
+        img: (H, W, 3) float in [0, 1].
+    Raises:
+        BadImageError: if the image is smaller than ``cfg.crop_size`` on a side.
+    """
+    h, w = img.shape[:2]
+    if min(h, w) < cfg.crop_size:
+        raise BadImageError(name, f"image is {w}x{h}, too small: needs {cfg.crop_size} px a side")
+    shave = min(cfg.shave, (min(h, w) - cfg.crop_size) // 2)
+    img = img[shave : h - shave, shave : w - shave]
+    h, w = img.shape[0] - img.shape[0] % 2, img.shape[1] - img.shape[1] % 2
+    img = np.ascontiguousarray(img[:h, :w], dtype=np.float64)
+    g_map, d_map = crop_probability_maps(
+        img, cfg.crop_size, cfg.g_output_size, cfg.grad_window, cfg.grad_percent
+    )
+    return PreparedImage((img * 2.0 - 1.0).astype(np.float32), g_map, d_map)
+
+
+class BatchTrainer:
+    """Trains KernelGAN on B prepared images at once.
+
+    Args:
+        images: B prepared images (sizes may differ: they are zero-padded into one batch
+            and crops are drawn only inside each image).
+        seeds: B integer seeds (initialisation and the random stream).
+        cfg: the configuration (shared by the batch).
+        device, dtype: where and in which precision to train.
+        mode: "composed" (train through the composed kernel) or "layers" (the authors'
+            layer-by-layer forward; same maths, ~20x slower).
+    """
+
+    def __init__(
+        self,
+        images: list[PreparedImage],
+        seeds: list[int],
+        cfg: KernelGANConfig,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        mode: str = "composed",
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+        if len(images) != len(seeds) or not images:
+            raise ValueError("need one seed per image and at least one image")
+        self.cfg, self.mode, self.dtype = cfg, mode, dtype
+        self.device = torch.device(device)
+        self.b = b = len(images)
+        dev = {"device": self.device, "dtype": dtype}
+        hmax = max(im.pixels.shape[0] for im in images)
+        wmax = max(im.pixels.shape[1] for im in images)
+        pix = np.zeros((b, 3, hmax, wmax), np.float32)
+        cdf = np.zeros((b, 2, hmax * wmax), np.float64)
+        for i, im in enumerate(images):
+            h, w = im.pixels.shape[:2]
+            pix[i, :, :h, :w] = im.pixels.transpose(2, 0, 1)
+            for t, m in enumerate((im.g_map, im.d_map)):
+                padded = np.zeros((hmax, wmax))
+                padded[:h, :w] = m
+                cdf[i, t] = np.cumsum(padded.ravel())
+        self.images = torch.from_numpy(pix).to(**dev)
+        self.cdf = torch.from_numpy(cdf).to(self.device)
+        self.sizes = torch.tensor([im.pixels.shape[:2] for im in images], device=self.device)
+        self.seeds = torch.tensor(seeds, dtype=torch.int64, device=self.device)
+
+        # --- parameters: per image, from its own generator, stacked into flat buffers ---
+        g_w, d_p = [], []
+        for s in seeds:
+            gen = torch.Generator().manual_seed(int(s))
+            g_w.append(G.init_weights(cfg.g_kernel_sizes, cfg.g_channels, cfg.g_init_gain, gen))
+            d_p.append(D.init_params(cfg.d_channels, cfg.d_kernel_size, cfg.d_layers,
+                                     cfg.d_init_gain, cfg.authors_d_init_ignored, gen))
+        g_stacked = [torch.stack([w[i] for w in g_w]) for i in range(len(g_w[0]))]
+        d_stacked = {key: torch.stack([p[key] for p in d_p]) for key in d_p[0]}
+        # one flat buffer per network (for a few-op Adam); the autograd leaves are views of it
+        self.g_flat, self.g_weights = _flatten(g_stacked, dev)
+        self.d_flat, d_leaves = _flatten([d_stacked[k] for k in D.TRAINABLE], dev)
+        self._d_leaves = d_leaves
+        self.d_state = {k: v.to(**dev) for k, v in d_stacked.items() if k not in D.TRAINABLE}
+        adam = {"betas": (cfg.beta1, cfg.beta2)}
+        self.opt_g = FlatAdam(self.g_flat, cfg.lr_g, **adam)
+        self.opt_d = FlatAdam(self.d_flat, cfg.lr_d, **adam)
+
+        # --- per-image loss weights and schedule state ---
+        def full(v: float) -> torch.Tensor:
+            return torch.full((b,), v, **dev)
+
+        self.lam_bic, self.lam_sparse, self.lam_cen = full(cfg.lambda_bicubic), full(0.0), full(0.0)
+        self.bic_counter = torch.zeros(b, dtype=torch.int64, device=self.device)
+        self.similar = torch.zeros(b, dtype=torch.bool, device=self.device)
+        self.insert_constraints = torch.ones(b, dtype=torch.bool, device=self.device)
+        self.finite = torch.ones(b, dtype=torch.bool, device=self.device)
+        self.mask = priors.boundary_mask_tensor(cfg.kernel_size, cfg.boundary_penalty,
+                                                self.images)
+        self.centre = priors.centre_target(cfg.kernel_size, 2)
+        self._noise_chunk: tuple[int, torch.Tensor] = (-1, torch.empty(0))
+        self.last: dict[str, torch.Tensor] = {}
+        self.iteration = 0
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def d_params(self) -> dict[str, torch.Tensor]:
+        """D's parameters (views into the flat buffer) and spectral-norm state."""
+        return dict(zip(D.TRAINABLE, self._d_leaves, strict=True)) | self.d_state
+
+    def kernel(self) -> torch.Tensor:
+        """The current composed kernels, (B, K, K), differentiable w.r.t. G's weights."""
+        return G.compose_kernel(self.g_weights)
+
+    def _g_forward(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        if self.mode == "layers":
+            return G.forward_layers(x, self.g_weights)
+        return G.forward_composed(x, k)
+
+    # ------------------------------------------------------------------ one step
+    def step(self) -> None:
+        """One KernelGAN iteration for all B images."""
+        cfg, it = self.cfg, self.iteration
+        pb = sample_patches(self.images, self.cdf, self.sizes, self.seeds, it, cfg.crop_size,
+                            cfg.g_output_size, 2.0 * cfg.noise_std)
+        if cfg.authors_noise_accumulates:  # defect 2: the noise stays in the image
+            self._accumulate_noise(pb.d_crops, pb.d_topleft)
+        g_in, d_in = pb.g_crops, pb.d_crops
+
+        # G step
+        k = self.kernel()
+        g_out = self._g_forward(g_in, k)
+        d_params = self.d_params
+        d_fake = D.forward(g_out.unsqueeze(0), d_params)[0]
+        l_gan = priors.gan_loss(d_fake, real=True)
+        l_bic = priors.bicubic_prior(g_in, g_out, cfg.authors_bicubic_rgb_sum)
+        l_sum = priors.sum_to_one(k)
+        l_bnd = priors.boundaries(k, self.mask)
+        l_sp = priors.sparsity(k, cfg.sparse_power)
+        l_cen = priors.centralized(k, self.centre)
+        l_g = (l_gan + self.lam_bic * l_bic + cfg.lambda_sum2one * l_sum
+               + cfg.lambda_boundaries * l_bnd + self.lam_cen * l_cen + self.lam_sparse * l_sp)
+        self.opt_g.step(_flat_grad(l_g.sum(), self.g_weights))
+
+        # D step, with the updated G (its output is a constant here)
+        with torch.no_grad():
+            g_out2 = self._g_forward(g_in, self.kernel())
+            g_out2 = g_out2 + self._g_noise(it).reshape(g_out2.shape)
+        d_maps = D.forward(torch.stack([d_in, g_out2]), d_params)
+        l_d = 0.5 * (priors.gan_loss(d_maps[0], real=True) + priors.gan_loss(d_maps[1], real=False))
+        self.opt_d.step(_flat_grad(l_d.sum(), self._d_leaves))
+
+        with torch.no_grad():
+            self.finite &= torch.isfinite(l_g) & torch.isfinite(l_d)
+            self.last = {"g_gan": l_gan, "d": l_d, "bicubic": l_bic, "sum2one": l_sum,
+                         "boundaries": l_bnd, "sparse": l_sp, "centralized": l_cen,
+                         "g_total": l_g}
+            self._update_schedule(it, l_bic)
+        self.iteration += 1
+
+    def _g_noise(self, it: int, chunk: int = 100) -> torch.Tensor:
+        """Noise added to G's output before D: (B, 3·S²), drawn ``chunk`` iterations at a time.
+
+        ``noise_std · normal(seed_b, STREAM_G_NOISE, it, index)``: counter-based, so it does not
+        depend on batching, and drawing it in chunks costs a few ops per 100 iterations.
+        """
+        start, block = self._noise_chunk
+        if start < 0 or not start <= it < start + chunk:
+            start = it - it % chunk
+            n = 3 * self.cfg.g_output_size**2
+            ctr = torch.arange(start, start + chunk, device=self.device).view(1, chunk, 1)
+            idx = torch.arange(n, device=self.device).view(1, 1, n)
+            block = (self.cfg.noise_std
+                     * normal(self.seeds.view(-1, 1, 1), STREAM_G_NOISE, ctr, idx)).to(self.dtype)
+            self._noise_chunk = (start, block)
+        return block[:, it - start]
+
+    def _accumulate_noise(self, d_crops: torch.Tensor, topleft: torch.Tensor) -> None:
+        s = d_crops.shape[-1]
+        with torch.no_grad():
+            for i, (top, left) in enumerate(topleft.tolist()):
+                self.images[i, :, top : top + s, left : left + s] = d_crops[i]
+
+    def _update_schedule(self, it: int, l_bic: torch.Tensor) -> None:
+        """The authors' ``Learner.update``, per image, without host synchronisation."""
+        cfg = self.cfg
+        if it == 0:
+            return
+        if it % cfg.lr_decay_every == 0:
+            self.opt_g.lr /= cfg.lr_decay_factor
+            self.opt_d.lr /= cfg.lr_decay_factor
+        below = l_bic < cfg.bic_loss_threshold
+        not_sim = ~self.similar
+        becomes = not_sim & below & (self.bic_counter >= 2)
+        self.bic_counter = torch.where(not_sim & below & ~becomes, self.bic_counter + 1,
+                                       torch.where(not_sim & ~below, 0, self.bic_counter))
+        if it % cfg.bic_decay_every == 0:
+            decay = self.similar & (self.lam_bic > cfg.bic_min)
+            new_bic = torch.clamp(self.lam_bic / cfg.bic_decay_rate, min=cfg.bic_min)
+            self.lam_bic = torch.where(decay, new_bic, self.lam_bic)
+            insert = decay & self.insert_constraints & (self.lam_bic < cfg.bic_constraints_below)
+            self.lam_cen = torch.where(insert, cfg.lambda_centralized_end, self.lam_cen)
+            self.lam_sparse = torch.where(insert, cfg.lambda_sparse_end, self.lam_sparse)
+            self.insert_constraints &= ~insert
+        self.similar = self.similar | becomes
+
+    # ------------------------------------------------------------------ loop
+    def run(self, iters: int, callback: Callable[[int], None] | None = None,
+            every: int = 50) -> float:
+        """Run ``iters`` iterations; ``callback(done)`` every ``every``. Returns wall seconds."""
+        t0 = time.perf_counter()
+        for i in range(iters):
+            self.step()
+            if callback is not None and ((i + 1) % every == 0 or i + 1 == iters):
+                callback(i + 1)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - t0
+
+    def final_kernels(self) -> np.ndarray:
+        """The raw composed kernels of the *final* G (after its last update), (B, K, K) f64."""
+        with torch.no_grad():
+            return G.compose_kernel([w.detach().double() for w in self.g_weights]).cpu().numpy()
+
+    def final_losses(self) -> list[dict[str, float]]:
+        """The last iteration's loss terms, one dict per image."""
+        vals = {k: v.detach().double().cpu().numpy() for k, v in self.last.items()}
+        return [{k: float(v[i]) for k, v in vals.items()} for i in range(self.b)]
+
+
+def _flatten(tensors: list[torch.Tensor], dev: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One flat buffer holding ``tensors``, and autograd leaves that are views of it.
+
+    Updating the buffer in place (the optimiser) updates the leaves; gradients w.r.t. the
+    leaves are concatenated back in the same order by :func:`_flat_grad`.
+    """
+    flat = torch.cat([t.reshape(-1) for t in tensors]).to(**dev)
+    leaves, start = [], 0
+    for t in tensors:
+        n = t.numel()
+        leaves.append(flat[start : start + n].view(t.shape).requires_grad_())
+        start += n
+    return flat, leaves
+
+
+def _flat_grad(loss: torch.Tensor, leaves: list[torch.Tensor]) -> torch.Tensor:
+    """d loss / d leaves, concatenated into one flat tensor (the buffer's layout)."""
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, leaves)])

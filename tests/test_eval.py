@@ -1,0 +1,329 @@
+"""``kgengine eval``: dataset listing, baselines, scoring, resume, report, CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from scipy.io import loadmat
+from typer.testing import CliRunner
+
+from kgengine.atomic import save_mat
+from kgengine.cli import app
+from kgengine.errors import KGEngineError
+from kgengine.evaluate import (
+    BICUBIC,
+    ISO,
+    EvalSettings,
+    ResumeMismatchError,
+    baseline_kernels,
+    bicubic_taps,
+    list_dataset,
+    load_gt_kernel,
+    run_eval,
+    summary_table,
+)
+from kgengine.kernel import analytic_x4, bicubic_taps_x2, center_of_mass, gaussian_kernel
+from kgengine.metrics import PSNR_CAP
+from kgengine.synth import make_div2krk_like
+
+ROW_KEYS = {
+    "image", "index", "seed", "method", "kernel_psnr", "aligned_kernel_psnr", "aligned_shift",
+    "lr_psnr", "lr_offset", "lr_psnr_ceiling", "kernel_canvas", "wall_s", "ms_per_iter",
+}
+
+
+class FakeEstimator:
+    """Seed 0 returns the true kernel, other seeds a delta (a poor estimate); records calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def __call__(self, path, *, x4, iters, seed, device, config):
+        self.calls.append(
+            {"path": path, "x4": x4, "iters": iters, "seed": seed, "device": device,
+             "config": config}
+        )
+        p = Path(path)
+        n = p.stem.split("_")[1]
+        gt2 = loadmat(p.parents[1] / "gt_k_x2" / f"kernel_{n}.mat")["Kernel"]
+        gt4 = loadmat(p.parents[1] / "gt_k_x4" / f"kernel_{n}.mat")["Kernel"]
+        if seed == 0:
+            k2, k4 = gt2, gt4
+        else:
+            k2 = np.zeros((13, 13))
+            k2[6, 6] = 1.0
+            k4 = analytic_x4(k2)
+        return SimpleNamespace(
+            kernel_x2=k2, kernel_x4=k4 if x4 else None, report={"ms_per_iter": 2.5}
+        )
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, sample_hr) -> Path:
+    """A 2-image DIV2KRK-layout set made from 128x120 crops of the sample."""
+    from kgengine.imageio import write_png
+
+    hr = tmp_path_factory.mktemp("hr")
+    write_png(hr / "a.png", sample_hr[:128, :120])
+    write_png(hr / "b.png", sample_hr[150:278, 180:300])
+    out = tmp_path_factory.mktemp("ds")
+    make_div2krk_like(sorted(hr.glob("*.png")), out, seed=0)
+    return out
+
+
+def strict_json(path: Path) -> dict:
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+# ------------------------------------------------------------------------------ pieces
+def test_bicubic_taps_match_the_kernel_module():
+    np.testing.assert_allclose(bicubic_taps(2), bicubic_taps_x2(), atol=1e-15)
+    t4 = bicubic_taps(4)
+    assert t4.shape == (16,) and t4.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(t4, t4[::-1])
+
+
+@pytest.mark.parametrize("scale, iso_shape, bic_shape", [(2, 13, 8), (4, 37, 16)])
+def test_baseline_kernels(scale, iso_shape, bic_shape):
+    b = baseline_kernels(scale)
+    assert b[ISO].shape == (iso_shape, iso_shape)
+    assert b[BICUBIC].shape == (bic_shape, bic_shape)
+    for k in b.values():
+        assert k.sum() == pytest.approx(1.0)
+    c = iso_shape // 2
+    assert center_of_mass(b[ISO]) == pytest.approx((c, c))
+    # the even bicubic kernel sits half a pixel before the convention centre bic_shape // 2
+    assert center_of_mass(b[BICUBIC]) == pytest.approx((bic_shape / 2 - 0.5,) * 2)
+    if scale == 2:
+        np.testing.assert_allclose(b[ISO], gaussian_kernel(13, 1.3))
+
+
+def test_list_dataset(dataset, tmp_path):
+    imgs = list_dataset(dataset, 2)
+    assert [i.name for i in imgs] == ["im_1", "im_2"]
+    assert imgs[0].hr_path == dataset / "gt" / "im_1.png"
+    assert [i.index for i in list_dataset(dataset, 4, ids=[2])] == [2]
+    with pytest.raises(KGEngineError, match=r"ids \[5\]"):
+        list_dataset(dataset, 2, ids=[5])
+    with pytest.raises(KGEngineError, match="no lr_x2/ folder"):
+        list_dataset(tmp_path, 2)
+    # DIV2KRK's own HR naming, and no HR at all
+    d = tmp_path / "krk"
+    shutil.copytree(dataset, d)
+    (d / "gt" / "im_1.png").rename(d / "gt" / "img_1_gt.png")
+    (d / "gt" / "im_2.png").unlink()
+    imgs = list_dataset(d, 2)
+    assert imgs[0].hr_path == d / "gt" / "img_1_gt.png"
+    assert imgs[1].hr_path is None
+
+
+def test_load_gt_kernel_errors(tmp_path):
+    save_mat(tmp_path / "k.mat", {"Other": np.ones((3, 3))})
+    with pytest.raises(KGEngineError, match=r"k\.mat: no 'Kernel'"):
+        load_gt_kernel(tmp_path / "k.mat")
+    (tmp_path / "bad.mat").write_bytes(b"garbage")
+    with pytest.raises(KGEngineError, match="bad.mat"):
+        load_gt_kernel(tmp_path / "bad.mat")
+    save_mat(tmp_path / "ok.mat", {"Kernel": 2 * np.ones((3, 3))})
+    assert load_gt_kernel(tmp_path / "ok.mat").sum() == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------ the job
+@pytest.mark.parametrize("scale", [2, 4])
+def test_eval_fake_estimator_rows_report_and_grid(dataset, tmp_path, scale):
+    fake = FakeEstimator()
+    out = tmp_path / "out"
+    settings = EvalSettings(scale=scale, seeds=(0, 1), iters=7, device="cpu")
+    res = run_eval(dataset, out, settings, estimator=fake)
+
+    # the estimator got the documented arguments
+    assert len(fake.calls) == 4
+    call = fake.calls[0]
+    assert call["x4"] == (scale == 4) and call["iters"] == 7 and call["device"] == "cpu"
+    assert call["config"].iters == 7 and not call["config"].authors_bicubic_rgb_sum
+    assert Path(call["path"]).parent.name == f"lr_x{scale}"
+
+    disk = strict_json(out / "results.json")
+    assert disk["rows"] == json.loads(json.dumps(res["rows"]))
+    for key in ("settings", "machine", "rows", "errors", "summary", "eval_wall_s", "n_images"):
+        assert key in disk
+    rows = disk["rows"]
+    assert len(rows) == 2 * (2 + 2)  # per image: 2 baselines + 2 seeds
+    for r in rows:
+        assert set(r) == ROW_KEYS
+        assert r["kernel_canvas"] == (13 if scale == 2 else 37)
+    by = {(r["image"], r["method"], r["seed"]): r for r in rows}
+    for img in ("im_1", "im_2"):
+        perfect = by[(img, "kernelgan", 0)]
+        assert perfect["kernel_psnr"] == PSNR_CAP
+        assert perfect["aligned_kernel_psnr"] == PSNR_CAP
+        assert perfect["lr_psnr"] == pytest.approx(perfect["lr_psnr_ceiling"])
+        assert perfect["lr_offset"] == [0, 0]
+        assert 50 < perfect["lr_psnr_ceiling"] < 65  # 8-bit quantisation of the LR image
+        delta = by[(img, "kernelgan", 1)]
+        iso, bic = by[(img, ISO, None)], by[(img, BICUBIC, None)]
+        assert delta["kernel_psnr"] < iso["kernel_psnr"]
+        assert bic["aligned_kernel_psnr"] > bic["kernel_psnr"]  # half-pixel offset removed
+        assert delta["wall_s"] >= 0 and delta["ms_per_iter"] == 2.5
+
+    summ = disk["summary"]
+    lost = summ["loses_to_iso"]["kernel_psnr"]
+    # seed-mean of (cap, poor) beats the baseline on both images; the delta runs lose
+    assert lost["images"] == [] and lost["n_images"] == 2
+    assert lost["runs"] == 2 and lost["n_runs"] == 4
+    kg = summ["methods"]["kernelgan"]["kernel_psnr"]
+    assert kg["n"] == 4 and kg["worst"] < kg["median"] <= PSNR_CAP
+    vals = [by[(i, "kernelgan", s)]["kernel_psnr"] for i in ("im_1", "im_2") for s in (0, 1)]
+    assert kg["mean"] == pytest.approx(np.mean(vals))
+    stds = [np.std([by[(i, "kernelgan", s)]["kernel_psnr"] for s in (0, 1)], ddof=1)
+            for i in ("im_1", "im_2")]
+    assert summ["seed_std"]["kernel_psnr"] == pytest.approx(np.mean(stds))
+    assert summ["methods"][ISO]["kernel_psnr"]["n"] == 2
+
+    report = (out / "report.md").read_text()
+    for text in ("## Kernel PSNR", "## Aligned kernel PSNR", "## LR re-synthesis PSNR",
+                 "true kernel (ceiling)", "std across seeds", ISO, BICUBIC,
+                 "loses to the fixed isotropic σ = 1.3 Gaussian on 0 of 2",
+                 "in 2 of 4 (50 %) single runs", "kernels.png", "Machine"):
+        assert text in report, text
+    assert (out / "kernels.png").stat().st_size > 1000
+    table = summary_table([disk])
+    assert f"| x{scale} | kernelgan |" in table and "true kernel" in table
+
+
+def test_eval_resumes_and_refuses_other_settings(dataset, tmp_path):
+    out = tmp_path / "out"
+    settings = EvalSettings(scale=2, seeds=(0, 1), iters=7)
+    first = run_eval(dataset, out, settings, estimator=FakeEstimator())
+    again = FakeEstimator()
+    second = run_eval(dataset, out, settings, estimator=again)
+    assert again.calls == []
+    assert second["rows"] == first["rows"]
+    (out / "runs" / "im_2_seed1.json").unlink()
+    third = FakeEstimator()
+    run_eval(dataset, out, settings, estimator=third)
+    assert [(Path(c["path"]).name, c["seed"]) for c in third.calls] == [("im_2.png", 1)]
+    with pytest.raises(ResumeMismatchError, match="iters"):
+        run_eval(dataset, out, EvalSettings(scale=2, seeds=(0,), iters=8),
+                 estimator=FakeEstimator())
+    with pytest.raises(ResumeMismatchError, match="kernelgan-authors"):
+        run_eval(dataset, out, EvalSettings(scale=2, seeds=(0,), iters=7, authors_defects=True),
+                 estimator=FakeEstimator())
+
+
+def test_authors_variant_is_passed_and_labelled(dataset, tmp_path):
+    fake = FakeEstimator()
+    res = run_eval(dataset, tmp_path / "o", EvalSettings(seeds=(0,), iters=5, ids=(1,),
+                   authors_defects=True), estimator=fake)
+    cfg = fake.calls[0]["config"]
+    assert cfg.authors_bicubic_rgb_sum and cfg.authors_noise_accumulates
+    assert cfg.authors_d_init_ignored and cfg.iters == 5
+    assert {r["method"] for r in res["rows"]} == {"kernelgan-authors", ISO, BICUBIC}
+
+
+def test_one_bad_image_is_reported_and_skipped(dataset, tmp_path):
+    d = tmp_path / "ds"
+    shutil.copytree(dataset, d)
+    (d / "lr_x2" / "im_2.png").write_bytes(b"truncated")
+    messages: list[str] = []
+    res = run_eval(d, tmp_path / "o", EvalSettings(seeds=(0,), iters=3),
+                   estimator=FakeEstimator(), on_error=messages.append)
+    assert {r["image"] for r in res["rows"]} == {"im_1"}
+    assert res["errors"][0]["image"] == "im_2" and "im_2.png" in res["errors"][0]["error"]
+    assert messages and "im_2" in messages[0]
+    assert "## Skipped images" in (tmp_path / "o" / "report.md").read_text()
+    # every image bad: the job fails with the first error
+    (d / "lr_x2" / "im_1.png").write_bytes(b"")
+    save_mat(d / "gt_k_x2" / "kernel_1.mat", {"Nope": np.ones((3, 3))})
+    with pytest.raises(KGEngineError, match="every image failed"):
+        run_eval(d, tmp_path / "o2", EvalSettings(seeds=(0,), iters=3),
+                 estimator=FakeEstimator())
+
+
+def test_eval_without_hr_images_skips_resynthesis(dataset, tmp_path):
+    d = tmp_path / "ds"
+    shutil.copytree(dataset, d)
+    shutil.rmtree(d / "gt")
+    res = run_eval(d, tmp_path / "o", EvalSettings(seeds=(0,), iters=3),
+                   estimator=FakeEstimator())
+    assert all(r["lr_psnr"] is None and r["lr_psnr_ceiling"] is None for r in res["rows"])
+    assert "not measured" in (tmp_path / "o" / "report.md").read_text()
+
+
+# ------------------------------------------------------------------------------ CLI
+def test_eval_command(dataset, tmp_path, monkeypatch):
+    import kgengine.evaluate as ev
+
+    fake = FakeEstimator()
+    monkeypatch.setattr(ev, "default_estimator", lambda: fake)
+    runner = CliRunner()
+    out = tmp_path / "o"
+    res = runner.invoke(app, ["eval", str(dataset), "-o", str(out), "--scale", "4",
+                              "--seeds", "0,1", "--ids", "2", "--iters", "9", "--device", "cpu",
+                              "--authors-defects"])
+    assert res.exit_code == 0, res.output
+    assert "kernelgan-authors" in res.output
+    data = strict_json(out / "results.json")
+    assert {r["image"] for r in data["rows"]} == {"im_2"}
+    assert data["settings"]["seeds"] == [0, 1] and data["settings"]["scale"] == 4
+    assert [c["seed"] for c in fake.calls] == [0, 1]
+    assert all(c["x4"] and c["iters"] == 9 and c["device"] == "cpu" for c in fake.calls)
+    assert fake.calls[0]["config"].authors_noise_accumulates
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--scale", "3"], "--scale must be 2 or 4"),
+        (["--seeds", "a,b"], "--seeds: expected integers"),
+        (["--ids", "7"], "no image for ids [7]"),
+    ],
+)
+def test_eval_command_errors(dataset, tmp_path, args, message):
+    res = CliRunner().invoke(app, ["eval", str(dataset), "-o", str(tmp_path / "o"), *args])
+    assert res.exit_code == 1
+    assert message in res.output
+
+
+def test_eval_command_missing_dataset(tmp_path):
+    res = CliRunner().invoke(app, ["eval", str(tmp_path / "none"), "-o", str(tmp_path / "o")])
+    assert res.exit_code == 1
+    assert "no lr_x2/ folder" in res.output
+
+
+def test_parse_int_list():
+    from kgengine.commands.eval import parse_int_list
+
+    assert parse_int_list("0,1,2", "x") == (0, 1, 2)
+    assert parse_int_list("1-3, 7,2", "x") == (1, 2, 3, 7)
+    with pytest.raises(KGEngineError):
+        parse_int_list(",", "x")
+
+
+# ------------------------------------------------------------------------------ real run
+def test_eval_with_the_real_estimator(tmp_path, sample_hr):
+    pytest.importorskip("kgengine.api", reason="the KernelGAN estimator is not available")
+    from kgengine.imageio import write_png
+
+    hr = tmp_path / "hr"
+    write_png(hr / "a.png", sample_hr[:200, :200])
+    ds = tmp_path / "ds"
+    make_div2krk_like([hr / "a.png"], ds, seed=0)
+    res = run_eval(ds, tmp_path / "o", EvalSettings(seeds=(0,), iters=12, device="cpu"))
+    assert res["errors"] == []
+    rows = {r["method"]: r for r in res["rows"]}
+    est = rows["kernelgan"]
+    assert len(np.asarray(json.loads((tmp_path / "o/runs/im_1_seed0.json").read_text())
+                          ["kernel"])) == 13
+    assert 0 < est["kernel_psnr"] < PSNR_CAP
+    assert est["aligned_kernel_psnr"] >= est["kernel_psnr"]
+    assert est["lr_psnr"] <= est["lr_psnr_ceiling"] + 1e-9
+    assert est["wall_s"] > 0 and est["ms_per_iter"] > 0

@@ -1,0 +1,72 @@
+"""Kernel math: x4 identity, centring, clean-up, Gaussians."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kgengine.degrade import degrade
+from kgengine.kernel import (
+    analytic_x4,
+    anisotropic_gaussian,
+    center_kernel,
+    center_of_mass,
+    clean_kernel,
+    gaussian_kernel,
+    shift_kernel,
+)
+
+
+def test_x4_identity_degrade_twice_equals_once(aniso_kernel):
+    """(x ⋆ k2)↓2 twice == (x ⋆ k4)↓4 away from the borders."""
+    rng = np.random.default_rng(0)
+    x = rng.random((96, 104, 3))
+    k4 = analytic_x4(aniso_kernel)
+    assert k4.shape == (37, 37)
+    assert k4.sum() == pytest.approx(1.0)
+    twice = degrade(degrade(x, aniso_kernel, 2), aniso_kernel, 2)
+    once = degrade(x, k4, 4)
+    assert twice.shape == once.shape == (24, 26, 3)
+    m = 6  # border rows/cols (LR x4 px) that see reflected pixels differently
+    np.testing.assert_allclose(twice[m:-m, m:-m], once[m:-m, m:-m], rtol=0, atol=1e-12)
+    assert center_of_mass(k4) == pytest.approx((18.0, 18.0), abs=1e-9)
+
+
+def test_x4_identity_non_symmetric_kernel():
+    rng = np.random.default_rng(1)
+    k2 = rng.random((5, 5))
+    k2 /= k2.sum()
+    x = rng.random((64, 64))
+    once = degrade(x, analytic_x4(k2), 4)
+    twice = degrade(degrade(x, k2, 2), k2, 2)
+    np.testing.assert_allclose(twice[3:-3, 3:-3], once[3:-3, 3:-3], atol=1e-12)
+
+
+def test_gaussian_centre_and_covariance():
+    k = anisotropic_gaussian(31, 2.0, 0.7, np.pi / 5)
+    assert k.sum() == pytest.approx(1.0)
+    assert center_of_mass(k) == pytest.approx((15.0, 15.0), abs=1e-9)
+    yy, xx = np.mgrid[0:31, 0:31] - 15.0
+    cov = np.array([[np.sum(k * xx * xx), np.sum(k * xx * yy)],
+                    [np.sum(k * xx * yy), np.sum(k * yy * yy)]])
+    rot = np.array([[np.cos(np.pi / 5), -np.sin(np.pi / 5)], [np.sin(np.pi / 5), np.cos(np.pi / 5)]])
+    np.testing.assert_allclose(cov, rot @ np.diag([2.0, 0.7]) @ rot.T, atol=1e-6)
+    np.testing.assert_allclose(gaussian_kernel(13, 1.3), gaussian_kernel(13, 1.3).T)
+
+
+def test_center_kernel_moves_centre_of_mass():
+    k = shift_kernel(gaussian_kernel(13, 1.2), 0.5, -0.7)
+    c = center_kernel(k)
+    assert c.shape == (13, 13) and c.sum() == pytest.approx(1.0) and (c >= 0).all()
+    assert center_of_mass(c) == pytest.approx((6.0, 6.0), abs=0.02)
+
+
+def test_clean_kernel_keeps_40_largest_region():
+    rng = np.random.default_rng(2)
+    k = gaussian_kernel(13, 1.5) + 1e-4 * rng.standard_normal((13, 13))
+    c = clean_kernel(k, 40)
+    assert c.sum() == pytest.approx(1.0) and (c >= 0).all()
+    assert (c > 0).sum() <= 60  # the 40 largest and their near-ties survive
+    pivot = np.sort(k.ravel())[-41]
+    expected = np.clip(k - 0.75 * pivot, 0, None)
+    np.testing.assert_allclose(c, expected / expected.sum())

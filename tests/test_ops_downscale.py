@@ -1,0 +1,374 @@
+"""Strided conv-downscale: every backend against the reference, gradients, backend choice."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tolerances import assert_close
+
+from kgengine.degrade import degrade, degrade_torch, reflect_index
+from kgengine.ops import backend as be
+from kgengine.ops import downscale, downscale_ref
+from kgengine.ops.downscale import output_size
+
+ROOT = Path(__file__).resolve().parents[1]
+IN_SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+HAS_CUDA = torch.cuda.is_available()
+
+try:
+    import cupy  # noqa: F401
+
+    HAS_CUPY = True
+except ImportError:
+    HAS_CUPY = False
+
+sim_only = pytest.mark.skipif(
+    not IN_SIM, reason="runs inside test_numba_cuda_simulator's NUMBA_ENABLE_CUDASIM=1 process"
+)
+
+# (B, C, H, W, kh, kw): sizes 1, odd, prime, even kernels, kernel larger than a side.
+CASES = [
+    (1, 3, 17, 29, 13, 13),
+    (5, 2, 29, 17, 4, 6),
+    (2, 1, 1, 7, 3, 3),
+    (1, 2, 5, 4, 13, 12),
+    (3, 1, 1, 1, 1, 1),
+    (1, 1, 9, 9, 2, 1),
+]
+DTYPES = [torch.float32, torch.float64]
+
+
+def _inputs(case, dtype, per_image, contiguous, seed=0):  # noqa: ANN001, ANN202
+    b, c, h, w, kh, kw = case
+    g = torch.Generator().manual_seed(seed)
+    if contiguous:
+        x = torch.rand(b, c, h, w, generator=g, dtype=dtype)
+    else:  # a channels-last view of a wider tensor, sliced with a step: no unit stride
+        x = torch.rand(b, h, 2 * w, c, generator=g, dtype=dtype).permute(0, 3, 1, 2)[..., ::2]
+    k = torch.rand((b if per_image else 1), kh, kw, generator=g, dtype=dtype)
+    k = k / k.sum(dim=(-2, -1), keepdim=True)
+    return x, (k if per_image else k[0])
+
+
+def _valid_ok(case) -> bool:  # noqa: ANN001
+    _, _, h, w, kh, kw = case
+    return h >= kh and w >= kw
+
+
+def _loop_oracle(x: np.ndarray, k: np.ndarray, s: int, border: str) -> np.ndarray:
+    """The module docstring's sums, written as plain loops (float64)."""
+    b, c, h, w = x.shape
+    kh, kw = k.shape[-2:]
+    k = np.broadcast_to(k, (b, kh, kw))
+    oh, ow = output_size(h, w, kh, kw, s, border)
+    if border == "reflect":
+        ri = reflect_index(h, kh // 2, s * oh + kh)
+        ci = reflect_index(w, kw // 2, s * ow + kw)
+    else:
+        ri, ci = np.arange(h), np.arange(w)
+    y = np.zeros((b, c, oh, ow))
+    for bi in range(b):
+        for i in range(oh):
+            for j in range(ow):
+                for u in range(kh):
+                    for v in range(kw):
+                        y[bi, :, i, j] += k[bi, u, v] * x[bi, :, ri[s * i + u], ci[s * j + v]]
+    return y
+
+
+# ---------------------------------------------------------------------------- reference
+@pytest.mark.parametrize("border", ["reflect", "valid"])
+@pytest.mark.parametrize("case", CASES)
+def test_reference_matches_loop_oracle(case, border) -> None:  # noqa: ANN001
+    if border == "valid" and not _valid_ok(case):
+        pytest.skip("image smaller than kernel")
+    x, k = _inputs(case, torch.float64, per_image=True, contiguous=True)
+    for s in (1, 2, 3):
+        got = downscale_ref(x, k, s, border).numpy()
+        np.testing.assert_allclose(got, _loop_oracle(x.numpy(), k.numpy(), s, border), atol=1e-12)
+
+
+def test_reflect_reference_is_degrade_torch_and_sizes() -> None:
+    x, k = _inputs((2, 3, 17, 29, 13, 13), torch.float64, True, True)
+    for s in (2, 3, 4):
+        y = downscale_ref(x, k, s)
+        assert y.shape == (2, 3, -(-17 // s), -(-29 // s))
+        assert torch.equal(y, degrade_torch(x, k, s))
+        yv = downscale_ref(x, k, s, "valid")
+        assert yv.shape == (2, 3, (17 - 13) // s + 1, (29 - 13) // s + 1)
+
+
+def test_impulse_hand_computed() -> None:
+    x = torch.zeros(1, 1, 6, 6, dtype=torch.float64)
+    x[0, 0, 2, 2] = 1.0
+    k = torch.arange(9, dtype=torch.float64).reshape(3, 3)
+    # reflect: rows read by y[i] are R(2i-1..2i+1); only i = 1 reads row 2 (tap u = 1; the
+    # reflected row -1 is row 1, not 2), so y = k[1,1] at (1,1) and 0 elsewhere.
+    # valid: rows 2i..2i+2, so row 2 is tap u = 2 - 2i: y[i,j] = k[2-2i, 2-2j].
+    for name in ("torch", "numba"):
+        y = downscale(x, k, 2, backend=name)[0, 0]
+        assert y[1, 1] == 4.0 and y.sum() == 4.0
+        yv = downscale(x, k, 2, "valid", backend=name)[0, 0]
+        assert yv.tolist() == [[8.0, 6.0], [2.0, 0.0]]
+
+
+# --------------------------------------------------------------------------- numba CPU
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contig", "strided"])
+@pytest.mark.parametrize("per_image", [False, True], ids=["shared_k", "per_image_k"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", CASES)
+def test_numba_cpu_matches_reference(case, dtype, per_image, contiguous) -> None:  # noqa: ANN001
+    x, k = _inputs(case, dtype, per_image, contiguous)
+    for border in ("reflect", "valid"):
+        if border == "valid" and not _valid_ok(case):
+            continue
+        for s in (1, 2, 3, 4):
+            expected = downscale_ref(x, k, s, border)
+            got = downscale(x, k, s, border, backend="numba")
+            assert got.dtype == dtype and got.is_contiguous()
+            assert_close(got, expected)
+
+
+def test_numba_cpu_large_kernel_and_image() -> None:
+    x, k = _inputs((1, 3, 67, 131, 25, 25), torch.float32, True, True, seed=3)
+    for s in (2, 4):
+        assert_close(downscale(x, k, s, backend="numba"), downscale_ref(x, k, s))
+
+
+# ------------------------------------------------------------------------------ autograd
+@pytest.mark.parametrize("border", ["valid", "reflect"])
+def test_gradcheck_through_custom_backend(border) -> None:  # noqa: ANN001
+    x, k = _inputs((2, 2, 9, 8, 4, 3), torch.float64, True, True)
+    x.requires_grad_(True)
+    k.requires_grad_(True)
+
+    def fn(xx: torch.Tensor, kk: torch.Tensor) -> torch.Tensor:
+        return downscale(xx, kk, 2, border, backend="numba")
+
+    assert torch.autograd.gradcheck(fn, (x, k))
+
+
+def test_kernel_gradient_matches_reference_shared_kernel() -> None:
+    x, k = _inputs((3, 3, 20, 21, 13, 13), torch.float32, False, False)
+    k1 = k.clone().requires_grad_(True)
+    k2 = k.clone().requires_grad_(True)
+    w = torch.randn(3, 3, 4, 5, generator=torch.Generator().manual_seed(1))
+    (downscale(x, k1, 2, "valid", backend="numba") * w).sum().backward()
+    (downscale_ref(x, k2, 2, "valid") * w).sum().backward()
+    assert k1.grad.shape == (13, 13)
+    torch.testing.assert_close(k1.grad, k2.grad, rtol=1e-5, atol=1e-5)
+
+
+# -------------------------------------------------------------- CUDA C on the host (g++)
+def _host_or_skip():  # noqa: ANN202
+    from kgengine.ops import _cuda_host
+
+    if _cuda_host.compiler() is None:
+        pytest.skip("no C++ compiler to run kernels/*.cu on the host")
+    return _cuda_host
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_cuda_c_source_on_host_matches_reference(dtype) -> None:  # noqa: ANN001
+    host = _host_or_skip()
+    from kgengine.ops._launch import downscale_launch
+
+    for case in CASES:
+        for per_image, contiguous in ((True, False), (False, True)):
+            x, k = _inputs(case, dtype, per_image, contiguous)
+            k3 = k if per_image else k[None]
+            for border in ("reflect", "valid"):
+                if border == "valid" and not _valid_ok(case):
+                    continue
+                for s in (1, 2, 3, 4):
+                    oh, ow = output_size(*x.shape[2:], *k.shape[-2:], s, border)
+                    out = torch.full((x.shape[0], x.shape[1], oh, ow), float("nan"), dtype=dtype)
+                    host.run(downscale_launch(x, k3, s, border == "reflect", out))
+                    assert_close(out, downscale_ref(x, k, s, border))
+
+
+# ------------------------------------------------------------ Numba CUDA (simulator)
+@sim_only
+def test_sim_numba_cuda_downscale() -> None:
+    from kgengine.ops import _numba_cuda
+
+    small = [(1, 1, 7, 5, 3, 2), (2, 2, 1, 4, 3, 3), (5, 1, 3, 3, 5, 4), (1, 1, 1, 1, 1, 1)]
+    for case in small:
+        for dtype, per_image, contiguous in (
+            (torch.float32, True, False),
+            (torch.float64, False, True),
+        ):
+            x, k = _inputs(case, dtype, per_image, contiguous)
+            k3 = k if per_image else k[None]
+            for border in ("reflect", "valid"):
+                if border == "valid" and not _valid_ok(case):
+                    continue
+                for s in (2, 3):
+                    oh, ow = output_size(*x.shape[2:], *k.shape[-2:], s, border)
+                    got = _numba_cuda.downscale(x, k3, s, border == "reflect", oh, ow)
+                    assert got.dtype == dtype
+                    assert_close(got, downscale_ref(x, k, s, border))
+
+
+def test_numba_cuda_simulator() -> None:
+    """Run this file's ``test_sim_*`` in a subprocess with NUMBA_ENABLE_CUDASIM=1 (Numba reads
+    it at import, and this process may already have imported Numba without it)."""
+    if IN_SIM:
+        pytest.skip("already inside the simulator process")
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        __file__,
+        "-q",
+        "-k",
+        "test_sim_",
+        "-p",
+        "no:cacheprovider",
+    ]
+    res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    assert " passed" in res.stdout and "skipped" not in res.stdout, res.stdout[-2000:]
+
+
+# -------------------------------------------------------------------------- real GPU
+def _gpu_cases():  # noqa: ANN202
+    for case in CASES + [(2, 3, 257, 131, 13, 13)]:
+        for dtype in DTYPES:
+            for per_image, contiguous in ((True, False), (False, True)):
+                yield case, dtype, per_image, contiguous
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("name", ["numba_cuda", "cupy"])
+def test_gpu_backends_match_reference(name) -> None:  # noqa: ANN001
+    if not HAS_CUDA:
+        pytest.skip("no CUDA device")
+    if name == "cupy" and not HAS_CUPY:
+        pytest.skip("cupy not installed")
+    for case, dtype, per_image, contiguous in _gpu_cases():
+        x, k = _inputs(case, dtype, per_image, contiguous)
+        x, k = x.cuda(), k.cuda()
+        for border in ("reflect", "valid"):
+            if border == "valid" and not _valid_ok(case):
+                continue
+            for s in (2, 3, 4):
+                got = downscale(x, k, s, border, backend=name)
+                assert got.is_cuda
+                assert_close(got.cpu(), downscale_ref(x.cpu(), k.cpu(), s, border))
+
+
+# ---------------------------------------------------------------- backend selection
+@pytest.fixture
+def fresh_warnings(monkeypatch):  # noqa: ANN001, ANN201
+    monkeypatch.setattr(be, "_warned", set())
+    monkeypatch.delenv(be.ENV_VAR, raising=False)
+
+
+def test_auto_backend_cpu_and_report(fresh_warnings) -> None:  # noqa: ANN001
+    assert be.resolve("downscale", "cpu") == be.CPU_DEFAULT["downscale"]
+    report = be.backend_report()
+    for op in be.OPS:
+        assert report[f"{op} (cpu)"] in ("torch", "numba")
+        assert report[f"{op} (cuda)"] in ("torch", "numba_cuda", "cupy")
+    assert report["numba"].startswith("yes")
+    if not HAS_CUPY:
+        assert report["cupy"].startswith("no: cupy not installed")
+    if not HAS_CUDA:
+        assert report["downscale (cuda)"] == "torch"
+
+
+def test_override_argument_env_and_single_warning(fresh_warnings, monkeypatch) -> None:  # noqa: ANN001
+    assert be.resolve("downscale", "cpu", "torch") == "torch"
+    monkeypatch.setenv(be.ENV_VAR, "torch")
+    assert be.resolve("downscale", "cpu") == "torch"
+    assert be.resolve("downscale", "cpu", "numba") == "numba"  # argument beats env var
+    monkeypatch.setenv(be.ENV_VAR, "nonsense")
+    with pytest.raises(ValueError, match="KGENGINE_OPS_BACKEND"):
+        be.resolve("downscale", "cpu")
+    monkeypatch.delenv(be.ENV_VAR)
+    with pytest.raises(ValueError, match="expected one of"):
+        be.resolve("downscale", "cpu", "cuda")
+    x, k = _inputs((1, 1, 8, 8, 3, 3), torch.float64, False, True)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        for _ in range(3):  # cupy never runs on CPU tensors: torch, warned once
+            assert torch.equal(downscale(x, k, 2, backend="cupy"), downscale_ref(x, k, 2))
+    assert len([w for w in rec if "unavailable" in str(w.message)]) == 1
+
+
+def test_degrade_dispatches_to_op(fresh_warnings, monkeypatch) -> None:  # noqa: ANN001
+    img = np.random.default_rng(0).random((23, 31, 3))
+    k = np.random.default_rng(1).random((7, 7))
+    fast = degrade(img, k, 3)
+    monkeypatch.setenv(be.ENV_VAR, "torch")
+    ref = degrade(img, k, 3)
+    assert fast.shape == (8, 11, 3)
+    np.testing.assert_allclose(fast, ref, atol=1e-12)
+    t = torch.from_numpy(img.transpose(2, 0, 1).copy())[None]
+    np.testing.assert_allclose(
+        degrade(t, torch.from_numpy(k), 5).numpy()[0].transpose(1, 2, 0),
+        degrade(img, k, 5),
+        atol=1e-12,
+    )
+
+
+def test_import_does_not_load_numba() -> None:
+    code = "import sys, kgengine, kgengine.ops, kgengine.degrade; print('numba' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert res.stdout.strip() == "False", res.stderr
+
+
+# ------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        ((torch.rand(3, 8, 8), torch.rand(3, 3), 2), "expected a \\(B,C,H,W\\)"),
+        ((torch.rand(1, 1, 8, 8), torch.rand(3, 3), 5), "scale: expected one of"),
+        ((torch.rand(2, 1, 8, 8), torch.rand(3, 3, 3), 2), "kernel: expected"),
+        ((torch.rand(1, 1, 8, 8), torch.rand(3, 0), 2), "kernel: expected"),
+        ((torch.zeros(1, 1, 8, 8, dtype=torch.int64), torch.rand(3, 3), 2), "floating-point"),
+    ],
+)
+def test_bad_arguments(args, match) -> None:  # noqa: ANN001
+    with pytest.raises(ValueError, match=match):
+        downscale(*args, backend="numba")
+
+
+def test_bad_border_and_valid_too_small() -> None:
+    with pytest.raises(ValueError, match="border"):
+        downscale(torch.rand(1, 1, 8, 8), torch.rand(3, 3), 2, "zero")
+    with pytest.raises(ValueError, match="at least as large as the kernel"):
+        downscale(torch.rand(1, 1, 8, 8), torch.rand(9, 3), 2, "valid")
+
+
+# ---------------------------------------------------------------------------- packaging
+def test_wheel_ships_every_package_and_the_cuda_sources() -> None:
+    from setuptools import find_namespace_packages
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(cfg["packages"])
+    found = {
+        p
+        for p in find_namespace_packages(str(ROOT), include=["kgengine*"])
+        if "__pycache__" not in p
+    }
+    missing = found - listed
+    assert not missing, f"add {sorted(missing)} to [tool.setuptools] packages in pyproject.toml"
+    assert cfg["package-dir"]["kgengine._cuda"] == "kernels"
+    assert cfg["package-data"]["kgengine._cuda"] == ["*.cu"]
+    from kgengine.ops._cuda_host import SOURCES
+    from kgengine.ops._launch import kernel_source
+
+    for name in SOURCES:
+        assert (ROOT / "kernels" / name).is_file()
+        assert kernel_source(name).startswith("//")

@@ -1,0 +1,159 @@
+"""Kernel pools: file round-trips, folder reading (.npy/.mat), padding, validation errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.io import savemat
+
+from kgengine.degrade import degrade_torch
+from kgengine.errors import KGEngineError
+from kgengine.kernel import anisotropic_gaussian, gaussian_kernel
+from kgengine.pool import (
+    POOL_FILE,
+    KernelPool,
+    common_size,
+    load_pool,
+    make_pool,
+    pad_kernel,
+    save_pool,
+)
+
+
+def _raw_kernels() -> list[np.ndarray]:
+    rng = np.random.default_rng(3)
+    return [
+        3.0 * gaussian_kernel(11, 1.2),  # not normalised: the pool renormalises
+        anisotropic_gaussian(13, 1.0, 4.0, 0.7),
+        rng.random((8, 8)),  # even size: centre index 4
+        rng.random((7, 11)),  # non-square
+    ]
+
+
+@pytest.mark.parametrize("shape", [(9, 9), (8, 8), (7, 11), (13, 13)])
+def test_pad_kernel_keeps_degrade(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(0)
+    k = rng.random(shape)
+    x = torch.from_numpy(rng.random((1, 3, 31, 28)))
+    size = common_size([shape, (13, 13)])
+    padded = pad_kernel(k, size)
+    assert padded.shape == (size, size) and size % 2 == 1
+    for s in (2, 3):
+        ref = degrade_torch(x, torch.from_numpy(k), s)
+        out = degrade_torch(x, torch.from_numpy(padded), s)
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+
+
+def test_common_size() -> None:
+    assert common_size([(13, 13)]) == 13
+    assert common_size([(8, 8)]) == 9  # centre index 4 needs 4 on each side
+    assert common_size([(7, 11), (3, 3)]) == 11
+    assert common_size([(11, 11), (25, 25)]) == 25
+
+
+def test_make_pool_pads_and_normalises() -> None:
+    raw = _raw_kernels()
+    pool = make_pool(raw, ["a", "b", "c", "d"], ["a.png", "b.png", "c.png", "d.png"], 2)
+    assert pool.kernels.shape == (4, 13, 13) and pool.kernels.dtype == np.float32
+    np.testing.assert_allclose(pool.kernels.sum(axis=(1, 2)), 1.0, atol=1e-6)
+    # the 11x11 kernel sits in the middle: rows/cols 1..11
+    np.testing.assert_allclose(pool.kernels[0, 1:12, 1:12], raw[0] / raw[0].sum(), atol=1e-7)
+    # the 8x8 kernel: centre index 4 goes to 6, so rows/cols 2..9
+    np.testing.assert_allclose(pool.kernels[2, 2:10, 2:10], raw[2] / raw[2].sum(), atol=1e-7)
+    assert pool.seeds == [-1, -1, -1, -1] and pool.kernel_size == 13 and len(pool) == 4
+
+
+def test_save_load_npz_round_trip(tmp_path) -> None:
+    raw = _raw_kernels()
+    reports = [{"iters": 3000, "loss": 0.1 * i, "ok": True} for i in range(4)]
+    pool = make_pool(raw, ["a", "b", "c", "d"], ["x/a.png", "x/b.png", "c", "d"], 4,
+                     seeds=[1, 2, 3, 4], reports=reports)
+    path = save_pool(tmp_path, pool)
+    assert path == tmp_path / POOL_FILE
+    assert [p.name for p in tmp_path.iterdir()] == [POOL_FILE]  # no temporary file left
+    with np.load(path, allow_pickle=False) as data:  # no pickled objects inside
+        assert set(data.files) == {"kernels", "ids", "sources", "seeds", "scale", "index"}
+        assert data["ids"].tolist() == ["a", "b", "c", "d"]
+        assert int(data["scale"]) == 4
+    back = load_pool(path)
+    np.testing.assert_array_equal(back.kernels, pool.kernels)
+    assert back.ids == pool.ids and back.sources == pool.sources
+    assert back.seeds == [1, 2, 3, 4] and back.scale == 4 and back.reports == reports
+    assert back.fingerprint() == pool.fingerprint()
+    # an explicit file name is used as given
+    other = save_pool(tmp_path / "mine.npz", pool)
+    assert other.name == "mine.npz" and load_pool(other).ids == pool.ids
+
+
+def test_npz_without_reports_and_scale_mismatch(tmp_path) -> None:
+    pool = make_pool([gaussian_kernel(13, 1.0)], ["only"], ["s.png"], 2)
+    path = save_pool(tmp_path, pool)
+    back = load_pool(path, scale=2)
+    assert back.reports is None
+    with pytest.raises(KGEngineError, match="pool holds x2 kernels, not x4"):
+        load_pool(path, scale=4)
+
+
+def test_load_folder_npy_and_mat(tmp_path) -> None:
+    k1 = gaussian_kernel(11, 1.3)
+    k2 = 5.0 * anisotropic_gaussian(13, 1.0, 3.0, 0.2)
+    k3 = np.random.default_rng(1).random((9, 9))
+    np.save(tmp_path / "a_kernel.npy", k1)
+    savemat(tmp_path / "b_kernel.mat", {"Kernel": k2})  # ZSSR / KernelGAN / DIV2KRK layout
+    savemat(tmp_path / "c_kernel.mat", {"k": k3, "note": "text"})  # the single 2-D variable
+    (tmp_path / "README.txt").write_text("not a kernel")
+    pool = load_pool(tmp_path, scale=4)
+    assert pool.ids == ["a_kernel", "b_kernel", "c_kernel"] and pool.scale == 4
+    assert pool.sources[1] == str((tmp_path / "b_kernel.mat").resolve())
+    assert pool.kernels.shape == (3, 13, 13)
+    for row, k in enumerate((k1, k2, k3)):
+        np.testing.assert_allclose(pool.kernels[row], pad_kernel(k / k.sum(), 13), atol=1e-7)
+    # a single kernel file is a pool of one
+    one = load_pool(tmp_path / "b_kernel.mat")
+    assert one.ids == ["b_kernel"] and one.scale == 2
+    np.testing.assert_allclose(one.kernels[0], k2 / k2.sum(), atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("nan.npy", np.full((5, 5), np.nan), "NaN or inf"),
+        ("cube.npy", np.ones((3, 5, 5)), "must be a 2-D array"),
+        ("zero.npy", np.zeros((5, 5)), "sum is 0, must be > 0"),
+        ("neg.npy", -np.ones((5, 5)), "must be > 0"),
+        ("two.mat", {"a": np.ones((3, 3)), "b": np.ones((5, 5))}, "no 'Kernel' variable"),
+        ("junk.npy", b"not an npy file", "cannot read .npy kernel"),
+        ("junk.mat", b"not a mat file", "cannot read .mat file"),
+    ],
+)
+def test_bad_kernel_file_is_named(tmp_path, name, content, message) -> None:
+    np.save(tmp_path / "good.npy", gaussian_kernel(9, 1.0))
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif isinstance(content, dict):
+        savemat(path, content)
+    else:
+        np.save(path, content)
+    with pytest.raises(KGEngineError, match=message) as info:
+        load_pool(tmp_path)
+    assert str(path) in str(info.value)
+
+
+def test_bad_pools(tmp_path) -> None:
+    with pytest.raises(KGEngineError, match="no .npy or .mat kernel files"):
+        load_pool(tmp_path)
+    with pytest.raises(KGEngineError, match="no such kernel pool"):
+        load_pool(tmp_path / "missing.npz")
+    np.savez(tmp_path / "other.npz", x=np.ones(3))
+    with pytest.raises(KGEngineError, match="missing arrays"):
+        load_pool(tmp_path / "other.npz")
+    np.save(tmp_path / "k.npy", gaussian_kernel(5, 1.0))
+    savemat(tmp_path / "k.mat", {"Kernel": gaussian_kernel(5, 1.0)})
+    with pytest.raises(KGEngineError, match="several kernel files named 'k'"):
+        load_pool(tmp_path)
+    with pytest.raises(KGEngineError, match="K odd"):
+        KernelPool(np.ones((2, 4, 4), np.float32), ["a", "b"], ["", ""], [0, 0], 2)
+    with pytest.raises(KGEngineError, match="not unique"):
+        KernelPool(np.ones((2, 5, 5), np.float32), ["a", "a"], ["", ""], [0, 0], 2)
