@@ -113,7 +113,9 @@ def estimate_kernels(
     dtype: torch.dtype = torch.float32,
     mode: str = "composed",
     callback: Callable[[int], None] | None = None,
-) -> list[EstimateResult]:
+    names: Sequence[str] | None = None,
+    on_diverge: str = "raise",
+) -> list[EstimateResult | TrainingDivergedError]:
     """Estimate the x2 (and x4) SR kernels of B images, trained together in one batch.
 
     Args:
@@ -126,6 +128,9 @@ def estimate_kernels(
         dtype: training precision (float32; float64 for exactness tests).
         mode: "composed" (fast) or "layers" (the authors' layer-by-layer computation).
         callback: called with the number of finished iterations every 50 iterations.
+        names: output names (default: file stems, ``image<i>`` for arrays).
+        on_diverge: "raise" (default) or "return": a diverged image's slot then holds the
+            :class:`TrainingDivergedError` instead of a result; the others are unaffected.
     Raises:
         BadImageError: an image cannot be used (the message names it).
         TrainingDivergedError: NaN/inf appeared for some image.
@@ -135,6 +140,8 @@ def estimate_kernels(
         cfg = cfg.replace(iters=iters)
     seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(images))]
     loaded = [_load(im, i) for i, im in enumerate(images)]
+    if names is not None:
+        loaded = [(n, arr) for n, (_, arr) in zip(names, loaded, strict=True)]
     prepared = [prepare_image(arr, cfg, name) for name, arr in loaded]
     dev = resolve_device(device)
     t0 = time.perf_counter()
@@ -148,7 +155,11 @@ def estimate_kernels(
     results = []
     for i, (name, arr) in enumerate(loaded):
         if not finite[i] or not np.isfinite(raw[i]).all():
-            raise TrainingDivergedError(f"{name}: training diverged (NaN/inf) with seed {seeds[i]}")
+            err = TrainingDivergedError(f"{name}: training diverged (NaN/inf) with seed {seeds[i]}")
+            if on_diverge == "raise":
+                raise err
+            results.append(err)
+            continue
         k2 = finish_kernel(raw[i], cfg.n_filtering)
         k4 = analytic_x4(k2) if x4 else None
         report = {
@@ -176,4 +187,6 @@ def estimate_kernels(
 
 def estimate_kernel(image: ImageLike, *, seed: int = 0, **kwargs: Any) -> EstimateResult:
     """Estimate one image's kernel(s); see :func:`estimate_kernels` for the arguments."""
-    return estimate_kernels([image], seeds=[seed], **kwargs)[0]
+    result = estimate_kernels([image], seeds=[seed], **kwargs)[0]
+    assert isinstance(result, EstimateResult)
+    return result

@@ -84,11 +84,11 @@ def _loop_oracle(x: np.ndarray, k: np.ndarray, s: int, border: str) -> np.ndarra
 
 
 # ---------------------------------------------------------------------------- reference
-@pytest.mark.parametrize("border", ["reflect", "valid"])
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize(
+    ("case", "border"),
+    [(c, "reflect") for c in CASES] + [(c, "valid") for c in CASES if _valid_ok(c)],
+)
 def test_reference_matches_loop_oracle(case, border) -> None:  # noqa: ANN001
-    if border == "valid" and not _valid_ok(case):
-        pytest.skip("image smaller than kernel")
     x, k = _inputs(case, torch.float64, per_image=True, contiguous=True)
     for s in (1, 2, 3):
         got = downscale_ref(x, k, s, border).numpy()

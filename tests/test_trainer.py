@@ -12,6 +12,15 @@ from kgengine.trainer import BatchTrainer, prepare_image
 
 # a short schedule that still exercises lr decay, bicubic decay and the constraint switch
 SHORT = KernelGANConfig(iters=24, lr_decay_every=10, bic_decay_every=4, bic_loss_threshold=10.0)
+# For exactness checks: 8 iterations (lr decays at 3 and 6, bicubic weight at 4 and 6, the
+# sparse/centre priors switch on at 6). GAN training amplifies float64 rounding about 5x per
+# iteration at this early stage (Adam on near-zero gradients), so runs are kept short.
+EXACT = KernelGANConfig(iters=8, lr_decay_every=3, bic_decay_every=2, bic_loss_threshold=10.0)
+
+
+def _assert_same_kernel(a: np.ndarray, b: np.ndarray, rtol: float = 1e-8) -> None:
+    """Equal up to ``rtol`` of the kernel's largest entry."""
+    np.testing.assert_allclose(a, b, rtol=0, atol=rtol * np.abs(b).max())
 
 
 @pytest.fixture(scope="module")
@@ -22,19 +31,18 @@ def three_images(sample_hr):
 
 def test_batch_of_three_equals_three_single_runs(three_images):
     seeds = [3, 17, 29]
-    batch = estimate_kernels(three_images, seeds=seeds, config=SHORT, dtype=torch.float64)
+    batch = estimate_kernels(three_images, seeds=seeds, config=EXACT, dtype=torch.float64)
     for img, seed, res in zip(three_images, seeds, batch, strict=True):
-        single = estimate_kernels([img], seeds=[seed], config=SHORT, dtype=torch.float64)[0]
-        # float64 rounding differs between batched and single matmuls; kernel entries are ~1e-2
-        np.testing.assert_allclose(res.raw_kernel, single.raw_kernel, rtol=0, atol=1e-9)
-        np.testing.assert_allclose(res.kernel_x2, single.kernel_x2, rtol=0, atol=1e-7)
+        single = estimate_kernels([img], seeds=[seed], config=EXACT, dtype=torch.float64)[0]
+        _assert_same_kernel(res.raw_kernel, single.raw_kernel)
+        _assert_same_kernel(res.kernel_x2, single.kernel_x2, 1e-6)
 
 
 def test_layers_mode_equals_composed_mode(three_images):
-    a = estimate_kernels(three_images[:1], seeds=[5], config=SHORT, dtype=torch.float64)[0]
-    b = estimate_kernels(three_images[:1], seeds=[5], config=SHORT, dtype=torch.float64,
+    a = estimate_kernels(three_images[:1], seeds=[5], config=EXACT, dtype=torch.float64)[0]
+    b = estimate_kernels(three_images[:1], seeds=[5], config=EXACT, dtype=torch.float64,
                          mode="layers")[0]
-    np.testing.assert_allclose(a.raw_kernel, b.raw_kernel, rtol=0, atol=1e-9)
+    _assert_same_kernel(a.raw_kernel, b.raw_kernel)
 
 
 def test_schedule_switches_constraints_and_decays_lr(three_images):
@@ -51,22 +59,22 @@ def test_schedule_switches_constraints_and_decays_lr(three_images):
 
 def test_different_seeds_differ_and_same_seed_repeats(three_images):
     img = three_images[0]
-    a = estimate_kernels([img], seeds=[1], config=SHORT, dtype=torch.float64)[0].raw_kernel
-    b = estimate_kernels([img], seeds=[1], config=SHORT, dtype=torch.float64)[0].raw_kernel
-    c = estimate_kernels([img], seeds=[2], config=SHORT, dtype=torch.float64)[0].raw_kernel
+    a = estimate_kernels([img], seeds=[1], config=EXACT, dtype=torch.float64)[0].raw_kernel
+    b = estimate_kernels([img], seeds=[1], config=EXACT, dtype=torch.float64)[0].raw_kernel
+    c = estimate_kernels([img], seeds=[2], config=EXACT, dtype=torch.float64)[0].raw_kernel
     np.testing.assert_array_equal(a, b)
-    assert np.abs(a - c).max() > 1e-6
+    assert np.abs(a - c).max() > 1e-2 * np.abs(a).max()
 
 
 def test_authors_defect_switches_change_training(three_images):
     img = three_images[0]
-    fixed = estimate_kernels([img], seeds=[1], config=SHORT, dtype=torch.float64)[0]
+    fixed = estimate_kernels([img], seeds=[1], config=EXACT, dtype=torch.float64)[0]
     authors = estimate_kernels(
         [img], seeds=[1], dtype=torch.float64,
-        config=SHORT.replace(authors_bicubic_rgb_sum=True, authors_noise_accumulates=True,
+        config=EXACT.replace(authors_bicubic_rgb_sum=True, authors_noise_accumulates=True,
                              authors_d_init_ignored=True),
     )[0]
-    assert np.abs(fixed.raw_kernel - authors.raw_kernel).max() > 1e-6
+    assert np.abs(fixed.raw_kernel - authors.raw_kernel).max() > 1e-2 * np.abs(fixed.raw_kernel).max()
 
 
 def test_too_small_image_is_refused():

@@ -97,8 +97,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Estimate every LR image of a DIV2KRK-layout folder and score the kernels.
 
-        Writes OUT/results.json (every row), OUT/report.md and OUT/kernels.png, next to the
-        isotropic (sigma 1.3) and bicubic baselines.
+        Scores the isotropic and bicubic baselines too. Writes results.json, report.md, kernels.png.
         """
         if scale not in (2, 4):
             typer.echo(f"error: --scale must be 2 or 4, got {scale}", err=True)
