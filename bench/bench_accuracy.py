@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scales", default="2,4", help="scales to evaluate (default 2,4)")
     p.add_argument("--set-seed", type=int, default=0, help="seed of the synthetic set")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--batch", type=int, default=8,
+                   help="(image, seed) runs trained at once (same results, faster)")
     p.add_argument("--authors-defects", action="store_true",
                    help="also run the authors' variant (defects 1-3) for comparison")
     p.add_argument("--hr", type=Path, default=HR_DIR, help=f"HR folder (default {HR_DIR})")
@@ -89,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                     bar.update(task, completed=done, total=total)
 
                 out = args.out / f"x{scale}_{settings.method}"
-                results.append(run_eval(data, out, settings, estimator=estimate_kernel,
-                                        progress=progress, on_error=bar.console.print))
+                results.append(run_eval(data, out, settings, progress=progress,
+                                        on_error=bar.console.print, batch=args.batch))
     total_s = time.perf_counter() - t_all
 
     iters = results[0]["settings"]["config"]["iters"]

@@ -87,13 +87,19 @@ def environment() -> dict[str, Any]:
     }
 
 
+def _device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return f"{dev} ({torch.cuda.get_device_name(dev)})"
+    return str(dev)
+
+
 def _load(image: ImageLike, index: int) -> tuple[str, np.ndarray]:
     if isinstance(image, np.ndarray):
         arr = np.asarray(image, dtype=np.float32)
         if arr.ndim == 2:
             arr = np.repeat(arr[..., None], 3, axis=2)
         if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-            raise BadImageError(f"image{index}", f"expected (H,W) or (H,W,3) array, got {arr.shape}")
+            raise BadImageError(f"image{index}", f"expected (H,W) or (H,W,3), got {arr.shape}")
         if not np.isfinite(arr).all():
             raise BadImageError(f"image{index}", "image contains NaN or inf values")
         return f"image{index}", np.ascontiguousarray(arr[..., :3])
@@ -169,7 +175,7 @@ def estimate_kernels(
             "iters": cfg.iters,
             "batch_size": len(images),
             "mode": mode,
-            "device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
+            "device": _device_name(dev),
             "dtype": str(dtype).replace("torch.", ""),
             "wall_s": setup_s + train_s,
             "train_s": train_s,

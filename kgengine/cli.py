@@ -27,6 +27,7 @@ COMMAND_MODULES: list[str] = [
     "eval",
     "export",
     "degrade",
+    "farm",
 ]
 
 

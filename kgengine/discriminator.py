@@ -114,7 +114,8 @@ def forward(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
     h = h + p["b0"].unsqueeze(-1)
     # unbind once (one backward node) rather than index per layer
     layers = zip(wm.unbind(1), p["bm"].unsqueeze(-1).unbind(1),
-                 p["gamma"][..., None, None].unbind(1), p["beta"][..., None, None].unbind(1))
+                 p["gamma"][..., None, None].unbind(1), p["beta"][..., None, None].unbind(1),
+                 strict=True)
     for w_i, b_i, gamma_i, beta_i in layers:
         h = torch.baddbmm(b_i, w_i, h)
         hv = h.view(b, ch, n, side * side)  # BatchNorm statistics per crop

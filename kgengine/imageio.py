@@ -45,7 +45,7 @@ def read_image(path: str | os.PathLike, min_size: int = 0) -> np.ndarray:
         raise BadImageError(path, "image contains NaN or inf values")
     h, w = img.shape[:2]
     if min(h, w) < min_size:
-        raise BadImageError(path, f"image is {w}x{h}, too small: needs at least {min_size} px a side")
+        raise BadImageError(path, f"image is {w}x{h}, too small: needs {min_size} px a side")
     return img
 
 

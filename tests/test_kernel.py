@@ -49,7 +49,8 @@ def test_gaussian_centre_and_covariance():
     yy, xx = np.mgrid[0:31, 0:31] - 15.0
     cov = np.array([[np.sum(k * xx * xx), np.sum(k * xx * yy)],
                     [np.sum(k * xx * yy), np.sum(k * yy * yy)]])
-    rot = np.array([[np.cos(np.pi / 5), -np.sin(np.pi / 5)], [np.sin(np.pi / 5), np.cos(np.pi / 5)]])
+    c, s = np.cos(np.pi / 5), np.sin(np.pi / 5)
+    rot = np.array([[c, -s], [s, c]])
     np.testing.assert_allclose(cov, rot @ np.diag([2.0, 0.7]) @ rot.T, atol=1e-6)
     np.testing.assert_allclose(gaussian_kernel(13, 1.3), gaussian_kernel(13, 1.3).T)
 

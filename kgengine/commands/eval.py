@@ -41,6 +41,7 @@ def _run_eval(
     iters: int | None,
     device: str,
     authors_defects: bool,
+    batch: int = 1,
 ) -> dict:
     from kgengine.evaluate import EvalSettings, run_eval
 
@@ -61,7 +62,8 @@ def _run_eval(
         def on_error(msg: str) -> None:
             bar.console.print(f"[yellow]{msg}[/yellow]")
 
-        return run_eval(dataset_dir, out_dir, settings, progress=progress, on_error=on_error)
+        return run_eval(dataset_dir, out_dir, settings, progress=progress, on_error=on_error,
+                        batch=batch)
 
 
 def register(app: typer.Typer) -> None:
@@ -94,6 +96,9 @@ def register(app: typer.Typer) -> None:
                 help="Reproduce the authors' code defects 1-3 (for comparison tables).",
             ),
         ] = False,
+        batch: Annotated[
+            int, typer.Option(help="Train this many (image, seed) runs at once (same results).")
+        ] = 1,
     ) -> None:
         """Estimate every LR image of a DIV2KRK-layout folder and score the kernels.
 
@@ -112,6 +117,7 @@ def register(app: typer.Typer) -> None:
                 iters=iters,
                 device=device,
                 authors_defects=authors_defects,
+                batch=batch,
             )
         except KGEngineError as exc:
             typer.echo(f"error: {exc}", err=True)

@@ -31,6 +31,9 @@ _POLY_SIGS = [f"void({t}[:,:,:,:], int64[::1], int64, {t}[:,:,:,:,::1])" for t i
 _CORR_SIGS = [
     f"void({t}[:,:,:,:,::1], {t}[:,:,::1], int64[::1], int64, {t}[:,:,:,::1])" for t in _FLOATS
 ]
+_GRADK_SIGS = [
+    f"void({t}[:,:,:,:,::1], {t}[:,:,:,::1], int64[::1], int64, float64[:,:,::1])" for t in _FLOATS
+]
 
 
 #: Below this much work (multiply-adds or copied pixels, a normal draw counting 20) a call runs
@@ -105,8 +108,11 @@ def _sample_patches(images, cdf, sizes, seeds, iteration, noise_std, g_out, d_ou
             seed = seeds[b]
             base = (c * d_size + y) * d_size
             for x in range(d_size):
-                z = _normal(seed, STREAM_D_NOISE, iteration, base + x)
-                d_out[b, c, y, x] = src[left + x] + noise_std * z
+                if noise_std == 0.0:  # x + 0 * z == x: skip the draws
+                    d_out[b, c, y, x] = src[left + x]
+                else:
+                    z = _normal(seed, STREAM_D_NOISE, iteration, base + x)
+                    d_out[b, c, y, x] = src[left + x] + noise_std * z
 
 
 def sample_patches(
@@ -188,6 +194,39 @@ def _strided_corr(poly, kernel, rows, scale, out):
             out[b, c, i, j] = acc[j]
 
 
+@njit(_GRADK_SIGS, parallel=True, fastmath=True, cache=True)
+def _kernel_grad(poly, grad_out, rows, scale, out):
+    """``out[b,u,v] = sum_{c,i,j} g[b,c,i,j] * poly[b, c, v%s, rows[s*i+u], j + v//s]``, the
+    gradient of the strided correlation w.r.t. image b's kernel (accumulated in float64)."""
+    bsz, chans, out_h, out_w = grad_out.shape
+    kh, kw = out.shape[1], out.shape[2]
+    for task in prange(bsz * kh):
+        b = task // kh
+        u = task - b * kh
+        for v in range(kw):
+            out[b, u, v] = 0.0
+        for c in range(chans):
+            for i in range(out_h):
+                r = rows[scale * i + u]
+                g = grad_out[b, c, i]
+                for v in range(kw):
+                    q = v // scale
+                    src = poly[b, c, v - q * scale, r, q : q + out_w]
+                    acc = 0.0
+                    for j in range(out_w):
+                        acc += g[j] * src[j]
+                    out[b, u, v] += acc
+
+
+def _poly(x: torch.Tensor, scale: int, cols: np.ndarray) -> np.ndarray:
+    """The poly-phase copy ``(B, C, s, H, ceil(len(cols)/s))`` of ``x`` (see _polyphase)."""
+    bsz, chans, height, _ = x.shape
+    xn = x.detach().numpy()
+    poly = np.empty((bsz, chans, scale, height, -(-cols.shape[0] // scale)), dtype=xn.dtype)
+    _polyphase(xn, cols, scale, poly)
+    return poly
+
+
 def downscale(
     x: torch.Tensor, kernel: torch.Tensor, scale: int, rows: np.ndarray, cols: np.ndarray
 ) -> torch.Tensor:
@@ -199,14 +238,33 @@ def downscale(
     Returns:
         (B, C, out_h, out_w) with ``out = (len(table) - k) // s + 1``.
     """
-    bsz, chans, height, _ = x.shape
+    bsz, chans = x.shape[:2]
     kh, kw = kernel.shape[-2:]
     out_h = (rows.shape[0] - kh) // scale + 1
     out_w = (cols.shape[0] - kw) // scale + 1
-    mlen = -(-cols.shape[0] // scale)
-    poly = np.empty((bsz, chans, scale, height, mlen), dtype=x.detach().numpy().dtype)
     out = torch.empty((bsz, chans, out_h, out_w), dtype=x.dtype)
     with _threads_for(out.numel() * kh * kw):
-        _polyphase(x.detach().numpy(), cols, scale, poly)
+        poly = _poly(x, scale, cols)
         _strided_corr(poly, kernel.detach().contiguous().numpy(), rows, scale, out.numpy())
+    return out
+
+
+def kernel_grad(
+    x: torch.Tensor,
+    grad_out: torch.Tensor,
+    scale: int,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    kh: int,
+    kw: int,
+) -> torch.Tensor:
+    """Gradient of :func:`downscale` w.r.t. a per-image kernel: (B, kh, kw) float64.
+
+    ``dL/dk[b,u,v] = sum_{c,i,j} dL/dy[b,c,i,j] * x[b, c, rows[s*i+u], cols[s*j+v]]``
+    (sum over b for a shared kernel). Same tables as the forward.
+    """
+    g = grad_out.detach().to(x.dtype).contiguous()
+    out = torch.empty((x.shape[0], kh, kw), dtype=torch.float64)
+    with _threads_for(g.numel() * kh * kw):
+        _kernel_grad(_poly(x, scale, cols), g.numpy(), rows, scale, out.numpy())
     return out

@@ -90,8 +90,8 @@ def _patches_kernel(images, cdf, sizes, seeds, iteration, noise_std, g_out, d_ou
 
 def _dev(t: torch.Tensor):  # noqa: ANN202 - a numba device array
     """Zero-copy device view of a CUDA tensor, or a device copy of a host tensor."""
-    if t.is_cuda:
-        return cuda.as_cuda_array(t.detach())
+    if t.is_cuda:  # no stream sync needed: the kernels run on PyTorch's current stream
+        return cuda.as_cuda_array(t.detach(), sync=False)
     return cuda.to_device(np.ascontiguousarray(t.detach().numpy()))
 
 
@@ -133,8 +133,13 @@ def sample_patches(
     grid = (math.ceil(work / tpb), 2, bsz)
     with _device_ctx(images):
         _patches_kernel[grid, tpb, _stream(images)](
-            _dev(images), _dev(cdf), _dev(sizes_hw), _dev(seeds), int(iteration),
-            float(noise_std), *douts,
+            _dev(images),
+            _dev(cdf),
+            _dev(sizes_hw),
+            _dev(seeds),
+            int(iteration),
+            float(noise_std),
+            *douts,
         )
     return tuple(_host(d, images, t) for d, t in zip(douts, outs, strict=True))
 

@@ -17,7 +17,10 @@ for ``i <= (H - kh) // s``, ``j <= (W - kw) // s``.
 
 The kernel is shared, (kh, kw), or per image, (B, kh, kw); it is applied to every channel
 (depthwise). Both borders are differentiable w.r.t. ``x`` and the kernel: custom backends run
-the forward and the backward is the reference's (:class:`_DownscaleFn`).
+the forward; in the backward the kernel gradient
+``dL/dk[b,u,v] = sum_{c,i,j} dL/dy[b,c,i,j] * x[b, c, R(s*i+u-c_y), R(s*j+v-c_x)]`` is computed
+by Numba on CPU (PyTorch's CPU conv is slow when its weight needs a gradient), the rest by
+differentiating the reference (:class:`_DownscaleFn`).
 
 Backends (:mod:`kgengine.ops.backend`): ``torch`` = :func:`downscale_ref`; ``numba`` (CPU:
 poly-phase split of the columns, then SIMD over output columns); ``numba_cuda`` and ``cupy``
@@ -46,9 +49,7 @@ def output_size(h: int, w: int, kh: int, kw: int, scale: int, border: str) -> tu
     return (h - kh) // scale + 1, (w - kw) // scale + 1
 
 
-def _check(
-    x: torch.Tensor, kernel: torch.Tensor, scale: int, border: str
-) -> torch.Tensor:
+def _check(x: torch.Tensor, kernel: torch.Tensor, scale: int, border: str) -> torch.Tensor:
     """Validate the arguments; return the kernel as (1 or B, kh, kw) with x's dtype/device."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -74,8 +75,7 @@ def _check(
         raise ValueError(f"x: expected non-empty (B,C,H,W), got {tuple(x.shape)}")
     if border == "valid" and (h < kh or w < kw):
         raise ValueError(
-            f"border='valid' needs the image ({h}x{w}) at least as large as the kernel "
-            f"({kh}x{kw})"
+            f"border='valid' needs the image ({h}x{w}) at least as large as the kernel ({kh}x{kw})"
         )
     return k
 
@@ -138,27 +138,53 @@ def _run_backend(
 
 
 class _DownscaleFn(torch.autograd.Function):
-    """Forward by a custom backend, backward by differentiating :func:`downscale_ref`."""
+    """Forward by a custom backend. Backward: the kernel gradient by Numba on CPU
+    (``_numba_cpu.kernel_grad``, the same strided sums with the roles of k and dL/dy
+    swapped), everything else by differentiating :func:`downscale_ref`."""
 
     @staticmethod
     def forward(ctx, x, kernel, scale, border, name):  # noqa: ANN001, ANN205
         ctx.save_for_backward(x, kernel)
-        ctx.scale, ctx.border = scale, border
+        ctx.scale, ctx.border, ctx.name = scale, border, name
         k = _check(x, kernel, scale, border)
         return _run_backend(name, x.detach(), k.detach(), scale, border)
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001, ANN205
         x, kernel = ctx.saved_tensors
-        xr = x.detach().requires_grad_(ctx.needs_input_grad[0])
-        kr = kernel.detach().requires_grad_(ctx.needs_input_grad[1])
-        with torch.enable_grad():
-            y = downscale_ref(xr, kr, ctx.scale, ctx.border)
-        inputs = [t for t in (xr, kr) if t.requires_grad]
-        grads = iter(torch.autograd.grad(y, inputs, grad_out))
-        gx = next(grads) if xr.requires_grad else None
-        gk = next(grads) if kr.requires_grad else None
+        need_x, need_k = ctx.needs_input_grad[:2]
+        gx = gk = None
+        if need_k and ctx.name == "numba":
+            gk = _numba_kernel_grad(x, kernel, grad_out, ctx.scale, ctx.border)
+            need_k = False
+        if need_x or need_k:
+            xr = x.detach().requires_grad_(need_x)
+            kr = kernel.detach().requires_grad_(need_k)
+            with torch.enable_grad():
+                y = downscale_ref(xr, kr, ctx.scale, ctx.border)
+            inputs = [t for t in (xr, kr) if t.requires_grad]
+            grads = iter(torch.autograd.grad(y, inputs, grad_out))
+            gx = next(grads) if need_x else None
+            gk = next(grads) if need_k else gk
         return gx, gk, None, None, None
+
+
+def _numba_kernel_grad(
+    x: torch.Tensor, kernel: torch.Tensor, grad_out: torch.Tensor, scale: int, border: str
+) -> torch.Tensor:
+    """dL/dkernel by the Numba CPU backend, shaped and typed like ``kernel``."""
+    from kgengine.ops import _numba_cpu
+
+    kh, kw = kernel.shape[-2:]
+    out_h, out_w = grad_out.shape[-2:]
+    rows = source_index(x.shape[2], kh, scale, out_h, border)
+    cols = source_index(x.shape[3], kw, scale, out_w, border)
+    g = _numba_cpu.kernel_grad(x.detach(), grad_out, scale, rows, cols, kh, kw)  # (B, kh, kw)
+    if kernel.dim() == 2:  # shared kernel: sum the per-image gradients
+        g = g.sum(0)
+    elif kernel.shape[0] == 1:
+        g = g.sum(0, keepdim=True)
+    return g.to(dtype=kernel.dtype, device=kernel.device)
 
 
 def downscale(

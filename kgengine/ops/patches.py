@@ -89,8 +89,13 @@ def _check(
 
 
 def _origin_ref(
-    cdf: torch.Tensor, sizes: torch.Tensor, seeds: torch.Tensor, kind: int, iteration: int,
-    size: int, width: int,
+    cdf: torch.Tensor,
+    sizes: torch.Tensor,
+    seeds: torch.Tensor,
+    kind: int,
+    iteration: int,
+    size: int,
+    width: int,
 ) -> torch.Tensor:
     """(B, 2) int64 even top-left of the crops of ``kind`` (module docstring)."""
     stream = STREAM_G_POS if kind == 0 else STREAM_D_POS
@@ -181,8 +186,16 @@ def sample_patches(
     name = resolve("sample_patches", images.device, backend)
     if name == "torch" or images.dtype not in FAST_DTYPES:
         return _ref_impl(images, cdf, sizes, seeds, iteration, g_size, d_size, noise_std)
-    args = (images.detach(), cdf.detach(), sizes, seeds, int(iteration), int(g_size),
-            int(d_size), float(noise_std))
+    args = (
+        images.detach(),
+        cdf.detach(),
+        sizes,
+        seeds,
+        int(iteration),
+        int(g_size),
+        int(d_size),
+        float(noise_std),
+    )
     if name == "numba":
         from kgengine.ops import _numba_cpu as impl
     elif name == "numba_cuda":

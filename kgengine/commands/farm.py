@@ -1,0 +1,162 @@
+"""``kgengine farm INPUT... -o POOL_DIR`` and ``kgengine pool info|plot POOL``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kgengine.errors import KGEngineError
+
+pool_app = typer.Typer(help="Look at a kernel pool: statistics and a PNG mosaic.",
+                       no_args_is_help=True)
+
+Inputs = Annotated[
+    list[Path] | None,
+    typer.Argument(help="Images, folders of images and .txt lists of paths. Leave out to "
+                        "resume the images already listed in POOL_DIR."),
+]
+PoolDir = Annotated[Path, typer.Option("-o", "--out", help="Pool folder (manifest, kernels/, "
+                                                           "kernel_pool.npz); rerun to resume.")]
+Batch = Annotated[int | None, typer.Option(
+    "--batch", min=1, help="Images per batched training. Default: 8 on CPU, measured from free "
+                           "memory on GPU.")]
+X4 = Annotated[bool | None, typer.Option(
+    "--x4/--no-x4", help="Also derive x4 kernels (and kernel_pool_x4.npz). Default: no / the "
+                         "pool's setting.")]
+Iters = Annotated[int | None, typer.Option(
+    "--iters", min=1, help="Training iterations (paper: 3000, the default).")]
+Seed = Annotated[int | None, typer.Option(
+    "--seed", help="Job seed; each image's seed is derived from it and the file's content.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+Dtype = Annotated[str | None, typer.Option(
+    "--dtype", help="float32 (default) or float64 (slow; for exactness checks).")]
+Mode = Annotated[str | None, typer.Option(
+    "--mode", help="composed (fast, default) or layers (the authors' computation).")]
+Overrides = Annotated[list[str] | None, typer.Option(
+    "--set", help="Config override key=value (repeatable), e.g. --set lr_g=1e-4.")]
+Recursive = Annotated[bool, typer.Option(
+    "--recursive", "-r", help="Also take images from sub-folders of folder INPUTs.")]
+RetryFailed = Annotated[bool, typer.Option(
+    "--retry-failed", help="Queue the pool's failed images again before starting.")]
+Ray = Annotated[str | None, typer.Option(
+    "--ray", help="Run batches as Ray tasks: 'auto' (the running cluster), an address "
+                  "(host:port or ray://host:10001), or 'local' (start a local Ray).")]
+RayCpus = Annotated[float, typer.Option("--ray-cpus", help="CPUs each Ray task requests.")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("farm")(farm)
+    app.add_typer(pool_app, name="pool")
+
+
+def farm(
+    out: PoolDir,
+    inputs: Inputs = None,
+    batch: Batch = None,
+    x4: X4 = None,
+    iters: Iters = None,
+    seed: Seed = None,
+    device: Device = "auto",
+    dtype: Dtype = None,
+    mode: Mode = None,
+    overrides: Overrides = None,
+    recursive: Recursive = False,
+    retry_failed: RetryFailed = False,
+    ray: Ray = None,
+    ray_cpus: RayCpus = 1.0,
+) -> None:
+    """Estimate one kernel per image into a resumable kernel pool (a kernel-estimation farm).
+
+    Images are trained BATCH at a time in one batched model. Progress lives in
+    POOL_DIR/manifest.sqlite: after a crash or kill, rerun the same command and only the
+    unfinished images are redone. Options left out take the pool's stored settings. Bad
+    images end as failed rows with their reason; the exit code is 1 if any image failed or
+    was left pending in this run.
+    """
+    from kgengine.config import KernelGANConfig, parse_overrides
+    from kgengine.farm.runner import FarmHooks, run_farm
+    from kgengine.progress import make_progress
+
+    try:
+        config = None
+        if overrides:
+            try:
+                config = KernelGANConfig().replace(**parse_overrides(overrides))
+            except ValueError as exc:
+                raise KGEngineError(str(exc)) from None
+        with make_progress() as progress:
+            overall = progress.add_task("images", total=None)
+            current: dict[str, int] = {}
+
+            def say(msg: str) -> None:
+                progress.console.print(msg, markup=False, highlight=False, soft_wrap=True)
+
+            def batch_started(names: list[str], n_iters: int) -> None:
+                if "task" in current:
+                    progress.remove_task(current["task"])
+                label = f"batch of {len(names)}: {names[0]}" + ("…" if len(names) > 1 else "")
+                current["task"] = progress.add_task(label, total=n_iters)
+
+            def image_finished(name: str, state: str, detail: str) -> None:
+                if state != "retry":
+                    progress.advance(overall)
+                if state != "done":
+                    say(f"{state}: {detail}")
+
+            hooks = FarmHooks(
+                log=say,
+                total=lambda n: progress.update(overall, total=n),
+                image_finished=image_finished,
+                batch_started=batch_started,
+                batch_progress=lambda done: progress.update(current["task"], completed=done),
+            )
+            summary = run_farm(
+                inputs or [], out, batch=batch, seed=seed, x4=x4, iters=iters, config=config,
+                dtype=dtype, mode=mode, device=device, recursive=recursive,
+                retry_failed=retry_failed, ray_address=ray, ray_cpus=ray_cpus, hooks=hooks)
+    except KGEngineError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(summary.text())
+    if summary.failed or summary.left_pending:
+        raise typer.Exit(1)
+
+
+@pool_app.command("info")
+def info(
+    pool: Annotated[Path, typer.Argument(help="kernel_pool.npz, a farm POOL_DIR or a kernel "
+                                              "folder.")],
+    bins: Annotated[int, typer.Option("--bins", min=1, help="Histogram bins.")] = 10,
+) -> None:
+    """Print the pool's size, kernel size and histograms of kernel widths and anisotropy."""
+    from kgengine.farm.poolview import pool_info
+
+    try:
+        typer.echo(pool_info(pool, bins))
+    except KGEngineError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@pool_app.command("plot")
+def plot(
+    pool: Annotated[Path, typer.Argument(help="kernel_pool.npz, a farm POOL_DIR or a kernel "
+                                              "folder.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Mosaic PNG to write.")],
+    hist: Annotated[Path | None, typer.Option(
+        "--hist", help="Also write the width/anisotropy histograms as this PNG.")] = None,
+    columns: Annotated[int, typer.Option("--columns", min=1, help="Kernels per row.")] = 12,
+    limit: Annotated[int, typer.Option(
+        "--limit", min=1, help="Most kernels drawn (spread evenly over a larger pool).")] = 240,
+) -> None:
+    """Write a PNG mosaic of the pool's kernels (and optionally histograms)."""
+    from kgengine.farm.poolview import plot_pool
+
+    try:
+        for p in plot_pool(pool, out, columns=columns, limit=limit, hist=hist):
+            typer.echo(f"wrote {p}")
+    except KGEngineError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None

@@ -1,0 +1,105 @@
+"""The CLI: estimate writes loadable outputs and a report; bad input exits 1 with a message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.io import loadmat
+from typer.testing import CliRunner
+
+from kgengine import __version__
+from kgengine.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def lr_png(tmp_path, sample_hr):
+    path = tmp_path / "in" / "photo.png"
+    path.parent.mkdir()
+    Image.fromarray((sample_hr[:120, :140] * 255).round().astype(np.uint8)).save(path)
+    return path
+
+
+def test_version_and_help():
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.strip() == f"kgengine {__version__}"
+    res = runner.invoke(app, ["estimate", "--help"])
+    assert res.exit_code == 0 and "--x4" in res.output and "--iters" in res.output
+
+
+def test_estimate_writes_outputs_that_load_back(tmp_path, lr_png):
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["estimate", str(lr_png), "-o", str(out), "--x4", "--iters", "12",
+                              "--seed", "4", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    k2 = np.load(out / "photo_kernel_x2.npy")
+    k4 = np.load(out / "photo_kernel_x4.npy")
+    assert k2.shape == (13, 13) and k4.shape == (37, 37)
+    assert k2.sum() == pytest.approx(1.0) and k4.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(loadmat(out / "photo_kernel_x2.mat")["Kernel"], k2)
+    np.testing.assert_allclose(loadmat(out / "photo_kernel_x4.mat")["Kernel"], k4)
+    png = np.asarray(Image.open(out / "photo_kernel.png"))
+    assert png.ndim == 3 and png.shape[1] == 2 * png.shape[0]  # x2 and x4 side by side
+    g = np.load(out / "photo_generator.npz")
+    assert [g[f"w{i}"].shape for i in range(6)][0] == (64, 1, 7, 7)
+    report = json.loads((out / "photo_report.json").read_text())
+    for key in ("config", "seed", "environment", "device", "wall_s", "ms_per_iter",
+                "final_losses", "kernel_x2", "kernel_x4", "iters"):
+        assert key in report, key
+    assert report["seed"] == 4 and report["iters"] == 12
+    assert report["kernel_x2"]["size"] == [13, 13]
+    assert report["kernel_x2"]["sum"] == pytest.approx(1.0)
+    assert report["kernel_x2"]["center_of_mass"] == pytest.approx([6.0, 6.0], abs=0.05)
+    assert set(report["final_losses"]) >= {"g_gan", "d", "bicubic", "sum2one", "sparse"}
+    assert not list(out.glob("*.tmp"))
+
+
+def test_estimate_resumes_and_skips_done(tmp_path, lr_png):
+    out = tmp_path / "out"
+    args = ["estimate", str(lr_png), "-o", str(out), "--iters", "4", "--device", "cpu"]
+    assert runner.invoke(app, args).exit_code == 0
+    mtime = (out / "photo_kernel_x2.npy").stat().st_mtime_ns
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0 and "skip" in res.output
+    assert (out / "photo_kernel_x2.npy").stat().st_mtime_ns == mtime
+
+
+def test_bad_files_are_reported_and_skipped(tmp_path, lr_png):
+    bad = tmp_path / "in" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    tiny = tmp_path / "in" / "tiny.png"
+    Image.new("RGB", (40, 30)).save(tiny)
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["estimate", str(bad), str(tiny), str(lr_png), "-o", str(out),
+                              "--iters", "4", "--device", "cpu"])
+    assert res.exit_code == 1
+    assert f"error: {bad}:" in res.output
+    assert f"error: {tiny}: image is 40x30, too small" in res.output
+    assert "2 of 3 image(s) failed" in res.output
+    assert (out / "photo_kernel_x2.npy").exists()  # the good one still finished
+
+
+def test_bad_options_exit_1_with_message(tmp_path, lr_png):
+    res = runner.invoke(app, ["estimate", str(lr_png), "-o", str(tmp_path), "--set", "nope=1"])
+    assert res.exit_code == 1 and "unknown config key 'nope'" in res.output
+    res = runner.invoke(app, ["estimate", str(lr_png), "-o", str(tmp_path), "--set", "lr_g=abc"])
+    assert res.exit_code == 1 and "lr_g: expected float" in res.output
+
+
+def test_info_reports_backends():
+    res = runner.invoke(app, ["info"])
+    assert res.exit_code == 0, res.output
+    for word in ("torch:", "onnxruntime:", "numba:", "cupy:", "cuda"):
+        assert word in res.output
+
+
+def test_python_m_entry_point():
+    res = subprocess.run([sys.executable, "-m", "kgengine", "--version"], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == f"kgengine {__version__}"
