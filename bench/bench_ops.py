@@ -9,6 +9,8 @@
 2. Patch sampling per iteration (G crop 64, D crop 26, noise 1/255) from a padded batch of
    1020x678 RGB images, B = 1 and B = 16: the PyTorch reference vs Numba CPU (and the GPU
    backends on a CUDA machine).
+3. The trainer's use of the op: G as a valid 13x13 strided correlation on B 64x64 RGB crops,
+   forward + backward to the per-image kernels.
 
 Seeded inputs, warm-up runs (which also pay any JIT compile), then the median and the 20/80
 percentiles of ``--repeats`` timed runs; every result is checked against the reference first.
@@ -123,6 +125,37 @@ def bench_downscale(repeats: int, dtype: torch.dtype) -> list[list[str]]:
     return rows
 
 
+def _fwd_bwd(x: torch.Tensor, k: torch.Tensor, backend: str) -> None:
+    downscale(x, k, 2, "valid", backend=backend).sum().backward()
+
+
+def bench_g_step(repeats: int, dtype: torch.dtype) -> list[list[str]]:
+    """KernelGAN's G on D's crops: valid 13x13 x2 on (B, 3, 64, 64), forward + backward to
+    the per-image kernels (the trainer's use of the op)."""
+    rows = []
+    for bsz in (1, 16):
+        g = torch.Generator().manual_seed(2)
+        x = torch.rand(bsz, 3, 64, 64, generator=g, dtype=dtype)
+        k = torch.rand(bsz, 13, 13, generator=g, dtype=dtype).requires_grad_(True)
+        runs = [("torch (reference autograd)", partial(_fwd_bwd, x, k, "torch"))]
+        if availability("numba")[0]:
+            runs.append(("numba CPU (+ numba kernel grad)", partial(_fwd_bwd, x, k, "numba")))
+        if torch.cuda.is_available():
+            xc, kc = x.cuda(), k.detach().cuda().requires_grad_(True)
+            runs.append(("torch CUDA (reference autograd)", partial(_fwd_bwd, xc, kc, "torch")))
+            for name in ("cupy", "numba_cuda"):
+                if availability(name)[0]:
+                    runs.append((name, partial(_fwd_bwd, xc, kc, name)))
+        base: dict[bool, float] = {}
+        for label, fn in runs:
+            t = timed(fn, repeats * 3, warmup=3)
+            ratio = base.setdefault(_on_gpu(label), t[0]) / t[0]
+            rows.append(
+                [f"G fwd+bwd valid 13x13 x2, B={bsz}x3x64x64", label, _fmt(t), f"{ratio:.2f}"]
+            )
+    return rows
+
+
 class _Iterations:
     """Calls ``op(*args, iteration, 64, 26, 1/255, **kw)`` with a new iteration each call."""
 
@@ -179,6 +212,7 @@ def main() -> None:
         "on the same device (CPU rows vs torch CPU, GPU rows vs torch CUDA)\n"
     )
     rows = bench_downscale(args.repeats, dtype) + bench_patches(args.repeats, dtype)
+    rows += bench_g_step(args.repeats, dtype)
     print("| op | method | time ms | speed-up |")
     print("| --- | --- | ---: | ---: |")
     for r in rows:

@@ -44,6 +44,9 @@ Ray = Annotated[str | None, typer.Option(
     "--ray", help="Run batches as Ray tasks: 'auto' (the running cluster), an address "
                   "(host:port or ray://host:10001), or 'local' (start a local Ray).")]
 RayCpus = Annotated[float, typer.Option("--ray-cpus", help="CPUs each Ray task requests.")]
+Threads = Annotated[int | None, typer.Option(
+    "--threads", min=1, help="torch CPU threads (default: all cores; fewer can be much faster "
+                             "on a busy machine).")]
 
 
 def register(app: typer.Typer) -> None:
@@ -66,6 +69,7 @@ def farm(
     retry_failed: RetryFailed = False,
     ray: Ray = None,
     ray_cpus: RayCpus = 1.0,
+    threads: Threads = None,
 ) -> None:
     """Estimate one kernel per image into a resumable kernel pool (a kernel-estimation farm).
 
@@ -115,7 +119,8 @@ def farm(
             summary = run_farm(
                 inputs or [], out, batch=batch, seed=seed, x4=x4, iters=iters, config=config,
                 dtype=dtype, mode=mode, device=device, recursive=recursive,
-                retry_failed=retry_failed, ray_address=ray, ray_cpus=ray_cpus, hooks=hooks)
+                retry_failed=retry_failed, ray_address=ray, ray_cpus=ray_cpus, threads=threads,
+                hooks=hooks)
     except KGEngineError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

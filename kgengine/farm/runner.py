@@ -434,6 +434,7 @@ def run_farm(
     retry_failed: bool = False,
     ray_address: str | None = None,
     ray_cpus: float = 1.0,
+    threads: int | None = None,
     hooks: FarmHooks | None = None,
 ) -> FarmSummary:
     """Estimate one kernel per input image into the pool folder ``pool_dir`` (resumable).
@@ -450,7 +451,9 @@ def run_farm(
         retry_failed: put the pool's failed images back in the queue first.
         ray_address: None = train here; "auto" / "host:port" / "ray://..." = submit batches
             to that Ray cluster; "local" = start a local Ray instance.
-        ray_cpus: CPUs each Ray task requests.
+        ray_cpus: CPUs each Ray task requests (and its torch threads).
+        threads: torch CPU threads for local training (default: torch's; restored after).
+            On a busy machine fewer threads than cores can be much faster.
         hooks: progress callbacks.
     Raises:
         KGEngineError: bad INPUT, settings differing from the pool's, another farm running
@@ -460,6 +463,24 @@ def run_farm(
     pool_dir = Path(pool_dir)
     t0 = time.perf_counter()
     summary = FarmSummary(pool_dir)
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(max(1, threads))
+    try:
+        _run(inputs, pool_dir, summary, hooks, batch=batch, seed=seed, x4=x4, iters=iters,
+             config=config, dtype=dtype, mode=mode, device=device, recursive=recursive,
+             retry_failed=retry_failed, ray_address=ray_address, ray_cpus=ray_cpus)
+    finally:
+        torch.set_num_threads(old_threads)
+    summary.elapsed_s = time.perf_counter() - t0
+    return summary
+
+
+def _run(inputs: Sequence[str | os.PathLike], pool_dir: Path, summary: FarmSummary,
+         hooks: FarmHooks, *, batch: int | None, seed: int | None, x4: bool | None,
+         iters: int | None, config: KernelGANConfig | None, dtype: str | None,
+         mode: str | None, device: str, recursive: bool, retry_failed: bool,
+         ray_address: str | None, ray_cpus: float) -> None:
     with lock_pool_dir(pool_dir), Manifest(pool_dir) as man:
         settings = resolve_settings(man.settings(), seed=seed, x4=x4, iters=iters,
                                     config=config, dtype=dtype, mode=mode)
@@ -496,5 +517,3 @@ def run_farm(
         summary.total = man.counts()
         summary.left_pending = summary.total["pending"]
         summary.pool_files = rebuild_pool(man, pool_dir, settings.x4)
-    summary.elapsed_s = time.perf_counter() - t0
-    return summary

@@ -1,0 +1,228 @@
+"""Farm durability: SIGKILL mid-job then resume (every image done exactly once), divergence
+retry with the next seed, write failures never mark rows done, recovery, locking, settings."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from kgengine.api import EstimateResult
+from kgengine.cli import app
+from kgengine.errors import KGEngineError, TrainingDivergedError
+from kgengine.farm import runner
+from kgengine.farm.manifest import Manifest, NewImage, lock_pool_dir
+from kgengine.farm.runner import POOL_X2, resolve_settings, run_farm
+from kgengine.farm.seeds import content_hash, derive_seed
+from kgengine.kernel import gaussian_kernel
+from kgengine.pool import load_pool
+
+DATA = Path(__file__).resolve().parents[1] / "kgengine" / "data" / "sample_hr.png"
+BOXES = [(0, 0, 96, 96), (100, 100, 196, 196), (200, 0, 296, 96), (0, 200, 96, 296)]
+
+
+def make_images(folder: Path, boxes=BOXES) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    with Image.open(DATA) as im:
+        for i, box in enumerate(boxes):
+            im.crop(box).save(folder / f"p{i}.png")
+    return [folder / f"p{i}.png" for i in range(len(boxes))]
+
+
+def _states(db_path: Path) -> dict[str, str]:
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
+    try:
+        return dict(db.execute("SELECT name, state FROM images").fetchall())
+    except sqlite3.OperationalError:  # not created yet
+        return {}
+    finally:
+        db.close()
+
+
+def test_sigkill_then_resume_finishes_every_image_exactly_once(tmp_path):
+    folder = tmp_path / "photos"
+    make_images(folder)
+    pool = tmp_path / "pool"
+    args = ["farm", str(folder), "-o", str(pool), "--iters", "15", "--batch", "2",
+            "--device", "cpu", "--threads", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "kgengine", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = pool / "manifest.sqlite"
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if db.exists() and "done" in _states(db).values():
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the farm finished or died before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    before = _states(db)
+    done_before = sorted(n for n, s in before.items() if s == "done")
+    assert 1 <= len(done_before) < 4, before
+    with Manifest(pool) as man:
+        reports = {r.name: pool / r.output_paths["report"] for r in man.rows("done")}
+    mtimes = {n: p.stat().st_mtime_ns for n, p in reports.items()}
+
+    res = CliRunner().invoke(app, args)  # the same command again
+    assert res.exit_code == 0, res.output
+    assert f"{len(done_before)} skipped" in res.output
+    with Manifest(pool) as man:
+        assert man.counts() == {"pending": 0, "running": 0, "done": 4, "failed": 0}
+        for r in man.rows():
+            states = [e[2] for e in man.events(r.id)]
+            assert states.count("done") == 1, (r.name, states)
+            for rel in r.output_paths.values():
+                assert (pool / rel).is_file()
+        killed = [r for r in man.rows() if r.attempts == 2]
+        for r in killed:  # claimed by the killed job, put back, then trained again
+            assert [e[2] for e in man.events(r.id)] == ["pending", "running", "pending",
+                                                        "running", "done"]
+    for n in done_before:  # finished before the kill: not redone
+        assert reports[n].stat().st_mtime_ns == mtimes[n]
+    assert not [p for p in pool.rglob("*") if p.name.endswith(".tmp")]
+    assert len(load_pool(pool / POOL_X2)) == 4
+
+
+# ---------------------------------------------------------------------- fake training
+class FakeTrainer:
+    """Stands in for ``estimate_kernels``: a Gaussian kernel per image, or a divergence for
+    the (name, seed) pairs in ``diverge``. Records the calls (names, seeds)."""
+
+    def __init__(self, diverge=()):
+        self.diverge = set(diverge)
+        self.calls: list[tuple[list[str], list[int]]] = []
+
+    def __call__(self, images, *, seeds, names, x4, device, config, dtype, mode, callback,
+                 on_diverge):
+        assert on_diverge == "return" and len(images) == len(seeds) == len(names)
+        self.calls.append((list(names), list(seeds)))
+        out = []
+        for name, seed in zip(names, seeds, strict=True):
+            if (name, seed) in self.diverge or (name, "*") in self.diverge:
+                out.append(TrainingDivergedError(f"{name}: training diverged with seed {seed}"))
+                continue
+            k = gaussian_kernel(13, 1.0 + (seed % 7) / 10)
+            report = {"seed": seed, "train_s": 0.01, "iters": config.iters}
+            out.append(EstimateResult(name, k, None, report, [np.zeros((1, 1, 1, 1))], k))
+        return out
+
+
+@pytest.fixture
+def photos(tmp_path):
+    return make_images(tmp_path / "photos")
+
+
+def test_diverged_image_is_retried_once_with_the_next_seed(photos, tmp_path, monkeypatch):
+    h0, h1 = content_hash(photos[0]), content_hash(photos[1])
+    fake = FakeTrainer({("p0", derive_seed(0, h0, 0)), ("p1", "*")})
+    monkeypatch.setattr(runner, "estimate_kernels", fake)
+    summary = run_farm(photos, tmp_path / "pool", batch=4, device="cpu")
+    assert (summary.done, summary.failed, summary.retried) == (3, 1, 2)
+    with Manifest(tmp_path / "pool") as man:
+        rows = {r.name: r for r in man.rows()}
+    assert rows["p0"].state == "done" and rows["p0"].seed_used == derive_seed(0, h0, 1)
+    assert rows["p0"].attempts == 2 and rows["p0"].diverged == 1
+    assert rows["p1"].state == "failed" and rows["p1"].attempts == 2
+    assert "diverged" in rows["p1"].reason and "attempt 2 of 2" in rows["p1"].reason
+    # second round trains only the two diverged images, with their attempt-1 seeds
+    assert fake.calls[1] == (["p0", "p1"], [derive_seed(0, h0, 1), derive_seed(0, h1, 1)])
+    assert len(load_pool(tmp_path / "pool" / POOL_X2)) == 3
+
+
+def test_failed_write_never_marks_done(photos, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "estimate_kernels", FakeTrainer())
+    real = runner.write_outputs
+    calls = []
+
+    def flaky(result, outdir):
+        calls.append(result.name)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(result, outdir)
+
+    monkeypatch.setattr(runner, "write_outputs", flaky)
+    with pytest.raises(OSError):
+        run_farm(photos, tmp_path / "pool", batch=2, device="cpu")
+    with Manifest(tmp_path / "pool") as man:
+        states = {r.name: r.state for r in man.rows()}
+    assert states == {"p0": "done", "p1": "pending", "p2": "pending", "p3": "pending"}
+    monkeypatch.setattr(runner, "write_outputs", real)
+    summary = run_farm([], tmp_path / "pool", device="cpu")
+    assert (summary.skipped, summary.done, summary.batch) == (1, 3, runner.CPU_BATCH)
+
+
+def test_deleted_outputs_are_redone_and_running_rows_recovered(photos, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "estimate_kernels", FakeTrainer())
+    pool = tmp_path / "pool"
+    run_farm(photos, pool, batch=4, device="cpu")
+    with Manifest(pool) as man:
+        rows = man.rows()
+        (pool / rows[0].output_paths["report"]).unlink()
+        man.requeue([rows[1].id], "test")
+        man.claim([rows[1].id])  # as a killed job leaves it
+    summary = run_farm(photos, pool, device="cpu")
+    assert (summary.recovered, summary.done, summary.skipped) == (1, 2, 2)
+    with Manifest(pool) as man:
+        assert man.counts()["done"] == 4
+        assert (pool / man.rows()[0].output_paths["report"]).is_file()
+
+
+def test_recover_and_claim(tmp_path):
+    with Manifest(tmp_path) as man:
+        man.add([NewImage("a", "/a.png", "00", 10, 10, 1), NewImage("b", "/b.png", "11", 9, 9, 2)])
+        ids = [r.id for r in man.rows()]
+        man.claim(ids)
+        with pytest.raises(KGEngineError, match="not pending"):
+            man.claim(ids[:1])
+    with Manifest(tmp_path) as man:  # reopened as after a kill
+        assert man.counts()["running"] == 2
+        assert man.recover() == 2
+        assert [r.name for r in man.pending()] == ["b", "a"]  # smaller image first
+        assert [e[2] for e in man.events(ids[0])] == ["pending", "running", "pending"]
+        assert man.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_second_farm_on_the_same_folder_is_refused(photos, tmp_path):
+    with lock_pool_dir(tmp_path / "pool"):
+        with pytest.raises(KGEngineError, match="another farm process"):
+            run_farm(photos, tmp_path / "pool", device="cpu")
+
+
+def test_settings_are_kept_and_checked():
+    new = resolve_settings(None, seed=3, iters=50, dtype="float64")
+    stored = new.to_dict()
+    again = resolve_settings(stored)
+    assert again == new and again.config.iters == 50
+    assert resolve_settings(stored, seed=3, iters=50) == new
+    with pytest.raises(KGEngineError, match=r"config.iters \(pool: 50, given: 60\)"):
+        resolve_settings(stored, iters=60)
+    with pytest.raises(KGEngineError, match="x4"):
+        resolve_settings(stored, x4=True)
+    with pytest.raises(KGEngineError, match="dtype"):
+        resolve_settings(None, dtype="float16")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_auto_batch_fits_gpu_memory():
+    settings = resolve_settings(None)
+    dev = torch.device("cuda")
+    per_image, base = runner.measure_gpu_footprint(dev, settings)
+    assert per_image > 0
+    b = runner.auto_batch(dev, settings, 500 * 500)
+    free, _ = torch.cuda.mem_get_info(dev)
+    assert 1 <= b <= runner.MAX_AUTO_BATCH
+    assert base + b * per_image <= free
