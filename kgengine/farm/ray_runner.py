@@ -140,6 +140,8 @@ def train_ray(man: Manifest, settings: FarmSettings, pool_dir: Path, batch: int 
     try:
         res = ray.cluster_resources()
         use_gpu = device.startswith("cuda") or (device == "auto" and res.get("GPU", 0) > 0)
+        if use_gpu and res.get("GPU", 0) < 1:
+            raise KGEngineError(f"device {device} asked but the Ray cluster has no GPUs")
         task_device = device if device != "auto" else ("cuda" if use_gpu else "cpu")
         opts = {"num_cpus": cpus, "num_gpus": 1 if use_gpu else 0}
         sdict = settings.to_dict()
