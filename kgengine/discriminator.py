@@ -113,15 +113,14 @@ def forward(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
     h = h.reshape(n, b, ch, side * side).permute(1, 2, 0, 3).reshape(b, ch, n * side * side)
     h = h + p["b0"].unsqueeze(-1)
     # unbind once (one backward node) rather than index per layer
-    layers = zip(wm.unbind(1), p["bm"].unsqueeze(-1).unbind(1),
-                 p["gamma"][..., None, None].unbind(1), p["beta"][..., None, None].unbind(1),
-                 strict=True)
+    gammas = p["gamma"].unsqueeze(-1).expand(b, n_mid, ch, n).unbind(1)  # (B, 64, N) each
+    betas = p["beta"].unsqueeze(-1).expand(b, n_mid, ch, n).unbind(1)
+    layers = zip(wm.unbind(1), p["bm"].unsqueeze(-1).unbind(1), gammas, betas, strict=True)
     for w_i, b_i, gamma_i, beta_i in layers:
         h = torch.baddbmm(b_i, w_i, h)
-        hv = h.view(b, ch, n, side * side)  # BatchNorm statistics per crop
-        centred = hv - hv.mean(dim=-1, keepdim=True)
-        var = centred.pow(2).mean(dim=-1, keepdim=True)
-        scale = gamma_i * torch.rsqrt(var + BN_EPS)
-        h = torch.relu(centred * scale + beta_i).view(b, ch, n * side * side)
+        # BatchNorm statistics per crop: every (image, channel, crop) is one BN "channel"
+        h = F.batch_norm(h.view(1, b * ch * n, side * side), None, None,
+                         gamma_i.reshape(-1), beta_i.reshape(-1), True, 0.0, BN_EPS)
+        h = torch.relu(h).view(b, ch, n * side * side)
     out = torch.baddbmm(p["bf"].unsqueeze(-1), wf, h)  # (B, 1, N*P)
     return torch.sigmoid(out).reshape(b, n, side, side).transpose(0, 1)

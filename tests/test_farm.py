@@ -217,9 +217,9 @@ def test_expand_inputs(tmp_path):
     rec = expand_inputs([tmp_path / "f"], recursive=True)
     assert [p.name for p in rec] == ["img0.png", "img1.png", "deep0.png"]
     listed = expand_inputs([tmp_path / "l.txt", tmp_path / "f"])
+    f = tmp_path / "f"
     assert [str(p) for p in listed] == [
-        str(tmp_path / "f" / "img1.png"), "/nowhere/x.png", str(tmp_path / "f" / "sub" / "deep0.png"),
-        str(tmp_path / "f" / "img0.png")]
+        str(f / "img1.png"), "/nowhere/x.png", str(f / "sub" / "deep0.png"), str(f / "img0.png")]
     with pytest.raises(KGEngineError, match="no such file or folder"):
         expand_inputs([tmp_path / "missing"])
 
@@ -237,7 +237,7 @@ def test_cli_farm_runs_without_importing_ray(tmp_path):
         "import atexit, runpy, sys\n"
         "atexit.register(lambda: print('RAY_IMPORTED', 'ray' in sys.modules))\n"
         f"sys.argv = ['kgengine', 'farm', {str(imgs[0])!r}, '-o', {str(tmp_path / 'pool')!r},"
-        " '--iters', '2', '--device', 'cpu', '--seed', '7']\n"
+        " '--iters', '2', '--device', 'cpu', '--seed', '7', '--x4']\n"
         "runpy.run_module('kgengine', run_name='__main__')\n"
     )
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -246,6 +246,8 @@ def test_cli_farm_runs_without_importing_ray(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "RAY_IMPORTED False" in res.stdout
     assert "1 done, 0 failed" in res.stdout
+    x4 = load_pool(tmp_path / "pool" / "kernel_pool_x4.npz")
+    assert x4.scale == 4 and x4.kernel_size == 37 and len(x4) == 1
     # options left out on a rerun take the pool's settings; a different one is refused
     res = CliRunner().invoke(app, ["farm", "-o", str(tmp_path / "pool"), "--seed", "8"])
     assert res.exit_code == 1 and "seed (pool: 7, given: 8)" in res.output

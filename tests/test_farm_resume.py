@@ -53,7 +53,7 @@ def test_sigkill_then_resume_finishes_every_image_exactly_once(tmp_path):
     folder = tmp_path / "photos"
     make_images(folder)
     pool = tmp_path / "pool"
-    args = ["farm", str(folder), "-o", str(pool), "--iters", "15", "--batch", "2",
+    args = ["farm", str(folder), "-o", str(pool), "--iters", "25", "--batch", "2",
             "--device", "cpu", "--threads", "1"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "kgengine", *args], env=env,
@@ -226,3 +226,18 @@ def test_auto_batch_fits_gpu_memory():
     free, _ = torch.cuda.mem_get_info(dev)
     assert 1 <= b <= runner.MAX_AUTO_BATCH
     assert base + b * per_image <= free
+
+
+def test_out_of_memory_halves_the_batch(photos, tmp_path, monkeypatch):
+    fake = FakeTrainer()
+
+    def small_only(images, **kw):
+        if len(images) > 1:
+            fake.calls.append((list(kw["names"]), "oom"))
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return fake(images, **kw)
+
+    monkeypatch.setattr(runner, "estimate_kernels", small_only)
+    summary = run_farm(photos, tmp_path / "pool", batch=4, device="cpu")
+    assert (summary.done, summary.failed, summary.batch) == (4, 0, 1)
+    assert [len(names) for names, _ in fake.calls] == [4, 2, 1, 1, 1, 1]

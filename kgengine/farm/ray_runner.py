@@ -145,19 +145,22 @@ def train_ray(man: Manifest, settings: FarmSettings, pool_dir: Path, batch: int 
         task_device = device if device != "auto" else ("cuda" if use_gpu else "cpu")
         opts = {"num_cpus": cpus, "num_gpus": 1 if use_gpu else 0}
         sdict = settings.to_dict()
+        slots = max(1, int(res.get("GPU", 0)) if use_gpu
+                    else int(res.get("CPU", 1) // max(cpus, 1e-9)))
         if batch is None:
+            pend = man.pending()
             if use_gpu:
-                pend = man.pending()
                 biggest = max(((r.width or 0) * (r.height or 0) for r in pend), default=0)
                 batch = int(ray.get(ray.remote(probe_batch).options(**opts)
                                     .remote(sdict, task_device, biggest)))
             else:
                 batch = CPU_BATCH
-        slots = int(res.get("GPU", 0)) if use_gpu else int(res.get("CPU", 1) // max(cpus, 1e-9))
-        max_in_flight = IN_FLIGHT_PER_SLOT * max(1, slots)
+            # few images: smaller chunks so that every worker slot gets one
+            batch = max(1, min(batch, -(-len(pend) // slots)))
+        max_in_flight = IN_FLIGHT_PER_SLOT * slots
         summary.batch = batch
-        summary.device = f"ray {address}: {task_device}, {max(1, slots)} worker slot(s)"
-        hooks.log(f"Ray: {summary.device}, batch {batch}")
+        summary.device = f"Ray at {address}: {task_device}, {slots} worker slot(s)"
+        hooks.log(f"{summary.device}, batch {batch}")
         remote = ray.remote(train_chunk).options(max_retries=2, **opts)
         _drive(man, settings, pool_dir, batch, remote, task_device, max(1, int(cpus)),
                max_in_flight, hooks, summary)

@@ -332,21 +332,46 @@ def attempt_seed(settings: FarmSettings, row: Row) -> int:
 
 # ---------------------------------------------------------------------- local training
 def train_local(man: Manifest, settings: FarmSettings, pool_dir: Path, batch: int,
-                device: str, hooks: FarmHooks, summary: FarmSummary) -> None:
-    """Train every pending row, ``batch`` at a time, in this process."""
+                device: str, hooks: FarmHooks, summary: FarmSummary) -> int:
+    """Train every pending row, ``batch`` at a time, in this process.
+
+    A batch that runs out of GPU memory is queued again and the batch size halved (an image
+    that does not fit alone is marked failed). Returns the final batch size.
+    """
     cfg = settings.config
     while rows := man.pending():
-        for start in range(0, len(rows), batch):
+        start = 0
+        while start < len(rows):
             chunk = rows[start : start + batch]
+            start += len(chunk)
             man.claim([r.id for r in chunk])
             try:
                 _train_chunk(man, chunk, settings, pool_dir, device, hooks, summary, cfg)
+            except torch.cuda.OutOfMemoryError:
+                still = _still_running(man, chunk)
+                torch.cuda.empty_cache()
+                if batch == 1:
+                    for r in still:
+                        reason = f"{r.path}: out of GPU memory even in a batch of 1"
+                        man.mark_failed(r.id, reason)
+                        count_outcome(summary, hooks, r.name, ("failed", reason))
+                    continue
+                batch = max(1, batch // 2)
+                man.requeue([r.id for r in still], f"out of GPU memory; retried in batches "
+                                                   f"of {batch}")
+                hooks.log(f"out of GPU memory: batch size lowered to {batch}")
             except BaseException as exc:
                 # stopped (Ctrl-C) or an unexpected error: give the claimed rows back
-                still = {r.id for r in man.rows("running")} & {r.id for r in chunk}
+                still = _still_running(man, chunk)
                 if still:
-                    man.requeue(sorted(still), f"interrupted: {type(exc).__name__}")
+                    man.requeue([r.id for r in still], f"interrupted: {type(exc).__name__}")
                 raise
+    return batch
+
+
+def _still_running(man: Manifest, chunk: list[Row]) -> list[Row]:
+    running = {r.id for r in man.rows("running")}
+    return [r for r in chunk if r.id in running]
 
 
 def _train_chunk(man: Manifest, chunk: list[Row], settings: FarmSettings, pool_dir: Path,
@@ -486,9 +511,9 @@ def _run(inputs: Sequence[str | os.PathLike], pool_dir: Path, summary: FarmSumma
                                     config=config, dtype=dtype, mode=mode)
         if settings.mode not in ("composed", "layers"):
             raise KGEngineError(f"mode: expected composed or layers, got {settings.mode!r}")
+        paths = expand_inputs(inputs, recursive)
         if man.settings() is None:
             man.set_settings(settings.to_dict())
-        paths = expand_inputs(inputs, recursive)
         remove_partial_files(pool_dir)
         requeue_missing_outputs(man, pool_dir)
         summary.recovered = man.recover()
@@ -507,7 +532,8 @@ def _run(inputs: Sequence[str | os.PathLike], pool_dir: Path, summary: FarmSumma
                 batch = auto_batch(dev, settings, biggest) if pending else CPU_BATCH
             summary.batch, summary.device = batch, str(dev)
             hooks.total(len(pending))
-            train_local(man, settings, pool_dir, batch, str(dev), hooks, summary)
+            summary.batch = train_local(man, settings, pool_dir, batch, str(dev), hooks,
+                                        summary)
         else:
             from kgengine.farm.ray_runner import train_ray
 
