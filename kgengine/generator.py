@@ -45,8 +45,10 @@ def compose_kernel(weights: list[torch.Tensor]) -> torch.Tensor:
     """Composed correlation kernel of the deep linear G, folded from the 1x1 end.
 
     ``v = w6 w5 w4`` (B,1,64); ``k3[c] = sum_d v[d] w3[d, c]`` (B,64,3,3); then each spatial
-    layer is folded in by a full convolution (``conv_transpose2d``), ``K2 = k3 * w2``
-    (B,64,7,7) and ``K = K2 * w1`` (B,1,13,13).
+    layer is folded in by a full convolution summed over its output channels,
+    ``K2[c1] = sum_c2 k3[c2] * w2[c2, c1]`` (B,64,7,7) and ``K = sum_c1 K2[c1] * w1[c1]``
+    (B,1,13,13). Each full convolution is one batched matmul (every tap of the folded kernel
+    times the layer's weights) followed by ``fold`` (col2im), which adds the shifted blocks.
 
     Args:
         weights: six tensors (B, out, in, k, k); the trailing 1x1 layers may be any number.
@@ -62,13 +64,13 @@ def compose_kernel(weights: list[torch.Tensor]) -> torch.Tensor:
     last = spatial[-1]  # (B, C, C, k, k): fold the row vector into it
     k = torch.einsum("bd,bdcij->bcij", v[:, 0], last)  # (B, C, k, k)
     for w in reversed(spatial[:-1]):
-        cout, cin = w.shape[1], w.shape[2]
-        # full convolution over space, contraction over w's output channels
-        k = F.conv_transpose2d(
-            k.reshape(1, b * cout, *k.shape[-2:]),
-            w.reshape(b * cout, cin, *w.shape[-2:]),
-            groups=b,
-        ).reshape(b, cin, k.shape[-2] + w.shape[-2] - 1, k.shape[-1] + w.shape[-1] - 1)
+        cout, cin, kh, kw = w.shape[1:]
+        side = k.shape[-1]
+        # blocks[b, (c1, p), t] = sum_c2 w[b, c2, c1, p] * k[b, c2, t]: the block that tap t
+        # of k contributes; fold adds the blocks at their offsets t (full convolution)
+        blocks = torch.bmm(w.reshape(b, cout, cin * kh * kw).transpose(1, 2),
+                           k.reshape(b, cout, side * side))
+        k = F.fold(blocks, (side + kh - 1, side + kw - 1), (kh, kw))  # (B, cin, ., .)
     return k[:, 0]  # (B, K, K)
 
 

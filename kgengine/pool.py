@@ -248,7 +248,8 @@ def load_pool(path: str | os.PathLike, scale: int | None = None) -> KernelPool:
     """Read a pool file, a folder of kernel files, or a single kernel file.
 
     Args:
-        path: ``kernel_pool.npz`` (from :func:`save_pool`), a folder of ``.npy``/``.mat``
+        path: ``kernel_pool.npz`` (from :func:`save_pool`; a folder holding one, such as a
+            farm's pool folder, means that file), a folder of ``.npy``/``.mat``
             kernels (read in sorted file-name order; ids = file stems), or one such file.
         scale: the scale the kernels are used for. A pool file records its own scale and a
             different ``scale`` is an error; for folders and single files it defaults to 2.
@@ -256,6 +257,8 @@ def load_pool(path: str | os.PathLike, scale: int | None = None) -> KernelPool:
         KGEngineError: naming the file and the problem.
     """
     path = Path(path)
+    if path.is_dir() and (path / POOL_FILE).is_file():  # a farm's pool folder
+        path = path / POOL_FILE
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in KERNEL_SUFFIXES)
         if not files:

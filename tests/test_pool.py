@@ -81,6 +81,10 @@ def test_save_load_npz_round_trip(tmp_path) -> None:
     assert back.ids == pool.ids and back.sources == pool.sources
     assert back.seeds == [1, 2, 3, 4] and back.scale == 4 and back.reports == reports
     assert back.fingerprint() == pool.fingerprint()
+    # a folder holding a pool file (a farm's pool folder) means that file
+    (tmp_path / "kernels").mkdir()
+    np.save(tmp_path / "kernels" / "a.npy", raw[0])
+    np.testing.assert_array_equal(load_pool(tmp_path).kernels, pool.kernels)
     # an explicit file name is used as given
     other = save_pool(tmp_path / "mine.npz", pool)
     assert other.name == "mine.npz" and load_pool(other).ids == pool.ids
