@@ -22,7 +22,14 @@ def _onnxruntime() -> dict[str, Any]:
         import onnxruntime as ort
     except ImportError as exc:
         return {"available": f"no ({exc})"}
-    return {"version": ort.__version__, "providers": ", ".join(ort.get_available_providers())}
+    from kgengine.providers import cuda_device_count
+
+    n, reason = cuda_device_count()
+    gpu = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+           if p in ort.get_available_providers()]
+    usable = f"{', '.join(gpu)} + CPU" if n and gpu else f"CPU only ({reason or 'no GPU build'})"
+    return {"version": ort.__version__, "built with": ", ".join(ort.get_available_providers()),
+            "usable here": usable}
 
 
 def _numba() -> dict[str, Any]:

@@ -33,12 +33,19 @@ def estimate(
         typer.Option("--set", help="Config override key=value (repeatable), e.g. --set lr_g=1e-4."),
     ] = None,
     force: Annotated[bool, typer.Option(help="Redo images whose outputs already exist.")] = False,
+    threads: Annotated[
+        int, typer.Option(help="CPU threads for torch (0 = torch's default; 1 on a busy machine).")
+    ] = 0,
 ) -> None:
     """Estimate the x2 (and x4) kernel of each image and write .npy, .mat, PNG and a JSON report.
 
     Images whose report already exists in OUTDIR are skipped (resume). A bad image is
     reported on one line and skipped; the exit code is 1 if any image failed.
     """
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
     try:
         failed = _estimate(images, out, x4=x4, iters=iters, seed=seed, device=device, mode=mode,
                            authors_defects=authors_defects, overrides=overrides or [],
