@@ -97,13 +97,13 @@ def main() -> None:
         print(f"{name}: composed {r['wall']:.1f} s ({r['ms']:.2f} ms/it), layers "
               f"{r['ref_ms']:.1f} ms/it -> {r['ref_wall']:.0f} s extrapolated", flush=True)
     # kgengine's batched trainer: --batch images (the dev images, other kernels) at once
-    batch_rows = []
+    batch_wall = batch_ms = 0.0
     if args.batch:
         batch_imgs = lr_images(args.batch)
         t0 = time.perf_counter()
         batch = estimate_kernels([lr for _, lr, _ in batch_imgs], seeds=[0] * args.batch,
                                  iters=args.iters, device=args.device)
-        batch_rows.append((time.perf_counter() - t0, batch[0].report["ms_per_iter"]))
+        batch_wall, batch_ms = time.perf_counter() - t0, batch[0].report["ms_per_iter"]
     med = statistics.median
     print()
     print("| image | LR size | layers (authors) ms/it | layers s/image | composed ms/it | "
@@ -117,9 +117,9 @@ def main() -> None:
           f"{med(r['ref_wall'] for r in rows):.0f} | {med(r['ms'] for r in rows):.2f} | "
           f"{med(r['wall'] for r in rows):.1f} | "
           f"{med(r['ref_wall'] / r['wall'] for r in rows):.1f}x | |")
-    for wall, ms in batch_rows:
-        per_img = wall / args.batch
-        print(f"| {args.batch} images as one batch | | | | {ms / args.batch:.2f} per image | "
+    if args.batch:
+        per_img = batch_wall / args.batch
+        print(f"| {args.batch} images as one batch | | | | {batch_ms / args.batch:.2f} per image | "
               f"{per_img:.1f} | {med(r['ref_wall'] for r in rows) / per_img:.1f}x | |")
     print(f"\n{args.iters} iterations for composed; layers timed over {args.layers_iters} "
           f"iterations and extrapolated. Machine: {machine()}.")

@@ -63,7 +63,7 @@ def bicubic_downscale(x: torch.Tensor, rgb_sum: bool = False) -> torch.Tensor:
     (a [3, 3, 8, 8] weight: every output channel is the sum of the R, G, B results).
 
     Args:
-        x: (B, C, H, W). Returns (B, C, H/2 - 1 + ..., ...) = (B, C, (H - 2)//2 + 1, ...).
+        x: (B, C, H, W). Returns (B, C, (H - 2)//2 + 1, (W - 2)//2 + 1) (32x32 for 64x64).
     """
     b, c, h, w = x.shape
     taps = torch.as_tensor(bicubic_taps_x2(), dtype=x.dtype, device=x.device)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cudasim import IN_SIM, ROOT, run_sim_tests
 from tolerances import assert_close
 
 from kgengine.degrade import degrade, degrade_torch, reflect_index
@@ -18,8 +17,6 @@ from kgengine.ops import backend as be
 from kgengine.ops import downscale, downscale_ref
 from kgengine.ops.downscale import output_size
 
-ROOT = Path(__file__).resolve().parents[1]
-IN_SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 HAS_CUDA = torch.cuda.is_available()
 
 try:
@@ -228,25 +225,10 @@ def test_sim_numba_cuda_downscale() -> None:
 
 
 def test_numba_cuda_simulator() -> None:
-    """Run this file's ``test_sim_*`` in a subprocess with NUMBA_ENABLE_CUDASIM=1 (Numba reads
-    it at import, and this process may already have imported Numba without it)."""
+    """Run this file's ``test_sim_*`` under the simulator (see :mod:`cudasim`)."""
     if IN_SIM:
         pytest.skip("already inside the simulator process")
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        __file__,
-        "-q",
-        "-k",
-        "test_sim_",
-        "-p",
-        "no:cacheprovider",
-    ]
-    res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
-    assert " passed" in res.stdout and "skipped" not in res.stdout, res.stdout[-2000:]
+    run_sim_tests(__file__)
 
 
 # -------------------------------------------------------------------------- real GPU

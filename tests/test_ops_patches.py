@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from cudasim import IN_SIM, run_sim_tests
 from scipy import stats
 from tolerances import assert_close
 
 from kgengine.ops import PatchBatch, rng, sample_patches, sample_patches_ref
 
-ROOT = Path(__file__).resolve().parents[1]
-IN_SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 HAS_CUDA = torch.cuda.is_available()
 try:
     import cupy  # noqa: F401
@@ -275,24 +269,10 @@ def test_sim_numba_cuda_patches() -> None:
 
 
 def test_numba_cuda_simulator() -> None:
-    """Run this file's ``test_sim_*`` in a subprocess with NUMBA_ENABLE_CUDASIM=1."""
+    """Run this file's ``test_sim_*`` under the simulator (see :mod:`cudasim`)."""
     if IN_SIM:
         pytest.skip("already inside the simulator process")
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        __file__,
-        "-q",
-        "-k",
-        "test_sim_",
-        "-p",
-        "no:cacheprovider",
-    ]
-    res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
-    assert " passed" in res.stdout and "skipped" not in res.stdout, res.stdout[-2000:]
+    run_sim_tests(__file__)
 
 
 # -------------------------------------------------------------------------- real GPU
