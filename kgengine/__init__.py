@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("kgengine")
-except PackageNotFoundError:  # running from a source tree without install
-    __version__ = "0.0.0+src"
-
+from kgengine._version import __version__
 from kgengine.config import KernelGANConfig
 from kgengine.degrade import degrade
 from kgengine.errors import BadImageError, KGEngineError

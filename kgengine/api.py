@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kgengine import __version__
+from kgengine._version import __version__
 from kgengine.config import KernelGANConfig
 from kgengine.errors import BadImageError, TrainingDivergedError
 from kgengine.imageio import read_image

@@ -67,7 +67,7 @@ def save_json(path: str | os.PathLike, obj: Any) -> Path:
 
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=False, default=_json_default)
+            json.dump(obj, fh, indent=2, sort_keys=False, default=json_default)
             fh.write("\n")
 
     return atomic_write(path, write)
@@ -83,7 +83,8 @@ def save_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, write)
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """``json.dump(..., default=json_default)``: NumPy scalars/arrays and paths as JSON."""
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from kgengine import __version__
+from kgengine._version import __version__
 from kgengine.atomic import atomic_write, save_json
 from kgengine.errors import BadImageError, KGEngineError
 from kgengine.imageio import read_image, write_png

@@ -10,7 +10,7 @@ import importlib
 
 import typer
 
-from kgengine import __version__
+from kgengine._version import __version__
 
 app = typer.Typer(
     name="kgengine",

@@ -21,3 +21,7 @@ class BadImageError(KGEngineError):
 
 class TrainingDivergedError(KGEngineError):
     """The GAN produced NaN/inf losses or kernel entries."""
+
+
+class BadKernelError(KGEngineError, ValueError):
+    """A kernel cannot be used: not 2-D, NaN/inf, or a sum that is not positive."""

@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from kgengine.errors import BadKernelError
+
 KERNEL_CONVENTION = (
     "correlation, centre index size//2, LR[i,j]=sum k[u,v]*HR[s*i+u-c,s*j+v-c], "
     "phase 0, whole-sample reflect borders"
@@ -136,13 +138,14 @@ def analytic_x4(k2: np.ndarray) -> np.ndarray:
     return out
 
 
-def bicubic_taps_x2() -> np.ndarray:
-    """The 8 taps of MATLAB's antialiased x2 bicubic downscaler (Keys, a = -0.5).
+def bicubic_taps(scale: int) -> np.ndarray:
+    """The ``4·scale`` taps of MATLAB's antialiased bicubic downscaler by ``scale``.
 
-    ``w[i] = cubic(x_i / 2) / 2`` for ``x_i = -3.5, ..., 3.5``; the taps sum to 1. The 2-D
-    kernel is ``outer(w, w)`` (8x8), whose centre lies between pixels 3 and 4.
+    ``w[i] = cubic(x_i / s) / s`` with ``x_i = i − (2s − ½)``, ``i = 0 … 4s−1`` and Keys'
+    cubic (a = −0.5); the taps sum to 1. The 2-D kernel is ``outer(w, w)`` (4s × 4s), whose
+    centre lies between pixels ``2s − 1`` and ``2s``.
     """
-    x = (np.arange(8) - 3.5) / 2.0
+    x = (np.arange(4 * scale) - (2 * scale - 0.5)) / scale
     a = -0.5
     ax = np.abs(x)
     w = np.where(
@@ -150,7 +153,12 @@ def bicubic_taps_x2() -> np.ndarray:
         (a + 2) * ax**3 - (a + 3) * ax**2 + 1,
         np.where(ax < 2, a * ax**3 - 5 * a * ax**2 + 8 * a * ax - 4 * a, 0.0),
     )
-    return w / 2.0
+    return w / scale
+
+
+def bicubic_taps_x2() -> np.ndarray:
+    """The 8 taps of MATLAB's antialiased x2 bicubic downscaler: :func:`bicubic_taps` (2)."""
+    return bicubic_taps(2)
 
 
 def boundary_mask(size: int, penalty: float = 30.0) -> np.ndarray:
@@ -168,3 +176,56 @@ def boundary_mask(size: int, penalty: float = 30.0) -> np.ndarray:
     if margin > 0:
         mask[margin:-margin, margin:-margin] = 0.0
     return penalty * mask
+
+
+# -------------------------------------------------------------------------------- canvases
+def check_kernel(k: object, where: str = "kernel") -> np.ndarray:
+    """Validate one kernel and renormalise it: ``k / Σk`` as float64.
+
+    Args:
+        k: array-like; must be 2-D, non-empty, finite, with a positive sum.
+        where: the file, row or role named in the error message.
+    Raises:
+        BadKernelError: ``"<where>: <problem>"`` (a :class:`KGEngineError` and a ``ValueError``).
+    """
+    try:
+        arr = np.asarray(k, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise BadKernelError(f"{where}: kernel is not a numeric array") from None
+    if arr.ndim != 2 or min(arr.shape) < 1:
+        raise BadKernelError(f"{where}: kernel must be a 2-D array, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise BadKernelError(f"{where}: kernel contains NaN or inf values")
+    total = arr.sum()
+    if not total > 0:
+        raise BadKernelError(f"{where}: kernel sum is {total:.3g}, must be > 0")
+    return arr / total
+
+
+def common_size(*kernels: np.ndarray) -> int:
+    """The odd canvas size ``S`` holding every kernel placed by :func:`pad_to`.
+
+    ``S = 2·max(c, h − 1 − c) + 1`` over all kernel dims ``h`` with ``c = h // 2``; for odd
+    sizes this is simply the largest size.
+    """
+    half = 0
+    for k in kernels:
+        for h in np.shape(k)[:2]:
+            half = max(half, h // 2, h - 1 - h // 2)
+    return 2 * half + 1
+
+
+def pad_to(k: np.ndarray, size: int) -> np.ndarray:
+    """Zero-pad ``k`` (h, w) to (size, size), index ``(h//2, w//2)`` landing on ``size//2``.
+
+    ``degrade(x, pad_to(k, S), s) == degrade(x, k, s)``: the padding only adds zero taps
+    around the same centre. Returns float64; raises ``ValueError`` if ``k`` does not fit.
+    """
+    k = np.asarray(k, dtype=np.float64)
+    h, w = k.shape
+    top, left = size // 2 - h // 2, size // 2 - w // 2
+    if top < 0 or left < 0 or top + h > size or left + w > size:
+        raise ValueError(f"kernel of shape {k.shape} does not fit a {size}x{size} canvas")
+    out = np.zeros((size, size))
+    out[top : top + h, left : left + w] = k
+    return out

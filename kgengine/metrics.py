@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage, optimize, signal
 
+from kgengine.kernel import check_kernel, common_size, pad_to
+
 #: Largest PSNR reported (dB); identical kernels or images score exactly this.
 PSNR_CAP = 100.0
 
@@ -43,47 +45,6 @@ def psnr_from_mse(mse: float, peak: float = 1.0) -> float:
     if mse <= 0.0:
         return PSNR_CAP
     return min(20.0 * math.log10(peak / math.sqrt(mse)), PSNR_CAP)
-
-
-def normalise_kernel(k: np.ndarray, name: str = "kernel") -> np.ndarray:
-    """``k / sum(k)`` as float64; raises ``ValueError`` for non-2-D, non-finite or zero-sum."""
-    k = np.asarray(k, dtype=np.float64)
-    if k.ndim != 2 or k.size == 0:
-        raise ValueError(f"{name}: expected a 2-D (h, w) kernel, got shape {k.shape}")
-    if not np.isfinite(k).all():
-        raise ValueError(f"{name}: kernel contains NaN or inf")
-    total = k.sum()
-    if abs(total) < 1e-12:
-        raise ValueError(f"{name}: kernel sums to 0, cannot normalise")
-    return k / total
-
-
-def common_size(*kernels: np.ndarray) -> int:
-    """The odd canvas size ``S`` holding every kernel placed by :func:`pad_to`.
-
-    ``S = 2·max(c, h - 1 - c) + 1`` over all kernel dims ``h`` with ``c = h // 2``; for odd
-    sizes this is simply the largest size.
-    """
-    half = 0
-    for k in kernels:
-        for h in np.shape(k)[:2]:
-            half = max(half, h // 2, h - 1 - h // 2)
-    return 2 * half + 1
-
-
-def pad_to(k: np.ndarray, size: int) -> np.ndarray:
-    """Zero-pad ``k`` (h, w) to (size, size), index ``(h//2, w//2)`` landing on ``size//2``.
-
-    Raises ``ValueError`` if ``k`` does not fit.
-    """
-    k = np.asarray(k, dtype=np.float64)
-    h, w = k.shape
-    top, left = size // 2 - h // 2, size // 2 - w // 2
-    if top < 0 or left < 0 or top + h > size or left + w > size:
-        raise ValueError(f"kernel of shape {k.shape} does not fit a {size}x{size} canvas")
-    out = np.zeros((size, size))
-    out[top : top + h, left : left + w] = k
-    return out
 
 
 def kernel_psnr(est: np.ndarray, gt: np.ndarray, size: int | None = None) -> float:
@@ -100,8 +61,8 @@ def kernel_psnr(est: np.ndarray, gt: np.ndarray, size: int | None = None) -> flo
     Returns:
         PSNR in dB (float).
     """
-    est = normalise_kernel(est, "estimate")
-    gt = normalise_kernel(gt, "ground truth")
+    est = check_kernel(est, "estimate")
+    gt = check_kernel(gt, "ground truth")
     size = _canvas(size, est, gt)
     diff = pad_to(est, size) - pad_to(gt, size)
     return psnr_from_mse(float(np.sum(diff**2)) / size**2)
@@ -141,8 +102,8 @@ def aligned_kernel_psnr(
     Returns:
         :class:`AlignedPSNR` with the PSNR (dB) and the shift ``(dy, dx)`` applied to ``est``.
     """
-    est = normalise_kernel(est, "estimate")
-    gt = normalise_kernel(gt, "ground truth")
+    est = check_kernel(est, "estimate")
+    gt = check_kernel(gt, "ground truth")
     size = _canvas(size, est, gt)
     wide = size + 2 * (math.ceil(max_shift) + 2)
     est_w, gt_w = pad_to(est, wide), pad_to(gt, wide)
@@ -255,7 +216,7 @@ def lr_resynthesis_psnr(
     shave = max(1, shave)
     if h_lr <= 2 * shave or w_lr <= 2 * shave:
         raise ValueError(f"lr {lr_true.shape} is too small for a {shave}-pixel shave")
-    blurred = blur_reflect(hr, normalise_kernel(kernel))
+    blurred = blur_reflect(hr, check_kernel(kernel))
     ref = lr_true[shave : h_lr - shave, shave : w_lr - shave]
     best, best_off = math.inf, (0, 0)
     for dy in range(-scale, scale + 1):

@@ -61,7 +61,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from kgengine import __version__
+from kgengine._version import __version__
 from kgengine.atomic import atomic_write
 from kgengine.errors import KGEngineError
 from kgengine.kernel import KERNEL_CONVENTION

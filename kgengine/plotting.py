@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from kgengine.atomic import atomic_write
-from kgengine.metrics import common_size, pad_to
+from kgengine.kernel import common_size, pad_to
 
 #: (position in [0, 1], RGB) anchors of the heat-map ramp.
 _ANCHORS = (
@@ -81,7 +81,7 @@ def kernel_grid_png(
     """Write a PNG grid: one row per list in ``rows_of_kernels``, a caption under each cell.
 
     Kernels are zero-padded to one odd size (centre index ``h//2`` at the middle, as in
-    :func:`kgengine.metrics.pad_to`) so that their positions compare. With
+    :func:`kgengine.kernel.pad_to`) so that their positions compare. With
     ``shared_row_scale`` every kernel of a row uses the row's maximum as ``vmax`` (so true and
     estimated kernels compare by brightness); otherwise each uses its own.
 

@@ -2,7 +2,7 @@
 
 A :class:`KernelPool` holds ``N`` kernels zero-padded to one common odd size ``K`` and
 centred (the kernel's centre index ``(h//2, w//2)`` lands on ``(K//2, K//2)``, which leaves
-``degrade`` unchanged: see :func:`pad_kernel`). Pools are read from
+``degrade`` unchanged: see :func:`kgengine.kernel.pad_to`). Pools are read from
 
 - the single file ``kernel_pool.npz`` written by :func:`save_pool` (the farm writes these):
   arrays ``kernels (N,K,K) float32``, ``ids (N,) str``, ``sources (N,) str``,
@@ -23,12 +23,12 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from kgengine.atomic import atomic_write
+from kgengine.atomic import atomic_write, json_default
 from kgengine.errors import KGEngineError
+from kgengine.kernel import check_kernel, common_size, pad_to
 
 #: File name :func:`save_pool` uses when given a folder.
 POOL_FILE = "kernel_pool.npz"
@@ -92,55 +92,6 @@ class KernelPool:
         return h.hexdigest()
 
 
-def check_kernel(k: Any, where: str) -> np.ndarray:
-    """Validate one kernel and renormalise it: ``k / sum(k)`` as float64.
-
-    Args:
-        k: array-like, must be 2-D, finite, with a positive sum.
-        where: the file (or row) named in the error message.
-    Raises:
-        KGEngineError: ``"<where>: <problem>"``.
-    """
-    try:
-        arr = np.asarray(k, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise KGEngineError(f"{where}: kernel is not a numeric array") from None
-    if arr.ndim != 2 or min(arr.shape) < 1:
-        raise KGEngineError(f"{where}: kernel must be a 2-D array, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise KGEngineError(f"{where}: kernel contains NaN or inf values")
-    total = arr.sum()
-    if not total > 0:
-        raise KGEngineError(f"{where}: kernel sum is {total:.3g}, must be > 0")
-    return arr / total
-
-
-def pad_kernel(k: np.ndarray, size: int) -> np.ndarray:
-    """Zero-pad ``k`` (h, w) to (size, size), putting index ``(h//2, w//2)`` at ``size//2``.
-
-    ``degrade(x, pad_kernel(k, K), s) == degrade(x, k, s)``: the padding only adds zero taps
-    around the same centre. Requires ``size`` odd and ``size//2 - h//2 >= 0`` and
-    ``size//2 - h//2 + h <= size`` (same for w). Returns a float64 array.
-    """
-    h, w = k.shape
-    oy, ox = size // 2 - h // 2, size // 2 - w // 2
-    if size % 2 == 0 or oy < 0 or ox < 0 or oy + h > size or ox + w > size:
-        raise ValueError(f"cannot centre a {h}x{w} kernel in {size}x{size}")
-    out = np.zeros((size, size), dtype=np.float64)
-    out[oy : oy + h, ox : ox + w] = k
-    return out
-
-
-def common_size(shapes: list[tuple[int, int]]) -> int:
-    """Smallest odd ``K`` that holds every (h, w) kernel centred by :func:`pad_kernel`."""
-    need = 1
-    for h, w in shapes:
-        for n in (h, w):
-            # centre n//2 at K//2 needs K//2 >= n//2 and K//2 >= n - 1 - n//2
-            need = max(need, 2 * max(n // 2, n - 1 - n // 2) + 1)
-    return need
-
-
 def read_kernel_file(path: str | os.PathLike) -> np.ndarray:
     """Read one kernel from ``.npy`` or ``.mat`` and validate it (see :func:`check_kernel`).
 
@@ -196,8 +147,8 @@ def make_pool(
     if not kernels:
         raise KGEngineError("kernel pool: no kernels")
     checked = [check_kernel(k, src) for k, src in zip(kernels, sources, strict=True)]
-    size = common_size([k.shape for k in checked])
-    stack = np.stack([pad_kernel(k, size) for k in checked]).astype(np.float32)
+    size = common_size(*checked)
+    stack = np.stack([pad_to(k, size) for k in checked]).astype(np.float32)
     seeds = [-1] * len(checked) if seeds is None else seeds
     return KernelPool(stack, list(ids), list(sources), list(seeds), scale, reports)
 
@@ -226,7 +177,7 @@ def save_pool(path: str | os.PathLike, pool: KernelPool) -> Path:
         "sources": np.array(pool.sources, dtype=str),
         "seeds": np.array(pool.seeds, dtype=np.int64),
         "scale": np.array(pool.scale, dtype=np.int64),
-        "index": np.array(json.dumps(index, default=_json_default)),
+        "index": np.array(json.dumps(index, default=json_default)),
     }
 
     def write(tmp: str) -> None:
@@ -234,14 +185,6 @@ def save_pool(path: str | os.PathLike, pool: KernelPool) -> Path:
             np.savez(fh, **arrays)
 
     return atomic_write(path, write)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
 
 
 def load_pool(path: str | os.PathLike, scale: int | None = None) -> KernelPool:

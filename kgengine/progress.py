@@ -1,7 +1,11 @@
-"""Rich progress bars shared by the CLI commands."""
+"""Rich progress bars for the CLI and the benches: one display, wired to :class:`JobHooks`."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -11,8 +15,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from kgengine.hooks import JobHooks
 
-def make_progress() -> Progress:
+
+def make_progress(console: Console | None = None) -> Progress:
     """A progress display with description, bar, count, elapsed and remaining time."""
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -20,4 +26,44 @@ def make_progress() -> Progress:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
+        console=console,
     )
+
+
+@contextmanager
+def progress_hooks(description: str, console: Console | None = None) -> Iterator[JobHooks]:
+    """A live display for one job: an overall bar of items plus a bar for the current batch.
+
+    ``item_finished`` advances the overall bar (except for ``retry``) and prints non-``done``
+    states as ``"<state>: <detail>"``; ``log`` prints a line above the bars.
+    """
+    with make_progress(console) as bar:
+        overall = bar.add_task(description, total=None)
+        current: dict[str, int] = {}
+
+        def log(msg: str) -> None:
+            bar.console.print(msg, markup=False, highlight=False, soft_wrap=True)
+
+        def item_finished(name: str, state: str, detail: str) -> None:
+            if state != "retry":
+                bar.advance(overall)
+            if state not in ("done", "skipped"):
+                log(f"{state}: {detail}" if detail else f"{state}: {name}")
+
+        def batch_started(names: list[str], steps: int) -> None:
+            if "task" in current:
+                bar.remove_task(current.pop("task"))
+            label = f"batch of {len(names)}: {names[0]}" + ("…" if len(names) > 1 else "")
+            current["task"] = bar.add_task(label, total=steps)
+
+        def batch_progress(done: int) -> None:
+            if "task" in current:
+                bar.update(current["task"], completed=done)
+
+        yield JobHooks(
+            log=log,
+            total=lambda n: bar.update(overall, total=n),
+            item_finished=item_finished,
+            batch_started=batch_started,
+            batch_progress=batch_progress,
+        )

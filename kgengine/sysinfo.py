@@ -1,82 +1,51 @@
-"""Availability report for ``kgengine info``: torch/CUDA, onnxruntime, Numba, CuPy."""
+"""What machine this is: one :func:`machine_info` for reports, benches and ``kgengine info``."""
 
 from __future__ import annotations
 
+import os
 import platform
 from typing import Any
 
+from kgengine._version import __version__
 
-def _torch() -> dict[str, Any]:
+
+def cpu_name() -> str:
+    """The CPU model (``/proc/cpuinfo`` "model name"), else :func:`platform.processor`."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_info(device: str = "auto") -> dict[str, Any]:
+    """The machine and software a result was measured on, for reports and benches.
+
+    Keys: ``cpu``, ``cores``, ``gpu`` (CUDA device name or ``None``), ``device`` (as asked),
+    ``torch``, ``torch_threads``, ``numpy``, ``python``, ``kgengine``, ``machine`` (arch).
+    """
+    import numpy as np
     import torch
 
-    out: dict[str, Any] = {"version": torch.__version__, "threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        out["cuda"] = f"yes ({torch.version.cuda}): {torch.cuda.get_device_name(0)}"
-    else:
-        out["cuda"] = "no (torch.cuda.is_available() is False)"
-    return out
-
-
-def _onnxruntime() -> dict[str, Any]:
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        return {"available": f"no ({exc})"}
-    from kgengine.providers import cuda_device_count
-
-    n, reason = cuda_device_count()
-    gpu = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-           if p in ort.get_available_providers()]
-    usable = f"{', '.join(gpu)} + CPU" if n and gpu else f"CPU only ({reason or 'no GPU build'})"
-    return {"version": ort.__version__, "built with": ", ".join(ort.get_available_providers()),
-            "usable here": usable}
-
-
-def _numba() -> dict[str, Any]:
-    try:
-        import numba
-    except ImportError as exc:
-        return {"available": f"no ({exc})"}
-    out: dict[str, Any] = {"version": numba.__version__}
-    try:
-        from numba import cuda
-
-        out["cuda"] = "yes" if cuda.is_available() else "no (no CUDA driver/device)"
-    except Exception as exc:  # noqa: BLE001 - report, never fail
-        out["cuda"] = f"no ({exc})"
-    return out
-
-
-def _cupy() -> dict[str, Any]:
-    try:
-        import cupy
-    except Exception as exc:  # noqa: BLE001 - ImportError or CUDA runtime errors
-        return {"available": f"no ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})"}
-    try:
-        n = cupy.cuda.runtime.getDeviceCount()
-        return {"version": cupy.__version__, "devices": n}
-    except Exception as exc:  # noqa: BLE001
-        return {"version": cupy.__version__, "devices": f"0 ({type(exc).__name__})"}
-
-
-def _ops() -> dict[str, Any]:
-    try:
-        from kgengine.ops.backend import backend_report
-    except ImportError as exc:
-        return {"available": f"no ({exc})"}
-    return dict(backend_report())
-
-
-def collect() -> dict[str, dict[str, Any]]:
-    """Sections of ``kgengine info``."""
-    from kgengine import __version__
-
     return {
-        "kgengine": {"version": __version__, "python": platform.python_version(),
-                     "machine": platform.machine()},
-        "torch": _torch(),
-        "onnxruntime": _onnxruntime(),
-        "numba": _numba(),
-        "cupy": _cupy(),
-        "ops backends": _ops(),
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "device": device,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "kgengine": __version__,
+        "machine": platform.machine(),
     }
+
+
+def machine_line(device: str = "auto") -> str:
+    """:func:`machine_info` as one line: ``CPU, N cores, no GPU; torch X; device D``."""
+    m = machine_info(device)
+    gpu = f", GPU {m['gpu']}" if m["gpu"] else ", no GPU"
+    return f"{m['cpu']}, {m['cores']} cores{gpu}; torch {m['torch']}; device {device}"

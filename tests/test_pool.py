@@ -9,16 +9,13 @@ from scipy.io import savemat
 
 from kgengine.degrade import degrade_torch
 from kgengine.errors import KGEngineError
-from kgengine.kernel import anisotropic_gaussian, gaussian_kernel
-from kgengine.pool import (
-    POOL_FILE,
-    KernelPool,
-    common_size,
-    load_pool,
-    make_pool,
-    pad_kernel,
-    save_pool,
-)
+from kgengine.kernel import anisotropic_gaussian, gaussian_kernel, pad_to
+from kgengine.kernel import common_size as _common_size
+from kgengine.pool import POOL_FILE, KernelPool, load_pool, make_pool, save_pool
+
+
+def common_size(shapes: list[tuple[int, int]]) -> int:
+    return _common_size(*[np.empty(s) for s in shapes])
 
 
 def _raw_kernels() -> list[np.ndarray]:
@@ -32,12 +29,12 @@ def _raw_kernels() -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("shape", [(9, 9), (8, 8), (7, 11), (13, 13)])
-def test_pad_kernel_keeps_degrade(shape: tuple[int, int]) -> None:
+def test_pad_to_keeps_degrade(shape: tuple[int, int]) -> None:
     rng = np.random.default_rng(0)
     k = rng.random(shape)
     x = torch.from_numpy(rng.random((1, 3, 31, 28)))
     size = common_size([shape, (13, 13)])
-    padded = pad_kernel(k, size)
+    padded = pad_to(k, size)
     assert padded.shape == (size, size) and size % 2 == 1
     for s in (2, 3):
         ref = degrade_torch(x, torch.from_numpy(k), s)
@@ -112,7 +109,7 @@ def test_load_folder_npy_and_mat(tmp_path) -> None:
     assert pool.sources[1] == str((tmp_path / "b_kernel.mat").resolve())
     assert pool.kernels.shape == (3, 13, 13)
     for row, k in enumerate((k1, k2, k3)):
-        np.testing.assert_allclose(pool.kernels[row], pad_kernel(k / k.sum(), 13), atol=1e-7)
+        np.testing.assert_allclose(pool.kernels[row], pad_to(k / k.sum(), 13), atol=1e-7)
     # a single kernel file is a pool of one
     one = load_pool(tmp_path / "b_kernel.mat")
     assert one.ids == ["b_kernel"] and one.scale == 2

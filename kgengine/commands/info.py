@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+
+from kgengine._version import __version__
+from kgengine.sysinfo import machine_info
 
 
 def register(app: typer.Typer) -> None:
@@ -11,9 +16,82 @@ def register(app: typer.Typer) -> None:
 
 def info() -> None:
     """Print versions and which accelerated paths are available here, with reasons."""
-    from kgengine.sysinfo import collect
-
     for section, entries in collect().items():
         typer.echo(f"{section}:")
         for key, value in entries.items():
             typer.echo(f"  {key}: {value}")
+
+
+def _torch() -> dict[str, Any]:
+    import torch
+
+    out: dict[str, Any] = {"version": torch.__version__, "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        out["cuda"] = f"yes ({torch.version.cuda}): {torch.cuda.get_device_name(0)}"
+    else:
+        out["cuda"] = "no (torch.cuda.is_available() is False)"
+    return out
+
+
+def _onnxruntime() -> dict[str, Any]:
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        return {"available": f"no ({exc})"}
+    from kgengine.providers import cuda_device_count
+
+    n, reason = cuda_device_count()
+    gpu = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+           if p in ort.get_available_providers()]
+    usable = f"{', '.join(gpu)} + CPU" if n and gpu else f"CPU only ({reason or 'no GPU build'})"
+    return {"version": ort.__version__, "built with": ", ".join(ort.get_available_providers()),
+            "usable here": usable}
+
+
+def _numba() -> dict[str, Any]:
+    try:
+        import numba
+    except ImportError as exc:
+        return {"available": f"no ({exc})"}
+    out: dict[str, Any] = {"version": numba.__version__}
+    try:
+        from numba import cuda
+
+        out["cuda"] = "yes" if cuda.is_available() else "no (no CUDA driver/device)"
+    except Exception as exc:  # noqa: BLE001 - report, never fail
+        out["cuda"] = f"no ({exc})"
+    return out
+
+
+def _cupy() -> dict[str, Any]:
+    try:
+        import cupy
+    except Exception as exc:  # noqa: BLE001 - ImportError or CUDA runtime errors
+        return {"available": f"no ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})"}
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+        return {"version": cupy.__version__, "devices": n}
+    except Exception as exc:  # noqa: BLE001
+        return {"version": cupy.__version__, "devices": f"0 ({type(exc).__name__})"}
+
+
+def _ops() -> dict[str, Any]:
+    try:
+        from kgengine.ops.backend import backend_report
+    except ImportError as exc:
+        return {"available": f"no ({exc})"}
+    return dict(backend_report())
+
+
+def collect() -> dict[str, dict[str, Any]]:
+    """Sections of ``kgengine info``."""
+    m = machine_info()
+    return {
+        "kgengine": {"version": __version__, "python": m["python"], "machine": m["machine"],
+                     "cpu": f"{m['cpu']} ({m['cores']} cores)"},
+        "torch": _torch(),
+        "onnxruntime": _onnxruntime(),
+        "numba": _numba(),
+        "cupy": _cupy(),
+        "ops backends": _ops(),
+    }
