@@ -1,6 +1,6 @@
 """Benchmark: KernelGAN accuracy on a seeded synthetic DIV2KRK-like set, next to two baselines.
 
-1. Builds the synthetic set (:func:`kgengine.synth.make_div2krk_like`, DIV2KRK recipe,
+1. Builds the synthetic set (:func:`kgengine.accuracy.make_div2krk_like`, DIV2KRK recipe,
    ``--n`` HR images evenly spread over ``../shared/data/hr``, set seed ``--set-seed``) into
    ``OUT/data`` and reports how long that takes.
 2. Warms the estimator up (2 iterations on the first image; not timed in the table).
@@ -23,10 +23,10 @@ import sys
 import time
 from pathlib import Path
 
+from kgengine.accuracy import EvalSettings, make_div2krk_like, run_eval, summary_table
 from kgengine.atomic import save_text
-from kgengine.evaluate import EvalSettings, machine_info, run_eval, summary_table
-from kgengine.progress import make_progress
-from kgengine.synth import make_div2krk_like
+from kgengine.progress import progress_hooks
+from kgengine.sysinfo import machine_line
 
 HR_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/hr"
 EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -47,12 +47,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hr", type=Path, default=HR_DIR, help=f"HR folder (default {HR_DIR})")
     p.add_argument("--out", type=Path, default=Path("bench_out/accuracy"), help="output folder")
     return p.parse_args(argv)
-
-
-def machine_line(device: str) -> str:
-    m = machine_info(device)
-    gpu = f", GPU {m['gpu']}" if m["gpu"] else ", no GPU"
-    return f"{m['cpu']}, {m['cores']} cores{gpu}; torch {m['torch']}; device {device}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,19 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     variants = [False, True] if args.authors_defects else [False]
     results = []
     t_all = time.perf_counter()
-    with make_progress() as bar:
-        for scale in scales:
-            for authors in variants:
-                settings = EvalSettings(scale=scale, seeds=seeds, iters=args.iters,
-                                        device=args.device, authors_defects=authors)
-                task = bar.add_task(f"x{scale} {settings.method}", total=None)
-
-                def progress(done: int, total: int, label: str, task=task) -> None:
-                    bar.update(task, completed=done, total=total)
-
-                out = args.out / f"x{scale}_{settings.method}"
-                results.append(run_eval(data, out, settings, progress=progress,
-                                        on_error=bar.console.print, batch=args.batch))
+    for scale in scales:
+        for authors in variants:
+            settings = EvalSettings(scale=scale, seeds=seeds, iters=args.iters,
+                                    device=args.device, authors_defects=authors)
+            out = args.out / f"x{scale}_{settings.method}"
+            with progress_hooks(f"x{scale} {settings.method}") as hooks:
+                results.append(run_eval(data, out, settings, hooks=hooks, batch=args.batch))
     total_s = time.perf_counter() - t_all
 
     iters = results[0]["settings"]["config"]["iters"]

@@ -5,7 +5,7 @@ one run, with the ratio to PyTorch eager (``kgengine.degrade.degrade_torch``), f
 a 13x13 kernel and x4 with a 25x25 kernel:
 
 - ``torch eager``: ``degrade_torch`` on the CPU (all usable cores);
-- ``ort fixed``: the fixed-kernel ONNX model (tiled Conv, see ``kgengine.onnx_export``);
+- ``ort fixed``: the fixed-kernel ONNX model (tiled Conv, see ``kgengine.export.degraders``);
 - ``ort pool``: the pool model (kernel as input), what ``kgengine degrade`` runs;
 - ``ort pool tile=1``: the pool model as a plain Pad + Conv graph (ablation);
 - ``scipy``: ``ndimage.correlate(mode='mirror')`` per channel, then ``[::s, ::s]``.
@@ -32,23 +32,13 @@ import torch
 from scipy import ndimage
 
 from kgengine.degrade import degrade_torch
+from kgengine.export import build_fixed_model, build_pool_model
 from kgengine.kernel import anisotropic_gaussian
-from kgengine.onnx_export import build_fixed_model, build_pool_model
 from kgengine.providers import cuda_device_count, make_session, usable_cores
+from kgengine.sysinfo import cpu_name
 
 H, W = 1356, 2040
 CASES = [(2, 13), (4, 25)]
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def median_time(fn: Callable[[], object], repeats: int, sync: Callable[[], None] = lambda: None

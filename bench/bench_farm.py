@@ -18,7 +18,7 @@ Reported side by side, with the ratio to B = 1:
 Floor (issue 6): on a 2-core CPU, B = 8 gives at least 1.5x the images/hour of B = 1.
 
 With a CUDA GPU (``--gpu``, default when one is present) it sweeps B = 1, 8, 32, ... up to
-the automatic batch size (:func:`kgengine.farm.runner.auto_batch`) and reports images per
+the automatic batch size (:func:`kgengine.farm.batching.auto_batch`) and reports images per
 minute (target: >= 100 x2 images/min at 3000 iterations on one H100) with
 ``torch.cuda.max_memory_allocated`` per image; without a GPU it says why it is skipped.
 
@@ -39,20 +39,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from kgengine.sysinfo import cpu_name
+
 DATA = Path(__file__).resolve().parents[1] / "kgengine" / "data" / "sample_hr.png"
 FULL_ITERS = 3000
 SIDE = 128
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def make_images(folder: Path, n: int) -> list[Path]:
@@ -190,7 +181,8 @@ def main() -> None:
     if not torch.cuda.is_available():
         print("GPU sweep: skipped (--gpu given but no CUDA GPU is visible)")
         return
-    from kgengine.farm.runner import FarmSettings, auto_batch
+    from kgengine.farm.batching import auto_batch
+    from kgengine.farm.settings import FarmSettings
 
     limit = auto_batch(torch.device("cuda"), FarmSettings(), SIDE * SIDE)
     batches = [b for b in (1, 8, 32, 64, 128, 256, 512) if b <= limit] + [limit]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -33,18 +32,12 @@ from scipy import ndimage
 
 from kgengine.ops import downscale, downscale_ref, sample_patches, sample_patches_ref
 from kgengine.ops.backend import availability
+from kgengine.sysinfo import cpu_name
 
 
 def machine() -> str:
     """CPU model, cores, library versions and GPU (if any), on one line."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next(
-                line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")
-            )
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     import numba
     import scipy
 

@@ -16,7 +16,6 @@ The layer-by-layer mode costs ~0.15 s/iteration on a 2-core CPU, so by default i
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from kgengine.degrade import degrade
 from kgengine.imageio import read_image
 from kgengine.kernel import anisotropic_gaussian
 from kgengine.metrics import aligned_kernel_psnr
+from kgengine.sysinfo import cpu_name
 
 HR_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hr"
 SAMPLE = Path(__file__).resolve().parents[1] / "kgengine" / "data" / "sample_hr.png"
@@ -36,14 +36,7 @@ NAMES = ["kodim05.png", "urban_010.png", "kodim13.png", "urban_030.png", "kodim2
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     import os
 
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "

@@ -3,7 +3,7 @@
 The 16 Urban100 images of ``../shared/data/hr`` (full size, about 1024 px on the long side,
 the closest to real use) plus 4 Kodak crops (500×500, evenly spread) become, sorted by file
 name (so ``im_1 .. im_4`` are Kodak, ``im_5 .. im_20`` Urban100), the images of
-:func:`kgengine.synth.make_div2krk_like` with set seed 0. The set is a pure function of
+:func:`kgengine.accuracy.synth.make_div2krk_like` with set seed 0. The set is a pure function of
 those files and the seed, so it is rebuilt rather than committed.
 
 Run: ``python bench/devset.py [--out bench_out/devset]`` (about 30 s).
@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from kgengine.synth import make_div2krk_like, select_evenly
+from kgengine.accuracy.synth import make_div2krk_like, select_evenly
 
 HR_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/hr"
 DEFAULT_OUT = Path("bench_out/devset")

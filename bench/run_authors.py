@@ -21,6 +21,8 @@ authors' analytic x4 kernel, as the authors' code does.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import platform
@@ -67,6 +69,25 @@ def load_results(path: Path = RESULTS) -> dict:
     return {"reference": "sefibk/KernelGAN @ 7218a37 via ../shared/baseline (CPU)", "runs": {}}
 
 
+@contextlib.contextmanager
+def locked(path: Path):
+    """An exclusive lock on ``path`` + ``.lock``: several runner processes may share a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(path) + ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def claim(claims: Path, key: str) -> bool:
+    """Claim job ``key`` for this process (O_EXCL file); False if another process has it."""
+    claims.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(claims / key.replace("/", "_"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
 def run_one(baseline: Path, image: Path, scale: int, seed: int, iters: int) -> dict:
     """One reference run; returns its record (kernel as nested lists, seconds, command)."""
     with tempfile.TemporaryDirectory() as out:
@@ -102,20 +123,26 @@ def main(argv: list[str] | None = None) -> int:
 
     devset = ensure_devset(args.devset)
     names = [m["name"] for m in json.loads((devset / "synth.json").read_text())["images"]]
-    results = load_results(args.results)
-    todo = [j for j in job_order(names) if job_key(*j) not in results["runs"]]
+    done = load_results(args.results)["runs"]
+    todo = [j for j in job_order(names) if job_key(*j) not in done]
     todo = todo[: args.limit] if args.limit is not None else todo
+    # claims live next to the dev set (not committed): a second process skips claimed jobs;
+    # delete the folder after a kill so that the killed process's jobs are run again
+    claims = devset / "authors_claims"
     lock = threading.Lock()
 
     def work(job: tuple[int, str, int]) -> None:
+        key = job_key(*job)
+        if not claim(claims, key):
+            return
         scale, name, seed = job
         rec = run_one(args.baseline, devset / f"lr_x{scale}" / f"{name}.png", scale, seed,
                       args.iters)
-        with lock:
-            results["runs"][job_key(*job)] = rec
+        with lock, locked(args.results):
+            results = load_results(args.results)  # another process may have added runs
+            results["runs"][key] = rec
             save_json(args.results, results)
-            print(f"{job_key(*job)}: {rec['seconds']:.0f} s ({len(results['runs'])} done)",
-                  flush=True)
+            print(f"{key}: {rec['seconds']:.0f} s ({len(results['runs'])} done)", flush=True)
 
     print(f"{len(todo)} reference runs to do", flush=True)
     with ThreadPoolExecutor(max_workers=args.workers) as pool:

@@ -8,8 +8,8 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from kgengine._version import __version__
 from kgengine.config import KernelGANConfig
+from kgengine.consensus import combine
 from kgengine.errors import BadImageError, TrainingDivergedError
 from kgengine.imageio import read_image
 from kgengine.kernel import analytic_x4, center_kernel, center_of_mass, clean_kernel
+from kgengine.sysinfo import machine_info
 from kgengine.trainer import BatchTrainer, prepare_image
 
 ImageLike = str | os.PathLike | np.ndarray
@@ -40,6 +41,9 @@ class EstimateResult:
         report: JSON-able dict (config, seed, versions, device, timings, losses, kernel stats).
         generator_weights: the six trained G weights, (out, in, k, k) float32 each.
         raw_kernel: (K, K) float64 composed kernel of the final G before clean-up.
+            With restarts, both come from the medoid restart.
+        confidence: agreement of the restarts in [0, 1] (:mod:`kgengine.consensus`); None
+            for a single run.
     """
 
     name: str
@@ -48,6 +52,7 @@ class EstimateResult:
     report: dict[str, Any]
     generator_weights: list[np.ndarray] = field(repr=False)
     raw_kernel: np.ndarray = field(repr=False)
+    confidence: float | None = None
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -71,20 +76,6 @@ def kernel_stats(k: np.ndarray) -> dict[str, Any]:
     """Size, sum and centre of mass of a kernel, for reports."""
     cy, cx = center_of_mass(k)
     return {"size": list(k.shape), "sum": float(k.sum()), "center_of_mass": [cy, cx]}
-
-
-def environment() -> dict[str, Any]:
-    """Versions and machine, for reports."""
-    return {
-        "kgengine": __version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-    }
 
 
 def _device_name(dev: torch.device) -> str:
@@ -121,6 +112,8 @@ def estimate_kernels(
     callback: Callable[[int], None] | None = None,
     names: Sequence[str] | None = None,
     on_diverge: str = "raise",
+    restarts: int = 1,
+    rule: str = "mean",
 ) -> list[EstimateResult | TrainingDivergedError]:
     """Estimate the x2 (and x4) SR kernels of B images, trained together in one batch.
 
@@ -137,58 +130,98 @@ def estimate_kernels(
         names: output names (default: file stems, ``image<i>`` for arrays).
         on_diverge: "raise" (default) or "return": a diverged image's slot then holds the
             :class:`TrainingDivergedError` instead of a result; the others are unaffected.
+        restarts: K ≥ 1 trainings per image (seeds :func:`restart_seed` (seed, r)), all in
+            one batch, combined by :func:`kgengine.consensus.combine` with ``rule``; the
+            result's ``confidence`` is the restarts' agreement (None for K = 1).
     Raises:
         BadImageError: an image cannot be used (the message names it).
-        TrainingDivergedError: NaN/inf appeared for some image.
+        TrainingDivergedError: NaN/inf appeared for some image (in every restart).
     """
     cfg = config or KernelGANConfig()
     if iters is not None:
         cfg = cfg.replace(iters=iters)
+    if restarts < 1:
+        raise ValueError(f"restarts must be >= 1, got {restarts}")
     seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(images))]
     loaded = [_load(im, i) for i, im in enumerate(images)]
     if names is not None:
         loaded = [(n, arr) for n, (_, arr) in zip(names, loaded, strict=True)]
     prepared = [prepare_image(arr, cfg, name) for name, arr in loaded]
+    run_seeds = [restart_seed(s, r) for s in seeds for r in range(restarts)]
     dev = resolve_device(device)
     t0 = time.perf_counter()
-    trainer = BatchTrainer(prepared, seeds, cfg, dev, dtype, mode)
+    trainer = BatchTrainer([p for p in prepared for _ in range(restarts)], run_seeds, cfg, dev,
+                           dtype, mode)
     setup_s = time.perf_counter() - t0
     train_s = trainer.run(cfg.iters, callback)
-    raw = trainer.final_kernels()
-    losses = trainer.final_losses()
-    finite = trainer.finite.cpu().numpy()
-    env = environment()
-    results = []
+    run = {"iters": cfg.iters, "batch_size": len(run_seeds), "mode": mode,
+           "device": _device_name(dev), "dtype": str(dtype).replace("torch.", ""),
+           "wall_s": setup_s + train_s, "train_s": train_s,
+           "ms_per_iter": 1000.0 * train_s / max(cfg.iters, 1), "config": cfg.to_dict(),
+           "environment": machine_info(str(dev))}
+    final = _Final(trainer.final_kernels(), trainer.finite.cpu().numpy(),
+                   trainer.final_losses(), run_seeds, trainer.g_weights)
+    out = []
     for i, (name, arr) in enumerate(loaded):
-        if not finite[i] or not np.isfinite(raw[i]).all():
-            err = TrainingDivergedError(f"{name}: training diverged (NaN/inf) with seed {seeds[i]}")
-            if on_diverge == "raise":
-                raise err
-            results.append(err)
-            continue
-        k2 = finish_kernel(raw[i], cfg.n_filtering)
-        k4 = analytic_x4(k2) if x4 else None
-        report = {
-            "image": name,
-            "image_size": [int(arr.shape[1]), int(arr.shape[0])],
-            "seed": int(seeds[i]),
-            "iters": cfg.iters,
-            "batch_size": len(images),
-            "mode": mode,
-            "device": _device_name(dev),
-            "dtype": str(dtype).replace("torch.", ""),
-            "wall_s": setup_s + train_s,
-            "train_s": train_s,
-            "ms_per_iter": 1000.0 * train_s / max(cfg.iters, 1),
-            "final_losses": losses[i],
-            "kernel_x2": kernel_stats(k2),
-            "kernel_x4": kernel_stats(k4) if k4 is not None else None,
-            "config": cfg.to_dict(),
-            "environment": env,
-        }
-        weights = [w[i].detach().float().cpu().numpy() for w in trainer.g_weights]
-        results.append(EstimateResult(name, k2, k4, report, weights, raw[i]))
-    return results
+        rows = list(range(i * restarts, (i + 1) * restarts))
+        res = _image_result(final, rows, name, arr, seeds[i], run, x4, cfg, rule)
+        if isinstance(res, TrainingDivergedError) and on_diverge == "raise":
+            raise res
+        out.append(res)
+    return out
+
+
+def restart_seed(seed: int, r: int) -> int:
+    """Seed of restart ``r`` of an image with seed ``seed``: ``seed`` itself for r = 0, else
+    the first 7 bytes of ``sha256("kgengine-restart:<seed>:<r>")`` (independent streams)."""
+    if r == 0:
+        return int(seed)
+    digest = hashlib.sha256(f"kgengine-restart:{int(seed)}:{r}".encode()).digest()
+    return int.from_bytes(digest[:7], "big")
+
+
+@dataclass
+class _Final:
+    """What a finished batch leaves: raw kernels (N, K, K), finite flags, losses, seeds, G."""
+
+    raw: np.ndarray
+    finite: np.ndarray
+    losses: list[dict[str, float]]
+    seeds: list[int]
+    g_weights: list[torch.Tensor]
+
+
+def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, seed: int,
+                  run: dict[str, Any], x4: bool, cfg: KernelGANConfig, rule: str
+                  ) -> EstimateResult | TrainingDivergedError:
+    """One image's result from its restarts' rows of the batch (finite ones only)."""
+    raw = final.raw
+    ok = [r for r in rows if final.finite[r] and np.isfinite(raw[r]).all()]
+    if not ok:
+        return TrainingDivergedError(f"{name}: training diverged (NaN/inf) with seed {seed}")
+    finished = [finish_kernel(raw[r], cfg.n_filtering) for r in ok]
+    cons = combine(finished, rule) if len(rows) > 1 else None
+    k2 = cons.kernel if cons is not None else finished[0]
+    pick = ok[cons.medoid] if cons is not None else ok[0]
+    k4 = analytic_x4(k2) if x4 else None
+    report = {
+        "image": name,
+        "image_size": [int(arr.shape[1]), int(arr.shape[0])],
+        "seed": int(seed),
+        **run,
+        "final_losses": final.losses[pick],
+        "kernel_x2": kernel_stats(k2),
+        "kernel_x4": kernel_stats(k4) if k4 is not None else None,
+        "confidence": cons.confidence if cons is not None else None,
+    }
+    if cons is not None:
+        report["restarts"] = {
+            "k": len(rows), "rule": rule, "seeds": [final.seeds[r] for r in rows],
+            "diverged": len(rows) - len(ok), "medoid": cons.medoid,
+            "inliers": list(cons.inliers), "kernels": [k.tolist() for k in finished]}
+    weights = [w[pick].detach().float().cpu().numpy() for w in final.g_weights]
+    return EstimateResult(name, k2, k4, report, weights, raw[pick],
+                          cons.confidence if cons is not None else None)
 
 
 def estimate_kernel(image: ImageLike, *, seed: int = 0, **kwargs: Any) -> EstimateResult:

@@ -12,7 +12,7 @@ class KernelGANConfig:
     """KernelGAN hyper-parameters (Bell-Kligler et al. 2019; authors' code defaults).
 
     The three ``authors_*`` switches reproduce defects 1-3 of the authors' code (see
-    ``ALGORITHM.md`` section 7) for comparison; kgengine's defaults fix them.
+    ``docs/ALGORITHM.md`` section 7) for comparison; kgengine's defaults fix them.
     """
 
     # --- data ---
@@ -21,6 +21,7 @@ class KernelGANConfig:
     noise_std: float = 1.0 / 255.0  # noise on D's real input and G's output seen by D ([0,1] units)
     grad_window: int = 5  # box window that smooths the gradient-magnitude map
     grad_percent: float = 0.97  # gradient maps are clipped at this quantile
+    grad_clip_magnitude: bool = False  # also clip the |∇| term (kgengine 0.1; authors: raw |∇|)
     # --- generator: deep linear network ---
     g_kernel_sizes: tuple[int, ...] = (7, 5, 3, 1, 1, 1)
     g_channels: int = 64
@@ -46,6 +47,7 @@ class KernelGANConfig:
     lambda_centralized_end: float = 1.0
     sparse_power: float = 0.2
     boundary_penalty: float = 30.0
+    boundary_sigma: float = 0.0  # σ of the boundary mask's Gaussian; 0 = kernel size (authors)
     bic_loss_threshold: float = 0.4  # "similar to bicubic" once below this 3 times in a row
     bic_decay_every: int = 200
     bic_decay_rate: float = 100.0

@@ -161,15 +161,18 @@ def bicubic_taps_x2() -> np.ndarray:
     return bicubic_taps(2)
 
 
-def boundary_mask(size: int, penalty: float = 30.0) -> np.ndarray:
-    """The authors' boundary-penalty mask ``m`` (0 inside, ``penalty·(1 - g/max g)`` outside).
+def boundary_mask(size: int, penalty: float = 30.0, sigma: float = 0.0) -> np.ndarray:
+    """The authors' boundary-penalty mask ``m`` (0 inside, ``penalty·(1 − g/max g)`` outside).
 
-    ``g`` is a Gaussian with ``σ = size//2 + size%2``; only the outer ring of width
-    ``(size - σ)//2 - 1`` keeps a non-zero penalty (the outer 2 pixels for size 13).
+    ``g[u, v] = exp(−(z_u² + z_v²) / (2σ²))`` on ``z = −size//2+1 … size//2`` with the
+    authors' ``σ = size`` (``sigma=0``; kgengine 0.1 used ``size//2 + size%2``); only the outer
+    ring of width ``(size − c)//2 − 1``, ``c = size//2 + size%2``, keeps its penalty (the
+    outer 2 pixels for size 13). Corner value for size 13: ``30·(1 − exp(−72/338)) ≈ 5.76``.
     """
     center_size = size // 2 + size % 2
+    sigma = float(sigma) if sigma > 0 else float(size)
     z = np.arange(-size // 2 + 1, size // 2 + 1, dtype=np.float64)
-    g1 = np.exp(-(z**2) / (2 * center_size**2))
+    g1 = np.exp(-(z**2) / (2 * sigma**2))
     g = np.outer(g1, g1)
     mask = 1.0 - g / g.max()
     margin = (size - center_size) // 2 - 1

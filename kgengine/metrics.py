@@ -1,4 +1,4 @@
-"""Accuracy metrics for estimated SR kernels (ALGORITHM.md section 9).
+"""Accuracy metrics for estimated SR kernels (docs/ALGORITHM.md section 9).
 
 - :func:`kernel_psnr`: kernel PSNR as in FKP (Liang et al., CVPR 2021).
 - :func:`aligned_kernel_psnr`: the same, maximised over sub-pixel translations of the

@@ -2,14 +2,22 @@
 
 Every function works on a batch and returns one value per image, shape (B,), so that the
 batched trainer can weight each image's terms with its own schedule. ``k`` is (B, K, K).
+
+The generator's regularisers are data: :data:`PRIORS` lists each term with the config field
+of its weight and its phase in the authors' schedule. Adding a prior is one loss function,
+one :class:`Prior` entry and one weight field in :class:`~kgengine.config.KernelGANConfig`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kgengine.config import KernelGANConfig
 from kgengine.kernel import bicubic_taps_x2, boundary_mask
 
 
@@ -88,7 +96,62 @@ def bicubic_prior(g_in: torch.Tensor, g_out: torch.Tensor, rgb_sum: bool = False
     return (g_out - target).pow(2).flatten(1).mean(1)
 
 
-def boundary_mask_tensor(size: int, penalty: float, like: torch.Tensor) -> torch.Tensor:
+def boundary_mask_tensor(size: int, penalty: float, like: torch.Tensor,
+                         sigma: float = 0.0) -> torch.Tensor:
     """:func:`kgengine.kernel.boundary_mask` as a tensor with ``like``'s dtype/device."""
-    return torch.as_tensor(np.asarray(boundary_mask(size, penalty)), dtype=like.dtype,
+    return torch.as_tensor(np.asarray(boundary_mask(size, penalty, sigma)), dtype=like.dtype,
                            device=like.device)
+
+
+# -------------------------------------------------------------------------------- as data
+@dataclass(frozen=True)
+class PriorInputs:
+    """What a prior may look at in one G step.
+
+    Attributes:
+        k: (B, K, K) composed kernels (differentiable).
+        g_in: (B, 3, 64, 64) G's input crops; g_out: (B, 3, 26, 26) G's outputs.
+        mask: (K, K) boundary mask; centre: the centre-of-mass target; cfg: the config.
+    """
+
+    k: torch.Tensor
+    g_in: torch.Tensor
+    g_out: torch.Tensor
+    mask: torch.Tensor
+    centre: float
+    cfg: KernelGANConfig
+
+
+@dataclass(frozen=True)
+class Prior:
+    """One regulariser of G: ``weight · loss(inputs)`` is added to G's loss, per image.
+
+    Attributes:
+        name: key of the term in the trainer's loss report.
+        loss: ``PriorInputs -> (B,)``.
+        weight: the config field holding its weight (for ``late`` terms: once switched on).
+        phase: ``always`` (constant weight); ``fading`` (the bicubic prior: its loss drives
+            the "similar to bicubic" test and its weight decays once similar); ``late`` (weight
+            0 until the fading weight first falls below ``cfg.bic_constraints_below``).
+    """
+
+    name: str
+    loss: Callable[[PriorInputs], torch.Tensor]
+    weight: str
+    phase: str = "always"
+
+
+#: The authors' priors, in the order their weighted terms are summed.
+PRIORS: tuple[Prior, ...] = (
+    Prior("bicubic", lambda p: bicubic_prior(p.g_in, p.g_out, p.cfg.authors_bicubic_rgb_sum),
+          "lambda_bicubic", "fading"),
+    Prior("sum2one", lambda p: sum_to_one(p.k), "lambda_sum2one"),
+    Prior("boundaries", lambda p: boundaries(p.k, p.mask), "lambda_boundaries"),
+    Prior("centralized", lambda p: centralized(p.k, p.centre), "lambda_centralized_end", "late"),
+    Prior("sparse", lambda p: sparsity(p.k, p.cfg.sparse_power), "lambda_sparse_end", "late"),
+)
+
+
+def initial_weight(prior: Prior, cfg: KernelGANConfig) -> float:
+    """A prior's weight at iteration 0: 0 for ``late`` terms, else its config weight."""
+    return 0.0 if prior.phase == "late" else float(getattr(cfg, prior.weight))

@@ -3,9 +3,11 @@
 Following the authors (``create_gradient_map`` / ``create_probability_map``):
 
 1. grey image -> ``gx, gy = np.gradient``; three maps ``|gx|``, ``|gy|``, ``sqrt(gx²+gy²)``,
-   each with a zeroed border of ``window`` px and clipped to ``[q, q + eps]`` above its
-   ``percent`` quantile ``q`` (then shifted to start at 0), so the map marks *where* there
-   are strong edges rather than how strong they are;
+   each with a zeroed border of ``window`` px; ``|gx|`` and ``|gy|`` are clipped to
+   ``[q, q + eps]`` above their ``percent`` quantile ``q`` (then shifted to start at 0), so
+   they mark *where* there are strong edges; the magnitude is used raw, as the authors'
+   code does (it computes a clipped magnitude and never uses it; ``clip_magnitude=True``
+   clips it too, kgengine 0.1's behaviour);
 2. the three maps, each normalised to sum 1, are added and box-blurred (``window``);
 3. the crop map is that map box-blurred with ``crop//2``, with a zeroed border of
    ``crop//2`` (crops are not favoured near the borders), normalised to sum 1.
@@ -40,14 +42,21 @@ def _clip_extreme(m: np.ndarray, percent: float) -> np.ndarray:
     return np.clip(m, v_min, v_max) - v_min
 
 
-def gradient_map(img: np.ndarray, window: int = 5, percent: float = 0.97) -> np.ndarray:
-    """Smoothed strong-gradient indicator of an (H, W, 3) image, mean 1 (or all ones)."""
+def gradient_map(img: np.ndarray, window: int = 5, percent: float = 0.97,
+                 clip_magnitude: bool = False) -> np.ndarray:
+    """Smoothed gradient map of an (H, W, 3) image, mean 1 (or all ones for a flat image).
+
+    ``Σ_m m/Σm`` over ``m`` = clipped ``|gx|``, clipped ``|gy|`` and ``|∇|`` (raw unless
+    ``clip_magnitude``), each border-zeroed, then box-blurred over ``window``.
+    """
     grey = img @ np.array([0.299, 0.587, 0.114])
     gx, gy = np.gradient(grey)
     maps = [np.abs(gx), np.abs(gy), np.sqrt(gx**2 + gy**2)]
     total = np.zeros_like(grey)
-    for m in maps:
-        m = _clip_extreme(_zero_border(m, window), percent)
+    for i, m in enumerate(maps):
+        m = _zero_border(m, window)
+        if i < 2 or clip_magnitude:
+            m = _clip_extreme(m, percent)
         if m.sum() > 0:
             total += m / m.sum()
     total = ndimage.uniform_filter(total, size=window, mode="constant")
@@ -74,12 +83,13 @@ def half_scale(img: np.ndarray) -> np.ndarray:
 
 
 def crop_probability_maps(
-    img: np.ndarray, g_crop: int, d_crop: int, window: int = 5, percent: float = 0.97
+    img: np.ndarray, g_crop: int, d_crop: int, window: int = 5, percent: float = 0.97,
+    clip_magnitude: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(G map, D map), each (H, W) summing to 1, for an (H, W, 3) image with even H, W."""
     h, w = img.shape[:2]
-    d_map = crop_map(gradient_map(img, window, percent), d_crop)
-    small = gradient_map(half_scale(img), window, percent)
+    d_map = crop_map(gradient_map(img, window, percent, clip_magnitude), d_crop)
+    small = gradient_map(half_scale(img), window, percent, clip_magnitude)
     big = np.repeat(np.repeat(small, 2, axis=0), 2, axis=1)[:h, :w]
     if big.shape != (h, w):
         big = np.pad(big, ((0, h - big.shape[0]), (0, w - big.shape[1])), mode="edge")

@@ -34,8 +34,9 @@ def make_progress(console: Console | None = None) -> Progress:
 def progress_hooks(description: str, console: Console | None = None) -> Iterator[JobHooks]:
     """A live display for one job: an overall bar of items plus a bar for the current batch.
 
-    ``item_finished`` advances the overall bar (except for ``retry``) and prints non-``done``
-    states as ``"<state>: <detail>"``; ``log`` prints a line above the bars.
+    ``item_finished`` advances the overall bar (except for ``retry``) and prints other states
+    than ``done``/``skipped`` as ``"<state>: <detail>"`` when there is a detail; ``log``
+    prints a line above the bars.
     """
     with make_progress(console) as bar:
         overall = bar.add_task(description, total=None)
@@ -47,8 +48,8 @@ def progress_hooks(description: str, console: Console | None = None) -> Iterator
         def item_finished(name: str, state: str, detail: str) -> None:
             if state != "retry":
                 bar.advance(overall)
-            if state not in ("done", "skipped"):
-                log(f"{state}: {detail}" if detail else f"{state}: {name}")
+            if state not in ("done", "skipped") and detail:
+                log(f"{state}: {detail}")
 
         def batch_started(names: list[str], steps: int) -> None:
             if "task" in current:

@@ -41,6 +41,10 @@ class SessionChoice:
     provider: str
     notes: list[str] = field(default_factory=list)  # why faster providers were skipped
 
+    def describe(self) -> str:
+        """One line: ``provider: cpu (tensorrt: <why skipped>; cuda: <why skipped>)``."""
+        return f"provider: {self.provider}" + (f" ({'; '.join(self.notes)})" if self.notes else "")
+
 
 def usable_cores() -> int:
     """CPU cores this process may run on."""

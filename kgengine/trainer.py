@@ -26,7 +26,7 @@ from kgengine import priors
 from kgengine.adam import FlatAdam
 from kgengine.config import KernelGANConfig
 from kgengine.errors import BadImageError
-from kgengine.ops.patches import sample_patches
+from kgengine.ops.backend import resolve
 from kgengine.ops.rng import STREAM_G_NOISE, normal
 from kgengine.probmap import crop_probability_maps
 
@@ -58,9 +58,31 @@ def prepare_image(img: np.ndarray, cfg: KernelGANConfig, name: str = "<array>") 
     h, w = img.shape[0] - img.shape[0] % 2, img.shape[1] - img.shape[1] % 2
     img = np.ascontiguousarray(img[:h, :w], dtype=np.float64)
     g_map, d_map = crop_probability_maps(
-        img, cfg.crop_size, cfg.g_output_size, cfg.grad_window, cfg.grad_percent
+        img, cfg.crop_size, cfg.g_output_size, cfg.grad_window, cfg.grad_percent,
+        cfg.grad_clip_magnitude,
     )
     return PreparedImage((img * 2.0 - 1.0).astype(np.float32), g_map, d_map)
+
+
+def pack_images(images: list[PreparedImage]) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-pad B images into one batch and their crop maps into cumulative sums.
+
+    Returns:
+        pixels (B, 3, Hmax, Wmax) float32 and CDFs (B, 2, Hmax·Wmax) float64 (G's map, then
+        D's, row-major, zero outside each image).
+    """
+    hmax = max(im.pixels.shape[0] for im in images)
+    wmax = max(im.pixels.shape[1] for im in images)
+    pix = np.zeros((len(images), 3, hmax, wmax), np.float32)
+    cdf = np.zeros((len(images), 2, hmax * wmax), np.float64)
+    for i, im in enumerate(images):
+        h, w = im.pixels.shape[:2]
+        pix[i, :, :h, :w] = im.pixels.transpose(2, 0, 1)
+        for t, m in enumerate((im.g_map, im.d_map)):
+            padded = np.zeros((hmax, wmax))
+            padded[:h, :w] = m
+            cdf[i, t] = np.cumsum(padded.ravel())
+    return pix, cdf
 
 
 class BatchTrainer:
@@ -91,19 +113,10 @@ class BatchTrainer:
             raise ValueError("need one seed per image and at least one image")
         self.cfg, self.mode, self.dtype = cfg, mode, dtype
         self.device = torch.device(device)
+        self._sample_patches = resolve("sample_patches", self.device)  # once, not per step
         self.b = b = len(images)
         dev = {"device": self.device, "dtype": dtype}
-        hmax = max(im.pixels.shape[0] for im in images)
-        wmax = max(im.pixels.shape[1] for im in images)
-        pix = np.zeros((b, 3, hmax, wmax), np.float32)
-        cdf = np.zeros((b, 2, hmax * wmax), np.float64)
-        for i, im in enumerate(images):
-            h, w = im.pixels.shape[:2]
-            pix[i, :, :h, :w] = im.pixels.transpose(2, 0, 1)
-            for t, m in enumerate((im.g_map, im.d_map)):
-                padded = np.zeros((hmax, wmax))
-                padded[:h, :w] = m
-                cdf[i, t] = np.cumsum(padded.ravel())
+        pix, cdf = pack_images(images)
         self.images = torch.from_numpy(pix).to(**dev)
         self.cdf = torch.from_numpy(cdf).to(self.device)
         self.sizes = torch.tensor([im.pixels.shape[:2] for im in images], device=self.device)
@@ -131,13 +144,16 @@ class BatchTrainer:
         def full(v: float) -> torch.Tensor:
             return torch.full((b,), v, **dev)
 
-        self.lam_bic, self.lam_sparse, self.lam_cen = full(cfg.lambda_bicubic), full(0.0), full(0.0)
+        self.priors = priors.PRIORS
+        self.lam = {p.name: full(priors.initial_weight(p, cfg)) for p in self.priors}
+        self._fading = [p.name for p in self.priors if p.phase == "fading"]
+        self._late = [p for p in self.priors if p.phase == "late"]
         self.bic_counter = torch.zeros(b, dtype=torch.int64, device=self.device)
         self.similar = torch.zeros(b, dtype=torch.bool, device=self.device)
         self.insert_constraints = torch.ones(b, dtype=torch.bool, device=self.device)
         self.finite = torch.ones(b, dtype=torch.bool, device=self.device)
         self.mask = priors.boundary_mask_tensor(cfg.kernel_size, cfg.boundary_penalty,
-                                                self.images)
+                                                self.images, cfg.boundary_sigma)
         self.centre = priors.centre_target(cfg.kernel_size, 2)
         self._noise_chunk: tuple[int, torch.Tensor] = (-1, torch.empty(0))
         self.last: dict[str, torch.Tensor] = {}
@@ -162,8 +178,8 @@ class BatchTrainer:
     def step(self) -> None:
         """One KernelGAN iteration for all B images."""
         cfg, it = self.cfg, self.iteration
-        pb = sample_patches(self.images, self.cdf, self.sizes, self.seeds, it, cfg.crop_size,
-                            cfg.g_output_size, 2.0 * cfg.noise_std)
+        pb = self._sample_patches(self.images, self.cdf, self.sizes, self.seeds, it,
+                                  cfg.crop_size, cfg.g_output_size, 2.0 * cfg.noise_std)
         if cfg.authors_noise_accumulates:  # defect 2: the noise stays in the image
             self._accumulate_noise(pb.d_crops, pb.d_topleft)
         g_in, d_in = pb.g_crops, pb.d_crops
@@ -174,13 +190,11 @@ class BatchTrainer:
         d_params = self.d_params
         d_fake = D.forward(g_out.unsqueeze(0), d_params)[0]
         l_gan = priors.gan_loss(d_fake, real=True)
-        l_bic = priors.bicubic_prior(g_in, g_out, cfg.authors_bicubic_rgb_sum)
-        l_sum = priors.sum_to_one(k)
-        l_bnd = priors.boundaries(k, self.mask)
-        l_sp = priors.sparsity(k, cfg.sparse_power)
-        l_cen = priors.centralized(k, self.centre)
-        l_g = (l_gan + self.lam_bic * l_bic + cfg.lambda_sum2one * l_sum
-               + cfg.lambda_boundaries * l_bnd + self.lam_cen * l_cen + self.lam_sparse * l_sp)
+        inputs = priors.PriorInputs(k, g_in, g_out, self.mask, self.centre, cfg)
+        terms = {p.name: p.loss(inputs) for p in self.priors}
+        l_g = l_gan
+        for name, value in terms.items():
+            l_g = l_g + self.lam[name] * value
         self.opt_g.step(_flat_grad(l_g.sum(), self.g_weights))
 
         # D step, with the updated G (its output is a constant here)
@@ -193,10 +207,8 @@ class BatchTrainer:
 
         with torch.no_grad():
             self.finite &= torch.isfinite(l_g) & torch.isfinite(l_d)
-            self.last = {"g_gan": l_gan, "d": l_d, "bicubic": l_bic, "sum2one": l_sum,
-                         "boundaries": l_bnd, "sparse": l_sp, "centralized": l_cen,
-                         "g_total": l_g}
-            self._update_schedule(it, l_bic)
+            self.last = {"g_gan": l_gan, "d": l_d, **terms, "g_total": l_g}
+            self._update_schedule(it, terms)
         self.iteration += 1
 
     def _g_noise(self, it: int, chunk: int = 100) -> torch.Tensor:
@@ -222,26 +234,34 @@ class BatchTrainer:
             for i, (top, left) in enumerate(topleft.tolist()):
                 self.images[i, :, top : top + s, left : left + s] = d_crops[i]
 
-    def _update_schedule(self, it: int, l_bic: torch.Tensor) -> None:
-        """The authors' ``Learner.update``, per image, without host synchronisation."""
+    def _update_schedule(self, it: int, terms: dict[str, torch.Tensor]) -> None:
+        """The authors' ``Learner.update``, per image, without host synchronisation.
+
+        The fading prior (bicubic) drives it: once its loss stayed below the threshold for 3
+        iterations, its weight is divided by ``bic_decay_rate`` every ``bic_decay_every``;
+        when it first falls below ``bic_constraints_below`` the ``late`` priors switch on.
+        """
         cfg = self.cfg
         if it == 0:
             return
         if it % cfg.lr_decay_every == 0:
             self.opt_g.lr /= cfg.lr_decay_factor
             self.opt_d.lr /= cfg.lr_decay_factor
+        (fading,) = self._fading
+        l_bic = terms[fading]
         below = l_bic < cfg.bic_loss_threshold
         not_sim = ~self.similar
         becomes = not_sim & below & (self.bic_counter >= 2)
         self.bic_counter = torch.where(not_sim & below & ~becomes, self.bic_counter + 1,
                                        torch.where(not_sim & ~below, 0, self.bic_counter))
         if it % cfg.bic_decay_every == 0:
-            decay = self.similar & (self.lam_bic > cfg.bic_min)
-            new_bic = torch.clamp(self.lam_bic / cfg.bic_decay_rate, min=cfg.bic_min)
-            self.lam_bic = torch.where(decay, new_bic, self.lam_bic)
-            insert = decay & self.insert_constraints & (self.lam_bic < cfg.bic_constraints_below)
-            self.lam_cen = torch.where(insert, cfg.lambda_centralized_end, self.lam_cen)
-            self.lam_sparse = torch.where(insert, cfg.lambda_sparse_end, self.lam_sparse)
+            lam = self.lam[fading]
+            decay = self.similar & (lam > cfg.bic_min)
+            lam = torch.where(decay, torch.clamp(lam / cfg.bic_decay_rate, min=cfg.bic_min), lam)
+            self.lam[fading] = lam
+            insert = decay & self.insert_constraints & (lam < cfg.bic_constraints_below)
+            for p in self._late:
+                self.lam[p.name] = torch.where(insert, getattr(cfg, p.weight), self.lam[p.name])
             self.insert_constraints &= ~insert
         self.similar = self.similar | becomes
 

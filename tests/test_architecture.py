@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "kgengine.probmap": 2,
     "kgengine.adam": 2,
     "kgengine.metrics": 2,
+    "kgengine.consensus": 2,
     "kgengine.degrade": 2,
     # 3 training
     "kgengine.trainer": 3,
@@ -48,7 +49,7 @@ LAYERS: dict[str, int] = {
     # 5 jobs
     "kgengine.accuracy": 5,
     "kgengine.farm": 5,
-    "kgengine.batch_degrade": 5,
+    "kgengine.degradation": 5,
     # 6 front ends
     "kgengine.progress": 6,
     "kgengine.commands": 6,

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from kgengine.batch_degrade import (
+from kgengine.cli import app
+from kgengine.degradation import (
     MANIFEST,
     degrade_folder,
     kernel_row,
@@ -19,8 +20,8 @@ from kgengine.batch_degrade import (
     read_manifest,
     rebuild_lr,
 )
-from kgengine.cli import app
 from kgengine.errors import KGEngineError
+from kgengine.hooks import JobHooks
 from kgengine.imageio import to_uint8
 from kgengine.kernel import anisotropic_gaussian
 from kgengine.pool import load_pool, make_pool, save_pool
@@ -168,6 +169,24 @@ def test_kernel_assignment_is_stable_when_files_are_added(hr_dir, pool_file, tmp
         assert m1[name]["kernel_row"] == m2[name]["kernel_row"]
         np.testing.assert_array_equal(_lr_png(tmp_path / "o1", m1[name]),
                                       _lr_png(tmp_path / "o2", m2[name]))
+
+
+def test_hooks_report_each_file(hr_dir, pool_file, tmp_path) -> None:
+    (hr_dir / "broken.png").write_bytes(b"not a png")
+    calls: list[tuple] = []
+    hooks = JobHooks(log=lambda m: calls.append(("log", m)),
+                     total=lambda n: calls.append(("total", n)),
+                     item_finished=lambda *a: calls.append(("item", *a)))
+    report = degrade_folder(hr_dir, pool_file, tmp_path / "o", provider="cpu", hooks=hooks)
+    assert calls[:2] == [("total", 5), ("log", "provider: cpu")]  # named: no notes
+    items = {c[1]: c[2:] for c in calls if c[0] == "item"}
+    assert {n: s for n, (s, _) in items.items()} == {**dict.fromkeys(SIZES, "done"),
+                                                     "broken.png": "failed"}
+    assert items["broken.png"][1] == report.failed[0] and "broken.png" in report.failed[0]
+    calls.clear()
+    (hr_dir / "broken.png").unlink()
+    degrade_folder(hr_dir, pool_file, tmp_path / "o", provider="cpu", hooks=hooks)
+    assert calls == [("total", 4)] + [("item", n, "skipped", "") for n in sorted(SIZES)]
 
 
 def test_kernel_row_spreads_over_the_pool() -> None:

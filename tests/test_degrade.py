@@ -7,7 +7,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from kgengine.degrade import degrade, reflect_index
+from kgengine.degrade import degrade
+from kgengine.ops.downscale import reflect_index
 
 
 def _scipy_degrade(x: np.ndarray, k: np.ndarray, s: int) -> np.ndarray:

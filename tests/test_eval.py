@@ -12,24 +12,31 @@ import pytest
 from scipy.io import loadmat
 from typer.testing import CliRunner
 
-from kgengine.atomic import save_mat
-from kgengine.cli import app
-from kgengine.errors import KGEngineError
-from kgengine.evaluate import (
+from kgengine.accuracy import (
     BICUBIC,
     ISO,
     EvalSettings,
     ResumeMismatchError,
     baseline_kernels,
-    bicubic_taps,
     list_dataset,
     load_gt_kernel,
+    make_div2krk_like,
+    per_image,
     run_eval,
     summary_table,
 )
-from kgengine.kernel import analytic_x4, bicubic_taps_x2, center_of_mass, gaussian_kernel
+from kgengine.atomic import save_mat
+from kgengine.cli import app
+from kgengine.errors import KGEngineError
+from kgengine.hooks import JobHooks
+from kgengine.kernel import (
+    analytic_x4,
+    bicubic_taps,
+    bicubic_taps_x2,
+    center_of_mass,
+    gaussian_kernel,
+)
 from kgengine.metrics import PSNR_CAP
-from kgengine.synth import make_div2krk_like
 
 ROW_KEYS = {
     "image", "index", "seed", "method", "kernel_psnr", "aligned_kernel_psnr", "aligned_shift",
@@ -142,7 +149,7 @@ def test_eval_fake_estimator_rows_report_and_grid(dataset, tmp_path, scale):
     fake = FakeEstimator()
     out = tmp_path / "out"
     settings = EvalSettings(scale=scale, seeds=(0, 1), iters=7, device="cpu")
-    res = run_eval(dataset, out, settings, estimator=fake)
+    res = run_eval(dataset, out, settings, estimator=per_image(fake))
 
     # the estimator got the documented arguments
     assert len(fake.calls) == 4
@@ -202,27 +209,27 @@ def test_eval_fake_estimator_rows_report_and_grid(dataset, tmp_path, scale):
 def test_eval_resumes_and_refuses_other_settings(dataset, tmp_path):
     out = tmp_path / "out"
     settings = EvalSettings(scale=2, seeds=(0, 1), iters=7)
-    first = run_eval(dataset, out, settings, estimator=FakeEstimator())
+    first = run_eval(dataset, out, settings, estimator=per_image(FakeEstimator()))
     again = FakeEstimator()
-    second = run_eval(dataset, out, settings, estimator=again)
+    second = run_eval(dataset, out, settings, estimator=per_image(again))
     assert again.calls == []
     assert second["rows"] == first["rows"]
     (out / "runs" / "im_2_seed1.json").unlink()
     third = FakeEstimator()
-    run_eval(dataset, out, settings, estimator=third)
+    run_eval(dataset, out, settings, estimator=per_image(third))
     assert [(Path(c["path"]).name, c["seed"]) for c in third.calls] == [("im_2.png", 1)]
     with pytest.raises(ResumeMismatchError, match="iters"):
         run_eval(dataset, out, EvalSettings(scale=2, seeds=(0,), iters=8),
-                 estimator=FakeEstimator())
+                 estimator=per_image(FakeEstimator()))
     with pytest.raises(ResumeMismatchError, match="kernelgan-authors"):
         run_eval(dataset, out, EvalSettings(scale=2, seeds=(0,), iters=7, authors_defects=True),
-                 estimator=FakeEstimator())
+                 estimator=per_image(FakeEstimator()))
 
 
 def test_authors_variant_is_passed_and_labelled(dataset, tmp_path):
     fake = FakeEstimator()
     res = run_eval(dataset, tmp_path / "o", EvalSettings(seeds=(0,), iters=5, ids=(1,),
-                   authors_defects=True), estimator=fake)
+                   authors_defects=True), estimator=per_image(fake))
     cfg = fake.calls[0]["config"]
     assert cfg.authors_bicubic_rgb_sum and cfg.authors_noise_accumulates
     assert cfg.authors_d_init_ignored and cfg.iters == 5
@@ -235,7 +242,7 @@ def test_one_bad_image_is_reported_and_skipped(dataset, tmp_path):
     (d / "lr_x2" / "im_2.png").write_bytes(b"truncated")
     messages: list[str] = []
     res = run_eval(d, tmp_path / "o", EvalSettings(seeds=(0,), iters=3),
-                   estimator=FakeEstimator(), on_error=messages.append)
+                   estimator=per_image(FakeEstimator()), hooks=JobHooks(log=messages.append))
     assert {r["image"] for r in res["rows"]} == {"im_1"}
     assert res["errors"][0]["image"] == "im_2" and "im_2.png" in res["errors"][0]["error"]
     assert messages and "im_2" in messages[0]
@@ -245,7 +252,7 @@ def test_one_bad_image_is_reported_and_skipped(dataset, tmp_path):
     save_mat(d / "gt_k_x2" / "kernel_1.mat", {"Nope": np.ones((3, 3))})
     with pytest.raises(KGEngineError, match="every image failed"):
         run_eval(d, tmp_path / "o2", EvalSettings(seeds=(0,), iters=3),
-                 estimator=FakeEstimator())
+                 estimator=per_image(FakeEstimator()))
 
 
 def test_eval_without_hr_images_skips_resynthesis(dataset, tmp_path):
@@ -253,17 +260,17 @@ def test_eval_without_hr_images_skips_resynthesis(dataset, tmp_path):
     shutil.copytree(dataset, d)
     shutil.rmtree(d / "gt")
     res = run_eval(d, tmp_path / "o", EvalSettings(seeds=(0,), iters=3),
-                   estimator=FakeEstimator())
+                   estimator=per_image(FakeEstimator()))
     assert all(r["lr_psnr"] is None and r["lr_psnr_ceiling"] is None for r in res["rows"])
     assert "not measured" in (tmp_path / "o" / "report.md").read_text()
 
 
 # ------------------------------------------------------------------------------ CLI
 def test_eval_command(dataset, tmp_path, monkeypatch):
-    import kgengine.evaluate as ev
+    import kgengine.accuracy.job as job
 
     fake = FakeEstimator()
-    monkeypatch.setattr(ev, "default_estimator", lambda: fake)
+    monkeypatch.setattr(job, "default_estimator", lambda: per_image(fake))
     runner = CliRunner()
     out = tmp_path / "o"
     res = runner.invoke(app, ["eval", str(dataset), "-o", str(out), "--scale", "4",

@@ -22,8 +22,9 @@ from kgengine.config import KernelGANConfig
 from kgengine.errors import KGEngineError
 from kgengine.farm.inputs import expand_inputs, unique_names
 from kgengine.farm.manifest import Manifest
+from kgengine.farm.poolfiles import POOL_X2
 from kgengine.farm.poolview import kernel_shape, pool_info, text_histogram
-from kgengine.farm.runner import POOL_X2, run_farm
+from kgengine.farm.runner import run_farm
 from kgengine.farm.seeds import content_hash, derive_seed
 from kgengine.kernel import anisotropic_gaussian
 from kgengine.pool import load_pool

@@ -11,7 +11,8 @@ from PIL import Image
 
 from kgengine.config import KernelGANConfig
 from kgengine.farm.manifest import Manifest
-from kgengine.farm.runner import POOL_X2, run_farm
+from kgengine.farm.poolfiles import POOL_X2
+from kgengine.farm.runner import run_farm
 from kgengine.pool import load_pool
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'kgengine[cluster]')")

@@ -20,10 +20,12 @@ from typer.testing import CliRunner
 from kgengine.api import EstimateResult
 from kgengine.cli import app
 from kgengine.errors import KGEngineError, TrainingDivergedError
-from kgengine.farm import runner
+from kgengine.farm import batching, records, training
 from kgengine.farm.manifest import Manifest, NewImage, lock_pool_dir
-from kgengine.farm.runner import POOL_X2, resolve_settings, run_farm
+from kgengine.farm.poolfiles import POOL_X2
+from kgengine.farm.runner import run_farm
 from kgengine.farm.seeds import content_hash, derive_seed
+from kgengine.farm.settings import resolve_settings
 from kgengine.kernel import gaussian_kernel
 from kgengine.pool import load_pool
 
@@ -129,7 +131,7 @@ def photos(tmp_path):
 def test_diverged_image_is_retried_once_with_the_next_seed(photos, tmp_path, monkeypatch):
     h0, h1 = content_hash(photos[0]), content_hash(photos[1])
     fake = FakeTrainer({("p0", derive_seed(0, h0, 0)), ("p1", "*")})
-    monkeypatch.setattr(runner, "estimate_kernels", fake)
+    monkeypatch.setattr(training, "estimate_kernels", fake)
     summary = run_farm(photos, tmp_path / "pool", batch=4, device="cpu")
     assert (summary.done, summary.failed, summary.retried) == (3, 1, 2)
     with Manifest(tmp_path / "pool") as man:
@@ -144,8 +146,8 @@ def test_diverged_image_is_retried_once_with_the_next_seed(photos, tmp_path, mon
 
 
 def test_failed_write_never_marks_done(photos, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "estimate_kernels", FakeTrainer())
-    real = runner.write_outputs
+    monkeypatch.setattr(training, "estimate_kernels", FakeTrainer())
+    real = records.write_outputs
     calls = []
 
     def flaky(result, outdir):
@@ -154,19 +156,19 @@ def test_failed_write_never_marks_done(photos, tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         return real(result, outdir)
 
-    monkeypatch.setattr(runner, "write_outputs", flaky)
+    monkeypatch.setattr(records, "write_outputs", flaky)
     with pytest.raises(OSError):
         run_farm(photos, tmp_path / "pool", batch=2, device="cpu")
     with Manifest(tmp_path / "pool") as man:
         states = {r.name: r.state for r in man.rows()}
     assert states == {"p0": "done", "p1": "pending", "p2": "pending", "p3": "pending"}
-    monkeypatch.setattr(runner, "write_outputs", real)
+    monkeypatch.setattr(records, "write_outputs", real)
     summary = run_farm([], tmp_path / "pool", device="cpu")
-    assert (summary.skipped, summary.done, summary.batch) == (1, 3, runner.CPU_BATCH)
+    assert (summary.skipped, summary.done, summary.batch) == (1, 3, batching.CPU_BATCH)
 
 
 def test_deleted_outputs_are_redone_and_running_rows_recovered(photos, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "estimate_kernels", FakeTrainer())
+    monkeypatch.setattr(training, "estimate_kernels", FakeTrainer())
     pool = tmp_path / "pool"
     run_farm(photos, pool, batch=4, device="cpu")
     with Manifest(pool) as man:
@@ -220,11 +222,11 @@ def test_settings_are_kept_and_checked():
 def test_auto_batch_fits_gpu_memory():
     settings = resolve_settings(None)
     dev = torch.device("cuda")
-    per_image, base = runner.measure_gpu_footprint(dev, settings)
+    per_image, base = batching.measure_gpu_footprint(dev, settings)
     assert per_image > 0
-    b = runner.auto_batch(dev, settings, 500 * 500)
+    b = batching.auto_batch(dev, settings, 500 * 500)
     free, _ = torch.cuda.mem_get_info(dev)
-    assert 1 <= b <= runner.MAX_AUTO_BATCH
+    assert 1 <= b <= batching.MAX_AUTO_BATCH
     assert base + b * per_image <= free
 
 
@@ -237,7 +239,7 @@ def test_out_of_memory_halves_the_batch(photos, tmp_path, monkeypatch):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return fake(images, **kw)
 
-    monkeypatch.setattr(runner, "estimate_kernels", small_only)
+    monkeypatch.setattr(training, "estimate_kernels", small_only)
     summary = run_farm(photos, tmp_path / "pool", batch=4, device="cpu")
     assert (summary.done, summary.failed, summary.batch) == (4, 0, 1)
     assert [len(names) for names, _ in fake.calls] == [4, 2, 1, 1, 1, 1]

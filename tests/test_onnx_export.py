@@ -15,25 +15,29 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from kgengine import __version__
+from kgengine._version import __version__
 from kgengine.cli import app
 from kgengine.degrade import degrade_torch
 from kgengine.errors import KGEngineError
-from kgengine.kernel import KERNEL_CONVENTION, anisotropic_gaussian
-from kgengine.onnx_export import (
+from kgengine.export import (
+    EXPORTERS,
+    KINDS,
     OPSET,
+    Exported,
     build_fixed_model,
     build_generator_model,
     build_pool_model,
     check_hr_size,
     check_model,
     describe_io,
+    export_model,
     fold_generator,
     load_generator_weights,
     read_metadata,
     save_model,
     tiled_weight,
 )
+from kgengine.kernel import KERNEL_CONVENTION, anisotropic_gaussian
 from kgengine.providers import make_session, session_options
 
 ATOL = 1e-5  # the bound on [0, 1] images (float32 sums of <= 625 terms: ~1e-7)
@@ -284,6 +288,23 @@ def test_make_session_cpu_and_errors() -> None:
         assert [n.split(":")[0] for n in auto.notes] == ["tensorrt", "cuda"]
         with pytest.raises(KGEngineError, match="provider 'cuda' cannot run here"):
             make_session(model, "cuda")
+
+
+def test_registry_exports_each_kind_and_takes_new_ones(tmp_path, monkeypatch) -> None:
+    assert KINDS == tuple(EXPORTERS) == ("fixed", "pool", "generator")
+    done = export_model("pool", tmp_path / "p.onnx", kernel_size=13, scale=2)
+    assert done.path == tmp_path / "p.onnx" and read_metadata(done.path)["kind"] == "pool"
+    assert done.lines[0] == "input  hr: (N, C, H, W) float32"
+    assert done.lines[-1] == "kind=pool, scale=2, kernel_size=13, opset=17"
+    with pytest.raises(KGEngineError, match="unknown export kind 'torchscript'"):
+        export_model("torchscript", tmp_path / "t.pt")
+    # a new format is one exporter function and one table entry
+    def export_text(out, *, text: str) -> Exported:
+        (tmp_path / out).write_text(text)
+        return Exported(tmp_path / out, [f"{len(text)} chars"])
+
+    monkeypatch.setitem(EXPORTERS, "text", export_text)
+    assert export_model("text", "t.txt", text="abc").lines == ["3 chars"]
 
 
 # --- CLI -------------------------------------------------------------------------------

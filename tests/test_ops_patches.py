@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import rng_numpy
 import torch
-from cudasim import IN_SIM, run_sim_tests
+from cudasim import IN_SIM, run_sim_tests, sim_only, skip_unless_gpu_backend
 from scipy import stats
 from tolerances import assert_close
 
 from kgengine.ops import PatchBatch, rng, sample_patches, sample_patches_ref
 
-HAS_CUDA = torch.cuda.is_available()
-try:
-    import cupy  # noqa: F401
-
-    HAS_CUPY = True
-except ImportError:
-    HAS_CUPY = False
-sim_only = pytest.mark.skipif(
-    not IN_SIM, reason="runs inside test_numba_cuda_simulator's NUMBA_ENABLE_CUDASIM=1 process"
-)
 NOISE = 0.05
 
 
@@ -59,7 +50,7 @@ def spec_oracle(images, cdf, sizes, seeds, iteration, g_size, d_size, noise_std)
         seed = int(seeds[b])
         for kind, stream, size in ((0, rng.STREAM_G_POS, g_size), (1, rng.STREAM_D_POS, d_size)):
             c = cdf[b, kind].numpy()
-            u = rng.uniform_np(seed, stream, iteration, 0)[0]
+            u = rng_numpy.uniform_np(seed, stream, iteration, 0)[0]
             flat = min(int(np.searchsorted(c, u * c[-1], side="right")), c.size - 1)
             row, col = divmod(flat, w)
             top = min(max(0, row - size // 2), int(sizes[b, 0]) - size)
@@ -68,9 +59,8 @@ def spec_oracle(images, cdf, sizes, seeds, iteration, g_size, d_size, noise_std)
             crop = x[b, :, top : top + size, left : left + size].copy()
             if kind == 1:
                 idx = np.arange(chans * size * size)
-                crop += noise_std * rng.normal_np(seed, rng.STREAM_D_NOISE, iteration, idx).reshape(
-                    crop.shape
-                )
+                z = rng_numpy.normal_np(seed, rng.STREAM_D_NOISE, iteration, idx)
+                crop += noise_std * z.reshape(crop.shape)
             out[kind].append(crop)
             tls[kind].append((top, left))
     dt = images.dtype
@@ -234,10 +224,11 @@ def test_bad_arguments(mutate, match) -> None:  # noqa: ANN001
 # -------------------------------------------------------------- CUDA C on the host (g++)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 def test_cuda_c_source_on_host_matches_reference(dtype) -> None:  # noqa: ANN001
-    from kgengine.ops import _cuda_host
+    import cuda_host
+
     from kgengine.ops._launch import patches_launch
 
-    if _cuda_host.compiler() is None:
+    if cuda_host.compiler() is None:
         pytest.skip("no C++ compiler to run kernels/*.cu on the host")
     for case in CASES:
         sizes, g, d = case
@@ -250,7 +241,7 @@ def test_cuda_c_source_on_host_matches_reference(dtype) -> None:  # noqa: ANN001
                 torch.full((b, 2), -1, dtype=torch.int64),
                 torch.full((b, 2), -1, dtype=torch.int64),
             )
-            _cuda_host.run(patches_launch(images, cdf, sz, seeds, 2999, NOISE, *outs))
+            cuda_host.run(patches_launch(images, cdf, sz, seeds, 2999, NOISE, *outs))
             assert_same_batch(outs, sample_patches_ref(images, cdf, sz, seeds, 2999, g, d, NOISE))
 
 
@@ -264,7 +255,8 @@ def test_sim_numba_cuda_patches() -> None:
         small, (torch.float32, torch.float64, torch.float32), (False, True, True), strict=True
     ):
         images, cdf, sz, seeds = make_batch(sizes, chans=2, dtype=dtype, contiguous=contiguous)
-        got = PatchBatch(*_numba_cuda.sample_patches(images, cdf, sz, seeds, 4, g, d, NOISE))
+        got = _numba_cuda.sample_patches(images, cdf, sz, seeds, 4, g, d, NOISE)
+        assert isinstance(got, PatchBatch)
         assert_same_batch(got, sample_patches_ref(images, cdf, sz, seeds, 4, g, d, NOISE))
 
 
@@ -279,10 +271,7 @@ def test_numba_cuda_simulator() -> None:
 @pytest.mark.needs_cuda
 @pytest.mark.parametrize("name", ["numba_cuda", "cupy"])
 def test_gpu_backends_match_reference(name) -> None:  # noqa: ANN001
-    if not HAS_CUDA:
-        pytest.skip("no CUDA device")
-    if name == "cupy" and not HAS_CUPY:
-        pytest.skip("cupy not installed")
+    skip_unless_gpu_backend(name)
     for sizes, g, d in CASES + [([(300, 200)] * 16, 64, 26)]:
         for dtype in (torch.float32, torch.float64):
             for contiguous in (True, False):

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import rng_numpy as rnp
 import torch
 from scipy import stats
 
@@ -51,17 +52,17 @@ def test_hash_matches_python_formula_for_edge_inputs() -> None:
             for counter in COUNTERS:
                 expected = [_hash_py(seed, stream, counter, i) for i in idx]
                 got_t = rng.hash32_torch(seed, stream, counter, torch.tensor(idx)).tolist()
-                got_n = rng.hash32_np(seed, stream, counter, np.array(idx)).tolist()
+                got_n = rnp.hash32_np(seed, stream, counter, np.array(idx)).tolist()
                 assert got_t == expected
                 assert got_n == expected
 
 
 def test_hash_pinned_values() -> None:
     # Reproducibility across versions: changing the formula must be a deliberate decision.
-    assert rng.hash32_np(0, 0, 0, np.arange(3)).tolist() == [2580873953, 3797714874, 1205618000]
+    assert rnp.hash32_np(0, 0, 0, np.arange(3)).tolist() == [2580873953, 3797714874, 1205618000]
     assert rng.hash32_torch(123, 2, 7, torch.tensor([42])).tolist() == [977794602]
-    assert rng.uniform_np(2024, 1, 3000, 0)[0] == pytest.approx(0.17453519417904317, abs=1e-16)
-    assert rng.normal_np(2024, 2, 3000, 5)[0] == pytest.approx(0.09438279832355843, abs=1e-14)
+    assert rnp.uniform_np(2024, 1, 3000, 0)[0] == pytest.approx(0.17453519417904317, abs=1e-16)
+    assert rnp.normal_np(2024, 2, 3000, 5)[0] == pytest.approx(0.09438279832355843, abs=1e-14)
 
 
 def test_scalar_factory_matches_vectorised_in_python_and_numba() -> None:
@@ -76,8 +77,8 @@ def test_scalar_factory_matches_vectorised_in_python_and_numba() -> None:
     streams = [c[1] for c in cases]
     for k, (s, st, c, i) in enumerate(cases):
         want_h = _hash_py(s, st, c, i)
-        want_u = rng.uniform_np(seeds[k], streams[k], c, i)[0]
-        want_z = rng.normal_np(seeds[k], streams[k], c, min(i, 2**30))[0]
+        want_u = rnp.uniform_np(seeds[k], streams[k], c, i)[0]
+        want_z = rnp.normal_np(seeds[k], streams[k], c, min(i, 2**30))[0]
         for h32, uni, nor in (plain, jitted):
             assert int(h32(int(s), st, c, i)) == want_h
             assert uni(int(s), st, c, i) == want_u
@@ -91,16 +92,16 @@ def test_torch_and_numpy_agree_with_batched_seeds() -> None:
     counter = torch.tensor([0, 10, 2999])
     idx = torch.arange(600).reshape(3, 200)
     h_t = rng.hash32_torch(seeds, 2, counter, idx)
-    h_n = rng.hash32_np(seeds.numpy(), 2, counter.numpy(), idx.numpy())
+    h_n = rnp.hash32_np(seeds.numpy(), 2, counter.numpy(), idx.numpy())
     assert h_t.shape == (3, 200)
     np.testing.assert_array_equal(h_t.numpy(), h_n)
     np.testing.assert_array_equal(
         rng.uniform(seeds, 2, counter, idx).numpy(),
-        rng.uniform_np(seeds.numpy(), 2, counter.numpy(), idx.numpy()),
+        rnp.uniform_np(seeds.numpy(), 2, counter.numpy(), idx.numpy()),
     )
     np.testing.assert_allclose(
         rng.normal(seeds, 2, counter, idx).numpy(),
-        rng.normal_np(seeds.numpy(), 2, counter.numpy(), idx.numpy()),
+        rnp.normal_np(seeds.numpy(), 2, counter.numpy(), idx.numpy()),
         rtol=1e-14, atol=1e-14,
     )  # fmt: skip
     # Row b of a batch is the stream of seed b alone: batching does not change draws.
@@ -110,7 +111,7 @@ def test_torch_and_numpy_agree_with_batched_seeds() -> None:
 
 
 def test_uniform_range_and_resolution() -> None:
-    u = rng.uniform_np(9, 0, 0, np.arange(N))
+    u = rnp.uniform_np(9, 0, 0, np.arange(N))
     assert u.dtype == np.float64
     assert u.min() >= 0.0 and u.max() < 1.0
     assert len(np.unique(u)) > N - 5  # 32 random bits: (almost) no ties
@@ -119,9 +120,9 @@ def test_uniform_range_and_resolution() -> None:
 @pytest.mark.parametrize(
     "draw",
     [
-        lambda: rng.uniform_np(1234, rng.STREAM_G_POS, 0, np.arange(N)),  # along the index
-        lambda: rng.uniform_np(1234, rng.STREAM_D_POS, np.arange(N), 0),  # along iterations
-        lambda: rng.uniform_np(np.arange(N), rng.STREAM_G_POS, 17, 0),  # along seeds
+        lambda: rnp.uniform_np(1234, rng.STREAM_G_POS, 0, np.arange(N)),  # along the index
+        lambda: rnp.uniform_np(1234, rng.STREAM_D_POS, np.arange(N), 0),  # along iterations
+        lambda: rnp.uniform_np(np.arange(N), rng.STREAM_G_POS, 17, 0),  # along seeds
     ],
     ids=["index", "counter", "seed"],
 )
@@ -141,16 +142,16 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_streams_seeds_counters_uncorrelated() -> None:
     idx = np.arange(N)
-    base = rng.uniform_np(5, 0, 0, idx)
+    base = rnp.uniform_np(5, 0, 0, idx)
     others = {
-        "stream": rng.uniform_np(5, 1, 0, idx),
-        "seed": rng.uniform_np(6, 0, 0, idx),
-        "seed_hi": rng.uniform_np(5 + 2**32, 0, 0, idx),
-        "counter": rng.uniform_np(5, 0, 1, idx),
+        "stream": rnp.uniform_np(5, 1, 0, idx),
+        "seed": rnp.uniform_np(6, 0, 0, idx),
+        "seed_hi": rnp.uniform_np(5 + 2**32, 0, 0, idx),
+        "counter": rnp.uniform_np(5, 0, 1, idx),
     }
     for name, other in others.items():
         assert abs(_corr(base, other)) < 0.015, name  # std of corr ~ 1/sqrt(N) = 0.003
         assert not np.array_equal(np.sort(base), np.sort(other)), name  # not a permutation
     assert abs(_corr(base[:-1], base[1:])) < 0.015  # lag-1 along the index
-    z = rng.normal_np(5, 2, 0, idx)
+    z = rnp.normal_np(5, 2, 0, idx)
     assert abs(_corr(z[:-1], z[1:])) < 0.015

@@ -7,10 +7,10 @@ import pytest
 import torch
 from scipy.io import savemat
 
-from kgengine.degrade import degrade_torch
 from kgengine.errors import KGEngineError
 from kgengine.kernel import anisotropic_gaussian, gaussian_kernel, pad_to
 from kgengine.kernel import common_size as _common_size
+from kgengine.ops.downscale import degrade_torch
 from kgengine.pool import POOL_FILE, KernelPool, load_pool, make_pool, save_pool
 
 

@@ -23,8 +23,10 @@ def test_sum_to_one():
 def test_boundaries_only_outer_two_pixel_ring():
     m = boundary_mask(13, 30.0)
     assert (m[2:-2, 2:-2] == 0).all() and (m[0] > 0).all() and (m[:, 1] > 0).all()
-    # corner value: 30 * (1 - exp(-(6² + 6²) / (2·7²)))
-    assert m[0, 0] == pytest.approx(30 * (1 - np.exp(-72 / 98)))
+    # corner value: 30 * (1 - exp(-(6² + 6²) / (2·13²))): the authors' σ = kernel size
+    # (their create_penalty_mask; kgengine 0.1 used σ = 7, still reachable with sigma=7)
+    assert m[0, 0] == pytest.approx(30 * (1 - np.exp(-72 / 338)))
+    assert boundary_mask(13, 30.0, sigma=7)[0, 0] == pytest.approx(30 * (1 - np.exp(-72 / 98)))
     k = np.zeros((13, 13))
     k[0, 0], k[6, 6] = 0.1, 0.9  # the centre entry costs nothing
     mask = torch.as_tensor(m)

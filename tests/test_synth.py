@@ -10,18 +10,18 @@ from PIL import Image
 from scipy.io import loadmat
 from typer.testing import CliRunner
 
-from kgengine.cli import app
-from kgengine.degrade import degrade
-from kgengine.errors import BadImageError
-from kgengine.imageio import read_image, write_png
-from kgengine.kernel import analytic_x4, anisotropic_gaussian
-from kgengine.synth import (
+from kgengine.accuracy.synth import (
     crop_to_multiple,
     draw_kernel,
     image_rng,
     make_div2krk_like,
     select_evenly,
 )
+from kgengine.cli import app
+from kgengine.degrade import degrade
+from kgengine.errors import BadImageError
+from kgengine.imageio import read_image, write_png
+from kgengine.kernel import analytic_x4, anisotropic_gaussian
 
 
 def moment_covariance(k: np.ndarray) -> np.ndarray:

@@ -51,9 +51,9 @@ def test_schedule_switches_constraints_and_decays_lr(three_images):
     tr.run(cfg.iters)
     # similar-to-bicubic after 3 iterations below the (raised) threshold, then decays at 4, 8,…
     assert tr.similar.all()
-    assert tr.lam_bic.item() == pytest.approx(cfg.bic_min)
-    assert tr.lam_sparse.item() == cfg.lambda_sparse_end
-    assert tr.lam_cen.item() == cfg.lambda_centralized_end
+    assert tr.lam["bicubic"].item() == pytest.approx(cfg.bic_min)
+    assert tr.lam["sparse"].item() == cfg.lambda_sparse_end
+    assert tr.lam["centralized"].item() == cfg.lambda_centralized_end
     assert tr.opt_g.lr == pytest.approx(cfg.lr_g / 100)  # decayed at 10 and 20
 
 

@@ -7,14 +7,16 @@ from typing import Annotated
 
 import typer
 
+from kgengine.commands._common import cli_errors
 from kgengine.errors import KGEngineError
-from kgengine.progress import make_progress
+from kgengine.progress import progress_hooks
 
 
 def register(app: typer.Typer) -> None:
     app.command("estimate")(estimate)
 
 
+@cli_errors
 def estimate(
     images: Annotated[list[Path], typer.Argument(help="LR images (PNG/JPEG/TIFF/... or .npy).")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")],
@@ -46,13 +48,8 @@ def estimate(
         import torch
 
         torch.set_num_threads(threads)
-    try:
-        failed = _estimate(images, out, x4=x4, iters=iters, seed=seed, device=device, mode=mode,
-                           authors_defects=authors_defects, overrides=overrides or [],
-                           force=force)
-    except KGEngineError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    failed = _estimate(images, out, x4=x4, iters=iters, seed=seed, device=device, mode=mode,
+                       authors_defects=authors_defects, overrides=overrides or [], force=force)
     if failed:
         typer.echo(f"{failed} of {len(images)} image(s) failed", err=True)
         raise typer.Exit(1)
@@ -78,30 +75,26 @@ def _estimate(
     if dupes:
         raise KGEngineError(f"several inputs share the name {dupes[0]!r}: outputs would collide")
     failed = 0
-    with make_progress() as progress:
-        overall = progress.add_task("images", total=len(images))
+    with progress_hooks("images") as hooks:
+        hooks.total(len(images))
         for path in images:
             if not force and is_done(out, path.stem, x4):
-                progress.console.print(f"[dim]skip {path} (done)[/dim]")
-                progress.advance(overall)
+                hooks.log(f"skip {path} (done)")
+                hooks.item_finished(path.stem, "skipped", "")
                 continue
-            task = progress.add_task(path.name, total=cfg.iters)
+            hooks.batch_started([path.name], cfg.iters)
+            state = "done"
             try:
                 img = read_image(path, min_size=cfg.crop_size)
-                res = estimate_kernel(
-                    img, seed=seed, x4=x4, device=device, config=cfg, mode=mode,
-                    callback=lambda done, t=task: progress.update(t, completed=done),
-                )
+                res = estimate_kernel(img, seed=seed, x4=x4, device=device, config=cfg,
+                                      mode=mode, callback=hooks.batch_progress)
                 res.name = path.stem
                 res.report["image"] = str(path)
                 write_outputs(res, out)
-                progress.console.print(
-                    f"{path}: done in {res.report['wall_s']:.1f} s "
-                    f"({res.report['ms_per_iter']:.2f} ms/iter)"
-                )
+                hooks.log(f"{path}: done in {res.report['wall_s']:.1f} s "
+                          f"({res.report['ms_per_iter']:.2f} ms/iter)")
             except KGEngineError as exc:
-                failed += 1
-                typer.echo(f"error: {exc}", err=True)
-            progress.remove_task(task)
-            progress.advance(overall)
+                failed, state = failed + 1, "failed"
+                typer.echo(f"error: {exc}", err=True)  # the one line that names the file
+            hooks.item_finished(path.stem, state, "")
     return failed

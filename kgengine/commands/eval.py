@@ -7,8 +7,49 @@ from typing import Annotated
 
 import typer
 
+from kgengine.commands._common import cli_errors, fail
 from kgengine.errors import KGEngineError
-from kgengine.progress import make_progress
+from kgengine.progress import progress_hooks
+
+#: File suffixes ``kgengine synth`` takes as HR images.
+HR_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+DatasetDir = Annotated[
+    Path, typer.Argument(help="Folder in the DIV2KRK layout (lr_x2/, gt_k_x2/, gt/ ...).")
+]
+EvalOut = Annotated[
+    Path,
+    typer.Option("--out", "-o", help="Output folder; one per setting. Finished runs are resumed."),
+]
+Scale = Annotated[int, typer.Option(help="Which LR images and kernels: 2 or 4.")]
+Seeds = Annotated[str, typer.Option(help="Seeds, e.g. 0,1,2: spread across seeds is reported.")]
+Ids = Annotated[str | None, typer.Option(help="Only these image numbers, e.g. 1-10,15.")]
+Iters = Annotated[
+    int | None, typer.Option(help="Training iterations (default: the config's 3000).")
+]
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")]
+AuthorsDefects = Annotated[
+    bool,
+    typer.Option(
+        "--authors-defects",
+        help="Reproduce the authors' code defects 1-3 (for comparison tables).",
+    ),
+]
+Batch = Annotated[
+    int, typer.Option(help="Train this many (image, seed) runs at once (same results).")
+]
+HrDir = Annotated[Path, typer.Argument(help="Folder of HR images (png/jpg/...).")]
+SynthOut = Annotated[Path, typer.Option("--out", "-o", help="Output dataset folder.")]
+Count = Annotated[
+    int | None, typer.Option(help="Number of images (evenly spread over the sorted list).")
+]
+SetSeed = Annotated[int, typer.Option(help="Set seed: same seed, same set.")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``eval`` and ``synth`` to ``app``."""
+    app.command("eval")(eval_command)
+    app.command("synth")(synth_command)
 
 
 def parse_int_list(text: str, what: str) -> tuple[int, ...]:
@@ -31,20 +72,28 @@ def parse_int_list(text: str, what: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def _run_eval(
-    *,
-    dataset_dir: Path,
-    out_dir: Path,
-    scale: int,
-    seeds: str,
-    ids: str | None,
-    iters: int | None,
-    device: str,
-    authors_defects: bool,
-    batch: int = 1,
-) -> dict:
-    from kgengine.evaluate import EvalSettings, run_eval
+@cli_errors
+def eval_command(
+    dataset_dir: DatasetDir,
+    out: EvalOut,
+    scale: Scale = 2,
+    seeds: Seeds = "0,1,2",
+    ids: Ids = None,
+    iters: Iters = None,
+    device: Device = "auto",
+    authors_defects: AuthorsDefects = False,
+    batch: Batch = 1,
+) -> None:
+    """Estimate every LR image of a DIV2KRK-layout folder and score the kernels.
 
+    Scores the isotropic and bicubic baselines too. Writes results.json, report.md, kernels.png.
+    """
+    from kgengine.accuracy import METRICS, EvalSettings, metric_table, run_eval
+
+    if scale not in (2, 4):
+        fail(f"--scale must be 2 or 4, got {scale}")
+    if batch < 1:
+        fail(f"--batch must be at least 1, got {batch}")
     settings = EvalSettings(
         scale=scale,
         seeds=parse_int_list(seeds, "--seeds"),
@@ -53,110 +102,23 @@ def _run_eval(
         authors_defects=authors_defects,
         ids=parse_int_list(ids, "--ids") if ids else None,
     )
-    with make_progress() as bar:
-        task = bar.add_task(f"eval x{scale}", total=None)
-
-        def progress(done: int, total: int, label: str) -> None:
-            bar.update(task, completed=done, total=total, description=f"eval x{scale} {label}")
-
-        def on_error(msg: str) -> None:
-            bar.console.print(f"[yellow]{msg}[/yellow]")
-
-        return run_eval(dataset_dir, out_dir, settings, progress=progress, on_error=on_error,
-                        batch=batch)
+    with progress_hooks(f"eval x{scale}") as hooks:
+        results = run_eval(dataset_dir, out, settings, hooks=hooks, batch=batch)
+    summ, method = results["summary"], results["settings"]["method"]
+    typer.echo(metric_table(summ, method, METRICS[0]))
+    typer.echo(f"wrote {out / 'results.json'}, {out / 'report.md'}, {out / 'kernels.png'}")
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("eval")
-    def eval_cmd(
-        dataset_dir: Annotated[
-            Path, typer.Argument(help="Folder in the DIV2KRK layout (lr_x2/, gt_k_x2/, gt/ ...).")
-        ],
-        out: Annotated[
-            Path,
-            typer.Option(
-                "--out", "-o", help="Output folder; one per setting. Finished runs are resumed."
-            ),
-        ],
-        scale: Annotated[int, typer.Option(help="Which LR images and kernels: 2 or 4.")] = 2,
-        seeds: Annotated[
-            str, typer.Option(help="Seeds, e.g. 0,1,2: spread across seeds is reported.")
-        ] = "0,1,2",
-        ids: Annotated[
-            str | None, typer.Option(help="Only these image numbers, e.g. 1-10,15.")
-        ] = None,
-        iters: Annotated[
-            int | None, typer.Option(help="Training iterations (default: the config's 3000).")
-        ] = None,
-        device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
-        authors_defects: Annotated[
-            bool,
-            typer.Option(
-                "--authors-defects",
-                help="Reproduce the authors' code defects 1-3 (for comparison tables).",
-            ),
-        ] = False,
-        batch: Annotated[
-            int, typer.Option(help="Train this many (image, seed) runs at once (same results).")
-        ] = 1,
-    ) -> None:
-        """Estimate every LR image of a DIV2KRK-layout folder and score the kernels.
+@cli_errors
+def synth_command(hr_dir: HrDir, out: SynthOut, n: Count = None, seed: SetSeed = 0) -> None:
+    """Make a seeded synthetic benchmark in the DIV2KRK layout (random anisotropic kernels)."""
+    from kgengine.accuracy import make_div2krk_like
 
-        Scores the isotropic and bicubic baselines too. Writes results.json, report.md, kernels.png.
-        """
-        if scale not in (2, 4):
-            typer.echo(f"error: --scale must be 2 or 4, got {scale}", err=True)
-            raise typer.Exit(1)
-        try:
-            results = _run_eval(
-                dataset_dir=dataset_dir,
-                out_dir=out,
-                scale=scale,
-                seeds=seeds,
-                ids=ids,
-                iters=iters,
-                device=device,
-                authors_defects=authors_defects,
-                batch=batch,
-            )
-        except KGEngineError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
-        from kgengine.evaluate import METRICS, metric_table
-
-        summ, method = results["summary"], results["settings"]["method"]
-        typer.echo(metric_table(summ, method, METRICS[0]))
-        typer.echo(f"wrote {out / 'results.json'}, {out / 'report.md'}, {out / 'kernels.png'}")
-
-    @app.command("synth")
-    def synth_cmd(
-        hr_dir: Annotated[Path, typer.Argument(help="Folder of HR images (png/jpg/...).")],
-        out: Annotated[Path, typer.Option("--out", "-o", help="Output dataset folder.")],
-        n: Annotated[
-            int | None, typer.Option(help="Number of images (evenly spread over the sorted list).")
-        ] = None,
-        seed: Annotated[int, typer.Option(help="Set seed: same seed, same set.")] = 0,
-    ) -> None:
-        """Make a seeded synthetic benchmark in the DIV2KRK layout (random anisotropic kernels)."""
-        from kgengine.synth import make_div2krk_like
-
-        exts = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-        if not hr_dir.is_dir():
-            typer.echo(f"error: {hr_dir}: not a folder", err=True)
-            raise typer.Exit(1)
-        paths = sorted(p for p in hr_dir.iterdir() if p.suffix.lower() in exts)
-        if not paths:
-            typer.echo(f"error: {hr_dir}: no images", err=True)
-            raise typer.Exit(1)
-        try:
-            with make_progress() as bar:
-                task = bar.add_task("synth", total=None)
-
-                def progress(done: int, total: int, name: str) -> None:
-                    bar.update(task, completed=done, total=total, description=f"synth {name}")
-
-                manifest = make_div2krk_like(paths, out, seed=seed, n=n, progress=progress)
-        except KGEngineError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
-        typer.echo(f"wrote {len(manifest)} images to {out}")
+    if not hr_dir.is_dir():
+        fail(f"{hr_dir}: not a folder")
+    paths = sorted(p for p in hr_dir.iterdir() if p.suffix.lower() in HR_SUFFIXES)
+    if not paths:
+        fail(f"{hr_dir}: no images")
+    with progress_hooks("synth") as hooks:
+        manifest = make_div2krk_like(paths, out, seed=seed, n=n, hooks=hooks)
+    typer.echo(f"wrote {len(manifest)} images to {out}")

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from kgengine.commands._common import cli_errors
+from kgengine.config import KernelGANConfig, parse_overrides
 from kgengine.errors import KGEngineError
 
 pool_app = typer.Typer(help="Look at a kernel pool: statistics and a PNG mosaic.",
@@ -54,6 +56,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(pool_app, name="pool")
 
 
+@cli_errors
 def farm(
     out: PoolDir,
     inputs: Inputs = None,
@@ -79,57 +82,37 @@ def farm(
     images end as failed rows with their reason; the exit code is 1 if any image failed or
     was left pending in this run.
     """
-    from kgengine.config import KernelGANConfig, parse_overrides
-    from kgengine.farm.runner import FarmHooks, run_farm
-    from kgengine.progress import make_progress
+    from kgengine.farm.runner import run_farm
+    from kgengine.progress import progress_hooks
 
-    try:
-        config = None
-        if overrides:
-            try:
-                config = KernelGANConfig().replace(**parse_overrides(overrides))
-            except ValueError as exc:
-                raise KGEngineError(str(exc)) from None
-        with make_progress() as progress:
-            overall = progress.add_task("images", total=None)
-            current: dict[str, int] = {}
-
-            def say(msg: str) -> None:
-                progress.console.print(msg, markup=False, highlight=False, soft_wrap=True)
-
-            def batch_started(names: list[str], n_iters: int) -> None:
-                if "task" in current:
-                    progress.remove_task(current["task"])
-                label = f"batch of {len(names)}: {names[0]}" + ("…" if len(names) > 1 else "")
-                current["task"] = progress.add_task(label, total=n_iters)
-
-            def image_finished(name: str, state: str, detail: str) -> None:
-                if state != "retry":
-                    progress.advance(overall)
-                if state != "done":
-                    say(f"{state}: {detail}")
-
-            hooks = FarmHooks(
-                log=say,
-                total=lambda n: progress.update(overall, total=n),
-                image_finished=image_finished,
-                batch_started=batch_started,
-                batch_progress=lambda done: progress.update(current["task"], completed=done),
-            )
-            summary = run_farm(
-                inputs or [], out, batch=batch, seed=seed, x4=x4, iters=iters, config=config,
-                dtype=dtype, mode=mode, device=device, recursive=recursive,
-                retry_failed=retry_failed, ray_address=ray, ray_cpus=ray_cpus, threads=threads,
-                hooks=hooks)
-    except KGEngineError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    config = _config(overrides)
+    with progress_hooks("images") as hooks:
+        summary = run_farm(
+            inputs or [], out, batch=batch, seed=seed, x4=x4, iters=iters, config=config,
+            dtype=dtype, mode=mode, device=device, recursive=recursive,
+            retry_failed=retry_failed, ray_address=ray, ray_cpus=ray_cpus, threads=threads,
+            hooks=hooks)
     typer.echo(summary.text())
     if summary.failed or summary.left_pending:
         raise typer.Exit(1)
 
 
+def _config(overrides: list[str] | None) -> KernelGANConfig | None:
+    """The ``--set key=value`` overrides applied to the default config (None if none).
+
+    Raises:
+        KGEngineError: an unknown key or a value of the wrong type.
+    """
+    if not overrides:
+        return None
+    try:
+        return KernelGANConfig().replace(**parse_overrides(overrides))
+    except ValueError as exc:
+        raise KGEngineError(str(exc)) from None
+
+
 @pool_app.command("info")
+@cli_errors
 def info(
     pool: Annotated[Path, typer.Argument(help="kernel_pool.npz, a farm POOL_DIR or a kernel "
                                               "folder.")],
@@ -138,14 +121,11 @@ def info(
     """Print the pool's size, kernel size and histograms of kernel widths and anisotropy."""
     from kgengine.farm.poolview import pool_info
 
-    try:
-        typer.echo(pool_info(pool, bins))
-    except KGEngineError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    typer.echo(pool_info(pool, bins))
 
 
 @pool_app.command("plot")
+@cli_errors
 def plot(
     pool: Annotated[Path, typer.Argument(help="kernel_pool.npz, a farm POOL_DIR or a kernel "
                                               "folder.")],
@@ -159,9 +139,5 @@ def plot(
     """Write a PNG mosaic of the pool's kernels (and optionally histograms)."""
     from kgengine.farm.poolview import plot_pool
 
-    try:
-        for p in plot_pool(pool, out, columns=columns, limit=limit, hist=hist):
-            typer.echo(f"wrote {p}")
-    except KGEngineError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    for p in plot_pool(pool, out, columns=columns, limit=limit, hist=hist):
+        typer.echo(f"wrote {p}")

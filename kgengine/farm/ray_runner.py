@@ -1,12 +1,12 @@
-"""The farm beyond one machine: batches of images as Ray tasks, the driver keeps the books.
+"""The Ray runner: batches of images as Ray tasks, the driver keeps the books.
 
-Design (imported only with ``--ray``; nothing else in kgengine imports Ray):
+Design (Ray itself is imported only inside the functions that use it, i.e. with ``--ray``):
 
 - The **driver** (the ``kgengine farm`` process) owns the SQLite manifest, the single source
   of truth. It claims a chunk of ``batch`` pending rows, reads the image *files' bytes* and
   submits one task per chunk; it keeps about two tasks per worker slot in flight.
 - A **task** (:func:`train_chunk`) decodes the bytes, trains the chunk in one batched model
-  (:func:`kgengine.api.estimate_kernels`) on its node and returns plain data: kernels,
+  (:func:`kgengine.farm.training.train_batch`) on its node and returns plain data: kernels,
   reports and generator weights per image, or the reason an image was bad or diverged.
   Tasks request ``num_gpus=1`` when the device is CUDA (``device="auto"`` means CUDA when
   the cluster has GPUs) and ``ray_cpus`` CPUs.
@@ -24,19 +24,19 @@ Design (imported only with ``--ray``; nothing else in kgengine imports Ray):
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from kgengine.api import EstimateResult, resolve_device
 from kgengine.errors import BadImageError, KGEngineError, TrainingDivergedError
-from kgengine.farm.manifest import Manifest, Row
-from kgengine.farm.runner import (
-    CPU_BATCH,
-    FarmHooks,
-    FarmSettings,
-    FarmSummary,
-    attempt_seed,
-    record,
-)
+from kgengine.farm.batching import CPU_BATCH, auto_batch, largest_pixels
+from kgengine.farm.manifest import Row
+from kgengine.farm.records import FarmJob
+from kgengine.farm.settings import FarmSettings
+from kgengine.farm.training import attempt_seed, read_images, train_batch
 
 #: Tasks kept in flight per worker slot (one running, one queued with its data).
 IN_FLIGHT_PER_SLOT = 2
@@ -60,6 +60,7 @@ def connect(address: str) -> bool:
     return True
 
 
+# ---------------------------------------------------------------------- on the workers
 def train_chunk(items: list[dict[str, Any]], settings: dict[str, Any], device: str,
                 threads: int) -> list[dict[str, Any]]:
     """The Ray task body: train one chunk, return per-image plain results.
@@ -74,54 +75,41 @@ def train_chunk(items: list[dict[str, Any]], settings: dict[str, Any], device: s
         entries carry ``kernel_x2``, ``kernel_x4``, ``report``, ``generator_weights``,
         ``raw_kernel``.
     """
-    import torch
-
-    from kgengine.api import estimate_kernels
-    from kgengine.imageio import read_image
-
     torch.set_num_threads(max(1, threads))
-    cfg_settings = FarmSettings.from_dict(settings)
-    cfg = cfg_settings.config
-    out: list[dict[str, Any]] = []
-    images, ok = [], []
+    job_settings = FarmSettings.from_dict(settings)
     with tempfile.TemporaryDirectory(prefix="kgengine-farm-") as tmp:
+        paths = []
         for i, it in enumerate(items):
-            local = Path(tmp) / f"{i}{Path(it['filename']).suffix}"
-            local.write_bytes(it["data"])
-            try:
-                images.append(read_image(local, min_size=cfg.crop_size))
-                ok.append(it)
-            except BadImageError as exc:
-                out.append({"name": it["name"], "status": "bad",
-                            "message": f"{it['path']}: {exc.reason}"})
-    if ok:
-        results = estimate_kernels(
-            images, seeds=[it["seed"] for it in ok], names=[it["name"] for it in ok],
-            x4=cfg_settings.x4, device=device, config=cfg, dtype=cfg_settings.torch_dtype,
-            mode=cfg_settings.mode, on_diverge="return")
-        for it, res in zip(ok, results, strict=True):
-            if isinstance(res, TrainingDivergedError):
-                out.append({"name": it["name"], "status": "diverged", "message": str(res)})
-            else:
-                out.append({"name": it["name"], "status": "done", "message": "",
-                            "kernel_x2": res.kernel_x2, "kernel_x4": res.kernel_x4,
-                            "report": res.report, "generator_weights": res.generator_weights,
-                            "raw_kernel": res.raw_kernel})
+            paths.append(Path(tmp) / f"{i}{Path(it['filename']).suffix}")
+            paths[-1].write_bytes(it["data"])
+        images, idx, bad = read_images(paths, job_settings.config.crop_size)
+    out = [{"name": items[i]["name"], "status": "bad",
+            "message": f"{items[i]['path']}: {exc.reason}"} for i, exc in bad.items()]
+    if idx:
+        ok = [items[i] for i in idx]
+        results = train_batch(images, [it["seed"] for it in ok], [it["name"] for it in ok],
+                              job_settings, device)
+        out += [_plain(it["name"], res) for it, res in zip(ok, results, strict=True)]
     return out
+
+
+def _plain(name: str, res: EstimateResult | TrainingDivergedError) -> dict[str, Any]:
+    """One image's training outcome as the plain dict a task returns."""
+    if isinstance(res, TrainingDivergedError):
+        return {"name": name, "status": "diverged", "message": str(res)}
+    return {"name": name, "status": "done", "message": "", "kernel_x2": res.kernel_x2,
+            "kernel_x4": res.kernel_x4, "report": res.report,
+            "generator_weights": res.generator_weights, "raw_kernel": res.raw_kernel}
 
 
 def probe_batch(settings: dict[str, Any], device: str, max_pixels: int) -> int:
     """Ray task: the automatic batch size measured on a worker's GPU."""
-    from kgengine.api import resolve_device
-    from kgengine.farm.runner import auto_batch
-
     return auto_batch(resolve_device(device), FarmSettings.from_dict(settings), max_pixels)
 
 
-def _outcome(row: Row, res: dict[str, Any]) -> Any:
-    """A task's per-image dict -> what :func:`record` takes."""
-    from kgengine.api import EstimateResult
-
+# ---------------------------------------------------------------------- on the driver
+def _outcome(row: Row, res: dict[str, Any]) -> EstimateResult | Exception:
+    """A task's per-image dict -> what :func:`kgengine.farm.records.record` takes."""
     if res["status"] == "done":
         return EstimateResult(row.name, res["kernel_x2"], res["kernel_x4"], res["report"],
                               res["generator_weights"], res["raw_kernel"])
@@ -130,108 +118,117 @@ def _outcome(row: Row, res: dict[str, Any]) -> Any:
     return KGEngineError(res["message"])
 
 
-def train_ray(man: Manifest, settings: FarmSettings, pool_dir: Path, batch: int | None,
-              device: str, address: str, cpus: float, hooks: FarmHooks,
-              summary: FarmSummary) -> None:
-    """Train every pending row as Ray tasks of ``batch`` images (see the module docstring)."""
+@dataclass
+class _Plan:
+    """Where and how the tasks run: device, resources, slots, batch size."""
+
+    device: str
+    options: dict[str, Any]
+    slots: int
+    batch: int
+    threads: int
+    in_flight: dict[Any, list[Row]] = field(default_factory=dict)
+    given_up: set[int] = field(default_factory=set)
+
+
+def _plan(job: FarmJob, batch: int | None, device: str, cpus: float) -> _Plan:
+    """Pick the task device and resources from the cluster, and the batch size if not given."""
+    import ray
+
+    res = ray.cluster_resources()
+    use_gpu = device.startswith("cuda") or (device == "auto" and res.get("GPU", 0) > 0)
+    if use_gpu and res.get("GPU", 0) < 1:
+        raise KGEngineError(f"device {device} asked but the Ray cluster has no GPUs")
+    task_device = device if device != "auto" else ("cuda" if use_gpu else "cpu")
+    opts = {"num_cpus": cpus, "num_gpus": 1 if use_gpu else 0}
+    slots = max(1, int(res.get("GPU", 0)) if use_gpu
+                else int(res.get("CPU", 1) // max(cpus, 1e-9)))
+    if batch is None:
+        pend = job.man.pending()
+        if use_gpu:
+            batch = int(ray.get(ray.remote(probe_batch).options(**opts).remote(
+                job.settings.to_dict(), task_device, largest_pixels(pend))))
+        else:
+            batch = CPU_BATCH
+        # few images: smaller chunks so that every worker slot gets one
+        batch = max(1, min(batch, -(-len(pend) // slots)))
+    return _Plan(task_device, opts, slots, batch, max(1, int(cpus)))
+
+
+def train_ray(job: FarmJob, batch: int | None, device: str, address: str,
+              cpus: float) -> None:
+    """Train every pending row of ``job`` as Ray tasks of ``batch`` images (see the module
+    docstring); ``batch`` None = measured on a worker's GPU, or CPU_BATCH."""
     import ray
 
     started = connect(address)
     try:
-        res = ray.cluster_resources()
-        use_gpu = device.startswith("cuda") or (device == "auto" and res.get("GPU", 0) > 0)
-        if use_gpu and res.get("GPU", 0) < 1:
-            raise KGEngineError(f"device {device} asked but the Ray cluster has no GPUs")
-        task_device = device if device != "auto" else ("cuda" if use_gpu else "cpu")
-        opts = {"num_cpus": cpus, "num_gpus": 1 if use_gpu else 0}
-        sdict = settings.to_dict()
-        slots = max(1, int(res.get("GPU", 0)) if use_gpu
-                    else int(res.get("CPU", 1) // max(cpus, 1e-9)))
-        if batch is None:
-            pend = man.pending()
-            if use_gpu:
-                biggest = max(((r.width or 0) * (r.height or 0) for r in pend), default=0)
-                batch = int(ray.get(ray.remote(probe_batch).options(**opts)
-                                    .remote(sdict, task_device, biggest)))
-            else:
-                batch = CPU_BATCH
-            # few images: smaller chunks so that every worker slot gets one
-            batch = max(1, min(batch, -(-len(pend) // slots)))
-        max_in_flight = IN_FLIGHT_PER_SLOT * slots
-        summary.batch = batch
-        summary.device = f"Ray at {address}: {task_device}, {slots} worker slot(s)"
-        hooks.log(f"{summary.device}, batch {batch}")
-        remote = ray.remote(train_chunk).options(max_retries=2, **opts)
-        _drive(man, settings, pool_dir, batch, remote, task_device, max(1, int(cpus)),
-               max_in_flight, hooks, summary)
+        plan = _plan(job, batch, device, cpus)
+        job.summary.batch = plan.batch
+        job.summary.device = f"Ray at {address}: {plan.device}, {plan.slots} worker slot(s)"
+        job.hooks.log(f"{job.summary.device}, batch {plan.batch}")
+        remote = ray.remote(train_chunk).options(max_retries=2, **plan.options)
+        try:
+            _drive(job, plan, remote)
+        except BaseException:
+            for ref, chunk in plan.in_flight.items():
+                ray.cancel(ref, force=True)
+                job.give_back(chunk, "interrupted")
+            raise
     finally:
         if started:
             ray.shutdown()
 
 
-def _drive(man: Manifest, settings: FarmSettings, pool_dir: Path, batch: int, remote: Any,
-           device: str, threads: int, max_in_flight: int, hooks: FarmHooks,
-           summary: FarmSummary) -> None:
+def _drive(job: FarmJob, plan: _Plan, remote: Any) -> None:
+    """Submit chunks (keeping ``IN_FLIGHT_PER_SLOT`` per slot) and record their results."""
     import ray
 
-    from kgengine.farm.runner import count_outcome
-
-    sdict = settings.to_dict()
-    given_up: set[int] = set()
-    in_flight: dict[Any, list[Row]] = {}
-    try:
-        while rows := [r for r in man.pending() if r.id not in given_up]:
-            chunks = iter([rows[i : i + batch] for i in range(0, len(rows), batch)])
-            while True:
-                while len(in_flight) < max_in_flight and (chunk := next(chunks, None)):
-                    _submit(man, chunk, settings, pool_dir, remote, sdict, device, threads,
-                            in_flight, hooks, summary)
-                if not in_flight:
-                    break
-                ready, _ = ray.wait(list(in_flight), num_returns=1)
-                chunk = in_flight.pop(ready[0])
-                try:
-                    results = ray.get(ready[0])
-                except Exception as exc:  # noqa: BLE001 - any task failure: give the rows back
-                    why = " ".join(str(exc).split())[:300]
-                    hooks.log(f"Ray task of {len(chunk)} image(s) failed: {why}")
-                    man.requeue([r.id for r in chunk], f"Ray task failed: {why}")
-                    given_up |= {r.id for r in chunk}
-                    continue
-                by_name = {r.name: r for r in chunk}
-                for res in results:
-                    row = by_name.pop(res["name"])
-                    outcome = record(man, row, _outcome(row, res), settings, pool_dir)
-                    count_outcome(summary, hooks, row.name, outcome)
-                if by_name:  # cannot happen unless a task drops images; do not lose them
-                    man.requeue([r.id for r in by_name.values()], "missing from task result")
-                    given_up |= {r.id for r in by_name.values()}
-    except BaseException:
-        for ref, chunk in in_flight.items():
-            ray.cancel(ref, force=True)
-            running = {r.id for r in man.rows("running")}
-            ids = [r.id for r in chunk if r.id in running]
-            if ids:
-                man.requeue(ids, "interrupted")
-        raise
+    max_in_flight = IN_FLIGHT_PER_SLOT * plan.slots
+    while rows := [r for r in job.man.pending() if r.id not in plan.given_up]:
+        b = plan.batch
+        chunks = iter([rows[i : i + b] for i in range(0, len(rows), b)])
+        while True:
+            while len(plan.in_flight) < max_in_flight and (chunk := next(chunks, None)):
+                _submit(job, plan, chunk, remote)
+            if not plan.in_flight:
+                break
+            ready, _ = ray.wait(list(plan.in_flight), num_returns=1)
+            chunk = plan.in_flight.pop(ready[0])
+            try:
+                results = ray.get(ready[0])
+            except Exception as exc:  # noqa: BLE001 - any task failure: give the rows back
+                why = " ".join(str(exc).split())[:300]
+                job.hooks.log(f"Ray task of {len(chunk)} image(s) failed: {why}")
+                _give_up(job, plan, chunk, f"Ray task failed: {why}")
+                continue
+            by_name = {r.name: r for r in chunk}
+            for res in results:
+                row = by_name.pop(res["name"])
+                job.finish(row, _outcome(row, res))
+            if by_name:  # cannot happen unless a task drops images; do not lose them
+                _give_up(job, plan, list(by_name.values()), "missing from task result")
 
 
-def _submit(man: Manifest, chunk: list[Row], settings: FarmSettings, pool_dir: Path,
-            remote: Any, sdict: dict[str, Any], device: str, threads: int,
-            in_flight: dict[Any, list[Row]], hooks: FarmHooks, summary: FarmSummary) -> None:
-    from kgengine.farm.runner import count_outcome
+def _give_up(job: FarmJob, plan: _Plan, rows: list[Row], reason: str) -> None:
+    """Rows of a lost task: back to ``pending`` with ``reason``, not resubmitted this run."""
+    job.man.requeue([r.id for r in rows], reason)
+    plan.given_up |= {r.id for r in rows}
 
-    man.claim([r.id for r in chunk])
+
+def _submit(job: FarmJob, plan: _Plan, chunk: list[Row], remote: Any) -> None:
+    """Claim ``chunk``, read its files' bytes and submit it as one task."""
+    job.man.claim([r.id for r in chunk])
     items, sent = [], []
     for r in chunk:
         try:
             data = Path(r.path).read_bytes()
         except OSError as exc:
-            err = BadImageError(r.path, f"cannot read file ({exc.strerror or exc})")
-            count_outcome(summary, hooks, r.name, record(man, r, err, settings, pool_dir))
+            job.finish(r, BadImageError(r.path, f"cannot read file ({exc.strerror or exc})"))
             continue
         items.append({"name": r.name, "path": r.path, "filename": Path(r.path).name,
-                      "data": data, "seed": attempt_seed(settings, r)})
+                      "data": data, "seed": attempt_seed(job.settings, r)})
         sent.append(r)
     if sent:
-        in_flight[remote.remote(items, sdict, device, threads)] = sent
+        ref = remote.remote(items, job.settings.to_dict(), plan.device, plan.threads)
+        plan.in_flight[ref] = sent

@@ -1,9 +1,10 @@
-"""CuPy backend: the CUDA C kernels of ``kernels/*.cu`` compiled by ``cupy.RawModule``.
+"""The ``cupy`` backend: the CUDA C kernels of ``kernels/*.cu`` compiled by ``cupy.RawModule``.
 
 The sources ship in the wheel as package data of ``kgengine._cuda`` (mapped from the
 top-level ``kernels/`` folder); in a source checkout they are read from ``kernels/``.
 Tensors are handed over zero-copy with DLPack (``cupy.from_dlpack``) and the kernels run on
-PyTorch's current stream (``cupy.cuda.ExternalStream``). Imported lazily by the ops.
+PyTorch's current stream (``cupy.cuda.ExternalStream``). Imported lazily, through the table
+of :mod:`kgengine.ops.backend`; the ops here have the public ops' signatures.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import functools
 import cupy
 import torch
 
-from kgengine.ops import _launch as _launch_mod
-from kgengine.ops._launch import CTYPE, kernel_source
+import kgengine.ops._custom as _custom
+from kgengine.ops._launch import CTYPE, Launch, downscale_launch, kernel_source, patches_launch
+from kgengine.ops._spec import PatchBatch
 
 _OPTIONS = ("--std=c++14",)
 
@@ -65,7 +67,7 @@ def _cp(t: torch.Tensor) -> cupy.ndarray:
     return cupy.from_dlpack(t.detach())
 
 
-def _launch(launch: _launch_mod.Launch, like: torch.Tensor) -> None:
+def _launch(launch: Launch, like: torch.Tensor) -> None:
     """Run a launch configuration with CuPy on ``like``'s GPU and current stream."""
     name, grid, block, args = launch
     module = "patches" if name.startswith("kg_sample_patches") else "downscale"
@@ -74,36 +76,38 @@ def _launch(launch: _launch_mod.Launch, like: torch.Tensor) -> None:
         kern(grid, block, tuple(_cp(a) if isinstance(a, torch.Tensor) else a for a in args))
 
 
+def _patches_fill(
+    images: torch.Tensor, cdf: torch.Tensor, sizes: torch.Tensor, seeds: torch.Tensor,
+    iteration: int, noise_std: float, outs: PatchBatch,
+) -> PatchBatch:  # fmt: skip
+    """``PatchesFill`` (:mod:`kgengine.ops._custom`): ``kg_sample_patches<T>`` into ``outs``."""
+    args = (images, cdf, sizes.contiguous(), seeds.contiguous(), iteration, noise_std, *outs)
+    _launch(patches_launch(*args), images)
+    return outs
+
+
+def _downscale_fill(
+    x: torch.Tensor, k: torch.Tensor, scale: int, border: str, out: torch.Tensor
+) -> torch.Tensor:
+    """``DownscaleFill`` (:mod:`kgengine.ops._custom`): ``kg_downscale<T>`` into ``out``."""
+    _launch(downscale_launch(x, k, scale, border, out), x)
+    return out
+
+
 def sample_patches(
-    images: torch.Tensor,
-    cdf: torch.Tensor,
-    sizes_hw: torch.Tensor,
-    seeds: torch.Tensor,
-    iteration: int,
-    g_size: int,
-    d_size: int,
-    noise_std: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """CuPy ``sample_patches`` on validated CUDA tensors; see :mod:`kgengine.ops.patches`."""
-    bsz, chans = images.shape[:2]
-    dev = images.device
-    g_out = torch.empty((bsz, chans, g_size, g_size), dtype=images.dtype, device=dev)
-    d_out = torch.empty((bsz, chans, d_size, d_size), dtype=images.dtype, device=dev)
-    g_tl = torch.empty((bsz, 2), dtype=torch.int64, device=dev)
-    d_tl = torch.empty((bsz, 2), dtype=torch.int64, device=dev)
-    launch = _launch_mod.patches_launch(
-        images, cdf, sizes_hw.contiguous(), seeds.contiguous(), iteration, noise_std,
-        g_out, d_out, g_tl, d_tl,
-    )  # fmt: skip
-    _launch(launch, images)
-    return g_out, d_out, g_tl, d_tl
+    images: torch.Tensor, cdf: torch.Tensor, sizes_hw: torch.Tensor, seeds: torch.Tensor,
+    iteration: int, g_size: int, d_size: int, noise_std: float,
+) -> PatchBatch:  # fmt: skip
+    """CuPy :func:`kgengine.ops.sample_patches` (same arguments, CUDA tensors): one block
+    per (chunk, kind, image) of ``kernels/patches.cu``."""
+    return _custom.sample_patches(
+        _patches_fill, images, cdf, sizes_hw, seeds, iteration, g_size, d_size, noise_std
+    )
 
 
 def downscale(
-    x: torch.Tensor, k: torch.Tensor, scale: int, reflect: bool, out_h: int, out_w: int
+    x: torch.Tensor, kernel: torch.Tensor, scale: int, border: str = "reflect"
 ) -> torch.Tensor:
-    """CuPy strided correlation; ``k`` is (1 or B, kh, kw) in x's dtype/device."""
-    bsz, chans = x.shape[:2]
-    out = torch.empty((bsz, chans, out_h, out_w), dtype=x.dtype, device=x.device)
-    _launch(_launch_mod.downscale_launch(x, k, scale, reflect, out), x)
-    return out
+    """CuPy :func:`kgengine.ops.downscale` (same arguments, CUDA tensors): one thread per
+    output pixel of ``kernels/downscale.cu``, accumulating in x's dtype."""
+    return _custom.downscale(_downscale_fill, x, kernel, scale, border)

@@ -1,7 +1,9 @@
-"""Numba CPU kernels (``njit(parallel=True)``) of the ops; imported lazily by the ops.
+"""The ``numba`` backend: Numba CPU kernels (``njit(parallel=True)``) of the ops.
 
-Compiled on first call (``cache=True`` keeps the machine code on disk), never at import of
-:mod:`kgengine`. Inputs are NumPy views of CPU tensors (no copy; any strides).
+Imported lazily through the table of :mod:`kgengine.ops.backend` (never at import of
+:mod:`kgengine`); the kernels compile then (``cache=True`` keeps the machine code on disk).
+The ops have the public ops' signatures; inputs reach the kernels as NumPy views of the CPU
+tensors (no copy; any strides).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from kgengine.ops.rng import STREAM_D_NOISE, STREAM_D_POS, STREAM_G_POS, make_scalar_rng
+import kgengine.ops._custom as _custom
+from kgengine.ops._spec import PatchBatch, make_crop_origin, source_index
+from kgengine.ops.rng import STREAM_D_NOISE, make_scalar_rng
 
 # Numba's default "omp" threading layer shares the OpenMP runtime with PyTorch's CPU pool:
 # interleaving the two (the trainer calls a Numba op and then torch ops every iteration)
@@ -25,7 +29,10 @@ from kgengine.ops.rng import STREAM_D_NOISE, STREAM_D_POS, STREAM_G_POS, make_sc
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
+# Compiled into the cached kernels below. Numba's disk cache is keyed on this file only: after
+# editing rng.make_scalar_rng or _spec.make_crop_origin, touch this file (or clear __pycache__).
 _hash32, _uniform, _normal = make_scalar_rng(njit)
+_crop_origin = make_crop_origin(njit, _uniform)
 
 # Explicit signatures with any-layout ("A") inputs: one compile per dtype instead of one per
 # (dtype, contiguity); compiled when this module is first imported (first use of a CPU op),
@@ -65,27 +72,6 @@ def _threads_for(work: int) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------- patches
-@njit(cache=True)
-def _crop_origin(cdf, b, t, iteration, seed, h, w, width, size):
-    """Top-left (even) of the crop of kind ``t`` for image ``b`` (see ``sample_patches``)."""
-    stream = STREAM_G_POS if t == 0 else STREAM_D_POS
-    n = cdf.shape[2]
-    target = _uniform(seed, stream, iteration, 0) * cdf[b, t, n - 1]
-    lo, hi = 0, n  # first index with cdf > target (searchsorted right)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if cdf[b, t, mid] > target:
-            hi = mid
-        else:
-            lo = mid + 1
-    flat = min(lo, n - 1)
-    row = flat // width
-    col = flat - row * width
-    top = min(max(0, row - size // 2), h - size)
-    left = min(max(0, col - size // 2), w - size)
-    return top - top % 2, left - left % 2
-
-
 @njit(_PATCH_SIGS, parallel=True, cache=True)
 def _sample_patches(images, cdf, sizes, seeds, iteration, noise_std, g_out, d_out, g_tl, d_tl):
     bsz, chans, _, width = images.shape
@@ -124,37 +110,31 @@ def _sample_patches(images, cdf, sizes, seeds, iteration, noise_std, g_out, d_ou
                     d_out[b, c, y, x] = src[left + x] + noise_std * z
 
 
-def sample_patches(
-    images: torch.Tensor,
-    cdf: torch.Tensor,
-    sizes_hw: torch.Tensor,
-    seeds: torch.Tensor,
-    iteration: int,
-    g_size: int,
-    d_size: int,
-    noise_std: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Numba CPU ``sample_patches`` on validated CPU tensors; see :mod:`kgengine.ops.patches`."""
+def _patches_fill(
+    images: torch.Tensor, cdf: torch.Tensor, sizes: torch.Tensor, seeds: torch.Tensor,
+    iteration: int, noise_std: float, outs: PatchBatch,
+) -> PatchBatch:  # fmt: skip
+    """``PatchesFill`` (:mod:`kgengine.ops._custom`): :func:`_sample_patches` into ``outs``."""
     bsz, chans = images.shape[:2]
-    g_out = torch.empty((bsz, chans, g_size, g_size), dtype=images.dtype)
-    d_out = torch.empty((bsz, chans, d_size, d_size), dtype=images.dtype)
-    g_tl = torch.empty((bsz, 2), dtype=torch.int64)
-    d_tl = torch.empty((bsz, 2), dtype=torch.int64)
+    g_size, d_size = outs.g_crops.shape[-1], outs.d_crops.shape[-1]
     work = bsz * chans * (g_size**2 + 21 * d_size**2)
     with _threads_for(work):
         _sample_patches(
-            images.detach().numpy(),
-            cdf.detach().numpy(),
-            sizes_hw.numpy(),
-            seeds.numpy(),
-            int(iteration),
-            float(noise_std),
-            g_out.numpy(),
-            d_out.numpy(),
-            g_tl.numpy(),
-            d_tl.numpy(),
-        )
-    return g_out, d_out, g_tl, d_tl
+            images.numpy(), cdf.numpy(), sizes.numpy(), seeds.numpy(), iteration, noise_std,
+            *(t.numpy() for t in outs),
+        )  # fmt: skip
+    return outs
+
+
+def sample_patches(
+    images: torch.Tensor, cdf: torch.Tensor, sizes_hw: torch.Tensor, seeds: torch.Tensor,
+    iteration: int, g_size: int, d_size: int, noise_std: float,
+) -> PatchBatch:  # fmt: skip
+    """Numba CPU :func:`kgengine.ops.sample_patches` (same arguments, CPU tensors): the
+    origins image by image, then one parallel task per (image, channel, crop row)."""
+    return _custom.sample_patches(
+        _patches_fill, images, cdf, sizes_hw, seeds, iteration, g_size, d_size, noise_std
+    )
 
 
 # ----------------------------------------------------------------------------- downscale
@@ -236,44 +216,52 @@ def _poly(x: torch.Tensor, scale: int, cols: np.ndarray) -> np.ndarray:
     return poly
 
 
-def downscale(
-    x: torch.Tensor, kernel: torch.Tensor, scale: int, rows: np.ndarray, cols: np.ndarray
-) -> torch.Tensor:
-    """Numba CPU strided correlation on a CPU tensor.
+def _tables(
+    x: torch.Tensor, kh: int, kw: int, scale: int, border: str, out_h: int, out_w: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The source-row and source-column tables of x's (H, W) (``_spec.source_index``)."""
+    rows = source_index(x.shape[2], kh, scale, out_h, border)
+    cols = source_index(x.shape[3], kw, scale, out_w, border)
+    return rows, cols
 
-    Args:
-        x: (B, C, H, W). kernel: (1 or B, kh, kw), dtype of x.
-        rows, cols: int64 source-index tables of length ``(out-1)*s + k`` (reflect or valid).
-    Returns:
-        (B, C, out_h, out_w) with ``out = (len(table) - k) // s + 1``.
-    """
-    bsz, chans = x.shape[:2]
-    kh, kw = kernel.shape[-2:]
-    out_h = (rows.shape[0] - kh) // scale + 1
-    out_w = (cols.shape[0] - kw) // scale + 1
-    out = torch.empty((bsz, chans, out_h, out_w), dtype=x.dtype)
+
+def _downscale_fill(
+    x: torch.Tensor, k: torch.Tensor, scale: int, border: str, out: torch.Tensor
+) -> torch.Tensor:
+    """``DownscaleFill`` (:mod:`kgengine.ops._custom`): poly-phase copy of x, then
+    ``out[b,c,i,j] = sum_{u,v} k[u,v] * x[b, c, rows[s*i+u], cols[s*j+v]]``."""
+    kh, kw = k.shape[-2:]
+    rows, cols = _tables(x, kh, kw, scale, border, *out.shape[-2:])
     with _threads_for(out.numel() * kh * kw):
         poly = _poly(x, scale, cols)
-        _strided_corr(poly, kernel.detach().contiguous().numpy(), rows, scale, out.numpy())
+        _strided_corr(poly, k.contiguous().numpy(), rows, scale, out.numpy())
     return out
 
 
-def kernel_grad(
-    x: torch.Tensor,
-    grad_out: torch.Tensor,
-    scale: int,
-    rows: np.ndarray,
-    cols: np.ndarray,
-    kh: int,
-    kw: int,
+def _kernel_grad_fill(
+    x: torch.Tensor, grad_out: torch.Tensor, scale: int, border: str, kh: int, kw: int
 ) -> torch.Tensor:
-    """Gradient of :func:`downscale` w.r.t. a per-image kernel: (B, kh, kw) float64.
+    """``KernelGrad`` (:mod:`kgengine.ops._custom`): (B, kh, kw) float64
 
     ``dL/dk[b,u,v] = sum_{c,i,j} dL/dy[b,c,i,j] * x[b, c, rows[s*i+u], cols[s*j+v]]``
-    (sum over b for a shared kernel). Same tables as the forward.
+    with the forward's tables, accumulated in float64.
     """
-    g = grad_out.detach().to(x.dtype).contiguous()
+    g = grad_out.to(x.dtype).contiguous()
+    rows, cols = _tables(x, kh, kw, scale, border, *g.shape[-2:])
     out = torch.empty((x.shape[0], kh, kw), dtype=torch.float64)
     with _threads_for(g.numel() * kh * kw):
         _kernel_grad(_poly(x, scale, cols), g.numpy(), rows, scale, out.numpy())
     return out
+
+
+def downscale(
+    x: torch.Tensor, kernel: torch.Tensor, scale: int, border: str = "reflect"
+) -> torch.Tensor:
+    """Numba CPU :func:`kgengine.ops.downscale` (same arguments, CPU tensors).
+
+    Splits the columns into ``s`` poly-phase planes, then sums contiguous row segments
+    (SIMD over output columns); the kernel gradient of the backward runs here too.
+    """
+    return _custom.downscale(
+        _downscale_fill, x, kernel, scale, border, kernel_grad=_kernel_grad_fill
+    )

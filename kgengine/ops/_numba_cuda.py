@@ -1,4 +1,7 @@
-"""Numba CUDA kernels of the ops; imported lazily by the ops.
+"""The ``numba_cuda`` backend: Numba CUDA kernels of the ops, with the public ops' signatures.
+
+Imported lazily through the table of :mod:`kgengine.ops.backend`. The launch geometry is
+the CuPy backend's (:mod:`kgengine.ops._launch`).
 
 CUDA tensors are handed over zero-copy (``numba.cuda.as_cuda_array`` reads
 ``__cuda_array_interface__``) and the kernels run on PyTorch's current stream. Host (CPU)
@@ -9,23 +12,20 @@ simulator (``NUMBA_ENABLE_CUDASIM=1``), which is how the kernels are tested with
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 import torch
 from numba import cuda
 
-from kgengine.ops.rng import STREAM_D_NOISE, STREAM_D_POS, STREAM_G_POS, make_scalar_rng
+import kgengine.ops._custom as _custom
+from kgengine.ops._launch import patches_geometry, pixel_geometry
+from kgengine.ops._spec import PatchBatch, make_crop_origin
+from kgengine.ops.rng import STREAM_D_NOISE, make_scalar_rng
 
 _hash32, _uniform, _normal = make_scalar_rng(cuda.jit(device=True))
+_crop_origin = make_crop_origin(cuda.jit(device=True), _uniform)
 
-THREADS = 256
 _NP_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
-
-
-def _threads(work: int) -> int:
-    """Threads per block: 256, or fewer (a multiple of 32) for tiny launches (simulator)."""
-    return min(THREADS, max(32, 32 * math.ceil(work / 32)))
 
 
 @cuda.jit(device=True)
@@ -50,25 +50,11 @@ def _patches_kernel(images, cdf, sizes, seeds, iteration, noise_std, g_out, d_ou
     seed = int(seeds[b])
     size = g_out.shape[2] if kind == 0 else d_out.shape[2]
     if cuda.threadIdx.x == 0:
-        n = cdf.shape[2]
-        stream = STREAM_G_POS if kind == 0 else STREAM_D_POS
-        target = _uniform(seed, stream, iteration, 0) * cdf[b, kind, n - 1]
-        lo = 0
-        hi = n
-        while lo < hi:  # first index with cdf > target
-            mid = (lo + hi) // 2
-            if cdf[b, kind, mid] > target:
-                hi = mid
-            else:
-                lo = mid + 1
-        flat = min(lo, n - 1)
-        width = images.shape[3]
-        row = flat // width
-        col = flat - row * width
-        top = min(max(0, row - size // 2), sizes[b, 0] - size)
-        left = min(max(0, col - size // 2), sizes[b, 1] - size)
-        origin[0] = top - top % 2
-        origin[1] = left - left % 2
+        top, left = _crop_origin(
+            cdf, b, kind, iteration, seed, sizes[b, 0], sizes[b, 1], images.shape[3], size
+        )
+        origin[0] = top
+        origin[1] = left
         if cuda.blockIdx.x == 0:
             tl = g_tl if kind == 0 else d_tl
             tl[b, 0] = origin[0]
@@ -108,40 +94,31 @@ def _host(dev, like: torch.Tensor, out: torch.Tensor) -> torch.Tensor:  # noqa: 
     return torch.from_numpy(dev.copy_to_host())
 
 
-def sample_patches(
-    images: torch.Tensor,
-    cdf: torch.Tensor,
-    sizes_hw: torch.Tensor,
-    seeds: torch.Tensor,
-    iteration: int,
-    g_size: int,
-    d_size: int,
-    noise_std: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Numba CUDA ``sample_patches`` on validated tensors; see :mod:`kgengine.ops.patches`."""
+def _patches_fill(
+    images: torch.Tensor, cdf: torch.Tensor, sizes: torch.Tensor, seeds: torch.Tensor,
+    iteration: int, noise_std: float, outs: PatchBatch,
+) -> PatchBatch:  # fmt: skip
+    """``PatchesFill`` (:mod:`kgengine.ops._custom`): :func:`_patches_kernel` into ``outs``
+    (CUDA tensors), or into device copies that come back as new host tensors."""
     bsz, chans = images.shape[:2]
-    dev = images.device
-    outs = [
-        torch.empty((bsz, chans, g_size, g_size), dtype=images.dtype, device=dev),
-        torch.empty((bsz, chans, d_size, d_size), dtype=images.dtype, device=dev),
-        torch.empty((bsz, 2), dtype=torch.int64, device=dev),
-        torch.empty((bsz, 2), dtype=torch.int64, device=dev),
-    ]
+    grid, block = patches_geometry(bsz, chans, outs.g_crops.shape[-1], outs.d_crops.shape[-1])
     douts = [_dev(t) for t in outs]
-    work = chans * max(g_size, d_size) ** 2
-    tpb = _threads(work)
-    grid = (math.ceil(work / tpb), 2, bsz)
     with _device_ctx(images):
-        _patches_kernel[grid, tpb, _stream(images)](
-            _dev(images),
-            _dev(cdf),
-            _dev(sizes_hw),
-            _dev(seeds),
-            int(iteration),
-            float(noise_std),
-            *douts,
+        _patches_kernel[grid, block, _stream(images)](
+            _dev(images), _dev(cdf), _dev(sizes), _dev(seeds), iteration, noise_std, *douts
         )
-    return tuple(_host(d, images, t) for d, t in zip(douts, outs, strict=True))
+    return PatchBatch(*(_host(d, images, t) for d, t in zip(douts, outs, strict=True)))
+
+
+def sample_patches(
+    images: torch.Tensor, cdf: torch.Tensor, sizes_hw: torch.Tensor, seeds: torch.Tensor,
+    iteration: int, g_size: int, d_size: int, noise_std: float,
+) -> PatchBatch:  # fmt: skip
+    """Numba CUDA :func:`kgengine.ops.sample_patches` (same arguments; CUDA tensors, or host
+    tensors under the simulator): one block per (chunk, kind, image)."""
+    return _custom.sample_patches(
+        _patches_fill, images, cdf, sizes_hw, seeds, iteration, g_size, d_size, noise_std
+    )
 
 
 # ----------------------------------------------------------------------------- downscale
@@ -198,18 +175,21 @@ class _device_ctx:  # noqa: N801 - used like a function
             self.ctx.__exit__(*exc)
 
 
-def downscale(
-    x: torch.Tensor, k: torch.Tensor, scale: int, reflect: bool, out_h: int, out_w: int
+def _downscale_fill(
+    x: torch.Tensor, k: torch.Tensor, scale: int, border: str, out: torch.Tensor
 ) -> torch.Tensor:
-    """Numba CUDA strided correlation; ``k`` is (1 or B, kh, kw) in x's dtype/device."""
-    bsz, chans = x.shape[:2]
-    out = torch.empty((bsz, chans, out_h, out_w), dtype=x.dtype, device=x.device)
+    """``DownscaleFill`` (:mod:`kgengine.ops._custom`): one thread per pixel of ``out``."""
     dout = _dev(out)
-    work = out.numel()
-    tpb = _threads(work)
+    grid, block = pixel_geometry(out.numel())
     with _device_ctx(x):
         kernel = _downscale_kernel(_NP_DTYPE[x.dtype])
-        kernel[math.ceil(work / tpb), tpb, _stream(x)](
-            _dev(x), _dev(k), int(scale), bool(reflect), dout
-        )
+        kernel[grid, block, _stream(x)](_dev(x), _dev(k), int(scale), border == "reflect", dout)
     return _host(dout, x, out)
+
+
+def downscale(
+    x: torch.Tensor, kernel: torch.Tensor, scale: int, border: str = "reflect"
+) -> torch.Tensor:
+    """Numba CUDA :func:`kgengine.ops.downscale` (same arguments; CUDA tensors, or host
+    tensors under the simulator): one thread per output pixel, accumulating in x's dtype."""
+    return _custom.downscale(_downscale_fill, x, kernel, scale, border)

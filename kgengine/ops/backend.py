@@ -1,8 +1,18 @@
-"""Backend selection for the custom ops: chosen once per (op, device type), overridable.
+"""Backend selection for the custom ops: one table, one interface, chosen once per caller.
 
-Backends: ``"torch"`` (the plain PyTorch reference, any device), ``"numba"`` (Numba CPU,
-CPU tensors), ``"numba_cuda"`` (Numba CUDA, CUDA tensors), ``"cupy"`` (CuPy ``RawModule``
-kernels from ``kernels/*.cu``, CUDA tensors).
+Backends (:data:`MODULES`): ``"torch"`` (:mod:`kgengine.ops._torch`, the plain PyTorch
+reference, any device), ``"numba"`` (:mod:`kgengine.ops._numba_cpu`, CPU tensors),
+``"numba_cuda"`` (:mod:`kgengine.ops._numba_cuda`, CUDA tensors), ``"cupy"``
+(:mod:`kgengine.ops._cupy`, CuPy ``RawModule`` kernels from ``kernels/*.cu``, CUDA tensors).
+Every backend module defines each op of :data:`OPS` under the op's name with the public
+op's signature (without ``backend=``), so :func:`resolve` hands back a function that the
+caller keeps and calls many times::
+
+    sample = resolve("sample_patches", device)   # once
+    batch = sample(images, cdf, sizes_hw, seeds, it, g_size, d_size, noise_std)  # each step
+
+The backend modules are imported on first use (importing :mod:`kgengine.ops` does not
+import Numba or CuPy).
 
 Automatic choice:
 
@@ -14,22 +24,33 @@ Automatic choice:
 - CUDA tensors: ``"cupy"`` if CuPy imports, sees a device and compiles the kernels, else
   ``"numba_cuda"`` if ``numba.cuda.is_available()``, else ``"torch"``.
 
-Override: the ``backend=`` argument of an op, else the environment variable
-``KGENGINE_OPS_BACKEND`` (read at each call). A requested backend that is unknown raises
-``ValueError``; one that is not available, or does not run on the tensor's device (e.g.
-``"numba"`` for a CUDA tensor), falls back to ``"torch"`` with one ``RuntimeWarning`` per
-(backend, device type).
+Override: the ``backend=`` argument of an op or of :func:`resolve`, else the environment
+variable ``KGENGINE_OPS_BACKEND`` (read at each resolution: at each call of a public op, once
+for a function from :func:`resolve`). A requested backend that is unknown raises
+``ValueError``; one that is not available, or does not run on the device (e.g. ``"numba"``
+for CUDA), falls back to ``"torch"`` with one ``RuntimeWarning`` per (backend, device type).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import warnings
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
 
 import torch
 
-BACKENDS = ("torch", "numba", "numba_cuda", "cupy")
+#: Module of each backend; each defines every op of :data:`OPS` with the public signature.
+MODULES = {
+    "torch": "kgengine.ops._torch",
+    "numba": "kgengine.ops._numba_cpu",
+    "numba_cuda": "kgengine.ops._numba_cuda",
+    "cupy": "kgengine.ops._cupy",
+}
+BACKENDS = tuple(MODULES)
 OPS = ("downscale", "sample_patches")
 ENV_VAR = "KGENGINE_OPS_BACKEND"
 
@@ -78,13 +99,16 @@ def availability(name: str) -> tuple[bool, str]:
         if count < 1:
             return False, "no CUDA device"
         try:
-            from kgengine.ops import _cupy
-
-            _cupy.load_modules()
+            _module("cupy").load_modules()
         except Exception as exc:
             return False, f"kernels/*.cu do not compile ({type(exc).__name__}: {exc})"
         return True, f"cupy {cupy.__version__}, {count} device(s)"
     raise ValueError(f"backend: expected one of {BACKENDS}, got {name!r}")
+
+
+def _module(name: str) -> ModuleType:
+    """The backend module of ``name`` (imported on first use)."""
+    return importlib.import_module(MODULES[name])
 
 
 def _runs_on(name: str, device_type: str) -> bool:
@@ -106,18 +130,20 @@ def auto_backend(op: str, device_type: str) -> str:
     return "torch"
 
 
-def resolve(op: str, device: torch.device | str, requested: str | None = None) -> str:
-    """The backend that runs ``op`` on ``device``: ``requested``, else the env var, else auto.
+def backend_name(op: str, device: torch.device | str, backend: str | None = None) -> str:
+    """The backend that runs ``op`` on ``device``: ``backend``, else the env var, else auto.
 
     An unknown name raises ``ValueError``; an unusable one falls back to ``"torch"`` with one
-    warning per (name, device type).
+    ``RuntimeWarning`` per (name, device type).
     """
+    if op not in OPS:
+        raise ValueError(f"op: expected one of {OPS}, got {op!r}")
     device_type = torch.device(device).type
-    name = requested or os.environ.get(ENV_VAR, "").strip() or None
+    name = backend or os.environ.get(ENV_VAR, "").strip() or None
     if name is None:
         return auto_backend(op, device_type)
     if name not in BACKENDS:
-        source = "backend" if requested else ENV_VAR
+        source = "backend" if backend else ENV_VAR
         raise ValueError(f"{source}: expected one of {BACKENDS}, got {name!r}")
     if not _runs_on(name, device_type):
         reason = f"it does not run on {device_type} tensors"
@@ -130,9 +156,27 @@ def resolve(op: str, device: torch.device | str, requested: str | None = None) -
         warnings.warn(
             f"kgengine ops: backend {name!r} unavailable ({reason}); using 'torch'",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     return "torch"
+
+
+def resolve(
+    op: str, device: torch.device | str, backend: str | None = None
+) -> Callable[..., Any]:
+    """The function that runs ``op`` on tensors of ``device``, to keep and call many times.
+
+    The backend is chosen by :func:`backend_name` (``backend``, else
+    ``KGENGINE_OPS_BACKEND``, else automatic; fallback to ``"torch"`` with one warning).
+    The function has the public op's signature without ``backend=``: for ``"downscale"``
+    ``(x, kernel, scale, border="reflect") -> Tensor`` like :func:`kgengine.ops.downscale`,
+    for ``"sample_patches"`` ``(images, cdf, sizes_hw, seeds, iteration, g_size, d_size,
+    noise_std) -> PatchBatch`` like :func:`kgengine.ops.sample_patches`.
+
+    >>> resolve("downscale", "cpu", "torch").__module__
+    'kgengine.ops._torch'
+    """
+    return getattr(_module(backend_name(op, device, backend)), op)
 
 
 def backend_report() -> dict[str, str]:

@@ -1,8 +1,9 @@
 """Counter-based random numbers: every draw is a pure function of (seed, stream, counter, index).
 
-The same formula runs in every backend (PyTorch, NumPy, Numba CPU, Numba CUDA, CUDA C for
-CuPy), so a per-image random stream does not depend on the backend nor on how images are
-batched. All arithmetic is on 32-bit words (``M = 0xFFFFFFFF``):
+The same formula runs in every backend (PyTorch here, Numba CPU and Numba CUDA through
+:func:`make_scalar_rng`, CUDA C for CuPy in ``kernels/rng.cu``; the tests add a NumPy twin,
+``tests/rng_numpy.py``), so a per-image random stream does not depend on the backend nor on
+how images are batched. All arithmetic is on 32-bit words (``M = 0xFFFFFFFF``):
 
 ``fmix32`` (murmur3's finaliser, a bijection on 32-bit words)::
 
@@ -40,7 +41,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 #: Streams of the KernelGAN data path (one per use, so draws never collide).
@@ -117,65 +117,6 @@ def normal(seed: IntLike, stream: int, counter: IntLike, index: IntLike) -> torc
     u1 = uniform(seed, stream, counter, 2 * index)
     u2 = uniform(seed, stream, counter, 2 * index + 1)
     return torch.sqrt(-2.0 * torch.log1p(-u1)) * torch.cos(TWO_PI * u2)
-
-
-# ---------------------------------------------------------------------------------- numpy
-def _mul32_np(a: np.ndarray, m: int) -> np.ndarray:
-    return (a * np.uint64(m)) & np.uint64(MASK32)  # < 2^64: exact in uint64
-
-
-def fmix32_np(h: np.ndarray) -> np.ndarray:
-    """murmur3 ``fmix32`` on a uint64 array of 32-bit words."""
-    h = h ^ (h >> np.uint64(16))
-    h = _mul32_np(h, MUL1)
-    h = h ^ (h >> np.uint64(13))
-    h = _mul32_np(h, MUL2)
-    return h ^ (h >> np.uint64(16))
-
-
-def _lead_np(t: int | np.ndarray, ndim: int) -> np.ndarray:
-    t = np.asarray(t, dtype=np.int64)
-    if 0 < t.ndim < ndim:
-        t = t.reshape(t.shape + (1,) * (ndim - t.ndim))
-    return t
-
-
-def _word(t: np.ndarray) -> np.ndarray:
-    return (np.asarray(t, dtype=np.int64) & MASK32).astype(np.uint64)
-
-
-def hash32_np(
-    seed: int | np.ndarray, stream: int, counter: int | np.ndarray, index: int | np.ndarray
-) -> np.ndarray:
-    """NumPy twin of :func:`hash32_torch`; returns int64 values in ``[0, 2^32)``."""
-    index = np.atleast_1d(np.asarray(index, dtype=np.int64))
-    nd = index.ndim
-    seed_a = _lead_np(seed, nd)
-    ctr = _lead_np(counter, nd)
-    key = np.atleast_1d(np.uint64(KEY0))
-    key = fmix32_np(key ^ _word(seed_a))
-    key = fmix32_np(key ^ _word(seed_a >> 32))
-    key = fmix32_np(key ^ np.uint64(int(stream) & MASK32))
-    key = fmix32_np(key ^ _word(ctr))
-    h = fmix32_np(key ^ _word(index))
-    return fmix32_np((h + key) & np.uint64(MASK32)).astype(np.int64)
-
-
-def uniform_np(
-    seed: int | np.ndarray, stream: int, counter: int | np.ndarray, index: int | np.ndarray
-) -> np.ndarray:
-    """NumPy twin of :func:`uniform` (float64 array)."""
-    return hash32_np(seed, stream, counter, index).astype(np.float64) * INV_2_32
-
-
-def normal_np(
-    seed: int | np.ndarray, stream: int, counter: int | np.ndarray, index: int | np.ndarray
-) -> np.ndarray:
-    """NumPy twin of :func:`normal` (float64 array)."""
-    index = np.asarray(index, dtype=np.int64)
-    u1 = uniform_np(seed, stream, counter, 2 * index)
-    u2 = uniform_np(seed, stream, counter, 2 * index + 1)
-    return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(TWO_PI * u2)
 
 
 # ------------------------------------------------------------------- scalar (Numba) factory

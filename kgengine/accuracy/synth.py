@@ -1,4 +1,4 @@
-"""A seeded synthetic benchmark in the DIV2KRK layout (ALGORITHM.md section 8).
+"""A seeded synthetic benchmark in the DIV2KRK layout (docs/ALGORITHM.md section 8).
 
 For image ``N`` (1-based, like DIV2KRK) the random generator is
 ``numpy.random.default_rng([seed, N])``, so every image is reproducible on its own and the
@@ -31,7 +31,7 @@ Layout written under ``out_dir`` (every file atomically)::
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,10 +39,11 @@ import numpy as np
 
 from kgengine.atomic import save_json, save_mat
 from kgengine.degrade import degrade
+from kgengine.hooks import JobHooks
 from kgengine.imageio import read_image, write_png
 from kgengine.kernel import analytic_x4, anisotropic_gaussian
 
-#: The DIV2KRK recipe (ALGORITHM.md section 8).
+#: The DIV2KRK recipe (docs/ALGORITHM.md section 8).
 KERNEL_SIZE = 11
 VAR_RANGE = (0.6, 5.0)
 NOISE_LEVEL = 0.25
@@ -112,7 +113,7 @@ def make_div2krk_like(
     kernel_size: int = KERNEL_SIZE,
     var_range: tuple[float, float] = VAR_RANGE,
     noise_level: float = NOISE_LEVEL,
-    progress: Callable[[int, int, str], None] | None = None,
+    hooks: JobHooks | None = None,
 ) -> list[dict]:
     """Write a DIV2KRK-layout synthetic set (see the module docstring) and return its manifest.
 
@@ -122,7 +123,8 @@ def make_div2krk_like(
         out_dir: output folder (created).
         seed: set seed; image ``N`` uses ``default_rng([seed, N])``.
         n: number of images (all when ``None``).
-        progress: called as ``progress(done, total, name)`` after each image.
+        hooks: progress: ``total(n)`` once, then ``item_finished("im_N", "done", "")``
+            after each image.
     Returns:
         One dict per image: ``index``, ``name``, ``source``, ``hr_shape``, the kernel
         parameters. The same list is saved to ``out_dir/synth.json``.
@@ -130,7 +132,9 @@ def make_div2krk_like(
         BadImageError: an HR image is unreadable or smaller than 64 px a side.
     """
     out = Path(out_dir)
+    hooks = hooks or JobHooks()
     chosen = select_evenly([Path(p) for p in hr_paths], n)
+    hooks.total(len(chosen))
     manifest: list[dict] = []
     for index, src in enumerate(chosen, start=1):
         hr = crop_to_multiple(read_image(src, min_size=64).astype(np.float64))
@@ -152,8 +156,7 @@ def make_div2krk_like(
                 **asdict(params),
             }
         )
-        if progress is not None:
-            progress(index, len(chosen), name)
+        hooks.item_finished(name, "done", "")
     save_json(
         out / "synth.json",
         {

@@ -8,14 +8,17 @@ only cross-thread dependency (thread 0 writes the crop origin to shared memory b
 ``__syncthreads()``) is met because thread 0 runs first. Arguments are passed the way
 ``cuLaunchKernel`` takes them (an array of pointers to the values) and come from the same
 launch configurations as the CuPy backend (:mod:`kgengine.ops._launch`), so the tests cover
-the CuPy path's arguments too. Used by the tests only; needs a C++17 compiler.
+the CuPy path's arguments too. Needs a C++17 compiler.
+
+The library is built once per process in a fresh private directory (``tempfile.mkdtemp``,
+mode 0700, random name), loaded from there and the directory removed; nothing is read back
+from a predictable path.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import re
 import shutil
 import subprocess
@@ -76,12 +79,8 @@ def _symbol(name: str) -> str:
     return "run_" + re.sub(r"\W+", "_", name).strip("_")
 
 
-@functools.cache
-def load() -> ctypes.CDLL:
-    """Compile (once per process) the kernels for the host; raises if no compiler."""
-    cxx = compiler()
-    if cxx is None:
-        raise RuntimeError("no C++ compiler (g++ or clang++) on PATH")
+def _source() -> str:
+    """The kernels' sources after the prelude, with one ``extern "C"`` launcher per instance."""
     code = PRELUDE + "\n".join(kernel_source(s) for s in SOURCES) + LAUNCHER
     for kern in KERNELS:
         for t in CTYPE.values():
@@ -90,19 +89,22 @@ def load() -> ctypes.CDLL:
                 f'extern "C" void {sym}(const unsigned int* g, void** p) '
                 f"{{ kg_launch(&{kern}<{t}>, g, p); }}\n"
             )
-    tag = hashlib.sha256(code.encode()).hexdigest()[:16]
-    out_dir = Path(tempfile.gettempdir()) / f"kgengine_cuda_host_{tag}"
-    lib = out_dir / "kernels.so"
-    if not lib.exists():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        src = out_dir / "kernels.cpp"
-        src.write_text(code, encoding="utf-8")
-        tmp = out_dir / f"kernels.{id(code)}.so"
+    return code
+
+
+@functools.cache
+def load() -> ctypes.CDLL:
+    """Compile (once per process) the kernels for the host; raises if no compiler."""
+    cxx = compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler (g++ or clang++) on PATH")
+    with tempfile.TemporaryDirectory(prefix="kgengine_cuda_host_") as tmp:
+        src, lib = Path(tmp) / "kernels.cpp", Path(tmp) / "kernels.so"
+        src.write_text(_source(), encoding="utf-8")
         cmd = [cxx, "-std=c++17", "-O1", "-ffp-contract=off", "-shared", "-fPIC",
-               str(src), "-o", str(tmp)]  # fmt: skip
+               str(src), "-o", str(lib)]  # fmt: skip
         subprocess.run(cmd, check=True, capture_output=True, text=True)
-        tmp.replace(lib)
-    return ctypes.CDLL(str(lib))
+        return ctypes.CDLL(str(lib))  # stays mapped after the directory is removed
 
 
 def _cvalue(a: object) -> ctypes._SimpleCData:

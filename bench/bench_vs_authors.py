@@ -1,0 +1,192 @@
+"""Benchmark: kgengine vs the authors' KernelGAN, same LR images and seeds, same metrics.
+
+The reference (``../shared/baseline``, the authors' code on CPU) is slow, so its kernels
+come from ``bench/data/authors_kernels.json`` (made by ``bench/run_authors.py``, which this
+script can call first with ``--run-authors``). kgengine's kernels for each variant are kept
+in ``bench/data/kgengine_<variant>.json`` (resumable: a run is never redone). Both are then
+scored with kgengine's metrics against the true kernels of the development set
+(``bench/devset.py``: 20 seeded DIV2KRK-like images, 16 of them Urban100 at full size):
+
+- aligned kernel PSNR (best sub-pixel shift within ±1.5 px) on one canvas per scale (the
+  largest kernel of the comparison, so every method is measured on the same canvas);
+- LR re-synthesis PSNR (HR degraded with the estimate vs the true LR, best phase);
+- how many runs lose to the fixed isotropic Gaussian (σ = 1.3; its analytic x4 at x4).
+
+Only (scale, image, seed) runs that the reference has are compared (paired), unless
+``--all``. Variants: ``default`` (kgengine's defaults), ``authors`` (``--authors-defects``),
+or ``NAME:key=value,key=value`` (config overrides, for ablations).
+
+Run: ``python bench/bench_vs_authors.py [--variants default,authors] [--batch 8]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from scipy.io import loadmat
+
+from kgengine.atomic import save_json, save_text
+from kgengine.config import KernelGANConfig, parse_overrides
+from kgengine.imageio import read_image
+from kgengine.kernel import analytic_x4, common_size, gaussian_kernel
+from kgengine.metrics import aligned_kernel_psnr, lr_resynthesis_psnr
+from kgengine.sysinfo import machine_line
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from devset import DEFAULT_OUT, ensure_devset  # noqa: E402
+from run_authors import RESULTS as AUTHORS_RESULTS  # noqa: E402
+from run_authors import job_key, job_order, load_results  # noqa: E402
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def variant_config(spec: str) -> tuple[str, KernelGANConfig]:
+    """``default`` | ``authors`` | ``NAME:key=value,...`` -> (name, config)."""
+    if spec == "default":
+        return spec, KernelGANConfig()
+    if spec == "authors":
+        return spec, KernelGANConfig.authors()
+    name, _, sets = spec.partition(":")
+    base = KernelGANConfig.authors() if name.startswith("authors") else KernelGANConfig()
+    return name, base.replace(**parse_overrides([s for s in sets.split(",") if s]))
+
+
+def run_kgengine(devset: Path, jobs: list[tuple[int, str, int]], name: str,
+                 cfg: KernelGANConfig, batch: int, iters: int | None) -> dict:
+    """Estimate the missing ``jobs`` with ``cfg``, ``batch`` runs at a time; resumable."""
+    from kgengine.api import estimate_kernels
+
+    path = DATA / f"kgengine_{name}.json"
+    store = json.loads(path.read_text()) if path.exists() else {
+        "variant": name, "config": cfg.to_dict(), "runs": {}}
+    todo = [j for j in jobs if job_key(*j) not in store["runs"]]
+    by_scale = defaultdict(list)
+    for j in todo:
+        by_scale[j[0]].append(j)
+    for scale, group in by_scale.items():
+        for start in range(0, len(group), batch):
+            chunk = group[start : start + batch]
+            t0 = time.perf_counter()
+            res = estimate_kernels([devset / f"lr_x{scale}" / f"{n}.png" for _, n, _ in chunk],
+                                   seeds=[s for _, _, s in chunk], x4=scale == 4, config=cfg,
+                                   iters=iters, device="cpu", on_diverge="return")
+            sec = (time.perf_counter() - t0) / len(chunk)
+            for job, r in zip(chunk, res, strict=True):
+                k = getattr(r, "kernel_x4" if scale == 4 else "kernel_x2", None)
+                store["runs"][job_key(*job)] = {
+                    "kernel": None if k is None else np.round(k, 9).tolist(),
+                    "seconds_per_run": round(sec, 1), "batch": len(chunk)}
+            save_json(path, store)
+            print(f"{name}: {len(store['runs'])} runs ({sec:.0f} s/run)", flush=True)
+    return store
+
+
+def score(devset: Path, runs: dict[str, dict[str, list]], jobs, canvas: dict[int, int]) -> list:
+    """One row per job: aligned kernel PSNR and LR re-synthesis PSNR of every method."""
+    rows, cache = [], {}
+    for scale, name, seed in jobs:
+        idx = name.split("_")[1]
+        if (scale, name) not in cache:
+            gt = np.asarray(loadmat(devset / f"gt_k_x{scale}" / f"kernel_{idx}.mat")["Kernel"])
+            cache[(scale, name)] = (gt, read_image(devset / "gt" / f"{name}.png"),
+                                    read_image(devset / f"lr_x{scale}" / f"{name}.png"))
+        gt, hr, lr = cache[(scale, name)]
+        row = {"scale": scale, "image": name, "seed": seed}
+        for method, kernels in runs.items():
+            k = kernels.get(job_key(scale, name, seed))
+            if k is None:
+                continue
+            k = np.asarray(k, dtype=np.float64)
+            row[method] = aligned_kernel_psnr(k, gt, size=canvas[scale]).psnr
+            row[method + " resynth"] = lr_resynthesis_psnr(hr, lr, k, scale).psnr
+        rows.append(row)
+    return rows
+
+
+def seed_spread(sub: list[dict], method: str) -> float:
+    """Mean over images of the standard deviation across seeds of ``method``'s PSNR."""
+    by_image = defaultdict(list)
+    for r in sub:
+        by_image[r["image"]].append(r[method])
+    stds = [np.std(v) for v in by_image.values() if len(v) > 1]
+    return float(np.mean(stds)) if stds else float("nan")
+
+
+def summarise(rows: list[dict], methods: list[str], baseline: str) -> str:
+    """Markdown: per scale and method: mean aligned PSNR, seed spread, re-synthesis, losses."""
+    out = []
+    for scale in sorted({r["scale"] for r in rows}):
+        sub = [r for r in rows if r["scale"] == scale and all(m in r for m in methods)]
+        if not sub:
+            continue
+        seeds = sorted({r["seed"] for r in sub})
+        out += [f"\n**x{scale}**: {len(sub)} paired runs, {len({r['image'] for r in sub})} "
+                f"images, seeds {seeds}\n",
+                "| method | aligned kernel PSNR (dB) | per-seed means | seed spread (std) "
+                f"| LR re-synthesis PSNR | runs below {baseline} |",
+                "|---|---:|---:|---:|---:|---:|"]
+        for m in methods:
+            mean = np.mean([r[m] for r in sub])
+            per_seed = ", ".join(f"{np.mean([r[m] for r in sub if r['seed'] == s]):.2f}"
+                                 for s in seeds)
+            below = "–" if m == baseline else str(sum(r[m] < r[baseline] for r in sub))
+            resynth = np.mean([r[m + " resynth"] for r in sub])
+            out.append(f"| {m} | {mean:.2f} | {per_seed} | {seed_spread(sub, m):.2f} "
+                       f"| {resynth:.2f} | {below} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--variants", default="default", help="comma list (see the module doc)")
+    p.add_argument("--batch", type=int, default=8, help="kgengine runs trained at once")
+    p.add_argument("--iters", type=int, default=None, help="iterations (default 3000)")
+    p.add_argument("--all", action="store_true", help="also jobs the reference has not run")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--scales", default="2,4")
+    p.add_argument("--run-authors", type=Path, default=None, metavar="BASELINE_DIR",
+                   help="first run the missing reference jobs (slow: 7-10 min each)")
+    p.add_argument("--devset", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--out", type=Path, default=DATA / "vs_authors.md")
+    args = p.parse_args(argv)
+
+    devset = ensure_devset(args.devset)
+    if args.run_authors is not None:
+        from run_authors import main as run_authors_main
+
+        run_authors_main(["--baseline", str(args.run_authors), "--devset", str(devset)])
+    names = [m["name"] for m in json.loads((devset / "synth.json").read_text())["images"]]
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    scales = tuple(int(s) for s in args.scales.split(","))
+    authors = {k: v["kernel"] for k, v in load_results(AUTHORS_RESULTS)["runs"].items()}
+    jobs = [j for j in job_order(names, seeds, scales) if args.all or job_key(*j) in authors]
+    runs: dict[str, dict] = {"authors' code": authors}
+    for spec in args.variants.split(","):
+        name, cfg = variant_config(spec)
+        store = run_kgengine(devset, jobs, name, cfg, args.batch, args.iters)
+        runs[f"kgengine {name}"] = {k: v["kernel"] for k, v in store["runs"].items()
+                                    if v["kernel"] is not None}
+    iso = {2: gaussian_kernel(13, 1.3)}
+    iso[4] = analytic_x4(iso[2])
+    baseline = "isotropic σ=1.3"
+    runs[baseline] = {job_key(s, n, seed): iso[s] for s, n, seed in jobs}
+    canvas = {s: common_size(*[np.asarray(k) for m in runs.values() for key, k in m.items()
+                               if key.startswith(f"x{s}/")]) for s in scales}
+    rows = score(devset, runs, jobs, canvas)
+    text = (f"# kgengine vs the authors' code\n\nMachine: {machine_line('cpu')}. Canvas: "
+            + ", ".join(f"x{s} {c}×{c}" for s, c in canvas.items()) + "\n"
+            + summarise(rows, list(runs), baseline) + "\n")
+    save_text(args.out, text)
+    save_json(args.out.with_suffix(".json"), rows)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

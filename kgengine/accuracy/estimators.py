@@ -1,0 +1,135 @@
+"""The estimator protocol of the accuracy job: a list of (LR image, seed) jobs -> kernels.
+
+The job hands every estimator the missing runs in chunks of at most ``batch`` jobs, so
+batching is the same for every estimator:
+
+- :func:`kernelgan_estimator` (the default) trains a chunk together in one batched model
+  (:func:`kgengine.api.estimate_kernels`; the kernels do not depend on the chunking);
+- :func:`per_image` adapts a one-image estimator with the signature of
+  :func:`kgengine.api.estimate_kernel` (a test double, another method) by looping over the
+  chunk.
+
+>>> est = per_image(my_estimate_kernel)                                   # doctest: +SKIP
+>>> est([("lr_x2/im_1.png", 0)], x4=False, iters=None, device="cpu", config=cfg)  # doctest: +SKIP
+[EstimateResult(name='im_1', kernel_x2=array(...), ...)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from kgengine.config import KernelGANConfig
+from kgengine.errors import KGEngineError
+
+#: One estimation: (path of the LR image, seed).
+Job = tuple[str, int]
+
+
+class KernelResult(Protocol):
+    """What an estimator returns per job (:class:`kgengine.api.EstimateResult` is one).
+
+    Attributes:
+        kernel_x2: (h, w) x2 kernel, any float dtype (stored as float64, normalised to sum 1).
+        kernel_x4: (h4, w4) x4 kernel when asked for (``x4=True``), else None.
+        report: JSON-able dict; its ``ms_per_iter`` is reported.
+    """
+
+    kernel_x2: Any
+    kernel_x4: Any
+    report: dict[str, Any]
+
+
+class BatchEstimator(Protocol):
+    """The one estimator protocol of :func:`kgengine.accuracy.run_eval`.
+
+    Called with a chunk of jobs, it returns one entry per job, in order: a
+    :class:`KernelResult`, or the exception that made that job fail (the others are kept).
+    Raising fails the whole chunk; the job then retries its jobs one at a time.
+    ``callback(steps_done)``, when given, reports training progress within the chunk.
+    """
+
+    def __call__(
+        self,
+        jobs: Sequence[Job],
+        *,
+        x4: bool,
+        iters: int | None,
+        device: str,
+        config: KernelGANConfig,
+        callback: Callable[[int], None] | None = None,
+    ) -> list[KernelResult | Exception]: ...
+
+
+class ImageEstimator(Protocol):
+    """A one-image estimator: the signature of :func:`kgengine.api.estimate_kernel`."""
+
+    def __call__(
+        self, lr_path: str, *, x4: bool, iters: int | None, seed: int, device: str,
+        config: KernelGANConfig,
+    ) -> KernelResult: ...
+
+
+def per_image(estimate: ImageEstimator) -> BatchEstimator:
+    """Adapt a one-image estimator to :class:`BatchEstimator`: one call per job, in order.
+
+    An exception of one call becomes that job's entry; the progress callback is not used.
+    """
+
+    def estimate_chunk(
+        jobs: Sequence[Job],
+        *,
+        x4: bool,
+        iters: int | None,
+        device: str,
+        config: KernelGANConfig,
+        callback: Callable[[int], None] | None = None,
+    ) -> list[KernelResult | Exception]:
+        out: list[KernelResult | Exception] = []
+        for path, seed in jobs:
+            try:
+                out.append(
+                    estimate(path, x4=x4, iters=iters, seed=seed, device=device, config=config)
+                )
+            except Exception as exc:  # noqa: BLE001 - one bad image must not stop the others
+                out.append(exc)
+        return out
+
+    return estimate_chunk
+
+
+def kernelgan_estimator(
+    jobs: Sequence[Job],
+    *,
+    x4: bool,
+    iters: int | None,
+    device: str,
+    config: KernelGANConfig,
+    callback: Callable[[int], None] | None = None,
+) -> list[KernelResult | Exception]:
+    """KernelGAN on a chunk of jobs, trained together (:func:`kgengine.api.estimate_kernels`).
+
+    A diverged job's entry is its :class:`~kgengine.errors.TrainingDivergedError`.
+
+    Raises:
+        KGEngineError: the estimator cannot be imported, or an image of the chunk is unusable.
+    """
+    try:
+        from kgengine.api import estimate_kernels
+    except ImportError as exc:
+        raise KGEngineError(f"the KernelGAN estimator is not available ({exc})") from None
+    return estimate_kernels(
+        [path for path, _ in jobs],
+        seeds=[seed for _, seed in jobs],
+        x4=x4,
+        iters=iters,
+        device=device,
+        config=config,
+        callback=callback,
+        on_diverge="return",
+    )
+
+
+def default_estimator() -> BatchEstimator:
+    """The estimator :func:`kgengine.accuracy.run_eval` uses when given none: KernelGAN."""
+    return kernelgan_estimator

@@ -1,0 +1,98 @@
+"""The resumable run store: one JSON file per finished (image, seed) estimation.
+
+``OUTDIR/runs/im_N_seed{S}.json`` holds the kernel, the wall time and the estimator's report
+of one run, written atomically, so an interrupted job resumes where it stopped. Every file
+also records the store's *identity* (scale, method, iterations): one ``OUTDIR`` holds one
+configuration, and a run made with another one is refused rather than mixed in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kgengine.accuracy.dataset import EvalImage
+from kgengine.atomic import save_json
+from kgengine.errors import KGEngineError
+from kgengine.kernel import check_kernel
+
+
+class ResumeMismatchError(KGEngineError):
+    """``OUTDIR/runs`` holds a run made with other settings (scale, iterations, variant)."""
+
+
+class RunStore:
+    """The finished runs of one configuration under ``out_dir/runs``.
+
+    Args:
+        out_dir: the job's output folder.
+        identity: what a run depends on, e.g. ``{"scale": 2, "method": "kernelgan",
+            "iters": 3000}``; stored in every run and compared on load.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, identity: dict[str, Any]) -> None:
+        self.root = Path(out_dir) / "runs"
+        self.identity = dict(identity)
+
+    def path(self, image: EvalImage, seed: int) -> Path:
+        """Where the run of ``image`` with ``seed`` is stored."""
+        return self.root / f"{image.name}_seed{seed}.json"
+
+    def load(self, image: EvalImage, seed: int) -> dict[str, Any] | None:
+        """The stored run, its ``kernel`` as an (h, w) float64 array; None if absent or damaged.
+
+        Raises:
+            ResumeMismatchError: the run was made with another identity.
+        """
+        path = self.path(image, seed)
+        if not path.is_file():
+            return None
+        try:
+            run = json.loads(path.read_text(encoding="utf-8"))
+            kernel = np.asarray(run["kernel"], dtype=np.float64)
+        except (ValueError, KeyError, TypeError):
+            return None  # damaged: estimate again
+        got = {key: run.get(key) for key in self.identity}
+        if got != self.identity:
+            raise ResumeMismatchError(
+                f"{path}: made with {got}, not {self.identity}; "
+                "use another output folder for this setting"
+            )
+        run["kernel"] = kernel
+        return run
+
+    def save(
+        self, image: EvalImage, seed: int, kernel: Any, wall_s: float, report: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Check ``kernel`` and save it as the run of (``image``, ``seed``), atomically.
+
+        Args:
+            kernel: the estimated (h, w) kernel; saved as float64, as given (the metrics
+                normalise it).
+            wall_s: the estimation's wall time in seconds.
+            report: the estimator's JSON-able report (``ms_per_iter`` is copied to the run).
+        Returns:
+            The run as stored, with ``kernel`` as an (h, w) float64 array.
+        Raises:
+            BadKernelError: ``kernel`` is not 2-D, not finite, or has no positive sum.
+        """
+        check_kernel(kernel, f"{image.lr_path}: the estimated kernel")
+        # as given (not renormalised), C-ordered: the array a later load() returns
+        kernel = np.ascontiguousarray(kernel, dtype=np.float64)
+        run = {
+            "image": image.name,
+            "index": image.index,
+            "seed": seed,
+            **self.identity,
+            "wall_s": wall_s,
+            "ms_per_iter": report.get("ms_per_iter"),
+            "report": report,
+            "kernel": kernel.tolist(),
+        }
+        save_json(self.path(image, seed), run)
+        run["kernel"] = kernel
+        return run

@@ -1,0 +1,74 @@
+"""Degrade a folder of HR images with a kernel pool into LR/HR training pairs (onnxruntime).
+
+What :func:`degrade_folder` does, and the choices it makes:
+
+- **Inputs**: the image files directly in ``hr_dir`` (not sub-folders; suffixes
+  :data:`IMAGE_SUFFIXES`), read with :func:`kgengine.imageio.read_image` as float32 RGB.
+  Two files with the same stem (``a.png``, ``a.jpg``) are refused up front, since both
+  would write ``lr/a.png``.
+- **Pairs align exactly**: each HR image is cropped (top-left kept) to ``H - H % s`` by
+  ``W - W % s`` before degrading, so ``LR size = HR size / s``. When a crop was needed the
+  cropped HR is written to ``out_dir/hr/<stem>.png`` (8-bit PNG) and the manifest's ``hr``
+  points there; otherwise ``hr`` is the original file (no copy).
+- **Kernel and noise per image** depend only on ``(seed, HR file name)`` through SHA-256
+  (:func:`kernel_row`, :func:`noise_seed`), so adding or removing files never changes the
+  kernel or the noise of the others, and the batch size or provider does not either.
+  Noise: ``lr += sigma * N(0,1)``, the unit noise being
+  ``np.random.default_rng(noise_seed).standard_normal((3, h, w), dtype=np.float32)``.
+- **Batching**: images of equal (cropped) size are stacked into batches of up to
+  ``batch``; every other size runs in its own batches (no padding, no resizing).
+- **HR size limit**: both cropped sides must exceed the pool's kernel size (ONNX reflect
+  padding, see :mod:`kgengine.export.degraders`); smaller images are reported as failures.
+- **Outputs**: ``out_dir/lr/<stem>.png`` (8-bit, written atomically), ``out_dir/manifest.jsonl``
+  (one JSON object per pair: everything needed to rebuild it, see :func:`rebuild_lr`;
+  relative paths are relative to ``out_dir``) and ``out_dir/degrade_settings.json``.
+- **Resume**: a file whose manifest entry and output files exist is skipped. The manifest
+  is appended after each batch and rewritten (sorted) at the end. A rerun into the same
+  ``out_dir`` with another HR folder, seed, noise, scale or pool content is refused.
+- **Bad files**: a file that cannot be read (or is too small) is reported through
+  ``hooks.item_finished(name, "failed", line)``, the line naming the file, and skipped; the
+  others finish. The report lists the failures; the ``degrade`` command then exits with 1.
+
+Modules: :mod:`~kgengine.degradation.plan` (files, per-image draws, crops, size batches),
+:mod:`~kgengine.degradation.runner` (session, batches, writing pairs),
+:mod:`~kgengine.degradation.manifest` (manifest, resume guard, :func:`rebuild_lr`),
+:mod:`~kgengine.degradation.job` (:func:`degrade_folder`).
+"""
+
+from __future__ import annotations
+
+from kgengine.degradation.job import degrade_folder
+from kgengine.degradation.manifest import (
+    MANIFEST,
+    RESUME_KEYS,
+    SETTINGS,
+    read_manifest,
+    rebuild_lr,
+)
+from kgengine.degradation.plan import (
+    IMAGE_SUFFIXES,
+    PairPlan,
+    crop_to_scale,
+    kernel_row,
+    list_hr_files,
+    noise_seed,
+    unit_noise,
+)
+from kgengine.degradation.runner import DegradeReport
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "MANIFEST",
+    "RESUME_KEYS",
+    "SETTINGS",
+    "DegradeReport",
+    "PairPlan",
+    "crop_to_scale",
+    "degrade_folder",
+    "kernel_row",
+    "list_hr_files",
+    "noise_seed",
+    "read_manifest",
+    "rebuild_lr",
+    "unit_noise",
+]

@@ -1,0 +1,151 @@
+"""The pairs manifest of an output folder: one JSON line per pair, the resume guard, and
+rebuilding a pair's LR from its line.
+
+Files in ``out_dir``: :data:`MANIFEST` (``manifest.jsonl``, one object per pair, see
+:func:`pair_entry`; relative paths are relative to ``out_dir``) and :data:`SETTINGS`
+(``degrade_settings.json``, the job's settings; a rerun with other :data:`RESUME_KEYS` is
+refused). The manifest is appended after each batch and rewritten sorted by name at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kgengine.atomic import json_default, save_json, save_text
+from kgengine.degradation.plan import PairPlan, unit_noise
+from kgengine.errors import KGEngineError
+from kgengine.imageio import read_image
+from kgengine.pool import KernelPool
+
+MANIFEST = "manifest.jsonl"
+SETTINGS = "degrade_settings.json"
+#: Settings that must match to resume into an existing output folder.
+RESUME_KEYS = ("scale", "noise_sigma", "seed", "pool_fingerprint", "hr_dir")
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, dict]:
+    """Entries of a ``manifest.jsonl`` by HR file name; unparsable lines are ignored."""
+    entries: dict[str, dict] = {}
+    path = Path(path)
+    if not path.is_file():
+        return entries
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+            entries[entry["name"]] = entry
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a crash
+    return entries
+
+
+def _line(entry: dict) -> str:
+    return json.dumps(entry, default=json_default) + "\n"
+
+
+def write_manifest(path: Path, entries: dict[str, dict]) -> None:
+    """Atomically rewrite the manifest with ``entries``, sorted by name."""
+    save_text(path, "".join(_line(entries[k]) for k in sorted(entries)))
+
+
+def append_manifest(path: Path, entries: list[dict]) -> None:
+    """Append ``entries`` to the manifest and fsync (a crash loses at most a torn last line)."""
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write("".join(_line(e) for e in entries))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def open_manifest(out_dir: Path) -> dict[str, dict]:
+    """The entries of ``out_dir``'s manifest, rewritten clean (a torn last line dropped)."""
+    entries = read_manifest(out_dir / MANIFEST)
+    write_manifest(out_dir / MANIFEST, entries)  # before appending after a torn line
+    return entries
+
+
+def pair_entry(
+    plan: PairPlan, hr_path: Path, hr: str, hr_size: tuple[int, int], crop: tuple[int, int],
+    lr_size: tuple[int, int], provider: str,
+) -> dict[str, Any]:
+    """The manifest entry of one pair: everything needed to rebuild it (:func:`rebuild_lr`).
+
+    Args:
+        hr_path: the HR file; ``hr``: the pair's HR (that file, or ``hr/<stem>.png``, the
+            cropped copy); ``hr_size``, ``crop``, ``lr_size``: (h, w) of the HR file, of the
+            crop and of the LR; ``provider``: the onnxruntime provider that made the LR.
+    """
+    row = plan.row(hr_path.name)
+    return {
+        "name": hr_path.name,
+        "hr": hr,
+        "hr_source": str(hr_path.resolve()),
+        "lr": f"lr/{hr_path.stem}.png",
+        "hr_size": list(hr_size),
+        "crop": list(crop),
+        "lr_size": list(lr_size),
+        "scale": plan.scale,
+        "kernel_id": plan.pool.ids[row],
+        "kernel_row": row,
+        "kernel_source": plan.pool.sources[row],
+        "kernel_pool": plan.pool_path,
+        "noise_sigma": plan.noise,
+        "noise_seed": plan.noise_seed(hr_path.name),
+        "seed": plan.seed,
+        "provider": provider,
+    }
+
+
+def is_done(out_dir: Path, entry: dict | None) -> bool:
+    """Whether a pair exists: its manifest entry, its LR file and (if copied) its HR file."""
+    if entry is None or not (out_dir / entry["lr"]).is_file():
+        return False
+    return Path(entry["hr"]).is_absolute() or (out_dir / entry["hr"]).is_file()
+
+
+def check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
+    """Record ``settings`` in a new ``out_dir``, or check them against the recorded ones.
+
+    Raises:
+        KGEngineError: the folder holds pairs made with another value of a
+            :data:`RESUME_KEYS` key, or its settings file is not JSON.
+    """
+    path = out_dir / SETTINGS
+    if not path.is_file():
+        save_json(path, settings)
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise KGEngineError(f"{path}: not valid JSON; use another output folder") from None
+    diff = [k for k in RESUME_KEYS if old.get(k) != settings[k]]
+    if diff:
+        k = diff[0]
+        raise KGEngineError(
+            f"{out_dir}: holds pairs made with {k}={old.get(k)!r}, not {settings[k]!r}; "
+            "use another output folder"
+        )
+
+
+def rebuild_lr(entry: dict, pool: KernelPool) -> np.ndarray:
+    """Rebuild a pair's LR from its manifest entry with the PyTorch reference (float64).
+
+    ``LR = degrade_torch(crop(HR), pool.kernels[kernel_row], scale) + sigma * unit_noise``
+    where ``crop`` keeps the top-left ``crop`` rows/columns. Returns (h, w, 3) float64,
+    before 8-bit rounding (the PNG holds ``round(clip(LR, 0, 1) * 255)``).
+    """
+    import torch  # heavy, as is kgengine.degrade: only rebuilding needs them
+
+    from kgengine.degrade import degrade_torch
+
+    img = read_image(entry["hr_source"])
+    h, w = entry["crop"]
+    hr = torch.from_numpy(np.ascontiguousarray(img[:h, :w].transpose(2, 0, 1))).double()[None]
+    k = torch.from_numpy(pool.kernels[entry["kernel_row"]].astype(np.float64))
+    lr = degrade_torch(hr, k, entry["scale"])[0].numpy()
+    if entry["noise_sigma"] > 0:
+        lr = lr + entry["noise_sigma"] * unit_noise(entry["noise_seed"], lr.shape)
+    return lr.transpose(1, 2, 0)

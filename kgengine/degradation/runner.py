@@ -1,0 +1,160 @@
+"""Running the pairs: an onnxruntime session of the pool degrader, batches of equal-size
+images, pairs written atomically and appended to the manifest as they finish.
+
+Images of equal (cropped) size are stacked into batches of up to ``batch``; every other size
+runs in its own batches (no padding, no resizing). Reading batch ``i + 1`` overlaps with
+degrading batch ``i``; PNGs are written by two threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
+
+import numpy as np
+
+from kgengine.degradation.manifest import MANIFEST, append_manifest, pair_entry
+from kgengine.degradation.plan import PairPlan, crop_to_scale, size_batches, unit_noise
+from kgengine.errors import BadImageError, KGEngineError
+from kgengine.export import build_pool_model, check_hr_size
+from kgengine.hooks import JobHooks
+from kgengine.imageio import read_image, write_png
+from kgengine.providers import make_session
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class DegradeReport:
+    """What a :func:`kgengine.degradation.degrade_folder` run did."""
+
+    out_dir: Path
+    total: int  # HR files found
+    written: int  # pairs made by this run
+    skipped: int  # pairs already there (resume)
+    failed: list[str] = field(default_factory=list)  # one line per bad file
+    provider: str = ""  # onnxruntime provider used ("" when nothing was left to do)
+    provider_notes: list[str] = field(default_factory=list)
+
+    @property
+    def manifest(self) -> Path:
+        """The pairs manifest, ``out_dir/manifest.jsonl``."""
+        return self.out_dir / MANIFEST
+
+
+class HrImage(NamedTuple):
+    """One HR image read for degrading: its file, the crop (H', W', 3) float32, the
+    original (H, W)."""
+
+    path: Path
+    crop: np.ndarray
+    size: tuple[int, int]
+
+
+@dataclass
+class PairMaker:
+    """The per-batch steps of a job: read and crop, degrade, write a pair."""
+
+    plan: PairPlan
+    out_dir: Path
+    provider: str
+
+    def read(self, paths: list[Path]) -> tuple[list[HrImage], list[tuple[str, str]]]:
+        """Read and crop; returns the images and ``(file name, error line)`` for bad ones."""
+        images, errors = [], []
+        for p in paths:
+            try:
+                img = read_image(p)
+                crop = crop_to_scale(img, self.plan.scale)
+                try:
+                    check_hr_size(crop.shape[0], crop.shape[1], self.plan.pool.kernel_size)
+                except KGEngineError as exc:
+                    raise BadImageError(p, str(exc)) from None
+            except BadImageError as exc:
+                errors.append((p.name, str(exc)))
+                continue
+            images.append(HrImage(p, crop, img.shape[:2]))
+        return images, errors
+
+    def run(self, session: Any, group: list[HrImage]) -> np.ndarray:
+        """Degrade equal-size images: returns LR (n, 3, h, w) float32."""
+        hr = np.ascontiguousarray(np.stack([g.crop for g in group]).transpose(0, 3, 1, 2))
+        rows = [self.plan.row(g.path.name) for g in group]
+        feeds = {"hr": hr, "kernel": self.plan.pool.kernels[rows][:, None]}
+        if self.plan.noise > 0:
+            h, w = -(-hr.shape[2] // self.plan.scale), -(-hr.shape[3] // self.plan.scale)
+            feeds["noise_sigma"] = np.full(len(group), self.plan.noise, dtype=np.float32)
+            feeds["noise"] = np.stack(
+                [unit_noise(self.plan.noise_seed(g.path.name), (3, h, w)) for g in group]
+            )
+        return session.run(["lr"], feeds)[0]
+
+    def write(self, item: HrImage, lr: np.ndarray) -> dict:
+        """Write one LR (3, h, w) (and the cropped HR) as PNG; return its manifest entry."""
+        stem = item.path.stem
+        write_png(self.out_dir / "lr" / f"{stem}.png", lr.transpose(1, 2, 0))
+        hr = str(item.path.resolve())
+        if item.crop.shape[:2] != item.size:
+            hr = f"hr/{stem}.png"
+            write_png(self.out_dir / hr, item.crop)
+        return pair_entry(self.plan, item.path, hr, item.size, item.crop.shape[:2],
+                          lr.shape[1:], self.provider)
+
+
+def same_size(images: list[HrImage]) -> list[list[HrImage]]:
+    """``images`` grouped by crop shape (a probed batch may still mix sizes)."""
+    groups: dict[tuple[int, ...], list[HrImage]] = {}
+    for item in images:
+        groups.setdefault(item.crop.shape, []).append(item)
+    return list(groups.values())
+
+
+def _prefetched(reader: ThreadPoolExecutor, read: Callable[[T], R], items: list[T]
+                ) -> Iterator[R]:
+    """``read(item)`` for each item, reading the next one while this one is used."""
+    pending = reader.submit(read, items[0])
+    for i in range(len(items)):
+        result = pending.result()
+        if i + 1 < len(items):
+            pending = reader.submit(read, items[i + 1])  # overlap I/O and compute
+        yield result
+
+
+def run_pairs(
+    plan: PairPlan, todo: list[Path], out_dir: Path, report: DegradeReport, hooks: JobHooks,
+    *, batch: int, provider: str, threads: int | None,
+) -> list[dict]:
+    """Make the pairs of ``todo`` (non-empty) into ``out_dir``; returns their new entries.
+
+    Counts into ``report`` (provider, written, failed) and tells ``hooks``: the provider
+    line through ``log``, each file through ``item_finished`` (``done`` or ``failed``).
+
+    Raises:
+        KGEngineError: the provider cannot run here.
+    """
+    model = build_pool_model(plan.pool.kernel_size, plan.scale, noise=plan.noise > 0)
+    choice = make_session(model.SerializeToString(), provider, threads,
+                          trt_cache=out_dir / ".trt_cache")
+    report.provider, report.provider_notes = choice.provider, choice.notes
+    hooks.log(choice.describe())
+    maker = PairMaker(plan, out_dir, choice.provider)
+    batches = size_batches(todo, plan.scale, batch)
+    written: list[dict] = []
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(2) as writer:
+        for images, errors in _prefetched(reader, maker.read, batches):
+            for name, msg in errors:
+                report.failed.append(msg)
+                hooks.item_finished(name, "failed", msg)
+            for group in same_size(images):
+                lr = maker.run(choice.session, group)
+                new = list(writer.map(maker.write, group, lr))
+                append_manifest(out_dir / MANIFEST, new)
+                written += new
+                report.written += len(new)
+                for entry in new:
+                    hooks.item_finished(entry["name"], "done", "")
+    return written

@@ -1,0 +1,91 @@
+"""New input files -> manifest rows: content hash, size probe, duplicates, first seed.
+
+Each path not yet in the manifest is hashed (SHA-256 of its content, the seed identity:
+:mod:`kgengine.farm.seeds`) and its size read from the header without decoding (to group
+batches by size and to size GPU batches). It is added as a ``pending`` row, or ``failed``
+with the reason if it cannot be read. A file with the same content as an image already
+listed is skipped as a duplicate (same seed, hence the same kernel).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from kgengine.farm.inputs import unique_names
+from kgengine.farm.manifest import Manifest, NewImage
+from kgengine.farm.seeds import content_hash, derive_seed
+from kgengine.farm.settings import FarmSettings
+
+#: (sha256, width, height, failure reason) of a file; None where unknown.
+Probe = tuple[str | None, int | None, int | None, str | None]
+
+
+def probe(path: Path) -> Probe:
+    """(sha256, width, height, failure reason) of a file, without decoding it.
+
+    A file that cannot be read has no hash and a reason; one whose header cannot be parsed
+    has no size (it fails later, when it is read, with the reason).
+    """
+    try:
+        sha = content_hash(path)
+    except FileNotFoundError:
+        return None, None, None, f"{path}: no such file"
+    except OSError as exc:
+        return None, None, None, f"{path}: cannot read file ({exc.strerror or exc})"
+    w = h = None
+    try:
+        if path.suffix.lower() == ".npy":
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+            h, w = int(shape[0]), int(shape[1])
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                w, h = im.size
+    except Exception:  # noqa: BLE001 - a bad file fails later, when it is read, with a reason
+        pass
+    return sha, w, h, None
+
+
+def add_inputs(man: Manifest, paths: Sequence[Path], settings: FarmSettings,
+               log: Callable[[str], None] = lambda m: None) -> tuple[int, int]:
+    """Add the paths not yet in the manifest (see the module docstring).
+
+    Args:
+        man: the pool's manifest. paths: expanded INPUTs (:func:`~kgengine.farm.inputs.
+            expand_inputs`). settings: the job settings (its seed derives the first seeds).
+        log: one line per duplicate skipped and per unreadable file.
+    Returns:
+        (rows added, duplicates skipped).
+    """
+    known_paths, names, by_hash = man.known()
+    new = [p for p in paths if str(p) not in known_paths]
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as ex:
+        probes = list(ex.map(probe, new))
+    keep: list[tuple[Path, Probe]] = []
+    duplicates = 0
+    for p, pr in zip(new, probes, strict=True):
+        sha = pr[0]
+        if sha is not None and sha in by_hash:
+            log(f"skip {p}: same content as {by_hash[sha]}")
+            duplicates += 1
+            continue
+        if sha is not None:
+            by_hash[sha] = str(p)
+        keep.append((p, pr))
+    out_names = unique_names([p for p, _ in keep], [pr[0] for _, pr in keep], names)
+    rows = [
+        NewImage(name, str(p), sha, w, h,
+                 None if sha is None else derive_seed(settings.seed, sha, 0),
+                 "failed" if reason else "pending", reason)
+        for name, (p, (sha, w, h, reason)) in zip(out_names, keep, strict=True)
+    ]
+    for r in rows:
+        if r.state == "failed":
+            log(f"failed: {r.reason}")
+    return man.add(rows), duplicates

@@ -1,0 +1,133 @@
+"""Outcome records: a finished image's files and manifest row, counted in the run's summary.
+
+Every outcome of a training (a result, a bad image, a divergence) goes through
+:func:`record`: a result's files are written atomically (report last) into
+``POOL_DIR/kernels/`` and only then is its row marked ``done``; a first divergence queues the
+row again (the next training takes the next derived seed); anything else fails the row with
+its reason. :class:`FarmJob` bundles what both runners write to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kgengine.api import EstimateResult
+from kgengine.errors import TrainingDivergedError
+from kgengine.farm.manifest import Manifest, Row
+from kgengine.farm.poolfiles import KERNELS_DIR
+from kgengine.farm.settings import FarmSettings
+from kgengine.hooks import JobHooks
+from kgengine.outputs import write_outputs
+
+#: Trainings an image gets before it is marked failed for diverging (1 retry).
+MAX_TRAININGS = 2
+
+
+@dataclass
+class FarmSummary:
+    """What one :func:`kgengine.farm.runner.run_farm` call did."""
+
+    pool_dir: Path
+    added: int = 0  # new rows
+    duplicates: int = 0  # inputs skipped: same content as a listed image
+    skipped: int = 0  # already done before this run
+    done: int = 0  # finished by this run
+    failed: int = 0  # failed in this run (bad file or diverged twice)
+    retried: int = 0  # divergences retried with another seed
+    recovered: int = 0  # rows left running by a killed job, redone
+    left_pending: int = 0  # not finished (Ray tasks lost; rerun to retry)
+    total: dict[str, int] = field(default_factory=dict)  # rows per state at the end
+    batch: int = 0
+    device: str = ""
+    elapsed_s: float = 0.0
+    pool_files: list[Path] = field(default_factory=list)
+
+    @property
+    def images_per_hour(self) -> float:
+        """Images finished per hour of this run."""
+        return 3600.0 * self.done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def text(self) -> str:
+        """A few lines for the terminal."""
+        lines = [
+            f"{self.done} done, {self.failed} failed, {self.skipped} skipped (done before)"
+            + (f", {self.left_pending} left pending (rerun to retry)" if self.left_pending else "")
+            + f" in {self.elapsed_s:.1f} s: {self.images_per_hour:.1f} images/hour"
+            + f" (batch {self.batch}, {self.device})",
+            f"pool {self.pool_dir}: " + ", ".join(f"{n} {s}" for s, n in self.total.items()),
+        ]
+        if self.added or self.duplicates or self.recovered or self.retried:
+            lines.append(f"{self.added} new images, {self.duplicates} duplicates skipped, "
+                         f"{self.recovered} interrupted images redone, "
+                         f"{self.retried} diverged trainings retried")
+        lines += [f"pool file: {p}" for p in self.pool_files]
+        return "\n".join(lines)
+
+
+def record(man: Manifest, row: Row, outcome: EstimateResult | Exception,
+           settings: FarmSettings, pool_dir: Path) -> tuple[str, str]:
+    """Write a finished image's files then mark its row.
+
+    Returns:
+        (state, reason): state is ``done``, ``failed`` or ``retry``; reason is "" when done.
+    """
+    if isinstance(outcome, EstimateResult):
+        outcome.name = row.name
+        outcome.report["image"] = row.path
+        outcome.report["farm"] = {"sha256": row.sha256, "job_seed": settings.seed,
+                                  "attempt": row.diverged, "pool": str(pool_dir)}
+        written = write_outputs(outcome, pool_dir / KERNELS_DIR)
+        rel = {k: str(Path(p).relative_to(pool_dir)) for k, p in written.items()}
+        man.mark_done(row.id, outcome.report["seed"], outcome.report["train_s"], rel)
+        return "done", ""
+    if isinstance(outcome, TrainingDivergedError):
+        if row.diverged + 1 < MAX_TRAININGS:
+            reason = f"{outcome}; retrying with another seed"
+            man.requeue([row.id], reason, diverged=True)
+            return "retry", reason
+        reason = f"{outcome} (attempt {row.diverged + 1} of {MAX_TRAININGS})"
+        man.mark_failed(row.id, reason)
+        return "failed", reason
+    man.mark_failed(row.id, str(outcome))
+    return "failed", str(outcome)
+
+
+def count_outcome(summary: FarmSummary, hooks: JobHooks, name: str,
+                  outcome: tuple[str, str]) -> None:
+    """Count a :func:`record` outcome in the summary and tell the hooks (``item_finished``)."""
+    state, detail = outcome
+    if state == "done":
+        summary.done += 1
+    elif state == "failed":
+        summary.failed += 1
+    else:
+        summary.retried += 1
+    hooks.item_finished(name, state, detail)
+
+
+@dataclass
+class FarmJob:
+    """What a runner writes to: the manifest, the pool folder, the summary and the hooks."""
+
+    man: Manifest
+    settings: FarmSettings
+    pool_dir: Path
+    summary: FarmSummary
+    hooks: JobHooks
+
+    def finish(self, row: Row, outcome: EstimateResult | Exception) -> None:
+        """:func:`record` the outcome of ``row`` and :func:`count_outcome` it."""
+        state = record(self.man, row, outcome, self.settings, self.pool_dir)
+        count_outcome(self.summary, self.hooks, row.name, state)
+
+    def still_running(self, rows: list[Row]) -> list[Row]:
+        """Those of ``rows`` still ``running`` in the manifest (claimed, not yet recorded)."""
+        running = {r.id for r in self.man.rows("running")}
+        return [r for r in rows if r.id in running]
+
+    def give_back(self, rows: list[Row], reason: str) -> None:
+        """Put those of ``rows`` still running back to ``pending`` with ``reason``."""
+        still = self.still_running(rows)
+        if still:
+            self.man.requeue([r.id for r in still], reason)

@@ -1,0 +1,106 @@
+"""The pool's job settings: stored in the manifest by the first run, fixed for the pool's life.
+
+What a pool's kernels depend on (job seed, x4, dtype, mode and the full training config) is
+stored as JSON in the manifest. A later run takes the stored value of every option it does
+not give and refuses one that differs (results would mix): :func:`resolve_settings`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from kgengine.config import KernelGANConfig
+from kgengine.errors import KGEngineError
+
+#: Training precisions a pool may use.
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: Generator computations a pool may use (see :func:`kgengine.api.estimate_kernels`).
+MODES = ("composed", "layers")
+
+
+@dataclass(frozen=True)
+class FarmSettings:
+    """What a pool's kernels depend on; stored in the manifest, fixed for the pool's life."""
+
+    seed: int = 0
+    x4: bool = False
+    dtype: str = "float32"
+    mode: str = "composed"
+    config: KernelGANConfig = field(default_factory=KernelGANConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as stored in the manifest (plain JSON values, tuples as lists)."""
+        d = {"seed": self.seed, "x4": self.x4, "dtype": self.dtype, "mode": self.mode,
+             "config": self.config.to_dict()}
+        return json.loads(json.dumps(d))  # tuples -> lists, as stored
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> FarmSettings:
+        """The inverse of :meth:`to_dict`."""
+        return FarmSettings(int(d["seed"]), bool(d["x4"]), str(d["dtype"]), str(d["mode"]),
+                            KernelGANConfig().replace(**d["config"]))
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """``dtype`` as a torch dtype."""
+        return DTYPES[self.dtype]
+
+
+def resolve_settings(stored: dict[str, Any] | None, *, seed: int | None = None,
+                     x4: bool | None = None, iters: int | None = None,
+                     config: KernelGANConfig | None = None, dtype: str | None = None,
+                     mode: str | None = None) -> FarmSettings:
+    """The job settings: stored ones (or defaults) with the given options applied.
+
+    Args:
+        stored: the manifest's settings (:meth:`FarmSettings.to_dict`), None for a new pool.
+        seed, x4, iters, config, dtype, mode: the options given; None = the stored value.
+    Raises:
+        KGEngineError: an unknown ``dtype``, or a given option differs from the stored one
+            (naming each, with both values).
+    """
+    base = FarmSettings.from_dict(stored) if stored is not None else FarmSettings()
+    cfg = config if config is not None else base.config
+    if iters is not None:
+        cfg = cfg.replace(iters=iters)
+    if dtype is not None and dtype not in DTYPES:
+        raise KGEngineError(f"dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
+    want = FarmSettings(
+        base.seed if seed is None else int(seed), base.x4 if x4 is None else bool(x4),
+        base.dtype if dtype is None else dtype, base.mode if mode is None else mode, cfg)
+    if stored is not None:
+        check_same(base, want)
+    return want
+
+
+def check_same(pool: FarmSettings, given: FarmSettings) -> None:
+    """Raise if ``given`` differs from the ``pool``'s stored settings.
+
+    Raises:
+        KGEngineError: ``"... seed (pool: 7, given: 8), config.iters (pool: ..."``.
+    """
+    old, new = pool.to_dict(), given.to_dict()
+    diff = [k for k in ("seed", "x4", "dtype", "mode") if old[k] != new[k]]
+    diff += [f"config.{k}" for k in old["config"] if old["config"][k] != new["config"].get(k)]
+    if diff:
+        shown = ", ".join(f"{k} (pool: {_get(old, k)}, given: {_get(new, k)})" for k in diff)
+        raise KGEngineError(
+            f"this pool folder was started with other settings: {shown}; "
+            "rerun with the pool's settings (or leave those options out) or use a new folder"
+        )
+
+
+def check_mode(settings: FarmSettings) -> None:
+    """Raise :class:`KGEngineError` unless ``settings.mode`` is one of :data:`MODES`."""
+    if settings.mode not in MODES:
+        raise KGEngineError(f"mode: expected composed or layers, got {settings.mode!r}")
+
+
+def _get(d: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d[part]
+    return d
