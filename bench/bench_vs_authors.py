@@ -46,20 +46,22 @@ from run_authors import job_key, job_order, load_results  # noqa: E402
 DATA = Path(__file__).resolve().parent / "data"
 
 
-def variant_config(spec: str) -> tuple[str, KernelGANConfig]:
-    """``default`` | ``authors`` | ``NAME:key=value,...`` -> (name, config)."""
-    if spec == "default":
-        return spec, KernelGANConfig()
-    if spec == "authors":
-        return spec, KernelGANConfig.authors()
+def variant_config(spec: str) -> tuple[str, KernelGANConfig, dict]:
+    """``default`` | ``authors`` | ``NAME:key=value,...`` -> (name, config, estimate options).
+
+    Keys are config fields, plus ``restarts`` and ``rule`` (passed to ``estimate_kernels``);
+    a NAME starting with ``authors`` starts from ``KernelGANConfig.authors()``.
+    """
     name, _, sets = spec.partition(":")
     base = KernelGANConfig.authors() if name.startswith("authors") else KernelGANConfig()
-    return name, base.replace(**parse_overrides([s for s in sets.split(",") if s]))
+    items = parse_overrides([s for s in sets.split(",") if s])
+    opts = {"restarts": int(items.pop("restarts", 1)), "rule": items.pop("rule", "mean")}
+    return name, base.replace(**items), opts
 
 
 def run_kgengine(devset: Path, jobs: list[tuple[int, str, int]], name: str,
-                 cfg: KernelGANConfig, batch: int, iters: int | None) -> dict:
-    """Estimate the missing ``jobs`` with ``cfg``, ``batch`` runs at a time; resumable."""
+                 cfg: KernelGANConfig, opts: dict, batch: int, iters: int | None) -> dict:
+    """Estimate the missing ``jobs`` with ``cfg``, ``batch`` trainings at a time; resumable."""
     from kgengine.api import estimate_kernels
 
     path = DATA / f"kgengine_{name}.json"
@@ -69,19 +71,21 @@ def run_kgengine(devset: Path, jobs: list[tuple[int, str, int]], name: str,
     by_scale = defaultdict(list)
     for j in todo:
         by_scale[j[0]].append(j)
+    per_call = max(1, batch // opts["restarts"])  # images per batch, K trainings each
     for scale, group in by_scale.items():
-        for start in range(0, len(group), batch):
-            chunk = group[start : start + batch]
+        for start in range(0, len(group), per_call):
+            chunk = group[start : start + per_call]
             t0 = time.perf_counter()
             res = estimate_kernels([devset / f"lr_x{scale}" / f"{n}.png" for _, n, _ in chunk],
                                    seeds=[s for _, _, s in chunk], x4=scale == 4, config=cfg,
-                                   iters=iters, device="cpu", on_diverge="return")
+                                   iters=iters, device="cpu", on_diverge="return", **opts)
             sec = (time.perf_counter() - t0) / len(chunk)
             for job, r in zip(chunk, res, strict=True):
                 k = getattr(r, "kernel_x4" if scale == 4 else "kernel_x2", None)
                 store["runs"][job_key(*job)] = {
                     "kernel": None if k is None else np.round(k, 9).tolist(),
-                    "seconds_per_run": round(sec, 1), "batch": len(chunk)}
+                    "confidence": getattr(r, "confidence", None),
+                    "seconds_per_run": round(sec, 1), "batch": len(chunk) * opts["restarts"]}
             save_json(path, store)
             print(f"{name}: {len(store['runs'])} runs ({sec:.0f} s/run)", flush=True)
     return store
@@ -168,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [j for j in job_order(names, seeds, scales) if args.all or job_key(*j) in authors]
     runs: dict[str, dict] = {"authors' code": authors}
     for spec in args.variants.split(","):
-        name, cfg = variant_config(spec)
-        store = run_kgengine(devset, jobs, name, cfg, args.batch, args.iters)
+        name, cfg, opts = variant_config(spec)
+        store = run_kgengine(devset, jobs, name, cfg, opts, args.batch, args.iters)
         runs[f"kgengine {name}"] = {k: v["kernel"] for k, v in store["runs"].items()
                                     if v["kernel"] is not None}
     iso = {2: gaussian_kernel(13, 1.3)}

@@ -6,14 +6,17 @@ centred (the kernel's centre index ``(h//2, w//2)`` lands on ``(K//2, K//2)``, w
 
 - the single file ``kernel_pool.npz`` written by :func:`save_pool` (the farm writes these):
   arrays ``kernels (N,K,K) float32``, ``ids (N,) str``, ``sources (N,) str``,
-  ``seeds (N,) int64``, ``scale () int64`` and ``index`` (a JSON string: one record per row
-  with its id, source image, seed and estimation report); no pickled objects, so
-  ``np.load(path, allow_pickle=False)`` reads it;
+  ``seeds (N,) int64``, ``scale () int64``, ``confidences (N,) float64`` (the agreement of
+  each kernel's restarts in [0, 1], NaN where unknown; a pool written before this array
+  existed reads as all NaN) and ``index`` (a JSON string: one record per row with its id,
+  source image, seed, confidence (null when unknown) and estimation report); no pickled
+  objects, so ``np.load(path, allow_pickle=False)`` reads it;
 - a folder of ``.npy`` / ``.mat`` kernels (``.mat`` variable ``Kernel`` as saved by
   ZSSR/KernelGAN/DIV2KRK, or else the file's only 2-D variable), or a single such file.
 
 Every kernel is checked (2-D, finite, sum > 0) and renormalised to sum 1; a bad file raises
-:class:`~kgengine.errors.KGEngineError` naming the file.
+:class:`~kgengine.errors.KGEngineError` naming the file. ``load_pool(..., min_confidence=c)``
+keeps only the kernels with a known confidence ``>= c`` (:func:`filter_pool`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +51,8 @@ class KernelPool:
         seeds: N ints: the estimation seed (-1 when unknown).
         scale: the scale factor the kernels are for (2 or 4).
         reports: optional N dicts (estimation reports), stored in the ``index`` JSON.
+        confidences: N floats in [0, 1], NaN (or None) where unknown; default all unknown.
+            Stored as an (N,) float64 array.
     """
 
     kernels: np.ndarray
@@ -55,6 +61,7 @@ class KernelPool:
     seeds: list[int]
     scale: int
     reports: list[dict] | None = None
+    confidences: np.ndarray | Sequence[float | None] | None = None
 
     def __post_init__(self) -> None:
         k = np.asarray(self.kernels, dtype=np.float32)
@@ -66,6 +73,12 @@ class KernelPool:
                 raise KGEngineError(f"kernel pool: {n} kernels but {len(val)} {name}")
         if self.reports is not None and len(self.reports) != n:
             raise KGEngineError(f"kernel pool: {n} kernels but {len(self.reports)} reports")
+        conf = np.full(n, np.nan) if self.confidences is None else np.array(
+            [np.nan if c is None else float(c) for c in self.confidences], dtype=np.float64)
+        if conf.shape != (n,):
+            raise KGEngineError(f"kernel pool: {n} kernels but {conf.size} confidences")
+        if np.isinf(conf).any():
+            raise KGEngineError("kernel pool: confidences must be finite or NaN (unknown)")
         if len(set(self.ids)) != n:
             raise KGEngineError("kernel pool: kernel ids are not unique")
         if int(self.scale) < 1:
@@ -75,6 +88,7 @@ class KernelPool:
         self.sources = [str(s) for s in self.sources]
         self.seeds = [int(s) for s in self.seeds]
         self.scale = int(self.scale)
+        self.confidences = conf
 
     def __len__(self) -> int:
         return self.kernels.shape[0]
@@ -90,6 +104,51 @@ class KernelPool:
         h.update(np.ascontiguousarray(self.kernels).tobytes())
         h.update(json.dumps([self.ids, self.scale]).encode())
         return h.hexdigest()
+
+    def select(self, rows: Sequence[int] | np.ndarray) -> KernelPool:
+        """A new pool of the given rows (in that order), with all their provenance."""
+        rows = [int(i) for i in rows]
+        return KernelPool(
+            self.kernels[rows], [self.ids[i] for i in rows], [self.sources[i] for i in rows],
+            [self.seeds[i] for i in rows], self.scale,
+            None if self.reports is None else [self.reports[i] for i in rows],
+            np.asarray(self.confidences)[rows])
+
+
+def check_min_confidence(min_confidence: float) -> float:
+    """``min_confidence`` as a float, or :class:`KGEngineError` unless it lies in [0, 1]."""
+    try:
+        value = float(min_confidence)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise KGEngineError(f"min confidence must be in [0, 1], got {min_confidence}")
+    return value
+
+
+def filter_pool(pool: KernelPool, min_confidence: float, where: str = "kernel pool"
+                ) -> KernelPool:
+    """The rows of ``pool`` whose confidence is ``>= min_confidence``, in pool order.
+
+    Rows with unknown confidence (NaN) are dropped.
+
+    Args:
+        pool: the pool. min_confidence: the threshold in [0, 1].
+        where: what the pool is, for messages (e.g. its file).
+    Raises:
+        KGEngineError: the threshold is outside [0, 1], or no row passes it (the message
+            names ``where``, the threshold and the pool's highest known confidence).
+    """
+    threshold = check_min_confidence(min_confidence)
+    conf = np.asarray(pool.confidences)
+    keep = np.flatnonzero(conf >= threshold)  # NaN compares False: unknown is dropped
+    if keep.size == 0:
+        known = conf[np.isfinite(conf)]
+        best = f"the highest is {known.max():.4g}" if known.size else "none is known"
+        raise KGEngineError(
+            f"{where}: no kernel has confidence >= {threshold:g} ({len(pool)} kernels, "
+            f"{known.size} with a known confidence; {best})")
+    return pool.select(keep)
 
 
 def read_kernel_file(path: str | os.PathLike) -> np.ndarray:
@@ -142,15 +201,19 @@ def make_pool(
     scale: int,
     seeds: list[int] | None = None,
     reports: list[dict] | None = None,
+    confidences: Sequence[float | None] | None = None,
 ) -> KernelPool:
-    """Validate, renormalise and pad kernels of any sizes into a :class:`KernelPool`."""
+    """Validate, renormalise and pad kernels of any sizes into a :class:`KernelPool`.
+
+    ``confidences``: one per kernel, None/NaN where unknown (default: all unknown).
+    """
     if not kernels:
         raise KGEngineError("kernel pool: no kernels")
     checked = [check_kernel(k, src) for k, src in zip(kernels, sources, strict=True)]
     size = common_size(*checked)
     stack = np.stack([pad_to(k, size) for k in checked]).astype(np.float32)
     seeds = [-1] * len(checked) if seeds is None else seeds
-    return KernelPool(stack, list(ids), list(sources), list(seeds), scale, reports)
+    return KernelPool(stack, list(ids), list(sources), list(seeds), scale, reports, confidences)
 
 
 def save_pool(path: str | os.PathLike, pool: KernelPool) -> Path:
@@ -167,6 +230,7 @@ def save_pool(path: str | os.PathLike, pool: KernelPool) -> Path:
             "id": pool.ids[i],
             "source": pool.sources[i],
             "seed": pool.seeds[i],
+            "confidence": _json_confidence(pool.confidences[i]),
             "report": None if pool.reports is None else pool.reports[i],
         }
         for i in range(len(pool))
@@ -177,6 +241,7 @@ def save_pool(path: str | os.PathLike, pool: KernelPool) -> Path:
         "sources": np.array(pool.sources, dtype=str),
         "seeds": np.array(pool.seeds, dtype=np.int64),
         "scale": np.array(pool.scale, dtype=np.int64),
+        "confidences": np.asarray(pool.confidences, dtype=np.float64),
         "index": np.array(json.dumps(index, default=json_default)),
     }
 
@@ -187,7 +252,12 @@ def save_pool(path: str | os.PathLike, pool: KernelPool) -> Path:
     return atomic_write(path, write)
 
 
-def load_pool(path: str | os.PathLike, scale: int | None = None) -> KernelPool:
+def _json_confidence(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
+
+
+def load_pool(path: str | os.PathLike, scale: int | None = None, *,
+              min_confidence: float | None = None) -> KernelPool:
     """Read a pool file, a folder of kernel files, or a single kernel file.
 
     Args:
@@ -196,10 +266,21 @@ def load_pool(path: str | os.PathLike, scale: int | None = None) -> KernelPool:
             kernels (read in sorted file-name order; ids = file stems), or one such file.
         scale: the scale the kernels are used for. A pool file records its own scale and a
             different ``scale`` is an error; for folders and single files it defaults to 2.
+        min_confidence: keep only the kernels whose confidence is known and ``>=`` this
+            value in [0, 1] (:func:`filter_pool`); None keeps every kernel. Kernel files and
+            pools written without confidences have none known.
     Raises:
-        KGEngineError: naming the file and the problem.
+        KGEngineError: naming the file and the problem (also when no kernel passes
+            ``min_confidence``).
     """
-    path = Path(path)
+    if min_confidence is not None:
+        check_min_confidence(min_confidence)
+    pool = _read_pool(Path(path), scale)
+    return pool if min_confidence is None else filter_pool(pool, min_confidence, str(path))
+
+
+def _read_pool(path: Path, scale: int | None) -> KernelPool:
+    """:func:`load_pool` without the confidence filter."""
     if path.is_dir() and (path / POOL_FILE).is_file():  # a farm's pool folder
         path = path / POOL_FILE
     if path.is_dir():
@@ -246,6 +327,9 @@ def _load_npz(path: Path) -> KernelPool:
         except (ValueError, AttributeError, TypeError):
             raise KGEngineError(f"{path}: the pool's index is not valid JSON") from None
     rows = [check_kernel(k, f"{path} row {i}") for i, k in enumerate(kernels)]
+    confidences = arrays.get("confidences")  # None in pools written before it existed
+    if confidences is not None and not np.issubdtype(confidences.dtype, np.floating):
+        raise KGEngineError(f"{path}: confidences must be floats, got {confidences.dtype}")
     try:
         return KernelPool(
             np.stack(rows).astype(np.float32) if rows else kernels,
@@ -254,6 +338,7 @@ def _load_npz(path: Path) -> KernelPool:
             arrays["seeds"].tolist(),
             int(arrays["scale"]),
             reports,
+            None if confidences is None else confidences.reshape(-1),
         )
     except KGEngineError as exc:
         raise KGEngineError(f"{path}: {exc}") from None

@@ -103,3 +103,20 @@ def test_python_m_entry_point():
     res = subprocess.run([sys.executable, "-m", "kgengine", "--version"], capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == f"kgengine {__version__}"
+
+
+def test_estimate_restarts_writes_the_combined_kernel_and_confidence(tmp_path, lr_png):
+    from kgengine.consensus import combine
+
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["estimate", str(lr_png), "-o", str(out), "--iters", "6",
+                              "--restarts", "3", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "photo_report.json").read_text())
+    assert report["restarts"]["k"] == 3 and len(report["restarts"]["kernels"]) == 3
+    expected = combine([np.asarray(k) for k in report["restarts"]["kernels"]])
+    np.testing.assert_allclose(np.load(out / "photo_kernel_x2.npy"), expected.kernel, atol=1e-12)
+    assert report["confidence"] == pytest.approx(expected.confidence)
+    assert "confidence" in res.output
+    bad = runner.invoke(app, ["estimate", str(lr_png), "-o", str(out), "--restarts", "0"])
+    assert bad.exit_code == 1 and "error: --restarts must be at least 1" in bad.output

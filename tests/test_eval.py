@@ -17,6 +17,7 @@ from kgengine.accuracy import (
     ISO,
     EvalSettings,
     ResumeMismatchError,
+    RunStore,
     baseline_kernels,
     list_dataset,
     load_gt_kernel,
@@ -41,6 +42,7 @@ from kgengine.metrics import PSNR_CAP
 ROW_KEYS = {
     "image", "index", "seed", "method", "kernel_psnr", "aligned_kernel_psnr", "aligned_shift",
     "lr_psnr", "lr_offset", "lr_psnr_ceiling", "kernel_canvas", "wall_s", "ms_per_iter",
+    "confidence",
 }
 
 
@@ -334,3 +336,140 @@ def test_eval_with_the_real_estimator(tmp_path, sample_hr):
     assert est["aligned_kernel_psnr"] >= est["kernel_psnr"]
     assert est["lr_psnr"] <= est["lr_psnr_ceiling"] + 1e-9
     assert est["wall_s"] > 0 and est["ms_per_iter"] > 0
+
+
+# ------------------------------------------------------------------------------ restarts
+class ConfidentFake(FakeEstimator):
+    """:class:`FakeEstimator` that takes ``restarts`` and reports a confidence: high (0.9)
+    for the true kernel of seed 0, low (0.25, 0.4, ...) for the poor estimates."""
+
+    def __call__(self, path, *, x4, iters, seed, device, config, restarts=1):
+        res = super().__call__(path, x4=x4, iters=iters, seed=seed, device=device,
+                               config=config)
+        self.calls[-1]["restarts"] = restarts
+        res.confidence = 0.9 if seed == 0 else 0.1 + 0.15 * seed
+        return res
+
+
+def test_eval_restarts_are_passed_and_recorded(dataset, tmp_path):
+    from scipy.stats import spearmanr
+
+    fake = ConfidentFake()
+    out = tmp_path / "out"
+    settings = EvalSettings(scale=2, seeds=(0, 1, 2), iters=7, restarts=3)
+    res = run_eval(dataset, out, settings, estimator=per_image(fake))
+    assert [c["restarts"] for c in fake.calls] == [3] * 6
+    est = [r for r in res["rows"] if r["method"] == "kernelgan-restarts3"]
+    assert len(est) == 6
+    assert [r["confidence"] for r in est] == [0.9, 0.25, 0.4] * 2
+    assert all(r["confidence"] is None for r in res["rows"] if r["method"] in (ISO, BICUBIC))
+    run = json.loads((out / "runs" / "im_1_seed1.json").read_text())
+    assert run["restarts"] == 3 and run["confidence"] == 0.25
+    corr = strict_json(out / "results.json")["summary"]["confidence_vs_accuracy"]
+    rho, p = spearmanr([r["confidence"] for r in est], [r["aligned_kernel_psnr"] for r in est])
+    assert corr["n"] == 6 and corr["metric"] == "aligned_kernel_psnr"
+    assert corr["rho"] == pytest.approx(rho, abs=1e-12) and corr["rho"] > 0
+    assert corr["p_value"] == pytest.approx(p, abs=1e-12)
+    report = (out / "report.md").read_text()
+    assert "## Confidence vs accuracy" in report and f"ρ = {rho:.3f}" in report
+    assert "n = 6" in report and "restarts per run: 3" in report
+
+
+def test_eval_refuses_to_resume_with_another_restarts_value(dataset, tmp_path):
+    out = tmp_path / "out"
+    run_eval(dataset, out, EvalSettings(seeds=(0,), iters=7, restarts=2),
+             estimator=per_image(ConfidentFake()))
+    again = ConfidentFake()
+    run_eval(dataset, out, EvalSettings(seeds=(0,), iters=7, restarts=2),
+             estimator=per_image(again))
+    assert again.calls == []  # resumed
+    for k in (1, 3):
+        with pytest.raises(ResumeMismatchError, match="restarts"):
+            run_eval(dataset, out, EvalSettings(seeds=(0,), iters=7, restarts=k),
+                     estimator=per_image(ConfidentFake()))
+    # the identity itself, apart from the method label, holds restarts
+    store = RunStore(out, {**EvalSettings(iters=7, restarts=2).run_identity(), "restarts": 5})
+    with pytest.raises(ResumeMismatchError, match="'restarts': 5"):
+        store.load(list_dataset(dataset, 2)[0], 0)
+    with pytest.raises(KGEngineError, match="restarts must be at least 1, got 0"):
+        run_eval(dataset, tmp_path / "o2", EvalSettings(seeds=(0,), restarts=0),
+                 estimator=per_image(ConfidentFake()))
+
+
+def test_runs_stored_before_restarts_resume_as_one_restart(dataset, tmp_path):
+    out = tmp_path / "out"
+    first = run_eval(dataset, out, EvalSettings(seeds=(0,), iters=7),
+                     estimator=per_image(FakeEstimator()))
+    assert first["summary"]["confidence_vs_accuracy"] is None  # no confidences
+    assert "## Confidence vs accuracy" not in (out / "report.md").read_text()
+    for f in (out / "runs").glob("*.json"):  # as written before restarts existed
+        run = json.loads(f.read_text())
+        del run["restarts"], run["confidence"]
+        f.write_text(json.dumps(run))
+    again = FakeEstimator()
+    second = run_eval(dataset, out, EvalSettings(seeds=(0,), iters=7),
+                      estimator=per_image(again))
+    assert again.calls == [] and second["rows"] == first["rows"]
+    with pytest.raises(ResumeMismatchError):
+        run_eval(dataset, out, EvalSettings(seeds=(0,), iters=7, restarts=2),
+                 estimator=per_image(ConfidentFake()))
+
+
+def test_spearman_figure_equals_scipy():
+    from scipy.stats import spearmanr
+
+    from kgengine.accuracy import confidence_correlation
+
+    rng = np.random.default_rng(5)
+    conf = rng.random(12).round(1)  # ties in both variables
+    psnr = (30 + 10 * conf + rng.normal(0, 2, 12)).round(0)
+    rows = [{"method": "kg", "confidence": float(c), "aligned_kernel_psnr": float(v)}
+            for c, v in zip(conf, psnr, strict=True)]
+    rows += [{"method": "kg", "confidence": None, "aligned_kernel_psnr": 99.0},  # K = 1 run
+             {"method": ISO, "confidence": None, "aligned_kernel_psnr": 0.0},
+             {"method": "other", "confidence": 0.0, "aligned_kernel_psnr": 99.0}]
+    got = confidence_correlation(rows, "kg")
+    rho, p = spearmanr(conf, psnr)
+    assert got == {"metric": "aligned_kernel_psnr", "n": 12, "rho": pytest.approx(rho),
+                   "p_value": pytest.approx(p)}
+    assert confidence_correlation(rows[12:], "kg") is None  # no confidences: not reported
+    constant = [{**r, "confidence": 0.5} for r in rows[:5]]
+    assert confidence_correlation(constant, "kg") == {
+        "metric": "aligned_kernel_psnr", "n": 5, "rho": None, "p_value": None}
+    assert confidence_correlation(rows[:2], "kg")["rho"] is None  # too few runs
+
+
+def test_kernelgan_estimator_passes_restarts(monkeypatch):
+    import kgengine.api
+    from kgengine.accuracy import kernelgan_estimator
+    from kgengine.config import KernelGANConfig
+
+    seen: dict = {}
+
+    def fake_estimate_kernels(images, **kw):
+        seen.update(kw, images=images)
+        return ["result"] * len(images)
+
+    monkeypatch.setattr(kgengine.api, "estimate_kernels", fake_estimate_kernels)
+    out = kernelgan_estimator([("a.png", 4), ("b.png", 5)], x4=False, iters=3, device="cpu",
+                              config=KernelGANConfig(), restarts=3)
+    assert out == ["result", "result"]
+    assert seen["restarts"] == 3 and seen["seeds"] == [4, 5] and seen["images"] == ["a.png",
+                                                                                   "b.png"]
+
+
+def test_eval_command_restarts(dataset, tmp_path, monkeypatch):
+    import kgengine.accuracy.job as job
+
+    fake = ConfidentFake()
+    monkeypatch.setattr(job, "default_estimator", lambda: per_image(fake))
+    runner = CliRunner()
+    res = runner.invoke(app, ["eval", str(dataset), "-o", str(tmp_path / "o"), "--seeds",
+                              "0,1", "--iters", "5", "--restarts", "2"])
+    assert res.exit_code == 0, res.output
+    assert [c["restarts"] for c in fake.calls] == [2] * 4
+    assert "kernelgan-restarts2" in res.output and "Spearman" in res.output
+    assert strict_json(tmp_path / "o" / "results.json")["settings"]["restarts"] == 2
+    res = runner.invoke(app, ["eval", str(dataset), "-o", str(tmp_path / "o2"),
+                              "--restarts", "0"])
+    assert res.exit_code == 1 and "error: --restarts must be at least 1, got 0" in res.output

@@ -254,3 +254,26 @@ def test_cli_farm_runs_without_importing_ray(tmp_path):
     assert res.exit_code == 1 and "seed (pool: 7, given: 8)" in res.output
     res = CliRunner().invoke(app, ["farm", "-o", str(tmp_path / "pool")])
     assert res.exit_code == 0 and "1 skipped" in res.output
+
+
+def test_farm_with_restarts_matches_estimate_kernels_and_stores_confidence(tmp_path):
+    """The real estimator (4 iterations): the farm's kernel and confidence are those of
+    ``estimate_kernels(restarts=2)`` with the derived seed."""
+    img = make_images(tmp_path / "in", BOXES[:1])[0]
+    cfg = EXACT.replace(iters=4)
+    summary = run_farm([img], tmp_path / "pool", batch=1, config=cfg, dtype="float64",
+                       device="cpu", restarts=2)
+    assert summary.done == 1
+    seed = derive_seed(0, content_hash(img), 0)
+    single = estimate_kernels([img], seeds=[seed], config=cfg, dtype=torch.float64,
+                              device="cpu", restarts=2)[0]
+    assert single.confidence is not None and 0.0 <= single.confidence <= 1.0
+    with Manifest(tmp_path / "pool") as man:
+        (row,) = man.rows("done")
+    assert row.confidence == pytest.approx(single.confidence, rel=1e-9)
+    report = json.loads((tmp_path / "pool" / row.output_paths["report"]).read_text())
+    assert report["restarts"]["k"] == 2 and report["confidence"] == row.confidence
+    _assert_same_kernel(np.load(tmp_path / "pool" / row.output_paths["x2_npy"]),
+                        single.kernel_x2)
+    pool = load_pool(tmp_path / "pool")
+    assert pool.confidences.tolist() == [row.confidence]

@@ -3,6 +3,7 @@ retry with the next seed, write failures never mark rows done, recovery, locking
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -102,25 +103,35 @@ def test_sigkill_then_resume_finishes_every_image_exactly_once(tmp_path):
 # ---------------------------------------------------------------------- fake training
 class FakeTrainer:
     """Stands in for ``estimate_kernels``: a Gaussian kernel per image, or a divergence for
-    the (name, seed) pairs in ``diverge``. Records the calls (names, seeds)."""
+    the (name, seed) pairs in ``diverge``. Records the calls (names, seeds) and the restarts
+    asked; with restarts > 1 each result's confidence is :func:`fake_confidence` of its seed,
+    as ``estimate_kernels`` sets it (None for one training)."""
 
     def __init__(self, diverge=()):
         self.diverge = set(diverge)
         self.calls: list[tuple[list[str], list[int]]] = []
+        self.restarts: list[int] = []
 
     def __call__(self, images, *, seeds, names, x4, device, config, dtype, mode, callback,
-                 on_diverge):
+                 on_diverge, restarts):
         assert on_diverge == "return" and len(images) == len(seeds) == len(names)
         self.calls.append((list(names), list(seeds)))
+        self.restarts.append(restarts)
         out = []
         for name, seed in zip(names, seeds, strict=True):
             if (name, seed) in self.diverge or (name, "*") in self.diverge:
                 out.append(TrainingDivergedError(f"{name}: training diverged with seed {seed}"))
                 continue
             k = gaussian_kernel(13, 1.0 + (seed % 7) / 10)
-            report = {"seed": seed, "train_s": 0.01, "iters": config.iters}
-            out.append(EstimateResult(name, k, None, report, [np.zeros((1, 1, 1, 1))], k))
+            conf = fake_confidence(seed) if restarts > 1 else None
+            report = {"seed": seed, "train_s": 0.01, "iters": config.iters, "confidence": conf}
+            out.append(EstimateResult(name, k, None, report, [np.zeros((1, 1, 1, 1))], k, conf))
         return out
+
+
+def fake_confidence(seed: int) -> float:
+    """A confidence in [0.5, 1) that differs between images (their seeds differ)."""
+    return 0.5 + (seed % 1000) / 2000
 
 
 @pytest.fixture
@@ -243,3 +254,135 @@ def test_out_of_memory_halves_the_batch(photos, tmp_path, monkeypatch):
     summary = run_farm(photos, tmp_path / "pool", batch=4, device="cpu")
     assert (summary.done, summary.failed, summary.batch) == (4, 0, 1)
     assert [len(names) for names, _ in fake.calls] == [4, 2, 1, 1, 1, 1]
+
+
+# ---------------------------------------------------------------------- restarts, confidence
+# the ``images`` table as manifests were created before the ``confidence`` column existed
+OLD_IMAGES_TABLE = """
+CREATE TABLE images (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE, path TEXT NOT NULL UNIQUE,
+    sha256 TEXT, width INTEGER, height INTEGER, seed INTEGER,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'running', 'done', 'failed')),
+    reason TEXT, attempts INTEGER NOT NULL DEFAULT 0, diverged INTEGER NOT NULL DEFAULT 0,
+    seed_used INTEGER, added_at REAL NOT NULL, started_at REAL, finished_at REAL, train_s REAL,
+    outputs TEXT
+);
+"""
+
+
+def _columns(db_path: Path) -> list[str]:
+    db = sqlite3.connect(db_path)
+    try:
+        return [r[1] for r in db.execute("PRAGMA table_info(images)")]
+    finally:
+        db.close()
+
+
+def test_old_manifest_gets_the_confidence_column(tmp_path):
+    db = sqlite3.connect(tmp_path / "manifest.sqlite")
+    db.executescript(OLD_IMAGES_TABLE)
+    db.execute("INSERT INTO images (name, path, sha256, state, seed_used, added_at, outputs)"
+               " VALUES ('old', '/old.png', 'aa', 'done', 5, 1.0, '{}')")
+    db.execute("INSERT INTO images (name, path, sha256, state, added_at)"
+               " VALUES ('new', '/new.png', 'bb', 'pending', 2.0)")
+    db.commit()
+    db.close()
+    assert "confidence" not in _columns(tmp_path / "manifest.sqlite")
+    with Manifest(tmp_path) as man:
+        assert _columns(tmp_path / "manifest.sqlite")[-1] == "confidence"
+        old, new = man.rows()
+        assert old.state == "done" and old.seed_used == 5 and old.confidence is None
+        man.claim([new.id])
+        man.mark_done(new.id, 7, 0.5, {}, confidence=0.75)
+    with Manifest(tmp_path) as man:  # opened again: the column is not added twice
+        assert [r.confidence for r in man.rows()] == [None, 0.75]
+    assert _columns(tmp_path / "manifest.sqlite").count("confidence") == 1
+
+
+def test_settings_without_restarts_read_as_one():
+    stored = resolve_settings(None, seed=3).to_dict()
+    assert stored["restarts"] == 1
+    del stored["restarts"]  # as an older pool stored its settings
+    assert resolve_settings(stored).restarts == 1
+    assert resolve_settings(stored, restarts=1).restarts == 1
+    with pytest.raises(KGEngineError, match=r"restarts \(pool: 1, given: 3\)"):
+        resolve_settings(stored, restarts=3)
+    with pytest.raises(KGEngineError, match="restarts must be at least 1, got 0"):
+        resolve_settings(None, restarts=0)
+
+
+def test_farm_stores_restarts_and_refuses_another_value(photos, tmp_path, monkeypatch):
+    fake = FakeTrainer()
+    monkeypatch.setattr(training, "estimate_kernels", fake)
+    pool = tmp_path / "pool"
+    run_farm(photos[:2], pool, batch=4, device="cpu", restarts=3)
+    with Manifest(pool) as man:
+        assert man.settings()["restarts"] == 3
+    assert fake.restarts == [3]
+    with pytest.raises(KGEngineError, match=r"restarts \(pool: 3, given: 2\)"):
+        run_farm(photos[2:], pool, device="cpu", restarts=2)
+    run_farm(photos[2:], pool, batch=4, device="cpu")  # left out: the pool's 3
+    assert fake.restarts == [3, 3] and fake.calls[1][0] == ["p2", "p3"]
+    runner = CliRunner()
+    res = runner.invoke(app, ["farm", "-o", str(pool), "--restarts", "1"])
+    assert res.exit_code == 1 and "error: " in res.output
+    assert "restarts (pool: 3, given: 1)" in res.output
+    res = runner.invoke(app, ["farm", "-o", str(tmp_path / "new"), "--restarts", "0"])
+    assert res.exit_code == 1
+    assert "error: restarts must be at least 1, got 0" in res.output
+
+
+def test_farm_writes_the_confidence_to_manifest_reports_and_pool(photos, tmp_path,
+                                                                  monkeypatch):
+    monkeypatch.setattr(training, "estimate_kernels", FakeTrainer())
+    pool = tmp_path / "pool"
+    run_farm(photos, pool, batch=4, device="cpu", restarts=2)
+    with Manifest(pool) as man:
+        rows = man.rows("done")
+    assert len(rows) == 4
+    want = {r.name: fake_confidence(r.seed_used) for r in rows}
+    assert len(set(want.values())) == 4  # the check below tells the images apart
+    kernels = load_pool(pool / POOL_X2)
+    for r in rows:
+        assert r.confidence == pytest.approx(want[r.name], abs=0, rel=1e-15)
+        report = json.loads((pool / r.output_paths["report"]).read_text())
+        assert report["confidence"] == r.confidence and report["farm"]["restarts"] == 2
+        assert kernels.confidences[kernels.ids.index(r.name)] == r.confidence
+    with np.load(pool / POOL_X2, allow_pickle=False) as z:
+        index = json.loads(str(z["index"]))
+    assert {e["id"]: e["confidence"] for e in index} == want
+    threshold = sorted(want.values())[2]
+    assert load_pool(pool, min_confidence=threshold).ids == [
+        r.name for r in rows if want[r.name] >= threshold]
+
+
+def test_farm_without_restarts_has_unknown_confidence(photos, tmp_path, monkeypatch):
+    fake = FakeTrainer()
+    monkeypatch.setattr(training, "estimate_kernels", fake)
+    run_farm(photos[:2], tmp_path / "pool", batch=4, device="cpu")
+    assert fake.restarts == [1]
+    with Manifest(tmp_path / "pool") as man:
+        assert [r.confidence for r in man.rows()] == [None, None]
+    assert np.isnan(load_pool(tmp_path / "pool" / POOL_X2).confidences).all()
+
+
+def test_ray_results_carry_the_confidence():
+    from kgengine.farm import ray_runner  # Ray itself is imported only with --ray
+
+    k = gaussian_kernel(13, 1.0)
+    res = EstimateResult("a", k, None, {"seed": 1}, [np.zeros((1, 1, 1, 1))], k, 0.625)
+    plain = ray_runner._plain("a", res)
+    assert plain["confidence"] == 0.625
+
+    class _Row:
+        name = "a"
+
+    back = ray_runner._outcome(_Row(), plain)
+    assert isinstance(back, EstimateResult) and back.confidence == 0.625
+
+
+def test_default_batch_divides_by_restarts():
+    cpu = torch.device("cpu")
+    assert batching.auto_batch(cpu, resolve_settings(None)) == batching.CPU_BATCH
+    assert batching.auto_batch(cpu, resolve_settings(None, restarts=3)) == batching.CPU_BATCH // 3
+    assert batching.auto_batch(cpu, resolve_settings(None, restarts=64)) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -70,7 +72,8 @@ def test_save_load_npz_round_trip(tmp_path) -> None:
     assert path == tmp_path / POOL_FILE
     assert [p.name for p in tmp_path.iterdir()] == [POOL_FILE]  # no temporary file left
     with np.load(path, allow_pickle=False) as data:  # no pickled objects inside
-        assert set(data.files) == {"kernels", "ids", "sources", "seeds", "scale", "index"}
+        assert set(data.files) == {"kernels", "ids", "sources", "seeds", "scale", "index",
+                                   "confidences"}
         assert data["ids"].tolist() == ["a", "b", "c", "d"]
         assert int(data["scale"]) == 4
     back = load_pool(path)
@@ -158,3 +161,152 @@ def test_bad_pools(tmp_path) -> None:
         KernelPool(np.ones((2, 4, 4), np.float32), ["a", "b"], ["", ""], [0, 0], 2)
     with pytest.raises(KGEngineError, match="not unique"):
         KernelPool(np.ones((2, 5, 5), np.float32), ["a", "a"], ["", ""], [0, 0], 2)
+
+
+# ---------------------------------------------------------------------- confidences
+IDS = ["a", "b", "c", "d", "e"]
+CONF = [0.95, 0.5, None, 0.8, 0.8]  # None: unknown (a kernel estimated without restarts)
+
+
+def _conf_pool(tmp_path, confidences=CONF):
+    """Five pool rows (Gaussians of widths 1.0 .. 1.4, one per id) with ``confidences``."""
+    kernels = [gaussian_kernel(13, 1.0 + 0.1 * i) for i in range(5)]
+    reports = [{"n": i} for i in range(5)]
+    pool = make_pool(kernels, IDS, [f"{i}.png" for i in IDS], 2, seeds=[10, 11, 12, 13, 14],
+                     reports=reports, confidences=confidences)
+    return save_pool(tmp_path / "pool.npz", pool), pool
+
+
+def test_confidences_round_trip(tmp_path) -> None:
+    path, pool = _conf_pool(tmp_path)
+    want = np.array([0.95, 0.5, np.nan, 0.8, 0.8])
+    np.testing.assert_array_equal(pool.confidences, want)  # NaN == NaN here
+    with np.load(path, allow_pickle=False) as data:
+        assert data["confidences"].dtype == np.float64
+        np.testing.assert_array_equal(data["confidences"], want)
+        index = json.loads(str(data["index"]))
+    assert [row["confidence"] for row in index] == [0.95, 0.5, None, 0.8, 0.8]
+    back = load_pool(path)
+    assert back.confidences.dtype == np.float64
+    np.testing.assert_array_equal(back.confidences, want)
+    # a pool without confidences knows none of them
+    assert np.isnan(make_pool([gaussian_kernel(9, 1.0)], ["x"], ["x"], 2).confidences).all()
+    with pytest.raises(KGEngineError, match="5 kernels but 4 confidences"):
+        make_pool([gaussian_kernel(9, 1.0)] * 5, IDS, IDS, 2, confidences=[0.1] * 4)
+
+
+def test_old_pool_without_confidences_reads_nan(tmp_path) -> None:
+    path, pool = _conf_pool(tmp_path)
+    with np.load(path, allow_pickle=False) as data:  # as written before confidences existed
+        old = {k: data[k] for k in data.files if k != "confidences"}
+    np.savez(tmp_path / "old.npz", **old)
+    back = load_pool(tmp_path / "old.npz")
+    assert back.ids == IDS and back.confidences.shape == (5,)
+    assert np.isnan(back.confidences).all()
+    with pytest.raises(KGEngineError, match=r"old\.npz: no kernel has confidence >= 0\.5 .*"
+                                            r"0 with a known confidence; none is known"):
+        load_pool(tmp_path / "old.npz", min_confidence=0.5)
+
+
+def test_min_confidence_keeps_exactly_the_passing_rows(tmp_path) -> None:
+    path, pool = _conf_pool(tmp_path)
+    kept = load_pool(path, min_confidence=0.8)  # >= is inclusive; unknown (c) is dropped
+    assert kept.ids == ["a", "d", "e"]
+    assert kept.sources == ["a.png", "d.png", "e.png"] and kept.seeds == [10, 13, 14]
+    assert kept.reports == [{"n": 0}, {"n": 3}, {"n": 4}]
+    np.testing.assert_array_equal(kept.confidences, [0.95, 0.8, 0.8])
+    np.testing.assert_array_equal(kept.kernels, pool.kernels[[0, 3, 4]])
+    assert load_pool(path, min_confidence=0.0).ids == ["a", "b", "d", "e"]
+    assert load_pool(path, min_confidence=0.95).ids == ["a"]
+    assert load_pool(path).ids == IDS  # no filter: every row, unknown ones included
+    with pytest.raises(KGEngineError) as info:
+        load_pool(path, min_confidence=0.96)
+    msg = str(info.value)
+    assert str(path) in msg and ">= 0.96" in msg and "the highest is 0.95" in msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
+def test_min_confidence_outside_0_1_is_refused(tmp_path, bad) -> None:
+    path, _ = _conf_pool(tmp_path)
+    with pytest.raises(KGEngineError, match=r"min confidence must be in \[0, 1\]"):
+        load_pool(path, min_confidence=bad)
+
+
+def test_kernel_folder_has_no_known_confidence(tmp_path) -> None:
+    np.save(tmp_path / "k.npy", gaussian_kernel(9, 1.0))
+    assert np.isnan(load_pool(tmp_path).confidences).all()
+    with pytest.raises(KGEngineError, match="none is known"):
+        load_pool(tmp_path, min_confidence=0.1)
+
+
+def test_pool_filter_command(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from kgengine.cli import app
+
+    path, pool = _conf_pool(tmp_path)
+    out = tmp_path / "sub" / "confident.npz"
+    runner = CliRunner()
+    res = runner.invoke(app, ["pool", "filter", str(path), "--min-confidence", "0.8",
+                              "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "3 of 5 kernels have confidence >= 0.8" in res.output
+    kept = load_pool(out)
+    assert kept.ids == ["a", "d", "e"] and kept.scale == 2
+    np.testing.assert_array_equal(kept.kernels, pool.kernels[[0, 3, 4]])
+    assert [p.name for p in out.parent.iterdir()] == ["confident.npz"]  # no temporary file
+    for args, message in [
+        (["--min-confidence", "0.99", "-o", str(out)], "no kernel has confidence >= 0.99"),
+        (["--min-confidence", "2", "-o", str(out)], "min confidence must be in [0, 1], got 2"),
+        (["--min-confidence", "0.5", "-o", str(path)], "write to another file"),
+        (["--min-confidence", "0.5", "-o", str(tmp_path / "x.txt")], "as a .npz file"),
+    ]:
+        res = runner.invoke(app, ["pool", "filter", str(path), *args])
+        assert res.exit_code == 1, res.output
+        assert res.output.startswith("error: ") and message in res.output, res.output
+    assert load_pool(out).ids == ["a", "d", "e"]  # the refused runs left it alone
+
+
+def test_pool_info_shows_the_confidences(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from kgengine.cli import app
+    from kgengine.farm.poolview import pool_info, shape_lines
+
+    path, pool = _conf_pool(tmp_path)
+    text = pool_info(path)
+    assert "confidence: 4 of 5 known; min 0.500  median 0.800  max 0.950" in text
+    assert "histogram of confidence" in text
+    res = CliRunner().invoke(app, ["pool", "info", str(path), "--min-confidence", "0.8"])
+    assert res.exit_code == 0, res.output
+    assert "confidence >= 0.8: 3 of 5 kernels pass" in res.output
+    # the widths are of the passing kernels a, d, e (sigmas 1.0, 1.3, 1.4), not of all five
+    lines = res.output.splitlines()
+    passing, everything = shape_lines(pool.select([0, 3, 4])), shape_lines(pool)
+    assert passing[0] != everything[0]  # the major-width line: medians 1.3 vs 1.2
+    assert passing[0] in lines and everything[0] not in lines
+    res = CliRunner().invoke(app, ["pool", "info", str(path), "--min-confidence", "0.99"])
+    assert res.exit_code == 0 and "0 of 5 kernels pass" in res.output
+    assert "major width" not in res.output
+    res = CliRunner().invoke(app, ["pool", "info", str(path), "--min-confidence", "-1"])
+    assert res.exit_code == 1 and "error: min confidence must be in [0, 1]" in res.output
+    _conf_pool(tmp_path, confidences=None)
+    assert "unknown for every kernel" in pool_info(path)
+
+
+def test_pool_plot_draws_only_confident_kernels(tmp_path, monkeypatch) -> None:
+    import kgengine.plotting
+    from kgengine.farm.poolview import plot_pool
+
+    path, _ = _conf_pool(tmp_path)
+    drawn: list[str] = []
+
+    def fake_grid(out, rows, titles, **kw):
+        drawn.extend(t for row in titles for t in row)
+        return out
+
+    monkeypatch.setattr(kgengine.plotting, "kernel_grid_png", fake_grid)
+    plot_pool(path, tmp_path / "m.png", min_confidence=0.8)
+    assert [t.split("\n")[0] for t in drawn] == ["a", "d", "e"]
+    assert drawn[0].endswith("conf 0.950")

@@ -36,7 +36,7 @@ from kgengine.accuracy.scoring import (
     score_image,
     score_kernel,
 )
-from kgengine.accuracy.summary import summarise
+from kgengine.accuracy.summary import confidence_correlation, summarise
 from kgengine.accuracy.synth import make_div2krk_like, select_evenly
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "ResumeMismatchError",
     "RunStore",
     "baseline_kernels",
+    "confidence_correlation",
     "default_estimator",
     "kernelgan_estimator",
     "list_dataset",

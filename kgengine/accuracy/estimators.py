@@ -9,6 +9,10 @@ batching is the same for every estimator:
   :func:`kgengine.api.estimate_kernel` (a test double, another method) by looping over the
   chunk.
 
+Every estimator gets ``restarts`` (K trainings per job, combined; 1 = one training). A result
+may carry a ``confidence`` (the restarts' agreement in [0, 1]; the job also looks for
+``report["confidence"]``).
+
 >>> est = per_image(my_estimate_kernel)                                   # doctest: +SKIP
 >>> est([("lr_x2/im_1.png", 0)], x4=False, iters=None, device="cpu", config=cfg)  # doctest: +SKIP
 [EstimateResult(name='im_1', kernel_x2=array(...), ...)]
@@ -33,6 +37,9 @@ class KernelResult(Protocol):
         kernel_x2: (h, w) x2 kernel, any float dtype (stored as float64, normalised to sum 1).
         kernel_x4: (h4, w4) x4 kernel when asked for (``x4=True``), else None.
         report: JSON-able dict; its ``ms_per_iter`` is reported.
+
+    An optional ``confidence`` attribute (float in [0, 1] or None), as
+    :class:`~kgengine.api.EstimateResult` has, is recorded with the run.
     """
 
     kernel_x2: Any
@@ -47,6 +54,7 @@ class BatchEstimator(Protocol):
     :class:`KernelResult`, or the exception that made that job fail (the others are kept).
     Raising fails the whole chunk; the job then retries its jobs one at a time.
     ``callback(steps_done)``, when given, reports training progress within the chunk.
+    ``restarts``: trainings per job (K ≥ 1), combined into one kernel with a confidence.
     """
 
     def __call__(
@@ -58,11 +66,16 @@ class BatchEstimator(Protocol):
         device: str,
         config: KernelGANConfig,
         callback: Callable[[int], None] | None = None,
+        restarts: int = 1,
     ) -> list[KernelResult | Exception]: ...
 
 
 class ImageEstimator(Protocol):
-    """A one-image estimator: the signature of :func:`kgengine.api.estimate_kernel`."""
+    """A one-image estimator: the signature of :func:`kgengine.api.estimate_kernel`.
+
+    It is also given ``restarts=K`` when K > 1 (:func:`kgengine.api.estimate_kernel` takes
+    it); an estimator without restarts need not accept it.
+    """
 
     def __call__(
         self, lr_path: str, *, x4: bool, iters: int | None, seed: int, device: str,
@@ -73,7 +86,8 @@ class ImageEstimator(Protocol):
 def per_image(estimate: ImageEstimator) -> BatchEstimator:
     """Adapt a one-image estimator to :class:`BatchEstimator`: one call per job, in order.
 
-    An exception of one call becomes that job's entry; the progress callback is not used.
+    An exception of one call becomes that job's entry; the progress callback is not used;
+    ``restarts`` is passed on only when it is not 1.
     """
 
     def estimate_chunk(
@@ -84,13 +98,14 @@ def per_image(estimate: ImageEstimator) -> BatchEstimator:
         device: str,
         config: KernelGANConfig,
         callback: Callable[[int], None] | None = None,
+        restarts: int = 1,
     ) -> list[KernelResult | Exception]:
         out: list[KernelResult | Exception] = []
+        extra = {} if restarts == 1 else {"restarts": restarts}
         for path, seed in jobs:
             try:
-                out.append(
-                    estimate(path, x4=x4, iters=iters, seed=seed, device=device, config=config)
-                )
+                out.append(estimate(path, x4=x4, iters=iters, seed=seed, device=device,
+                                    config=config, **extra))
             except Exception as exc:  # noqa: BLE001 - one bad image must not stop the others
                 out.append(exc)
         return out
@@ -106,10 +121,13 @@ def kernelgan_estimator(
     device: str,
     config: KernelGANConfig,
     callback: Callable[[int], None] | None = None,
+    restarts: int = 1,
 ) -> list[KernelResult | Exception]:
     """KernelGAN on a chunk of jobs, trained together (:func:`kgengine.api.estimate_kernels`).
 
-    A diverged job's entry is its :class:`~kgengine.errors.TrainingDivergedError`.
+    With ``restarts = K`` every job trains K seeds in the same batch, combined into one
+    kernel whose ``confidence`` is their agreement. A diverged job's entry (every restart
+    diverged) is its :class:`~kgengine.errors.TrainingDivergedError`.
 
     Raises:
         KGEngineError: the estimator cannot be imported, or an image of the chunk is unusable.
@@ -127,6 +145,7 @@ def kernelgan_estimator(
         config=config,
         callback=callback,
         on_diverge="return",
+        restarts=restarts,
     )
 
 

@@ -6,10 +6,15 @@ job goes in four passes:
 
 1. load the true kernels (an image whose kernel is unusable is skipped);
 2. resume: load the finished runs from ``OUTDIR/runs`` (:class:`RunStore`; a run made with
-   another scale, iteration count or variant is refused);
+   another scale, iteration count, variant or number of restarts is refused);
 3. estimate the missing (image, seed) runs, ``batch`` at a time, through the one
    :class:`~kgengine.accuracy.estimators.BatchEstimator` protocol, saving each run at once;
 4. score every image and both baselines (:func:`~kgengine.accuracy.scoring.score_image`).
+
+With ``restarts = K > 1`` every run trains K seeds of its image and combines them
+(:func:`kgengine.api.estimate_kernels`); each row then records the run's ``confidence`` and
+the summary adds the Spearman rank correlation between confidence and aligned kernel PSNR
+(:func:`~kgengine.accuracy.summary.confidence_correlation`).
 
 Outputs in ``OUTDIR``: ``results.json`` (settings, machine, every row, errors, summary),
 ``report.md`` and ``kernels.png``. An image that fails (unreadable file, bad kernel,
@@ -56,6 +61,7 @@ class EvalSettings:
         authors_defects: reproduce the authors' code defects 1-3.
         ids: only these image numbers (None: all).
         config: the resolved :class:`KernelGANConfig` as a dict (filled in by :func:`run_eval`).
+        restarts: trainings per run (K ≥ 1), combined into its kernel with a confidence.
     """
 
     scale: int = 2
@@ -65,11 +71,14 @@ class EvalSettings:
     authors_defects: bool = False
     ids: tuple[int, ...] | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    restarts: int = 1
 
     @property
     def method(self) -> str:
-        """Row label of the estimator: ``kernelgan`` or ``kernelgan-authors``."""
-        return "kernelgan-authors" if self.authors_defects else "kernelgan"
+        """Row label of the estimator: ``kernelgan`` or ``kernelgan-authors``, with
+        ``-restarts<K>`` appended for K > 1."""
+        label = "kernelgan-authors" if self.authors_defects else "kernelgan"
+        return label if self.restarts == 1 else f"{label}-restarts{self.restarts}"
 
     def kernelgan_config(self) -> KernelGANConfig:
         """The estimator's config: authors' defects 1-3 or kgengine's fixes, plus iters."""
@@ -79,8 +88,10 @@ class EvalSettings:
         return cfg
 
     def run_identity(self) -> dict[str, Any]:
-        """What every stored run must share: ``scale``, ``method`` and resolved ``iters``."""
-        return {"scale": self.scale, "method": self.method, "iters": self.kernelgan_config().iters}
+        """What every stored run must share: ``scale``, ``method``, resolved ``iters`` and
+        ``restarts``."""
+        return {"scale": self.scale, "method": self.method,
+                "iters": self.kernelgan_config().iters, "restarts": self.restarts}
 
 
 def run_eval(
@@ -98,7 +109,7 @@ def run_eval(
     Args:
         dataset_dir: a DIV2KRK-layout folder.
         out_dir: output folder (runs are resumed from ``out_dir/runs``).
-        settings: scale, seeds, iters, device, variant, ids (:class:`EvalSettings`).
+        settings: scale, seeds, iters, device, variant, ids, restarts (:class:`EvalSettings`).
         estimator: a :class:`~kgengine.accuracy.estimators.BatchEstimator`; default KernelGAN
             (:func:`~kgengine.accuracy.estimators.default_estimator`). Wrap a one-image
             estimator with :func:`~kgengine.accuracy.estimators.per_image`.
@@ -109,12 +120,15 @@ def run_eval(
     Returns:
         The ``results.json`` content.
     Raises:
-        KGEngineError: bad dataset folder, resume mismatch, or every image failed.
+        KGEngineError: bad dataset folder, ``batch`` or ``restarts`` below 1, resume
+            mismatch, or every image failed.
     """
     settings = settings or EvalSettings()
     hooks = hooks or JobHooks()
     if batch < 1:
         raise KGEngineError(f"batch must be at least 1, got {batch}")
+    if settings.restarts < 1:
+        raise KGEngineError(f"restarts must be at least 1, got {settings.restarts}")
     images = list_dataset(dataset_dir, settings.scale, settings.ids)
     settings = replace(settings, config=settings.kernelgan_config().to_dict())
     t_start = time.perf_counter()
@@ -204,7 +218,7 @@ class _Estimation:
             results = self.estimator(
                 [(str(im.lr_path), s) for im, s in chunk], x4=self.settings.scale == 4,
                 iters=self.settings.iters, device=self.settings.device, config=cfg,
-                callback=self.hooks.batch_progress,
+                callback=self.hooks.batch_progress, restarts=self.settings.restarts,
             )
             if len(results) != len(chunk):
                 raise KGEngineError(f"the estimator returned {len(results)} results "
@@ -236,7 +250,11 @@ class _Estimation:
                     f"{image.lr_path}: the estimator returned no x{self.settings.scale} kernel"
                 )
             report = dict(getattr(res, "report", {}) or {})
-            self.runs[(image.name, seed)] = self.store.save(image, seed, kernel, wall, report)
+            confidence = getattr(res, "confidence", None)
+            if confidence is None:
+                confidence = report.get("confidence")
+            self.runs[(image.name, seed)] = self.store.save(image, seed, kernel, wall, report,
+                                                            confidence)
         except Exception as exc:  # noqa: BLE001 - recorded; the image is skipped when scored
             self.failures[(image.name, seed)] = describe(exc)
             self.hooks.item_finished(name, "failed", f"{name}: {describe(exc)}")

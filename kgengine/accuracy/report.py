@@ -1,7 +1,8 @@
 """The eval job's Markdown report and kernel grid, from a ``results.json`` dict.
 
 - :func:`render_report`: ``report.md`` (settings, machine, one table per metric, the losses
-  to the isotropic baseline in plain sentences, a per-image table, skipped images).
+  to the isotropic baseline in plain sentences, confidence vs accuracy with restarts, a
+  per-image table, skipped images).
 - :func:`write_kernel_grid`: ``kernels.png``, true vs estimated kernels of the worst and best
   images (:func:`kgengine.plotting.kernel_grid_png`).
 - :func:`summary_table`: one README-style table for several results (scales, variants).
@@ -91,7 +92,7 @@ def render_report(results: dict) -> str:
         f"- Dataset: `{results['dataset']}` ({results['n_images']} images scored, "
         f"{len(results['errors'])} skipped)",
         f"- Seeds: {', '.join(str(s) for s in st['seeds'])}; iterations: "
-        f"{st['config'].get('iters')}; variant: "
+        f"{st['config'].get('iters')}; restarts per run: {st.get('restarts', 1)}; variant: "
         f"{'authors defects 1-3' if st['authors_defects'] else 'kgengine (defects 1-3 fixed)'}",
         f"- Machine: {hw}; device `{mach['device']}`; torch {mach['torch']}",
         f"- Estimation wall time: {_fmt(t['total_wall_s'], 1)} s over {t['runs']} runs "
@@ -113,6 +114,9 @@ def render_report(results: dict) -> str:
         lines += [f"## {METRIC_TITLES[metric]}", "", metric_table(summ, method, metric), ""]
     lines += ["## Against the isotropic baseline", ""]
     lines += loss_statements(summ, method) or ["- No comparable rows."]
+    if summ.get("confidence_vs_accuracy") is not None:
+        lines += ["", "## Confidence vs accuracy", "",
+                  confidence_statement(summ["confidence_vs_accuracy"])]
     lines += ["", "## Per image", ""]
     lines += per_image_table(results["rows"], method)
     if results["errors"]:
@@ -124,6 +128,17 @@ def render_report(results: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def confidence_statement(corr: dict) -> str:
+    """One sentence on :func:`~kgengine.accuracy.summary.confidence_correlation`'s result."""
+    what = (f"Spearman rank correlation between the restarts' confidence and the "
+            f"{METRIC_NAMES.get(corr['metric'], corr['metric'])} over all (image, seed) runs")
+    if corr["rho"] is None:
+        return (f"- {what}: undefined (n = {corr['n']}; it needs at least 3 runs and values "
+                "that vary).")
+    return (f"- {what}: ρ = {corr['rho']:.3f} (p = {corr['p_value']:.3g}, n = {corr['n']}). "
+            "Positive: the confident runs are the accurate ones.")
 
 
 def per_image_table(rows: list[dict], method: str) -> list[str]:

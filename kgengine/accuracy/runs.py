@@ -1,9 +1,11 @@
 """The resumable run store: one JSON file per finished (image, seed) estimation.
 
-``OUTDIR/runs/im_N_seed{S}.json`` holds the kernel, the wall time and the estimator's report
-of one run, written atomically, so an interrupted job resumes where it stopped. Every file
-also records the store's *identity* (scale, method, iterations): one ``OUTDIR`` holds one
-configuration, and a run made with another one is refused rather than mixed in.
+``OUTDIR/runs/im_N_seed{S}.json`` holds the kernel, the wall time, the confidence (None
+without restarts) and the estimator's report of one run, written atomically, so an
+interrupted job resumes where it stopped. Every file also records the store's *identity*
+(scale, method, iterations, restarts): one ``OUTDIR`` holds one configuration, and a run made
+with another one is refused rather than mixed in. A run stored before an identity key
+existed has that key's :data:`LEGACY_IDENTITY` value.
 """
 
 from __future__ import annotations
@@ -20,9 +22,13 @@ from kgengine.atomic import save_json
 from kgengine.errors import KGEngineError
 from kgengine.kernel import check_kernel
 
+#: Identity keys added after runs were first stored, with the value older runs were made with.
+LEGACY_IDENTITY: dict[str, Any] = {"restarts": 1}
+
 
 class ResumeMismatchError(KGEngineError):
-    """``OUTDIR/runs`` holds a run made with other settings (scale, iterations, variant)."""
+    """``OUTDIR/runs`` holds a run made with other settings (scale, iterations, variant,
+    restarts)."""
 
 
 class RunStore:
@@ -31,7 +37,7 @@ class RunStore:
     Args:
         out_dir: the job's output folder.
         identity: what a run depends on, e.g. ``{"scale": 2, "method": "kernelgan",
-            "iters": 3000}``; stored in every run and compared on load.
+            "iters": 3000, "restarts": 1}``; stored in every run and compared on load.
     """
 
     def __init__(self, out_dir: str | os.PathLike, identity: dict[str, Any]) -> None:
@@ -56,7 +62,7 @@ class RunStore:
             kernel = np.asarray(run["kernel"], dtype=np.float64)
         except (ValueError, KeyError, TypeError):
             return None  # damaged: estimate again
-        got = {key: run.get(key) for key in self.identity}
+        got = {key: run.get(key, LEGACY_IDENTITY.get(key)) for key in self.identity}
         if got != self.identity:
             raise ResumeMismatchError(
                 f"{path}: made with {got}, not {self.identity}; "
@@ -66,7 +72,8 @@ class RunStore:
         return run
 
     def save(
-        self, image: EvalImage, seed: int, kernel: Any, wall_s: float, report: dict[str, Any]
+        self, image: EvalImage, seed: int, kernel: Any, wall_s: float, report: dict[str, Any],
+        confidence: float | None = None,
     ) -> dict[str, Any]:
         """Check ``kernel`` and save it as the run of (``image``, ``seed``), atomically.
 
@@ -75,6 +82,7 @@ class RunStore:
                 normalise it).
             wall_s: the estimation's wall time in seconds.
             report: the estimator's JSON-able report (``ms_per_iter`` is copied to the run).
+            confidence: the agreement of the run's restarts in [0, 1]; None without restarts.
         Returns:
             The run as stored, with ``kernel`` as an (h, w) float64 array.
         Raises:
@@ -90,6 +98,7 @@ class RunStore:
             **self.identity,
             "wall_s": wall_s,
             "ms_per_iter": report.get("ms_per_iter"),
+            "confidence": None if confidence is None else float(confidence),
             "report": report,
             "kernel": kernel.tolist(),
         }

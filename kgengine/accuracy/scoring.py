@@ -92,11 +92,13 @@ def score_image(
         image: the dataset image (its HR image, if any, enables re-synthesis).
         gt: (h, w) float64 true kernel.
         runs: the stored runs of ``image`` (:class:`~kgengine.accuracy.runs.RunStore`), each
-            with ``seed``, ``kernel`` ((h, w) float64), ``wall_s`` and ``ms_per_iter``.
+            with ``seed``, ``kernel`` ((h, w) float64), ``wall_s``, ``ms_per_iter`` and
+            (optionally) ``confidence``.
         scale: 2 or 4.
         method: the estimator's row label.
     Returns:
-        (rows, kernels): one row per baseline, then one per run; and the kernels by label
+        (rows, kernels): one row per baseline (``confidence`` None), then one per run (its
+            ``confidence``, None without restarts); and the kernels by label
         (``"gt"``, the baselines, ``"seed S"``) for the kernel grid.
     """
     hr = lr = ceiling = None
@@ -112,11 +114,11 @@ def score_image(
     kernels: dict[str, np.ndarray] = {"gt": gt}
     for name, k in baselines.items():
         rows.append({**base, "seed": None, "method": name, "wall_s": 0.0, "ms_per_iter": None,
-                     **score_kernel(k, gt, scale, hr, lr, size)})
+                     "confidence": None, **score_kernel(k, gt, scale, hr, lr, size)})
         kernels[name] = k
     for run in runs:
         rows.append({**base, "seed": run["seed"], "method": method, "wall_s": run["wall_s"],
-                     "ms_per_iter": run.get("ms_per_iter"),
+                     "ms_per_iter": run.get("ms_per_iter"), "confidence": run.get("confidence"),
                      **score_kernel(run["kernel"], gt, scale, hr, lr, size)})
         kernels[f"seed {run['seed']}"] = run["kernel"]
     return rows, kernels

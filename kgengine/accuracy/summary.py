@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import warnings
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,7 @@ def summarise(rows: list[dict[str, Any]], method: str) -> dict[str, Any]:
     - ``lr_ceiling``: the same statistics of the true kernel's re-synthesis PSNR.
     - ``timing``: the estimator's runs, total and median wall time, median ms per iteration
       and images per hour (``3600 / mean wall time``).
+    - ``confidence_vs_accuracy``: :func:`confidence_correlation` (None without confidences).
     """
     out: dict[str, Any] = {"methods": {}}
     for m in (method, ISO, BICUBIC):
@@ -49,6 +51,43 @@ def summarise(rows: list[dict[str, Any]], method: str) -> dict[str, Any]:
     ceilings = {r["image"]: r["lr_psnr_ceiling"] for r in rows if r["lr_psnr_ceiling"] is not None}
     out["lr_ceiling"] = stats(list(ceilings.values()))
     out["timing"] = _timing(rows, method)
+    out["confidence_vs_accuracy"] = confidence_correlation(rows, method)
+    return out
+
+
+#: Fewest runs for which a rank correlation is reported.
+MIN_CORRELATION_RUNS = 3
+
+
+def confidence_correlation(rows: list[dict[str, Any]], method: str,
+                           metric: str = "aligned_kernel_psnr") -> dict[str, Any] | None:
+    """Spearman's rank correlation between the runs' confidence and ``metric``.
+
+    Over every (image, seed) row of ``method`` that has both a confidence and the metric
+    (``scipy.stats.spearmanr``: Pearson's correlation of the ranks, ties given their mean
+    rank). High when the confident runs are the accurate ones.
+
+    Returns:
+        None when no row has a confidence; else ``{"metric", "n", "rho", "p_value"}``, with
+        ``rho`` and ``p_value`` None when ``n`` < :data:`MIN_CORRELATION_RUNS` or either
+        variable is constant (the correlation is undefined).
+    """
+    pairs = [(float(r["confidence"]), float(r[metric])) for r in rows
+             if r["method"] == method and r.get("confidence") is not None
+             and r.get(metric) is not None]
+    pairs = [(c, v) for c, v in pairs if np.isfinite(c) and np.isfinite(v)]
+    if not pairs:
+        return None
+    out: dict[str, Any] = {"metric": metric, "n": len(pairs), "rho": None, "p_value": None}
+    if len(pairs) >= MIN_CORRELATION_RUNS:
+        from scipy.stats import spearmanr  # scipy.stats is slow to import: only when needed
+
+        conf, vals = zip(*pairs, strict=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # constant input: NaN, reported as None
+            rho, p_value = spearmanr(conf, vals)
+        if np.isfinite(rho):
+            out["rho"], out["p_value"] = float(rho), float(p_value)
     return out
 
 

@@ -34,6 +34,10 @@ def estimate(
         list[str] | None,
         typer.Option("--set", help="Config override key=value (repeatable), e.g. --set lr_g=1e-4."),
     ] = None,
+    restarts: Annotated[
+        int, typer.Option(help="Train K seeds per image in one batch and combine them; the "
+                               "report gets a confidence (agreement of the restarts).")
+    ] = 1,
     force: Annotated[bool, typer.Option(help="Redo images whose outputs already exist.")] = False,
     threads: Annotated[
         int, typer.Option(help="CPU threads for torch (0 = torch's default; 1 on a busy machine).")
@@ -48,8 +52,11 @@ def estimate(
         import torch
 
         torch.set_num_threads(threads)
+    if restarts < 1:
+        raise KGEngineError(f"--restarts must be at least 1, got {restarts}")
     failed = _estimate(images, out, x4=x4, iters=iters, seed=seed, device=device, mode=mode,
-                       authors_defects=authors_defects, overrides=overrides or [], force=force)
+                       authors_defects=authors_defects, overrides=overrides or [], force=force,
+                       restarts=restarts)
     if failed:
         typer.echo(f"{failed} of {len(images)} image(s) failed", err=True)
         raise typer.Exit(1)
@@ -57,7 +64,7 @@ def estimate(
 
 def _estimate(
     images: list[Path], out: Path, *, x4: bool, iters: int, seed: int, device: str, mode: str,
-    authors_defects: bool, overrides: list[str], force: bool,
+    authors_defects: bool, overrides: list[str], force: bool, restarts: int = 1,
 ) -> int:
     from kgengine.api import estimate_kernel, resolve_device
     from kgengine.config import KernelGANConfig, parse_overrides
@@ -87,12 +94,14 @@ def _estimate(
             try:
                 img = read_image(path, min_size=cfg.crop_size)
                 res = estimate_kernel(img, seed=seed, x4=x4, device=device, config=cfg,
-                                      mode=mode, callback=hooks.batch_progress)
+                                      mode=mode, callback=hooks.batch_progress,
+                                      restarts=restarts)
                 res.name = path.stem
                 res.report["image"] = str(path)
                 write_outputs(res, out)
+                conf = "" if res.confidence is None else f", confidence {res.confidence:.3f}"
                 hooks.log(f"{path}: done in {res.report['wall_s']:.1f} s "
-                          f"({res.report['ms_per_iter']:.2f} ms/iter)")
+                          f"({res.report['ms_per_iter']:.2f} ms/iter{conf})")
             except KGEngineError as exc:
                 failed, state = failed + 1, "failed"
                 typer.echo(f"error: {exc}", err=True)  # the one line that names the file

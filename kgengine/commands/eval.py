@@ -38,6 +38,13 @@ AuthorsDefects = Annotated[
 Batch = Annotated[
     int, typer.Option(help="Train this many (image, seed) runs at once (same results).")
 ]
+Restarts = Annotated[
+    int,
+    typer.Option(
+        help="Train each (image, seed) run K times and combine them; rows then carry the "
+        "confidence and the report its rank correlation with the aligned kernel PSNR."
+    ),
+]
 HrDir = Annotated[Path, typer.Argument(help="Folder of HR images (png/jpg/...).")]
 SynthOut = Annotated[Path, typer.Option("--out", "-o", help="Output dataset folder.")]
 Count = Annotated[
@@ -83,17 +90,21 @@ def eval_command(
     device: Device = "auto",
     authors_defects: AuthorsDefects = False,
     batch: Batch = 1,
+    restarts: Restarts = 1,
 ) -> None:
     """Estimate every LR image of a DIV2KRK-layout folder and score the kernels.
 
     Scores the isotropic and bicubic baselines too. Writes results.json, report.md, kernels.png.
     """
     from kgengine.accuracy import METRICS, EvalSettings, metric_table, run_eval
+    from kgengine.accuracy.report import confidence_statement
 
     if scale not in (2, 4):
         fail(f"--scale must be 2 or 4, got {scale}")
     if batch < 1:
         fail(f"--batch must be at least 1, got {batch}")
+    if restarts < 1:
+        fail(f"--restarts must be at least 1, got {restarts}")
     settings = EvalSettings(
         scale=scale,
         seeds=parse_int_list(seeds, "--seeds"),
@@ -101,11 +112,14 @@ def eval_command(
         device=device,
         authors_defects=authors_defects,
         ids=parse_int_list(ids, "--ids") if ids else None,
+        restarts=restarts,
     )
     with progress_hooks(f"eval x{scale}") as hooks:
         results = run_eval(dataset_dir, out, settings, hooks=hooks, batch=batch)
     summ, method = results["summary"], results["settings"]["method"]
     typer.echo(metric_table(summ, method, METRICS[0]))
+    if summ["confidence_vs_accuracy"] is not None:
+        typer.echo(confidence_statement(summ["confidence_vs_accuracy"]))
     typer.echo(f"wrote {out / 'results.json'}, {out / 'report.md'}, {out / 'kernels.png'}")
 
 

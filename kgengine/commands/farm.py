@@ -1,4 +1,4 @@
-"""``kgengine farm INPUT... -o POOL_DIR`` and ``kgengine pool info|plot POOL``."""
+"""``kgengine farm INPUT... -o POOL_DIR`` and ``kgengine pool info|plot|filter POOL``."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from kgengine.commands._common import cli_errors
 from kgengine.config import KernelGANConfig, parse_overrides
 from kgengine.errors import KGEngineError
 
-pool_app = typer.Typer(help="Look at a kernel pool: statistics and a PNG mosaic.",
-                       no_args_is_help=True)
+pool_app = typer.Typer(help="Look at a kernel pool: statistics, a PNG mosaic, a filtered "
+                            "copy by confidence.", no_args_is_help=True)
 
 Inputs = Annotated[
     list[Path] | None,
@@ -36,6 +36,10 @@ Dtype = Annotated[str | None, typer.Option(
     "--dtype", help="float32 (default) or float64 (slow; for exactness checks).")]
 Mode = Annotated[str | None, typer.Option(
     "--mode", help="composed (fast, default) or layers (the authors' computation).")]
+Restarts = Annotated[int | None, typer.Option(
+    "--restarts", help="Train each image K times (in the same batch) and combine them into one "
+                       "kernel with a confidence (their agreement, 0-1). Default: 1 / the "
+                       "pool's setting.")]
 Overrides = Annotated[list[str] | None, typer.Option(
     "--set", help="Config override key=value (repeatable), e.g. --set lr_g=1e-4.")]
 Recursive = Annotated[bool, typer.Option(
@@ -49,6 +53,11 @@ RayCpus = Annotated[float, typer.Option("--ray-cpus", help="CPUs each Ray task r
 Threads = Annotated[int | None, typer.Option(
     "--threads", min=1, help="torch CPU threads (default: all cores; fewer can be much faster "
                              "on a busy machine).")]
+PoolArg = Annotated[Path, typer.Argument(help="kernel_pool.npz, a farm POOL_DIR or a kernel "
+                                              "folder.")]
+MinConfidence = Annotated[float | None, typer.Option(
+    "--min-confidence", help="Only kernels whose confidence (agreement of the farm's "
+                             "--restarts, 0-1) is known and at least this.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -67,6 +76,7 @@ def farm(
     device: Device = "auto",
     dtype: Dtype = None,
     mode: Mode = None,
+    restarts: Restarts = None,
     overrides: Overrides = None,
     recursive: Recursive = False,
     retry_failed: RetryFailed = False,
@@ -80,7 +90,8 @@ def farm(
     POOL_DIR/manifest.sqlite: after a crash or kill, rerun the same command and only the
     unfinished images are redone. Options left out take the pool's stored settings. Bad
     images end as failed rows with their reason; the exit code is 1 if any image failed or
-    was left pending in this run.
+    was left pending in this run. With --restarts K each image's confidence is stored in the
+    manifest, its report and the pool (see `kgengine pool filter --min-confidence`).
     """
     from kgengine.farm.runner import run_farm
     from kgengine.progress import progress_hooks
@@ -89,7 +100,7 @@ def farm(
     with progress_hooks("images") as hooks:
         summary = run_farm(
             inputs or [], out, batch=batch, seed=seed, x4=x4, iters=iters, config=config,
-            dtype=dtype, mode=mode, device=device, recursive=recursive,
+            dtype=dtype, mode=mode, restarts=restarts, device=device, recursive=recursive,
             retry_failed=retry_failed, ray_address=ray, ray_cpus=ray_cpus, threads=threads,
             hooks=hooks)
     typer.echo(summary.text())
@@ -114,30 +125,48 @@ def _config(overrides: list[str] | None) -> KernelGANConfig | None:
 @pool_app.command("info")
 @cli_errors
 def info(
-    pool: Annotated[Path, typer.Argument(help="kernel_pool.npz, a farm POOL_DIR or a kernel "
-                                              "folder.")],
+    pool: PoolArg,
     bins: Annotated[int, typer.Option("--bins", min=1, help="Histogram bins.")] = 10,
+    min_confidence: MinConfidence = None,
 ) -> None:
-    """Print the pool's size, kernel size and histograms of kernel widths and anisotropy."""
+    """Print the pool's size, kernel size, confidences (count, min/median/max, how many pass
+    --min-confidence) and histograms of kernel widths and anisotropy."""
     from kgengine.farm.poolview import pool_info
 
-    typer.echo(pool_info(pool, bins))
+    typer.echo(pool_info(pool, bins, min_confidence))
 
 
 @pool_app.command("plot")
 @cli_errors
 def plot(
-    pool: Annotated[Path, typer.Argument(help="kernel_pool.npz, a farm POOL_DIR or a kernel "
-                                              "folder.")],
+    pool: PoolArg,
     out: Annotated[Path, typer.Option("-o", "--out", help="Mosaic PNG to write.")],
     hist: Annotated[Path | None, typer.Option(
         "--hist", help="Also write the width/anisotropy histograms as this PNG.")] = None,
     columns: Annotated[int, typer.Option("--columns", min=1, help="Kernels per row.")] = 12,
     limit: Annotated[int, typer.Option(
         "--limit", min=1, help="Most kernels drawn (spread evenly over a larger pool).")] = 240,
+    min_confidence: MinConfidence = None,
 ) -> None:
     """Write a PNG mosaic of the pool's kernels (and optionally histograms)."""
     from kgengine.farm.poolview import plot_pool
 
-    for p in plot_pool(pool, out, columns=columns, limit=limit, hist=hist):
+    for p in plot_pool(pool, out, columns=columns, limit=limit, hist=hist,
+                       min_confidence=min_confidence):
         typer.echo(f"wrote {p}")
+
+
+@pool_app.command("filter")
+@cli_errors
+def filter_command(
+    pool: PoolArg,
+    min_confidence: Annotated[float, typer.Option(
+        "--min-confidence", help="Keep the kernels whose confidence is known and at least this "
+                                 "(0-1).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="The filtered pool file (.npz).")],
+) -> None:
+    """Write a new pool file with only the kernels of confident estimates (for `degrade`)."""
+    from kgengine.farm.poolview import filter_pool_file
+
+    path, kept, total = filter_pool_file(pool, min_confidence, out)
+    typer.echo(f"wrote {path}: {kept} of {total} kernels have confidence >= {min_confidence:g}")

@@ -3,8 +3,9 @@
 When no batch size is given: :data:`CPU_BATCH` on CPU (throughput grows up to about B = 8 on
 small CPUs and flattens after, see ``bench/bench_farm.py``; memory is not the limit there),
 and on CUDA the largest B whose measured footprint fits 80 % of the free GPU memory
-(:func:`auto_batch`). A batch that still runs out of GPU memory is queued again and the
-batch size halved; an image that does not fit alone fails (:func:`back_off`).
+(:func:`auto_batch`). With ``restarts = K`` a batch of B images trains B·K models, so both
+defaults are divided by K (at least 1). A batch that still runs out of GPU memory is queued
+again and the batch size halved; an image that does not fit alone fails (:func:`back_off`).
 """
 
 from __future__ import annotations
@@ -37,21 +38,24 @@ def default_batch(device: torch.device, settings: FarmSettings, rows: Sequence[R
 
 
 def auto_batch(device: torch.device, settings: FarmSettings, max_pixels: int = 0) -> int:
-    """The batch size when none is given: :data:`CPU_BATCH` on CPU; on CUDA the largest B with
+    """The batch size (images) when none is given: :data:`CPU_BATCH` on CPU; on CUDA the
+    largest B with
 
-    ``base + B · (per_image + max_pixels · bytes_per_pixel) <= 0.8 · free memory``,
+    ``base + B · K · (per_image + max_pixels · bytes_per_pixel) <= 0.8 · free memory``,
 
     ``per_image`` and ``base`` measured by training B = 1 and B = 3 small images for 3
     iterations (``torch.cuda.max_memory_allocated``), ``bytes_per_pixel`` = the image
     (3 channels of ``dtype``) plus its two float64 crop CDFs, since a batch holds its images
-    zero-padded to the largest one (``max_pixels`` = the largest H·W expected).
+    zero-padded to the largest one (``max_pixels`` = the largest H·W expected); K =
+    ``settings.restarts`` trainings per image. On CPU: ``CPU_BATCH // K``, at least 1.
     """
+    k = max(1, settings.restarts)
     if device.type != "cuda":
-        return CPU_BATCH
+        return max(1, CPU_BATCH // k)
     per_image, base = measure_gpu_footprint(device, settings)
     bytes_pp = 3 * torch.tensor([], dtype=settings.torch_dtype).element_size() + 2 * 8
     free, _ = torch.cuda.mem_get_info(device)
-    b = int((0.8 * free - base) // (per_image + max_pixels * bytes_pp))
+    b = int((0.8 * free - base) // (k * (per_image + max_pixels * bytes_pp)))
     return max(1, min(MAX_AUTO_BATCH, b))
 
 

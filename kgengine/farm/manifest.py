@@ -6,7 +6,11 @@ One row per image (table ``images``)::
     identity), width, height, seed (first-attempt seed), state, reason, attempts (trainings
     started, a killed one included), diverged (trainings that diverged; picks the next seed),
     seed_used (the seed of the kept kernel), added_at, started_at, finished_at, train_s,
-    outputs (JSON: output kind -> path relative to POOL_DIR)
+    outputs (JSON: output kind -> path relative to POOL_DIR), confidence (the agreement of
+    the image's restarts in [0, 1]; NULL with one training per image)
+
+A manifest written before the ``confidence`` column existed gets it (``ALTER TABLE ... ADD
+COLUMN``, NULL in every row) when it is opened, so old pools keep working.
 
 ``state`` is one of ``pending``, ``running``, ``done``, ``failed``. Every state change is
 committed at once (SQLite WAL journal, ``synchronous=FULL``) and appended to the ``events``
@@ -58,7 +62,8 @@ CREATE TABLE IF NOT EXISTS images (
     started_at REAL,
     finished_at REAL,
     train_s REAL,
-    outputs TEXT
+    outputs TEXT,
+    confidence REAL
 );
 CREATE INDEX IF NOT EXISTS images_state ON images (state);
 CREATE TABLE IF NOT EXISTS events (
@@ -69,6 +74,9 @@ CREATE TABLE IF NOT EXISTS events (
     detail TEXT
 );
 """
+#: Columns added to ``images`` after the first release: name -> SQL type. A manifest without
+#: one gets it when opened (:meth:`Manifest._add_missing_columns`).
+_ADDED_COLUMNS = {"confidence": "REAL"}
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,7 @@ class Row:
     finished_at: float | None
     train_s: float | None
     outputs: str | None
+    confidence: float | None = None
 
     @property
     def output_paths(self) -> dict[str, str]:
@@ -127,8 +136,21 @@ class Manifest:
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.executescript(_SCHEMA)
+            self._add_missing_columns()
         except sqlite3.DatabaseError as exc:
             raise KGEngineError(f"{self.path}: not a usable farm manifest ({exc})") from None
+
+    def _add_missing_columns(self) -> None:
+        """Add the :data:`_ADDED_COLUMNS` an older manifest lacks (NULL in existing rows)."""
+        have = {r["name"] for r in self.db.execute("PRAGMA table_info(images)")}
+        for name, sql_type in _ADDED_COLUMNS.items():
+            if name in have:
+                continue
+            try:
+                self.db.execute(f"ALTER TABLE images ADD COLUMN {name} {sql_type}")
+            except sqlite3.OperationalError as exc:  # added meanwhile by another process
+                if "duplicate column" not in str(exc):
+                    raise
 
     def close(self) -> None:
         self.db.close()
@@ -222,21 +244,26 @@ class Manifest:
             self._event(db, ids, "running", None, now)
 
     def mark_done(self, image_id: int, seed_used: int, train_s: float,
-                  outputs: dict[str, str]) -> None:
-        """``running`` -> ``done``: call only once the outputs are on disk."""
+                  outputs: dict[str, str], confidence: float | None = None) -> None:
+        """``running`` -> ``done``: call only once the outputs are on disk.
+
+        ``confidence``: the restarts' agreement (None with one training per image).
+        """
         now = time.time()
+        conf = None if confidence is None else float(confidence)
         with self._tx() as db:
             db.execute("UPDATE images SET state = 'done', reason = NULL, seed_used = ?,"
-                       " train_s = ?, finished_at = ?, outputs = ? WHERE id = ?",
-                       (int(seed_used), float(train_s), now, json.dumps(outputs), image_id))
+                       " train_s = ?, finished_at = ?, outputs = ?, confidence = ? WHERE id = ?",
+                       (int(seed_used), float(train_s), now, json.dumps(outputs), conf,
+                        image_id))
             self._event(db, [image_id], "done", None, now)
 
     def mark_failed(self, image_id: int, reason: str) -> None:
         """-> ``failed`` with a one-line reason."""
         now = time.time()
         with self._tx() as db:
-            db.execute("UPDATE images SET state = 'failed', reason = ?, finished_at = ?"
-                       " WHERE id = ?", (_one_line(reason), now, image_id))
+            db.execute("UPDATE images SET state = 'failed', reason = ?, finished_at = ?,"
+                       " confidence = NULL WHERE id = ?", (_one_line(reason), now, image_id))
             self._event(db, [image_id], "failed", _one_line(reason), now)
 
     def requeue(self, ids: Sequence[int], reason: str, diverged: bool = False) -> None:

@@ -51,8 +51,9 @@ def rebuild_pool(man: Manifest, pool_dir: Path, x4: bool) -> list[Path]:
     """Write ``kernel_pool.npz`` (and ``kernel_pool_x4.npz``) from the ``done`` rows.
 
     Rows in manifest order; ids = output names, sources = image paths, seeds = the seed of
-    the kept training, reports = the per-image JSON reports. Nothing is written when no image
-    is done. Returns the files written.
+    the kept training, confidences = the manifest's (NaN where NULL: one training per image),
+    reports = the per-image JSON reports. Nothing is written when no image is done. Returns
+    the files written.
     """
     rows = man.rows("done")
     if not rows:
@@ -67,6 +68,7 @@ def rebuild_pool(man: Manifest, pool_dir: Path, x4: bool) -> list[Path]:
             continue
         kernels = [np.load(pool_dir / r.output_paths[f"{tag}_npy"]) for r in rows]
         pool = make_pool(kernels, [r.name for r in rows], [r.path for r in rows], scale,
-                         [int(r.seed_used) for r in rows], reports)
+                         [int(r.seed_used) for r in rows], reports,
+                         [r.confidence for r in rows])
         written.append(save_pool(pool_dir / fname, pool))
     return written

@@ -1,4 +1,5 @@
-"""Looking at a kernel pool: widths and anisotropy from moments, text histograms, PNG mosaic.
+"""Looking at a kernel pool: widths and anisotropy from moments, text histograms, PNG mosaic,
+the confidence distribution, and a filtered copy by confidence (``kgengine pool filter``).
 
 Kernel shape from second moments (entries clipped at 0, then normalised to sum 1; positions
 ``p = (y, x)`` in kernel pixels, i.e. HR pixels):
@@ -19,7 +20,15 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from kgengine.atomic import atomic_write
-from kgengine.pool import POOL_FILE, KernelPool, load_pool
+from kgengine.errors import KGEngineError
+from kgengine.pool import (
+    POOL_FILE,
+    KernelPool,
+    check_min_confidence,
+    filter_pool,
+    load_pool,
+    save_pool,
+)
 
 #: Anisotropy shown for kernels with a zero minor width (a line): the histogram's cap.
 ANISOTROPY_CAP = 20.0
@@ -83,16 +92,60 @@ def resolve_pool(path: str | os.PathLike) -> Path:
     return path
 
 
-def pool_info(path: str | os.PathLike, bins: int = 10) -> str:
-    """The text ``kgengine pool info`` prints: size, kernel size, width/anisotropy histograms."""
+def pool_info(path: str | os.PathLike, bins: int = 10,
+              min_confidence: float | None = None) -> str:
+    """The text ``kgengine pool info`` prints: size, kernel size, the confidence distribution,
+    width/anisotropy histograms.
+
+    Args:
+        path: pool file, farm folder or kernel folder. bins: histogram bins.
+        min_confidence: also say how many kernels have a confidence ``>=`` this value; the
+            width statistics are then of those kernels only (none when no kernel passes).
+    Raises:
+        KGEngineError: an unreadable pool, or ``min_confidence`` outside [0, 1].
+    """
+    if min_confidence is not None:
+        check_min_confidence(min_confidence)
     src = resolve_pool(path)
-    pool = load_pool(src)
-    shapes = pool_shapes(pool)
-    major, minor, aniso = shapes[:, 0], shapes[:, 1], shapes[:, 2]
+    full = load_pool(src)
     lines = [
         f"kernel pool {src}",
-        f"  kernels: {len(pool)}   kernel size: {pool.kernel_size}x{pool.kernel_size}"
-        f"   scale: x{pool.scale}   sources: {len(set(pool.sources))}",
+        f"  kernels: {len(full)}   kernel size: {full.kernel_size}x{full.kernel_size}"
+        f"   scale: x{full.scale}   sources: {len(set(full.sources))}",
+        *confidence_lines(full, min_confidence),
+    ]
+    keep = (np.arange(len(full)) if min_confidence is None
+            else np.flatnonzero(full.confidences >= min_confidence))
+    if keep.size:
+        lines += shape_lines(full.select(keep), bins)
+    known = full.confidences[np.isfinite(full.confidences)]
+    if known.size:
+        lines += ["histogram of confidence (all kernels with one):", *text_histogram(known, bins)]
+    return "\n".join(lines)
+
+
+def confidence_lines(pool: KernelPool, min_confidence: float | None = None) -> list[str]:
+    """Lines on the pool's confidences: how many are known, their min/median/max, and how
+    many kernels reach ``min_confidence`` (when given)."""
+    conf = pool.confidences
+    known = conf[np.isfinite(conf)]
+    if known.size:
+        lines = [f"  confidence: {known.size} of {len(pool)} known; min {known.min():.3f}"
+                 f"  median {np.median(known):.3f}  max {known.max():.3f}"]
+    else:
+        lines = ["  confidence: unknown for every kernel (estimated without restarts)"]
+    if min_confidence is not None:
+        n = int(np.count_nonzero(conf >= min_confidence))
+        lines.append(f"  confidence >= {min_confidence:g}: {n} of {len(pool)} kernels pass"
+                     + ("; the widths below are of those" if n else ""))
+    return lines
+
+
+def shape_lines(pool: KernelPool, bins: int = 10) -> list[str]:
+    """Width and anisotropy statistics and histograms of the pool's kernels."""
+    shapes = pool_shapes(pool)
+    major, minor, aniso = shapes[:, 0], shapes[:, 1], shapes[:, 2]
+    return [
         f"  major width (px): min {major.min():.3f}  median {np.median(major):.3f}"
         f"  max {major.max():.3f}",
         f"  minor width (px): min {minor.min():.3f}  median {np.median(minor):.3f}"
@@ -105,7 +158,6 @@ def pool_info(path: str | os.PathLike, bins: int = 10) -> str:
         "histogram of anisotropy:",
         *text_histogram(aniso, bins),
     ]
-    return "\n".join(lines)
 
 
 def pick_rows(n: int, limit: int) -> np.ndarray:
@@ -116,24 +168,31 @@ def pick_rows(n: int, limit: int) -> np.ndarray:
 
 
 def plot_pool(path: str | os.PathLike, out: str | os.PathLike, *, columns: int = 12,
-              limit: int = 240, hist: str | os.PathLike | None = None) -> list[Path]:
+              limit: int = 240, hist: str | os.PathLike | None = None,
+              min_confidence: float | None = None) -> list[Path]:
     """Write a PNG mosaic of the pool's kernels (each scaled to its own maximum, captioned
-    with its id and widths) and optionally a PNG of the width/anisotropy histograms.
+    with its id, widths and confidence when known) and optionally a PNG of the
+    width/anisotropy histograms.
 
     Args:
         path: pool file or farm folder. out: mosaic PNG. columns: kernels per row.
         limit: most kernels drawn (rows spread evenly over the pool when it is larger).
         hist: histogram PNG, or None.
+        min_confidence: draw only the kernels with a confidence ``>=`` this value.
     Returns:
         the files written.
+    Raises:
+        KGEngineError: an unreadable pool, a bad ``min_confidence`` or no kernel passing it.
     """
     from kgengine.plotting import kernel_grid_png
 
-    pool = load_pool(resolve_pool(path))
+    pool = load_pool(resolve_pool(path), min_confidence=min_confidence)
     shapes = pool_shapes(pool)
     rows = pick_rows(len(pool), limit)
     kernels = [pool.kernels[i] for i in rows]
-    titles = [f"{pool.ids[i][:18]}\n{shapes[i, 0]:.2f}/{shapes[i, 1]:.2f} px" for i in rows]
+    titles = [f"{pool.ids[i][:18]}\n{shapes[i, 0]:.2f}/{shapes[i, 1]:.2f} px"
+              + (f"\nconf {c:.3f}" if np.isfinite(c := pool.confidences[i]) else "")
+              for i in rows]
     grid = [kernels[i : i + columns] for i in range(0, len(kernels), columns)]
     caps = [titles[i : i + columns] for i in range(0, len(titles), columns)]
     written = [kernel_grid_png(out, grid, caps, cell_px=96, shared_row_scale=False)]
@@ -171,3 +230,28 @@ def histogram_png(path: str | os.PathLike, shapes: np.ndarray, bins: int = 20) -
         canvas.save(tmp, format="PNG")
 
     return atomic_write(path, write)
+
+
+def filter_pool_file(path: str | os.PathLike, min_confidence: float, out: str | os.PathLike,
+                     ) -> tuple[Path, int, int]:
+    """Write the kernels of a pool with a confidence ``>= min_confidence`` to ``out`` (a
+    ``.npz`` pool file, written atomically), in pool order with their provenance.
+
+    Args:
+        path: pool file or farm folder. min_confidence: the threshold in [0, 1].
+        out: the new pool file; not the pool read (a farm rebuilds its own pool file).
+    Returns:
+        (the file written, kernels kept, kernels in the pool).
+    Raises:
+        KGEngineError: a bad threshold, ``out`` not ``.npz`` or the pool itself, or no
+            kernel passing the threshold (naming the pool and the threshold).
+    """
+    check_min_confidence(min_confidence)
+    src, out = resolve_pool(path), Path(out)
+    if out.suffix.lower() != ".npz":
+        raise KGEngineError(f"{out}: the filtered pool is written as a .npz file")
+    if out.resolve() == src.resolve():
+        raise KGEngineError(f"{out}: is the pool being filtered; write to another file")
+    full = load_pool(src)
+    kept = filter_pool(full, min_confidence, str(src))
+    return save_pool(out, kept), len(kept), len(full)

@@ -73,7 +73,7 @@ def train_chunk(items: list[dict[str, Any]], settings: dict[str, Any], device: s
     Returns:
         per image ``{"name", "status": "done"|"diverged"|"bad", "message", ...}``; ``done``
         entries carry ``kernel_x2``, ``kernel_x4``, ``report``, ``generator_weights``,
-        ``raw_kernel``.
+        ``raw_kernel``, ``confidence``.
     """
     torch.set_num_threads(max(1, threads))
     job_settings = FarmSettings.from_dict(settings)
@@ -99,7 +99,8 @@ def _plain(name: str, res: EstimateResult | TrainingDivergedError) -> dict[str, 
         return {"name": name, "status": "diverged", "message": str(res)}
     return {"name": name, "status": "done", "message": "", "kernel_x2": res.kernel_x2,
             "kernel_x4": res.kernel_x4, "report": res.report,
-            "generator_weights": res.generator_weights, "raw_kernel": res.raw_kernel}
+            "generator_weights": res.generator_weights, "raw_kernel": res.raw_kernel,
+            "confidence": res.confidence}
 
 
 def probe_batch(settings: dict[str, Any], device: str, max_pixels: int) -> int:
@@ -112,7 +113,7 @@ def _outcome(row: Row, res: dict[str, Any]) -> EstimateResult | Exception:
     """A task's per-image dict -> what :func:`kgengine.farm.records.record` takes."""
     if res["status"] == "done":
         return EstimateResult(row.name, res["kernel_x2"], res["kernel_x4"], res["report"],
-                              res["generator_weights"], res["raw_kernel"])
+                              res["generator_weights"], res["raw_kernel"], res.get("confidence"))
     if res["status"] == "diverged":
         return TrainingDivergedError(res["message"])
     return KGEngineError(res["message"])
@@ -149,7 +150,7 @@ def _plan(job: FarmJob, batch: int | None, device: str, cpus: float) -> _Plan:
             batch = int(ray.get(ray.remote(probe_batch).options(**opts).remote(
                 job.settings.to_dict(), task_device, largest_pixels(pend))))
         else:
-            batch = CPU_BATCH
+            batch = max(1, CPU_BATCH // job.settings.restarts)
         # few images: smaller chunks so that every worker slot gets one
         batch = max(1, min(batch, -(-len(pend) // slots)))
     return _Plan(task_device, opts, slots, batch, max(1, int(cpus)))

@@ -1,8 +1,9 @@
 """Outcome records: a finished image's files and manifest row, counted in the run's summary.
 
 Every outcome of a training (a result, a bad image, a divergence) goes through
-:func:`record`: a result's files are written atomically (report last) into
-``POOL_DIR/kernels/`` and only then is its row marked ``done``; a first divergence queues the
+:func:`record`: a result's files are written atomically (report last, with the restarts'
+``confidence``) into ``POOL_DIR/kernels/`` and only then is its row marked ``done`` (with
+the same confidence); a first divergence queues the
 row again (the next training takes the next derived seed); anything else fails the row with
 its reason. :class:`FarmJob` bundles what both runners write to.
 """
@@ -76,10 +77,13 @@ def record(man: Manifest, row: Row, outcome: EstimateResult | Exception,
         outcome.name = row.name
         outcome.report["image"] = row.path
         outcome.report["farm"] = {"sha256": row.sha256, "job_seed": settings.seed,
-                                  "attempt": row.diverged, "pool": str(pool_dir)}
+                                  "attempt": row.diverged, "pool": str(pool_dir),
+                                  "restarts": settings.restarts}
+        outcome.report["confidence"] = outcome.confidence
         written = write_outputs(outcome, pool_dir / KERNELS_DIR)
         rel = {k: str(Path(p).relative_to(pool_dir)) for k, p in written.items()}
-        man.mark_done(row.id, outcome.report["seed"], outcome.report["train_s"], rel)
+        man.mark_done(row.id, outcome.report["seed"], outcome.report["train_s"], rel,
+                      outcome.confidence)
         return "done", ""
     if isinstance(outcome, TrainingDivergedError):
         if row.diverged + 1 < MAX_TRAININGS:

@@ -2,9 +2,10 @@
 
 :func:`run_farm` does, in order (holding ``POOL_DIR/farm.lock``):
 
-1. **Settings.** The job settings (seed, x4, dtype, mode and the full training config) are
-   stored in the manifest by the first run; a later run takes the stored value of every
-   option it does not give and refuses one that differs (:mod:`kgengine.farm.settings`).
+1. **Settings.** The job settings (seed, x4, dtype, mode, restarts and the full training
+   config) are stored in the manifest by the first run; a later run takes the stored value
+   of every option it does not give and refuses one that differs
+   (:mod:`kgengine.farm.settings`).
 2. **Clean-up and recovery.** Leftover ``.*.tmp`` files of atomic writes cut by a kill are
    removed; ``done`` rows whose report file has gone are queued again
    (:mod:`kgengine.farm.poolfiles`); rows left ``running`` by a killed job go back to
@@ -12,10 +13,10 @@
 3. **Inputs.** INPUTs are expanded (:mod:`kgengine.farm.inputs`) and the new files added as
    rows (:mod:`kgengine.farm.intake`: content hash, duplicates, unreadable files).
 4. **Training.** Pending rows, grouped by image size, are trained ``batch`` at a time in one
-   batched model, here (:mod:`kgengine.farm.local`) or as Ray tasks
-   (:mod:`kgengine.farm.ray_runner`); each outcome is recorded as it comes
-   (:mod:`kgengine.farm.records`: files first, then the row). The batch size, when not
-   given, comes from :mod:`kgengine.farm.batching`.
+   batched model (each image ``restarts`` times, combined into one kernel and a confidence),
+   here (:mod:`kgengine.farm.local`) or as Ray tasks (:mod:`kgengine.farm.ray_runner`); each
+   outcome is recorded as it comes (:mod:`kgengine.farm.records`: files first, then the
+   row). The batch size, when not given, comes from :mod:`kgengine.farm.batching`.
 5. **Pool.** ``POOL_DIR/kernel_pool.npz`` (and ``kernel_pool_x4.npz`` with x4) is rebuilt
    atomically from all ``done`` rows, in manifest order
    (:func:`~kgengine.farm.poolfiles.rebuild_pool`).
@@ -55,6 +56,7 @@ def run_farm(
     config: KernelGANConfig | None = None,
     dtype: str | None = None,
     mode: str | None = None,
+    restarts: int | None = None,
     device: str = "auto",
     recursive: bool = False,
     retry_failed: bool = False,
@@ -73,6 +75,10 @@ def run_farm(
             :func:`~kgengine.farm.batching.auto_batch`).
         seed, x4, iters, config, dtype, mode: job settings; None = the pool's stored value
             (defaults 0, False, 3000, paper config, "float32", "composed" for a new pool).
+        restarts: trainings per image (K ≥ 1, in the same batch), combined into its kernel;
+            each image's confidence (the restarts' agreement) goes into the manifest, its
+            report and the pool. A job setting like the above (default 1; an older pool
+            without it has 1).
         device: "auto", "cpu", "cuda" or "cuda:N" (for Ray: what each task uses).
         recursive: descend into sub-folders of folder INPUTs.
         retry_failed: put the pool's failed images back in the queue first.
@@ -85,8 +91,8 @@ def run_farm(
             per image with state done, failed or retry; ``batch_started`` /
             ``batch_progress`` in iterations; ``log``: duplicates, unreadable files, Ray).
     Raises:
-        KGEngineError: bad INPUT, settings differing from the pool's, another farm running
-            on ``pool_dir``, or ``cuda`` requested without a GPU.
+        KGEngineError: bad INPUT, ``restarts < 1``, settings differing from the pool's,
+            another farm running on ``pool_dir``, or ``cuda`` requested without a GPU.
     """
     hooks = hooks or JobHooks()
     pool_dir = Path(pool_dir)
@@ -98,7 +104,8 @@ def run_farm(
     try:
         with lock_pool_dir(pool_dir), Manifest(pool_dir) as man:
             settings = resolve_settings(man.settings(), seed=seed, x4=x4, iters=iters,
-                                        config=config, dtype=dtype, mode=mode)
+                                        config=config, dtype=dtype, mode=mode,
+                                        restarts=restarts)
             job = FarmJob(man, settings, pool_dir, summary, hooks)
             before = _prepare(job, inputs, recursive, retry_failed)
             if ray_address is None:

@@ -1,7 +1,8 @@
 """The pool's job settings: stored in the manifest by the first run, fixed for the pool's life.
 
-What a pool's kernels depend on (job seed, x4, dtype, mode and the full training config) is
-stored as JSON in the manifest. A later run takes the stored value of every option it does
+What a pool's kernels depend on (job seed, x4, dtype, mode, restarts and the full training
+config) is stored as JSON in the manifest; settings stored before ``restarts`` existed read as
+``restarts = 1``. A later run takes the stored value of every option it does
 not give and refuses one that differs (results would mix): :func:`resolve_settings`.
 """
 
@@ -31,18 +32,22 @@ class FarmSettings:
     dtype: str = "float32"
     mode: str = "composed"
     config: KernelGANConfig = field(default_factory=KernelGANConfig)
+    #: trainings per image combined into its kernel (:func:`kgengine.api.estimate_kernels`)
+    restarts: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as stored in the manifest (plain JSON values, tuples as lists)."""
         d = {"seed": self.seed, "x4": self.x4, "dtype": self.dtype, "mode": self.mode,
-             "config": self.config.to_dict()}
+             "restarts": self.restarts, "config": self.config.to_dict()}
         return json.loads(json.dumps(d))  # tuples -> lists, as stored
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> FarmSettings:
-        """The inverse of :meth:`to_dict`."""
+        """The inverse of :meth:`to_dict` (a dict without ``restarts``, from an older pool,
+        means 1)."""
         return FarmSettings(int(d["seed"]), bool(d["x4"]), str(d["dtype"]), str(d["mode"]),
-                            KernelGANConfig().replace(**d["config"]))
+                            KernelGANConfig().replace(**d["config"]),
+                            int(d.get("restarts", 1)))
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -53,15 +58,16 @@ class FarmSettings:
 def resolve_settings(stored: dict[str, Any] | None, *, seed: int | None = None,
                      x4: bool | None = None, iters: int | None = None,
                      config: KernelGANConfig | None = None, dtype: str | None = None,
-                     mode: str | None = None) -> FarmSettings:
+                     mode: str | None = None, restarts: int | None = None) -> FarmSettings:
     """The job settings: stored ones (or defaults) with the given options applied.
 
     Args:
         stored: the manifest's settings (:meth:`FarmSettings.to_dict`), None for a new pool.
-        seed, x4, iters, config, dtype, mode: the options given; None = the stored value.
+        seed, x4, iters, config, dtype, mode, restarts: the options given; None = the stored
+            value.
     Raises:
-        KGEngineError: an unknown ``dtype``, or a given option differs from the stored one
-            (naming each, with both values).
+        KGEngineError: an unknown ``dtype``, ``restarts < 1``, or a given option differs from
+            the stored one (naming each, with both values).
     """
     base = FarmSettings.from_dict(stored) if stored is not None else FarmSettings()
     cfg = config if config is not None else base.config
@@ -69,9 +75,12 @@ def resolve_settings(stored: dict[str, Any] | None, *, seed: int | None = None,
         cfg = cfg.replace(iters=iters)
     if dtype is not None and dtype not in DTYPES:
         raise KGEngineError(f"dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
+    if restarts is not None and restarts < 1:
+        raise KGEngineError(f"restarts must be at least 1, got {restarts}")
     want = FarmSettings(
         base.seed if seed is None else int(seed), base.x4 if x4 is None else bool(x4),
-        base.dtype if dtype is None else dtype, base.mode if mode is None else mode, cfg)
+        base.dtype if dtype is None else dtype, base.mode if mode is None else mode, cfg,
+        base.restarts if restarts is None else int(restarts))
     if stored is not None:
         check_same(base, want)
     return want
@@ -84,7 +93,7 @@ def check_same(pool: FarmSettings, given: FarmSettings) -> None:
         KGEngineError: ``"... seed (pool: 7, given: 8), config.iters (pool: ..."``.
     """
     old, new = pool.to_dict(), given.to_dict()
-    diff = [k for k in ("seed", "x4", "dtype", "mode") if old[k] != new[k]]
+    diff = [k for k in ("seed", "x4", "dtype", "mode", "restarts") if old[k] != new[k]]
     diff += [f"config.{k}" for k in old["config"] if old["config"][k] != new["config"].get(k)]
     if diff:
         shown = ", ".join(f"{k} (pool: {_get(old, k)}, given: {_get(new, k)})" for k in diff)

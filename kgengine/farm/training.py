@@ -3,6 +3,8 @@
 A batch's images are read first (a bad one is set aside with its reason, the batch goes on
 without it), then trained together in one batched model with the job settings and each
 row's derived seed (:func:`kgengine.api.estimate_kernels`, divergences returned per image).
+With ``restarts = K`` every image is trained K times in the same batch (B images: B·K
+trainings) and its kernel is the restarts' consensus, with their agreement as confidence.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def train_batch(images: Sequence[np.ndarray], seeds: Sequence[int], names: Seque
 
     Args:
         images: (H, W, 3) float arrays in [0, 1]. seeds, names: one per image.
-        settings: the job settings (x4, dtype, mode, config). device: torch device.
+        settings: the job settings (x4, dtype, mode, restarts, config). device: torch device.
         callback: iterations done, every 50 iterations.
     Returns:
         per image, its :class:`EstimateResult` or its :class:`TrainingDivergedError`.
@@ -68,4 +70,4 @@ def train_batch(images: Sequence[np.ndarray], seeds: Sequence[int], names: Seque
     return estimate_kernels(
         images, seeds=seeds, names=names, x4=settings.x4, device=device,
         config=settings.config, dtype=settings.torch_dtype, mode=settings.mode,
-        callback=callback, on_diverge="return")
+        callback=callback, on_diverge="return", restarts=settings.restarts)
