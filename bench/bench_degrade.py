@@ -14,26 +14,45 @@ Every output is checked against PyTorch (max abs difference printed). On a machi
 CUDA GPU it also times onnxruntime's CUDA and TensorRT providers against PyTorch CUDA (data
 already on the device, IOBinding, synchronised); otherwise it says why that part is skipped.
 
-Run: ``python bench/bench_degrade.py [--repeats 5] [--batch 1 4] [--no-scipy]``.
+Section ``pipeline``: pairs per second for 2040x1356 HR images through the full degradation
+pipeline (pool kernel x2 + Gaussian noise + JPEG -> 8-bit LR, ``Pipeline.degrade_image``,
+in memory) side by side with the same steps written with SciPy + Pillow
+(``ndimage.correlate`` per channel, ``[::2, ::2]``, NumPy noise, Pillow JPEG) in the same
+run, and the offline job end to end (``degrade_folder``: PNG read, pipeline, PNG writes,
+manifest) on ``--pipeline-images`` files. Section ``module``: the training-time
+``Degrader`` on 256x256 HR batches (kernel + noise, and kernel + noise + JPEG), CPU and, when
+present, CUDA, in images per second.
+
+Run: ``python bench/bench_degrade.py [--repeats 5] [--batch 1 4] [--no-scipy]
+[--sections onnx pipeline module] [--pipeline-images 4] [--module-batch 16 64]``.
+Smallest: ``--sections pipeline module --repeats 1 --pipeline-images 1 --module-batch 2``.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import scipy
 import torch
+from PIL import Image
 from scipy import ndimage
 
+from kgengine.degradation import Degrader, Pipeline, PipelineConfig, degrade_folder
+from kgengine.degradation.stages import unit_normal
 from kgengine.degrade import degrade_torch
 from kgengine.export import build_fixed_model, build_pool_model
+from kgengine.imageio import to_uint8
 from kgengine.kernel import anisotropic_gaussian
+from kgengine.pool import make_pool
 from kgengine.providers import cuda_device_count, make_session, usable_cores
 from kgengine.sysinfo import cpu_name
 
@@ -148,21 +167,110 @@ def bench_gpu(repeats: int, batches: list[int]) -> None:
             gpu_case(scale, size, batch, repeats)
 
 
+# --- the degradation pipeline ------------------------------------------------------------
+#: The pipeline of the ``pipeline`` and ``module`` sections: kernel x2, Gaussian noise, JPEG.
+SIGMA, QUALITY = (0.0, 0.03), (40, 90)
+PIPE_CFG = PipelineConfig(gaussian_prob=1.0, gaussian_sigma=SIGMA, jpeg_prob=1.0,
+                          jpeg_quality=QUALITY, order=("gaussian", "jpeg"))
+
+
+def bench_pool(n: int = 8) -> object:
+    """``n`` seeded 13x13 x2 kernels as a KernelPool."""
+    ks = [kernel_for(13, seed) for seed in range(n)]
+    return make_pool(ks, [f"k{i}" for i in range(n)], [f"s{i}" for i in range(n)], 2,
+                     seeds=list(range(n)))
+
+
+def scipy_pillow_pipeline(hr: np.ndarray, k: np.ndarray, sigma: float, seed: int, q: int
+                          ) -> np.ndarray:
+    """The same steps with SciPy + Pillow: (H,W,3) float32 -> (H/2,W/2,3) uint8."""
+    lr = np.stack([ndimage.correlate(hr[..., c], k, mode="mirror")[::2, ::2]
+                   for c in range(3)])  # (3, h, w)
+    lr = np.clip(lr + np.float32(sigma) * unit_normal(seed, lr.shape), 0, 1)
+    buf = io.BytesIO()
+    Image.fromarray(to_uint8(lr.transpose(1, 2, 0))).save(buf, format="JPEG", quality=q)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def bench_pipeline(repeats: int, n_files: int) -> None:
+    """Pairs/s of the pipeline in memory vs SciPy + Pillow, and of the offline job."""
+    pool = bench_pool()
+    pipe = Pipeline(pool, PIPE_CFG)
+    hr = np.random.default_rng(0).random((H, W, 3), dtype=np.float32)
+    d = pipe.draw(0, "bench.png")
+    g, j = d.stages["gaussian"], d.stages["jpeg"]
+    ours = pipe.degrade_image(hr, 0, "bench.png")[0]
+    theirs = scipy_pillow_pipeline(hr, pool.kernels[d.kernel_row], g["sigma"], g["seed"],
+                                   j["quality"])
+    diff = float(np.abs(ours.astype(np.int16) - theirs).mean())
+    rows = [("kgengine pipeline", median_time(lambda: pipe.degrade_image(hr, 0, "bench.png"),
+                                              repeats), 0.0),
+            ("scipy + pillow", median_time(lambda: scipy_pillow_pipeline(
+                hr, pool.kernels[d.kernel_row], g["sigma"], g["seed"], j["quality"]),
+                max(1, repeats // 2)), diff)]
+    print(f"\npipeline (kernel x2 13x13 + Gaussian noise + JPEG), {W}x{H} HR, CPU, in memory")
+    print(f"  {'method':24s} {'pairs/s':>8s} {'ms/pair':>8s} {'mean|diff|':>11s} (8-bit levels)")
+    for name, t, dd in rows:
+        print(f"  {name:24s} {1 / t:8.2f} {1000 * t:8.1f} {dd:11.3f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "hr"
+        folder.mkdir()
+        for i in range(n_files):
+            Image.fromarray(to_uint8(hr[:, ::-1] if i % 2 else hr)).save(folder / f"{i}.png")
+        t0 = time.perf_counter()
+        report = degrade_folder(folder, pool, Path(tmp) / "out", pipeline=PIPE_CFG)
+        t = time.perf_counter() - t0
+    print(f"  {'degrade_folder (files)':24s} {report.written / t:8.2f} "
+          f"{1000 * t / report.written:8.1f}   PNG read + pipeline + PNG/manifest writes")
+
+
+def bench_module(repeats: int, batches: list[int]) -> None:
+    """The training-time Degrader on 256x256 HR batches, images per second."""
+    pool = bench_pool()
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    # the per-image stages are small elementwise ops: on a loaded machine torch's intra-op
+    # threads can cost more than they save (measured 25x slower with 2 threads than 1 on a
+    # 2-core machine already running 2 benchmarks), so the thread count is printed
+    print(f"\nDegrader (nn.Module), 256x256 HR -> 128x128 LR, images/s, torch "
+          f"{torch.get_num_threads()} threads")
+    print(f"  {'device':8s} {'batch':>5s} {'kernel+noise':>13s} {'+JPEG':>9s}")
+    for dev in devices:
+        sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+        for b in batches:
+            hr = torch.rand(b, 3, 256, 256, generator=torch.Generator().manual_seed(b)).to(dev)
+            rates = []
+            for cfg in (PIPE_CFG.replace(jpeg_prob=0.0), PIPE_CFG):
+                deg = Degrader(pool, cfg, seed=0)
+                rates.append(b / median_time(lambda d=deg, x=hr: d(x), repeats, sync))
+            print(f"  {dev:8s} {b:5d} {rates[0]:13.1f} {rates[1]:9.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per method")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4], help="images per call")
     parser.add_argument("--no-scipy", action="store_true", help="skip the (slow) SciPy baseline")
+    parser.add_argument("--sections", nargs="+", default=["onnx", "pipeline", "module"],
+                        choices=["onnx", "pipeline", "module"], help="what to time")
+    parser.add_argument("--pipeline-images", type=int, default=4,
+                        help="files for the offline pipeline job")
+    parser.add_argument("--module-batch", type=int, nargs="+", default=[16, 64],
+                        help="batch sizes of the Degrader")
     args = parser.parse_args()
     torch.set_num_threads(usable_cores())
     print(f"machine: {cpu_name()}, {usable_cores()} usable cores, {platform.machine()}")
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime "
           f"{ort.__version__}, numpy {np.__version__}, scipy {scipy.__version__}")
     print(f"images: {W}x{H} RGB float32, seeded; median of {args.repeats} after 1 warm-up")
-    for scale, size in CASES:
-        for batch in args.batch:
-            cpu_case(scale, size, batch, args.repeats, not args.no_scipy)
-    bench_gpu(args.repeats, args.batch)
+    if "onnx" in args.sections:
+        for scale, size in CASES:
+            for batch in args.batch:
+                cpu_case(scale, size, batch, args.repeats, not args.no_scipy)
+        bench_gpu(args.repeats, args.batch)
+    if "pipeline" in args.sections:
+        bench_pipeline(args.repeats, args.pipeline_images)
+    if "module" in args.sections:
+        bench_module(args.repeats, args.module_batch)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,10 @@ scored with kgengine's metrics against the true kernels of the development set
 - how many runs lose to the fixed isotropic Gaussian (σ = 1.3; its analytic x4 at x4).
 
 Only (scale, image, seed) runs that the reference has are compared (paired), unless
-``--all``. Variants: ``default`` (kgengine's defaults), ``authors`` (``--authors-defects``),
-or ``NAME:key=value,key=value`` (config overrides, for ablations).
+``--all``. Variants (separated by ``;``): ``default`` (kgengine's defaults), ``authors``
+(``--authors-defects``), or ``NAME:key=value,key=value`` (config overrides, for ablations).
 
-Run: ``python bench/bench_vs_authors.py [--variants default,authors] [--batch 8]``.
+Run: ``python bench/bench_vs_authors.py [--variants "default;authors"] [--batch 8]``.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def summarise(rows: list[dict], methods: list[str], baseline: str) -> str:
         if not sub:
             continue
         seeds = sorted({r["seed"] for r in sub})
-        out += [f"\n**x{scale}**: {len(sub)} paired runs, {len({r['image'] for r in sub})} "
+        out += [f"\n**x{scale}**: {len(sub)} runs, {len({r['image'] for r in sub})} "
                 f"images, seeds {seeds}\n",
                 "| method | aligned kernel PSNR (dB) | per-seed means | seed spread (std) "
                 f"| LR re-synthesis PSNR | runs below {baseline} |",
@@ -146,12 +146,58 @@ def summarise(rows: list[dict], methods: list[str], baseline: str) -> str:
     return "\n".join(out)
 
 
+def confidence_lines(rows: list[dict], confidences: dict[str, dict[str, float]]) -> list[str]:
+    """Spearman ρ between each variant's confidence and its aligned kernel PSNR, per scale."""
+    from scipy.stats import spearmanr
+
+    out = []
+    for method, conf in confidences.items():
+        for scale in sorted({r["scale"] for r in rows}):
+            pairs = [(conf[job_key(r["scale"], r["image"], r["seed"])], r[method]) for r in rows
+                     if r["scale"] == scale and method in r
+                     and conf.get(job_key(r["scale"], r["image"], r["seed"])) is not None]
+            if len(pairs) >= 3:
+                rho = spearmanr(*zip(*pairs, strict=True)).statistic
+                out.append(f"- {method}, x{scale}: Spearman ρ(confidence, aligned kernel PSNR) "
+                           f"= {rho:.2f} over {len(pairs)} runs")
+    return out
+
+
+def scatter_png(path: Path, points: list[tuple[float, float, str]], size: int = 420) -> None:
+    """A small scatter plot (x = confidence, y = aligned kernel PSNR; colour per label)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(img)
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    pad = 40
+    palette = [(200, 30, 30), (30, 60, 200), (20, 150, 60)]
+    colours: dict[str, tuple[int, int, int]] = {}
+    for x, y, label in points:
+        c = colours.setdefault(label, palette[len(colours) % 3])
+        px = pad + (x - x0) / max(x1 - x0, 1e-9) * (size - 2 * pad)
+        py = size - pad - (y - y0) / max(y1 - y0, 1e-9) * (size - 2 * pad)
+        draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=c)
+    draw.rectangle([pad, pad, size - pad, size - pad], outline="black")
+    draw.text((pad, size - pad + 8), f"confidence {x0:.3f} .. {x1:.3f}", fill="black")
+    draw.text((pad, 8), f"aligned kernel PSNR {y0:.1f} .. {y1:.1f} dB", fill="black")
+    for i, (label, c) in enumerate(colours.items()):
+        draw.text((size - pad - 90, pad + 6 + 12 * i), label, fill=c)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--variants", default="default", help="comma list (see the module doc)")
+    p.add_argument("--variants", default="default", help="';'-separated (see the module doc)")
     p.add_argument("--batch", type=int, default=8, help="kgengine runs trained at once")
     p.add_argument("--iters", type=int, default=None, help="iterations (default 3000)")
     p.add_argument("--all", action="store_true", help="also jobs the reference has not run")
+    p.add_argument("--pair-by-image", action="store_true",
+                   help="every requested seed of each (scale, image) the reference has run")
+    p.add_argument("--score-only", action="store_true",
+                   help="train nothing: score the runs already stored")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--scales", default="2,4")
     p.add_argument("--run-authors", type=Path, default=None, metavar="BASELINE_DIR",
@@ -169,13 +215,21 @@ def main(argv: list[str] | None = None) -> int:
     seeds = tuple(int(s) for s in args.seeds.split(","))
     scales = tuple(int(s) for s in args.scales.split(","))
     authors = {k: v["kernel"] for k, v in load_results(AUTHORS_RESULTS)["runs"].items()}
-    jobs = [j for j in job_order(names, seeds, scales) if args.all or job_key(*j) in authors]
+    ref_images = {tuple(k.split("/")[:2]) for k in authors}
+    jobs = [j for j in job_order(names, seeds, scales)
+            if args.all or job_key(*j) in authors
+            or (args.pair_by_image and (f"x{j[0]}", j[1]) in ref_images)]
     runs: dict[str, dict] = {"authors' code": authors}
-    for spec in args.variants.split(","):
+    confidences: dict[str, dict[str, float]] = {}
+    for spec in args.variants.split(";"):
         name, cfg, opts = variant_config(spec)
-        store = run_kgengine(devset, jobs, name, cfg, opts, args.batch, args.iters)
+        store = run_kgengine(devset, [] if args.score_only else jobs, name, cfg, opts,
+                             args.batch, args.iters)
         runs[f"kgengine {name}"] = {k: v["kernel"] for k, v in store["runs"].items()
                                     if v["kernel"] is not None}
+        if opts["restarts"] > 1:
+            confidences[f"kgengine {name}"] = {k: v.get("confidence")
+                                               for k, v in store["runs"].items()}
     iso = {2: gaussian_kernel(13, 1.3)}
     iso[4] = analytic_x4(iso[2])
     baseline = "isotropic σ=1.3"
@@ -185,7 +239,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = score(devset, runs, jobs, canvas)
     text = (f"# kgengine vs the authors' code\n\nMachine: {machine_line('cpu')}. Canvas: "
             + ", ".join(f"x{s} {c}×{c}" for s, c in canvas.items()) + "\n"
-            + summarise(rows, list(runs), baseline) + "\n")
+            + summarise(rows, list(runs), baseline)
+            + "\n\nkgengine alone (every stored run, all seeds):\n"
+            + summarise(rows, [m for m in runs if m != "authors' code"], baseline) + "\n\n"
+            + "\n".join(confidence_lines(rows, confidences)) + "\n")
+    points = [(conf[job_key(r["scale"], r["image"], r["seed"])], r[m], f"{m[9:]} x{r['scale']}")
+              for m, conf in confidences.items() for r in rows
+              if m in r and conf.get(job_key(r["scale"], r["image"], r["seed"])) is not None]
+    if points:
+        scatter_png(args.out.with_name("confidence_scatter.png"), points)
     save_text(args.out, text)
     save_json(args.out.with_suffix(".json"), rows)
     print(text)

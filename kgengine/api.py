@@ -21,8 +21,8 @@ import torch
 
 from kgengine.config import KernelGANConfig
 from kgengine.consensus import combine
-from kgengine.errors import BadImageError, TrainingDivergedError
-from kgengine.imageio import read_image
+from kgengine.errors import BadImageError, KGEngineError, TrainingDivergedError
+from kgengine.imageio import check_image, read_image
 from kgengine.kernel import analytic_x4, center_kernel, center_of_mass, clean_kernel
 from kgengine.sysinfo import machine_info
 from kgengine.trainer import BatchTrainer, prepare_image
@@ -56,14 +56,19 @@ class EstimateResult:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA if available, else CPU; ``cuda`` without a GPU raises a clear error."""
+    """``auto`` -> CUDA if available, else CPU; a bad or absent device is a one-line error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise KGEngineError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise KGEngineError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from kgengine.errors import KGEngineError
-
         raise KGEngineError("device cuda requested but torch.cuda.is_available() is False")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise KGEngineError(f"device {device}: only {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 
@@ -91,8 +96,7 @@ def _load(image: ImageLike, index: int) -> tuple[str, np.ndarray]:
             arr = np.repeat(arr[..., None], 3, axis=2)
         if arr.ndim != 3 or arr.shape[2] not in (3, 4):
             raise BadImageError(f"image{index}", f"expected (H,W) or (H,W,3), got {arr.shape}")
-        if not np.isfinite(arr).all():
-            raise BadImageError(f"image{index}", "image contains NaN or inf values")
+        check_image(arr[..., :3], f"image{index}")
         return f"image{index}", np.ascontiguousarray(arr[..., :3])
     path = Path(image)
     return path.stem, read_image(path)

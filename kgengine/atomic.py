@@ -1,7 +1,14 @@
-"""Atomic file writes: write to a temporary file in the target folder, then rename."""
+"""Atomic file writes: write to a temporary file in the target folder, then rename.
+
+This is kgengine's one write layer: every file it writes goes through :func:`atomic_write`,
+which turns any :class:`OSError` into an :class:`~kgengine.errors.OutputError` naming the
+file and the reason (one line; the jobs then skip that item and go on).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -11,34 +18,93 @@ from typing import Any
 
 import numpy as np
 
+from kgengine.errors import OutputError, shown
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` then ``os.replace`` it onto ``path``.
 
     A reader never sees a half-written ``path``; a crash leaves at most a ``.tmp`` file,
     which is removed on failure. Returns ``path`` as a :class:`Path`.
+
+    Raises:
+        OutputError: any :class:`OSError` of the write (full disk, file-size limit, no
+            permission, ``path`` a folder, a file in the way of its folder), as one line
+            naming ``path`` and the system's reason; nothing is left behind.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+    ensure_dir(path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        _commit(tmp, path)
+    except OutputError:
+        _remove(tmp)
+        raise
+    except OSError as exc:
+        _remove(tmp)
+        raise OutputError(path, f"cannot write ({why(exc)})", exc.errno) from exc
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _remove(tmp)
         raise
     return path
+
+
+def _commit(tmp: str, path: Path) -> None:
+    """Flush ``tmp`` to disk and rename it onto ``path`` (the one step that publishes it)."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _remove(tmp: str | None) -> None:
+    if tmp is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def ensure_dir(path: str | os.PathLike) -> Path:
+    """Create the folder ``path`` (and its parents) unless it exists; check it is writable.
+
+    Commands call it on their output folder before any work, so that a bad ``-o`` is one
+    line at once rather than a failure after training.
+
+    Raises:
+        OutputError: ``path`` is a file, a file is in the way of it, it cannot be created or
+            it is not writable.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(path, "is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        reason = (f"cannot create the folder: {shown(blocker)} is a file" if blocker
+                  else f"cannot create the folder ({why(exc)})")
+        raise OutputError(path, reason, exc.errno) from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(path, "cannot write into this folder (Permission denied)",
+                          errno.EACCES)
+    return path
+
+
+def why(exc: OSError) -> str:
+    """The system's reason for ``exc`` in words, e.g. ``"File too large"``; a file in the way
+    of a folder says so."""
+    text = exc.strerror or type(exc).__name__
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        text += ": a file is in the way"
+    return text
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:

@@ -28,6 +28,7 @@ COMMAND_MODULES: list[str] = [
     "export",
     "degrade",
     "farm",
+    "noise",
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,8 +78,15 @@ class KernelGANConfig:
         return self.g_output_size - self.d_kernel_size + 1
 
     def replace(self, **changes: Any) -> KernelGANConfig:
-        """A copy with ``changes``; unknown keys and wrong types raise ``ValueError``."""
-        return dataclasses.replace(self, **_checked(changes))
+        """A copy with ``changes``; unknown keys, wrong types and values out of range
+        (non-integral ints, NaN/inf, negative counts, bad layer sizes, a crop too small for
+        the networks) raise ``ValueError`` naming the key."""
+        new = dataclasses.replace(self, **_checked(changes))
+        if new.d_output_size < 1:
+            raise ValueError(f"config crop_size: {new.crop_size} is too small for a "
+                             f"{new.kernel_size}x{new.kernel_size} generator and a "
+                             f"{new.d_kernel_size}x{new.d_kernel_size} discriminator")
+        return new
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -95,7 +103,20 @@ class KernelGANConfig:
         )
 
 
+#: Smallest value of integer settings (counts, sizes, periods); the others may be any int.
+_INT_MIN = {"crop_size": 1, "shave": 0, "grad_window": 1, "g_channels": 1, "d_kernel_size": 1,
+            "d_channels": 1, "d_layers": 2, "iters": 1, "lr_decay_every": 1,
+            "bic_decay_every": 1, "n_filtering": 0}
+
+
 def _checked(changes: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` with values converted to the fields' types, each checked.
+
+    Raises:
+        ValueError: an unknown key; a bool that is not true/false/1/0; an int field given
+            a non-integral value (``2.7``) or one below its minimum (:data:`_INT_MIN`); a
+            float field given NaN/inf; bad ``g_kernel_sizes`` (:func:`_kernel_sizes`).
+    """
     fields = {f.name: f for f in dataclasses.fields(KernelGANConfig)}
     out: dict[str, Any] = {}
     for key, value in changes.items():
@@ -103,25 +124,71 @@ def _checked(changes: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"unknown config key {key!r}")
         default = getattr(KernelGANConfig(), key)
         if isinstance(default, bool):
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(f"config {key}: expected a bool, got {value!r}")
-                value = value.lower() in ("true", "1")
-            elif not isinstance(value, bool):
-                raise ValueError(f"config {key}: expected a bool, got {value!r}")
+            value = _bool(key, value)
         elif isinstance(default, tuple):
-            if isinstance(value, str):
-                value = tuple(int(v) for v in value.split(","))
-            value = tuple(value)
+            value = _kernel_sizes(key, value)
+        elif isinstance(default, int):
+            value = _int(key, value)
         else:
-            try:
-                value = type(default)(value)
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"config {key}: expected {type(default).__name__}, got {value!r}"
-                ) from None
+            value = _float(key, value)
         out[key] = value
     return out
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+        return value.lower() in ("true", "1")
+    if not isinstance(value, bool):
+        raise ValueError(f"config {key}: expected a bool, got {value!r}")
+    return value
+
+
+def _number(key: str, value: Any, kind: str) -> float:
+    """``value`` (a number or its text) as a float; bools and other types are refused."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"config {key}: expected {kind}, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"config {key}: expected {kind}, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"config {key}: expected a finite {kind}, got {value!r}")
+    return number
+
+
+def _int(key: str, value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        as_float = _number(key, value, "int")
+        if not as_float.is_integer():
+            raise ValueError(f"config {key}: expected an integer, got {value!r}")
+        number = int(as_float)
+    low = _INT_MIN.get(key)
+    if low is not None and number < low:
+        raise ValueError(f"config {key}: must be at least {low}, got {number}")
+    return number
+
+
+def _float(key: str, value: Any) -> float:
+    return _number(key, value, "float")
+
+
+def _kernel_sizes(key: str, value: Any) -> tuple[int, ...]:
+    """G's layer sizes: odd, some > 1 first, then at least one 1x1 layer (e.g. 7,5,3,1,1,1)."""
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        sizes = tuple(_int(key, v) for v in parts)
+    except (TypeError, ValueError):
+        raise ValueError(f"config {key}: expected odd sizes like 7,5,3,1,1,1, got {value!r}"
+                         ) from None
+    spatial = [s for s in sizes if s > 1]
+    ok = (all(s >= 1 and s % 2 == 1 for s in sizes) and spatial and sizes[-1] == 1
+          and list(sizes[: len(spatial)]) == spatial)
+    if not ok:
+        raise ValueError(f"config {key}: expected odd sizes, the larger ones first and at "
+                         f"least one 1 at the end (like 7,5,3,1,1,1), got {value!r}")
+    return sizes
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -1,6 +1,35 @@
-"""Errors raised by kgengine. The CLI maps every :class:`KGEngineError` to exit code 1."""
+"""Errors raised by kgengine. The CLI maps every :class:`KGEngineError` to exit code 1.
+
+Also the two helpers every message uses: :func:`shown` (a path as printable text, whatever
+bytes its name holds) and :func:`brief_list` (at most a few items, then "... and N more"), so
+that an error is always one short line that any terminal can print.
+"""
 
 from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+
+def shown(path: object) -> str:
+    """``path`` as printable text: bytes that are not UTF-8 appear as ``\\xNN`` escapes.
+
+    A file name that is not valid UTF-8 (Python keeps its bytes as surrogates) would make
+    ``print`` fail; ``shown(Path(b"bad\\xff.png"))`` is ``"bad\\\\xff.png"``.
+    """
+    text = os.fsdecode(path) if isinstance(path, bytes | os.PathLike) else str(path)
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # surrogates that are no escaped bytes
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def brief_list(items: Iterable[object], limit: int = 10) -> str:
+    """``"a, b, c"``: at most ``limit`` items, then ``"... and N more"`` (bounded messages)."""
+    items = list(items)
+    text = ", ".join(shown(i) for i in items[:limit])
+    return text + (f" ... and {len(items) - limit} more" if len(items) > limit else "")
 
 
 class KGEngineError(Exception):
@@ -16,7 +45,27 @@ class BadImageError(KGEngineError):
     def __init__(self, path: object, reason: str) -> None:
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(f"{shown(path)}: {reason}")
+
+
+class OutputError(KGEngineError, OSError):
+    """A file or folder cannot be written: full disk, file-size limit, no permission, a
+    file where a folder should be, ...
+
+    Raised by :func:`kgengine.atomic.atomic_write` (every kgengine write goes through it) and
+    :func:`kgengine.atomic.ensure_dir`. The message is ``"<path>: <reason>"``; it is also an
+    :class:`OSError` (``filename`` = the path, ``strerror`` = the reason, ``errno`` as the
+    system gave it), so code that catches ``OSError`` keeps working. Jobs treat it like a bad
+    image: that item fails with this line, the others go on.
+    """
+
+    def __init__(self, path: object, reason: str, errno: int | None = None) -> None:
+        OSError.__init__(self, errno, reason, str(path))
+        self.path = str(path)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{shown(self.path)}: {self.reason}"
 
 
 class TrainingDivergedError(KGEngineError):

@@ -1,32 +1,49 @@
 """Reading and writing images, with one-line errors that name the file and the problem.
 
-``read_image`` returns float32 RGB ``(H, W, 3)`` in ``[0, 1]``:
-- 8-bit RGB/L/P/LA/RGBA and 16-bit images are accepted: grayscale is replicated to 3
-  channels, palette images are expanded, alpha is dropped (KernelGAN sees only colour),
-  16-bit values are divided by 65535;
-- ``.npy`` files holding ``(H, W)``/``(H, W, C)`` floats in [0, 1] are accepted too;
-- unreadable, truncated, non-image, NaN/inf, too small and huge inputs raise
-  :class:`~kgengine.errors.BadImageError`.
+``read_image`` is kgengine's one input loader. It returns float32 RGB ``(H, W, 3)`` in
+``[0, 1]`` and applies the same checks to every format:
+
+- **size first**: the pixel count is read from the header (Pillow's, or the ``.npy``
+  header through a memory map) and an image over :data:`MAX_PIXELS` is refused before any
+  pixel is decoded; Pillow's own decompression-bomb limit is raised to the same value (and
+  its warning silenced), so it neither refuses a valid image below kgengine's limit nor
+  prints;
+- **orientation**: a JPEG/TIFF's EXIF orientation is applied (a "rotate 90" photo is read
+  upright), also by :func:`image_size`;
+- **values**: 8-bit data is divided by 255, 16-bit by 65535 (PNG/TIFF or ``uint8`` /
+  ``uint16`` ``.npy``); float data (``.npy``, float TIFF) must already lie in [0, 1]; NaN/inf
+  are refused; grayscale is replicated to 3 channels, palettes expanded, alpha dropped
+  (KernelGAN sees only colour);
+- **shape**: ``.npy`` arrays are ``(H, W)`` or ``(H, W, C)`` with C in 1, 3, 4; an image
+  whose shorter side is below ``min_size`` is refused.
+
+Unreadable, truncated, non-image, folder, NaN/inf, out-of-range, too small and huge inputs
+raise :class:`~kgengine.errors.BadImageError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from kgengine.atomic import atomic_write
 from kgengine.errors import BadImageError
 
 #: Largest accepted image, in pixels (about 16k x 12k); larger ones are refused.
 MAX_PIXELS = 200_000_000
+#: EXIF orientations that swap width and height (transpose, rotate 90/270, transverse).
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+_EXIF_ORIENTATION = 0x0112
 
 
 def read_image(path: str | os.PathLike, min_size: int = 0) -> np.ndarray:
-    """Read an image as float32 RGB ``(H, W, 3)`` in ``[0, 1]``.
+    """Read an image as float32 RGB ``(H, W, 3)`` in ``[0, 1]`` (checks: module docstring).
 
     Args:
         path: a PNG/JPEG/TIFF/BMP/... file readable by Pillow, or a ``.npy`` array.
@@ -35,49 +52,137 @@ def read_image(path: str | os.PathLike, min_size: int = 0) -> np.ndarray:
         BadImageError: with a one-line ``"<path>: <reason>"`` message.
     """
     path = Path(path)
-    if not path.is_file():
-        raise BadImageError(path, "no such file")
-    if path.suffix.lower() == ".npy":
-        img = _read_npy(path)
-    else:
-        img = _read_pillow(path)
+    _check_file(path)
+    img = _read_npy(path) if path.suffix.lower() == ".npy" else _read_pillow(path)
+    return check_image(img, path, min_size)
+
+
+def check_image(img: np.ndarray, where: object, min_size: int = 0) -> np.ndarray:
+    """The value and size checks :func:`read_image` applies to every decoded image.
+
+    Args:
+        img: (H, W, C) float image. where: the file (or name) the messages start with.
+        min_size: refuse images whose shorter side is below this (pixels).
+    Returns:
+        ``img`` unchanged.
+    Raises:
+        BadImageError: NaN/inf, values outside [0, 1], or a side below ``min_size``.
+    """
     if not np.isfinite(img).all():
-        raise BadImageError(path, "image contains NaN or inf values")
+        raise BadImageError(where, "image contains NaN or inf values")
+    lo, hi = float(img.min()), float(img.max())
+    if lo < 0.0 or hi > 1.0:
+        raise BadImageError(where, f"float values must lie in [0, 1], found {lo:.4g} to "
+                                   f"{hi:.4g} (divide by the maximum or clip first)")
     h, w = img.shape[:2]
     if min(h, w) < min_size:
-        raise BadImageError(path, f"image is {w}x{h}, too small: needs {min_size} px a side")
+        raise BadImageError(where, f"image is {w}x{h}, too small: needs {min_size} px a side")
     return img
 
 
-def _read_npy(path: Path) -> np.ndarray:
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(width, height)`` of an image as :func:`read_image` will return it, from the header
+    only (EXIF orientation applied, nothing decoded).
+
+    Raises:
+        BadImageError: the file is missing or its header cannot be read.
+    """
+    path = Path(path)
+    _check_file(path)
+    if path.suffix.lower() == ".npy":
+        shape = _npy_array(path).shape
+        return int(shape[1]), int(shape[0])
     try:
-        arr = np.load(path, allow_pickle=False)
+        with _pillow_limits(), Image.open(path) as im:
+            w, h = im.size
+            return (h, w) if _orientation(im) in _SWAPPING_ORIENTATIONS else (w, h)
     except Exception as exc:  # noqa: BLE001 - any failure is a bad file
+        raise BadImageError(path, f"cannot read the image header ({type(exc).__name__})") from None
+
+
+def _check_file(path: Path) -> None:
+    if path.is_dir():
+        raise BadImageError(path, "is a folder, not an image file")
+    if not path.is_file():
+        raise BadImageError(path, "no such file")
+
+
+def _check_pixels(path: Path, w: int, h: int) -> None:
+    if w * h > MAX_PIXELS:
+        raise BadImageError(path, f"image is {w}x{h}, larger than {MAX_PIXELS} pixels")
+    if w < 1 or h < 1:
+        raise BadImageError(path, f"image is {w}x{h}: empty")
+
+
+# ---------------------------------------------------------------------- .npy
+def _npy_array(path: Path) -> np.ndarray:
+    """The ``.npy`` array memory-mapped (header read, no data loaded), shape checked."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - any failure (truncated, pickled, ...) is a bad file
         raise BadImageError(path, f"cannot read .npy array ({type(exc).__name__})") from None
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or not np.issubdtype(arr.dtype, np.number):
-        raise BadImageError(path, f"expected an (H,W) or (H,W,C) numeric array, got {arr.shape}")
-    arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all():
-        raise BadImageError(path, "image contains NaN or inf values")
-    return _to_rgb(arr[..., :3] if arr.shape[2] == 4 else arr)
+    if not isinstance(arr, np.ndarray) or arr.ndim not in (2, 3) or (
+            arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
+        shape = getattr(arr, "shape", "?")
+        raise BadImageError(path, f"expected an (H,W) or (H,W,C) array with C in 1, 3, 4, "
+                                  f"got shape {shape}")
+    _check_pixels(path, int(arr.shape[1]), int(arr.shape[0]))
+    return arr
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    arr = _npy_array(path)
+    if arr.dtype == np.uint8:
+        scale = 255.0
+    elif arr.dtype == np.uint16:
+        scale = 65535.0
+    elif np.issubdtype(arr.dtype, np.floating):
+        scale = 1.0  # checked to lie in [0, 1] by read_image
+    else:
+        raise BadImageError(path, f"unsupported dtype {arr.dtype}: expected uint8, uint16 or "
+                                  "floats in [0, 1]")
+    img = np.array(arr, dtype=np.float32)  # copies out of the memory map
+    del arr
+    if scale != 1.0:
+        img /= scale
+    if img.ndim == 2:
+        img = img[..., None]
+    return _to_rgb(img[..., :3] if img.shape[2] == 4 else img)
+
+
+# ---------------------------------------------------------------------- Pillow formats
+@contextlib.contextmanager
+def _pillow_limits() -> Iterator[None]:
+    """Pillow's decompression-bomb limit raised to kgengine's :data:`MAX_PIXELS` (its own
+    default, 89.5 MP, would refuse valid images; it is never lowered), without its warning:
+    kgengine checks the size itself."""
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_PIXELS:
+        Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag (1 = upright; 1 too when absent or unreadable)."""
+    try:
+        return int(im.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 - broken EXIF: read the pixels as stored
+        return 1
 
 
 def _read_pillow(path: Path) -> np.ndarray:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
-                if w * h > MAX_PIXELS:
-                    raise BadImageError(path, f"image is {w}x{h}, larger than {MAX_PIXELS} pixels")
-                im.load()
-                arr = _pil_to_float(im)
+        with _pillow_limits(), Image.open(path) as im:
+            _check_pixels(path, *im.size)
+            im.load()
+            if _orientation(im) != 1:
+                im = ImageOps.exif_transpose(im)
+            return _pil_to_float(im)
     except BadImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadImageError(path, "image is too large (decompression-bomb limit)") from None
+    except Image.DecompressionBombError:
+        raise BadImageError(path, f"image is larger than {MAX_PIXELS} pixels") from None
     except OSError as exc:
         msg = str(exc).split("\n")[0]
         if "truncated" in msg.lower():
@@ -87,7 +192,6 @@ def _read_pillow(path: Path) -> np.ndarray:
         raise BadImageError(path, f"cannot decode image: {msg}") from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
         raise BadImageError(path, f"cannot decode image ({type(exc).__name__}: {exc})") from None
-    return arr
 
 
 def _pil_to_float(im: Image.Image) -> np.ndarray:

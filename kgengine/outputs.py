@@ -4,18 +4,21 @@
 ``<name>_kernel_x4.npy`` / ``.mat`` with x4, ``<name>_kernel.png`` (picture of the
 kernel(s)), ``<name>_generator.npz`` (the six trained G weights ``w0..w5``, for
 ``kgengine export generator``) and ``<name>_report.json``. The report is written last: its
-presence marks the image as done.
+presence marks the image as done, and a rerun keeps the outputs only if the report's
+settings are those asked again (:func:`stored_differences`).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from kgengine.api import EstimateResult
-from kgengine.atomic import atomic_write, save_json, save_mat, save_npy
+from kgengine.atomic import atomic_write, json_default, save_json, save_mat, save_npy
 
 
 def output_paths(outdir: str | Path, name: str) -> dict[str, Path]:
@@ -66,7 +69,47 @@ def write_outputs(result: EstimateResult, outdir: str | Path) -> dict[str, Path]
     return written
 
 
-def is_done(outdir: str | Path, name: str, x4: bool) -> bool:
-    """True if ``name``'s outputs (report last) already exist, so a rerun can skip it."""
+def requested_settings(*, seed: int, iters: int, config: dict[str, Any], x4: bool,
+                       restarts: int, mode: str) -> dict[str, Any]:
+    """What an image's outputs depend on, as :func:`stored_differences` compares them."""
+    return {"seed": int(seed), "iters": int(iters), "x4": bool(x4), "restarts": int(restarts),
+            "mode": mode, "config": json.loads(json.dumps(config, default=json_default))}
+
+
+def stored_settings(report: dict[str, Any]) -> dict[str, Any]:
+    """The :func:`requested_settings` an output report was made with (None where unknown)."""
+    restarts = report.get("restarts")
+    return {"seed": report.get("seed"), "iters": report.get("iters"),
+            "x4": report.get("kernel_x4") is not None,
+            "restarts": restarts.get("k") if isinstance(restarts, dict) else 1,
+            "mode": report.get("mode"), "config": report.get("config")}
+
+
+def stored_differences(outdir: str | Path, name: str, wanted: dict[str, Any]) -> list[str] | None:
+    """Whether ``name``'s outputs in ``outdir`` can be kept by a rerun asking ``wanted``.
+
+    Args:
+        wanted: :func:`requested_settings` of the rerun.
+    Returns:
+        None when there are no usable outputs (no report, an unreadable one, or a missing
+        kernel file): the image is to be done; ``[]`` when they exist and were made with the
+        same settings (x4 outputs also serve a run without x4); otherwise the differences,
+        e.g. ``["seed (stored 0, asked 4)", "config.lr_g (stored 0.0002, asked 0.0001)"]``.
+    """
     p = output_paths(outdir, name)
-    return p["report"].exists() and (not x4 or p["x4_npy"].exists())
+    try:
+        report = json.loads(p["report"].read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(report, dict) or not p["x2_npy"].is_file():
+        return None
+    have = stored_settings(report)
+    if have["x4"] and not p["x4_npy"].is_file():
+        have["x4"] = False
+    diff = [f"{k} (stored {have[k]}, asked {wanted[k]})" for k in wanted
+            if k != "config" and have[k] != wanted[k] and not (k == "x4" and have[k])]
+    old = have["config"] if isinstance(have["config"], dict) else {}
+    new = wanted["config"]
+    diff += [f"config.{k} (stored {old.get(k)}, asked {new[k]})" for k in new
+             if old.get(k) != new[k]]
+    return diff

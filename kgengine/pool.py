@@ -318,6 +318,16 @@ def _load_npz(path: Path) -> KernelPool:
     kernels = arrays["kernels"]
     if kernels.ndim != 3:
         raise KGEngineError(f"{path}: kernels must be (N,K,K), got shape {kernels.shape}")
+    if kernels.shape[0] == 0:
+        raise KGEngineError(f"{path}: the pool holds no kernels")
+    scale = arrays["scale"]
+    if scale.size != 1 or not np.issubdtype(scale.dtype, np.integer):
+        raise KGEngineError(f"{path}: scale must be one integer, got a {scale.dtype} array "
+                            f"of shape {scale.shape}")
+    for name in ("ids", "sources", "seeds"):
+        if arrays[name].ndim != 1:
+            raise KGEngineError(f"{path}: {name} must be a 1-D array, got shape "
+                                f"{arrays[name].shape}")
     reports = None
     if "index" in arrays:
         try:
@@ -336,9 +346,9 @@ def _load_npz(path: Path) -> KernelPool:
             arrays["ids"].tolist(),
             arrays["sources"].tolist(),
             arrays["seeds"].tolist(),
-            int(arrays["scale"]),
+            int(scale.reshape(())),
             reports,
             None if confidences is None else confidences.reshape(-1),
         )
-    except KGEngineError as exc:
+    except (KGEngineError, ValueError, TypeError) as exc:
         raise KGEngineError(f"{path}: {exc}") from None

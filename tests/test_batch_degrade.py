@@ -224,7 +224,9 @@ def test_named_gpu_provider_without_gpu_is_a_clear_error(hr_dir, pool_file, tmp_
 def test_help_lists_the_options() -> None:
     res = CliRunner().invoke(app, ["degrade", "--help"])
     assert res.exit_code == 0
-    for opt in ("--kernels", "--out", "--scale", "--noise", "--provider", "--batch", "--seed"):
+    for opt in ("--kernels", "--out", "--scale", "--noise", "--provider", "--batch", "--seed",
+                "--pipeline", "--noise-range", "--noise-poisson", "--noise-patches",
+                "--second-order", "--jpeg", "--shuffle", "--set"):
         assert opt in res.output
     res = CliRunner().invoke(app, ["export", "--help"])
     assert res.exit_code == 0

@@ -329,7 +329,7 @@ def test_farm_stores_restarts_and_refuses_another_value(photos, tmp_path, monkey
     assert "restarts (pool: 3, given: 1)" in res.output
     res = runner.invoke(app, ["farm", "-o", str(tmp_path / "new"), "--restarts", "0"])
     assert res.exit_code == 1
-    assert "error: restarts must be at least 1, got 0" in res.output
+    assert "error: --restarts must be at least 1, got 0" in res.output
 
 
 def test_farm_writes_the_confidence_to_manifest_reports_and_pool(photos, tmp_path,

@@ -137,6 +137,53 @@ def test_noise_inputs(kind: str) -> None:
     np.testing.assert_array_equal(zero, base)
 
 
+# fp16: every float input, weight and the output in float16. Rounding the inputs and the
+# output to 11 significant bits costs up to ~1 float16 ulp near the value (2^-11 = 4.9e-4
+# just below 1.0, 9.8e-4 just above it, which noise can reach); observed max 5.2e-4 on
+# onnxruntime's CPU provider. The bound leaves a margin of 2x.
+FP16_ATOL = 1e-3
+
+
+@pytest.mark.parametrize("kind", ["fixed", "pool"])
+@pytest.mark.parametrize("scale, ksize", [(2, 13), (4, 25)])
+def test_fp16_model_matches_fp32_on_three_shapes(kind: str, scale: int, ksize: int) -> None:
+    rng = np.random.default_rng(21 + ksize)
+    k = _random_kernel(rng, (ksize, ksize))
+    if kind == "fixed":
+        m32, m16 = (build_fixed_model(k, scale, noise=True, dtype=d) for d in ("fp32", "fp16"))
+    else:
+        m32, m16 = (build_pool_model(ksize, scale, noise=True, dtype=d) for d in ("fp32", "fp16"))
+    s32, s16 = _session(m32), _session(m16)  # onnx.checker (full) passes for both
+    names = ["hr", "kernel", "noise_sigma", "noise"] if kind == "pool" else [
+        "hr", "noise_sigma", "noise"]
+    assert [i.name for i in s16.get_inputs()] == names  # the noise inputs are kept
+    assert {i.type for i in s16.get_inputs()} == {"tensor(float16)"}
+    assert s16.get_outputs()[0].type == "tensor(float16)"
+    assert read_metadata(m16)["dtype"] == "float16" and read_metadata(m32)["dtype"] == "float32"
+    worst = 0.0
+    for shape in SHAPES:
+        x = rng.random(shape, dtype=np.float32)
+        lr_shape = (*shape[:2], -(-shape[2] // scale), -(-shape[3] // scale))
+        feeds = {"hr": x, "noise_sigma": np.full(shape[0], 0.02, np.float32),
+                 "noise": rng.standard_normal(lr_shape, dtype=np.float32)}
+        if kind == "pool":
+            feeds["kernel"] = np.stack([_random_kernel(rng, (ksize, ksize))
+                                        for _ in range(shape[0])])[:, None]
+        out32 = s32.run(None, feeds)[0]
+        out16 = s16.run(None, {n: v.astype(np.float16) for n, v in feeds.items()})[0]
+        assert out16.dtype == np.float16 and out16.shape == out32.shape == lr_shape
+        worst = max(worst, float(np.abs(out16.astype(np.float32) - out32).max()))
+    assert 1e-5 < worst <= FP16_ATOL  # really half precision, and within the bound
+
+
+def test_fp16_through_the_registry_and_bad_dtype(tmp_path) -> None:
+    done = export_model("pool", tmp_path / "p16.onnx", kernel_size=13, scale=2, dtype="fp16")
+    assert "input  kernel: (N, 1, 13, 13) float16" in done.lines
+    assert read_metadata(done.path)["dtype"] == "float16"
+    with pytest.raises(KGEngineError, match="dtype must be one of fp32, fp16"):
+        build_fixed_model(np.ones((3, 3)) / 9, 2, dtype="fp64")
+
+
 def test_tiled_weight_layout() -> None:
     k = np.arange(1, 10, dtype=np.float32).reshape(3, 3)
     w = tiled_weight(k, 2, 2)  # 4 output channels, 5x5 support

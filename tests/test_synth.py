@@ -19,7 +19,7 @@ from kgengine.accuracy.synth import (
 )
 from kgengine.cli import app
 from kgengine.degrade import degrade
-from kgengine.errors import BadImageError
+from kgengine.hooks import JobHooks
 from kgengine.imageio import read_image, write_png
 from kgengine.kernel import analytic_x4, anisotropic_gaussian
 
@@ -152,14 +152,15 @@ def test_same_seed_same_files(tmp_path, hr_dir):
 
 
 def test_bad_hr_image_is_named(tmp_path):
+    # a bad HR file is reported through the hooks (naming it) and skipped, no longer raised
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png")
-    with pytest.raises(BadImageError, match="broken.png"):
-        make_div2krk_like([bad], tmp_path / "out", seed=0)
     tiny = tmp_path / "tiny.png"
     Image.new("RGB", (30, 30)).save(tiny)
-    with pytest.raises(BadImageError, match="tiny.png"):
-        make_div2krk_like([tiny], tmp_path / "out", seed=0)
+    failed = []
+    hooks = JobHooks(item_finished=lambda n, s, d: failed.append(d) if s == "failed" else None)
+    assert make_div2krk_like([bad, tiny], tmp_path / "out", seed=0, hooks=hooks) == []
+    assert "broken.png" in failed[0] and "tiny.png" in failed[1] and "too small" in failed[1]
 
 
 def test_synth_command(tmp_path, hr_dir):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kgengine.errors import KGEngineError
+from kgengine.errors import KGEngineError, brief_list
 from kgengine.kernel import check_kernel
 
 #: The scales a DIV2KRK-layout folder holds.
@@ -81,7 +81,8 @@ def list_dataset(
     if ids is not None:
         missing = sorted(set(ids) - set(found))
         if missing:
-            raise KGEngineError(f"{lr_dir}: no image for ids {missing}")
+            raise KGEngineError(f"{lr_dir}: no image for ids [{brief_list(missing)}] "
+                                f"({len(found)} images there)")
         found = {i: found[i] for i in ids}
     return [
         EvalImage(i, f"im_{i}", found[i], k_dir / f"kernel_{i}.mat", _hr_path(root, i))

@@ -60,8 +60,8 @@ class RunStore:
         try:
             run = json.loads(path.read_text(encoding="utf-8"))
             kernel = np.asarray(run["kernel"], dtype=np.float64)
-        except (ValueError, KeyError, TypeError):
-            return None  # damaged: estimate again
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # unreadable or damaged: estimate again
         got = {key: run.get(key, LEGACY_IDENTITY.get(key)) for key in self.identity}
         if got != self.identity:
             raise ResumeMismatchError(

@@ -30,6 +30,7 @@ Layout written under ``out_dir`` (every file atomically)::
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -39,6 +40,7 @@ import numpy as np
 
 from kgengine.atomic import save_json, save_mat
 from kgengine.degrade import degrade
+from kgengine.errors import KGEngineError
 from kgengine.hooks import JobHooks
 from kgengine.imageio import read_image, write_png
 from kgengine.kernel import analytic_x4, anisotropic_gaussian
@@ -124,12 +126,14 @@ def make_div2krk_like(
         seed: set seed; image ``N`` uses ``default_rng([seed, N])``.
         n: number of images (all when ``None``).
         hooks: progress: ``total(n)`` once, then ``item_finished("im_N", "done", "")``
-            after each image.
+            after each image, or ``item_finished("im_N", "failed", <one-line reason>)``
+            for an HR image that is unreadable or smaller than 64 px a side, or whose
+            files cannot be written: it is skipped (no ``im_N`` files) and the others go on.
     Returns:
-        One dict per image: ``index``, ``name``, ``source``, ``hr_shape``, the kernel
-        parameters. The same list is saved to ``out_dir/synth.json``.
+        One dict per image written: ``index``, ``name``, ``source``, ``hr_shape``, the
+        kernel parameters. The same list is saved to ``out_dir/synth.json``.
     Raises:
-        BadImageError: an HR image is unreadable or smaller than 64 px a side.
+        OutputError: ``synth.json`` cannot be written.
     """
     out = Path(out_dir)
     hooks = hooks or JobHooks()
@@ -137,25 +141,18 @@ def make_div2krk_like(
     hooks.total(len(chosen))
     manifest: list[dict] = []
     for index, src in enumerate(chosen, start=1):
-        hr = crop_to_multiple(read_image(src, min_size=64).astype(np.float64))
-        hr = np.round(hr * 255.0) / 255.0  # what gt/im_N.png will hold, exactly
-        k2, params = draw_kernel(image_rng(seed, index), kernel_size, var_range, noise_level)
-        k4 = analytic_x4(k2)
         name = f"im_{index}"
-        write_png(out / "gt" / f"{name}.png", hr)
-        write_png(out / "lr_x2" / f"{name}.png", degrade(hr, k2, 2))
-        write_png(out / "lr_x4" / f"{name}.png", degrade(hr, k4, 4))
-        save_mat(out / "gt_k_x2" / f"kernel_{index}.mat", {"Kernel": k2})
-        save_mat(out / "gt_k_x4" / f"kernel_{index}.mat", {"Kernel": k4})
-        manifest.append(
-            {
-                "index": index,
-                "name": name,
-                "source": src.name,
-                "hr_shape": list(hr.shape[:2]),
-                **asdict(params),
-            }
-        )
+        try:
+            params, shape = _make_one(src, out, index, seed, kernel_size, var_range,
+                                      noise_level)
+        except KGEngineError as exc:  # a bad HR file, or a file that cannot be written
+            for path in _files(out, index).values():  # no partial im_N
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
+            hooks.item_finished(name, "failed", str(exc))
+            continue
+        manifest.append({"index": index, "name": name, "source": src.name,
+                         "hr_shape": list(shape), **asdict(params)})
         hooks.item_finished(name, "done", "")
     save_json(
         out / "synth.json",
@@ -173,3 +170,28 @@ def make_div2krk_like(
         },
     )
     return manifest
+
+
+def _make_one(src: Path, out: Path, index: int, seed: int, kernel_size: int,
+              var_range: tuple[float, float], noise_level: float,
+              ) -> tuple[KernelParams, tuple[int, int]]:
+    """Write image ``index`` (``im_N``) of the set from ``src``: its parameters, HR shape."""
+    hr = crop_to_multiple(read_image(src, min_size=64).astype(np.float64))
+    hr = np.round(hr * 255.0) / 255.0  # what gt/im_N.png will hold, exactly
+    k2, params = draw_kernel(image_rng(seed, index), kernel_size, var_range, noise_level)
+    k4 = analytic_x4(k2)
+    files = _files(out, index)
+    write_png(files["gt"], hr)
+    write_png(files["lr_x2"], degrade(hr, k2, 2))
+    write_png(files["lr_x4"], degrade(hr, k4, 4))
+    save_mat(files["gt_k_x2"], {"Kernel": k2})
+    save_mat(files["gt_k_x4"], {"Kernel": k4})
+    return params, (int(hr.shape[0]), int(hr.shape[1]))
+
+
+def _files(out: Path, index: int) -> dict[str, Path]:
+    """The files of image ``index`` in the set's layout (module docstring)."""
+    return {"gt": out / "gt" / f"im_{index}.png", "lr_x2": out / "lr_x2" / f"im_{index}.png",
+            "lr_x4": out / "lr_x4" / f"im_{index}.png",
+            "gt_k_x2": out / "gt_k_x2" / f"kernel_{index}.mat",
+            "gt_k_x4": out / "gt_k_x4" / f"kernel_{index}.mat"}

@@ -1,27 +1,53 @@
-"""What every command shares: the one error boundary of the CLI."""
+"""What every command shares: the one error boundary of the CLI and the option checks.
+
+Every bad value, unusable file or failed write ends as one ``error: <message>`` line on
+stderr and exit code 1 (:func:`cli_errors`); option values are checked before any work
+(:func:`at_least`, :func:`check_seed`, :func:`check_device`, :func:`check_mode`,
+:func:`check_out_dir`, :func:`check_out_file`).
+"""
 
 from __future__ import annotations
 
 import functools
+import os
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn, ParamSpec, TypeVar
 
 import typer
 
-from kgengine.errors import KGEngineError
+from kgengine.atomic import ensure_dir
+from kgengine.errors import KGEngineError, OutputError, shown
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
+#: Seeds are non-negative 64-bit signed integers (what torch and the trainer take).
+MAX_SEED = 2**63 - 1
+#: Generator computations (``--mode``), as :data:`kgengine.trainer.MODES` (not imported: it
+#: would load torch for every command).
+MODES = ("composed", "layers")
+#: Longest error line printed; a longer message is cut with "…".
+MAX_LINE = 1000
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def one_line(message: str, limit: int = MAX_LINE) -> str:
+    """``message`` as one printable line of at most ``limit`` characters."""
+    text = " ".join(shown(message).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 def fail(message: str) -> NoReturn:
     """Print ``error: <message>`` on stderr as one line and exit with code 1."""
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {one_line(message)}", err=True)
     raise typer.Exit(1)
 
 
 def cli_errors(command: Callable[P, R]) -> Callable[P, R]:
-    """Decorate a command: a :class:`KGEngineError` becomes one ``error:`` line and exit 1."""
+    """Decorate a command: a :class:`KGEngineError` (or any other :class:`OSError`, e.g. an
+    unreadable input) becomes one ``error:`` line and exit 1."""
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -29,5 +55,62 @@ def cli_errors(command: Callable[P, R]) -> Callable[P, R]:
             return command(*args, **kwargs)
         except KGEngineError as exc:
             fail(str(exc))
+        except OSError as exc:
+            where = f"{shown(exc.filename)}: " if exc.filename else ""
+            fail(f"{where}{exc.strerror or exc}")
 
     return wrapper
+
+
+def at_least(option: str, value: float | None, low: float) -> None:
+    """Raise unless ``value`` (None: not given) is at least ``low``."""
+    if value is not None and value < low:
+        raise KGEngineError(f"{option} must be at least {low}, got {value}")
+
+
+def check_seed(option: str, value: int | None) -> None:
+    """Raise unless ``value`` (None: not given) is a seed in [0, 2**63 - 1]."""
+    if value is not None and not 0 <= value <= MAX_SEED:
+        raise KGEngineError(f"{option} must be between 0 and {MAX_SEED}, got {value}")
+
+
+def check_device(device: str, *, here: bool = True) -> str:
+    """Raise unless ``device`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; with ``here``
+    (training in this process) ``cuda:N`` must also exist when CUDA is available."""
+    if not _DEVICE_RE.match(device):
+        raise KGEngineError(f"--device: expected auto, cpu, cuda or cuda:N, got {device!r}")
+    if here and device.startswith("cuda:"):
+        import torch  # only for a numbered GPU
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n and int(device[5:]) >= n:
+            raise KGEngineError(f"--device {device}: this machine has {n} GPU(s), "
+                                f"cuda:0 to cuda:{n - 1}")
+    return device
+
+
+def check_mode(mode: str | None) -> None:
+    """Raise unless ``mode`` (None: not given) is one of :data:`MODES`."""
+    if mode is not None and mode not in MODES:
+        raise KGEngineError(f"--mode: expected composed or layers, got {mode!r}")
+
+
+def check_out_dir(out: Path) -> Path:
+    """Create the output folder ``out`` now, so that a bad ``-o`` fails before any work.
+
+    Raises:
+        OutputError: ``out`` is a file, or it cannot be created or written into.
+    """
+    return ensure_dir(out)
+
+
+def check_out_file(out: Path) -> Path:
+    """Check an output file's path before any work: not a folder, its folder usable.
+
+    Raises:
+        OutputError: ``out`` is a folder, or its folder cannot be created or written into.
+    """
+    if out.is_dir():
+        raise OutputError(out, "is a folder; give a file name")
+    ensure_dir(out.parent if str(out.parent) else Path(os.curdir))
+    return out

@@ -1,4 +1,10 @@
-"""``kgengine degrade``: a folder of HR images + a kernel pool -> LR/HR training pairs."""
+"""``kgengine degrade``: a folder of HR images + a kernel pool -> LR/HR training pairs.
+
+Without pipeline options it runs the ONNX pool degrader (kernel + optional Gaussian
+``--noise``); with any of ``--pipeline``, ``--noise-range``, ``--noise-poisson``,
+``--noise-patches``, ``--second-order``, ``--jpeg``, ``--shuffle`` or ``--set`` it runs the
+degradation pipeline (:mod:`kgengine.degradation.pipeline`) on the CPU.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,26 @@ from rich.console import Console
 from kgengine.commands._common import cli_errors, fail
 from kgengine.hooks import JobHooks
 from kgengine.progress import progress_hooks
+
+# --- pipeline options (any of them switches to the pipeline) ---
+PipelineFile = Annotated[Path | None, typer.Option(
+    "--pipeline", help="TOML file of pipeline settings (the flags below override it).")]
+NoiseRange = Annotated[str | None, typer.Option(
+    "--noise-range", help="Gaussian noise, sigma drawn per image in LO-HI ([0,1] units), "
+                          "e.g. 0-0.04.")]
+NoisePoisson = Annotated[bool, typer.Option(
+    "--noise-poisson", help="Poisson (shot) noise, peak photons drawn per image in "
+                            "poisson_peak (default 30-1000).")]
+NoisePatches = Annotated[Path | None, typer.Option(
+    "--noise-patches", help="Add real-noise patches from this folder (kgengine noise collect).")]
+SecondOrder = Annotated[bool, typer.Option(
+    "--second-order", help="Second round: blur with a random Gaussian, resize and back.")]
+Jpeg = Annotated[str | None, typer.Option(
+    "--jpeg", help="JPEG at a quality drawn per image in LO-HI, e.g. 30-95.")]
+Shuffle = Annotated[bool, typer.Option(
+    "--shuffle", help="Run the LR-side stages in a random order per image.")]
+Sets = Annotated[list[str] | None, typer.Option(
+    "--set", help="Any pipeline setting as key=value (e.g. gray_prob=0.4); repeatable.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -37,19 +63,42 @@ def degrade(
     seed: Annotated[int, typer.Option("--seed", help="Picks each image's kernel and noise.")] = 0,
     threads: Annotated[int | None, typer.Option(
         "--threads", help="CPU threads (default: all cores).")] = None,
+    copy_hr: Annotated[bool, typer.Option(
+        "--copy-hr", help="Write every HR to OUT/hr/ (same names as OUT/lr/: a paired "
+                          "folder for BasicSR/traiNNer); default: only cropped ones.")] = False,
+    pipeline: PipelineFile = None,
+    noise_range: NoiseRange = None,
+    noise_poisson: NoisePoisson = False,
+    noise_patches: NoisePatches = None,
+    second_order: SecondOrder = False,
+    jpeg: Jpeg = None,
+    shuffle: Shuffle = False,
+    sets: Sets = None,
 ) -> None:
     """Degrade every HR image with a kernel from the pool into LR/HR pairs.
 
     Resumable (pairs already written are skipped). A bad HR file is reported on one line
     and skipped; the exit code is 1 if any file failed, after all the others are done.
+    Pipeline options (--pipeline, --noise-range, --noise-poisson, --noise-patches,
+    --second-order, --jpeg, --shuffle, --set) run the degradation pipeline on the CPU.
     """
-    from kgengine.degradation import degrade_folder  # onnx and onnxruntime: only when used
+    from kgengine.degradation import build_config, degrade_folder  # onnx(runtime): when used
+    from kgengine.degradation.config import parse_sets
 
+    config = None
+    if (pipeline or noise_range or noise_poisson or noise_patches or second_order or jpeg
+            or shuffle or sets):
+        config = build_config(pipeline, noise=noise, noise_range=noise_range,
+                              poisson=noise_poisson, real_noise=noise_patches,
+                              second_order=second_order, jpeg=jpeg, shuffle=shuffle,
+                              sets=parse_sets(sets or []))
+        noise = 0.0  # now the pipeline's gaussian_sigma
     try:
         with progress_hooks("degrading", Console(stderr=True)) as hooks:
             report = degrade_folder(
                 hr_dir, kernels, out, scale=scale, noise=noise, seed=seed, batch=batch,
                 provider=provider, threads=threads, hooks=_failures_as_errors(hooks),
+                pipeline=config, copy_hr=copy_hr,
             )
     except OSError as exc:
         fail(f"{exc.filename or out}: {exc.strerror or exc}")

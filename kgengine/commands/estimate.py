@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from kgengine.commands._common import cli_errors
-from kgengine.errors import KGEngineError
+from kgengine.commands._common import (
+    at_least,
+    check_device,
+    check_mode,
+    check_out_dir,
+    check_seed,
+    cli_errors,
+    one_line,
+)
+from kgengine.config import KernelGANConfig, parse_overrides
+from kgengine.errors import KGEngineError, brief_list, shown
+from kgengine.hooks import JobHooks
 from kgengine.progress import progress_hooks
 
 
@@ -45,15 +55,22 @@ def estimate(
 ) -> None:
     """Estimate the x2 (and x4) kernel of each image and write .npy, .mat, PNG and a JSON report.
 
-    Images whose report already exists in OUTDIR are skipped (resume). A bad image is
-    reported on one line and skipped; the exit code is 1 if any image failed.
+    Images whose outputs in OUTDIR were made with the same settings (seed, iters, config,
+    x4, restarts, mode) are skipped (resume); outputs made with other settings are redone
+    and replaced, with a line saying what differs. A bad image or a file that cannot be
+    written is reported on one line and skipped; the exit code is 1 if any image failed,
+    after all the others are done.
     """
+    at_least("--iters", iters, 1)
+    at_least("--restarts", restarts, 1)
+    at_least("--threads", threads, 0)
+    check_seed("--seed", seed)
+    check_device(device)
+    check_mode(mode)
     if threads > 0:
         import torch
 
         torch.set_num_threads(threads)
-    if restarts < 1:
-        raise KGEngineError(f"--restarts must be at least 1, got {restarts}")
     failed = _estimate(images, out, x4=x4, iters=iters, seed=seed, device=device, mode=mode,
                        authors_defects=authors_defects, overrides=overrides or [], force=force,
                        restarts=restarts)
@@ -66,44 +83,60 @@ def _estimate(
     images: list[Path], out: Path, *, x4: bool, iters: int, seed: int, device: str, mode: str,
     authors_defects: bool, overrides: list[str], force: bool, restarts: int = 1,
 ) -> int:
-    from kgengine.api import estimate_kernel, resolve_device
-    from kgengine.config import KernelGANConfig, parse_overrides
-    from kgengine.imageio import read_image
-    from kgengine.outputs import is_done, write_outputs
+    from kgengine.api import resolve_device
+    from kgengine.outputs import requested_settings
 
     base = KernelGANConfig.authors() if authors_defects else KernelGANConfig()
-    try:
-        cfg = base.replace(iters=iters, **parse_overrides(overrides))
+    try:  # --set iters=N wins over --iters
+        cfg = base.replace(**{"iters": iters, **parse_overrides(overrides)})
     except ValueError as exc:
         raise KGEngineError(str(exc)) from None
     resolve_device(device)
     stems = [p.stem for p in images]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
-        raise KGEngineError(f"several inputs share the name {dupes[0]!r}: outputs would collide")
+        raise KGEngineError(f"several inputs share the name {shown(dupes[0])!r}: outputs "
+                            "would collide")
+    check_out_dir(out)
+    wanted = requested_settings(seed=seed, iters=cfg.iters, config=cfg.to_dict(), x4=x4,
+                                restarts=restarts, mode=mode)
     failed = 0
     with progress_hooks("images") as hooks:
         hooks.total(len(images))
         for path in images:
-            if not force and is_done(out, path.stem, x4):
-                hooks.log(f"skip {path} (done)")
-                hooks.item_finished(path.stem, "skipped", "")
-                continue
-            hooks.batch_started([path.name], cfg.iters)
-            state = "done"
-            try:
-                img = read_image(path, min_size=cfg.crop_size)
-                res = estimate_kernel(img, seed=seed, x4=x4, device=device, config=cfg,
-                                      mode=mode, callback=hooks.batch_progress,
-                                      restarts=restarts)
-                res.name = path.stem
-                res.report["image"] = str(path)
-                write_outputs(res, out)
-                conf = "" if res.confidence is None else f", confidence {res.confidence:.3f}"
-                hooks.log(f"{path}: done in {res.report['wall_s']:.1f} s "
-                          f"({res.report['ms_per_iter']:.2f} ms/iter{conf})")
-            except KGEngineError as exc:
-                failed, state = failed + 1, "failed"
-                typer.echo(f"error: {exc}", err=True)  # the one line that names the file
+            state = _one(path, out, cfg, wanted, force, device, hooks)
+            failed += state == "failed"
             hooks.item_finished(path.stem, state, "")
     return failed
+
+
+def _one(path: Path, out: Path, cfg: KernelGANConfig, wanted: dict[str, Any], force: bool,
+         device: str, hooks: JobHooks) -> str:
+    """Estimate one image into ``out`` unless done with the same settings: its state."""
+    from kgengine.api import estimate_kernel
+    from kgengine.imageio import read_image
+    from kgengine.outputs import stored_differences, write_outputs
+
+    diff = None if force else stored_differences(out, path.stem, wanted)
+    if diff == []:
+        hooks.log(f"skip {shown(path)} (done)")
+        return "skipped"
+    if diff:
+        hooks.log(f"{shown(path)}: redone, its outputs were made with other settings: "
+                  f"{brief_list(diff, 5)}")
+    hooks.batch_started([shown(path.name)], cfg.iters)
+    try:
+        img = read_image(path, min_size=cfg.crop_size)
+        res = estimate_kernel(img, seed=wanted["seed"], x4=wanted["x4"], device=device,
+                              config=cfg, mode=wanted["mode"], callback=hooks.batch_progress,
+                              restarts=wanted["restarts"])
+        res.name = path.stem
+        res.report["image"] = str(path)
+        write_outputs(res, out)
+    except KGEngineError as exc:
+        typer.echo(f"error: {one_line(str(exc))}", err=True)  # the one line naming the file
+        return "failed"
+    conf = "" if res.confidence is None else f", confidence {res.confidence:.3f}"
+    hooks.log(f"{shown(path)}: done in {res.report['wall_s']:.1f} s "
+              f"({res.report['ms_per_iter']:.2f} ms/iter{conf})")
+    return "done"

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from kgengine.commands._common import cli_errors, fail
-from kgengine.errors import KGEngineError
+from kgengine.commands._common import (
+    MAX_SEED,
+    at_least,
+    check_device,
+    check_out_dir,
+    check_seed,
+    cli_errors,
+    fail,
+    one_line,
+)
+from kgengine.errors import KGEngineError, brief_list
+from kgengine.hooks import JobHooks
 from kgengine.progress import progress_hooks
 
+#: Most values ``--ids`` / ``--seeds`` may list.
+MAX_LIST = 100_000
 #: File suffixes ``kgengine synth`` takes as HR images.
 HR_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
@@ -59,23 +72,36 @@ def register(app: typer.Typer) -> None:
     app.command("synth")(synth_command)
 
 
-def parse_int_list(text: str, what: str) -> tuple[int, ...]:
-    """``"0,1,2"`` or ranges ``"1-5,9"`` -> ``(0, 1, 2)`` / ``(1, 2, 3, 4, 5, 9)``."""
-    out: list[int] = []
+def parse_int_list(text: str, what: str, low: int = 0, high: int = MAX_SEED,
+                   max_count: int = MAX_LIST) -> tuple[int, ...]:
+    """``"0,1,2"`` or ranges ``"1-5,9"`` -> ``(0, 1, 2)`` / ``(1, 2, 3, 4, 5, 9)``.
+
+    Raises:
+        KGEngineError: not integers, an empty list, a value outside ``[low, high]`` or more
+            than ``max_count`` values (checked before any list is built).
+    """
+    parts: list[tuple[int, int]] = []
     try:
         for part in text.split(","):
             part = part.strip()
             if not part:
                 continue
-            if "-" in part:
-                a, b = part.split("-", 1)
-                out.extend(range(int(a), int(b) + 1))
-            else:
-                out.append(int(part))
+            a, _, b = part.partition("-")
+            parts.append((int(a), int(b) if b else int(a)))
     except ValueError:
-        raise KGEngineError(f"{what}: expected integers like 0,1,2 or 1-5, got {text!r}") from None
+        raise KGEngineError(f"{what}: expected integers like 0,1,2 or 1-5, got "
+                            f"{one_line(text, 80)!r}") from None
+    if not parts:
+        raise KGEngineError(f"{what}: empty list {one_line(text, 80)!r}")
+    for a, b in parts:
+        if not low <= a <= high or not low <= b <= high:
+            raise KGEngineError(f"{what}: values must lie in [{low}, {high}], got {a}-{b}")
+    count = sum(max(0, b - a + 1) for a, b in parts)
+    if count > max_count:
+        raise KGEngineError(f"{what}: {count} values, at most {max_count}")
+    out = [i for a, b in parts for i in range(a, b + 1)]
     if not out:
-        raise KGEngineError(f"{what}: empty list {text!r}")
+        raise KGEngineError(f"{what}: empty list {one_line(text, 80)!r}")
     return tuple(dict.fromkeys(out))
 
 
@@ -95,25 +121,27 @@ def eval_command(
     """Estimate every LR image of a DIV2KRK-layout folder and score the kernels.
 
     Scores the isotropic and bicubic baselines too. Writes results.json, report.md, kernels.png.
+    An image that fails (unreadable, bad kernel, a file that cannot be written) is reported
+    and skipped; the exit code is then 1, after all the others are scored.
     """
     from kgengine.accuracy import METRICS, EvalSettings, metric_table, run_eval
     from kgengine.accuracy.report import confidence_statement
 
     if scale not in (2, 4):
         fail(f"--scale must be 2 or 4, got {scale}")
-    if batch < 1:
-        fail(f"--batch must be at least 1, got {batch}")
-    if restarts < 1:
-        fail(f"--restarts must be at least 1, got {restarts}")
+    for option, value in (("--batch", batch), ("--restarts", restarts), ("--iters", iters)):
+        at_least(option, value, 1)
+    check_device(device)
     settings = EvalSettings(
         scale=scale,
         seeds=parse_int_list(seeds, "--seeds"),
         iters=iters,
         device=device,
         authors_defects=authors_defects,
-        ids=parse_int_list(ids, "--ids") if ids else None,
+        ids=parse_int_list(ids, "--ids", low=1) if ids else None,
         restarts=restarts,
     )
+    check_out_dir(out)
     with progress_hooks(f"eval x{scale}") as hooks:
         results = run_eval(dataset_dir, out, settings, hooks=hooks, batch=batch)
     summ, method = results["summary"], results["settings"]["method"]
@@ -121,18 +149,48 @@ def eval_command(
     if summ["confidence_vs_accuracy"] is not None:
         typer.echo(confidence_statement(summ["confidence_vs_accuracy"]))
     typer.echo(f"wrote {out / 'results.json'}, {out / 'report.md'}, {out / 'kernels.png'}")
+    if results["errors"]:
+        skipped = [e["image"] for e in results["errors"]]
+        typer.echo(f"error: {len(skipped)} image(s) skipped: {brief_list(skipped)}", err=True)
+        raise typer.Exit(1)
 
 
 @cli_errors
 def synth_command(hr_dir: HrDir, out: SynthOut, n: Count = None, seed: SetSeed = 0) -> None:
-    """Make a seeded synthetic benchmark in the DIV2KRK layout (random anisotropic kernels)."""
+    """Make a seeded synthetic benchmark in the DIV2KRK layout (random anisotropic kernels).
+
+    A bad HR file (or one whose outputs cannot be written) is reported on one line and
+    skipped, the others are written; the exit code is then 1.
+    """
     from kgengine.accuracy import make_div2krk_like
 
+    at_least("--n", n, 1)
+    check_seed("--seed", seed)
     if not hr_dir.is_dir():
         fail(f"{hr_dir}: not a folder")
     paths = sorted(p for p in hr_dir.iterdir() if p.suffix.lower() in HR_SUFFIXES)
     if not paths:
         fail(f"{hr_dir}: no images")
+    check_out_dir(out)
+    failed: list[str] = []
     with progress_hooks("synth") as hooks:
-        manifest = make_div2krk_like(paths, out, seed=seed, n=n, hooks=hooks)
+        manifest = make_div2krk_like(paths, out, seed=seed, n=n,
+                                     hooks=_failures_as_errors(hooks, failed))
     typer.echo(f"wrote {len(manifest)} images to {out}")
+    if failed:
+        typer.echo(f"error: {len(failed)} HR image(s) skipped", err=True)
+        raise typer.Exit(1)
+
+
+def _failures_as_errors(hooks: JobHooks, failed: list[str]) -> JobHooks:
+    """``hooks`` with each failed item printed as one ``error: <reason>`` line and listed in
+    ``failed``."""
+
+    def item_finished(name: str, state: str, detail: str) -> None:
+        if state == "failed":
+            failed.append(name)
+            hooks.log(f"error: {one_line(detail)}")
+            detail = ""  # printed: the display only counts it
+        hooks.item_finished(name, state, detail)
+
+    return replace(hooks, item_finished=item_finished)

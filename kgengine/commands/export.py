@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from kgengine.commands._common import cli_errors
+from kgengine.commands._common import check_out_file, cli_errors
 
 export_app = typer.Typer(
     help="Export ONNX models: fixed-kernel degrader, kernel-pool degrader, trained generator.",
@@ -26,6 +26,9 @@ Tile = Annotated[
     int, typer.Option("--tile", help="LR pixels per Conv step per axis (4: fast CPU; 1: plain).")
 ]
 Scale = Annotated[int, typer.Option("--scale", help="Downscaling factor (2 or 4).")]
+Dtype = Annotated[
+    str, typer.Option("--dtype", help="fp32, or fp16 (inputs, weights and output in float16).")
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -33,9 +36,14 @@ def register(app: typer.Typer) -> None:
 
 
 def _export(kind: str, out: Path, **options: object) -> None:
-    """Write the export ``kind`` to ``out``, then print its inputs/outputs and metadata."""
+    """Write the export ``kind`` to ``out``, then print its inputs/outputs and metadata.
+
+    Raises:
+        OutputError: ``out`` is a folder or cannot be written (one line naming it).
+    """
     from kgengine.export import export_model  # onnx: only when exporting
 
+    check_out_file(out)
     written = export_model(kind, out, **options)
     typer.echo(f"wrote {out}")
     for line in written.lines:
@@ -47,12 +55,13 @@ def _export(kind: str, out: Path, **options: object) -> None:
 def export_fixed(
     kernel: Annotated[Path, typer.Option(
         "--kernel", help="A .npy or .mat kernel (var. 'Kernel').")],
-    out: Out, scale: Scale = 2, noise: Noise = False, tile: Tile = 4,
+    out: Out, scale: Scale = 2, noise: Noise = False, tile: Tile = 4, dtype: Dtype = "fp32",
 ) -> None:
     """hr (N,C,H,W) -> lr (N,C,ceil(H/s),ceil(W/s)) with this kernel baked in."""
     from kgengine.pool import read_kernel_file
 
-    _export("fixed", out, kernel=read_kernel_file(kernel), scale=scale, noise=noise, tile=tile)
+    _export("fixed", out, kernel=read_kernel_file(kernel), scale=scale, noise=noise, tile=tile,
+            dtype=dtype)
 
 
 @export_app.command("pool")
@@ -61,10 +70,11 @@ def export_pool(
     out: Out,
     kernel_size: Annotated[int, typer.Option(
         "--kernel-size", help="Odd kernel size K of the pool.")] = 13,
-    scale: Scale = 2, noise: Noise = False, tile: Tile = 4,
+    scale: Scale = 2, noise: Noise = False, tile: Tile = 4, dtype: Dtype = "fp32",
 ) -> None:
     """hr (N,C,H,W), kernel (N,1,K,K) -> lr: kernel i applied to image i."""
-    _export("pool", out, kernel_size=kernel_size, scale=scale, noise=noise, tile=tile)
+    _export("pool", out, kernel_size=kernel_size, scale=scale, noise=noise, tile=tile,
+            dtype=dtype)
 
 
 @export_app.command("generator")

@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from kgengine.commands._common import cli_errors
+from kgengine.commands._common import (
+    at_least,
+    check_device,
+    check_mode,
+    check_out_file,
+    check_seed,
+    cli_errors,
+)
 from kgengine.config import KernelGANConfig, parse_overrides
 from kgengine.errors import KGEngineError
 
@@ -22,13 +29,13 @@ Inputs = Annotated[
 PoolDir = Annotated[Path, typer.Option("-o", "--out", help="Pool folder (manifest, kernels/, "
                                                            "kernel_pool.npz); rerun to resume.")]
 Batch = Annotated[int | None, typer.Option(
-    "--batch", min=1, help="Images per batched training. Default: 8 on CPU, measured from free "
+    "--batch", help="Images per batched training. Default: 8 on CPU, measured from free "
                            "memory on GPU.")]
 X4 = Annotated[bool | None, typer.Option(
     "--x4/--no-x4", help="Also derive x4 kernels (and kernel_pool_x4.npz). Default: no / the "
                          "pool's setting.")]
 Iters = Annotated[int | None, typer.Option(
-    "--iters", min=1, help="Training iterations (paper: 3000, the default).")]
+    "--iters", help="Training iterations (paper: 3000, the default).")]
 Seed = Annotated[int | None, typer.Option(
     "--seed", help="Job seed; each image's seed is derived from it and the file's content.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
@@ -51,7 +58,7 @@ Ray = Annotated[str | None, typer.Option(
                   "(host:port or ray://host:10001), or 'local' (start a local Ray).")]
 RayCpus = Annotated[float, typer.Option("--ray-cpus", help="CPUs each Ray task requests.")]
 Threads = Annotated[int | None, typer.Option(
-    "--threads", min=1, help="torch CPU threads (default: all cores; fewer can be much faster "
+    "--threads", help="torch CPU threads (default: all cores; fewer can be much faster "
                              "on a busy machine).")]
 PoolArg = Annotated[Path, typer.Argument(help="kernel_pool.npz, a farm POOL_DIR or a kernel "
                                               "folder.")]
@@ -88,14 +95,24 @@ def farm(
 
     Images are trained BATCH at a time in one batched model. Progress lives in
     POOL_DIR/manifest.sqlite: after a crash or kill, rerun the same command and only the
-    unfinished images are redone. Options left out take the pool's stored settings. Bad
-    images end as failed rows with their reason; the exit code is 1 if any image failed or
-    was left pending in this run. With --restarts K each image's confidence is stored in the
+    unfinished images are redone; a done image whose files were deleted or damaged is redone
+    too. Options left out take the pool's stored settings. Bad images end as failed rows
+    with their reason; an image whose files cannot be written (full disk, ...) is reported
+    on one line and left pending for the next run, the others go on; the exit code is 1 if
+    any image failed or was left pending in this run. Pool folders (this one included) are
+    never read as input. With --restarts K each image's confidence is stored in the
     manifest, its report and the pool (see `kgengine pool filter --min-confidence`).
     """
     from kgengine.farm.runner import run_farm
     from kgengine.progress import progress_hooks
 
+    for option, value in (("--batch", batch), ("--iters", iters), ("--restarts", restarts),
+                          ("--threads", threads)):
+        at_least(option, value, 1)
+    at_least("--ray-cpus", ray_cpus, 0.01)
+    check_seed("--seed", seed)
+    check_device(device, here=ray is None)
+    check_mode(mode)
     config = _config(overrides)
     with progress_hooks("images") as hooks:
         summary = run_farm(
@@ -126,13 +143,14 @@ def _config(overrides: list[str] | None) -> KernelGANConfig | None:
 @cli_errors
 def info(
     pool: PoolArg,
-    bins: Annotated[int, typer.Option("--bins", min=1, help="Histogram bins.")] = 10,
+    bins: Annotated[int, typer.Option("--bins", help="Histogram bins.")] = 10,
     min_confidence: MinConfidence = None,
 ) -> None:
     """Print the pool's size, kernel size, confidences (count, min/median/max, how many pass
     --min-confidence) and histograms of kernel widths and anisotropy."""
     from kgengine.farm.poolview import pool_info
 
+    at_least("--bins", bins, 1)
     typer.echo(pool_info(pool, bins, min_confidence))
 
 
@@ -143,14 +161,19 @@ def plot(
     out: Annotated[Path, typer.Option("-o", "--out", help="Mosaic PNG to write.")],
     hist: Annotated[Path | None, typer.Option(
         "--hist", help="Also write the width/anisotropy histograms as this PNG.")] = None,
-    columns: Annotated[int, typer.Option("--columns", min=1, help="Kernels per row.")] = 12,
+    columns: Annotated[int, typer.Option("--columns", help="Kernels per row.")] = 12,
     limit: Annotated[int, typer.Option(
-        "--limit", min=1, help="Most kernels drawn (spread evenly over a larger pool).")] = 240,
+        "--limit", help="Most kernels drawn (spread evenly over a larger pool).")] = 240,
     min_confidence: MinConfidence = None,
 ) -> None:
     """Write a PNG mosaic of the pool's kernels (and optionally histograms)."""
     from kgengine.farm.poolview import plot_pool
 
+    at_least("--columns", columns, 1)
+    at_least("--limit", limit, 1)
+    for path in (out, hist):
+        if path is not None:
+            check_out_file(path)
     for p in plot_pool(pool, out, columns=columns, limit=limit, hist=hist,
                        min_confidence=min_confidence):
         typer.echo(f"wrote {p}")
@@ -168,5 +191,6 @@ def filter_command(
     """Write a new pool file with only the kernels of confident estimates (for `degrade`)."""
     from kgengine.farm.poolview import filter_pool_file
 
+    check_out_file(out)
     path, kept, total = filter_pool_file(pool, min_confidence, out)
     typer.echo(f"wrote {path}: {kept} of {total} kernels have confidence >= {min_confidence:g}")

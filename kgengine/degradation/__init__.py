@@ -9,7 +9,8 @@ What :func:`degrade_folder` does, and the choices it makes:
 - **Pairs align exactly**: each HR image is cropped (top-left kept) to ``H - H % s`` by
   ``W - W % s`` before degrading, so ``LR size = HR size / s``. When a crop was needed the
   cropped HR is written to ``out_dir/hr/<stem>.png`` (8-bit PNG) and the manifest's ``hr``
-  points there; otherwise ``hr`` is the original file (no copy).
+  points there; otherwise ``hr`` is the original file (no copy), unless ``copy_hr``
+  (``--copy-hr``) asks for every HR in ``hr/`` (a paired ``hr/``, ``lr/`` folder).
 - **Kernel and noise per image** depend only on ``(seed, HR file name)`` through SHA-256
   (:func:`kernel_row`, :func:`noise_seed`), so adding or removing files never changes the
   kernel or the noise of the others, and the batch size or provider does not either.
@@ -24,19 +25,43 @@ What :func:`degrade_folder` does, and the choices it makes:
   relative paths are relative to ``out_dir``) and ``out_dir/degrade_settings.json``.
 - **Resume**: a file whose manifest entry and output files exist is skipped. The manifest
   is appended after each batch and rewritten (sorted) at the end. A rerun into the same
-  ``out_dir`` with another HR folder, seed, noise, scale or pool content is refused.
+  ``out_dir`` with another HR folder, seed, noise, scale, pool content, pipeline, noise
+  patches or ``copy_hr`` is refused.
+- **File names** that are not valid UTF-8 work: hashed as their raw bytes, written to the
+  manifest as ``\\udcNN`` JSON escapes (ASCII lines; Python reads the exact name back) and
+  shown as ``\\xNN`` in messages.
 - **Bad files**: a file that cannot be read (or is too small) is reported through
   ``hooks.item_finished(name, "failed", line)``, the line naming the file, and skipped; the
   others finish. The report lists the failures; the ``degrade`` command then exits with 1.
+- **Pipeline** (``pipeline=PipelineConfig(...)``, ``kgengine degrade --pipeline FILE.toml``
+  or any pipeline flag): instead of the ONNX degrader, the CPU pipeline of
+  :mod:`~kgengine.degradation.pipeline` (pool kernel -> strided downscale -> optional second
+  round, Gaussian/Poisson/real noise, JPEG, in a fixed or per-image shuffled order), every
+  random choice drawn from ``(seed, file name)``; each manifest entry records the config
+  and the draws, and :func:`rebuild_pair` rebuilds the 8-bit LR exactly. The same pipeline
+  runs in training loops as the ``torch.nn.Module``
+  :class:`~kgengine.degradation.module.Degrader` and the Dataset
+  :class:`~kgengine.degradation.module.PairDataset`.
+- **Interrupted runs**: one job per output folder (a lock), and temporary files of a killed
+  run are removed at the next start (:mod:`~kgengine.degradation.folder`).
 
 Modules: :mod:`~kgengine.degradation.plan` (files, per-image draws, crops, size batches),
 :mod:`~kgengine.degradation.runner` (session, batches, writing pairs),
 :mod:`~kgengine.degradation.manifest` (manifest, resume guard, :func:`rebuild_lr`),
-:mod:`~kgengine.degradation.job` (:func:`degrade_folder`).
+:mod:`~kgengine.degradation.job` (:func:`degrade_folder`), and for the pipeline:
+:mod:`~kgengine.degradation.config` (:class:`PipelineConfig`, TOML),
+:mod:`~kgengine.degradation.draws` (per-image random choices),
+:mod:`~kgengine.degradation.stages` (each stage's equation),
+:mod:`~kgengine.degradation.pipeline` (:class:`Pipeline`, :func:`rebuild_pair`),
+:mod:`~kgengine.degradation.pipeline_runner` (the offline job),
+:mod:`~kgengine.degradation.noisebank` (real-noise patches, ``kgengine noise collect``),
+:mod:`~kgengine.degradation.module` (:class:`Degrader`, :class:`PairDataset`).
 """
 
 from __future__ import annotations
 
+from kgengine.degradation.config import STAGES, PipelineConfig, build_config, load_config
+from kgengine.degradation.draws import Draws, draw
 from kgengine.degradation.job import degrade_folder
 from kgengine.degradation.manifest import (
     MANIFEST,
@@ -45,6 +70,9 @@ from kgengine.degradation.manifest import (
     read_manifest,
     rebuild_lr,
 )
+from kgengine.degradation.module import Degrader, PairDataset
+from kgengine.degradation.noisebank import NoiseBank, collect_noise, load_noise_bank
+from kgengine.degradation.pipeline import Pipeline, rebuild_pair
 from kgengine.degradation.plan import (
     IMAGE_SUFFIXES,
     PairPlan,
@@ -61,14 +89,27 @@ __all__ = [
     "MANIFEST",
     "RESUME_KEYS",
     "SETTINGS",
+    "STAGES",
     "DegradeReport",
+    "Degrader",
+    "Draws",
+    "NoiseBank",
+    "PairDataset",
     "PairPlan",
+    "Pipeline",
+    "PipelineConfig",
+    "build_config",
+    "collect_noise",
     "crop_to_scale",
     "degrade_folder",
+    "draw",
     "kernel_row",
     "list_hr_files",
+    "load_config",
+    "load_noise_bank",
     "noise_seed",
     "read_manifest",
     "rebuild_lr",
+    "rebuild_pair",
     "unit_noise",
 ]

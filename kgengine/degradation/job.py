@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from kgengine.degradation.config import PipelineConfig
+from kgengine.degradation.folder import clean_stale_tmp, display_text, lock_out_dir
 from kgengine.degradation.manifest import (
     MANIFEST,
     check_settings,
@@ -13,10 +15,16 @@ from kgengine.degradation.manifest import (
     open_manifest,
     write_manifest,
 )
-from kgengine.degradation.plan import list_hr_files, make_plan
+from kgengine.degradation.pipeline import Pipeline
+from kgengine.degradation.pipeline_runner import run_pipeline_pairs
+from kgengine.degradation.plan import PairPlan, list_hr_files, make_plan
 from kgengine.degradation.runner import DegradeReport, run_pairs
+from kgengine.errors import KGEngineError
 from kgengine.hooks import JobHooks
 from kgengine.pool import KernelPool
+
+#: The settings of a job without a pipeline (the ONNX degrader).
+NO_PIPELINE = {"pipeline": None, "real_noise_fingerprint": None}
 
 
 def degrade_folder(
@@ -31,42 +39,72 @@ def degrade_folder(
     provider: str = "auto",
     threads: int | None = None,
     hooks: JobHooks | None = None,
+    pipeline: PipelineConfig | None = None,
+    copy_hr: bool = False,
 ) -> DegradeReport:
     """Make LR/HR pairs from every HR image in ``hr_dir`` (see :mod:`kgengine.degradation`).
 
     Args:
         hr_dir: folder of HR images (its files, not sub-folders).
         kernels: a :class:`KernelPool`, or what :func:`kgengine.pool.load_pool` reads.
-        out_dir: output folder (created; resumable).
+        out_dir: output folder (created; resumable; one job at a time, see
+            :mod:`kgengine.degradation.folder`).
         scale: downscaling factor; default: the pool's.
-        noise: sigma of additive Gaussian noise on the LR, in [0, 1] units (0 = none).
+        noise: sigma of additive Gaussian noise on the LR, in [0, 1] units (0 = none);
+            without ``pipeline`` only (a pipeline has its own ``gaussian_sigma``).
         seed: picks each image's kernel and noise (with its file name).
-        batch: up to this many equal-size images per onnxruntime call.
-        provider: ``auto|tensorrt|cuda|cpu`` (:func:`kgengine.providers.make_session`).
+        batch: up to this many equal-size images per onnxruntime call (with a pipeline:
+            pairs per manifest append).
+        provider: ``auto|tensorrt|cuda|cpu`` (:func:`kgengine.providers.make_session`);
+            not used with a pipeline.
         threads: CPU threads for onnxruntime (default: all usable cores).
         hooks: ``total`` (files found), ``item_finished`` per file (``skipped`` when already
             there, ``done``, or ``failed`` with the one-line reason naming the file), and
-            ``log`` (the provider chosen and why faster ones were skipped).
+            ``log`` (the provider or pipeline used; stale temporary files removed).
+        pipeline: degrade through :class:`~kgengine.degradation.pipeline.Pipeline` with this
+            config (CPU, ``kgengine.ops.downscale``) instead of the ONNX degrader.
+        copy_hr: write every pair's HR to ``out_dir/hr/<stem>.png`` (uncropped PNGs copied
+            byte for byte), so ``hr/`` and ``lr/`` hold the same file names (a paired
+            folder for BasicSR/traiNNer); default: only cropped HRs are written there.
     Raises:
         KGEngineError: bad arguments, pool, folder, or provider (not for bad HR files).
     """
     hooks = hooks or JobHooks()
     hr_dir, out_dir = Path(hr_dir), Path(out_dir)
+    if pipeline is not None and noise > 0:
+        raise KGEngineError("noise: with a pipeline, set its gaussian_sigma instead")
     plan = make_plan(kernels, scale, noise, seed, batch)
+    pipe = Pipeline(plan.pool, pipeline, scale=plan.scale) if pipeline is not None else None
     files = list_hr_files(hr_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    check_settings(out_dir, plan.settings(hr_dir))
+    with lock_out_dir(out_dir):
+        stale = clean_stale_tmp(out_dir)
+        if stale:
+            hooks.log(f"removed {len(stale)} temporary files of an interrupted run")
+        check_settings(out_dir, {**plan.settings(hr_dir), "copy_hr": copy_hr,
+                                 **(pipe.settings() if pipe else NO_PIPELINE)})
+        return _run(plan, pipe, files, out_dir, hooks, batch=batch, provider=provider,
+                    threads=threads, copy_hr=copy_hr)
+
+
+def _run(plan: PairPlan, pipe: Pipeline | None, files: list[Path], out_dir: Path,
+         hooks: JobHooks, *, batch: int, provider: str, threads: int | None, copy_hr: bool,
+         ) -> DegradeReport:
+    """Skip the pairs already there, make the others, rewrite the manifest sorted."""
     entries = open_manifest(out_dir)
     there = {p for p in files if is_done(out_dir, entries.get(p.name))}
     todo = [p for p in files if p not in there]
     report = DegradeReport(out_dir, len(files), 0, len(there))
     hooks.total(len(files))
     for p in sorted(there):
-        hooks.item_finished(p.name, "skipped", "")
+        hooks.item_finished(display_text(p.name), "skipped", "")
     if not todo:
         return report
-    new = run_pairs(plan, todo, out_dir, report, hooks, batch=batch, provider=provider,
-                    threads=threads)
+    if pipe is not None:
+        new = run_pipeline_pairs(plan, pipe, todo, out_dir, report, hooks, batch=batch,
+                                 copy_hr=copy_hr)
+    else:
+        new = run_pairs(plan, todo, out_dir, report, hooks, batch=batch, provider=provider,
+                        threads=threads, copy_hr=copy_hr)
     entries.update((e["name"], e) for e in new)
     write_manifest(out_dir / MANIFEST, entries)
     return report

@@ -15,17 +15,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from kgengine.atomic import json_default, save_json, save_text
+from kgengine.degradation.pipeline import rebuild_pair
 from kgengine.degradation.plan import PairPlan, unit_noise
+from kgengine.degrade import degrade_torch
 from kgengine.errors import KGEngineError
 from kgengine.imageio import read_image
 from kgengine.pool import KernelPool
 
 MANIFEST = "manifest.jsonl"
 SETTINGS = "degrade_settings.json"
-#: Settings that must match to resume into an existing output folder.
-RESUME_KEYS = ("scale", "noise_sigma", "seed", "pool_fingerprint", "hr_dir")
+#: Settings that must match to resume into an existing output folder (``pipeline``: the
+#: pipeline config, None without one; ``real_noise_fingerprint``: its noise patches;
+#: ``copy_hr``: every HR copied to ``hr/``).
+RESUME_KEYS = ("scale", "noise_sigma", "seed", "pool_fingerprint", "hr_dir", "pipeline",
+               "real_noise_fingerprint", "copy_hr")
+#: The value of a resume key in a settings file written before the key existed.
+RESUME_DEFAULTS = {"pipeline": None, "real_noise_fingerprint": None, "copy_hr": False}
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, dict]:
@@ -44,7 +52,10 @@ def read_manifest(path: str | os.PathLike) -> dict[str, dict]:
 
 
 def _line(entry: dict) -> str:
-    return json.dumps(entry, default=json_default) + "\n"
+    """One manifest line. ASCII only (``ensure_ascii``): a file name that is not valid UTF-8
+    (lone surrogates, see :func:`os.fsdecode`) is written as ``\\udcNN`` escapes, which
+    :func:`read_manifest` turns back into the same name."""
+    return json.dumps(entry, default=json_default, ensure_ascii=True) + "\n"
 
 
 def write_manifest(path: Path, entries: dict[str, dict]) -> None:
@@ -121,11 +132,18 @@ def check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
         old = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:
         raise KGEngineError(f"{path}: not valid JSON; use another output folder") from None
-    diff = [k for k in RESUME_KEYS if old.get(k) != settings[k]]
+    diff = [k for k in RESUME_KEYS if old.get(k, RESUME_DEFAULTS.get(k)) != settings[k]]
     if diff:
         k = diff[0]
+        was, now = old.get(k, RESUME_DEFAULTS.get(k)), settings[k]
+        if isinstance(was, dict) and isinstance(now, dict):  # name the fields that differ
+            keys = [f for f in sorted({*was, *now}) if was.get(f) != now.get(f)]
+            was = ", ".join(f"{f}={was.get(f)!r}" for f in keys)
+            now = ", ".join(f"{f}={now.get(f)!r}" for f in keys)
+            raise KGEngineError(f"{out_dir}: holds pairs made with {k} {was}, not {now}; "
+                                "use another output folder")
         raise KGEngineError(
-            f"{out_dir}: holds pairs made with {k}={old.get(k)!r}, not {settings[k]!r}; "
+            f"{out_dir}: holds pairs made with {k}={was!r}, not {now!r}; "
             "use another output folder"
         )
 
@@ -136,11 +154,13 @@ def rebuild_lr(entry: dict, pool: KernelPool) -> np.ndarray:
     ``LR = degrade_torch(crop(HR), pool.kernels[kernel_row], scale) + sigma * unit_noise``
     where ``crop`` keeps the top-left ``crop`` rows/columns. Returns (h, w, 3) float64,
     before 8-bit rounding (the PNG holds ``round(clip(LR, 0, 1) * 255)``).
+
+    A pair made by the pipeline (``kgengine degrade --pipeline ...``; its entry has
+    ``pipeline`` and ``draws``) is rebuilt exactly by
+    :func:`kgengine.degradation.pipeline.rebuild_pair`: this returns its 8-bit LR / 255.
     """
-    import torch  # heavy, as is kgengine.degrade: only rebuilding needs them
-
-    from kgengine.degrade import degrade_torch
-
+    if entry.get("pipeline"):
+        return rebuild_pair(entry, pool).astype(np.float64) / 255.0
     img = read_image(entry["hr_source"])
     h, w = entry["crop"]
     hr = torch.from_numpy(np.ascontiguousarray(img[:h, :w].transpose(2, 0, 1))).double()[None]

@@ -23,19 +23,25 @@ from kgengine.pool import KernelPool, load_pool
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".npy")
 
 
-def _hash_int(*parts: object) -> int:
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+def hash_int(*parts: object) -> int:
+    """63-bit int from ``sha256(":".join(parts))``, little-endian first 8 bytes.
+
+    The text is UTF-8 with ``surrogateescape``: a file name that is not valid UTF-8 (its
+    undecodable bytes held as lone surrogates by ``os.listdir``) hashes as its raw bytes.
+    """
+    text = ":".join(str(p) for p in parts)
+    digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def kernel_row(seed: int, name: str, n_kernels: int) -> int:
     """Pool row for HR file ``name``: ``sha256("kgengine-kernel:{seed}:{name}") mod N``."""
-    return _hash_int("kgengine-kernel", seed, name) % n_kernels
+    return hash_int("kgengine-kernel", seed, name) % n_kernels
 
 
 def noise_seed(seed: int, name: str) -> int:
     """Noise seed (63-bit) for HR file ``name``: from ``sha256("kgengine-noise:{seed}:{name}")``."""
-    return _hash_int("kgengine-noise", seed, name)
+    return hash_int("kgengine-noise", seed, name)
 
 
 def unit_noise(seed: int, shape: tuple[int, ...]) -> np.ndarray:

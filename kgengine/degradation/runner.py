@@ -16,6 +16,8 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
+from kgengine.atomic import atomic_write
+from kgengine.degradation.folder import display_text
 from kgengine.degradation.manifest import MANIFEST, append_manifest, pair_entry
 from kgengine.degradation.plan import PairPlan, crop_to_scale, size_batches, unit_noise
 from kgengine.errors import BadImageError, KGEngineError
@@ -62,6 +64,7 @@ class PairMaker:
     plan: PairPlan
     out_dir: Path
     provider: str
+    copy_hr: bool = False
 
     def read(self, paths: list[Path]) -> tuple[list[HrImage], list[tuple[str, str]]]:
         """Read and crop; returns the images and ``(file name, error line)`` for bad ones."""
@@ -97,12 +100,25 @@ class PairMaker:
         """Write one LR (3, h, w) (and the cropped HR) as PNG; return its manifest entry."""
         stem = item.path.stem
         write_png(self.out_dir / "lr" / f"{stem}.png", lr.transpose(1, 2, 0))
-        hr = str(item.path.resolve())
-        if item.crop.shape[:2] != item.size:
-            hr = f"hr/{stem}.png"
-            write_png(self.out_dir / hr, item.crop)
+        hr = write_hr(self.out_dir, item, self.copy_hr)
         return pair_entry(self.plan, item.path, hr, item.size, item.crop.shape[:2],
                           lr.shape[1:], self.provider)
+
+
+def write_hr(out_dir: Path, item: HrImage, copy: bool) -> str:
+    """The pair's HR for the manifest: ``hr/<stem>.png`` (written, 8-bit PNG) when the image
+    was cropped or ``copy`` is set (an uncropped ``.png`` is copied byte for byte), else the
+    HR file's absolute path (nothing written)."""
+    cropped = item.crop.shape[:2] != item.size
+    if not (cropped or copy):
+        return str(item.path.resolve())
+    hr = f"hr/{item.path.stem}.png"
+    if not cropped and item.path.suffix.lower() == ".png":
+        data = item.path.read_bytes()
+        atomic_write(out_dir / hr, lambda tmp: Path(tmp).write_bytes(data))
+    else:
+        write_png(out_dir / hr, item.crop)
+    return hr
 
 
 def same_size(images: list[HrImage]) -> list[list[HrImage]]:
@@ -113,7 +129,7 @@ def same_size(images: list[HrImage]) -> list[list[HrImage]]:
     return list(groups.values())
 
 
-def _prefetched(reader: ThreadPoolExecutor, read: Callable[[T], R], items: list[T]
+def prefetched(reader: ThreadPoolExecutor, read: Callable[[T], R], items: list[T]
                 ) -> Iterator[R]:
     """``read(item)`` for each item, reading the next one while this one is used."""
     pending = reader.submit(read, items[0])
@@ -126,7 +142,7 @@ def _prefetched(reader: ThreadPoolExecutor, read: Callable[[T], R], items: list[
 
 def run_pairs(
     plan: PairPlan, todo: list[Path], out_dir: Path, report: DegradeReport, hooks: JobHooks,
-    *, batch: int, provider: str, threads: int | None,
+    *, batch: int, provider: str, threads: int | None, copy_hr: bool = False,
 ) -> list[dict]:
     """Make the pairs of ``todo`` (non-empty) into ``out_dir``; returns their new entries.
 
@@ -141,14 +157,14 @@ def run_pairs(
                           trt_cache=out_dir / ".trt_cache")
     report.provider, report.provider_notes = choice.provider, choice.notes
     hooks.log(choice.describe())
-    maker = PairMaker(plan, out_dir, choice.provider)
+    maker = PairMaker(plan, out_dir, choice.provider, copy_hr)
     batches = size_batches(todo, plan.scale, batch)
     written: list[dict] = []
     with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(2) as writer:
-        for images, errors in _prefetched(reader, maker.read, batches):
+        for images, errors in prefetched(reader, maker.read, batches):
             for name, msg in errors:
-                report.failed.append(msg)
-                hooks.item_finished(name, "failed", msg)
+                report.failed.append(display_text(msg))
+                hooks.item_finished(display_text(name), "failed", display_text(msg))
             for group in same_size(images):
                 lr = maker.run(choice.session, group)
                 new = list(writer.map(maker.write, group, lr))
@@ -156,5 +172,5 @@ def run_pairs(
                 written += new
                 report.written += len(new)
                 for entry in new:
-                    hooks.item_finished(entry["name"], "done", "")
+                    hooks.item_finished(display_text(entry["name"]), "done", "")
     return written

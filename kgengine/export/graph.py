@@ -25,6 +25,18 @@ OPSET = 17
 IR_VERSION = 8
 #: LR pixels per Conv output position along each axis (``t``; 16 Conv output channels).
 DEFAULT_TILE = 4
+#: Element types of the degraders: name -> (ONNX type, NumPy dtype, metadata name).
+DTYPES: dict[str, tuple[int, type, str]] = {
+    "fp32": (TensorProto.FLOAT, np.float32, "float32"),
+    "fp16": (TensorProto.FLOAT16, np.float16, "float16"),
+}
+
+
+def check_dtype(dtype: str) -> tuple[int, type, str]:
+    """``DTYPES[dtype]``; raises :class:`KGEngineError` naming the choices otherwise."""
+    if dtype not in DTYPES:
+        raise KGEngineError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
 
 
 def check_hr_size(h: int, w: int, kernel_size: int) -> None:
@@ -83,9 +95,9 @@ def const(name: str, value: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(value), name)
 
 
-def hr_input() -> onnx.ValueInfoProto:
-    """The ``hr`` input: float32 (N, C, H, W), every axis dynamic."""
-    return helper.make_tensor_value_info("hr", TensorProto.FLOAT, ["N", "C", "H", "W"])
+def hr_input(elem: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
+    """The ``hr`` input: (N, C, H, W) of ONNX type ``elem`` (float32), every axis dynamic."""
+    return helper.make_tensor_value_info("hr", elem, ["N", "C", "H", "W"])
 
 
 def shape_nodes(nodes: list, inits: list, scale: int) -> None:
@@ -144,15 +156,16 @@ def blur_nodes(x: str, w: str, out: str, scale: int, tile: int, pre: str) -> lis
     ]
 
 
-def noise_io(nodes: list, inits: list, inputs: list, y: str, out: str) -> None:
+def noise_io(nodes: list, inits: list, inputs: list, y: str, out: str,
+             elem: int = TensorProto.FLOAT) -> None:
     """Append ``out = y + reshape(noise_sigma, (-1,1,1,1)) * noise`` to the graph lists.
 
-    Adds the inputs ``noise_sigma`` float32 (S,) with S = N or 1, and ``noise`` float32
-    (Nn, Cn, Hn, Wn), broadcastable to ``y``.
+    Adds the inputs ``noise_sigma`` (S,) with S = N or 1, and ``noise`` (Nn, Cn, Hn, Wn),
+    broadcastable to ``y``, both of ONNX type ``elem`` (float32 by default).
     """
     inputs += [
-        helper.make_tensor_value_info("noise_sigma", TensorProto.FLOAT, ["S"]),
-        helper.make_tensor_value_info("noise", TensorProto.FLOAT, ["Nn", "Cn", "Hn", "Wn"]),
+        helper.make_tensor_value_info("noise_sigma", elem, ["S"]),
+        helper.make_tensor_value_info("noise", elem, ["Nn", "Cn", "Hn", "Wn"]),
     ]
     inits.append(const("sigma_shape", np.array([-1, 1, 1, 1], np.int64)))
     nodes += [
@@ -163,13 +176,15 @@ def noise_io(nodes: list, inits: list, inputs: list, y: str, out: str) -> None:
 
 
 def make_model(
-    name: str, nodes: list, inputs: list, out_name: str, inits: list, doc: str
+    name: str, nodes: list, inputs: list, out_name: str, inits: list, doc: str,
+    elem: int = TensorProto.FLOAT,
 ) -> onnx.ModelProto:
-    """A model (opset :data:`OPSET`, IR :data:`IR_VERSION`) with one float32 (N,C,h,w) output.
+    """A model (opset :data:`OPSET`, IR :data:`IR_VERSION`) with one (N,C,h,w) output of
+    ONNX type ``elem`` (float32 by default).
 
     Metadata is added by :func:`kgengine.export.metadata.stamp`.
     """
-    outputs = [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["N", "C", "h", "w"])]
+    outputs = [helper.make_tensor_value_info(out_name, elem, ["N", "C", "h", "w"])]
     graph = helper.make_graph(nodes, name, inputs, outputs, inits)
     model = helper.make_model(
         graph,

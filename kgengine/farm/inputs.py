@@ -11,7 +11,9 @@ An INPUT is one of
   above. Entries that do not exist are kept, so that they end as failed rows naming the file.
 
 Paths are made absolute (``resolve``) and repeated paths are kept once, in first-seen order.
-A command-line INPUT that does not exist is an error (most likely a typo).
+A command-line INPUT that does not exist is an error (most likely a typo). Files inside a
+kgengine pool folder (the farm's own POOL_DIR included) are never taken: a farm run twice on
+``photos -r -o photos/pool`` must not train on its own ``*_kernel.png`` heat maps.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from kgengine.errors import KGEngineError
+from kgengine.errors import KGEngineError, brief_list, shown
+from kgengine.farm.manifest import MANIFEST_FILE
 
 #: Files taken from folders (the same set ``kgengine degrade`` reads).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".npy")
@@ -30,39 +33,74 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".p
 LIST_SUFFIXES = (".txt",)
 
 
-def expand_inputs(inputs: Sequence[str | os.PathLike], recursive: bool = False) -> list[Path]:
+def expand_inputs(inputs: Sequence[str | os.PathLike], recursive: bool = False,
+                  exclude: Sequence[str | os.PathLike] = (),
+                  log: Callable[[str], None] = lambda m: None) -> list[Path]:
     """Expand files, folders and ``.txt`` lists into absolute image paths (see module doc).
+
+    Files inside a kgengine pool folder (one holding ``manifest.sqlite``, e.g. its
+    ``kernels/*_kernel.png`` heat maps) or inside an ``exclude`` folder (the farm's own
+    POOL_DIR) are left out, with one ``log`` line saying how many: a farm never trains on
+    its own outputs.
 
     Raises:
         KGEngineError: an INPUT does not exist, or a list file cannot be read.
     """
     out: list[Path] = []
     seen: set[Path] = set()
+    in_pool = _PoolFolders(exclude)
+    left_out: list[Path] = []
     for inp in inputs:
         p = Path(inp).expanduser()
         if p.is_dir():
-            found = _folder(p, recursive)
+            found = _folder(p, recursive, in_pool)
         elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
-            found = _list_file(p, recursive)
+            found = _list_file(p, recursive, in_pool)
         elif p.is_file():
             found = [p]
         else:
-            raise KGEngineError(f"{p}: no such file or folder")
+            raise KGEngineError(f"{shown(p)}: no such file or folder")
         for f in found:
             r = f.resolve()
-            if r not in seen:
-                seen.add(r)
-                out.append(r)
+            if r in seen:
+                continue
+            seen.add(r)
+            (left_out if in_pool(r.parent) else out).append(r)
+    skipped = [f"the pool folder(s) {brief_list(in_pool.pruned, 3)}"] if in_pool.pruned else []
+    if left_out:
+        skipped.append(f"{len(left_out)} file(s) inside kgengine pool folders, e.g. "
+                       f"{shown(left_out[0])}")
+    if skipped:
+        log(f"skip {' and '.join(skipped)}: a farm never reads a pool folder as input")
     return out
 
 
-def _folder(folder: Path, recursive: bool) -> list[Path]:
+class _PoolFolders:
+    """``in_pool(folder)``: is ``folder`` a pool folder (it or a parent holds
+    ``manifest.sqlite``, or is one of ``exclude``)? Memoised per folder."""
+
+    def __init__(self, exclude: Sequence[str | os.PathLike]) -> None:
+        self.known: dict[Path, bool] = {Path(e).resolve(): True for e in exclude}
+        self.pruned: list[Path] = []  # pool folders a recursive walk did not enter
+
+    def __call__(self, folder: Path) -> bool:
+        folder = folder.resolve()
+        if folder not in self.known:
+            here = (folder / MANIFEST_FILE).is_file()
+            self.known[folder] = here or (folder.parent != folder and self(folder.parent))
+        return self.known[folder]
+
+
+def _folder(folder: Path, recursive: bool, in_pool: _PoolFolders) -> list[Path]:
     if not recursive:
         files = [p for p in folder.iterdir() if p.is_file()]
         return sorted((p for p in files if _is_image_name(p)), key=lambda p: p.name)
     found = []
     for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        # pool folders are not descended into (their files would be left out anyway)
+        pools = [d for d in dirs if in_pool(Path(root) / d)]
+        in_pool.pruned += [Path(root) / d for d in pools]
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in pools)
         found += [Path(root) / n for n in names if _is_image_name(Path(n))]
     return sorted(found, key=lambda p: p.relative_to(folder).parts)
 
@@ -71,11 +109,11 @@ def _is_image_name(p: Path) -> bool:
     return not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
 
 
-def _list_file(path: Path, recursive: bool) -> list[Path]:
+def _list_file(path: Path, recursive: bool, in_pool: _PoolFolders) -> list[Path]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise KGEngineError(f"{path}: cannot read the list of paths ({exc})") from None
+        raise KGEngineError(f"{shown(path)}: cannot read the list of paths ({exc})") from None
     found: list[Path] = []
     for line in lines:
         entry = line.strip()
@@ -84,7 +122,7 @@ def _list_file(path: Path, recursive: bool) -> list[Path]:
         p = Path(entry).expanduser()
         if not p.is_absolute():
             p = path.parent / p
-        found += _folder(p, recursive) if p.is_dir() else [p]
+        found += _folder(p, recursive, in_pool) if p.is_dir() else [p]
     return found
 
 

@@ -4,7 +4,9 @@ Each path not yet in the manifest is hashed (SHA-256 of its content, the seed id
 :mod:`kgengine.farm.seeds`) and its size read from the header without decoding (to group
 batches by size and to size GPU batches). It is added as a ``pending`` row, or ``failed``
 with the reason if it cannot be read. A file with the same content as an image already
-listed is skipped as a duplicate (same seed, hence the same kernel).
+listed is skipped as a duplicate (same seed, hence the same kernel). A file whose name is not
+valid UTF-8 cannot be stored in the manifest: it is skipped with one line (its name shown
+with ``\\xNN`` escapes) and the others are added.
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
+from kgengine.errors import BadImageError, shown
 from kgengine.farm.inputs import unique_names
 from kgengine.farm.manifest import Manifest, NewImage
 from kgengine.farm.seeds import content_hash, derive_seed
 from kgengine.farm.settings import FarmSettings
+from kgengine.imageio import image_size
 
 #: (sha256, width, height, failure reason) of a file; None where unknown.
 Probe = tuple[str | None, int | None, int | None, str | None]
@@ -34,37 +36,35 @@ def probe(path: Path) -> Probe:
     try:
         sha = content_hash(path)
     except FileNotFoundError:
-        return None, None, None, f"{path}: no such file"
+        return None, None, None, f"{shown(path)}: no such file"
     except OSError as exc:
-        return None, None, None, f"{path}: cannot read file ({exc.strerror or exc})"
-    w = h = None
+        return None, None, None, f"{shown(path)}: cannot read file ({exc.strerror or exc})"
     try:
-        if path.suffix.lower() == ".npy":
-            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
-            h, w = int(shape[0]), int(shape[1])
-        else:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                w, h = im.size
-    except Exception:  # noqa: BLE001 - a bad file fails later, when it is read, with a reason
-        pass
+        w, h = image_size(path)
+    except BadImageError:  # a bad file fails later, when it is read, with the reason
+        return sha, None, None, None
     return sha, w, h, None
 
 
 def add_inputs(man: Manifest, paths: Sequence[Path], settings: FarmSettings,
-               log: Callable[[str], None] = lambda m: None) -> tuple[int, int]:
+               log: Callable[[str], None] = lambda m: None) -> tuple[int, int, int]:
     """Add the paths not yet in the manifest (see the module docstring).
 
     Args:
         man: the pool's manifest. paths: expanded INPUTs (:func:`~kgengine.farm.inputs.
             expand_inputs`). settings: the job settings (its seed derives the first seeds).
-        log: one line per duplicate skipped and per unreadable file.
+        log: one line per duplicate skipped, per unreadable file and per file whose name is
+            not valid UTF-8 (shown with ``\\xNN`` escapes; it cannot be listed in the
+            manifest: rename it).
     Returns:
-        (rows added, duplicates skipped).
+        (rows added, duplicates skipped, files skipped for their name).
     """
     known_paths, names, by_hash = man.known()
-    new = [p for p in paths if str(p) not in known_paths]
+    usable = [p for p in paths if _utf8_name(p)]
+    for p in paths:
+        if not _utf8_name(p):
+            log(f"skip {shown(p)}: the file name is not valid UTF-8; rename the file")
+    new = [p for p in usable if str(p) not in known_paths]
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as ex:
         probes = list(ex.map(probe, new))
     keep: list[tuple[Path, Probe]] = []
@@ -72,7 +72,7 @@ def add_inputs(man: Manifest, paths: Sequence[Path], settings: FarmSettings,
     for p, pr in zip(new, probes, strict=True):
         sha = pr[0]
         if sha is not None and sha in by_hash:
-            log(f"skip {p}: same content as {by_hash[sha]}")
+            log(f"skip {shown(p)}: same content as {shown(by_hash[sha])}")
             duplicates += 1
             continue
         if sha is not None:
@@ -88,4 +88,13 @@ def add_inputs(man: Manifest, paths: Sequence[Path], settings: FarmSettings,
     for r in rows:
         if r.state == "failed":
             log(f"failed: {r.reason}")
-    return man.add(rows), duplicates
+    return man.add(rows), duplicates, len(paths) - len(usable)
+
+
+def _utf8_name(path: Path) -> bool:
+    """Whether ``path`` is valid UTF-8 text (what the SQLite manifest stores)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

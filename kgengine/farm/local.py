@@ -5,7 +5,8 @@ similar size. A chunk of rows is claimed (``running``), its images read (a bad o
 ``failed`` with its reason and the batch goes on without it) and trained in one batched
 model; each outcome is recorded as it comes (:mod:`kgengine.farm.records`). A batch that runs
 out of GPU memory is queued again with a halved batch size (:func:`~kgengine.farm.batching.
-back_off`); a stop (Ctrl-C) or an unexpected error gives the claimed rows back.
+back_off`); a stop (Ctrl-C) or an unexpected error gives the claimed rows back. Rows whose
+files could not be written are held back until the next run (:meth:`FarmJob.pending`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def train_local(job: FarmJob, batch: int, device: str) -> int:
     Returns:
         the final batch size (lower than ``batch`` after running out of GPU memory).
     """
-    while rows := job.man.pending():
+    while rows := job.pending():
         start = 0
         while start < len(rows):
             chunk = rows[start : start + batch]

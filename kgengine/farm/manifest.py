@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kgengine.errors import KGEngineError
+from kgengine.errors import KGEngineError, OutputError
 
 MANIFEST_FILE = "manifest.sqlite"
 LOCK_FILE = "farm.lock"
@@ -163,14 +163,26 @@ class Manifest:
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One committed transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``)."""
-        self.db.execute("BEGIN IMMEDIATE")
+        """One committed transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``).
+
+        Raises:
+            OutputError: SQLite cannot write (full disk, read-only folder, ...): one line
+                naming the manifest; the transaction is rolled back.
+        """
         try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if self.db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
+            raise OutputError(self.path, f"cannot update the manifest ({exc})") from exc
 
     def _event(self, db: sqlite3.Connection, ids: Sequence[int], state: str,
                detail: str | None, now: float) -> None:

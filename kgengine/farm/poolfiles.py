@@ -3,22 +3,35 @@
 ``POOL_DIR/`` holds ``manifest.sqlite`` (:mod:`kgengine.farm.manifest`), ``kernels/`` (each
 done image's files, :func:`kgengine.outputs.write_outputs`) and ``kernel_pool.npz`` (plus
 ``kernel_pool_x4.npz`` with x4), rebuilt from the ``done`` rows at the end of every run.
+
+A pool heals itself: on start every ``done`` row whose files are missing or unreadable (a
+deleted kernel, a truncated report) goes back to ``pending`` with an event saying which file
+and why (:func:`heal_done_rows`), and the rebuild leaves out (and queues again) a row whose
+files went bad meanwhile instead of stopping (:func:`rebuild_pool`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from kgengine.farm.manifest import Manifest
+from kgengine.errors import BadKernelError, KGEngineError
+from kgengine.farm.manifest import Manifest, Row
+from kgengine.kernel import check_kernel
 from kgengine.pool import make_pool, save_pool
 
 #: Per-image output folder inside POOL_DIR.
 KERNELS_DIR = "kernels"
 #: Pool files inside POOL_DIR.
 POOL_X2, POOL_X4 = "kernel_pool.npz", "kernel_pool_x4.npz"
+
+
+class UnusableOutputs(KGEngineError):
+    """A ``done`` row's files are missing or cannot be read (the message says which)."""
 
 
 def remove_partial_files(pool_dir: Path) -> int:
@@ -30,45 +43,100 @@ def remove_partial_files(pool_dir: Path) -> int:
     for folder in (pool_dir, pool_dir / KERNELS_DIR):
         if folder.is_dir():
             for p in folder.glob(".*.tmp"):
-                p.unlink(missing_ok=True)
-                n += 1
+                with contextlib.suppress(OSError):
+                    p.unlink(missing_ok=True)
+                    n += 1
     return n
 
 
-def requeue_missing_outputs(man: Manifest, pool_dir: Path) -> int:
-    """``done`` rows whose report file is gone (deleted by hand) -> ``pending``.
+def load_done_row(pool_dir: Path, row: Row, x4: bool) -> tuple[dict, dict[str, np.ndarray]]:
+    """The report and kernels (``x2``, and ``x4`` when ``x4``) of a ``done`` row, checked.
+
+    Every file the row lists must exist; the report must be a JSON object and each kernel a
+    usable kernel (:func:`~kgengine.kernel.check_kernel`).
+
+    Raises:
+        UnusableOutputs: naming the first file that is missing or unreadable, and why.
+    """
+    files = row.output_paths
+    needed = ["report", "x2_npy"] + (["x4_npy"] if x4 else [])
+    lacking = [k for k in needed if k not in files]
+    if lacking:
+        raise UnusableOutputs(f"the manifest lists no {lacking[0]} file")
+    for rel in files.values():
+        if not (pool_dir / rel).is_file():
+            raise UnusableOutputs(f"{rel} is missing")
+    try:
+        with open(pool_dir / files["report"], encoding="utf-8") as fh:
+            report = json.load(fh)
+        if not isinstance(report, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise UnusableOutputs(f"{files['report']} is unreadable ({type(exc).__name__})"
+                              ) from None
+    kernels = {}
+    for tag in ("x2", "x4") if x4 else ("x2",):
+        rel = files[f"{tag}_npy"]
+        try:
+            kernels[tag] = np.load(pool_dir / rel, allow_pickle=False)
+            check_kernel(kernels[tag], "")
+        except BadKernelError as exc:
+            raise UnusableOutputs(f"{rel} is not a usable kernel ({str(exc).lstrip(': ')})"
+                                  ) from None
+        except (OSError, ValueError) as exc:
+            raise UnusableOutputs(f"{rel} is unreadable ({type(exc).__name__})") from None
+    return report, kernels
+
+
+def heal_done_rows(man: Manifest, pool_dir: Path, x4: bool) -> int:
+    """``done`` rows whose files are missing or unreadable -> ``pending`` (redone by this
+    run), each with an event saying which file and why.
 
     Returns the number of rows queued again.
     """
-    lost = [r.id for r in man.rows("done")
-            if not (pool_dir / r.output_paths.get("report", "?")).is_file()]
-    if lost:
-        man.requeue(lost, "output files missing; redone")
-    return len(lost)
+    lost = 0
+    for row in man.rows("done"):
+        try:
+            load_done_row(pool_dir, row, x4)
+        except UnusableOutputs as exc:
+            man.requeue([row.id], f"output files damaged: {exc}; redone")
+            lost += 1
+    return lost
 
 
-def rebuild_pool(man: Manifest, pool_dir: Path, x4: bool) -> list[Path]:
+def rebuild_pool(man: Manifest, pool_dir: Path, x4: bool,
+                 log: Callable[[str], None] = lambda m: None) -> list[Path]:
     """Write ``kernel_pool.npz`` (and ``kernel_pool_x4.npz``) from the ``done`` rows.
 
     Rows in manifest order; ids = output names, sources = image paths, seeds = the seed of
     the kept training, confidences = the manifest's (NaN where NULL: one training per image),
-    reports = the per-image JSON reports. Nothing is written when no image is done. Returns
-    the files written.
+    reports = the per-image JSON reports. A row whose files became unusable
+    (:func:`load_done_row`) is put back to ``pending`` with the reason (one ``log`` line)
+    and left out: one bad file never stops the rebuild. Nothing is written when no image is
+    done. Returns the files written.
+
+    Raises:
+        OutputError: a pool file cannot be written.
     """
-    rows = man.rows("done")
+    rows, reports, kernels = [], [], []
+    for r in man.rows("done"):
+        try:
+            report, ks = load_done_row(pool_dir, r, x4)
+        except UnusableOutputs as exc:
+            man.requeue([r.id], f"output files damaged: {exc}; redone by the next run")
+            log(f"{r.name}: left out of the pool: {exc}; the next run redoes it")
+            continue
+        rows.append(r)
+        reports.append(report)
+        kernels.append(ks)
     if not rows:
         return []
-    reports = []
-    for r in rows:
-        with open(pool_dir / r.output_paths["report"], encoding="utf-8") as fh:
-            reports.append(json.load(fh))
     written = []
     for tag, scale, fname in (("x2", 2, POOL_X2), ("x4", 4, POOL_X4)):
         if tag == "x4" and not x4:
             continue
-        kernels = [np.load(pool_dir / r.output_paths[f"{tag}_npy"]) for r in rows]
-        pool = make_pool(kernels, [r.name for r in rows], [r.path for r in rows], scale,
-                         [int(r.seed_used) for r in rows], reports,
-                         [r.confidence for r in rows])
+        pool = make_pool([k[tag] for k in kernels], [r.name for r in rows],
+                         [r.path for r in rows], scale, [int(r.seed_used) for r in rows],
+                         reports, [r.confidence for r in rows])
         written.append(save_pool(pool_dir / fname, pool))
     return written

@@ -16,13 +16,17 @@ Design (Ray itself is imported only inside the functions that use it, i.e. with 
 - **Failures**: a bad or diverged image is handled as in a local run. A task that fails as a
   whole (worker or node lost after Ray's own retries, out of memory, an exception on the
   worker) puts its images back to ``pending`` with the reason, logs it, and they are not
-  resubmitted in this run: a rerun of the same command retries them.
+  resubmitted in this run: a rerun of the same command retries them. An address where
+  nothing answers fails at once with one line (:func:`check_reachable`, bounded by
+  :data:`CONNECT_TIMEOUT_S`) instead of Ray's long retries.
 - Seeds come from the manifest (content hash, job seed, attempt), so results do not depend
   on which worker ran which chunk.
 """
 
 from __future__ import annotations
 
+import socket
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,12 +44,52 @@ from kgengine.farm.training import attempt_seed, read_images, train_batch
 
 #: Tasks kept in flight per worker slot (one running, one queued with its data).
 IN_FLIGHT_PER_SLOT = 2
+#: Seconds to wait for a Ray address to answer before giving up.
+CONNECT_TIMEOUT_S = 10.0
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast when nothing answers at a Ray ``host:port`` / ``ray://host:port`` address
+    (Ray itself would retry for a long time): one TCP connection attempt, bounded by
+    ``timeout_s``. ``auto`` and ``local`` are not probed (Ray finds or starts them).
+
+    Raises:
+        KGEngineError: a malformed address, or no answer (naming the address and the reason).
+    """
+    if address in ("auto", "local") or _ray_ready():
+        return
+    host_port = address.removeprefix("ray://").rstrip("/")
+    host, sep, port = host_port.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise KGEngineError(f"--ray {address!r}: expected auto, local, host:port or "
+                            "ray://host:port")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except TimeoutError:
+        raise KGEngineError(f"cannot connect to Ray at {address!r}: no answer within "
+                            f"{timeout_s:g} s") from None
+    except OSError as exc:
+        raise KGEngineError(f"cannot connect to Ray at {address!r}: "
+                            f"{exc.strerror or exc} (is a Ray cluster running there?)") from None
+
+
+def _ray_ready() -> bool:
+    """Whether Ray is already imported and initialised in this process (tests, notebooks)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
 
 
 def connect(address: str) -> bool:
     """Connect to Ray (``auto``, ``host:port``, ``ray://...``) or start a local instance
     (``local``). Returns True if this call started/connected it (so the caller shuts it down);
-    an already initialised Ray (e.g. by a test or a notebook) is used as is."""
+    an already initialised Ray (e.g. by a test or a notebook) is used as is.
+
+    Raises:
+        KGEngineError: nothing answers at the address (:func:`check_reachable`, within
+            :data:`CONNECT_TIMEOUT_S`) or Ray refuses to connect.
+    """
+    check_reachable(address)
     import ray
 
     if ray.is_initialized():
@@ -129,7 +173,6 @@ class _Plan:
     batch: int
     threads: int
     in_flight: dict[Any, list[Row]] = field(default_factory=dict)
-    given_up: set[int] = field(default_factory=set)
 
 
 def _plan(job: FarmJob, batch: int | None, device: str, cpus: float) -> _Plan:
@@ -186,7 +229,7 @@ def _drive(job: FarmJob, plan: _Plan, remote: Any) -> None:
     import ray
 
     max_in_flight = IN_FLIGHT_PER_SLOT * plan.slots
-    while rows := [r for r in job.man.pending() if r.id not in plan.given_up]:
+    while rows := job.pending():
         b = plan.batch
         chunks = iter([rows[i : i + b] for i in range(0, len(rows), b)])
         while True:
@@ -201,20 +244,14 @@ def _drive(job: FarmJob, plan: _Plan, remote: Any) -> None:
             except Exception as exc:  # noqa: BLE001 - any task failure: give the rows back
                 why = " ".join(str(exc).split())[:300]
                 job.hooks.log(f"Ray task of {len(chunk)} image(s) failed: {why}")
-                _give_up(job, plan, chunk, f"Ray task failed: {why}")
+                job.hold(chunk, f"Ray task failed: {why}")
                 continue
             by_name = {r.name: r for r in chunk}
             for res in results:
                 row = by_name.pop(res["name"])
                 job.finish(row, _outcome(row, res))
             if by_name:  # cannot happen unless a task drops images; do not lose them
-                _give_up(job, plan, list(by_name.values()), "missing from task result")
-
-
-def _give_up(job: FarmJob, plan: _Plan, rows: list[Row], reason: str) -> None:
-    """Rows of a lost task: back to ``pending`` with ``reason``, not resubmitted this run."""
-    job.man.requeue([r.id for r in rows], reason)
-    plan.given_up |= {r.id for r in rows}
+                job.hold(list(by_name.values()), "missing from task result")
 
 
 def _submit(job: FarmJob, plan: _Plan, chunk: list[Row], remote: Any) -> None:

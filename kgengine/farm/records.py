@@ -5,7 +5,10 @@ Every outcome of a training (a result, a bad image, a divergence) goes through
 ``confidence``) into ``POOL_DIR/kernels/`` and only then is its row marked ``done`` (with
 the same confidence); a first divergence queues the
 row again (the next training takes the next derived seed); anything else fails the row with
-its reason. :class:`FarmJob` bundles what both runners write to.
+its reason. A result whose files cannot be written (full disk, file-size limit, ...:
+:class:`~kgengine.errors.OutputError`) puts its row back to ``pending`` with the reason and
+holds it back for the rest of the run (state ``unwritten``); the next run redoes it.
+:class:`FarmJob` bundles what both runners write to.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kgengine.api import EstimateResult
-from kgengine.errors import TrainingDivergedError
+from kgengine.errors import OutputError, TrainingDivergedError
 from kgengine.farm.manifest import Manifest, Row
 from kgengine.farm.poolfiles import KERNELS_DIR
 from kgengine.farm.settings import FarmSettings
@@ -71,7 +74,8 @@ def record(man: Manifest, row: Row, outcome: EstimateResult | Exception,
     """Write a finished image's files then mark its row.
 
     Returns:
-        (state, reason): state is ``done``, ``failed`` or ``retry``; reason is "" when done.
+        (state, reason): state is ``done``, ``failed``, ``retry`` or ``unwritten`` (files
+        not written, row back to ``pending``); reason is "" when done.
     """
     if isinstance(outcome, EstimateResult):
         outcome.name = row.name
@@ -80,7 +84,12 @@ def record(man: Manifest, row: Row, outcome: EstimateResult | Exception,
                                   "attempt": row.diverged, "pool": str(pool_dir),
                                   "restarts": settings.restarts}
         outcome.report["confidence"] = outcome.confidence
-        written = write_outputs(outcome, pool_dir / KERNELS_DIR)
+        try:
+            written = write_outputs(outcome, pool_dir / KERNELS_DIR)
+        except OutputError as exc:
+            reason = f"{exc}; left pending, rerun to retry"
+            man.requeue([row.id], reason)
+            return "unwritten", reason
         rel = {k: str(Path(p).relative_to(pool_dir)) for k, p in written.items()}
         man.mark_done(row.id, outcome.report["seed"], outcome.report["train_s"], rel,
                       outcome.confidence)
@@ -105,6 +114,8 @@ def count_outcome(summary: FarmSummary, hooks: JobHooks, name: str,
         summary.done += 1
     elif state == "failed":
         summary.failed += 1
+    elif state == "unwritten":  # counted as left pending at the end of the run
+        state = "failed"
     else:
         summary.retried += 1
     hooks.item_finished(name, state, detail)
@@ -119,11 +130,26 @@ class FarmJob:
     pool_dir: Path
     summary: FarmSummary
     hooks: JobHooks
+    #: ids of rows put back to ``pending`` and not to be trained again in this run
+    held: set[int] = field(default_factory=set)
 
     def finish(self, row: Row, outcome: EstimateResult | Exception) -> None:
         """:func:`record` the outcome of ``row`` and :func:`count_outcome` it."""
         state = record(self.man, row, outcome, self.settings, self.pool_dir)
+        if state[0] == "unwritten":
+            self.held.add(row.id)
         count_outcome(self.summary, self.hooks, row.name, state)
+
+    def pending(self) -> list[Row]:
+        """The ``pending`` rows to train in this run (:meth:`Manifest.pending` less the held
+        ones)."""
+        return [r for r in self.man.pending() if r.id not in self.held]
+
+    def hold(self, rows: list[Row], reason: str) -> None:
+        """Put ``rows`` back to ``pending`` with ``reason``, not to be trained again in this
+        run (a rerun retries them)."""
+        self.man.requeue([r.id for r in rows], reason)
+        self.held |= {r.id for r in rows}
 
     def still_running(self, rows: list[Row]) -> list[Row]:
         """Those of ``rows`` still ``running`` in the manifest (claimed, not yet recorded)."""

@@ -7,19 +7,24 @@
    of every option it does not give and refuses one that differs
    (:mod:`kgengine.farm.settings`).
 2. **Clean-up and recovery.** Leftover ``.*.tmp`` files of atomic writes cut by a kill are
-   removed; ``done`` rows whose report file has gone are queued again
-   (:mod:`kgengine.farm.poolfiles`); rows left ``running`` by a killed job go back to
-   ``pending``.
-3. **Inputs.** INPUTs are expanded (:mod:`kgengine.farm.inputs`) and the new files added as
-   rows (:mod:`kgengine.farm.intake`: content hash, duplicates, unreadable files).
+   removed; ``done`` rows whose files are missing or unreadable are queued again with the
+   reason (:func:`~kgengine.farm.poolfiles.heal_done_rows`); rows left ``running`` by a
+   killed job go back to ``pending``.
+3. **Inputs.** INPUTs are expanded (:mod:`kgengine.farm.inputs`; files inside pool folders,
+   this one included, are left out) and the new files added as rows
+   (:mod:`kgengine.farm.intake`: content hash, duplicates, unreadable files, names that are
+   not UTF-8).
 4. **Training.** Pending rows, grouped by image size, are trained ``batch`` at a time in one
    batched model (each image ``restarts`` times, combined into one kernel and a confidence),
    here (:mod:`kgengine.farm.local`) or as Ray tasks (:mod:`kgengine.farm.ray_runner`); each
    outcome is recorded as it comes (:mod:`kgengine.farm.records`: files first, then the
-   row). The batch size, when not given, comes from :mod:`kgengine.farm.batching`.
+   row). The batch size, when not given, comes from :mod:`kgengine.farm.batching`. An
+   image whose files cannot be written (full disk, ...) is reported and left ``pending``
+   for the next run; the others go on.
 5. **Pool.** ``POOL_DIR/kernel_pool.npz`` (and ``kernel_pool_x4.npz`` with x4) is rebuilt
    atomically from all ``done`` rows, in manifest order
-   (:func:`~kgengine.farm.poolfiles.rebuild_pool`).
+   (:func:`~kgengine.farm.poolfiles.rebuild_pool`; a row whose files went bad is left out
+   and queued again).
 """
 
 from __future__ import annotations
@@ -27,19 +32,19 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
 from kgengine.api import resolve_device
+from kgengine.atomic import ensure_dir
 from kgengine.config import KernelGANConfig
 from kgengine.farm.batching import default_batch
 from kgengine.farm.inputs import expand_inputs
 from kgengine.farm.intake import add_inputs
 from kgengine.farm.local import train_local
 from kgengine.farm.manifest import Manifest, lock_pool_dir
-from kgengine.farm.poolfiles import rebuild_pool, remove_partial_files, requeue_missing_outputs
-from kgengine.farm.ray_runner import train_ray
+from kgengine.farm.poolfiles import heal_done_rows, rebuild_pool, remove_partial_files
+from kgengine.farm.ray_runner import check_reachable, train_ray
 from kgengine.farm.records import FarmJob, FarmSummary
 from kgengine.farm.settings import check_mode, resolve_settings
 from kgengine.hooks import JobHooks
@@ -92,10 +97,15 @@ def run_farm(
             ``batch_progress`` in iterations; ``log``: duplicates, unreadable files, Ray).
     Raises:
         KGEngineError: bad INPUT, ``restarts < 1``, settings differing from the pool's,
-            another farm running on ``pool_dir``, or ``cuda`` requested without a GPU.
+            another farm running on ``pool_dir``, ``cuda`` requested without a GPU, or
+            nothing answering at ``ray_address``.
+        OutputError: ``pool_dir`` is a file or cannot be created, or a pool file cannot be
+            written.
     """
     hooks = hooks or JobHooks()
-    pool_dir = Path(pool_dir)
+    if ray_address is not None:
+        check_reachable(ray_address)  # before anything is written
+    pool_dir = ensure_dir(pool_dir)
     t0 = time.perf_counter()
     summary = FarmSummary(pool_dir)
     old_threads = torch.get_num_threads()
@@ -113,9 +123,9 @@ def run_farm(
             else:
                 hooks.total(before["pending"])
                 train_ray(job, batch, device, ray_address, ray_cpus)
+            summary.pool_files = rebuild_pool(man, pool_dir, settings.x4, hooks.log)
             summary.total = man.counts()
             summary.left_pending = summary.total["pending"]
-            summary.pool_files = rebuild_pool(man, pool_dir, settings.x4)
     finally:
         torch.set_num_threads(old_threads)
     summary.elapsed_s = time.perf_counter() - t0
@@ -131,18 +141,20 @@ def _prepare(job: FarmJob, inputs: Sequence[str | os.PathLike], recursive: bool,
     """
     man, summary = job.man, job.summary
     check_mode(job.settings)
-    paths = expand_inputs(inputs, recursive)
+    paths = expand_inputs(inputs, recursive, exclude=[job.pool_dir], log=job.hooks.log)
     if man.settings() is None:
         man.set_settings(job.settings.to_dict())
     remove_partial_files(job.pool_dir)
-    requeue_missing_outputs(man, job.pool_dir)
+    heal_done_rows(man, job.pool_dir, job.settings.x4)
     summary.recovered = man.recover()
     if retry_failed:
         man.retry_failed()
     failed_before = man.counts()["failed"]
-    summary.added, summary.duplicates = add_inputs(man, paths, job.settings, job.hooks.log)
+    summary.added, summary.duplicates, bad_names = add_inputs(man, paths, job.settings,
+                                                              job.hooks.log)
     before = man.counts()
-    summary.failed = before["failed"] - failed_before  # unreadable new files
+    # unreadable new files, and files skipped for a name the manifest cannot hold
+    summary.failed = before["failed"] - failed_before + bad_names
     summary.skipped = before["done"]
     return before
 

@@ -44,10 +44,19 @@ class FarmSettings:
     @staticmethod
     def from_dict(d: dict[str, Any]) -> FarmSettings:
         """The inverse of :meth:`to_dict` (a dict without ``restarts``, from an older pool,
-        means 1)."""
-        return FarmSettings(int(d["seed"]), bool(d["x4"]), str(d["dtype"]), str(d["mode"]),
-                            KernelGANConfig().replace(**d["config"]),
-                            int(d.get("restarts", 1)))
+        means 1).
+
+        Raises:
+            KGEngineError: the settings are not usable (a missing key, a value of the wrong
+                type, a NaN/inf config value written by an older kgengine, ...).
+        """
+        try:
+            return FarmSettings(int(d["seed"]), bool(d["x4"]), str(d["dtype"]),
+                                str(d["mode"]), KernelGANConfig().replace(**d["config"]),
+                                int(d.get("restarts", 1)))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise KGEngineError(f"the pool's stored settings are not usable ({exc}); "
+                                "use a new pool folder") from None
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -72,7 +81,10 @@ def resolve_settings(stored: dict[str, Any] | None, *, seed: int | None = None,
     base = FarmSettings.from_dict(stored) if stored is not None else FarmSettings()
     cfg = config if config is not None else base.config
     if iters is not None:
-        cfg = cfg.replace(iters=iters)
+        try:
+            cfg = cfg.replace(iters=iters)
+        except ValueError as exc:
+            raise KGEngineError(str(exc)) from None
     if dtype is not None and dtype not in DTYPES:
         raise KGEngineError(f"dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
     if restarts is not None and restarts < 1:

@@ -1,0 +1,158 @@
+"""On-the-fly degradation in training loops: the ``nn.Module`` :class:`Degrader` and the
+``Dataset`` :class:`PairDataset`, both running :class:`~kgengine.degradation.pipeline.Pipeline`.
+
+Same seed, same image key (the HR file name), same HR pixels -> same LR as the offline
+``kgengine degrade`` with the same pool and pipeline: bit-exact on the CPU, also with JPEG
+(the codec is Pillow in both, on the CPU) and with any batch composition (tested). On a GPU
+the downscale and second-round blur run on the device (CuPy, Numba-CUDA or the PyTorch
+reference) and their float32 sums may round differently from the CPU's Numba kernel (about
+1e-7); after 8-bit rounding an LR pixel then differs by at most one level (1/255) without
+JPEG, and, since JPEG quantises DCT blocks, a block touched by such a pixel can differ by
+a few levels with JPEG. Noise is drawn by NumPy on the CPU and moved to the device; the
+Poisson draw and the JPEG codec are CPU round trips (the whole LR image, per sample).
+
+Example::
+
+    degrader = Degrader("pool/kernel_pool.npz", load_config("degrade.toml"), seed=0).cuda()
+    for hr, names in loader:                     # hr: (B,3,H,W) float32 in [0,1], H,W % s == 0
+        lr = degrader(hr.cuda(), names)          # (B,3,H/s,W/s), on the 8-bit grid
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from kgengine.degradation.config import PipelineConfig
+from kgengine.degradation.draws import Draws, stage_rng
+from kgengine.degradation.noisebank import NoiseBank
+from kgengine.degradation.pipeline import Pipeline
+from kgengine.degradation.plan import crop_to_scale, list_hr_files
+from kgengine.degradation.stages import from_u8, quantize_u8
+from kgengine.errors import BadImageError
+from kgengine.imageio import read_image
+from kgengine.pool import KernelPool
+
+
+class Degrader(nn.Module):
+    """``hr (B,C,H,W) -> lr (B,C,H/s,W/s)``: the pipeline on any device (module docstring).
+
+    Args:
+        pool: a :class:`KernelPool` or a pool path. config: the pipeline (default: the
+            pool kernel and downscale only). seed: the job seed (as ``kgengine degrade
+            --seed``). scale: must be the pool's (default). bank: real-noise patches
+            (default: from ``config.real_noise``).
+        quantize: return ``round(clip(lr)·255)/255`` (what the offline PNG holds; default),
+            else the float LR before rounding (after JPEG it is on the 8-bit grid anyway).
+        stream: prefix of the automatic image keys (see :meth:`forward`), e.g. the rank.
+    Attributes:
+        last_draws: the :class:`Draws` of the last batch (JSON-able with ``to_dict()``).
+    """
+
+    def __init__(self, pool: KernelPool | str | os.PathLike,
+                 config: PipelineConfig | None = None, *, seed: int = 0,
+                 scale: int | None = None, bank: NoiseBank | None = None,
+                 quantize: bool = True, stream: str = "") -> None:
+        super().__init__()
+        self.pipeline = Pipeline(pool, config, scale=scale, bank=bank)
+        self.seed, self.quantize, self.stream = int(seed), quantize, stream
+        self.calls = 0
+        self.last_draws: list[Draws] = []
+
+    @property
+    def scale(self) -> int:
+        """The downscaling factor s."""
+        return self.pipeline.scale
+
+    def forward(self, hr: torch.Tensor, names: Sequence[str] | None = None) -> torch.Tensor:
+        """Degrade a batch.
+
+        Args:
+            hr: (B, C, H, W) floating tensor in [0, 1] on any device, H and W multiples of
+                s; C = 3 when the ``real`` or ``jpeg`` stage is on. Computed in float32.
+            names: B image keys (HR file names: the same key gives the same degradation as
+                ``kgengine degrade``); default ``f"{stream}#{call}:{i}"`` for call number
+                ``call`` of this module (new draws at every call).
+        Returns:
+            (B, C, H/s, W/s) tensor, ``hr``'s dtype and device.
+        """
+        if names is None:
+            names = [f"{self.stream}#{self.calls}:{i}" for i in range(hr.shape[0])]
+        self.calls += 1
+        self.last_draws = [self.pipeline.draw(self.seed, str(n)) for n in names]
+        lr = self.pipeline.apply(hr.to(torch.float32), self.last_draws)
+        if self.quantize:
+            lr = from_u8(quantize_u8(lr))
+        return lr.to(hr.dtype)
+
+    def extra_repr(self) -> str:
+        stages = " -> ".join(("kernel", *self.pipeline.config.active()))
+        return (f"scale={self.scale}, kernels={len(self.pipeline.pool)}, stages={stages}, "
+                f"shuffle={self.pipeline.config.shuffle}, seed={self.seed}, "
+                f"quantize={self.quantize}")
+
+
+class PairDataset(Dataset):
+    """LR/HR pairs made on the fly from HR files, for ``DataLoader`` workers (CPU).
+
+    Item ``i``: ``{"hr": (3,H,W) float32, "lr": (3,H/s,W/s) float32 on the 8-bit grid,
+    "key": str}``, HR cropped top-left to multiples of s. With ``epoch = 0`` (the default)
+    and no ``patch``, the LR is exactly the PNG that ``kgengine degrade`` writes for the
+    same seed, pool and pipeline (key = file name). :meth:`set_epoch` draws new
+    degradations per epoch (key ``f"{name}@{epoch}"``). With ``patch`` (HR side, a multiple
+    of s) an HR crop of ``patch × patch`` at a random position (multiples of s, drawn from
+    the key) is degraded, so LR and HR stay aligned.
+
+    Args:
+        hr: a folder of HR images (its files) or a list of files.
+        pool, config, seed, scale, bank: as :class:`Degrader`.
+    """
+
+    def __init__(self, hr: str | os.PathLike | Sequence[str | os.PathLike],
+                 pool: KernelPool | str | os.PathLike, config: PipelineConfig | None = None,
+                 *, seed: int = 0, scale: int | None = None, patch: int | None = None,
+                 bank: NoiseBank | None = None) -> None:
+        is_dir = isinstance(hr, str | os.PathLike) and Path(hr).is_dir()
+        self.files = list_hr_files(hr) if is_dir else [Path(p) for p in hr]
+        self.pipeline = Pipeline(pool, config, scale=scale, bank=bank)
+        if patch is not None and (patch < 1 or patch % self.pipeline.scale):
+            raise ValueError(f"patch: expected a multiple of {self.pipeline.scale}, got {patch}")
+        self.seed, self.patch, self.epoch = int(seed), patch, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the draws of ``epoch`` (0: those of the offline job)."""
+        self.epoch = int(epoch)
+
+    def key(self, i: int) -> str:
+        """The image key of item ``i`` in the current epoch."""
+        name = self.files[i].name
+        return name if self.epoch == 0 else f"{name}@{self.epoch}"
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _crop(self, img: np.ndarray, key: str, path: Path) -> np.ndarray:
+        crop = crop_to_scale(img, self.pipeline.scale)
+        if self.patch is None:
+            return crop
+        s, p = self.pipeline.scale, self.patch
+        h, w = crop.shape[:2]
+        if min(h, w) < p:
+            raise BadImageError(path, f"image is {w}x{h}, smaller than the patch {p}")
+        rng = stage_rng(self.seed, key, "crop")
+        y, x = (s * int(rng.integers(0, (n - p) // s + 1)) for n in (h, w))
+        return crop[y : y + p, x : x + p]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        key = self.key(i)
+        hr = self._crop(read_image(self.files[i]), key, self.files[i])
+        hr_t = torch.from_numpy(np.ascontiguousarray(hr.transpose(2, 0, 1)))
+        lr8 = self.pipeline.degrade8(hr_t[None], [self.pipeline.draw(self.seed, key)])
+        return {"hr": hr_t, "lr": from_u8(lr8[0]), "key": key}

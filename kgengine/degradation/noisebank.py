@@ -1,0 +1,198 @@
+"""Real-noise patches (RealSR's recipe): collect flat patches of real photos, load them back.
+
+Ji et al., "Real-World Super-Resolution via Kernel Estimation and Noise Injection" (CVPR-W
+2020): in flat regions of a real photo, what varies is mostly the camera's noise. So:
+
+1. cut each photo into ``P × P`` patches (stride ``stride``, default ``P``);
+2. keep a patch when its luma ``Y = 255·(0.299 R + 0.587 G + 0.114 B)`` has variance
+   ``var(Y) < max_var`` (RealSR: 20, in 0-255 units) and mean in ``[min_mean, max_mean]``;
+3. remove each kept patch's mean per channel, ``n_c = patch_c − mean(patch_c)``, so adding
+   it changes the noise and not the colour.
+
+Files written by :func:`collect_noise` into the output folder (atomically):
+
+- :data:`NOISE_FILE` ``noise_patches.npy``: ``(N, P, P, 3)`` float32, [0, 1] units,
+  zero mean per patch and channel (``np.load(..., allow_pickle=False)``);
+- :data:`INDEX_FILE` ``noise_index.json``: the settings (``patch_size``, ``stride``,
+  ``max_var``, ``min_mean``, ``max_mean``), ``count`` and one record per patch
+  (``source`` file, ``y``, ``x`` of its top-left corner, ``var`` and ``mean`` of its luma).
+
+The pipeline's ``real`` stage (:func:`kgengine.degradation.stages.real_noise`) adds a random
+patch, tiled from a random offset to the LR size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kgengine._version import __version__
+from kgengine.atomic import save_json, save_npy
+from kgengine.degradation.plan import IMAGE_SUFFIXES
+from kgengine.errors import BadImageError, KGEngineError
+from kgengine.hooks import JobHooks
+from kgengine.imageio import read_image
+
+NOISE_FILE = "noise_patches.npy"
+INDEX_FILE = "noise_index.json"
+#: Luma weights (ITU-R BT.601, as Pillow's ``convert("L")``).
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+@dataclass(frozen=True)
+class NoiseBank:
+    """Loaded real-noise patches.
+
+    Attributes:
+        patches: (N, P, P, 3) float32, zero mean per patch and channel, [0, 1] units.
+        path: the ``.npy`` file they were read from.
+        index: the JSON index ({} when the file has none next to it).
+    """
+
+    patches: np.ndarray
+    path: str
+    index: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.patches.shape[0])
+
+    @property
+    def size(self) -> int:
+        """The patch side P."""
+        return int(self.patches.shape[1])
+
+    def fingerprint(self) -> str:
+        """SHA-256 (hex, 16 digits) of the patch array: a rerun with other patches is refused."""
+        return hashlib.sha256(np.ascontiguousarray(self.patches).tobytes()).hexdigest()[:16]
+
+
+def flat_patches(
+    img: np.ndarray, patch: int, stride: int, max_var: float, min_mean: float = 0.0,
+    max_mean: float = 255.0,
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """The flat, mean-removed patches of one image (module docstring, steps 1-3).
+
+    Args:
+        img: (H, W, 3) float RGB in [0, 1].
+        patch: P. stride: step between patch corners. max_var, min_mean, max_mean: the
+            thresholds on the luma variance and mean, 0-255 units.
+    Returns:
+        ``(n, P, P, 3)`` float32 patches and one record per patch (``y``, ``x``, ``var``,
+        ``mean``).
+    """
+    h, w = img.shape[:2]
+    if h < patch or w < patch:
+        return np.zeros((0, patch, patch, 3), np.float32), []
+    luma = 255.0 * (img.astype(np.float64) @ LUMA)  # (H, W)
+    win = np.lib.stride_tricks.sliding_window_view(luma, (patch, patch))[::stride, ::stride]
+    var, mean = win.var(axis=(-2, -1)), win.mean(axis=(-2, -1))  # (ny, nx)
+    keep = np.argwhere((var < max_var) & (mean >= min_mean) & (mean <= max_mean))
+    out = np.empty((len(keep), patch, patch, 3), np.float32)
+    records = []
+    for n, (iy, ix) in enumerate(keep):
+        y, x = int(iy) * stride, int(ix) * stride
+        p = img[y : y + patch, x : x + patch].astype(np.float64)
+        out[n] = p - p.mean(axis=(0, 1))
+        records.append({"y": y, "x": x, "var": float(var[iy, ix]), "mean": float(mean[iy, ix])})
+    return out, records
+
+
+def list_photos(inputs: list[str | os.PathLike]) -> list[Path]:
+    """Image files: each input file, and the image files directly in each input folder."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += sorted(p for p in item.iterdir()
+                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise KGEngineError(f"{item}: no such file or folder")
+    if not files:
+        raise KGEngineError(f"no images in {', '.join(map(str, inputs))}")
+    return files
+
+
+@dataclass
+class NoiseReport:
+    """What :func:`collect_noise` did."""
+
+    out_dir: Path
+    images: int  # photos read
+    patches: int  # patches kept
+    failed: list[str] = field(default_factory=list)  # one line per bad photo
+
+
+def collect_noise(
+    inputs: list[str | os.PathLike], out_dir: str | os.PathLike, *, patch: int = 64,
+    stride: int | None = None, max_var: float = 20.0, min_mean: float = 0.0,
+    max_mean: float = 255.0, hooks: JobHooks | None = None,
+) -> NoiseReport:
+    """Collect real-noise patches from photos into ``out_dir`` (module docstring).
+
+    Args:
+        inputs: photo files and folders (their image files, not sub-folders).
+        patch, stride, max_var, min_mean, max_mean: see :func:`flat_patches`.
+        hooks: ``total``, then ``item_finished(name, "done"|"failed", detail)`` per photo.
+    Raises:
+        KGEngineError: bad arguments, no photos, or no flat patch at all.
+    """
+    hooks = hooks or JobHooks()
+    stride = stride or patch
+    if patch < 2 or stride < 1 or max_var <= 0:
+        raise KGEngineError(f"need patch >= 2, stride >= 1, max_var > 0; got {patch}, "
+                            f"{stride}, {max_var}")
+    files = list_photos(inputs)
+    hooks.total(len(files))
+    report, stacks, records = NoiseReport(Path(out_dir), 0, 0), [], []
+    for path in files:
+        try:
+            found, recs = flat_patches(read_image(path), patch, stride, max_var, min_mean,
+                                       max_mean)
+        except BadImageError as exc:
+            report.failed.append(str(exc))
+            hooks.item_finished(path.name, "failed", str(exc))
+            continue
+        report.images += 1
+        stacks.append(found)
+        records += [{"source": str(path.resolve()), **r} for r in recs]
+        hooks.item_finished(path.name, "done", "")
+    if not records:
+        raise KGEngineError(f"no flat patch found in {report.images} photos (patch {patch}, "
+                            f"var < {max_var}); try a larger --max-var or a smaller --patch")
+    report.patches = len(records)
+    save_npy(report.out_dir / NOISE_FILE, np.concatenate(stacks))
+    save_json(report.out_dir / INDEX_FILE, {
+        "format": "kgengine-noise-patches", "kgengine_version": __version__,
+        "units": "[0,1] RGB, per-patch per-channel mean removed", "patch_size": patch,
+        "stride": stride, "max_var": max_var, "min_mean": min_mean, "max_mean": max_mean,
+        "count": len(records), "patches": records,
+    })
+    return report
+
+
+def load_noise_bank(path: str | os.PathLike) -> NoiseBank:
+    """Read the patches of :func:`collect_noise` (a folder, or the ``.npy`` file).
+
+    Raises:
+        KGEngineError: no such file, not a (N, P, P, 3) finite float array, or empty.
+    """
+    path = Path(path)
+    npy = path / NOISE_FILE if path.is_dir() else path
+    try:
+        arr = np.load(npy, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise KGEngineError(f"{npy}: cannot read noise patches ({exc})") from None
+    if (arr.ndim != 4 or arr.shape[1] != arr.shape[2] or arr.shape[3] != 3 or len(arr) == 0
+            or not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all()):
+        raise KGEngineError(f"{npy}: expected finite (N,P,P,3) float patches, got "
+                            f"{arr.shape} {arr.dtype}")
+    index_path = npy.parent / INDEX_FILE
+    index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.is_file() else {}
+    return NoiseBank(arr.astype(np.float32, copy=False), str(npy.resolve()), index)
