@@ -12,13 +12,13 @@ import errno
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kgengine.errors import OutputError, shown
+from kgengine.errors import KGEngineError, OutputError, shown
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -158,3 +158,28 @@ def json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+@contextlib.contextmanager
+def exclusive_lock(folder: str | os.PathLike, lock_name: str, busy: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder/lock_name`` for the ``with`` block.
+
+    The OS releases it when the process dies (SIGKILL included); POSIX only, elsewhere no
+    lock. Raises :class:`KGEngineError` ``"<folder>: <busy>"`` if another process holds it.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        yield
+        return
+    fh = open(folder / lock_name, "a+")  # noqa: SIM115 - held for the whole block
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise KGEngineError(f"{folder}: {busy}") from None
+        yield
+    finally:
+        fh.close()

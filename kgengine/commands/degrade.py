@@ -66,6 +66,10 @@ def degrade(
     copy_hr: Annotated[bool, typer.Option(
         "--copy-hr", help="Write every HR to OUT/hr/ (same names as OUT/lr/: a paired "
                           "folder for BasicSR/traiNNer); default: only cropped ones.")] = False,
+    min_confidence: Annotated[float | None, typer.Option(
+        "--min-confidence", help="Only the pool's kernels whose confidence (agreement of the "
+                                 "farm's --restarts, 0-1) is known and at least this; a "
+                                 "resume must give the same value.")] = None,
     pipeline: PipelineFile = None,
     noise_range: NoiseRange = None,
     noise_poisson: NoisePoisson = False,
@@ -98,7 +102,7 @@ def degrade(
             report = degrade_folder(
                 hr_dir, kernels, out, scale=scale, noise=noise, seed=seed, batch=batch,
                 provider=provider, threads=threads, hooks=_failures_as_errors(hooks),
-                pipeline=config, copy_hr=copy_hr,
+                pipeline=config, copy_hr=copy_hr, min_confidence=min_confidence,
             )
     except OSError as exc:
         fail(f"{exc.filename or out}: {exc.strerror or exc}")

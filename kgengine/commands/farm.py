@@ -1,4 +1,4 @@
-"""``kgengine farm INPUT... -o POOL_DIR`` and ``kgengine pool info|plot|filter POOL``."""
+"""``kgengine farm INPUT... -o POOL_DIR`` and ``kgengine pool info|plot|filter|import|export``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from kgengine.commands._common import (
     at_least,
     check_device,
     check_mode,
+    check_out_dir,
     check_out_file,
     check_seed,
     cli_errors,
@@ -19,7 +20,8 @@ from kgengine.config import KernelGANConfig, parse_overrides
 from kgengine.errors import KGEngineError
 
 pool_app = typer.Typer(help="Look at a kernel pool: statistics, a PNG mosaic, a filtered "
-                            "copy by confidence.", no_args_is_help=True)
+                            "copy by confidence; import kernels from KernelGAN/RealSR, KAIR or "
+                            ".npy folders, export for them.", no_args_is_help=True)
 
 Inputs = Annotated[
     list[Path] | None,
@@ -194,3 +196,70 @@ def filter_command(
     check_out_file(out)
     path, kept, total = filter_pool_file(pool, min_confidence, out)
     typer.echo(f"wrote {path}: {kept} of {total} kernels have confidence >= {min_confidence:g}")
+
+
+@pool_app.command("import")
+@cli_errors
+def import_command(
+    sources: Annotated[list[Path], typer.Argument(
+        help="KernelGAN/RealSR result folders (*_kernel_x2.mat / *_kernel_x4.mat, also in "
+             "sub-folders), KAIR/USRNet .mat kernel sets (variable 'kernels'), folders of "
+             ".npy kernels (traiNNer), .npy/.mat kernel files and kgengine pools.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="The pool file to write (.npz).")],
+    scale: Annotated[int, typer.Option(
+        "--scale", help="2 or 4: which *_kernel_x{s}.mat to take from result folders; "
+                        "stored in the pool.")] = 2,
+) -> None:
+    """Collect kernels of other tools (and pools) into one kgengine pool file.
+
+    Each kernel is checked, its negatives clipped, renormalised to sum 1 and re-centred to
+    kgengine's convention (centre of mass on the middle pixel), so that `degrade` uses it
+    as intended; each row records its source file (and its index in a set or pool).
+    """
+    from kgengine.pool import save_pool
+    from kgengine.pool_interop import import_kernels
+
+    if scale not in (2, 4):
+        raise KGEngineError(f"--scale must be 2 or 4, got {scale}")
+    if out.suffix.lower() != ".npz":
+        raise KGEngineError(f"{out}: the pool file must end in .npz")
+    check_out_file(out)
+    result = import_kernels(sources, scale)
+    path = save_pool(out, result.pool)
+    typer.echo(f"wrote {path}: {result.summary()}")
+
+
+@pool_app.command("export")
+@cli_errors
+def export_command(
+    pool: PoolArg,
+    out: Annotated[Path, typer.Option(
+        "-o", "--out", help="A folder (npy, mat-folder) or a .mat file (kair-mat).")],
+    fmt: Annotated[str, typer.Option(
+        "--format", help="npy: <id>.npy per kernel (traiNNer); mat-folder: "
+                         "<id>_kernel_x{s}.mat with 'Kernel' (KernelGAN/RealSR); kair-mat: one "
+                         ".mat with a 'kernels' cell array (KAIR/USRNet).")],
+    size: Annotated[int | None, typer.Option(
+        "--size", help="Crop or zero-pad every kernel to KxK around its centre (odd; e.g. 15 "
+                       "for SRMD); a crop is renormalised to sum 1.")] = None,
+    min_confidence: MinConfidence = None,
+) -> None:
+    """Write the pool's kernels in the layout of another SR pipeline."""
+    from kgengine.pool import load_pool
+    from kgengine.pool_interop import FORMATS, check_size, export_pool
+
+    if fmt not in FORMATS:
+        raise KGEngineError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if size is not None:
+        check_size(size)
+    if fmt != "kair-mat":
+        check_out_dir(out)
+    elif out.suffix.lower() != ".mat":
+        raise KGEngineError(f"{out}: the kair-mat file must end in .mat")
+    else:
+        check_out_file(out)
+    kernels = load_pool(pool, min_confidence=min_confidence)
+    result = export_pool(kernels, out, fmt, size)
+    k = result.size
+    lost = f"; the crop dropped up to {result.lost:.2%} of a kernel's mass" if result.lost else ""
+    typer.echo(f"wrote {len(kernels)} kernels {k}x{k} as {fmt} to {out}{lost}")

@@ -11,41 +11,23 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
-from kgengine.errors import KGEngineError
+from kgengine.atomic import exclusive_lock
 
 LOCK_FILE = ".degrade.lock"
 #: Sub-folders of an output folder that hold written files.
 SUBDIRS = ("", "lr", "hr")
 
 
-@contextlib.contextmanager
-def lock_out_dir(out_dir: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``out_dir/.degrade.lock`` (released by the OS when the
-    process dies, SIGKILL included; POSIX only, elsewhere no lock).
+def lock_out_dir(out_dir: str | os.PathLike) -> contextlib.AbstractContextManager[None]:
+    """Hold an exclusive lock on ``out_dir/.degrade.lock`` (:func:`kgengine.atomic.exclusive_lock`).
 
     Raises:
         KGEngineError: another process holds the lock.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no lock
-        yield
-        return
-    fh = open(out_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held for the whole run
-    try:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise KGEngineError(
-                f"{out_dir}: another kgengine degrade is writing into this folder") from None
-        yield
-    finally:
-        fh.close()
+    return exclusive_lock(out_dir, LOCK_FILE, "another kgengine degrade is writing into this "
+                                              "folder")
 
 
 def clean_stale_tmp(out_dir: str | os.PathLike) -> list[Path]:
@@ -62,8 +44,3 @@ def clean_stale_tmp(out_dir: str | os.PathLike) -> list[Path]:
                 removed.append(p)
     return removed
 
-
-def display_text(text: str) -> str:
-    """``text`` printable as UTF-8: a file name's undecodable bytes (held as lone surrogates,
-    see :func:`os.fsdecode`) become ``\\xNN``; valid text is returned unchanged."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

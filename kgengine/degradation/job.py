@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from kgengine.degradation.config import PipelineConfig
-from kgengine.degradation.folder import clean_stale_tmp, display_text, lock_out_dir
+from kgengine.degradation.folder import clean_stale_tmp, lock_out_dir
 from kgengine.degradation.manifest import (
     MANIFEST,
     check_settings,
@@ -19,7 +19,7 @@ from kgengine.degradation.pipeline import Pipeline
 from kgengine.degradation.pipeline_runner import run_pipeline_pairs
 from kgengine.degradation.plan import PairPlan, list_hr_files, make_plan
 from kgengine.degradation.runner import DegradeReport, run_pairs
-from kgengine.errors import KGEngineError
+from kgengine.errors import KGEngineError, shown
 from kgengine.hooks import JobHooks
 from kgengine.pool import KernelPool
 
@@ -41,6 +41,7 @@ def degrade_folder(
     hooks: JobHooks | None = None,
     pipeline: PipelineConfig | None = None,
     copy_hr: bool = False,
+    min_confidence: float | None = None,
 ) -> DegradeReport:
     """Make LR/HR pairs from every HR image in ``hr_dir`` (see :mod:`kgengine.degradation`).
 
@@ -66,6 +67,9 @@ def degrade_folder(
         copy_hr: write every pair's HR to ``out_dir/hr/<stem>.png`` (uncropped PNGs copied
             byte for byte), so ``hr/`` and ``lr/`` hold the same file names (a paired
             folder for BasicSR/traiNNer); default: only cropped HRs are written there.
+        min_confidence: use only the pool's kernels whose confidence is known and >= this
+            (:func:`kgengine.pool.filter_pool`); manifest rows count in that filtered pool.
+            Recorded in the settings: a resume with another threshold is refused.
     Raises:
         KGEngineError: bad arguments, pool, folder, or provider (not for bad HR files).
     """
@@ -73,7 +77,7 @@ def degrade_folder(
     hr_dir, out_dir = Path(hr_dir), Path(out_dir)
     if pipeline is not None and noise > 0:
         raise KGEngineError("noise: with a pipeline, set its gaussian_sigma instead")
-    plan = make_plan(kernels, scale, noise, seed, batch)
+    plan = make_plan(kernels, scale, noise, seed, batch, min_confidence)
     pipe = Pipeline(plan.pool, pipeline, scale=plan.scale) if pipeline is not None else None
     files = list_hr_files(hr_dir)
     with lock_out_dir(out_dir):
@@ -96,7 +100,7 @@ def _run(plan: PairPlan, pipe: Pipeline | None, files: list[Path], out_dir: Path
     report = DegradeReport(out_dir, len(files), 0, len(there))
     hooks.total(len(files))
     for p in sorted(there):
-        hooks.item_finished(display_text(p.name), "skipped", "")
+        hooks.item_finished(shown(p.name), "skipped", "")
     if not todo:
         return report
     if pipe is not None:

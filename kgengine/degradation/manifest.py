@@ -29,11 +29,13 @@ MANIFEST = "manifest.jsonl"
 SETTINGS = "degrade_settings.json"
 #: Settings that must match to resume into an existing output folder (``pipeline``: the
 #: pipeline config, None without one; ``real_noise_fingerprint``: its noise patches;
-#: ``copy_hr``: every HR copied to ``hr/``).
+#: ``copy_hr``: every HR copied to ``hr/``; ``min_confidence``: the pool filter, None
+#: without one).
 RESUME_KEYS = ("scale", "noise_sigma", "seed", "pool_fingerprint", "hr_dir", "pipeline",
-               "real_noise_fingerprint", "copy_hr")
+               "real_noise_fingerprint", "copy_hr", "min_confidence")
 #: The value of a resume key in a settings file written before the key existed.
-RESUME_DEFAULTS = {"pipeline": None, "real_noise_fingerprint": None, "copy_hr": False}
+RESUME_DEFAULTS = {"pipeline": None, "real_noise_fingerprint": None, "copy_hr": False,
+                   "min_confidence": None}
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, dict]:

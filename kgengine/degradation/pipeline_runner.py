@@ -18,12 +18,11 @@ import numpy as np
 from PIL import Image
 
 from kgengine.atomic import atomic_write
-from kgengine.degradation.folder import display_text
 from kgengine.degradation.manifest import MANIFEST, append_manifest, pair_entry
 from kgengine.degradation.pipeline import Pipeline
 from kgengine.degradation.plan import PairPlan, crop_to_scale
 from kgengine.degradation.runner import DegradeReport, HrImage, prefetched, write_hr
-from kgengine.errors import BadImageError, KGEngineError
+from kgengine.errors import BadImageError, KGEngineError, shown
 from kgengine.hooks import JobHooks
 from kgengine.imageio import read_image
 from kgengine.ops.backend import backend_name
@@ -74,7 +73,7 @@ def run_pipeline_pairs(
 
     Tells ``hooks``: the pipeline line through ``log``, each file through ``item_finished``
     (``done``, or ``failed`` for an unreadable HR file or a pair that could not be written;
-    names and reasons printable, see :func:`~kgengine.degradation.folder.display_text`).
+    names and reasons printable, see :func:`~kgengine.errors.shown`).
     """
     maker = PipelinePairs(plan, pipe, out_dir, copy_hr)
     report.provider = maker.provider
@@ -83,8 +82,8 @@ def run_pipeline_pairs(
     pending: list[tuple[str, Future]] = []
 
     def failed(name: str, msg: str) -> None:
-        report.failed.append(display_text(msg))
-        hooks.item_finished(display_text(name), "failed", display_text(msg))
+        report.failed.append(shown(msg))
+        hooks.item_finished(shown(name), "failed", shown(msg))
 
     def flush() -> None:
         new = []
@@ -98,7 +97,7 @@ def run_pipeline_pairs(
         written.extend(new)
         report.written += len(new)
         for entry in new:
-            hooks.item_finished(display_text(entry["name"]), "done", "")
+            hooks.item_finished(shown(entry["name"]), "done", "")
 
     with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(2) as writer:
         for item in prefetched(reader, lambda p: read_hr(p, plan.scale), todo):

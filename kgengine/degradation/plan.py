@@ -18,7 +18,7 @@ from PIL import Image
 
 from kgengine._version import __version__
 from kgengine.errors import KGEngineError
-from kgengine.pool import KernelPool, load_pool
+from kgengine.pool import KernelPool, filter_pool, load_pool
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".npy")
 
@@ -117,6 +117,8 @@ class PairPlan:
         noise: sigma of the Gaussian noise added to the LR, in [0, 1] units (0 = none).
         seed: with the file name, picks each image's kernel row and noise seed.
         pool_path: where the pool was read from (``"<in memory>"`` when given as an object).
+        min_confidence: only the pool's kernels with a known confidence >= this were kept
+            (``pool`` holds just those; row numbers count in it); None: every kernel.
     """
 
     pool: KernelPool
@@ -124,6 +126,7 @@ class PairPlan:
     noise: float
     seed: int
     pool_path: str
+    min_confidence: float | None = None
 
     def row(self, name: str) -> int:
         """The pool row of HR file ``name`` (:func:`kernel_row`)."""
@@ -140,21 +143,27 @@ class PairPlan:
             "scale": self.scale, "noise_sigma": self.noise, "seed": self.seed,
             "pool_fingerprint": pool.fingerprint(), "kernel_pool": self.pool_path,
             "kernel_size": pool.kernel_size, "n_kernels": len(pool),
+            "min_confidence": self.min_confidence,
             "hr_dir": str(hr_dir.resolve()), "kgengine_version": __version__,
         }
 
 
 def make_plan(
     kernels: str | os.PathLike | KernelPool, scale: int | None, noise: float, seed: int,
-    batch: int,
+    batch: int, min_confidence: float | None = None,
 ) -> PairPlan:
-    """Load the pool and check the job's arguments (see :func:`degrade_folder`).
+    """Load the pool (only its kernels with confidence >= ``min_confidence``, when given)
+    and check the job's arguments (see :func:`degrade_folder`).
 
     Raises:
-        KGEngineError: a bad pool, a scale the pool is not for, an empty pool,
-            ``batch < 1``, or a noise sigma that is not finite and >= 0.
+        KGEngineError: a bad pool, a scale the pool is not for, an empty pool, no kernel
+            passing ``min_confidence``, ``batch < 1``, or a noise sigma that is not finite
+            and >= 0.
     """
-    pool = kernels if isinstance(kernels, KernelPool) else load_pool(kernels, scale)
+    if isinstance(kernels, KernelPool):
+        pool = kernels if min_confidence is None else filter_pool(kernels, min_confidence)
+    else:
+        pool = load_pool(kernels, scale, min_confidence=min_confidence)
     scale = pool.scale if scale is None else int(scale)
     if scale != pool.scale:
         raise KGEngineError(f"the kernel pool is for x{pool.scale}, but scale {scale} was asked")
@@ -165,4 +174,5 @@ def make_plan(
     if not (np.isfinite(noise) and noise >= 0):
         raise KGEngineError(f"noise must be a finite sigma >= 0, got {noise}")
     pool_path = "<in memory>" if isinstance(kernels, KernelPool) else str(Path(kernels).resolve())
-    return PairPlan(pool, scale, float(noise), int(seed), pool_path)
+    threshold = None if min_confidence is None else float(min_confidence)
+    return PairPlan(pool, scale, float(noise), int(seed), pool_path, threshold)

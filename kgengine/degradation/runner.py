@@ -17,10 +17,9 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 
 from kgengine.atomic import atomic_write
-from kgengine.degradation.folder import display_text
 from kgengine.degradation.manifest import MANIFEST, append_manifest, pair_entry
 from kgengine.degradation.plan import PairPlan, crop_to_scale, size_batches, unit_noise
-from kgengine.errors import BadImageError, KGEngineError
+from kgengine.errors import BadImageError, KGEngineError, shown
 from kgengine.export import build_pool_model, check_hr_size
 from kgengine.hooks import JobHooks
 from kgengine.imageio import read_image, write_png
@@ -163,8 +162,8 @@ def run_pairs(
     with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(2) as writer:
         for images, errors in prefetched(reader, maker.read, batches):
             for name, msg in errors:
-                report.failed.append(display_text(msg))
-                hooks.item_finished(display_text(name), "failed", display_text(msg))
+                report.failed.append(shown(msg))
+                hooks.item_finished(shown(name), "failed", shown(msg))
             for group in same_size(images):
                 lr = maker.run(choice.session, group)
                 new = list(writer.map(maker.write, group, lr))
@@ -172,5 +171,5 @@ def run_pairs(
                 written += new
                 report.written += len(new)
                 for entry in new:
-                    hooks.item_finished(display_text(entry["name"]), "done", "")
+                    hooks.item_finished(shown(entry["name"]), "done", "")
     return written

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kgengine.atomic import exclusive_lock
 from kgengine.errors import KGEngineError, OutputError
 
 MANIFEST_FILE = "manifest.sqlite"
@@ -323,24 +324,7 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-@contextlib.contextmanager
-def lock_pool_dir(pool_dir: str | os.PathLike) -> Iterator[None]:
+def lock_pool_dir(pool_dir: str | os.PathLike) -> contextlib.AbstractContextManager[None]:
     """Hold an exclusive lock on ``pool_dir`` (``farm.lock``) or raise if another farm has it."""
-    pool_dir = Path(pool_dir)
-    pool_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no lock
-        yield
-        return
-    fh = open(pool_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held for the whole run
-    try:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise KGEngineError(
-                f"{pool_dir}: another farm process is working on this pool folder"
-            ) from None
-        yield
-    finally:
-        fh.close()
+    return exclusive_lock(pool_dir, LOCK_FILE,
+                          "another farm process is working on this pool folder")
