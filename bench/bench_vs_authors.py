@@ -13,10 +13,10 @@ scored with kgengine's metrics against the true kernels of the development set
 - how many runs lose to the fixed isotropic Gaussian (σ = 1.3; its analytic x4 at x4).
 
 Only (scale, image, seed) runs that the reference has are compared (paired), unless
-``--all``. Variants (separated by ``;``): ``default`` (kgengine's defaults), ``authors``
-(``--authors-defects``), or ``NAME:key=value,key=value`` (config overrides, for ablations).
+``--all``. Variants (separated by ``;``): ``default`` (kgengine's defaults), ``fixed``
+(``--fix-defects``), or ``NAME:key=value,key=value`` (config overrides, for ablations).
 
-Run: ``python bench/bench_vs_authors.py [--variants "default;authors"] [--batch 8]``.
+Run: ``python bench/bench_vs_authors.py [--variants "default;fixed"] [--batch 8]``.
 """
 
 from __future__ import annotations
@@ -47,13 +47,14 @@ DATA = Path(__file__).resolve().parent / "data"
 
 
 def variant_config(spec: str) -> tuple[str, KernelGANConfig, dict]:
-    """``default`` | ``authors`` | ``NAME:key=value,...`` -> (name, config, estimate options).
+    """``default`` | ``fixed`` | ``NAME:key=value,...`` -> (name, config, estimate options).
 
-    Keys are config fields, plus ``restarts`` and ``rule`` (passed to ``estimate_kernels``);
-    a NAME starting with ``authors`` starts from ``KernelGANConfig.authors()``.
+    ``default`` is kgengine's default (the authors' defects 1-3, as the authors' code); a NAME
+    starting with ``fixed`` starts from ``KernelGANConfig.defects_fixed()`` (kgengine 0.1's
+    choice). Keys are config fields, plus ``restarts`` and ``rule`` (for ``estimate_kernels``).
     """
     name, _, sets = spec.partition(":")
-    base = KernelGANConfig.authors() if name.startswith("authors") else KernelGANConfig()
+    base = KernelGANConfig.defects_fixed() if name.startswith("fixed") else KernelGANConfig()
     items = parse_overrides([s for s in sets.split(",") if s])
     opts = {"restarts": int(items.pop("restarts", 1)), "rule": items.pop("rule", "mean")}
     return name, base.replace(**items), opts
@@ -211,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="train nothing: score the runs already stored")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--scales", default="2,4")
+    p.add_argument("--images", default=None, help="only these image numbers, e.g. 5-12")
     p.add_argument("--run-authors", type=Path, default=None, metavar="BASELINE_DIR",
                    help="first run the missing reference jobs (slow: 7-10 min each)")
     p.add_argument("--devset", type=Path, default=DEFAULT_OUT)
@@ -223,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
 
         run_authors_main(["--baseline", str(args.run_authors), "--devset", str(devset)])
     names = [m["name"] for m in json.loads((devset / "synth.json").read_text())["images"]]
+    if args.images:
+        lo, _, hi = args.images.partition("-")
+        names = [n for n in names if int(lo) <= int(n.split("_")[1]) <= int(hi or lo)]
     seeds = tuple(int(s) for s in args.seeds.split(","))
     scales = tuple(int(s) for s in args.scales.split(","))
     authors = {k: v["kernel"] for k, v in load_results(AUTHORS_RESULTS)["runs"].items()}

@@ -81,7 +81,9 @@ def anisotropic_gaussian(
 
 def shift_kernel(k: np.ndarray, dy: float, dx: float) -> np.ndarray:
     """Translate ``k`` by ``(dy, dx)`` pixels (cubic spline, zeros outside), same shape."""
-    return ndimage.shift(np.asarray(k, np.float64), (dy, dx), order=3, mode="constant")
+    # grid-constant: zeros outside, and the spline is still evaluated for samples that fall
+    # a hair outside the array ("constant" zeroes them, wiping a kernel's outer ring)
+    return ndimage.shift(np.asarray(k, np.float64), (dy, dx), order=3, mode="grid-constant")
 
 
 def clean_kernel(k: np.ndarray, n: int = 40) -> np.ndarray:
@@ -101,18 +103,21 @@ def clean_kernel(k: np.ndarray, n: int = 40) -> np.ndarray:
     return out / out.sum()
 
 
-def center_kernel(k: np.ndarray) -> np.ndarray:
+def center_kernel(k: np.ndarray, tol: float = 1e-9, max_passes: int = 10) -> np.ndarray:
     """Shift ``k`` so that its centre of mass is at ``(h//2, w//2)`` (the convention).
 
     Sub-pixel shift by cubic spline within the same (h, w) support, then negatives are
-    clipped and the kernel renormalised to sum 1 (a few iterations, since clipping moves the
-    centre of mass slightly). Returns the (h, w) centred kernel.
+    clipped and the kernel renormalised to sum 1; repeated (clipping moves the centre of mass
+    slightly) until the centre is within ``tol`` px or after ``max_passes``. Returns the
+    (h, w) centred kernel.
     """
     k = np.asarray(k, np.float64)
     target = (k.shape[0] // 2, k.shape[1] // 2)
-    for _ in range(3):
-        cy, cx = center_of_mass(k)
-        k = np.clip(shift_kernel(k, target[0] - cy, target[1] - cx), 0.0, None)
+    for _ in range(max_passes):
+        cy, cy_x = center_of_mass(k)
+        if abs(target[0] - cy) < tol and abs(target[1] - cy_x) < tol:
+            break
+        k = np.clip(shift_kernel(k, target[0] - cy, target[1] - cy_x), 0.0, None)
         k = k / k.sum()
     return k
 

@@ -157,7 +157,8 @@ def test_eval_fake_estimator_rows_report_and_grid(dataset, tmp_path, scale):
     assert len(fake.calls) == 4
     call = fake.calls[0]
     assert call["x4"] == (scale == 4) and call["iters"] == 7 and call["device"] == "cpu"
-    assert call["config"].iters == 7 and not call["config"].authors_bicubic_rgb_sum
+    # the authors' behaviour (defects 1-3) is the default since 0.2
+    assert call["config"].iters == 7 and call["config"].authors_bicubic_rgb_sum
     assert Path(call["path"]).parent.name == f"lr_x{scale}"
 
     disk = strict_json(out / "results.json")
@@ -223,19 +224,26 @@ def test_eval_resumes_and_refuses_other_settings(dataset, tmp_path):
     with pytest.raises(ResumeMismatchError, match="iters"):
         run_eval(dataset, out, EvalSettings(scale=2, seeds=(0,), iters=8),
                  estimator=per_image(FakeEstimator()))
-    with pytest.raises(ResumeMismatchError, match="kernelgan-authors"):
-        run_eval(dataset, out, EvalSettings(scale=2, seeds=(0,), iters=7, authors_defects=True),
+    with pytest.raises(ResumeMismatchError, match="kernelgan-fixed"):
+        run_eval(dataset, out, EvalSettings(scale=2, seeds=(0,), iters=7, fix_defects=True),
                  estimator=per_image(FakeEstimator()))
 
 
-def test_authors_variant_is_passed_and_labelled(dataset, tmp_path):
+def test_authors_and_fixed_variants_are_passed_and_labelled(dataset, tmp_path):
     fake = FakeEstimator()
     res = run_eval(dataset, tmp_path / "o", EvalSettings(seeds=(0,), iters=5, ids=(1,),
                    authors_defects=True), estimator=per_image(fake))
     cfg = fake.calls[0]["config"]
     assert cfg.authors_bicubic_rgb_sum and cfg.authors_noise_accumulates
     assert cfg.authors_d_init_ignored and cfg.iters == 5
-    assert {r["method"] for r in res["rows"]} == {"kernelgan-authors", ISO, BICUBIC}
+    assert {r["method"] for r in res["rows"]} == {"kernelgan", ISO, BICUBIC}
+    fixed = FakeEstimator()
+    res = run_eval(dataset, tmp_path / "f", EvalSettings(seeds=(0,), iters=5, ids=(1,),
+                   fix_defects=True), estimator=per_image(fixed))
+    cfg = fixed.calls[0]["config"]
+    assert not (cfg.authors_bicubic_rgb_sum or cfg.authors_noise_accumulates
+                or cfg.authors_d_init_ignored)
+    assert {r["method"] for r in res["rows"]} == {"kernelgan-fixed", ISO, BICUBIC}
 
 
 def test_one_bad_image_is_reported_and_skipped(dataset, tmp_path):
@@ -277,15 +285,15 @@ def test_eval_command(dataset, tmp_path, monkeypatch):
     out = tmp_path / "o"
     res = runner.invoke(app, ["eval", str(dataset), "-o", str(out), "--scale", "4",
                               "--seeds", "0,1", "--ids", "2", "--iters", "9", "--device", "cpu",
-                              "--authors-defects"])
+                              "--fix-defects"])
     assert res.exit_code == 0, res.output
-    assert "kernelgan-authors" in res.output
+    assert "kernelgan-fixed" in res.output
     data = strict_json(out / "results.json")
     assert {r["image"] for r in data["rows"]} == {"im_2"}
     assert data["settings"]["seeds"] == [0, 1] and data["settings"]["scale"] == 4
     assert [c["seed"] for c in fake.calls] == [0, 1]
     assert all(c["x4"] and c["iters"] == 9 and c["device"] == "cpu" for c in fake.calls)
-    assert fake.calls[0]["config"].authors_noise_accumulates
+    assert not fake.calls[0]["config"].authors_noise_accumulates
 
 
 @pytest.mark.parametrize(

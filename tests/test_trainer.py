@@ -68,7 +68,11 @@ def test_different_seeds_differ_and_same_seed_repeats(three_images):
 
 def test_authors_defect_switches_change_training(three_images):
     img = three_images[0]
-    fixed = estimate_kernels([img], seeds=[1], config=EXACT, dtype=torch.float64)[0]
+    fixed = estimate_kernels(
+        [img], seeds=[1], dtype=torch.float64,
+        config=EXACT.replace(authors_bicubic_rgb_sum=False, authors_noise_accumulates=False,
+                             authors_d_init_ignored=False),
+    )[0]
     authors = estimate_kernels(
         [img], seeds=[1], dtype=torch.float64,
         config=EXACT.replace(authors_bicubic_rgb_sum=True, authors_noise_accumulates=True,

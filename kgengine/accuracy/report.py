@@ -93,7 +93,7 @@ def render_report(results: dict) -> str:
         f"{len(results['errors'])} skipped)",
         f"- Seeds: {', '.join(str(s) for s in st['seeds'])}; iterations: "
         f"{st['config'].get('iters')}; restarts per run: {st.get('restarts', 1)}; variant: "
-        f"{'authors defects 1-3' if st['authors_defects'] else 'kgengine (defects 1-3 fixed)'}",
+        f"{'defects 1-3 fixed' if st.get('fix_defects') else 'authors defects 1-3 (default)'}",
         f"- Machine: {hw}; device `{mach['device']}`; torch {mach['torch']}",
         f"- Estimation wall time: {_fmt(t['total_wall_s'], 1)} s over {t['runs']} runs "
         f"(median {_fmt(t['median_wall_s'], 1)} s per run of one image, "

@@ -38,7 +38,12 @@ def estimate(
         str, typer.Option(help="composed (fast) or layers (the authors' computation).")
     ] = "composed",
     authors_defects: Annotated[
-        bool, typer.Option("--authors-defects", help="Reproduce defects 1-3 of the authors' code.")
+        bool, typer.Option("--authors-defects", help="Defects 1-3 of the authors' code, as "
+                                                     "they are (the default since 0.2).")
+    ] = False,
+    fix_defects: Annotated[
+        bool, typer.Option("--fix-defects", help="Fix defects 1-3 of the authors' code "
+                                                 "(kgengine 0.1's default; measured worse).")
     ] = False,
     overrides: Annotated[
         list[str] | None,
@@ -72,7 +77,8 @@ def estimate(
 
         torch.set_num_threads(threads)
     failed = _estimate(images, out, x4=x4, iters=iters, seed=seed, device=device, mode=mode,
-                       authors_defects=authors_defects, overrides=overrides or [], force=force,
+                       authors_defects=authors_defects and not fix_defects,
+                       fix_defects=fix_defects, overrides=overrides or [], force=force,
                        restarts=restarts)
     if failed:
         typer.echo(f"{failed} of {len(images)} image(s) failed", err=True)
@@ -82,11 +88,12 @@ def estimate(
 def _estimate(
     images: list[Path], out: Path, *, x4: bool, iters: int, seed: int, device: str, mode: str,
     authors_defects: bool, overrides: list[str], force: bool, restarts: int = 1,
+    fix_defects: bool = False,
 ) -> int:
     from kgengine.api import resolve_device
     from kgengine.outputs import requested_settings
 
-    base = KernelGANConfig.authors() if authors_defects else KernelGANConfig()
+    base = KernelGANConfig.defects_fixed() if fix_defects else KernelGANConfig.authors()
     try:  # --set iters=N wins over --iters
         cfg = base.replace(**{"iters": iters, **parse_overrides(overrides)})
     except ValueError as exc:
