@@ -5,14 +5,15 @@
    ``OUT/data`` and reports how long that takes.
 2. Warms the estimator up (2 iterations on the first image; not timed in the table).
 3. Runs the ``kgengine eval`` job at x2 and x4 with ``--seeds`` (3 by default), with
-   kgengine's defaults (defects 1-3 fixed) and, with ``--authors-defects``, also the
-   authors' behaviour, each into ``OUT/x{s}_{method}`` (resumable: finished runs are kept).
+   kgengine's defaults (the authors' defects 1-3 kept, since 0.2) and, with
+   ``--fix-defects``, also with defects 1-3 fixed, each into ``OUT/x{s}_{method}``
+   (resumable: finished runs are kept).
 4. Prints one table: kernel PSNR mean / Δ vs the isotropic σ = 1.3 baseline / median /
    worst, aligned kernel PSNR, LR re-synthesis PSNR (with the true-kernel ceiling), std
    across seeds, how many images KernelGAN loses to the isotropic baseline, wall time; and
    the machine. The same table is written to ``OUT/summary.md``.
 
-Run (full benchmark, hours on a CPU): ``python bench/bench_accuracy.py --authors-defects``.
+Run (full benchmark, hours on a CPU): ``python bench/bench_accuracy.py --fix-defects``.
 Quick check: ``python bench/bench_accuracy.py --n 2 --iters 20 --seeds 0 --out /tmp/acc``.
 """
 
@@ -42,8 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--batch", type=int, default=8,
                    help="(image, seed) runs trained at once (same results, faster)")
-    p.add_argument("--authors-defects", action="store_true",
-                   help="also run the authors' variant (defects 1-3) for comparison")
+    p.add_argument("--fix-defects", action="store_true",
+                   help="also run with defects 1-3 fixed (kgengine 0.1's default)")
     p.add_argument("--hr", type=Path, default=HR_DIR, help=f"HR folder (default {HR_DIR})")
     p.add_argument("--out", type=Path, default=Path("bench_out/accuracy"), help="output folder")
     return p.parse_args(argv)
@@ -71,13 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     estimate_kernel(str(data / "lr_x2" / "im_1.png"), iters=2, seed=0, device=args.device)
     print(f"warm-up (2 iterations): {time.perf_counter() - t0:.1f} s")
 
-    variants = [False, True] if args.authors_defects else [False]
+    variants = [False, True] if args.fix_defects else [False]
     results = []
     t_all = time.perf_counter()
     for scale in scales:
-        for authors in variants:
+        for fixed in variants:
             settings = EvalSettings(scale=scale, seeds=seeds, iters=args.iters,
-                                    device=args.device, authors_defects=authors)
+                                    device=args.device, fix_defects=fixed)
             out = args.out / f"x{scale}_{settings.method}"
             with progress_hooks(f"x{scale} {settings.method}") as hooks:
                 results.append(run_eval(data, out, settings, hooks=hooks, batch=args.batch))

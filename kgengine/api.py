@@ -127,7 +127,7 @@ def estimate_kernels(
         x4: also derive the x4 kernel analytically.
         iters: iterations (default ``config.iters`` = 3000).
         device: "auto", "cpu", "cuda" or "cuda:N".
-        config: a :class:`KernelGANConfig` (default: paper/authors' settings, defects fixed).
+        config: a :class:`KernelGANConfig` (default: the authors' settings, defects 1-3 included).
         dtype: training precision (float32; float64 for exactness tests).
         mode: "composed" (fast) or "layers" (the authors' layer-by-layer computation).
         callback: called with the number of finished iterations every 50 iterations.
