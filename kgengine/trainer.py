@@ -229,10 +229,15 @@ class BatchTrainer:
         return block[:, it - start]
 
     def _accumulate_noise(self, d_crops: torch.Tensor, topleft: torch.Tensor) -> None:
+        """Defect 2: write D's noisy crops (B, 3, s, s) back into the images at ``topleft``
+        (B, 2), all B at once (one indexed copy; no host sync, no per-image loop)."""
         s = d_crops.shape[-1]
+        ar = torch.arange(s, device=topleft.device)
+        rows = (topleft[:, 0:1] + ar).unsqueeze(2)  # (B, s, 1)
+        cols = (topleft[:, 1:2] + ar).unsqueeze(1)  # (B, 1, s)
+        b = torch.arange(d_crops.shape[0], device=topleft.device).view(-1, 1, 1)
         with torch.no_grad():
-            for i, (top, left) in enumerate(topleft.tolist()):
-                self.images[i, :, top : top + s, left : left + s] = d_crops[i]
+            self.images.permute(0, 2, 3, 1)[b, rows, cols] = d_crops.permute(0, 2, 3, 1)
 
     def _update_schedule(self, it: int, terms: dict[str, torch.Tensor]) -> None:
         """The authors' ``Learner.update``, per image, without host synchronisation.

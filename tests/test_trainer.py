@@ -87,3 +87,21 @@ def test_too_small_image_is_refused():
 
     with pytest.raises(BadImageError, match="too small"):
         prepare_image(np.zeros((50, 80, 3), np.float32), SHORT, "tiny.png")
+
+
+def test_noise_accumulation_writes_each_crop_at_its_place():
+    """Defect 2's write-back (one indexed copy) equals a per-image slice assignment."""
+    from types import SimpleNamespace
+
+    from kgengine.trainer import BatchTrainer
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 3, 40, 50, generator=gen)
+    crops = torch.rand(3, 3, 7, 7, generator=gen)
+    topleft = torch.tensor([[0, 0], [33, 43], [5, 12]])  # corners included
+    expected = images.clone()
+    for i, (top, left) in enumerate(topleft.tolist()):
+        expected[i, :, top : top + 7, left : left + 7] = crops[i]
+    holder = SimpleNamespace(images=images)
+    BatchTrainer._accumulate_noise(holder, crops, topleft)
+    assert torch.equal(holder.images, expected)
