@@ -119,12 +119,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None, help="stop after this many new runs")
     p.add_argument("--iters", type=int, default=ITERS)
     p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--scales", default="2,4", help="comma-separated scales (default 2,4)")
+    p.add_argument("--images", default=None,
+                   help="image numbers, e.g. 5-8 (default: all, Urban100 first)")
     args = p.parse_args(argv)
 
     devset = ensure_devset(args.devset)
     names = [m["name"] for m in json.loads((devset / "synth.json").read_text())["images"]]
     done = load_results(args.results)["runs"]
-    todo = [j for j in job_order(names) if job_key(*j) not in done]
+    if args.images:
+        lo, _, hi = args.images.partition("-")
+        wanted = range(int(lo), int(hi or lo) + 1)
+        names = [n for n in names if int(n.split("_")[1]) in wanted]
+    seeds = tuple(int(v) for v in args.seeds.split(","))
+    scales = tuple(int(v) for v in args.scales.split(","))
+    todo = [j for j in job_order(names, seeds, scales) if job_key(*j) not in done]
     todo = todo[: args.limit] if args.limit is not None else todo
     # claims live next to the dev set (not committed): a second process skips claimed jobs;
     # delete the folder after a kill so that the killed process's jobs are run again

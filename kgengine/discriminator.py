@@ -4,8 +4,10 @@ Per image: a 7x7 conv (3->64, bias), five blocks [1x1 conv 64->64 (bias), BatchN
 a 1x1 conv 64->1 (bias) and a sigmoid; spectral normalisation on every conv. Its output
 ("D-map") has one probability per 7x7 patch of the input.
 
-Batching: the weights carry a leading image axis B and are applied with grouped convs and
-batched matmuls, so image b only ever meets its own weights. BatchNorm statistics are taken
+Batching: the weights carry a leading image axis B and every layer is a batched matmul
+(the 7x7 conv over unfolded crop columns), so image b only ever meets its own weights and
+its arithmetic does not depend on B (batch invariance: grouped convs pick other algorithms
+for other group counts). BatchNorm statistics are taken
 per crop over its spatial positions: in the authors' batch-of-one setting that is exactly
 what ``BatchNorm2d`` computes in training mode. Spectral normalisation follows
 ``torch.nn.utils.spectral_norm``: one power iteration per forward pass (``u``, ``v`` updated
@@ -20,6 +22,8 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+
+from kgengine.lanes import per_image
 
 BN_EPS = 1e-5
 SN_EPS = 1e-12
@@ -85,10 +89,12 @@ def spectral_normalize(w: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tor
         ``w / sigma`` with ``sigma = u^T W v`` (X,) and the gradient through ``w``.
     """
     mat = w.reshape(w.shape[0], w.shape[1], -1)
+    # products and sums rather than bmm: BLAS picks other code paths for other batch
+    # sizes at these vector shapes, and D's arithmetic must not depend on B
     with torch.no_grad():
-        v.copy_(F.normalize(torch.bmm(u.unsqueeze(1), mat).squeeze(1), dim=1, eps=SN_EPS))
-        u.copy_(F.normalize(torch.bmm(mat, v.unsqueeze(2)).squeeze(2), dim=1, eps=SN_EPS))
-    sigma = torch.bmm(u.unsqueeze(1), torch.bmm(mat, v.unsqueeze(2))).reshape(-1)
+        v.copy_(F.normalize((u.unsqueeze(2) * mat).sum(1), dim=1, eps=SN_EPS))
+        u.copy_(F.normalize((mat * v.unsqueeze(1)).sum(2), dim=1, eps=SN_EPS))
+    sigma = (u * (mat * v.unsqueeze(1)).sum(2)).sum(1)
     return w / sigma.reshape(-1, *([1] * (w.dim() - 1)))
 
 
@@ -107,11 +113,13 @@ def forward(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
     wm = spectral_normalize(p["wm"].reshape(b * n_mid, ch, ch), p["um"].view(b * n_mid, ch),
                             p["vm"].view(b * n_mid, ch)).reshape(b, n_mid, ch, ch)
     wf = spectral_normalize(p["wf"], p["uf"], p["vf"])  # (B, 1, 64)
-    h = F.conv2d(x.reshape(n, b * c, s, s), w0.reshape(b * ch, c, *w0.shape[-2:]), groups=b)
-    side = h.shape[-1]
-    # (N, B*64, s, s) -> (B, 64, N*P): the N crops side by side, so every layer is one bmm
-    h = h.reshape(n, b, ch, side * side).permute(1, 2, 0, 3).reshape(b, ch, n * side * side)
-    h = h + p["b0"].unsqueeze(-1)
+    k = w0.shape[-1]
+    side = s - k + 1
+    # the 7x7 conv as one bmm over crop columns: (B, 3k², N·P), the N crops side by side
+    # (a per-image matrix product: the same arithmetic whatever B is, unlike a grouped conv)
+    cols = F.unfold(x.reshape(n * b, c, s, s), k).view(n, b, c * k * k, side * side)
+    cols = cols.permute(1, 2, 0, 3).reshape(b, c * k * k, n * side * side)
+    h = torch.baddbmm(p["b0"].unsqueeze(-1), w0.reshape(b, ch, c * k * k), cols)
     # unbind once (one backward node) rather than index per layer
     gammas = p["gamma"].unsqueeze(-1).expand(b, n_mid, ch, n).unbind(1)  # (B, 64, N) each
     betas = p["beta"].unsqueeze(-1).expand(b, n_mid, ch, n).unbind(1)
@@ -123,4 +131,4 @@ def forward(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
                          gamma_i.reshape(-1), beta_i.reshape(-1), True, 0.0, BN_EPS)
         h = torch.relu(h).view(b, ch, n * side * side)
     out = torch.baddbmm(p["bf"].unsqueeze(-1), wf, h)  # (B, 1, N*P)
-    return torch.sigmoid(out).reshape(b, n, side, side).transpose(0, 1)
+    return per_image(torch.sigmoid, out).reshape(b, n, side, side).transpose(0, 1)

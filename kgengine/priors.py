@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from kgengine.config import KernelGANConfig
 from kgengine.kernel import bicubic_taps_x2, boundary_mask
+from kgengine.lanes import per_image
 
 
 def gan_loss(d_map: torch.Tensor, real: bool) -> torch.Tensor:
@@ -43,7 +44,7 @@ def boundaries(k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def sparsity(k: torch.Tensor, power: float = 0.2) -> torch.Tensor:
     """``L_sparse = mean_{u,v} |k[u,v]|^p`` (p = 0.2, as in the authors' code)."""
-    return k.abs().pow(power).flatten(1).mean(1)
+    return per_image(lambda a: a.pow(power), k.abs(), fill=1.0).flatten(1).mean(1)
 
 
 def centralized(k: torch.Tensor, center: float) -> torch.Tensor:
@@ -54,8 +55,8 @@ def centralized(k: torch.Tensor, center: float) -> torch.Tensor:
     """
     idx = torch.arange(k.shape[-1], dtype=k.dtype, device=k.device)
     total = k.sum(dim=(1, 2))
-    rows = (k.sum(dim=2) @ idx) / total
-    cols = (k.sum(dim=1) @ idx) / total
+    rows = (k.sum(dim=2) * idx).sum(1) / total  # not ``@ idx``: a gemv's rounding depends on B
+    cols = (k.sum(dim=1) * idx).sum(1) / total
     return 0.5 * ((rows - center) ** 2 + (cols - center) ** 2)
 
 
@@ -76,8 +77,11 @@ def bicubic_downscale(x: torch.Tensor, rgb_sum: bool = False) -> torch.Tensor:
     b, c, h, w = x.shape
     taps = torch.as_tensor(bicubic_taps_x2(), dtype=x.dtype, device=x.device)
     k2 = torch.outer(taps, taps)
-    y = F.conv2d(x.reshape(b * c, 1, h, w), k2[None, None], stride=2, padding=3)
-    y = y.reshape(b, c, *y.shape[-2:])
+    oh, ow = (h - 2) // 2 + 1, (w - 2) // 2 + 1
+    # unfolded columns times the taps, one bmm per image channel (batch invariant)
+    cols = F.unfold(x.reshape(b * c, 1, h, w), 8, stride=2, padding=3)  # (B·C, 64, L)
+    y = torch.bmm(k2.reshape(1, 1, 64).expand(b * c, 1, 64), cols)
+    y = y.reshape(b, c, oh, ow)
     if rgb_sum:
         y = y.sum(dim=1, keepdim=True).expand_as(y)
     return y

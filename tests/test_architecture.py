@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "kgengine.sysinfo": 0,
     # 1 kernel maths, image IO, configuration, custom ops
     "kgengine.kernel": 1,
+    "kgengine.lanes": 1,
     "kgengine.imageio": 1,
     "kgengine.config": 1,
     "kgengine.ops": 1,

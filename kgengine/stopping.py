@@ -1,0 +1,79 @@
+"""When to stop training an image: its kernel has stopped changing (``--stop auto``).
+
+Every ``every`` iterations the trainer measures the relative change of each image's raw
+(composed) kernel since the previous check::
+
+    delta_t = ||K_t - K_{t-every}||_F / ||K_t||_F
+
+and stops an image once ``delta`` stayed below ``tol`` for ``patience`` checks in a row, not
+before ``min_iters``. The decision depends only on the image's own kernels, so it is the same
+in any batch. The defaults were chosen on the development set with
+``bench/bench_stop.py`` (``bench/data/stop_auto.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """Stop once ``delta < tol`` ``patience`` checks in a row, at or after ``min_iters``."""
+
+    tol: float = 1e-3
+    patience: int = 2
+    min_iters: int = 1500
+    every: int = 100
+
+    def __post_init__(self) -> None:
+        if not (self.tol > 0 and self.patience >= 1 and self.min_iters >= 0 and self.every >= 1):
+            raise ValueError(f"bad stop rule {self}: need tol > 0, patience >= 1, "
+                             "min_iters >= 0, every >= 1")
+
+
+def kernel_change(k: np.ndarray, prev: np.ndarray) -> np.ndarray:
+    """``||k - prev||_F / ||k||_F`` per image; k, prev (B, K, K) -> (B,) float64."""
+    num = np.linalg.norm((k - prev).reshape(len(k), -1), axis=1)
+    den = np.maximum(np.linalg.norm(k.reshape(len(k), -1), axis=1), 1e-30)
+    return num / den
+
+
+def stop_iteration(iters: Sequence[int], deltas: Sequence[float | None], rule: StopRule,
+                   full: int) -> int:
+    """The iteration at which ``rule`` stops a run with these checks, else ``full``.
+
+    Args:
+        iters: check iterations (multiples of ``rule.every``), increasing.
+        deltas: the change at each check (None where there is no previous kernel).
+    """
+    streak = 0
+    for t, d in zip(iters, deltas, strict=True):
+        streak = streak + 1 if d is not None and d < rule.tol else 0
+        if streak >= rule.patience and t >= rule.min_iters:
+            return int(t)
+    return int(full)
+
+
+class StopTracker:
+    """The trainer's side of :func:`stop_iteration`, one check at a time for B images."""
+
+    def __init__(self, rule: StopRule, b: int) -> None:
+        self.rule = rule
+        self.prev: np.ndarray | None = None
+        self.streak = np.zeros(b, np.int64)
+        self.stopped_at = np.zeros(b, np.int64)  # 0 = still training
+
+    def check(self, done: int, kernels: np.ndarray) -> np.ndarray:
+        """Record the kernels (B, K, K) after ``done`` iterations; returns the images that
+        stop now (bool (B,))."""
+        if self.prev is not None:
+            below = kernel_change(kernels, self.prev) < self.rule.tol
+            self.streak = np.where(below, self.streak + 1, 0)
+        self.prev = kernels
+        now = (self.stopped_at == 0) & (self.streak >= self.rule.patience)
+        now &= done >= self.rule.min_iters
+        self.stopped_at[now] = done
+        return now
