@@ -12,7 +12,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from kgengine.consensus import combine
 from kgengine.errors import BadImageError, KGEngineError, TrainingDivergedError
 from kgengine.imageio import check_image, read_image
 from kgengine.kernel import analytic_x4, center_kernel, center_of_mass, clean_kernel
+from kgengine.stopping import StopRule
 from kgengine.sysinfo import machine_info
 from kgengine.trainer import BatchTrainer, prepare_image
 
@@ -118,6 +119,7 @@ def estimate_kernels(
     on_diverge: str = "raise",
     restarts: int = 1,
     rule: str = "mean",
+    stop: str | StopRule = "full",
 ) -> list[EstimateResult | TrainingDivergedError]:
     """Estimate the x2 (and x4) SR kernels of B images, trained together in one batch.
 
@@ -137,6 +139,9 @@ def estimate_kernels(
         restarts: K ≥ 1 trainings per image (seeds :func:`restart_seed` (seed, r)), all in
             one batch, combined by :func:`kgengine.consensus.combine` with ``rule``; the
             result's ``confidence`` is the restarts' agreement (None for K = 1).
+        stop: "full" (every iteration), "auto" (the default :class:`StopRule`: stop an image
+            once its kernel stopped changing) or a :class:`StopRule`. Per image, independent
+            of the batch; the report's ``iters_used`` says where each result comes from.
     Raises:
         BadImageError: an image cannot be used (the message names it).
         TrainingDivergedError: NaN/inf appeared for some image (in every restart).
@@ -146,6 +151,7 @@ def estimate_kernels(
         cfg = cfg.replace(iters=iters)
     if restarts < 1:
         raise ValueError(f"restarts must be >= 1, got {restarts}")
+    stop_rule = stop_rule_of(stop)
     seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(images))]
     loaded = [_load(im, i) for i, im in enumerate(images)]
     if names is not None:
@@ -157,14 +163,16 @@ def estimate_kernels(
     trainer = BatchTrainer([p for p in prepared for _ in range(restarts)], run_seeds, cfg, dev,
                            dtype, mode)
     setup_s = time.perf_counter() - t0
-    train_s = trainer.run(cfg.iters, callback)
+    train_s = trainer.run(cfg.iters, callback, stop=stop_rule)
     run = {"iters": cfg.iters, "batch_size": len(run_seeds), "mode": mode,
            "device": _device_name(dev), "dtype": str(dtype).replace("torch.", ""),
            "wall_s": setup_s + train_s, "train_s": train_s,
-           "ms_per_iter": 1000.0 * train_s / max(cfg.iters, 1), "config": cfg.to_dict(),
+           "ms_per_iter": 1000.0 * train_s / max(trainer.iteration, 1), "config": cfg.to_dict(),
+           "stop": asdict(stop_rule) if stop_rule is not None else "full",
            "environment": machine_info(str(dev))}
     final = _Final(trainer.final_kernels(), trainer.finite.cpu().numpy(),
-                   trainer.final_losses(), run_seeds, trainer.g_weights)
+                   trainer.final_losses(), run_seeds, trainer.final_weights(),
+                   trainer.iters_used)
     out = []
     for i, (name, arr) in enumerate(loaded):
         rows = list(range(i * restarts, (i + 1) * restarts))
@@ -192,7 +200,8 @@ class _Final:
     finite: np.ndarray
     losses: list[dict[str, float]]
     seeds: list[int]
-    g_weights: list[torch.Tensor]
+    g_weights: list[list[torch.Tensor]]  # per row: G's six weights
+    iters_used: list[int]
 
 
 def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, seed: int,
@@ -213,6 +222,7 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
         "image_size": [int(arr.shape[1]), int(arr.shape[0])],
         "seed": int(seed),
         **run,
+        "iters_used": final.iters_used[pick],
         "final_losses": final.losses[pick],
         "kernel_x2": kernel_stats(k2),
         "kernel_x4": kernel_stats(k4) if k4 is not None else None,
@@ -222,10 +232,22 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
         report["restarts"] = {
             "k": len(rows), "rule": rule, "seeds": [final.seeds[r] for r in rows],
             "diverged": len(rows) - len(ok), "medoid": cons.medoid,
+            "iters_used": [final.iters_used[r] for r in rows],
             "inliers": list(cons.inliers), "kernels": [k.tolist() for k in finished]}
-    weights = [w[pick].detach().float().cpu().numpy() for w in final.g_weights]
+    weights = [w.detach().float().cpu().numpy() for w in final.g_weights[pick]]
     return EstimateResult(name, k2, k4, report, weights, raw[pick],
                           cons.confidence if cons is not None else None)
+
+
+def stop_rule_of(stop: str | StopRule | None) -> StopRule | None:
+    """``"full"``/None -> None, ``"auto"`` -> the default :class:`StopRule`, a rule -> itself."""
+    if stop is None or isinstance(stop, StopRule):
+        return stop
+    if stop == "full":
+        return None
+    if stop == "auto":
+        return StopRule()
+    raise ValueError(f"stop: expected 'full', 'auto' or a StopRule, got {stop!r}")
 
 
 def estimate_kernel(image: ImageLike, *, seed: int = 0, **kwargs: Any) -> EstimateResult:

@@ -22,6 +22,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from kgengine.ops.downscale import downscale
+
 
 def init_weights(
     kernel_sizes: tuple[int, ...], channels: int, gain: float, gen: torch.Generator
@@ -77,21 +79,17 @@ def compose_kernel(weights: list[torch.Tensor]) -> torch.Tensor:
 def forward_composed(x: torch.Tensor, kernel: torch.Tensor, stride: int = 2) -> torch.Tensor:
     """``G(x)`` through the composed kernel: valid strided correlation per channel.
 
+    The PyTorch reference of the ``downscale`` op with ``border="valid"`` (one matrix
+    product per image over unfolded columns: the same arithmetic at any batch size); the
+    trainer calls the fastest backend of that op instead.
+
     Args:
         x: (B, C, H, W) crops.
         kernel: (B, K, K) one kernel per image.
     Returns:
         (B, C, (H-K)//s + 1, (W-K)//s + 1).
     """
-    b, c, h, w = x.shape
-    size = kernel.shape[-1]
-    oh, ow = (h - size) // stride + 1, (w - size) // stride + 1
-    # one (1 x K²) @ (K² x C·L) product per image over unfolded columns: the same
-    # arithmetic whatever B is (a grouped conv's algorithm depends on the group count)
-    cols = F.unfold(x.reshape(b * c, 1, h, w), size, stride=stride)  # (B·C, K², L)
-    cols = cols.view(b, c, size * size, oh * ow).transpose(1, 2).reshape(b, size * size, -1)
-    y = torch.bmm(kernel.reshape(b, 1, size * size), cols)  # (B, 1, C·L)
-    return y.view(b, c, oh, ow)
+    return downscale(x, kernel, stride, border="valid", backend="torch")
 
 
 def forward_layers(x: torch.Tensor, weights: list[torch.Tensor], stride: int = 2) -> torch.Tensor:

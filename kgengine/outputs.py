@@ -70,10 +70,13 @@ def write_outputs(result: EstimateResult, outdir: str | Path) -> dict[str, Path]
 
 
 def requested_settings(*, seed: int, iters: int, config: dict[str, Any], x4: bool,
-                       restarts: int, mode: str) -> dict[str, Any]:
-    """What an image's outputs depend on, as :func:`stored_differences` compares them."""
+                       restarts: int, mode: str, stop: Any = "full") -> dict[str, Any]:
+    """What an image's outputs depend on, as :func:`stored_differences` compares them.
+
+    ``stop``: "full" or the stop rule as a dict (the report's ``stop``)."""
     return {"seed": int(seed), "iters": int(iters), "x4": bool(x4), "restarts": int(restarts),
-            "mode": mode, "config": json.loads(json.dumps(config, default=json_default))}
+            "mode": mode, "config": json.loads(json.dumps(config, default=json_default)),
+            "stop": stop}
 
 
 def stored_settings(report: dict[str, Any]) -> dict[str, Any]:
@@ -82,7 +85,8 @@ def stored_settings(report: dict[str, Any]) -> dict[str, Any]:
     return {"seed": report.get("seed"), "iters": report.get("iters"),
             "x4": report.get("kernel_x4") is not None,
             "restarts": restarts.get("k") if isinstance(restarts, dict) else 1,
-            "mode": report.get("mode"), "config": report.get("config")}
+            "mode": report.get("mode"), "config": report.get("config"),
+            "stop": report.get("stop", "full")}
 
 
 def stored_differences(outdir: str | Path, name: str, wanted: dict[str, Any]) -> list[str] | None:

@@ -29,6 +29,7 @@ from kgengine.errors import BadImageError
 from kgengine.ops.backend import resolve
 from kgengine.ops.rng import STREAM_G_NOISE, normal
 from kgengine.probmap import crop_probability_maps
+from kgengine.stopping import StopRule, StopTracker
 
 MODES = ("composed", "layers")
 
@@ -113,7 +114,9 @@ class BatchTrainer:
             raise ValueError("need one seed per image and at least one image")
         self.cfg, self.mode, self.dtype = cfg, mode, dtype
         self.device = torch.device(device)
-        self._sample_patches = resolve("sample_patches", self.device)  # once, not per step
+        # resolved once, not per step: the fastest backend of each op on this device
+        self._sample_patches = resolve("sample_patches", self.device)
+        self._downscale = resolve("downscale", self.device)
         self.b = b = len(images)
         dev = {"device": self.device, "dtype": dtype}
         pix, cdf = pack_images(images)
@@ -158,6 +161,8 @@ class BatchTrainer:
         self._noise_chunk: tuple[int, torch.Tensor] = (-1, torch.empty(0))
         self.last: dict[str, torch.Tensor] = {}
         self.iteration = 0
+        # images stopped by a stop rule: b -> (iteration, raw kernel, G weights, losses)
+        self._frozen: dict[int, tuple[int, np.ndarray, list[torch.Tensor], dict]] = {}
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -172,7 +177,7 @@ class BatchTrainer:
     def _g_forward(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         if self.mode == "layers":
             return G.forward_layers(x, self.g_weights)
-        return G.forward_composed(x, k)
+        return self._downscale(x, k, 2, "valid")  # = G.forward_composed, by the fastest backend
 
     # ------------------------------------------------------------------ one step
     def step(self) -> None:
@@ -272,24 +277,64 @@ class BatchTrainer:
 
     # ------------------------------------------------------------------ loop
     def run(self, iters: int, callback: Callable[[int], None] | None = None,
-            every: int = 50) -> float:
-        """Run ``iters`` iterations; ``callback(done)`` every ``every``. Returns wall seconds."""
+            every: int = 50, stop: StopRule | None = None) -> float:
+        """Run ``iters`` iterations; ``callback(done)`` every ``every``. Returns wall seconds.
+
+        With a ``stop`` rule, an image whose kernel stopped changing keeps its kernel, G and
+        losses of that moment (:attr:`iters_used`); the loop ends when every image stopped.
+        """
         t0 = time.perf_counter()
+        tracker = StopTracker(stop, self.b) if stop is not None else None
         for i in range(iters):
             self.step()
             if callback is not None and ((i + 1) % every == 0 or i + 1 == iters):
                 callback(i + 1)
+            if tracker is not None and (i + 1) % stop.every == 0:
+                self._freeze(tracker.check(self.iteration, self._current_kernels()))
+                if (tracker.stopped_at > 0).all():
+                    break
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - t0
 
-    def final_kernels(self) -> np.ndarray:
-        """The raw composed kernels of the *final* G (after its last update), (B, K, K) f64."""
+    @property
+    def iters_used(self) -> list[int]:
+        """Per image: the iteration its result comes from (stopped early, or the last)."""
+        return [self._frozen[b][0] if b in self._frozen else self.iteration for b in range(self.b)]
+
+    def _current_kernels(self) -> np.ndarray:
         with torch.no_grad():
             return G.compose_kernel([w.detach().double() for w in self.g_weights]).cpu().numpy()
 
+    def _freeze(self, now: np.ndarray) -> None:
+        """Keep the current kernel, G weights and losses of the images in ``now`` (B,) bool."""
+        if not now.any():
+            return
+        kernels = self._current_kernels()
+        losses = self._losses()
+        for b in np.flatnonzero(now):
+            weights = [w[b].detach().clone() for w in self.g_weights]
+            self._frozen[int(b)] = (self.iteration, kernels[b], weights, losses[b])
+
+    def final_kernels(self) -> np.ndarray:
+        """The raw composed kernels of the final G (after its last update, or of the moment
+        an image stopped), (B, K, K) float64."""
+        kernels = self._current_kernels()
+        for b, (_, k, _, _) in self._frozen.items():
+            kernels[b] = k
+        return kernels
+
+    def final_weights(self) -> list[list[torch.Tensor]]:
+        """Per image, G's weights (out, in, k, k) of its result (see :meth:`final_kernels`)."""
+        return [self._frozen[b][2] if b in self._frozen else [w[b].detach() for w in self.g_weights]
+                for b in range(self.b)]
+
     def final_losses(self) -> list[dict[str, float]]:
-        """The last iteration's loss terms, one dict per image."""
+        """The loss terms of each image's last (or stopping) iteration, one dict per image."""
+        losses = self._losses()
+        return [self._frozen[b][3] if b in self._frozen else losses[b] for b in range(self.b)]
+
+    def _losses(self) -> list[dict[str, float]]:
         vals = {k: v.detach().double().cpu().numpy() for k, v in self.last.items()}
         return [{k: float(v[i]) for k, v in vals.items()} for i in range(self.b)]
 

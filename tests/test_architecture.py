@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     # 1 kernel maths, image IO, configuration, custom ops
     "kgengine.kernel": 1,
     "kgengine.lanes": 1,
+    "kgengine.stopping": 1,
     "kgengine.imageio": 1,
     "kgengine.config": 1,
     "kgengine.ops": 1,

@@ -53,6 +53,10 @@ def estimate(
         int, typer.Option(help="Train K seeds per image in one batch and combine them; the "
                                "report gets a confidence (agreement of the restarts).")
     ] = 1,
+    stop: Annotated[
+        str, typer.Option(help="full (every iteration) or auto (stop once the kernel stopped "
+                               "changing; see the README for what it was measured to cost).")
+    ] = "full",
     force: Annotated[bool, typer.Option(help="Redo images whose outputs already exist.")] = False,
     threads: Annotated[
         int, typer.Option(help="CPU threads for torch (0 = torch's default; 1 on a busy machine).")
@@ -72,6 +76,8 @@ def estimate(
     check_seed("--seed", seed)
     check_device(device)
     check_mode(mode)
+    if stop not in ("full", "auto"):
+        raise KGEngineError(f"--stop: expected full or auto, got {stop!r}")
     if threads > 0:
         import torch
 
@@ -79,7 +85,7 @@ def estimate(
     failed = _estimate(images, out, x4=x4, iters=iters, seed=seed, device=device, mode=mode,
                        authors_defects=authors_defects and not fix_defects,
                        fix_defects=fix_defects, overrides=overrides or [], force=force,
-                       restarts=restarts)
+                       restarts=restarts, stop=stop)
     if failed:
         typer.echo(f"{failed} of {len(images)} image(s) failed", err=True)
         raise typer.Exit(1)
@@ -88,9 +94,11 @@ def estimate(
 def _estimate(
     images: list[Path], out: Path, *, x4: bool, iters: int, seed: int, device: str, mode: str,
     authors_defects: bool, overrides: list[str], force: bool, restarts: int = 1,
-    fix_defects: bool = False,
+    fix_defects: bool = False, stop: str = "full",
 ) -> int:
-    from kgengine.api import resolve_device
+    from dataclasses import asdict
+
+    from kgengine.api import resolve_device, stop_rule_of
     from kgengine.outputs import requested_settings
 
     base = KernelGANConfig.defects_fixed() if fix_defects else KernelGANConfig.authors()
@@ -99,6 +107,8 @@ def _estimate(
     except ValueError as exc:
         raise KGEngineError(str(exc)) from None
     resolve_device(device)
+    rule = stop_rule_of(stop)
+    stop_dict = asdict(rule) if rule is not None else "full"
     stems = [p.stem for p in images]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
@@ -106,7 +116,7 @@ def _estimate(
                             "would collide")
     check_out_dir(out)
     wanted = requested_settings(seed=seed, iters=cfg.iters, config=cfg.to_dict(), x4=x4,
-                                restarts=restarts, mode=mode)
+                                restarts=restarts, mode=mode, stop=stop_dict)
     failed = 0
     with progress_hooks("images") as hooks:
         hooks.total(len(images))
@@ -115,6 +125,13 @@ def _estimate(
             failed += state == "failed"
             hooks.item_finished(path.stem, state, "")
     return failed
+
+
+def stop_rule_of_dict(stop: Any) -> Any:
+    """The ``stop`` argument of the API from a settings value ("full" or a rule dict)."""
+    from kgengine.stopping import StopRule
+
+    return StopRule(**stop) if isinstance(stop, dict) else stop
 
 
 def _one(path: Path, out: Path, cfg: KernelGANConfig, wanted: dict[str, Any], force: bool,
@@ -136,7 +153,7 @@ def _one(path: Path, out: Path, cfg: KernelGANConfig, wanted: dict[str, Any], fo
         img = read_image(path, min_size=cfg.crop_size)
         res = estimate_kernel(img, seed=wanted["seed"], x4=wanted["x4"], device=device,
                               config=cfg, mode=wanted["mode"], callback=hooks.batch_progress,
-                              restarts=wanted["restarts"])
+                              restarts=wanted["restarts"], stop=stop_rule_of_dict(wanted["stop"]))
         res.name = path.stem
         res.report["image"] = str(path)
         write_outputs(res, out)
@@ -144,6 +161,8 @@ def _one(path: Path, out: Path, cfg: KernelGANConfig, wanted: dict[str, Any], fo
         typer.echo(f"error: {one_line(str(exc))}", err=True)  # the one line naming the file
         return "failed"
     conf = "" if res.confidence is None else f", confidence {res.confidence:.3f}"
+    used = res.report["iters_used"]
+    stopped = f", stopped at {used}" if used < cfg.iters else ""
     hooks.log(f"{shown(path)}: done in {res.report['wall_s']:.1f} s "
-              f"({res.report['ms_per_iter']:.2f} ms/iter{conf})")
+              f"({res.report['ms_per_iter']:.2f} ms/iter{conf}{stopped})")
     return "done"

@@ -82,10 +82,15 @@ def downscale(
     k = check_downscale(x, kernel, scale, border)
     if border == "reflect":
         return degrade_torch(x, k.expand(x.shape[0], *k.shape[1:]), scale)
+    # valid: one (1 x kh·kw) @ (kh·kw x C·L) product per image over unfolded columns, the
+    # same arithmetic whatever B is (a grouped conv's algorithm depends on the group count)
     b, c, h, w = x.shape
-    weight = k.expand(b, *k.shape[1:]).repeat_interleave(c, dim=0).unsqueeze(1)
-    y = F.conv2d(x.reshape(1, b * c, h, w), weight, stride=scale, groups=b * c)
-    return y.reshape(b, c, *y.shape[-2:])
+    kh, kw = k.shape[-2:]
+    oh, ow = (h - kh) // scale + 1, (w - kw) // scale + 1
+    cols = F.unfold(x.reshape(b * c, 1, h, w), (kh, kw), stride=scale)  # (B·C, kh·kw, L)
+    cols = cols.view(b, c, kh * kw, oh * ow).transpose(1, 2).reshape(b, kh * kw, c * oh * ow)
+    y = torch.bmm(k.expand(b, kh, kw).reshape(b, 1, kh * kw), cols)  # (B, 1, C·L)
+    return y.view(b, c, oh, ow)
 
 
 # ------------------------------------------------------------------------ sample_patches

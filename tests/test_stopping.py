@@ -1,0 +1,97 @@
+"""``--stop auto``: the rule on constructed sequences, and a stopped run's kernel is exactly
+the full run's kernel at that iteration, per image, in any batch."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kgengine.api import estimate_kernels, stop_rule_of
+from kgengine.config import KernelGANConfig
+from kgengine.stopping import StopRule, StopTracker, kernel_change, stop_iteration
+
+ITERS = [100, 200, 300, 400, 500, 600]
+
+
+@pytest.mark.parametrize("deltas, rule, expected", [
+    ([None, 0.5, 0.1, 1e-4, 1e-4, 1e-4], StopRule(1e-3, 2, 0), 500),
+    ([None, 0.5, 0.1, 1e-4, 1e-4, 1e-4], StopRule(1e-3, 1, 0), 400),
+    ([None, 1e-4, 1e-4, 1e-4, 1e-4, 1e-4], StopRule(1e-3, 2, 450), 500),  # not before min
+    ([None, 1e-4, 0.1, 1e-4, 0.1, 1e-4], StopRule(1e-3, 2, 0), 3000),  # streaks broken
+    ([None, math.nan, 1e-4, 1e-4, 1e-4, 1e-4], StopRule(1e-3, 3, 0), 500),  # NaN is no streak
+])
+def test_stop_iteration_on_constructed_sequences(deltas, rule, expected):
+    assert stop_iteration(ITERS, deltas, rule, 3000) == expected
+
+
+def test_tracker_agrees_with_stop_iteration():
+    rng = np.random.default_rng(0)
+    rule = StopRule(tol=0.05, patience=2, min_iters=200, every=100)
+    walks = np.cumsum(rng.normal(size=(4, 12, 5, 5)) * np.geomspace(1, 1e-3, 12)[:, None, None],
+                      axis=1) + 1.0
+    tracker = StopTracker(rule, 4)
+    deltas = [[None] for _ in range(4)]
+    for t in range(12):
+        tracker.check(100 * (t + 1), walks[:, t])
+        if t:
+            for b, d in enumerate(kernel_change(walks[:, t], walks[:, t - 1])):
+                deltas[b].append(float(d))
+    iters = [100 * (t + 1) for t in range(12)]
+    expect = [stop_iteration(iters, deltas[b], rule, 0) for b in range(4)]
+    assert list(tracker.stopped_at) == expect and len(set(expect)) > 1
+
+
+@pytest.fixture
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_stopped_images_keep_the_kernel_of_that_moment_in_any_batch(sample_hr, one_thread):
+    images = [sample_hr[:100, :120], sample_hr[150:250, 40:136], sample_hr[200:, 200:]]
+    cfg = KernelGANConfig(iters=240, lr_decay_every=80, bic_decay_every=60)
+    rule = StopRule(tol=0.06, patience=1, min_iters=60, every=30)
+    batch = estimate_kernels(images, seeds=[3, 17, 29], config=cfg, stop=rule, device="cpu")
+    used = [r.report["iters_used"] for r in batch]
+    assert min(used) < cfg.iters  # the rule stopped something (it can fail)
+    for img, seed, res in zip(images, [3, 17, 29], batch, strict=True):
+        alone = estimate_kernels([img], seeds=[seed], config=cfg, stop=rule, device="cpu")[0]
+        assert alone.report["iters_used"] == res.report["iters_used"]
+        assert alone.raw_kernel.tobytes() == res.raw_kernel.tobytes()
+        short = estimate_kernels([img], seeds=[seed], config=cfg,
+                                 iters=res.report["iters_used"], device="cpu")[0]
+        assert short.raw_kernel.tobytes() == res.raw_kernel.tobytes()
+        assert short.kernel_x2.tobytes() == res.kernel_x2.tobytes()
+        for a, b in zip(short.generator_weights, res.generator_weights, strict=True):
+            assert a.tobytes() == b.tobytes()
+
+
+def test_stop_option_values():
+    assert stop_rule_of("full") is None and stop_rule_of("auto") == StopRule()
+    with pytest.raises(ValueError, match="stop"):
+        stop_rule_of("sometimes")
+    with pytest.raises(ValueError, match="bad stop rule"):
+        StopRule(tol=0)
+
+
+def test_cli_stop_option(tmp_path):
+    from typer.testing import CliRunner
+
+    from kgengine.cli import app
+    from kgengine.outputs import requested_settings, stored_settings
+
+    sample = str(Path(__file__).resolve().parents[1] / "kgengine" / "data" / "sample_lr.png")
+    res = CliRunner().invoke(app, ["estimate", sample, "-o", str(tmp_path), "--stop", "soon"])
+    assert res.exit_code == 1 and "--stop: expected full or auto" in res.output
+    assert not any(tmp_path.iterdir())
+    # outputs made without early stopping are not reused for --stop auto (and back)
+    wanted = requested_settings(seed=0, iters=10, config={}, x4=False, restarts=1,
+                                mode="composed", stop={"tol": 1e-3})
+    assert stored_settings({"seed": 0, "iters": 10, "config": {}, "mode": "composed"})["stop"] \
+        != wanted["stop"]
