@@ -49,3 +49,23 @@ def machine_line(device: str = "auto") -> str:
     m = machine_info(device)
     gpu = f", GPU {m['gpu']}" if m["gpu"] else ", no GPU"
     return f"{m['cpu']}, {m['cores']} cores{gpu}; torch {m['torch']}; device {device}"
+
+
+def idle_cores() -> int:
+    """Cores not busy with other work: ``cpu_count - round(1-minute load average)``, ≥ 1.
+
+    (Linux/macOS load average; elsewhere all cores.)
+    """
+    n = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return n
+    return max(1, min(n, round(n - load)))
+
+
+def auto_threads(default: int) -> int:
+    """Training threads when the user did not choose: torch's ``default``, but no more than
+    the idle cores. Small per-iteration work on oversubscribed cores is far slower than on
+    fewer threads (measured: 200 vs 45 ms/iteration with 2 threads vs 1 on 2 busy cores)."""
+    return max(1, min(default, idle_cores()))

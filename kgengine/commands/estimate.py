@@ -59,7 +59,8 @@ def estimate(
     ] = "full",
     force: Annotated[bool, typer.Option(help="Redo images whose outputs already exist.")] = False,
     threads: Annotated[
-        int, typer.Option(help="CPU threads for torch (0 = torch's default; 1 on a busy machine).")
+        int, typer.Option(help="CPU threads for torch (0 = torch's default, capped at the idle "
+                               "cores: on a busy machine fewer threads are much faster).")
     ] = 0,
 ) -> None:
     """Estimate the x2 (and x4) kernel of each image and write .npy, .mat, PNG and a JSON report.
@@ -78,10 +79,11 @@ def estimate(
     check_mode(mode)
     if stop not in ("full", "auto"):
         raise KGEngineError(f"--stop: expected full or auto, got {stop!r}")
-    if threads > 0:
-        import torch
+    import torch
 
-        torch.set_num_threads(threads)
+    from kgengine.sysinfo import auto_threads
+
+    torch.set_num_threads(threads if threads > 0 else auto_threads(torch.get_num_threads()))
     failed = _estimate(images, out, x4=x4, iters=iters, seed=seed, device=device, mode=mode,
                        authors_defects=authors_defects and not fix_defects,
                        fix_defects=fix_defects, overrides=overrides or [], force=force,

@@ -60,8 +60,8 @@ Ray = Annotated[str | None, typer.Option(
                   "(host:port or ray://host:10001), or 'local' (start a local Ray).")]
 RayCpus = Annotated[float, typer.Option("--ray-cpus", help="CPUs each Ray task requests.")]
 Threads = Annotated[int | None, typer.Option(
-    "--threads", help="torch CPU threads (default: all cores; fewer can be much faster "
-                             "on a busy machine).")]
+    "--threads", help="torch CPU threads (default: all cores, capped at the idle ones; "
+                             "fewer can be much faster on a busy machine).")]
 PoolArg = Annotated[Path, typer.Argument(help="kernel_pool.npz, a farm POOL_DIR or a kernel "
                                               "folder.")]
 MinConfidence = Annotated[float | None, typer.Option(

@@ -48,6 +48,7 @@ from kgengine.farm.ray_runner import check_reachable, train_ray
 from kgengine.farm.records import FarmJob, FarmSummary
 from kgengine.farm.settings import check_mode, resolve_settings
 from kgengine.hooks import JobHooks
+from kgengine.sysinfo import auto_threads
 
 
 def run_farm(
@@ -90,8 +91,9 @@ def run_farm(
         ray_address: None = train here; "auto" / "host:port" / "ray://..." = submit batches
             to that Ray cluster; "local" = start a local Ray instance.
         ray_cpus: CPUs each Ray task requests (and its torch threads).
-        threads: torch CPU threads for local training (default: torch's; restored after).
-            On a busy machine fewer threads than cores can be much faster.
+        threads: torch CPU threads for local training (default: torch's, capped at the idle
+            cores, :func:`kgengine.sysinfo.auto_threads`; restored after). On a busy
+            machine fewer threads than cores can be much faster.
         hooks: progress callbacks (``total``: images to train in this run; ``item_finished``
             per image with state done, failed or retry; ``batch_started`` /
             ``batch_progress`` in iterations; ``log``: duplicates, unreadable files, Ray).
@@ -109,8 +111,7 @@ def run_farm(
     t0 = time.perf_counter()
     summary = FarmSummary(pool_dir)
     old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(max(1, threads))
+    torch.set_num_threads(max(1, threads) if threads is not None else auto_threads(old_threads))
     try:
         with lock_pool_dir(pool_dir), Manifest(pool_dir) as man:
             settings = resolve_settings(man.settings(), seed=seed, x4=x4, iters=iters,
