@@ -282,3 +282,24 @@ def test_gpu_backends_match_reference(name) -> None:  # noqa: ANN001
                 )
                 assert got.g_crops.is_cuda
                 assert_same_batch(PatchBatch(*(t.cpu() for t in got)), want)
+
+
+def test_sizes_are_read_on_the_host_once_per_tensor(monkeypatch) -> None:
+    """A trainer passes the same sizes tensor every iteration: it is validated (a host
+    read, a GPU synchronisation) once, and again only after an in-place change."""
+    from kgengine.ops import _spec
+
+    calls = []
+    real = _spec._check_sizes
+    monkeypatch.setattr(_spec, "_check_sizes", lambda *a: calls.append(1) or real(*a))
+    images = torch.zeros(2, 3, 40, 40)
+    cdf = torch.ones(2, 2, 1600, dtype=torch.float64).cumsum(-1)
+    sizes = torch.tensor([[40, 40], [30, 36]])
+    seeds = torch.tensor([1, 2])
+    for _ in range(3):
+        _spec.check_patches(images, cdf, sizes, seeds, 20, 10)
+    assert len(calls) == 1
+    sizes[1, 0] = 12  # now too small for the 20-px crop: checked again, and refused
+    with pytest.raises(ValueError, match="image 1 is 12x36 pixels"):
+        _spec.check_patches(images, cdf, sizes, seeds, 20, 10)
+    assert len(calls) == 2

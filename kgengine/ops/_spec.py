@@ -137,7 +137,10 @@ def check_patches(
     """Validate the arguments of ``sample_patches``; return ``(sizes_hw, seeds)`` as int64
     tensors on the images' device ((B, 2) and (B,)).
 
-    Reads ``sizes_hw`` on the host (a tiny device-to-host copy if it lives on a GPU).
+    Reads ``sizes_hw`` on the host (a device-to-host copy, i.e. a synchronisation, if it
+    lives on a GPU) the first time a given ``sizes_hw`` tensor is seen, and again only if it
+    was modified in place since: a trainer calling this every iteration with the same
+    tensor never synchronises.
     """
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
@@ -156,6 +159,17 @@ def check_patches(
     if min(g_size, d_size) < 1:
         raise ValueError(f"crop sizes must be >= 1, got g_size={g_size}, d_size={d_size}")
     need = max(g_size, d_size)
+    key = (h, w, need)
+    stamp = (sizes_hw._version, key)  # the tensor's in-place version counter
+    if getattr(sizes_hw, "_kgengine_checked", None) != stamp:
+        _check_sizes(sizes_hw, h, w, need)
+        sizes_hw._kgengine_checked = stamp
+    dev = images.device
+    return sizes_hw.to(dev, torch.int64), seeds.to(dev, torch.int64)
+
+
+def _check_sizes(sizes_hw: torch.Tensor, h: int, w: int, need: int) -> None:
+    """Every (h_b, w_b) fits the padded batch (h, w) and holds a ``need``-px crop."""
     for i, (hb, wb) in enumerate(sizes_hw.detach().cpu().tolist()):
         if hb > h or wb > w:
             raise ValueError(f"image {i}: size {hb}x{wb} exceeds the padded batch {h}x{w}")
@@ -164,8 +178,6 @@ def check_patches(
                 f"image {i} is {hb}x{wb} pixels, smaller than the {need}x{need} crop; "
                 "use a larger image or a smaller crop size"
             )
-    dev = images.device
-    return sizes_hw.to(dev, torch.int64), seeds.to(dev, torch.int64)
 
 
 def make_crop_origin(jit: Callable[[Any], Any], uniform: Callable[..., float]) -> Any:
