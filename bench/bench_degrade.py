@@ -203,7 +203,10 @@ def bench_pipeline(repeats: int, n_files: int) -> None:
     theirs = scipy_pillow_pipeline(hr, pool.kernels[d.kernel_row], g["sigma"], g["seed"],
                                    j["quality"])
     diff = float(np.abs(ours.astype(np.int16) - theirs).mean())
-    rows = [("kgengine pipeline", median_time(lambda: pipe.degrade_image(hr, 0, "bench.png"),
+    kernel_only = Pipeline(pool, PIPE_CFG.replace(gaussian_prob=0.0, jpeg_prob=0.0))
+    rows = [("kgengine kernel only", median_time(
+                lambda: kernel_only.degrade_image(hr, 0, "bench.png"), repeats), 0.0),
+            ("kgengine pipeline", median_time(lambda: pipe.degrade_image(hr, 0, "bench.png"),
                                               repeats), 0.0),
             ("scipy + pillow", median_time(lambda: scipy_pillow_pipeline(
                 hr, pool.kernels[d.kernel_row], g["sigma"], g["seed"], j["quality"]),
@@ -212,16 +215,20 @@ def bench_pipeline(repeats: int, n_files: int) -> None:
     print(f"  {'method':24s} {'pairs/s':>8s} {'ms/pair':>8s} {'mean|diff|':>11s} (8-bit levels)")
     for name, t, dd in rows:
         print(f"  {name:24s} {1 / t:8.2f} {1000 * t:8.1f} {dd:11.3f}")
+    print(f"  pipeline / kernel only: {rows[1][1] / rows[0][1]:.2f}x the time per pair")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "hr"
         folder.mkdir()
         for i in range(n_files):
             Image.fromarray(to_uint8(hr[:, ::-1] if i % 2 else hr)).save(folder / f"{i}.png")
-        t0 = time.perf_counter()
-        report = degrade_folder(folder, pool, Path(tmp) / "out", pipeline=PIPE_CFG)
-        t = time.perf_counter() - t0
-    print(f"  {'degrade_folder (files)':24s} {report.written / t:8.2f} "
-          f"{1000 * t / report.written:8.1f}   PNG read + pipeline + PNG/manifest writes")
+        times = {}
+        for label, cfg in (("kernel only", None), ("pipeline", PIPE_CFG)):
+            t0 = time.perf_counter()
+            report = degrade_folder(folder, pool, Path(tmp) / f"out_{label[0]}", pipeline=cfg)
+            times[label] = (time.perf_counter() - t0) / report.written
+            print(f"  {'degrade_folder ' + label:24s} {1 / times[label]:8.2f} "
+                  f"{1000 * times[label]:8.1f}   PNG read + degrade + PNG/manifest writes")
+    print(f"  files: pipeline / kernel only: {times['pipeline'] / times['kernel only']:.2f}x")
 
 
 def bench_module(repeats: int, batches: list[int]) -> None:
