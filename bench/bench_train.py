@@ -66,7 +66,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--batch", type=int, default=8,
                     help="also train this many images as one batch (0 = skip)")
+    ap.add_argument("--authors", type=Path, default=None,
+                    help="folder made by ../shared/baseline/build.sh: time the authors' code "
+                         "side by side (only this comparison is run)")
     args = ap.parse_args()
+    if args.authors is not None:
+        side_by_side(args.authors, args.iters)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"machine: {machine()}, device {args.device}")
@@ -116,6 +122,53 @@ def main() -> None:
               f"{per_img:.1f} | {med(r['ref_wall'] for r in rows) / per_img:.1f}x | |")
     print(f"\n{args.iters} iterations for composed; layers timed over {args.layers_iters} "
           f"iterations and extrapolated. Machine: {machine()}.")
+
+
+def authors_ms_per_iter(baseline: Path, image: Path, short: int = 100, long: int = 400) -> float:
+    """The authors' code, ms per iteration on one core: two runs, the difference divided by
+    the extra iterations (so start-up and output writing cancel)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from run_authors import run_one
+
+    t = [run_one(baseline, image, 2, 0, n)["seconds"] for n in (short, long)]
+    return 1000.0 * (t[1] - t[0]) / (long - short)
+
+
+def side_by_side(baseline: Path, iters: int) -> None:
+    """ms/iteration of the authors' code and kgengine (1 and 2 threads) on one image, and
+    the wall time of ``--restarts 4`` against one run, in one process."""
+    import tempfile
+
+    from kgengine.imageio import write_png
+
+    name, lr, _ = lr_images(1)[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_png(Path(tmp) / f"{name}.png", lr)
+        lr = read_image(path)  # both trainers get the same 8-bit image
+        ref_ms = authors_ms_per_iter(baseline, path)
+    old = torch.get_num_threads()
+    estimate_kernel(lr, iters=20, device="cpu")  # warm-up (allocator, JIT)
+    rows = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        t0 = time.perf_counter()
+        single = estimate_kernel(lr, iters=iters, device="cpu")
+        t1 = time.perf_counter()
+        estimate_kernel(lr, iters=iters, device="cpu", restarts=4)
+        rows.append((threads, single.report["ms_per_iter"], t1 - t0, time.perf_counter() - t1))
+    torch.set_num_threads(old)
+    print(f"\nside by side on {name} ({lr.shape[1]}x{lr.shape[0]} LR), {iters} iterations; "
+          f"machine: {machine()}")
+    print("| trainer | threads | ms/iteration | vs authors | one run s | --restarts 4 s | "
+          "restarts 4 / one run |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(f"| authors' code (../shared/baseline) | 1 | {ref_ms:.1f} | 1.0x | "
+          f"{ref_ms * iters / 1000:.0f} (extrapolated) | | |")
+    for threads, ms, wall, four_wall in rows:
+        print(f"| kgengine | {threads} | {ms:.2f} | {ref_ms / ms:.1f}x | {wall:.1f} | "
+              f"{four_wall:.1f} | {four_wall / wall:.2f}x |")
 
 
 if __name__ == "__main__":
