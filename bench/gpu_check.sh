@@ -26,12 +26,13 @@ step() {  # step NAME SECONDS CMD...: run with a timeout, keep the log, report t
   printf '%-22s rc=%-3s %4ss  %s\n' "$name" "$rc" "$((SECONDS - t0))" "$OUT/$name.log"
   [ "$rc" -eq 0 ] || status=1
 }
-step gpu-tests 150 "$PY" -m pytest -q -m needs_cuda tests
-step ops 60 "$PY" bench/bench_ops.py --repeats 3
-step train-b1-b8 120 "$PY" bench/bench_train.py --device cuda --images 1 --iters 300 --layers-iters 20 --batch 8
-step train-b64 60 "$PY" bench/bench_train.py --device cuda --images 1 --iters 100 --layers-iters 5 --batch 64
-step farm 90 "$PY" bench/bench_farm.py --device cuda --iters 100 --batches 1 8 64
-step degrade 60 "$PY" bench/bench_degrade.py --repeats 2 --batch 1 4 --no-scipy --sections onnx module
+step gpu-tests 120 "$PY" -m pytest -q -m needs_cuda tests
+step invariance 45 "$PY" bench/check_invariance.py --device cuda
+step ops 45 "$PY" bench/bench_ops.py --repeats 3
+step train-b1-b8 100 "$PY" bench/bench_train.py --device cuda --images 1 --iters 300 --layers-iters 20 --batch 8
+step train-b64 50 "$PY" bench/bench_train.py --device cuda --images 1 --iters 100 --layers-iters 5 --batch 64
+step farm 70 "$PY" bench/bench_farm.py --device cuda --iters 100 --batches 1 8 64
+step degrade 50 "$PY" bench/bench_degrade.py --repeats 2 --batch 1 4 --no-scipy --sections onnx module
 
 echo
 echo "== figures (last lines of each log) =="
