@@ -80,8 +80,14 @@ def train_batch(devset: Path, jobs: list[tuple[int, str, int]], cfg: KernelGANCo
     t0 = time.perf_counter()
     trainer.run(cfg.iters, snapshot, every=check)
     sec = (time.perf_counter() - t0) / len(jobs)
-    for rec in out.values():
+    raw = trainer.final_kernels()
+    for b, job in enumerate(jobs):
+        rec = out[job_key(*job)]
         rec["seconds_per_run"] = round(sec, 1)
+        k = finish_kernel(raw[b], cfg.n_filtering) if np.isfinite(raw[b]).all() else None
+        # the full run's kernel (as estimate writes it), for bench_vs_authors.py --import-stop
+        k = None if k is None else (analytic_x4(k) if scale == 4 else k)
+        rec["kernel"] = None if k is None else np.round(k, 9).tolist()
     return out
 
 

@@ -200,6 +200,29 @@ def scatter_png(path: Path, points: list[tuple[float, float, str]], size: int = 
     img.save(path)
 
 
+def import_stop_runs() -> int:
+    """Copy the kernels of ``bench/data/stop_trajectories.json`` (full 3000-iteration runs of
+    the default config, trained by ``bench/bench_stop.py``) into ``kgengine_default.json``
+    for the jobs it lacks; returns how many were added."""
+    src = DATA / "stop_trajectories.json"
+    path = DATA / "kgengine_default.json"
+    if not src.exists():
+        return 0
+    stop = json.loads(src.read_text())
+    store = json.loads(path.read_text()) if path.exists() else {
+        "variant": "default", "config": stop["config"], "runs": {}}
+    added = 0
+    for key, rec in stop["runs"].items():
+        if key not in store["runs"] and "kernel" in rec:
+            store["runs"][key] = {"kernel": rec["kernel"], "confidence": None,
+                                  "seconds_per_run": rec["seconds_per_run"],
+                                  "source": "bench/bench_stop.py"}
+            added += 1
+    save_json(path, store)
+    print(f"imported {added} runs from {src.name}", flush=True)
+    return added
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variants", default="default", help="';'-separated (see the module doc)")
@@ -217,7 +240,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="first run the missing reference jobs (slow: 7-10 min each)")
     p.add_argument("--devset", type=Path, default=DEFAULT_OUT)
     p.add_argument("--out", type=Path, default=DATA / "vs_authors.md")
+    p.add_argument("--import-stop", action="store_true",
+                   help="first add the full-length runs of bench/bench_stop.py (default "
+                        "config) to the 'default' store, where it lacks them")
     args = p.parse_args(argv)
+    if args.import_stop:
+        import_stop_runs()
 
     devset = ensure_devset(args.devset)
     if args.run_authors is not None:
