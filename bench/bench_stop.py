@@ -43,7 +43,7 @@ DATA = Path(__file__).resolve().parent / "data"
 RESULTS = DATA / "stop_trajectories.json"
 REPORT = DATA / "stop_auto.md"
 #: candidate rules: (tolerance, patience, min_iters)
-GRID = [(tol, pat, lo) for tol in (3e-3, 1e-3, 3e-4, 1e-4) for pat in (1, 2, 3)
+GRID = [(tol, pat, lo) for tol in (1e-2, 5e-3, 3e-3, 1e-3, 3e-4) for pat in (1, 2, 3)
         for lo in (750, 1500)]
 
 

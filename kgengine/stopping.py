@@ -7,8 +7,10 @@ Every ``every`` iterations the trainer measures the relative change of each imag
 
 and stops an image once ``delta`` stayed below ``tol`` for ``patience`` checks in a row, not
 before ``min_iters``. The decision depends only on the image's own kernels, so it is the same
-in any batch. The defaults were chosen on the development set with
-``bench/bench_stop.py`` (``bench/data/stop_auto.md``).
+in any batch. The defaults (tol 5e-3, patience 2, not before the second lr decay at 1500)
+were chosen on the development set with ``bench/bench_stop.py`` (``bench/data/stop_auto.md``:
+x2, 20 images x 3 seeds, mean aligned kernel PSNR −0.001 dB vs full runs, worst run
+−0.18 dB, 1824 of 3000 iterations on average).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 class StopRule:
     """Stop once ``delta < tol`` ``patience`` checks in a row, at or after ``min_iters``."""
 
-    tol: float = 1e-3
+    tol: float = 5e-3
     patience: int = 2
     min_iters: int = 1500
     every: int = 100

@@ -163,7 +163,7 @@ def _one(path: Path, out: Path, cfg: KernelGANConfig, wanted: dict[str, Any], fo
         typer.echo(f"error: {one_line(str(exc))}", err=True)  # the one line naming the file
         return "failed"
     conf = "" if res.confidence is None else f", confidence {res.confidence:.3f}"
-    used = res.report["iters_used"]
+    used = res.report.get("iters_used", cfg.iters)
     stopped = f", stopped at {used}" if used < cfg.iters else ""
     hooks.log(f"{shown(path)}: done in {res.report['wall_s']:.1f} s "
               f"({res.report['ms_per_iter']:.2f} ms/iter{conf}{stopped})")
