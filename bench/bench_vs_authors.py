@@ -202,8 +202,8 @@ def scatter_png(path: Path, points: list[tuple[float, float, str]], size: int = 
 
 def import_stop_runs() -> int:
     """Copy the kernels of ``bench/data/stop_trajectories.json`` (full 3000-iteration runs of
-    the default config, trained by ``bench/bench_stop.py``) into ``kgengine_default.json``
-    for the jobs it lacks; returns how many were added."""
+    the default config by the current, batch-invariant trainer, from ``bench/bench_stop.py``)
+    into ``kgengine_default.json``, replacing runs of older trainers; returns how many."""
     src = DATA / "stop_trajectories.json"
     path = DATA / "kgengine_default.json"
     if not src.exists():
@@ -213,7 +213,7 @@ def import_stop_runs() -> int:
         "variant": "default", "config": stop["config"], "runs": {}}
     added = 0
     for key, rec in stop["runs"].items():
-        if key not in store["runs"] and "kernel" in rec:
+        if "kernel" in rec and store["runs"].get(key, {}).get("source") != "bench/bench_stop.py":
             store["runs"][key] = {"kernel": rec["kernel"], "confidence": None,
                                   "seconds_per_run": rec["seconds_per_run"],
                                   "source": "bench/bench_stop.py"}
@@ -241,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devset", type=Path, default=DEFAULT_OUT)
     p.add_argument("--out", type=Path, default=DATA / "vs_authors.md")
     p.add_argument("--import-stop", action="store_true",
-                   help="first add the full-length runs of bench/bench_stop.py (default "
-                        "config) to the 'default' store, where it lacks them")
+                   help="first put the full-length runs of bench/bench_stop.py (default "
+                        "config, current trainer) into the 'default' store")
     args = p.parse_args(argv)
     if args.import_stop:
         import_stop_runs()

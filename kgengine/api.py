@@ -12,7 +12,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from kgengine.consensus import combine
 from kgengine.errors import BadImageError, KGEngineError, TrainingDivergedError
 from kgengine.imageio import check_image, read_image
 from kgengine.kernel import analytic_x4, center_kernel, center_of_mass, clean_kernel
-from kgengine.stopping import StopRule
+from kgengine.stopping import StopRule, stop_setting
 from kgengine.sysinfo import machine_info
 from kgengine.trainer import BatchTrainer, prepare_image
 
@@ -119,7 +119,7 @@ def estimate_kernels(
     on_diverge: str = "raise",
     restarts: int = 1,
     rule: str = "mean",
-    stop: str | StopRule = "full",
+    stop: str | dict | StopRule = "full",
 ) -> list[EstimateResult | TrainingDivergedError]:
     """Estimate the x2 (and x4) SR kernels of B images, trained together in one batch.
 
@@ -168,7 +168,7 @@ def estimate_kernels(
            "device": _device_name(dev), "dtype": str(dtype).replace("torch.", ""),
            "wall_s": setup_s + train_s, "train_s": train_s,
            "ms_per_iter": 1000.0 * train_s / max(trainer.iteration, 1), "config": cfg.to_dict(),
-           "stop": asdict(stop_rule) if stop_rule is not None else "full",
+           "stop": stop_setting(stop_rule),
            "environment": machine_info(str(dev))}
     final = _Final(trainer.final_kernels(), trainer.finite.cpu().numpy(),
                    trainer.final_losses(), run_seeds, trainer.final_weights(),
@@ -239,10 +239,13 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
                           cons.confidence if cons is not None else None)
 
 
-def stop_rule_of(stop: str | StopRule | None) -> StopRule | None:
-    """``"full"``/None -> None, ``"auto"`` -> the default :class:`StopRule`, a rule -> itself."""
+def stop_rule_of(stop: str | dict | StopRule | None) -> StopRule | None:
+    """``"full"``/None -> None, ``"auto"`` -> the default :class:`StopRule`, a rule -> itself,
+    a dict (:func:`~kgengine.stopping.stop_setting`) -> that rule."""
     if stop is None or isinstance(stop, StopRule):
         return stop
+    if isinstance(stop, dict):
+        return StopRule(**stop)
     if stop == "full":
         return None
     if stop == "auto":

@@ -98,20 +98,17 @@ class KernelGANConfig:
     @staticmethod
     def authors() -> KernelGANConfig:
         """The authors' behaviour, defects 1-3 included (the default since 0.2)."""
-        return KernelGANConfig(
-            authors_bicubic_rgb_sum=True,
-            authors_noise_accumulates=True,
-            authors_d_init_ignored=True,
-        )
+        return KernelGANConfig._with_defects(True)
 
     @staticmethod
     def defects_fixed() -> KernelGANConfig:
         """Defects 1-3 fixed (kgengine 0.1's default; measured worse, see the README)."""
-        return KernelGANConfig(
-            authors_bicubic_rgb_sum=False,
-            authors_noise_accumulates=False,
-            authors_d_init_ignored=False,
-        )
+        return KernelGANConfig._with_defects(False)
+
+    @staticmethod
+    def _with_defects(on: bool) -> KernelGANConfig:
+        return KernelGANConfig(authors_bicubic_rgb_sum=on, authors_noise_accumulates=on,
+                               authors_d_init_ignored=on)
 
 
 #: Smallest value of integer settings (counts, sizes, periods); the others may be any int.

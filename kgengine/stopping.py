@@ -16,7 +16,8 @@ x2, 20 images x 3 seeds, mean aligned kernel PSNR −0.001 dB vs full runs, wors
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +35,11 @@ class StopRule:
         if not (self.tol > 0 and self.patience >= 1 and self.min_iters >= 0 and self.every >= 1):
             raise ValueError(f"bad stop rule {self}: need tol > 0, patience >= 1, "
                              "min_iters >= 0, every >= 1")
+
+
+def stop_setting(rule: StopRule | None) -> Any:
+    """How a rule is recorded in reports and compared on resume: "full" or its fields."""
+    return asdict(rule) if rule is not None else "full"
 
 
 def kernel_change(k: np.ndarray, prev: np.ndarray) -> np.ndarray:

@@ -290,7 +290,8 @@ class BatchTrainer:
             if callback is not None and ((i + 1) % every == 0 or i + 1 == iters):
                 callback(i + 1)
             if tracker is not None and (i + 1) % stop.every == 0:
-                self._freeze(tracker.check(self.iteration, self._current_kernels()))
+                kernels = self._current_kernels()
+                self._freeze(tracker.check(self.iteration, kernels), kernels)
                 if (tracker.stopped_at > 0).all():
                     break
         if self.device.type == "cuda":
@@ -306,11 +307,11 @@ class BatchTrainer:
         with torch.no_grad():
             return G.compose_kernel([w.detach().double() for w in self.g_weights]).cpu().numpy()
 
-    def _freeze(self, now: np.ndarray) -> None:
-        """Keep the current kernel, G weights and losses of the images in ``now`` (B,) bool."""
+    def _freeze(self, now: np.ndarray, kernels: np.ndarray) -> None:
+        """Keep the current ``kernels`` (B, K, K), G weights and losses of the images in
+        ``now`` (B,) bool."""
         if not now.any():
             return
-        kernels = self._current_kernels()
         losses = self._losses()
         for b in np.flatnonzero(now):
             weights = [w[b].detach().clone() for w in self.g_weights]

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import errno
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from faults import Killed, inject_write_faults
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -241,29 +241,12 @@ def test_atomic_write_raises_output_error_and_leaves_nothing(tmp_path, monkeypat
 
 
 # ---------------------------------------------------------------------- fault injection
-class Killed(BaseException):
-    """A simulated SIGKILL: nothing of the job's clean-up runs and a ``.tmp`` is left."""
-
-
 def test_farm_survives_random_write_failures_and_kills(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "estimate_kernels", FakeTrainer())
     imgs = make_images(tmp_path / "in", 6)
     reference = run_farm(imgs, tmp_path / "calm", batch=2, device="cpu")
     assert reference.done == 6
-    real, rng, injected = atomic._commit, random.Random(1234), {"fail": 0, "kill": 0}
-
-    def faulty(tmp: str, path: Path) -> None:
-        draw = rng.random()
-        if draw < 0.05:  # killed while writing: the .tmp stays, no clean-up runs
-            injected["kill"] += 1
-            (path.parent / f".{path.name}.killed.tmp").write_bytes(b"partial")
-            raise Killed
-        if draw < 0.25:
-            injected["fail"] += 1
-            raise OSError(rng.choice([errno.ENOSPC, errno.EFBIG]), "injected write failure")
-        real(tmp, path)
-
-    monkeypatch.setattr(atomic, "_commit", faulty)
+    injected = inject_write_faults(monkeypatch, 1234, kill_below=0.05, fail_below=0.25)
     monkeypatch.setattr(records.FarmJob, "give_back", lambda self, rows, reason: None)
     pool, runs = tmp_path / "pool", 0
     while True:

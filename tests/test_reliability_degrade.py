@@ -7,25 +7,19 @@ with the CPU pipeline (noise + JPEG).
 
 from __future__ import annotations
 
-import errno
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
+from faults import Killed, inject_write_faults
 from PIL import Image
 
-from kgengine import atomic
 from kgengine.degradation import PipelineConfig, degrade_folder
 from kgengine.errors import KGEngineError
 from kgengine.imageio import to_uint8
 from kgengine.kernel import anisotropic_gaussian
 from kgengine.pool import make_pool, save_pool
-
-
-class Killed(BaseException):
-    """A simulated SIGKILL: no clean-up of the job runs and a ``.tmp`` file stays behind."""
 
 
 @pytest.fixture()
@@ -61,20 +55,7 @@ def test_degrade_survives_random_write_failures_and_kills(inputs, tmp_path, monk
           "pipeline": pipeline}
     calm = degrade_folder(hr, pool, tmp_path / "calm", **kw)
     assert calm.written == 8 and not calm.failed
-    real, rng, injected = atomic._commit, random.Random(99), {"fail": 0, "kill": 0}
-
-    def faulty(tmp: str, path: Path) -> None:
-        draw = rng.random()
-        if draw < 0.1:  # killed while writing: the .tmp stays, nothing else runs
-            injected["kill"] += 1
-            (path.parent / f".{path.name}.killed.tmp").write_bytes(b"partial")
-            raise Killed
-        if draw < 0.3:
-            injected["fail"] += 1
-            raise OSError(rng.choice([errno.ENOSPC, errno.EFBIG]), "injected write failure")
-        real(tmp, path)
-
-    monkeypatch.setattr(atomic, "_commit", faulty)
+    injected = inject_write_faults(monkeypatch, 99, kill_below=0.1, fail_below=0.3)
     out = tmp_path / "out"
     for _ in range(200):
         try:

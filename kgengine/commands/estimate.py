@@ -98,10 +98,9 @@ def _estimate(
     authors_defects: bool, overrides: list[str], force: bool, restarts: int = 1,
     fix_defects: bool = False, stop: str = "full",
 ) -> int:
-    from dataclasses import asdict
-
     from kgengine.api import resolve_device, stop_rule_of
     from kgengine.outputs import requested_settings
+    from kgengine.stopping import stop_setting
 
     base = KernelGANConfig.defects_fixed() if fix_defects else KernelGANConfig.authors()
     try:  # --set iters=N wins over --iters
@@ -109,8 +108,6 @@ def _estimate(
     except ValueError as exc:
         raise KGEngineError(str(exc)) from None
     resolve_device(device)
-    rule = stop_rule_of(stop)
-    stop_dict = asdict(rule) if rule is not None else "full"
     stems = [p.stem for p in images]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
@@ -118,7 +115,7 @@ def _estimate(
                             "would collide")
     check_out_dir(out)
     wanted = requested_settings(seed=seed, iters=cfg.iters, config=cfg.to_dict(), x4=x4,
-                                restarts=restarts, mode=mode, stop=stop_dict)
+                                restarts=restarts, mode=mode, stop=stop_setting(stop_rule_of(stop)))
     failed = 0
     with progress_hooks("images") as hooks:
         hooks.total(len(images))
@@ -127,13 +124,6 @@ def _estimate(
             failed += state == "failed"
             hooks.item_finished(path.stem, state, "")
     return failed
-
-
-def stop_rule_of_dict(stop: Any) -> Any:
-    """The ``stop`` argument of the API from a settings value ("full" or a rule dict)."""
-    from kgengine.stopping import StopRule
-
-    return StopRule(**stop) if isinstance(stop, dict) else stop
 
 
 def _one(path: Path, out: Path, cfg: KernelGANConfig, wanted: dict[str, Any], force: bool,
@@ -155,7 +145,7 @@ def _one(path: Path, out: Path, cfg: KernelGANConfig, wanted: dict[str, Any], fo
         img = read_image(path, min_size=cfg.crop_size)
         res = estimate_kernel(img, seed=wanted["seed"], x4=wanted["x4"], device=device,
                               config=cfg, mode=wanted["mode"], callback=hooks.batch_progress,
-                              restarts=wanted["restarts"], stop=stop_rule_of_dict(wanted["stop"]))
+                              restarts=wanted["restarts"], stop=wanted["stop"])
         res.name = path.stem
         res.report["image"] = str(path)
         write_outputs(res, out)
