@@ -481,3 +481,76 @@ def test_eval_command_restarts(dataset, tmp_path, monkeypatch):
     res = runner.invoke(app, ["eval", str(dataset), "-o", str(tmp_path / "o2"),
                               "--restarts", "0"])
     assert res.exit_code == 1 and "error: --restarts must be at least 1, got 0" in res.output
+
+
+# ------------------------------------------------------------------------------ --stop
+class StoppingFake(FakeEstimator):
+    """:class:`FakeEstimator` that takes ``stop`` and records it."""
+
+    def __call__(self, path, *, x4, iters, seed, device, config, stop="full"):
+        res = super().__call__(path, x4=x4, iters=iters, seed=seed, device=device,
+                               config=config)
+        self.calls[-1]["stop"] = stop
+        return res
+
+
+def test_eval_stop_is_passed_labelled_and_part_of_the_identity(dataset, tmp_path):
+    out = tmp_path / "out"
+    fake = StoppingFake()
+    res = run_eval(dataset, out, EvalSettings(seeds=(0,), iters=7, stop="auto"),
+                   estimator=per_image(fake))
+    assert [c["stop"] for c in fake.calls] == ["auto", "auto"]
+    assert {r["method"] for r in res["rows"]} >= {"kernelgan-stopauto"}
+    assert "(stop: auto)" in (out / "report.md").read_text()
+    with pytest.raises(ResumeMismatchError, match="stop"):
+        run_eval(dataset, out, EvalSettings(seeds=(0,), iters=7),
+                 estimator=per_image(StoppingFake()))
+    # the default does not pass ``stop``: an estimator without it still works
+    plain = run_eval(dataset, tmp_path / "o2", EvalSettings(seeds=(0,), iters=7),
+                     estimator=per_image(FakeEstimator()))
+    assert {r["method"] for r in plain["rows"]} >= {"kernelgan"}
+    with pytest.raises(KGEngineError, match="stop: expected full or auto, got 'soon'"):
+        run_eval(dataset, tmp_path / "o3", EvalSettings(seeds=(0,), stop="soon"),
+                 estimator=per_image(FakeEstimator()))
+
+
+def test_runs_stored_before_stop_resume_as_full(dataset, tmp_path):
+    out = tmp_path / "out"
+    first = run_eval(dataset, out, EvalSettings(seeds=(0,), iters=7),
+                     estimator=per_image(FakeEstimator()))
+    for f in (out / "runs").glob("*.json"):  # as written before --stop existed
+        run = json.loads(f.read_text())
+        del run["stop"]
+        f.write_text(json.dumps(run))
+    again = FakeEstimator()
+    second = run_eval(dataset, out, EvalSettings(seeds=(0,), iters=7),
+                      estimator=per_image(again))
+    assert again.calls == [] and second["rows"] == first["rows"]
+
+
+def test_kernelgan_estimator_passes_stop(monkeypatch):
+    import kgengine.api
+    from kgengine.accuracy import kernelgan_estimator
+    from kgengine.config import KernelGANConfig
+
+    seen: dict = {}
+    monkeypatch.setattr(kgengine.api, "estimate_kernels",
+                        lambda images, **kw: seen.update(kw) or [None] * len(images))
+    kernelgan_estimator([("a.png", 4)], x4=False, iters=3, device="cpu",
+                        config=KernelGANConfig(), stop="auto")
+    assert seen["stop"] == "auto"
+
+
+def test_eval_command_stop(dataset, tmp_path, monkeypatch):
+    import kgengine.accuracy.job as job
+
+    fake = StoppingFake()
+    monkeypatch.setattr(job, "default_estimator", lambda: per_image(fake))
+    res = CliRunner().invoke(app, ["eval", str(dataset), "-o", str(tmp_path / "o"), "--seeds",
+                                   "0", "--iters", "5", "--stop", "auto"])
+    assert res.exit_code == 0, res.output
+    assert [c["stop"] for c in fake.calls] == ["auto", "auto"]
+    assert strict_json(tmp_path / "o" / "results.json")["settings"]["stop"] == "auto"
+    res = CliRunner().invoke(app, ["eval", str(dataset), "-o", str(tmp_path / "o2"),
+                                   "--stop", "later"])
+    assert res.exit_code == 1 and "error: --stop: expected full or auto, got 'later'" in res.output

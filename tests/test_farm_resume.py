@@ -29,6 +29,7 @@ from kgengine.farm.seeds import content_hash, derive_seed
 from kgengine.farm.settings import resolve_settings
 from kgengine.kernel import gaussian_kernel
 from kgengine.pool import load_pool
+from kgengine.stopping import StopRule, stop_setting
 
 DATA = Path(__file__).resolve().parents[1] / "kgengine" / "data" / "sample_hr.png"
 BOXES = [(0, 0, 96, 96), (100, 100, 196, 196), (200, 0, 296, 96), (0, 200, 96, 296)]
@@ -111,12 +112,14 @@ class FakeTrainer:
         self.diverge = set(diverge)
         self.calls: list[tuple[list[str], list[int]]] = []
         self.restarts: list[int] = []
+        self.stops: list = []
 
     def __call__(self, images, *, seeds, names, x4, device, config, dtype, mode, callback,
-                 on_diverge, restarts):
+                 on_diverge, restarts, stop):
         assert on_diverge == "return" and len(images) == len(seeds) == len(names)
         self.calls.append((list(names), list(seeds)))
         self.restarts.append(restarts)
+        self.stops.append(stop)
         out = []
         for name, seed in zip(names, seeds, strict=True):
             if (name, seed) in self.diverge or (name, "*") in self.diverge:
@@ -309,6 +312,33 @@ def test_settings_without_restarts_read_as_one():
         resolve_settings(stored, restarts=3)
     with pytest.raises(KGEngineError, match="restarts must be at least 1, got 0"):
         resolve_settings(None, restarts=0)
+
+
+def test_farm_stop_is_a_stored_setting_passed_to_training(photos, tmp_path, monkeypatch):
+    fake = FakeTrainer()
+    monkeypatch.setattr(training, "estimate_kernels", fake)
+    pool = tmp_path / "pool"
+    run_farm(photos[:2], pool, batch=4, device="cpu", stop="auto")
+    auto = stop_setting(StopRule())
+    assert fake.stops == [auto]
+    with Manifest(pool) as man:
+        assert man.settings()["stop"] == auto
+    with pytest.raises(KGEngineError, match=r"stop \(pool: \{"):
+        run_farm(photos, pool, device="cpu", stop="full")
+    res = CliRunner().invoke(app, ["farm", *map(str, photos), "-o", str(pool), "--batch", "4"])
+    assert res.exit_code == 0, res.output
+    assert fake.stops == [auto, auto]  # the pool's setting, not the default
+    res = CliRunner().invoke(app, ["farm", "-o", str(tmp_path / "p2"), "--stop", "soon"])
+    assert res.exit_code == 1 and "stop: expected full or auto, got 'soon'" in res.output
+
+
+def test_settings_without_stop_read_as_full():
+    stored = resolve_settings(None).to_dict()
+    assert stored["stop"] == "full"
+    del stored["stop"]  # as a pool made before --stop stored its settings
+    assert resolve_settings(stored).stop == "full"
+    with pytest.raises(KGEngineError, match=r"stop \(pool: full, given: \{"):
+        resolve_settings(stored, stop="auto")
 
 
 def test_farm_stores_restarts_and_refuses_another_value(photos, tmp_path, monkeypatch):

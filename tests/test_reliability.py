@@ -85,7 +85,7 @@ class FakeTrainer:
         self.calls: list[list[str]] = []
 
     def __call__(self, images, *, seeds, names, x4, device, config, dtype, mode, callback,
-                 on_diverge, restarts):
+                 on_diverge, restarts, stop):
         self.calls.append(list(names))
         out: list[EstimateResult | TrainingDivergedError] = []
         for name, seed in zip(names, seeds, strict=True):

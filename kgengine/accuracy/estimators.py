@@ -55,6 +55,8 @@ class BatchEstimator(Protocol):
     Raising fails the whole chunk; the job then retries its jobs one at a time.
     ``callback(steps_done)``, when given, reports training progress within the chunk.
     ``restarts``: trainings per job (K ≥ 1), combined into one kernel with a confidence.
+    ``stop`` ("auto": stop each training once its kernel stopped changing) is passed only when
+    the job asks for it, so an estimator without early stopping need not accept it.
     """
 
     def __call__(
@@ -73,8 +75,9 @@ class BatchEstimator(Protocol):
 class ImageEstimator(Protocol):
     """A one-image estimator: the signature of :func:`kgengine.api.estimate_kernel`.
 
-    It is also given ``restarts=K`` when K > 1 (:func:`kgengine.api.estimate_kernel` takes
-    it); an estimator without restarts need not accept it.
+    It is also given ``restarts=K`` when K > 1 and ``stop`` when not "full"
+    (:func:`kgengine.api.estimate_kernel` takes both); an estimator without them need not
+    accept them.
     """
 
     def __call__(
@@ -87,7 +90,7 @@ def per_image(estimate: ImageEstimator) -> BatchEstimator:
     """Adapt a one-image estimator to :class:`BatchEstimator`: one call per job, in order.
 
     An exception of one call becomes that job's entry; the progress callback is not used;
-    ``restarts`` is passed on only when it is not 1.
+    ``restarts`` is passed on only when it is not 1, ``stop`` only when not "full".
     """
 
     def estimate_chunk(
@@ -99,9 +102,12 @@ def per_image(estimate: ImageEstimator) -> BatchEstimator:
         config: KernelGANConfig,
         callback: Callable[[int], None] | None = None,
         restarts: int = 1,
+        stop: str = "full",
     ) -> list[KernelResult | Exception]:
         out: list[KernelResult | Exception] = []
-        extra = {} if restarts == 1 else {"restarts": restarts}
+        extra: dict = {} if restarts == 1 else {"restarts": restarts}
+        if stop != "full":
+            extra["stop"] = stop
         for path, seed in jobs:
             try:
                 out.append(estimate(path, x4=x4, iters=iters, seed=seed, device=device,
@@ -122,11 +128,13 @@ def kernelgan_estimator(
     config: KernelGANConfig,
     callback: Callable[[int], None] | None = None,
     restarts: int = 1,
+    stop: str = "full",
 ) -> list[KernelResult | Exception]:
     """KernelGAN on a chunk of jobs, trained together (:func:`kgengine.api.estimate_kernels`).
 
     With ``restarts = K`` every job trains K seeds in the same batch, combined into one
-    kernel whose ``confidence`` is their agreement. A diverged job's entry (every restart
+    kernel whose ``confidence`` is their agreement; ``stop="auto"`` stops each training once
+    its kernel stopped changing. A diverged job's entry (every restart
     diverged) is its :class:`~kgengine.errors.TrainingDivergedError`.
 
     Raises:
@@ -146,6 +154,7 @@ def kernelgan_estimator(
         callback=callback,
         on_diverge="return",
         restarts=restarts,
+        stop=stop,
     )
 
 

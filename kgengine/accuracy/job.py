@@ -64,6 +64,9 @@ class EvalSettings:
         ids: only these image numbers (None: all).
         config: the resolved :class:`KernelGANConfig` as a dict (filled in by :func:`run_eval`).
         restarts: trainings per run (K ≥ 1), combined into its kernel with a confidence.
+        stop: "full" (every iteration) or "auto" (stop each training once its kernel stopped
+            changing, :class:`kgengine.stopping.StopRule`); passed to the estimator only when
+            not "full".
     """
 
     scale: int = 2
@@ -75,13 +78,15 @@ class EvalSettings:
     ids: tuple[int, ...] | None = None
     config: dict[str, Any] = field(default_factory=dict)
     restarts: int = 1
+    stop: str = "full"
 
     @property
     def method(self) -> str:
         """Row label of the estimator: ``kernelgan`` or ``kernelgan-fixed`` (defects fixed),
-        with ``-restarts<K>`` appended for K > 1."""
+        with ``-restarts<K>`` appended for K > 1 and ``-stopauto`` with ``stop="auto"``."""
         label = "kernelgan-fixed" if self.fix_defects else "kernelgan"
-        return label if self.restarts == 1 else f"{label}-restarts{self.restarts}"
+        label = label if self.restarts == 1 else f"{label}-restarts{self.restarts}"
+        return label if self.stop == "full" else f"{label}-stop{self.stop}"
 
     def kernelgan_config(self) -> KernelGANConfig:
         """The estimator's config: authors' defects 1-3 (default) or their fixes, plus iters."""
@@ -91,10 +96,11 @@ class EvalSettings:
         return cfg
 
     def run_identity(self) -> dict[str, Any]:
-        """What every stored run must share: ``scale``, ``method``, resolved ``iters`` and
-        ``restarts``."""
+        """What every stored run must share: ``scale``, ``method``, resolved ``iters``,
+        ``restarts`` and ``stop``."""
         return {"scale": self.scale, "method": self.method,
-                "iters": self.kernelgan_config().iters, "restarts": self.restarts}
+                "iters": self.kernelgan_config().iters, "restarts": self.restarts,
+                "stop": self.stop}
 
 
 def run_eval(
@@ -132,6 +138,8 @@ def run_eval(
         raise KGEngineError(f"batch must be at least 1, got {batch}")
     if settings.restarts < 1:
         raise KGEngineError(f"restarts must be at least 1, got {settings.restarts}")
+    if settings.stop not in ("full", "auto"):
+        raise KGEngineError(f"stop: expected full or auto, got {settings.stop!r}")
     images = list_dataset(dataset_dir, settings.scale, settings.ids)
     settings = replace(settings, config=settings.kernelgan_config().to_dict())
     t_start = time.perf_counter()
@@ -217,11 +225,13 @@ class _Estimation:
         cfg = self.settings.kernelgan_config()
         self.hooks.batch_started([_run_name(im, s) for im, s in chunk], cfg.iters)
         t0 = time.perf_counter()
+        # estimators written before --stop existed need not take it
+        extra = {} if self.settings.stop == "full" else {"stop": self.settings.stop}
         try:
             results = self.estimator(
                 [(str(im.lr_path), s) for im, s in chunk], x4=self.settings.scale == 4,
                 iters=self.settings.iters, device=self.settings.device, config=cfg,
-                callback=self.hooks.batch_progress, restarts=self.settings.restarts,
+                callback=self.hooks.batch_progress, restarts=self.settings.restarts, **extra,
             )
             if len(results) != len(chunk):
                 raise KGEngineError(f"the estimator returned {len(results)} results "

@@ -92,7 +92,8 @@ def render_report(results: dict) -> str:
         f"- Dataset: `{results['dataset']}` ({results['n_images']} images scored, "
         f"{len(results['errors'])} skipped)",
         f"- Seeds: {', '.join(str(s) for s in st['seeds'])}; iterations: "
-        f"{st['config'].get('iters')}; restarts per run: {st.get('restarts', 1)}; variant: "
+        f"{st['config'].get('iters')} (stop: {st.get('stop', 'full')}); restarts per run: "
+        f"{st.get('restarts', 1)}; variant: "
         f"{'defects 1-3 fixed' if st.get('fix_defects') else 'authors defects 1-3 (default)'}",
         f"- Machine: {hw}; device `{mach['device']}`; torch {mach['torch']}",
         f"- Estimation wall time: {_fmt(t['total_wall_s'], 1)} s over {t['runs']} runs "

@@ -3,8 +3,8 @@
 ``OUTDIR/runs/im_N_seed{S}.json`` holds the kernel, the wall time, the confidence (None
 without restarts) and the estimator's report of one run, written atomically, so an
 interrupted job resumes where it stopped. Every file also records the store's *identity*
-(scale, method, iterations, restarts): one ``OUTDIR`` holds one configuration, and a run made
-with another one is refused rather than mixed in. A run stored before an identity key
+(scale, method, iterations, restarts, stop rule): one ``OUTDIR`` holds one configuration,
+and a run made with another one is refused rather than mixed in. A run stored before an identity key
 existed has that key's :data:`LEGACY_IDENTITY` value.
 """
 
@@ -23,12 +23,12 @@ from kgengine.errors import KGEngineError
 from kgengine.kernel import check_kernel
 
 #: Identity keys added after runs were first stored, with the value older runs were made with.
-LEGACY_IDENTITY: dict[str, Any] = {"restarts": 1}
+LEGACY_IDENTITY: dict[str, Any] = {"restarts": 1, "stop": "full"}
 
 
 class ResumeMismatchError(KGEngineError):
     """``OUTDIR/runs`` holds a run made with other settings (scale, iterations, variant,
-    restarts)."""
+    restarts, stop rule)."""
 
 
 class RunStore:
@@ -37,7 +37,8 @@ class RunStore:
     Args:
         out_dir: the job's output folder.
         identity: what a run depends on, e.g. ``{"scale": 2, "method": "kernelgan",
-            "iters": 3000, "restarts": 1}``; stored in every run and compared on load.
+            "iters": 3000, "restarts": 1, "stop": "full"}``; stored in every run and
+            compared on load.
     """
 
     def __init__(self, out_dir: str | os.PathLike, identity: dict[str, Any]) -> None:

@@ -56,6 +56,13 @@ FixDefects = Annotated[
 Batch = Annotated[
     int, typer.Option(help="Train this many (image, seed) runs at once (same results).")
 ]
+Stop = Annotated[
+    str,
+    typer.Option(
+        help="full (every iteration) or auto (stop each training once its kernel stopped "
+        "changing); measure --stop auto on your own data before using it in a farm."
+    ),
+]
 Restarts = Annotated[
     int,
     typer.Option(
@@ -123,6 +130,7 @@ def eval_command(
     fix_defects: FixDefects = False,
     batch: Batch = 1,
     restarts: Restarts = 1,
+    stop: Stop = "full",
 ) -> None:
     """Estimate every LR image of a DIV2KRK-layout folder and score the kernels.
 
@@ -147,7 +155,10 @@ def eval_command(
         fix_defects=fix_defects,
         ids=parse_int_list(ids, "--ids", low=1) if ids else None,
         restarts=restarts,
+        stop=stop,
     )
+    if stop not in ("full", "auto"):
+        fail(f"--stop: expected full or auto, got {stop!r}")
     check_out_dir(out)
     with progress_hooks(f"eval x{scale}") as hooks:
         results = run_eval(dataset_dir, out, settings, hooks=hooks, batch=batch)

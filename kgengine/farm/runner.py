@@ -63,6 +63,7 @@ def run_farm(
     dtype: str | None = None,
     mode: str | None = None,
     restarts: int | None = None,
+    stop: str | None = None,
     device: str = "auto",
     recursive: bool = False,
     retry_failed: bool = False,
@@ -85,6 +86,9 @@ def run_farm(
             each image's confidence (the restarts' agreement) goes into the manifest, its
             report and the pool. A job setting like the above (default 1; an older pool
             without it has 1).
+        stop: "full" (every iteration) or "auto" (stop an image once its kernel stopped
+            changing, :class:`kgengine.stopping.StopRule`); a job setting (default "full";
+            an older pool without it has "full").
         device: "auto", "cpu", "cuda" or "cuda:N" (for Ray: what each task uses).
         recursive: descend into sub-folders of folder INPUTs.
         retry_failed: put the pool's failed images back in the queue first.
@@ -116,7 +120,7 @@ def run_farm(
         with lock_pool_dir(pool_dir), Manifest(pool_dir) as man:
             settings = resolve_settings(man.settings(), seed=seed, x4=x4, iters=iters,
                                         config=config, dtype=dtype, mode=mode,
-                                        restarts=restarts)
+                                        restarts=restarts, stop=stop)
             job = FarmJob(man, settings, pool_dir, summary, hooks)
             before = _prepare(job, inputs, recursive, retry_failed)
             if ray_address is None:

@@ -1,9 +1,10 @@
 """The pool's job settings: stored in the manifest by the first run, fixed for the pool's life.
 
-What a pool's kernels depend on (job seed, x4, dtype, mode, restarts and the full training
-config) is stored as JSON in the manifest; settings stored before ``restarts`` existed read as
-``restarts = 1``. A later run takes the stored value of every option it does
-not give and refuses one that differs (results would mix): :func:`resolve_settings`.
+What a pool's kernels depend on (job seed, x4, dtype, mode, restarts, the stop rule and the
+full training config) is stored as JSON in the manifest; settings stored before ``restarts``
+or ``stop`` existed read as ``restarts = 1`` and ``stop = "full"``. A later run takes the
+stored value of every option it does not give and refuses one that differs (results would
+mix): :func:`resolve_settings`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from kgengine.config import KernelGANConfig
 from kgengine.errors import KGEngineError
+from kgengine.stopping import StopRule, stop_setting
 
 #: Training precisions a pool may use.
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -34,17 +36,19 @@ class FarmSettings:
     config: KernelGANConfig = field(default_factory=KernelGANConfig)
     #: trainings per image combined into its kernel (:func:`kgengine.api.estimate_kernels`)
     restarts: int = 1
+    #: "full" (every iteration) or a stop rule's fields (:func:`kgengine.stopping.stop_setting`)
+    stop: Any = "full"
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as stored in the manifest (plain JSON values, tuples as lists)."""
         d = {"seed": self.seed, "x4": self.x4, "dtype": self.dtype, "mode": self.mode,
-             "restarts": self.restarts, "config": self.config.to_dict()}
+             "restarts": self.restarts, "stop": self.stop, "config": self.config.to_dict()}
         return json.loads(json.dumps(d))  # tuples -> lists, as stored
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> FarmSettings:
-        """The inverse of :meth:`to_dict` (a dict without ``restarts``, from an older pool,
-        means 1).
+        """The inverse of :meth:`to_dict` (a dict without ``restarts`` or ``stop``, from an
+        older pool, means 1 and "full").
 
         Raises:
             KGEngineError: the settings are not usable (a missing key, a value of the wrong
@@ -53,7 +57,7 @@ class FarmSettings:
         try:
             return FarmSettings(int(d["seed"]), bool(d["x4"]), str(d["dtype"]),
                                 str(d["mode"]), KernelGANConfig().replace(**d["config"]),
-                                int(d.get("restarts", 1)))
+                                int(d.get("restarts", 1)), stop_value(d.get("stop", "full")))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise KGEngineError(f"the pool's stored settings are not usable ({exc}); "
                                 "use a new pool folder") from None
@@ -67,16 +71,17 @@ class FarmSettings:
 def resolve_settings(stored: dict[str, Any] | None, *, seed: int | None = None,
                      x4: bool | None = None, iters: int | None = None,
                      config: KernelGANConfig | None = None, dtype: str | None = None,
-                     mode: str | None = None, restarts: int | None = None) -> FarmSettings:
+                     mode: str | None = None, restarts: int | None = None,
+                     stop: str | None = None) -> FarmSettings:
     """The job settings: stored ones (or defaults) with the given options applied.
 
     Args:
         stored: the manifest's settings (:meth:`FarmSettings.to_dict`), None for a new pool.
-        seed, x4, iters, config, dtype, mode, restarts: the options given; None = the stored
-            value.
+        seed, x4, iters, config, dtype, mode, restarts, stop ("full" or "auto"): the options
+            given; None = the stored value.
     Raises:
-        KGEngineError: an unknown ``dtype``, ``restarts < 1``, or a given option differs from
-            the stored one (naming each, with both values).
+        KGEngineError: an unknown ``dtype`` or ``stop``, ``restarts < 1``, or a given option
+            differs from the stored one (naming each, with both values).
     """
     base = FarmSettings.from_dict(stored) if stored is not None else FarmSettings()
     cfg = config if config is not None else base.config
@@ -89,10 +94,13 @@ def resolve_settings(stored: dict[str, Any] | None, *, seed: int | None = None,
         raise KGEngineError(f"dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
     if restarts is not None and restarts < 1:
         raise KGEngineError(f"restarts must be at least 1, got {restarts}")
+    if stop is not None and stop not in ("full", "auto"):
+        raise KGEngineError(f"stop: expected full or auto, got {stop!r}")
     want = FarmSettings(
         base.seed if seed is None else int(seed), base.x4 if x4 is None else bool(x4),
         base.dtype if dtype is None else dtype, base.mode if mode is None else mode, cfg,
-        base.restarts if restarts is None else int(restarts))
+        base.restarts if restarts is None else int(restarts),
+        base.stop if stop is None else stop_value(stop))
     if stored is not None:
         check_same(base, want)
     return want
@@ -105,7 +113,7 @@ def check_same(pool: FarmSettings, given: FarmSettings) -> None:
         KGEngineError: ``"... seed (pool: 7, given: 8), config.iters (pool: ..."``.
     """
     old, new = pool.to_dict(), given.to_dict()
-    diff = [k for k in ("seed", "x4", "dtype", "mode", "restarts") if old[k] != new[k]]
+    diff = [k for k in ("seed", "x4", "dtype", "mode", "restarts", "stop") if old[k] != new[k]]
     diff += [f"config.{k}" for k in old["config"] if old["config"][k] != new["config"].get(k)]
     if diff:
         shown = ", ".join(f"{k} (pool: {_get(old, k)}, given: {_get(new, k)})" for k in diff)
@@ -113,6 +121,21 @@ def check_same(pool: FarmSettings, given: FarmSettings) -> None:
             f"this pool folder was started with other settings: {shown}; "
             "rerun with the pool's settings (or leave those options out) or use a new folder"
         )
+
+
+def stop_value(stop: Any) -> Any:
+    """"full", "auto" or a stored rule's fields -> the stored form ("full" or the fields).
+
+    Raises:
+        ValueError: anything else (a bad option value or a damaged stored rule).
+    """
+    if stop == "full":
+        return "full"
+    if stop == "auto":
+        return stop_setting(StopRule())
+    if isinstance(stop, dict):
+        return stop_setting(StopRule(**stop))
+    raise ValueError(f"stop: expected full or auto, got {stop!r}")
 
 
 def check_mode(settings: FarmSettings) -> None:

@@ -58,7 +58,8 @@ def train_batch(images: Sequence[np.ndarray], seeds: Sequence[int], names: Seque
 
     Args:
         images: (H, W, 3) float arrays in [0, 1]. seeds, names: one per image.
-        settings: the job settings (x4, dtype, mode, restarts, config). device: torch device.
+        settings: the job settings (x4, dtype, mode, restarts, stop, config). device: torch
+            device.
         callback: iterations done, every 50 iterations.
     Returns:
         per image, its :class:`EstimateResult` or its :class:`TrainingDivergedError`.
@@ -70,4 +71,5 @@ def train_batch(images: Sequence[np.ndarray], seeds: Sequence[int], names: Seque
     return estimate_kernels(
         images, seeds=seeds, names=names, x4=settings.x4, device=device,
         config=settings.config, dtype=settings.torch_dtype, mode=settings.mode,
-        callback=callback, on_diverge="return", restarts=settings.restarts)
+        callback=callback, on_diverge="return", restarts=settings.restarts,
+        stop=settings.stop)
