@@ -138,7 +138,8 @@ def authors_ms_per_iter(baseline: Path, image: Path, short: int = 100, long: int
 
 def side_by_side(baseline: Path, iters: int) -> None:
     """ms/iteration of the authors' code and kgengine (1 and 2 threads) on one image, and
-    the wall time of ``--restarts 4`` against one run, in one process."""
+    the wall time of ``--restarts 4`` (full, and with ``--stop auto``) against one full run,
+    in one process."""
     import tempfile
 
     from kgengine.imageio import write_png
@@ -157,18 +158,22 @@ def side_by_side(baseline: Path, iters: int) -> None:
         single = estimate_kernel(lr, iters=iters, device="cpu")
         t1 = time.perf_counter()
         estimate_kernel(lr, iters=iters, device="cpu", restarts=4)
-        rows.append((threads, single.report["ms_per_iter"], t1 - t0, time.perf_counter() - t1))
+        t2 = time.perf_counter()
+        auto = estimate_kernel(lr, iters=iters, device="cpu", restarts=4, stop="auto")
+        rows.append((threads, single.report["ms_per_iter"], t1 - t0, t2 - t1,
+                     time.perf_counter() - t2, max(auto.report["restarts"]["iters_used"])))
     torch.set_num_threads(old)
     print(f"\nside by side on {name} ({lr.shape[1]}x{lr.shape[0]} LR), {iters} iterations; "
           f"machine: {machine()}")
     print("| trainer | threads | ms/iteration | vs authors | one run s | --restarts 4 s | "
-          "restarts 4 / one run |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          "restarts 4 / one run | --restarts 4 --stop auto s (iterations) | that / one run |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     print(f"| authors' code (../shared/baseline) | 1 | {ref_ms:.1f} | 1.0x | "
-          f"{ref_ms * iters / 1000:.0f} (extrapolated) | | |")
-    for threads, ms, wall, four_wall in rows:
+          f"{ref_ms * iters / 1000:.0f} (extrapolated) | | | | |")
+    for threads, ms, wall, four_wall, auto_wall, auto_iters in rows:
         print(f"| kgengine | {threads} | {ms:.2f} | {ref_ms / ms:.1f}x | {wall:.1f} | "
-              f"{four_wall:.1f} | {four_wall / wall:.2f}x |")
+              f"{four_wall:.1f} | {four_wall / wall:.2f}x | {auto_wall:.1f} ({auto_iters}) | "
+              f"{auto_wall / wall:.2f}x |")
 
 
 if __name__ == "__main__":

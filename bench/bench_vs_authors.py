@@ -51,12 +51,14 @@ def variant_config(spec: str) -> tuple[str, KernelGANConfig, dict]:
 
     ``default`` is kgengine's default (the authors' defects 1-3, as the authors' code); a NAME
     starting with ``fixed`` starts from ``KernelGANConfig.defects_fixed()`` (kgengine 0.1's
-    choice). Keys are config fields, plus ``restarts`` and ``rule`` (for ``estimate_kernels``).
+    choice). Keys are config fields, plus ``restarts``, ``rule`` and ``stop`` (full or auto)
+    for ``estimate_kernels``.
     """
     name, _, sets = spec.partition(":")
     base = KernelGANConfig.defects_fixed() if name.startswith("fixed") else KernelGANConfig()
     items = parse_overrides([s for s in sets.split(",") if s])
-    opts = {"restarts": int(items.pop("restarts", 1)), "rule": items.pop("rule", "mean")}
+    opts = {"restarts": int(items.pop("restarts", 1)), "rule": items.pop("rule", "mean"),
+            "stop": str(items.pop("stop", "full"))}
     return name, base.replace(**items), opts
 
 
@@ -86,10 +88,19 @@ def run_kgengine(devset: Path, jobs: list[tuple[int, str, int]], name: str,
                 store["runs"][job_key(*job)] = {
                     "kernel": None if k is None else np.round(k, 9).tolist(),
                     "confidence": getattr(r, "confidence", None),
-                    "seconds_per_run": round(sec, 1), "batch": len(chunk) * opts["restarts"]}
+                    "seconds_per_run": round(sec, 1), "batch": len(chunk) * opts["restarts"],
+                    "iters_used": _iters_used(r)}
             save_json(path, store)
             print(f"{name}: {len(store['runs'])} runs ({sec:.0f} s/run)", flush=True)
     return store
+
+
+def _iters_used(result) -> int | list[int] | None:
+    """Iterations each training of a result ran (a list with restarts), None if diverged."""
+    report = getattr(result, "report", None)
+    if report is None:
+        return None
+    return report["restarts"]["iters_used"] if "restarts" in report else report["iters_used"]
 
 
 def score(devset: Path, runs: dict[str, dict[str, list]], jobs, canvas: dict[int, int]) -> list:
