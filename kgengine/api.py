@@ -24,7 +24,7 @@ from kgengine.consensus import combine
 from kgengine.errors import BadImageError, KGEngineError, TrainingDivergedError
 from kgengine.imageio import check_image, read_image
 from kgengine.kernel import analytic_x4, center_kernel, center_of_mass, clean_kernel
-from kgengine.stopping import StopRule, stop_setting
+from kgengine.stopping import StopRule, stop_rule_of, stop_setting
 from kgengine.sysinfo import machine_info
 from kgengine.trainer import BatchTrainer, prepare_image
 
@@ -237,20 +237,6 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
     weights = [w.detach().float().cpu().numpy() for w in final.g_weights[pick]]
     return EstimateResult(name, k2, k4, report, weights, raw[pick],
                           cons.confidence if cons is not None else None)
-
-
-def stop_rule_of(stop: str | dict | StopRule | None) -> StopRule | None:
-    """``"full"``/None -> None, ``"auto"`` -> the default :class:`StopRule`, a rule -> itself,
-    a dict (:func:`~kgengine.stopping.stop_setting`) -> that rule."""
-    if stop is None or isinstance(stop, StopRule):
-        return stop
-    if isinstance(stop, dict):
-        return StopRule(**stop)
-    if stop == "full":
-        return None
-    if stop == "auto":
-        return StopRule()
-    raise ValueError(f"stop: expected 'full', 'auto' or a StopRule, got {stop!r}")
 
 
 def estimate_kernel(image: ImageLike, *, seed: int = 0, **kwargs: Any) -> EstimateResult:

@@ -42,6 +42,20 @@ def stop_setting(rule: StopRule | None) -> Any:
     return asdict(rule) if rule is not None else "full"
 
 
+def stop_rule_of(stop: str | dict | StopRule | None) -> StopRule | None:
+    """``"full"``/None -> None, ``"auto"`` -> the default :class:`StopRule`, a rule -> itself,
+    a dict (:func:`stop_setting`) -> that rule."""
+    if stop is None or isinstance(stop, StopRule):
+        return stop
+    if isinstance(stop, dict):
+        return StopRule(**stop)
+    if stop == "full":
+        return None
+    if stop == "auto":
+        return StopRule()
+    raise ValueError(f"stop: expected 'full', 'auto' or a StopRule, got {stop!r}")
+
+
 def kernel_change(k: np.ndarray, prev: np.ndarray) -> np.ndarray:
     """``||k - prev||_F / ||k||_F`` per image; k, prev (B, K, K) -> (B,) float64."""
     num = np.linalg.norm((k - prev).reshape(len(k), -1), axis=1)

@@ -4,8 +4,8 @@
 without restarts) and the estimator's report of one run, written atomically, so an
 interrupted job resumes where it stopped. Every file also records the store's *identity*
 (scale, method, iterations, restarts, stop rule): one ``OUTDIR`` holds one configuration,
-and a run made with another one is refused rather than mixed in. A run stored before an identity key
-existed has that key's :data:`LEGACY_IDENTITY` value.
+and a run made with another one is refused rather than mixed in. A run stored before an
+identity key existed has that key's :data:`LEGACY_IDENTITY` value.
 """
 
 from __future__ import annotations

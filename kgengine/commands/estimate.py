@@ -98,9 +98,9 @@ def _estimate(
     authors_defects: bool, overrides: list[str], force: bool, restarts: int = 1,
     fix_defects: bool = False, stop: str = "full",
 ) -> int:
-    from kgengine.api import resolve_device, stop_rule_of
+    from kgengine.api import resolve_device
     from kgengine.outputs import requested_settings
-    from kgengine.stopping import stop_setting
+    from kgengine.stopping import stop_rule_of, stop_setting
 
     base = KernelGANConfig.defects_fixed() if fix_defects else KernelGANConfig.authors()
     try:  # --set iters=N wins over --iters

@@ -17,7 +17,7 @@ import torch
 
 from kgengine.config import KernelGANConfig
 from kgengine.errors import KGEngineError
-from kgengine.stopping import StopRule, stop_setting
+from kgengine.stopping import stop_rule_of, stop_setting
 
 #: Training precisions a pool may use.
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -57,7 +57,7 @@ class FarmSettings:
         try:
             return FarmSettings(int(d["seed"]), bool(d["x4"]), str(d["dtype"]),
                                 str(d["mode"]), KernelGANConfig().replace(**d["config"]),
-                                int(d.get("restarts", 1)), stop_value(d.get("stop", "full")))
+                                int(d.get("restarts", 1)), stored_stop(d.get("stop", "full")))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise KGEngineError(f"the pool's stored settings are not usable ({exc}); "
                                 "use a new pool folder") from None
@@ -100,7 +100,7 @@ def resolve_settings(stored: dict[str, Any] | None, *, seed: int | None = None,
         base.seed if seed is None else int(seed), base.x4 if x4 is None else bool(x4),
         base.dtype if dtype is None else dtype, base.mode if mode is None else mode, cfg,
         base.restarts if restarts is None else int(restarts),
-        base.stop if stop is None else stop_value(stop))
+        base.stop if stop is None else stored_stop(stop))
     if stored is not None:
         check_same(base, want)
     return want
@@ -123,19 +123,13 @@ def check_same(pool: FarmSettings, given: FarmSettings) -> None:
         )
 
 
-def stop_value(stop: Any) -> Any:
+def stored_stop(stop: Any) -> Any:
     """"full", "auto" or a stored rule's fields -> the stored form ("full" or the fields).
 
     Raises:
         ValueError: anything else (a bad option value or a damaged stored rule).
     """
-    if stop == "full":
-        return "full"
-    if stop == "auto":
-        return stop_setting(StopRule())
-    if isinstance(stop, dict):
-        return stop_setting(StopRule(**stop))
-    raise ValueError(f"stop: expected full or auto, got {stop!r}")
+    return stop_setting(stop_rule_of(stop))
 
 
 def check_mode(settings: FarmSettings) -> None:
