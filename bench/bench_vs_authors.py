@@ -49,13 +49,16 @@ DATA = Path(__file__).resolve().parent / "data"
 def variant_config(spec: str) -> tuple[str, KernelGANConfig, dict]:
     """``default`` | ``fixed`` | ``NAME:key=value,...`` -> (name, config, estimate options).
 
-    ``default`` is kgengine's default (the authors' defects 1-3, as the authors' code); a NAME
-    starting with ``fixed`` starts from ``KernelGANConfig.defects_fixed()`` (kgengine 0.1's
-    choice). Keys are config fields, plus ``restarts``, ``rule`` and ``stop`` (full or auto)
-    for ``estimate_kernels``.
+    Every variant starts from the authors' settings, ``KernelGANConfig.authors()`` (defects
+    1-3 and the kernel clean-up ``n_filtering = 40``: kgengine 0.2-0.4's default, the config of
+    the committed ``default``, ``r4`` and ``r4auto`` stores); a NAME starting with ``fixed``
+    from ``defects_fixed()`` with ``n_filtering = 40`` (kgengine 0.1's choice). kgengine 0.5's
+    default is ``n60:n_filtering=60``. Keys are config fields, plus ``restarts``, ``rule`` and
+    ``stop`` (full or auto) for ``estimate_kernels``.
     """
     name, _, sets = spec.partition(":")
-    base = KernelGANConfig.defects_fixed() if name.startswith("fixed") else KernelGANConfig()
+    base = (KernelGANConfig.defects_fixed() if name.startswith("fixed")
+            else KernelGANConfig.authors()).replace(n_filtering=40)
     items = parse_overrides([s for s in sets.split(",") if s])
     opts = {"restarts": int(items.pop("restarts", 1)), "rule": items.pop("rule", "mean"),
             "stop": str(items.pop("stop", "full"))}
@@ -70,6 +73,10 @@ def run_kgengine(devset: Path, jobs: list[tuple[int, str, int]], name: str,
     path = DATA / f"kgengine_{name}.json"
     store = json.loads(path.read_text()) if path.exists() else {
         "variant": name, "config": cfg.to_dict(), "runs": {}}
+    stored = KernelGANConfig().replace(**store["config"])
+    if stored != cfg.replace(iters=stored.iters):
+        raise SystemExit(f"{path}: made with another config than variant {name!r} gives "
+                         f"({cfg.to_dict()}); use another variant name")
     todo = [j for j in jobs if job_key(*j) not in store["runs"]]
     by_scale = defaultdict(list)
     for j in todo:

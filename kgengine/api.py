@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from kgengine.config import KernelGANConfig
-from kgengine.consensus import combine
+from kgengine.consensus import Consensus, combine
 from kgengine.errors import BadImageError, KGEngineError, TrainingDivergedError
 from kgengine.imageio import check_image, read_image
 from kgengine.kernel import analytic_x4, center_kernel, center_of_mass, clean_kernel
@@ -76,6 +76,26 @@ def resolve_device(device: str = "auto") -> torch.device:
 def finish_kernel(raw: np.ndarray, n_filtering: int) -> np.ndarray:
     """Raw composed kernel -> saved kernel: :func:`clean_kernel` then :func:`center_kernel`."""
     return center_kernel(clean_kernel(raw, n_filtering))
+
+
+def finish_restarts(raws: Sequence[np.ndarray], n_filtering: int, rule: str = "mean",
+                    restarts: int | None = None
+                    ) -> tuple[np.ndarray, list[np.ndarray], Consensus | None]:
+    """The raw kernels of one image's finite restarts -> its saved x2 kernel.
+
+    Each raw kernel is finished (:func:`finish_kernel`). A single run (``restarts`` = 1;
+    default ``len(raws)``) gives its finished kernel; with restarts, the
+    :func:`kgengine.consensus.combine` of the finished kernels by ``rule`` (also when only
+    one of them is left finite).
+
+    Returns:
+        (kernel (K, K) float64, the K finished kernels, the consensus or None for K = 1).
+    """
+    finished = [finish_kernel(r, n_filtering) for r in raws]
+    if (restarts if restarts is not None else len(raws)) == 1:
+        return finished[0], finished, None
+    cons = combine(finished, rule)
+    return cons.kernel, finished, cons
 
 
 def kernel_stats(k: np.ndarray) -> dict[str, Any]:
@@ -212,9 +232,8 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
     ok = [r for r in rows if final.finite[r] and np.isfinite(raw[r]).all()]
     if not ok:
         return TrainingDivergedError(f"{name}: training diverged (NaN/inf) with seed {seed}")
-    finished = [finish_kernel(raw[r], cfg.n_filtering) for r in ok]
-    cons = combine(finished, rule) if len(rows) > 1 else None
-    k2 = cons.kernel if cons is not None else finished[0]
+    k2, finished, cons = finish_restarts([raw[r] for r in ok], cfg.n_filtering, rule,
+                                           len(rows))
     pick = ok[cons.medoid] if cons is not None else ok[0]
     k4 = analytic_x4(k2) if x4 else None
     report = {

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from kgengine.api import estimate_kernels, restart_seed
+from kgengine.api import estimate_kernels, finish_kernel, finish_restarts, restart_seed
 from kgengine.config import KernelGANConfig
 from kgengine.consensus import combine
 from kgengine.imageio import read_image
+from kgengine.kernel import gaussian_kernel
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +55,20 @@ def test_restarts_equal_single_runs_combined(lr):
 def test_restarts_must_be_positive(lr):
     with pytest.raises(ValueError, match="restarts"):
         estimate_kernels([lr], restarts=0, iters=1)
+
+
+def test_finish_restarts_matches_its_parts():
+    # the one path from raw kernels to the saved kernel (estimate_kernels and the bench's
+    # derived stores both use it): one run = its finished kernel; K runs = their combination
+    rng = np.random.default_rng(4)
+    raws = [gaussian_kernel(13, 1.2 + 0.2 * i) + 1e-4 * rng.standard_normal((13, 13))
+            for i in range(3)]
+    k, finished, cons = finish_restarts(raws[:1], 40)
+    assert cons is None and k.tobytes() == finish_kernel(raws[0], 40).tobytes()
+    k, finished, cons = finish_restarts(raws, 60)
+    expected = combine([finish_kernel(r, 60) for r in raws])
+    assert k.tobytes() == expected.kernel.tobytes() and cons.confidence == expected.confidence
+    assert [f.tobytes() for f in finished] == [finish_kernel(r, 60).tobytes() for r in raws]
+    # restarts asked for, one left finite: still a consensus (confidence 1), as the report says
+    k, _, cons = finish_restarts(raws[:1], 40, restarts=3)
+    assert cons is not None and cons.confidence == pytest.approx(1.0)

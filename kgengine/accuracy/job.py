@@ -89,18 +89,19 @@ class EvalSettings:
         return label if self.stop == "full" else f"{label}-stop{self.stop}"
 
     def kernelgan_config(self) -> KernelGANConfig:
-        """The estimator's config: authors' defects 1-3 (default) or their fixes, plus iters."""
-        cfg = KernelGANConfig.defects_fixed() if self.fix_defects else KernelGANConfig.authors()
+        """The estimator's config: the default (authors' defects 1-3) or their fixes, plus
+        iters."""
+        cfg = KernelGANConfig.defects_fixed() if self.fix_defects else KernelGANConfig()
         if self.iters is not None:
             cfg = cfg.replace(iters=self.iters)
         return cfg
 
     def run_identity(self) -> dict[str, Any]:
         """What every stored run must share: ``scale``, ``method``, resolved ``iters``,
-        ``restarts`` and ``stop``."""
-        return {"scale": self.scale, "method": self.method,
-                "iters": self.kernelgan_config().iters, "restarts": self.restarts,
-                "stop": self.stop}
+        ``restarts``, ``stop`` and the kernel clean-up ``n_filtering``."""
+        cfg = self.kernelgan_config()
+        return {"scale": self.scale, "method": self.method, "iters": cfg.iters,
+                "restarts": self.restarts, "stop": self.stop, "n_filtering": cfg.n_filtering}
 
 
 def run_eval(

@@ -3,9 +3,9 @@
 ``OUTDIR/runs/im_N_seed{S}.json`` holds the kernel, the wall time, the confidence (None
 without restarts) and the estimator's report of one run, written atomically, so an
 interrupted job resumes where it stopped. Every file also records the store's *identity*
-(scale, method, iterations, restarts, stop rule): one ``OUTDIR`` holds one configuration,
-and a run made with another one is refused rather than mixed in. A run stored before an
-identity key existed has that key's :data:`LEGACY_IDENTITY` value.
+(scale, method, iterations, restarts, stop rule, kernel clean-up): one ``OUTDIR`` holds one
+configuration, and a run made with another one is refused rather than mixed in. A run
+stored before an identity key existed has that key's :data:`LEGACY_IDENTITY` value.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from kgengine.errors import KGEngineError
 from kgengine.kernel import check_kernel
 
 #: Identity keys added after runs were first stored, with the value older runs were made with.
-LEGACY_IDENTITY: dict[str, Any] = {"restarts": 1, "stop": "full"}
+LEGACY_IDENTITY: dict[str, Any] = {"restarts": 1, "stop": "full", "n_filtering": 40}
 
 
 class ResumeMismatchError(KGEngineError):
     """``OUTDIR/runs`` holds a run made with other settings (scale, iterations, variant,
-    restarts, stop rule)."""
+    restarts, stop rule, kernel clean-up)."""
 
 
 class RunStore:

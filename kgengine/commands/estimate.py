@@ -102,7 +102,7 @@ def _estimate(
     from kgengine.outputs import requested_settings
     from kgengine.stopping import stop_rule_of, stop_setting
 
-    base = KernelGANConfig.defects_fixed() if fix_defects else KernelGANConfig.authors()
+    base = KernelGANConfig.defects_fixed() if fix_defects else KernelGANConfig()
     try:  # --set iters=N wins over --iters
         cfg = base.replace(**{"iters": iters, **parse_overrides(overrides)})
     except ValueError as exc:
