@@ -147,14 +147,12 @@ def score(devset: Path, restarts: int) -> str:
                 n_runs = len(vals[first])
                 lines.append(f"| {row}: mean (n={n_runs}) | "
                              + " | ".join(f"{np.mean(vals[v]):.2f}" for v in VARIANTS) + " |")
-                base = np.asarray(vals[first])
                 labels = [row] + sorted(r for r in t if r.startswith("one run, seed")) \
                     if row == "one run" else [row]
                 for lab in labels:
                     b = np.asarray(t[lab][first])
                     lines.append(f"| {lab}: Δ (n={b.size}) | " + " | ".join(
                         _cell(list(np.asarray(t[lab][v]) - b)) for v in VARIANTS) + " |")
-                del base
             else:
                 lines.append(f"| {row} | " + " | ".join(
                     _cell(vals[v], count="below" in row) for v in VARIANTS) + " |")
