@@ -52,9 +52,9 @@ def variant_config(spec: str) -> tuple[str, KernelGANConfig, dict]:
     Every variant starts from the authors' settings, ``KernelGANConfig.authors()`` (defects
     1-3 and the kernel clean-up ``n_filtering = 40``: kgengine 0.2-0.4's default, the config of
     the committed ``default``, ``r4`` and ``r4auto`` stores); a NAME starting with ``fixed``
-    from ``defects_fixed()`` with ``n_filtering = 40`` (kgengine 0.1's choice). kgengine 0.5's
-    default is ``n60:n_filtering=60``. Keys are config fields, plus ``restarts``, ``rule`` and
-    ``stop`` (full or auto) for ``estimate_kernels``.
+    from ``defects_fixed()`` with ``n_filtering = 40`` (kgengine 0.1's choice). kgengine 0.5.1's
+    default is ``n50:n_filtering=50`` (0.5.0's: ``n60:n_filtering=60``). Keys are config
+    fields, plus ``restarts``, ``rule`` and ``stop`` (full or auto) for ``estimate_kernels``.
     """
     name, _, sets = spec.partition(":")
     base = (KernelGANConfig.defects_fixed() if name.startswith("fixed")
@@ -258,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="first run the missing reference jobs (slow: 7-10 min each)")
     p.add_argument("--devset", type=Path, default=DEFAULT_OUT)
     p.add_argument("--out", type=Path, default=DATA / "vs_authors.md")
+    p.add_argument("--scatter", default=None,
+                   help="';'-separated variant names for confidence_scatter.png (default: all)")
     p.add_argument("--import-stop", action="store_true",
                    help="first put the full-length runs of bench/bench_stop.py (default "
                         "config, current trainer) into the 'default' store")
@@ -306,8 +308,10 @@ def main(argv: list[str] | None = None) -> int:
             + "\n\nEvery stored run (all seeds), against the isotropic Gaussian:\n"
             + summarise(rows, [m for m in runs if m != baseline], baseline, baseline) + "\n\n"
             + "\n".join(confidence_lines(rows, confidences)) + "\n")
+    plotted = [m for m in confidences
+               if args.scatter is None or m[len("kgengine "):] in args.scatter.split(";")]
     points = [(conf[job_key(r["scale"], r["image"], r["seed"])], r[m], f"{m[9:]} x{r['scale']}")
-              for m, conf in confidences.items() for r in rows
+              for m in plotted for conf in [confidences[m]] for r in rows
               if m in r and conf.get(job_key(r["scale"], r["image"], r["seed"])) is not None]
     if points:
         scatter_png(args.out.with_name("confidence_scatter.png"), points)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from typing import Any
 
 from kgengine._version import __version__
@@ -51,17 +52,57 @@ def machine_line(device: str = "auto") -> str:
     return f"{m['cpu']}, {m['cores']} cores{gpu}; torch {m['torch']}; device {device}"
 
 
-def idle_cores() -> int:
-    """Cores not busy with other work: ``cpu_count - round(1-minute load average)``, ≥ 1.
+def busy_from_stat(before: str, after: str) -> float:
+    """Cores busy between two readings of ``/proc/stat``: ``n · (1 − Δidle / Δtotal)``.
 
-    (Linux/macOS load average; elsewhere all cores.)
+    Uses the aggregate ``cpu`` line (user nice system idle iowait irq softirq steal, in
+    ticks; idle = idle + iowait) and ``n`` = the number of ``cpuN`` lines.
+    """
+    def ticks(text: str) -> tuple[int, int, int]:
+        lines = text.splitlines()
+        fields = [int(v) for v in lines[0].split()[1:9]]
+        n = sum(1 for line in lines[1:] if line.startswith("cpu"))
+        return sum(fields), fields[3] + fields[4], n
+
+    total0, idle0, n = ticks(before)
+    total1, idle1, _ = ticks(after)
+    if total1 <= total0:
+        return 0.0
+    return n * (1.0 - (idle1 - idle0) / (total1 - total0))
+
+
+def _read_proc_stat() -> str:
+    with open("/proc/stat", encoding="ascii") as fh:
+        return fh.read()
+
+
+def busy_cores(window: float = 0.2) -> float | None:
+    """Cores busy right now, from ``/proc/stat`` sampled ``window`` seconds apart (Linux);
+    ``None`` where it cannot be read."""
+    try:
+        before = _read_proc_stat()
+        time.sleep(window)
+        return busy_from_stat(before, _read_proc_stat())
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def idle_cores() -> int:
+    """Cores not busy with other work: ``cpu_count − busy``, at least 1.
+
+    ``busy`` is measured now (:func:`busy_cores`, 0.2 s) where ``/proc/stat`` exists, else the
+    1-minute load average (macOS), else all cores are idle. Not the load average first: it
+    decays over minutes, so it still counts a job that has just ended (a second ``kgengine
+    estimate`` right after a first one would get fewer threads).
     """
     n = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return n
-    return max(1, min(n, round(n - load)))
+    busy = busy_cores()
+    if busy is None:
+        try:
+            busy = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return n
+    return max(1, min(n, round(n - busy)))
 
 
 def auto_threads(default: int) -> int:

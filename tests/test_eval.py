@@ -529,14 +529,14 @@ def test_runs_stored_before_stop_resume_as_full(dataset, tmp_path):
 
 
 def test_runs_stored_before_the_clean_up_changed_are_refused(dataset, tmp_path):
-    # runs of kgengine <= 0.4 were cleaned with n_filtering = 40; 0.5's default is 60, so a
+    # runs of kgengine <= 0.4 were cleaned with n_filtering = 40; 0.5.1's default is 50, so a
     # resumed store would mix two clean-ups: refused, naming the stored value
     out = tmp_path / "out"
     run_eval(dataset, out, EvalSettings(seeds=(0,), iters=7), estimator=per_image(FakeEstimator()))
-    assert EvalSettings().run_identity()["n_filtering"] == 60
+    assert EvalSettings().run_identity()["n_filtering"] == 50
     for f in (out / "runs").glob("*.json"):  # as written before n_filtering was recorded
         run = json.loads(f.read_text())
-        assert run["n_filtering"] == 60
+        assert run["n_filtering"] == 50
         del run["n_filtering"]
         f.write_text(json.dumps(run))
     with pytest.raises(ResumeMismatchError, match="'n_filtering': 40"):
