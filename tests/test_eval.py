@@ -528,18 +528,23 @@ def test_runs_stored_before_stop_resume_as_full(dataset, tmp_path):
     assert again.calls == [] and second["rows"] == first["rows"]
 
 
-def test_runs_stored_before_the_clean_up_changed_are_refused(dataset, tmp_path):
-    # runs of kgengine <= 0.4 were cleaned with n_filtering = 40; 0.5.1's default is 50, so a
-    # resumed store would mix two clean-ups: refused, naming the stored value
+@pytest.mark.parametrize("stored, expected", [(None, 40), (60, 60)])
+def test_runs_stored_before_the_clean_up_changed_are_refused(dataset, tmp_path, stored, expected):
+    # runs of kgengine <= 0.4 were cleaned with n_filtering = 40 (not recorded), 0.5.0's with 60;
+    # 0.5.1's default is 50, so a resumed store would mix two clean-ups: refused, naming the
+    # stored value
     out = tmp_path / "out"
     run_eval(dataset, out, EvalSettings(seeds=(0,), iters=7), estimator=per_image(FakeEstimator()))
     assert EvalSettings().run_identity()["n_filtering"] == 50
-    for f in (out / "runs").glob("*.json"):  # as written before n_filtering was recorded
+    for f in (out / "runs").glob("*.json"):
         run = json.loads(f.read_text())
         assert run["n_filtering"] == 50
-        del run["n_filtering"]
+        if stored is None:  # as written before n_filtering was recorded
+            del run["n_filtering"]
+        else:
+            run["n_filtering"] = stored
         f.write_text(json.dumps(run))
-    with pytest.raises(ResumeMismatchError, match="'n_filtering': 40"):
+    with pytest.raises(ResumeMismatchError, match=f"'n_filtering': {expected}"):
         run_eval(dataset, out, EvalSettings(seeds=(0,), iters=7),
                  estimator=per_image(FakeEstimator()))
 
