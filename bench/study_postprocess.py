@@ -108,11 +108,12 @@ def score(devset: Path, restarts: int) -> str:
     """
     runs = json.loads(STORE.read_text())["runs"]
     authors = {k: v["kernel"] for k, v in load_results(AUTHORS_RESULTS)["runs"].items()}
-    groups: dict[tuple[int, str, int], dict[int, np.ndarray]] = defaultdict(dict)
+    # (scale, image, seed) -> restart -> raw kernel (None: that restart diverged)
+    groups: dict[tuple[int, str, int], dict[int, np.ndarray | None]] = defaultdict(dict)
     for key, raw in runs.items():
         sc, name, s, r = key.split("/")
-        if raw is not None:
-            groups[(int(sc[1:]), name, int(s[1:]))][int(r[1:])] = np.asarray(raw)
+        groups[(int(sc[1:]), name, int(s[1:]))][int(r[1:])] = (
+            None if raw is None else np.asarray(raw))
     iso2 = gaussian_kernel(13, 1.3)
     first = next(iter(VARIANTS))
     lines = [f"# Kernel clean-up study\n\nMachine: {machine_line('cpu')}. Default config, 3000 "
@@ -128,15 +129,17 @@ def score(devset: Path, restarts: int) -> str:
             ref_psnr = None if ref is None else aligned_kernel_psnr(
                 np.asarray(ref), gt, size=CANVAS[sc]).psnr
             for v, n in VARIANTS.items():
-                if 0 in rs:
+                if rs.get(0) is not None:
                     one = _psnr(finish(rs[0], n), gt, sc)
                     t["one run"][v].append(one)
                     t[f"one run, seed {seed}"][v].append(one)
                     t["one run below the isotropic Gaussian"][v].append(float(one < iso))
                     if ref_psnr is not None:
                         t["one run − authors' code (runs it has)"][v].append(one - ref_psnr)
-                if restarts > 1 and all(r in rs for r in range(restarts)):
-                    k2 = combine([finish(rs[r], n) for r in range(restarts)]).kernel
+                finite = [rs[r] for r in range(restarts) if rs.get(r) is not None]
+                if restarts > 1 and all(r in rs for r in range(restarts)) and finite:
+                    # as the API: the finite restarts combined
+                    k2 = combine([finish(raw, n) for raw in finite]).kernel
                     comb = _psnr(k2, gt, sc)
                     t[f"restarts {restarts}"][v].append(comb)
                     t[f"restarts {restarts} below the isotropic Gaussian"][v].append(
@@ -179,11 +182,12 @@ def derive(name: str, n: int, restarts: int) -> int:
     for job, rs in sorted(groups.items()):
         if not all(r in rs for r in range(restarts)):
             continue
-        raws = [rs[r] for r in range(restarts)]
-        if any(r is None for r in raws):
+        raws = [np.asarray(rs[r]) for r in range(restarts) if rs[r] is not None]
+        if not raws:  # every restart diverged
             out["runs"][job] = {"kernel": None, "confidence": None}
             continue
-        k2, _, cons = finish_restarts([np.asarray(r) for r in raws], n, "mean", restarts)
+        # as the API: the finite restarts combined (a diverged one is left out)
+        k2, _, cons = finish_restarts(raws, n, "mean", restarts)
         k = analytic_x4(k2) if job.startswith("x4/") else k2
         out["runs"][job] = {"kernel": np.round(k, 9).tolist(),
                             "confidence": None if cons is None else cons.confidence}
