@@ -23,7 +23,13 @@ from kgengine.config import KernelGANConfig
 from kgengine.consensus import Consensus, combine
 from kgengine.errors import BadImageError, KGEngineError, TrainingDivergedError
 from kgengine.imageio import check_image, read_image
-from kgengine.kernel import analytic_x4, center_kernel, center_of_mass, clean_kernel
+from kgengine.kernel import (
+    analytic_x4,
+    center_kernel,
+    center_of_mass,
+    clean_kernel,
+    principal_axes,
+)
 from kgengine.stopping import StopRule, stop_rule_of, stop_setting
 from kgengine.sysinfo import machine_info
 from kgengine.trainer import BatchTrainer, prepare_image
@@ -99,9 +105,16 @@ def finish_restarts(raws: Sequence[np.ndarray], n_filtering: int, rule: str = "m
 
 
 def kernel_stats(k: np.ndarray) -> dict[str, Any]:
-    """Size, sum and centre of mass of a kernel, for reports."""
+    """Size, sum, centre of mass and second-moment axes of a kernel, for reports.
+
+    ``axes``: :func:`kgengine.kernel.principal_axes` as ``var_long``, ``var_short`` (px² in
+    the kernel's own grid) and ``theta_deg`` (the long axis, counter-clockwise from the column
+    axis, in [0, 180)).
+    """
     cy, cx = center_of_mass(k)
-    return {"size": list(k.shape), "sum": float(k.sum()), "center_of_mass": [cy, cx]}
+    v1, v2, theta = principal_axes(k)
+    return {"size": list(k.shape), "sum": float(k.sum()), "center_of_mass": [cy, cx],
+            "axes": {"var_long": v1, "var_short": v2, "theta_deg": float(np.degrees(theta))}}
 
 
 def _device_name(dev: torch.device) -> str:

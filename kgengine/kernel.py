@@ -79,6 +79,38 @@ def anisotropic_gaussian(
     return k / k.sum()
 
 
+def principal_axes(k: np.ndarray) -> tuple[float, float, float]:
+    """Second-moment axes of a kernel: ``(var1, var2, theta)`` with ``var1 >= var2``.
+
+    With ``p = max(k, 0) / sum max(k, 0)`` and ``x = (col - m_col, row - m_row)`` about the
+    centre of mass, ``Σ = sum p·x xᵀ = R(θ) diag(var1, var2) R(θ)ᵀ``: the inverse of
+    :func:`anisotropic_gaussian` (up to truncation by the canvas), with ``theta`` in
+    ``[0, π)`` (an axis has no sign).
+
+    Args:
+        k: (h, w) kernel with a positive entry.
+    """
+    p = np.clip(np.asarray(k, np.float64), 0.0, None)
+    if p.sum() <= 0:
+        raise ValueError("kernel has no positive entries")
+    p = p / p.sum()
+    my, mx = center_of_mass(p)
+    yy, xx = np.mgrid[0:p.shape[0], 0:p.shape[1]].astype(np.float64)
+    dx, dy = xx - mx, yy - my
+    cov = np.array([[(p * dx * dx).sum(), (p * dx * dy).sum()],
+                    [(p * dx * dy).sum(), (p * dy * dy).sum()]])
+    vals, vecs = np.linalg.eigh(cov)  # ascending
+    theta = float(np.arctan2(vecs[1, 1], vecs[0, 1]) % np.pi)
+    return float(vals[1]), float(vals[0]), theta
+
+
+def axis_difference(theta_a: float, theta_b: float) -> float:
+    """Angle between two axes (radians, sign-free): ``min(|a - b| mod π, π - |a - b| mod π)``,
+    in ``[0, π/2]``."""
+    d = abs(theta_a - theta_b) % np.pi
+    return float(min(d, np.pi - d))
+
+
 def shift_kernel(k: np.ndarray, dy: float, dx: float) -> np.ndarray:
     """Translate ``k`` by ``(dy, dx)`` pixels (cubic spline, zeros outside), same shape."""
     # grid-constant: zeros outside, and the spline is still evaluated for samples that fall

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from kgengine import __version__
 from kgengine.cli import app
+from kgengine.kernel import principal_axes
 
 runner = CliRunner()
 
@@ -56,6 +57,9 @@ def test_estimate_writes_outputs_that_load_back(tmp_path, lr_png):
     assert report["kernel_x2"]["size"] == [13, 13]
     assert report["kernel_x2"]["sum"] == pytest.approx(1.0)
     assert report["kernel_x2"]["center_of_mass"] == pytest.approx([6.0, 6.0], abs=0.05)
+    v1, v2, theta = principal_axes(k2)  # the report describes the saved kernel
+    assert report["kernel_x2"]["axes"] == pytest.approx(
+        {"var_long": v1, "var_short": v2, "theta_deg": np.degrees(theta)})
     assert set(report["final_losses"]) >= {"g_gan", "d", "bicubic", "sum2one", "sparse"}
     assert not list(out.glob("*.tmp"))
 

@@ -9,10 +9,12 @@ from kgengine.degrade import degrade
 from kgengine.kernel import (
     analytic_x4,
     anisotropic_gaussian,
+    axis_difference,
     center_kernel,
     center_of_mass,
     clean_kernel,
     gaussian_kernel,
+    principal_axes,
     shift_kernel,
 )
 
@@ -71,3 +73,33 @@ def test_clean_kernel_keeps_40_largest_region():
     pivot = np.sort(k.ravel())[-41]
     expected = np.clip(k - 0.75 * pivot, 0, None)
     np.testing.assert_allclose(c, expected / expected.sum())
+
+
+@pytest.mark.parametrize("theta", [0.0, np.pi / 5, np.pi / 2, 2.5])
+def test_principal_axes_invert_anisotropic_gaussian(theta):
+    """Closed form: the second moments of a sampled Gaussian on a wide canvas are its Σ."""
+    v1, v2, t = principal_axes(anisotropic_gaussian(41, 4.0, 1.0, theta))
+    assert (v1, v2) == pytest.approx((4.0, 1.0), rel=1e-6)
+    assert axis_difference(t, theta) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_principal_axes_transpose_mirrors_the_axis():
+    """Transposing a kernel swaps rows and columns: the axis θ becomes π/2 − θ."""
+    k = anisotropic_gaussian(41, 5.0, 0.6, np.pi / 8)
+    _, _, t = principal_axes(k.T)
+    assert axis_difference(t, np.pi / 2 - np.pi / 8) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_axis_difference_is_sign_free():
+    assert axis_difference(0.1, np.pi - 0.1) == pytest.approx(0.2)
+    assert axis_difference(0.0, np.pi / 2) == pytest.approx(np.pi / 2)
+    assert axis_difference(3 * np.pi + 0.3, 0.3) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_report_axes_of_a_known_kernel():
+    """The report's axes of an anisotropic Gaussian are its variances and angle."""
+    from kgengine.api import kernel_stats
+
+    axes = kernel_stats(anisotropic_gaussian(41, 3.0, 1.2, np.radians(120)))["axes"]
+    assert axes == pytest.approx({"var_long": 3.0, "var_short": 1.2, "theta_deg": 120.0},
+                                 rel=1e-6)
