@@ -37,6 +37,7 @@ from kgengine.kernel import (
     center_kernel,
     clean_kernel,
     gaussian_kernel,
+    pad_to,
     principal_axes,
 )
 from kgengine.metrics import aligned_kernel_psnr
@@ -182,7 +183,48 @@ def score(devset: Path, restarts: int) -> str:
                 lines.append(f"| {row} | " + " | ".join(
                     _cell(vals[v], count="below" in row) for v in VARIANTS) + " |")
         lines += orientation(devset, sc, groups, authors)
+        lines += shrinkage(devset, sc, groups, restarts)
     return "\n".join(lines) + "\n"
+
+
+def shrinkage(devset: Path, sc: int, groups: dict, restarts: int, n: int = 50,
+              alphas: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5)) -> list[str]:
+    """Markdown: the saved kernel mixed with the isotropic Gaussian, ``(1 − α)·k + α·g``.
+
+    A study, not a default: per α, the paired gain over α = 0 (mean ± SE) and the runs below
+    the Gaussian, for one run and for ``restarts``, on two halves of the images (im_5-12,
+    im_13-20) so that an α picked on one half can be read on the other.
+    """
+    iso = gaussian_kernel(13, 1.3)
+    t: dict[tuple, list[tuple[float, float, bool]]] = defaultdict(list)
+    for (s_, name, _), rs in sorted(groups.items()):
+        if s_ != sc or rs.get(0) is None:
+            continue
+        gt = _gt(devset, sc, name)
+        base_iso = _psnr(iso, gt, sc)
+        half = "im_5-12" if int(name.split("_")[1]) <= 12 else "im_13-20"
+        finite = [rs[r] for r in range(restarts) if rs.get(r) is not None]
+        kinds = {"one run": finish(rs[0], n)}
+        if restarts > 1 and all(r in rs for r in range(restarts)) and finite:
+            kinds[f"restarts {restarts}"] = combine([finish(raw, n) for raw in finite]).kernel
+        for kind, k in kinds.items():
+            g = pad_to(iso, k.shape[0])
+            p0 = _psnr(k, gt, sc)
+            for a in alphas:
+                pa = _psnr((1 - a) * k + a * g, gt, sc)
+                t[(kind, half, a)].append((pa - p0, pa, pa < base_iso))
+            t[(kind, half, 0.0)].append((0.0, p0, p0 < base_iso))
+    lines = [f"\nShrinking toward the isotropic Gaussian, x{sc} (n={n}): Δ vs α = 0 ± SE, runs "
+             "below the Gaussian.\n\n| | " + " | ".join(f"α = {a}" for a in (0.0, *alphas))
+             + " |\n|---|" + "---:|" * (len(alphas) + 1)]
+    for kind, half in sorted({(k[0], k[1]) for k in t}):
+        cells = []
+        for a in (0.0, *alphas):
+            v = np.asarray(t[(kind, half, a)], dtype=np.float64)
+            cells.append(f"{_cell(list(v[:, 0])) if a else f'{v[:, 1].mean():.2f}'} "
+                         f"({int(v[:, 2].sum())}/{len(v)})")
+        lines.append(f"| {kind}, {half} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def orientation(devset: Path, sc: int, groups: dict, authors: dict, n: int = 50,
