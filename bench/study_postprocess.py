@@ -92,6 +92,15 @@ def train(devset: Path, names: list[str], seeds: list[int], scales: list[int], r
                   flush=True)
 
 
+def _finished_restarts(rs: dict[int, np.ndarray | None], n: int, restarts: int
+                       ) -> list[np.ndarray]:
+    """The finished kernels of a group's finite restarts (as the API combines them), or []
+    when ``restarts`` is 1, a restart is not stored yet, or every restart diverged."""
+    if restarts < 2 or not all(r in rs for r in range(restarts)):
+        return []
+    return [finish(rs[r], n) for r in range(restarts) if rs[r] is not None]
+
+
 def _gt(devset: Path, scale: int, name: str) -> np.ndarray:
     idx = name.split("_")[1]
     return np.asarray(loadmat(devset / f"gt_k_x{scale}" / f"kernel_{idx}.mat")["Kernel"])
@@ -144,15 +153,14 @@ def score(devset: Path, restarts: int) -> str:
                     t["one run below the isotropic Gaussian"][v].append(float(one < iso))
                     if ref_psnr is not None:
                         t["one run − authors' code (runs it has)"][v].append(one - ref_psnr)
-                finite = [rs[r] for r in range(restarts) if rs.get(r) is not None]
-                if restarts > 1 and all(r in rs for r in range(restarts)) and finite:
+                finished = _finished_restarts(rs, n, restarts)
+                if finished:
                     # as the API: the finite restarts combined
-                    k2 = combine([finish(raw, n) for raw in finite]).kernel
-                    comb = _psnr(k2, gt, sc)
+                    comb = _psnr(combine(finished).kernel, gt, sc)
                     t[f"restarts {restarts}"][v].append(comb)
                     t[f"restarts {restarts} below the isotropic Gaussian"][v].append(
                         float(comb < iso))
-                    singles = [_psnr(finish(raw, n), gt, sc) for raw in finite]
+                    singles = [_psnr(k, gt, sc) for k in finished]
                     t[f"restarts {restarts}: mean of its single runs"][v].append(np.mean(singles))
                     t[f"restarts {restarts}: best single run, picked with the truth "
                       "(a bound for any rule)"][v].append(max(singles))
@@ -203,10 +211,10 @@ def shrinkage(devset: Path, sc: int, groups: dict, restarts: int, n: int = 50,
         gt = _gt(devset, sc, name)
         base_iso = _psnr(iso, gt, sc)
         half = "im_5-12" if int(name.split("_")[1]) <= 12 else "im_13-20"
-        finite = [rs[r] for r in range(restarts) if rs.get(r) is not None]
         kinds = {"one run": finish(rs[0], n)}
-        if restarts > 1 and all(r in rs for r in range(restarts)) and finite:
-            kinds[f"restarts {restarts}"] = combine([finish(raw, n) for raw in finite]).kernel
+        finished = _finished_restarts(rs, n, restarts)
+        if finished:
+            kinds[f"restarts {restarts}"] = combine(finished).kernel
         for kind, k in kinds.items():
             g = pad_to(iso, k.shape[0])
             p0 = _psnr(k, gt, sc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from kgengine.api import kernel_stats
 from kgengine.degrade import degrade
 from kgengine.kernel import (
     analytic_x4,
@@ -98,8 +99,6 @@ def test_axis_difference_is_sign_free():
 
 def test_report_axes_of_a_known_kernel():
     """The report's axes of an anisotropic Gaussian are its variances and angle."""
-    from kgengine.api import kernel_stats
-
     axes = kernel_stats(anisotropic_gaussian(41, 3.0, 1.2, np.radians(120)))["axes"]
     assert axes == pytest.approx({"var_long": 3.0, "var_short": 1.2, "theta_deg": 120.0},
                                  rel=1e-6)
