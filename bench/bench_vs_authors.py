@@ -146,14 +146,15 @@ def summarise(rows: list[dict], methods: list[str], baseline: str,
     """Markdown, per scale: each method on the runs where it and the reference both exist.
 
     Columns: runs, images; the method's mean aligned kernel PSNR, the reference's on the same
-    runs and the difference; per-seed means; seed spread (mean over images of the std across
+    runs and the difference ± the standard error of the paired differences
+    (SE = std(d, ddof=1) / sqrt(n)); per-seed means; seed spread (mean over images of the std across
     seeds); LR re-synthesis PSNR; runs below ``baseline`` (method / reference).
     """
     out = []
     for scale in sorted({r["scale"] for r in rows}):
         out += [f"\n**x{scale}**\n",
                 f"| method | runs (images) | aligned kernel PSNR | {reference} on the same runs "
-                "| Δ | per-seed means | seed spread | LR re-synthesis PSNR "
+                "| Δ ± SE | per-seed means | seed spread | LR re-synthesis PSNR "
                 f"| runs below {baseline} (method / {reference}) |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for m in methods:
@@ -170,8 +171,11 @@ def summarise(rows: list[dict], methods: list[str], baseline: str,
                      f"{sum(r[m] < r[baseline] for r in sub)} / "
                      f"{sum(r[reference] < r[baseline] for r in sub)}")
             resynth = np.mean([r[m + " resynth"] for r in sub])
+            diffs = np.array([r[m] - r[reference] for r in sub]) if m != reference else None
+            se = (f" ± {np.std(diffs, ddof=1) / np.sqrt(len(diffs)):.2f}"
+                  if diffs is not None and len(diffs) > 1 else "")
             out.append(f"| {m} | {len(sub)} ({len({r['image'] for r in sub})}) | {mine:.2f} "
-                       f"| {ref:.2f} | {mine - ref:+.2f} | {per_seed} "
+                       f"| {ref:.2f} | {mine - ref:+.2f}{se} | {per_seed} "
                        f"| {seed_spread(sub, m):.2f} | {resynth:.2f} | {below} |")
     return "\n".join(out)
 

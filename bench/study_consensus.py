@@ -10,7 +10,10 @@ and confidence measures can be compared here in seconds:
   the metric's own sub-pixel search;
 - confidence measures (none uses the true kernel): the restarts' agreement as ``combine``
   reports it (mean cosine), their mean pairwise aligned PSNR, the relative L2 spread, and
-  two image statistics (mean gradient magnitude of the LR image, share of strong gradients);
+  three image statistics (mean gradient magnitude of the LR image, share of strong gradients,
+  the anisotropy of its global structure tensor);
+- a check for confounding: the structure-tensor anisotropy of the *HR* image (content only,
+  not available in use) and its rank correlation with the true kernel's elongation;
 - for each, Spearman's ρ with the combined kernel's aligned PSNR, and with its gain over the
   isotropic Gaussian (σ = 1.3) on the same image.
 
@@ -31,11 +34,12 @@ from scipy.stats import spearmanr
 from kgengine.atomic import save_text
 from kgengine.consensus import centred_stack, combine
 from kgengine.imageio import read_image
-from kgengine.kernel import center_kernel, common_size, gaussian_kernel, pad_to
+from kgengine.kernel import center_kernel, common_size, gaussian_kernel, pad_to, principal_axes
 from kgengine.metrics import aligned_kernel_psnr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from devset import DEFAULT_OUT, ensure_devset  # noqa: E402
+from study_confidence import gradient_anisotropy  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -50,6 +54,12 @@ def aligned_mean(kernels: list[np.ndarray], size: int) -> np.ndarray:
              for i, k in enumerate(stack)]
     k = np.clip(np.mean(moved, axis=0), 0, None)
     return center_kernel(k / k.sum())
+
+
+def elongation(k: np.ndarray) -> float:
+    """Long-axis over short-axis variance of a kernel (second moments)."""
+    var_long, var_short, _ = principal_axes(k)
+    return float(var_long / var_short)
 
 
 def study(devset: Path) -> list[dict]:
@@ -86,12 +96,18 @@ def study(devset: Path) -> list[dict]:
             "pairwise aligned PSNR": float(np.mean(pairwise)), "minus L2 spread": -spread,
             "mean gradient of the LR image": float(grad.mean()),
             "share of gradients > 0.05": float((grad > 0.05).mean()),
+            "minus gradient anisotropy of the LR image": -gradient_anisotropy(lr),
+            "minus gradient anisotropy of the HR image (content only)":
+                -gradient_anisotropy(read_image(devset / "gt" / f"{name}.png").mean(axis=2)),
+            "true elongation": elongation(gt),
         })
     return rows
 
 
 MEASURES = ("agreement (cosine, as combine)", "pairwise aligned PSNR", "minus L2 spread",
-            "mean gradient of the LR image", "share of gradients > 0.05")
+            "mean gradient of the LR image", "share of gradients > 0.05",
+            "minus gradient anisotropy of the LR image",
+            "minus gradient anisotropy of the HR image (content only)")
 
 
 def report(rows: list[dict]) -> str:
@@ -124,6 +140,14 @@ def report(rows: list[dict]) -> str:
     for m in MEASURES:
         vals = [r[m] for r in rows]
         lines.append(f"| {m} | {spearmanr(vals, psnr)[0]:+.2f} | {spearmanr(vals, gain)[0]:+.2f} |")
+    elong = [r["true elongation"] for r in rows]
+    lines += ["", "Confounding check: Spearman ρ of the true kernel's elongation (long/short "
+              "axis variance) with the combined PSNR "
+              f"{spearmanr(elong, psnr)[0]:+.2f}, with the LR image's gradient anisotropy "
+              f"{spearmanr(elong, [-r[MEASURES[-2]] for r in rows])[0]:+.2f}"
+              ", with the HR image's (content only; kernels were drawn independently of the "
+              "images) "
+              f"{spearmanr(elong, [-r[MEASURES[-1]] for r in rows])[0]:+.2f}."]
     lines += ["", f"n = {len(rows)} images. Per image: " + "; ".join(
         f"{r['image']} {r['mean_rule']:.1f} (iso {r['iso']:.1f})" for r in rows), ""]
     return "\n".join(lines)
