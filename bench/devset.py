@@ -32,13 +32,18 @@ def dev_sources(hr_dir: Path = HR_DIR) -> list[Path]:
 
 def ensure_devset(out: Path = DEFAULT_OUT, hr_dir: Path = HR_DIR) -> Path:
     """Build the set into ``out`` unless ``out/synth.json`` already describes the same sources."""
-    sources = dev_sources(hr_dir)
+    return ensure_set(out, dev_sources(hr_dir), SET_SEED)
+
+
+def ensure_set(out: Path, sources: list[Path], seed: int) -> Path:
+    """Build the synthetic set of ``sources`` with set ``seed`` into ``out``, unless
+    ``out/synth.json`` already lists the same source files."""
     manifest = out / "synth.json"
     if manifest.exists():
         done = json.loads(manifest.read_text())
         if [m["source"] for m in done["images"]] == [p.name for p in sources]:
             return out
-    make_div2krk_like(sources, out, seed=SET_SEED)
+    make_div2krk_like(sources, out, seed=seed)
     return out
 
 

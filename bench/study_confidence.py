@@ -18,7 +18,7 @@ checked here on images nobody looked at:
 The hypothesis, written before the check set was trained: ``1 − anisotropy`` of the LR image
 has ρ ≥ 0.5 with the aligned kernel PSNR on the check set at x2.
 
-Run: ``python bench/study_confidence.py --train`` (about 30 min per scale on 2 idle cores),
+Run: ``python bench/study_confidence.py --train`` (about 16 min per scale on one core),
 then ``python bench/study_confidence.py`` (writes ``bench/data/confidence_study.md``).
 """
 
@@ -34,7 +34,6 @@ import numpy as np
 from scipy.io import loadmat
 from scipy.stats import spearmanr
 
-from kgengine.accuracy.synth import make_div2krk_like
 from kgengine.atomic import save_json, save_text
 from kgengine.imageio import read_image
 from kgengine.kernel import analytic_x4, gaussian_kernel, principal_axes
@@ -42,7 +41,7 @@ from kgengine.metrics import aligned_kernel_psnr
 from kgengine.sysinfo import machine_line
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from devset import DEFAULT_OUT, HR_DIR, dev_sources, ensure_devset  # noqa: E402
+from devset import DEFAULT_OUT, HR_DIR, dev_sources, ensure_devset, ensure_set  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 CHECK_OUT = Path("bench_out/checkset")
@@ -60,14 +59,7 @@ def check_sources(hr_dir: Path = HR_DIR) -> list[Path]:
 
 def ensure_checkset(out: Path = CHECK_OUT, hr_dir: Path = HR_DIR) -> Path:
     """Build the check set into ``out`` unless it is there already (same sources)."""
-    sources = check_sources(hr_dir)
-    manifest = out / "synth.json"
-    if manifest.exists():
-        done = json.loads(manifest.read_text())
-        if [m["source"] for m in done["images"]] == [p.name for p in sources]:
-            return out
-    make_div2krk_like(sources, out, seed=CHECK_SEED)
-    return out
+    return ensure_set(out, check_sources(hr_dir), CHECK_SEED)
 
 
 def gradient_anisotropy(gray: np.ndarray) -> float:
