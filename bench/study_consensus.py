@@ -34,12 +34,12 @@ from scipy.stats import spearmanr
 from kgengine.atomic import save_text
 from kgengine.consensus import centred_stack, combine
 from kgengine.imageio import read_image
-from kgengine.kernel import center_kernel, common_size, gaussian_kernel, pad_to, principal_axes
+from kgengine.kernel import center_kernel, common_size, gaussian_kernel, pad_to
 from kgengine.metrics import aligned_kernel_psnr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from devset import DEFAULT_OUT, ensure_devset  # noqa: E402
-from study_confidence import gradient_anisotropy  # noqa: E402
+from study_confidence import elongation, gradient_anisotropy  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -54,12 +54,6 @@ def aligned_mean(kernels: list[np.ndarray], size: int) -> np.ndarray:
              for i, k in enumerate(stack)]
     k = np.clip(np.mean(moved, axis=0), 0, None)
     return center_kernel(k / k.sum())
-
-
-def elongation(k: np.ndarray) -> float:
-    """Long-axis over short-axis variance of a kernel (second moments)."""
-    var_long, var_short, _ = principal_axes(k)
-    return float(var_long / var_short)
 
 
 def study(devset: Path) -> list[dict]:
