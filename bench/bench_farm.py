@@ -147,7 +147,11 @@ def print_table(results: list[dict], per: str) -> dict[int, tuple[float, float]]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--iters", type=int, default=100, help="training iterations per image")
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8, 16])
+    ap.add_argument("--batches", type=int, nargs="*", default=[1, 4, 8, 16],
+                    help="B of the CPU sweep (none: skip it)")
+    ap.add_argument("--gpu-batches", type=int, nargs="+", default=[1, 8, 32, 64, 128, 256, 512],
+                    help="B of the GPU sweep (the automatic batch size is added, larger ones "
+                         "are dropped)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     ap.add_argument("--repeats", type=int, default=1, help="runs per B (median reported)")
     ap.add_argument("--device", default="cpu", help="device of the CPU sweep")
@@ -167,7 +171,7 @@ def main() -> None:
           f"{SIDE}x{SIDE} LR images, torch threads {args.threads or 'default'}, "
           f"median of {args.repeats} run(s) per B")
     results = sweep(args.batches, args.iters, args.device, args.threads, args.repeats)
-    table = print_table(results, "hour")
+    table = print_table(results, "hour") if results else {}
     if 1 in table and 8 in table:
         for label, j in ((f"{args.iters} iterations", 0), (f"{FULL_ITERS} (extrapolated)", 1)):
             ratio = table[8][j] / table[1][j]
@@ -185,7 +189,7 @@ def main() -> None:
     from kgengine.farm.settings import FarmSettings
 
     limit = auto_batch(torch.device("cuda"), FarmSettings(), SIDE * SIDE)
-    batches = [b for b in (1, 8, 32, 64, 128, 256, 512) if b <= limit] + [limit]
+    batches = [b for b in args.gpu_batches if b <= limit] + [limit]
     batches = sorted(set(batches))
     print(f"GPU: {torch.cuda.get_device_name(0)}; automatic batch limit {limit}")
     res = sweep(batches, args.iters, "cuda", None, args.repeats)

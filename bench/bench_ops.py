@@ -200,6 +200,9 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
     print(f"Machine: {machine()}")
+    for name in ("numba", "numba_cuda", "cupy"):
+        ok, why = availability(name)
+        print(f"backend {name}: {'yes' if ok else 'no'} ({why})")
     print(
         f"dtype: {args.dtype}; times in ms: median (p20-p80); speed-up vs the torch reference "
         "on the same device (CPU rows vs torch CPU, GPU rows vs torch CUDA)\n"

@@ -16,6 +16,7 @@ The layer-by-layer mode costs ~0.15 s/iteration on a 2-core CPU, so by default i
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -30,15 +31,15 @@ from kgengine.kernel import anisotropic_gaussian
 from kgengine.metrics import aligned_kernel_psnr
 from kgengine.sysinfo import cpu_name
 
-HR_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hr"
+#: the benchmark photos (override with KGENGINE_HR_DIR, e.g. on a machine without ../shared)
+HR_DIR = Path(os.environ.get("KGENGINE_HR_DIR",
+                             Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hr"))
 SAMPLE = Path(__file__).resolve().parents[1] / "kgengine" / "data" / "sample_hr.png"
 NAMES = ["kodim05.png", "urban_010.png", "kodim13.png", "urban_030.png", "kodim20.png"]
 
 
 def machine() -> str:
     cpu = cpu_name()
-    import os
-
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads")
 
@@ -66,6 +67,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--batch", type=int, default=8,
                     help="also train this many images as one batch (0 = skip)")
+    ap.add_argument("--sweep", default="",
+                    help="only time the batched trainer at these batch sizes, e.g. 1,8,64,auto "
+                         "(auto = the farm's automatic batch size for this image on --device)")
+    ap.add_argument("--sweep-iters", type=int, default=300)
+    ap.add_argument("--sweep-e2e-iters", type=int, default=3000,
+                    help="iterations of the sweep's end-to-end one run vs --restarts 4 (0: skip)")
+    ap.add_argument("--sweep-backends", default="",
+                    help="also time the sweep's numeric batch sizes with these op backends")
     ap.add_argument("--authors", type=Path, default=None,
                     help="folder made by ../shared/baseline/build.sh: time the authors' code "
                          "side by side (only this comparison is run)")
@@ -76,6 +85,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"machine: {machine()}, device {args.device}")
+    if args.sweep:
+        batch_sweep(args.sweep, args.sweep_iters, args.device, args.sweep_backends,
+                    args.sweep_e2e_iters)
+        return
     images = lr_images(args.images)
     estimate_kernel(images[0][1], iters=20, device=args.device)  # warm-up (allocator, JIT)
     rows = []
@@ -122,6 +135,130 @@ def main() -> None:
               f"{per_img:.1f} | {med(r['ref_wall'] for r in rows) / per_img:.1f}x | |")
     print(f"\n{args.iters} iterations for composed; layers timed over {args.layers_iters} "
           f"iterations and extrapolated. Machine: {machine()}.")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def launches_per_step(trainer: object, device: torch.device, table: bool = False) -> str:
+    """CUDA kernels launched by one training step (torch profiler), or why not counted;
+    ``table``: also print the step's ops by self CPU time and the GPU's busy time."""
+    if device.type != "cuda":
+        return "-"
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            trainer.step()
+            _sync(device)
+        events = prof.key_averages()
+        gpu = [e for e in events if e.device_type.name == "CUDA"]
+        if table:
+            busy = sum(getattr(e, "self_device_time_total", 0.0) for e in gpu) / 1000.0
+            print(f"one step at B={trainer.b}: GPU kernels busy {busy:.2f} ms in all")
+            print(events.table(sort_by="self_cpu_time_total", row_limit=12,
+                               max_name_column_width=40))
+        return str(sum(e.count for e in gpu))
+    except Exception as exc:  # noqa: BLE001 - a measurement aid, never fatal
+        return f"not counted ({type(exc).__name__})"
+
+
+def host_syncs_per_step(trainer: object, device: torch.device, steps: int = 5) -> str:
+    """Host synchronisations in ``steps`` training steps, as torch's sync debug mode reports
+    them (``torch.cuda.set_sync_debug_mode("warn")``), with the first one's message."""
+    if device.type != "cuda":
+        return "-"
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(steps):
+                trainer.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()
+             and "prototype" not in str(w.message)]
+    if not syncs:
+        return "0"
+    w = syncs[0]
+    return f"{len(syncs) / steps:g} (first: {str(w.message)[:120]} at {w.filename}:{w.lineno})"
+
+
+def batch_sweep(spec: str, iters: int, device_name: str, backends: str = "",
+                e2e_iters: int = 3000) -> None:
+    """ms per iteration of the batched trainer at each batch size in ``spec`` (one image of
+    the development set repeated with seeds 0..B-1, so only B changes), then ``--restarts 4``
+    against one run end to end (``e2e_iters`` iterations, 0 = skip); iterations after 20
+    warm-up ones, timed with a device
+    synchronisation at both ends. ``backends`` (e.g. ``torch,cupy``): also time the numeric
+    batch sizes with each op backend forced (``KGENGINE_OPS_BACKEND``)."""
+    from kgengine.config import KernelGANConfig
+    from kgengine.farm.batching import auto_batch
+    from kgengine.farm.settings import FarmSettings
+    from kgengine.ops.backend import ENV_VAR, resolve
+    from kgengine.trainer import BatchTrainer, prepare_image
+
+    device = torch.device(device_name)
+    name, lr, _ = lr_images(1)[0]
+    cfg = KernelGANConfig()
+    img = prepare_image(lr, cfg)
+    sizes = []
+    for tok in spec.split(","):
+        if tok == "auto":
+            sizes.append(("auto", auto_batch(device, FarmSettings(), lr.shape[0] * lr.shape[1])))
+        else:
+            sizes.append((tok, int(tok)))
+    runs = [("", label, b) for label, b in sizes]
+    runs += [(be, label, b) for be in filter(None, backends.split(",")) for label, b in sizes
+             if label != "auto"]
+    print(f"batched trainer on {name} ({lr.shape[1]}x{lr.shape[0]} LR), {iters} timed "
+          f"iterations after 20 warm-up ones")
+    print("| ops backend | B | ms/iteration | ms per image-iteration | images/min at 3000 it | "
+          "x B=1 | CUDA kernels/step |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    base: dict[str, float] = {}
+    for backend, label, b in runs:
+        if backend:
+            os.environ[ENV_VAR] = backend
+        try:
+            t = BatchTrainer([img] * b, list(range(b)), cfg, device=device)
+            used = resolve("sample_patches", device).__module__.split("._", 1)[-1]
+            t.run(20)
+            launches = launches_per_step(t, device, table=not base and b == 1)
+            if not base:
+                print(f"host synchronisations per step: {host_syncs_per_step(t, device)}")
+            _sync(device)
+            t0 = time.perf_counter()
+            t.run(iters)
+            ms = 1000.0 * (time.perf_counter() - t0) / iters
+        except Exception as exc:  # noqa: BLE001 - report and go on with the next row
+            print(f"| {backend or 'default'} | {b} | failed: {type(exc).__name__}: {exc} |")
+            continue
+        finally:
+            os.environ.pop(ENV_VAR, None)
+        per_img = ms / b
+        base.setdefault(backend, per_img)
+        tag = f"{b} (auto)" if label == "auto" else str(b)
+        print(f"| {backend or 'default'} ({used}) | {tag} | {ms:.2f} | {per_img:.3f} | "
+              f"{60000.0 / (3000 * per_img):.1f} | {base[backend] / per_img:.1f}x | "
+              f"{launches} |", flush=True)
+        del t
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if not e2e_iters:
+        return
+    walls = {}
+    for k in (1, 4):
+        _sync(device)
+        t0 = time.perf_counter()
+        estimate_kernel(lr, iters=e2e_iters, device=device_name, restarts=k)
+        walls[k] = time.perf_counter() - t0
+    print(f"\nend to end, {e2e_iters} iterations: one run {walls[1]:.1f} s, --restarts 4 "
+          f"{walls[4]:.1f} s ({walls[4] / walls[1]:.2f}x one run)")
 
 
 def authors_ms_per_iter(baseline: Path, image: Path, short: int = 100, long: int = 400) -> float:

@@ -44,6 +44,12 @@ def main() -> int:
                                                                              strict=True))
     print(f"batch invariance on {args.device}, {args.iters} float32 iterations, B=1 vs B=3: "
           f"{'byte-identical' if same else 'DIFFERENT'} (max difference {worst:.3g} of the peak)")
+    for i, (a, b) in enumerate(zip(alone, batch, strict=True)):
+        print(f"  image {i}: alone peak {np.abs(a).max():.4g} sum {a.sum():.4f}, in the batch "
+              f"peak {np.abs(b).max():.4g} sum {b.sum():.4f}")
+    again = train([0])[0]
+    print(f"repeatability on {args.device}: image 0 alone twice: "
+          f"{'byte-identical' if again.tobytes() == alone[0].tobytes() else 'DIFFERENT'}")
     return 0
 
 

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # GPU check: on a machine with a CUDA GPU, run the GPU tests and the GPU benches in one go
-# (under 8 minutes: each step has its own timeout) and print their figures; on a machine
-# without one, say so on one line and exit 0 (CI runs it that way, tests/test_gpu_check.py).
+# (about 6 minutes on one H200, bench/data/gpu_h200.md: each step has its own timeout) and
+# print their figures; on a machine without one, say so on one line and exit 0 (CI runs it
+# that way, tests/test_gpu_check.py).
 #
-# Usage: bench/gpu_check.sh [OUT_DIR]      (PYTHON=python by default; logs in OUT_DIR)
+# Usage: bench/gpu_check.sh [OUT_DIR]      (PYTHON=python by default)
+# Logs: OUT_DIR/<step>.log, and all of them in order in OUT_DIR/gpu_check.log.
+# KGENGINE_HR_DIR: folder of benchmark photos for the trainer sweep (default ../shared/data/hr,
+# else the bundled sample); GPU_CHECK_DEVSET=DIR also checks GPU against CPU accuracy on that
+# development set; GPU_CHECK_SUITE=1 also runs the whole test suite with CUDA visible.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -14,27 +19,51 @@ if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
   exit 0
 fi
 mkdir -p "$OUT"
-"$PY" -c "import torch; print('gpu_check:', torch.cuda.get_device_name(0), 'torch', torch.__version__)"
-"$PY" -m kgengine info | tee "$OUT/info.txt"
+export PYTHONUNBUFFERED=1
+ALL="$OUT/gpu_check.log"
+{
+  "$PY" -c "import torch; print('gpu_check:', torch.cuda.get_device_name(0), 'torch', torch.__version__, 'CUDA', torch.version.cuda)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1
+  "$PY" -m kgengine info 2>&1
+} | tee "$ALL"
 
 status=0
+summary=()
 step() {  # step NAME SECONDS CMD...: run with a timeout, keep the log, report the exit code
   local name=$1 secs=$2; shift 2
   local t0=$SECONDS
-  timeout "$secs" "$@" > "$OUT/$name.log" 2>&1
-  local rc=$?
-  printf '%-22s rc=%-3s %4ss  %s\n' "$name" "$rc" "$((SECONDS - t0))" "$OUT/$name.log"
+  echo "=== $name: $*" | tee -a "$ALL"
+  timeout "$secs" "$@" 2>&1 | tee "$OUT/$name.log" >> "$ALL"
+  local rc=${PIPESTATUS[0]}
+  local line
+  line=$(printf '%-14s rc=%-3s %4ss' "$name" "$rc" "$((SECONDS - t0))")
+  echo "$line" | tee -a "$ALL"
+  summary+=("$line")
   [ "$rc" -eq 0 ] || status=1
 }
-step gpu-tests 120 "$PY" -m pytest -q -m needs_cuda tests
-step invariance 45 "$PY" bench/check_invariance.py --device cuda
-step ops 45 "$PY" bench/bench_ops.py --repeats 3
-step train-b1-b8 100 "$PY" bench/bench_train.py --device cuda --images 1 --iters 300 --layers-iters 20 --batch 8
-step train-b64 50 "$PY" bench/bench_train.py --device cuda --images 1 --iters 100 --layers-iters 5 --batch 64
-step farm 70 "$PY" bench/bench_farm.py --device cuda --iters 100 --batches 1 8 64
-step degrade 50 "$PY" bench/bench_degrade.py --repeats 2 --batch 1 4 --no-scipy --sections onnx module
+step gpu-tests 90 "$PY" -m pytest -q -rs -p no:cacheprovider -m needs_cuda tests
+step invariance 60 "$PY" bench/check_invariance.py --device cuda
+step train 170 "$PY" bench/bench_train.py --device cuda --sweep 1,8,64,auto --sweep-iters 200 \
+  --sweep-e2e-iters 500 --sweep-backends torch,cupy
+step farm 110 "$PY" bench/bench_farm.py --device cuda --iters 100 --batches --gpu-batches 1 8 64
+step ops 60 "$PY" bench/bench_ops.py --repeats 5
+step degrade 60 "$PY" bench/bench_degrade.py --repeats 3 --batch 1 4 --no-scipy --sections onnx module
+if [ -n "${GPU_CHECK_DEVSET:-}" ]; then  # a development set (bench/devset.py): GPU vs CPU accuracy
+  step accuracy 120 "$PY" bench/check_gpu_accuracy.py --device cuda --devset "$GPU_CHECK_DEVSET"
+fi
+if [ "${GPU_CHECK_SUITE:-0}" = 1 ]; then
+  extra=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 12")
+  extra="$extra $("$PY" -c "import pytest_timeout" 2>/dev/null && echo "--timeout 60")"
+  # shellcheck disable=SC2086
+  step suite 240 "$PY" -m pytest -q -rfE -p no:cacheprovider $extra tests
+fi
 
 echo
+echo "== steps =="
+printf '%s\n' "${summary[@]}"
 echo "== figures (last lines of each log) =="
-for f in "$OUT"/*.log; do echo "--- $(basename "$f" .log)"; tail -n 12 "$f"; done
+for f in "$OUT"/*.log; do
+  [ "$f" = "$ALL" ] && continue
+  echo "--- $(basename "$f" .log)"; tail -n 14 "$f"
+done
 exit "$status"

@@ -10,6 +10,7 @@ one :class:`Prior` entry and one weight field in :class:`~kgengine.config.Kernel
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -65,6 +66,13 @@ def centre_target(kernel_size: int, scale: int = 2) -> float:
     return kernel_size // 2 + 0.5 * (scale - kernel_size % 2)
 
 
+@functools.lru_cache(maxsize=16)
+def _bicubic_k2(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The 8x8 x2 bicubic kernel on ``device``, made once (no host-to-device copy per step)."""
+    taps = torch.as_tensor(bicubic_taps_x2(), dtype=dtype, device=device)
+    return torch.outer(taps, taps)
+
+
 def bicubic_downscale(x: torch.Tensor, rgb_sum: bool = False) -> torch.Tensor:
     """x2 bicubic downscale as the authors' prior computes it: 8x8 kernel, stride 2, pad 3.
 
@@ -75,8 +83,7 @@ def bicubic_downscale(x: torch.Tensor, rgb_sum: bool = False) -> torch.Tensor:
         x: (B, C, H, W). Returns (B, C, (H - 2)//2 + 1, (W - 2)//2 + 1) (32x32 for 64x64).
     """
     b, c, h, w = x.shape
-    taps = torch.as_tensor(bicubic_taps_x2(), dtype=x.dtype, device=x.device)
-    k2 = torch.outer(taps, taps)
+    k2 = _bicubic_k2(x.dtype, x.device)
     oh, ow = (h - 2) // 2 + 1, (w - 2) // 2 + 1
     # unfolded columns times the taps, one bmm per image channel (batch invariant)
     cols = F.unfold(x.reshape(b * c, 1, h, w), 8, stride=2, padding=3)  # (B·C, 64, L)

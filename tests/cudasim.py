@@ -49,3 +49,8 @@ def skip_unless_gpu_backend(name: str) -> None:
         pytest.skip("no CUDA device")
     if name == "cupy" and not HAS_CUPY:
         pytest.skip("cupy not installed")
+    from kgengine.ops.backend import availability
+
+    ok, why = availability(name)
+    if not ok:
+        pytest.skip(f"{name} cannot run here: {why}")

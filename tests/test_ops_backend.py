@@ -45,6 +45,25 @@ def test_auto_backend_cpu_and_report(fresh_warnings) -> None:  # noqa: ANN001
         assert report["downscale (cuda)"] == "torch"
 
 
+@pytest.mark.parametrize(
+    ("usable", "want"),
+    [
+        ({"cupy", "numba_cuda"}, {"downscale": "torch", "sample_patches": "cupy"}),
+        ({"numba_cuda"}, {"downscale": "torch", "sample_patches": "numba_cuda"}),
+        (set(), {"downscale": "torch", "sample_patches": "torch"}),
+    ],
+)
+def test_auto_backend_cuda_follows_the_measured_table(monkeypatch, usable, want) -> None:  # noqa: ANN001
+    """On CUDA: cuDNN's convolution for downscale (it beat the CuPy kernel on an H200), the
+    first usable custom kernel for patch sampling, else torch."""
+    monkeypatch.setattr(be, "availability", lambda name: (name in usable, "test"))
+    be.auto_backend.cache_clear()
+    try:
+        assert {op: be.auto_backend(op, "cuda") for op in be.OPS} == want
+    finally:
+        be.auto_backend.cache_clear()
+
+
 def test_override_argument_env_and_single_warning(fresh_warnings, monkeypatch) -> None:  # noqa: ANN001
     assert be.backend_name("downscale", "cpu", "torch") == "torch"
     monkeypatch.setenv(be.ENV_VAR, "torch")

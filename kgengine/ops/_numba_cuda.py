@@ -28,6 +28,21 @@ _crop_origin = make_crop_origin(cuda.jit(device=True), _uniform)
 _NP_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
 
 
+def compile_probe() -> None:
+    """Compile a one-line kernel now; raises if this Numba CUDA cannot compile at all.
+
+    Seen on a GPU machine: numba-cuda 0.x under NumPy 2.5 fails at its first compilation
+    (``np.row_stack`` is gone), after ``numba.cuda.is_available()`` said yes.
+    """
+
+    def copy(src, dst):  # noqa: ANN001, ANN202
+        i = cuda.grid(1)
+        if i < dst.size:
+            dst[i] = src[i]
+
+    cuda.jit("void(float32[:], float32[:])")(copy)
+
+
 @cuda.jit(device=True)
 def _reflect(t, n):
     """Whole-sample reflection of index ``t`` into ``[0, n)`` (repeated, any ``t``)."""

@@ -21,8 +21,13 @@ Automatic choice:
   both ops there (downscale of a 2040x1356 RGB image 3.2-5x faster than the torch reference
   and 45-120x faster than SciPy; patch sampling 29-47x; G's forward+backward 1.5-1.8x), so
   both default to ``"numba"`` when Numba imports; otherwise ``"torch"``.
-- CUDA tensors: ``"cupy"`` if CuPy imports, sees a device and compiles the kernels, else
-  ``"numba_cuda"`` if ``numba.cuda.is_available()``, else ``"torch"``.
+- CUDA tensors: :data:`CUDA_DEFAULT`, from ``bench/bench_ops.py`` on one NVIDIA H200
+  (``bench/data/gpu_h200.md``). ``downscale``: ``"torch"`` (cuDNN's strided convolution was
+  2.3-2.5x faster than the CuPy kernel on a 2040x1356 image and 1.4-3.3x on G's
+  forward+backward). ``sample_patches``: ``"cupy"`` (15-20x the torch reference) if CuPy
+  imports, sees a device and compiles the kernels, else ``"numba_cuda"`` if Numba CUDA
+  finds a device and compiles a kernel (not measured: numba-cuda could not compile on that
+  machine), else ``"torch"``.
 
 Override: the ``backend=`` argument of an op or of :func:`resolve`, else the environment
 variable ``KGENGINE_OPS_BACKEND`` (read at each resolution: at each call of a public op, once
@@ -59,6 +64,9 @@ DEVICE_BACKENDS = {"cpu": ("numba",), "cuda": ("cupy", "numba_cuda")}
 
 #: Default CPU backend per op, from bench/bench_ops.py (see the module docstring).
 CPU_DEFAULT = {"downscale": "numba", "sample_patches": "numba"}
+#: CUDA backends per op in order of preference (the first usable one; else "torch"), from
+#: bench/bench_ops.py on an H200 (see the module docstring).
+CUDA_DEFAULT = {"downscale": (), "sample_patches": ("cupy", "numba_cuda")}
 
 _warned: set[tuple[str, str]] = set()
 
@@ -86,7 +94,11 @@ def availability(name: str) -> tuple[bool, str]:
         if not ok:
             return False, "no CUDA device (numba.cuda.is_available() is False)"
         sim = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-        return True, "CUDA simulator" if sim else "CUDA device found"
+        try:
+            _module("numba_cuda").compile_probe()
+        except Exception as exc:
+            return False, f"numba.cuda cannot compile a kernel ({type(exc).__name__}: {exc})"
+        return True, "CUDA simulator" if sim else "CUDA device found, kernels compile"
     if name == "cupy":
         try:
             import cupy
@@ -124,7 +136,7 @@ def auto_backend(op: str, device_type: str) -> str:
         name = CPU_DEFAULT[op]
         return name if availability(name)[0] else "torch"
     if device_type == "cuda":
-        for name in ("cupy", "numba_cuda"):
+        for name in CUDA_DEFAULT[op]:
             if availability(name)[0]:
                 return name
     return "torch"
