@@ -244,6 +244,22 @@ def test_auto_batch_fits_gpu_memory():
     assert base + b * per_image <= free
 
 
+def test_gpu_batch_size_comes_from_total_memory_unless_the_gpu_is_busy():
+    """GPU kernels depend on the batch size, so the automatic B must not follow the free
+    memory of the moment: one GPU model gives one B, unless other processes hold so much
+    that it would not fit (then the free memory decides)."""
+    gib = 2.0**30
+    total, base, item = 24 * gib, 0.5 * gib, 0.1 * gib
+    want = int((0.8 * total - base) // item)  # 187
+    for free in (23.5 * gib, 22.0 * gib):  # idle, or a little taken by another process
+        assert batching.batch_for_memory(total, free, base, item) == want
+    busy = 12 * gib
+    assert batching.batch_for_memory(total, busy, base, item) == int((0.8 * busy - base) // item)
+    assert batching.batch_for_memory(total, 0.2 * gib, base, item) == 1
+    huge = 1000 * gib
+    assert batching.batch_for_memory(huge, huge, base, item) == batching.MAX_AUTO_BATCH
+
+
 def test_out_of_memory_halves_the_batch(photos, tmp_path, monkeypatch):
     fake = FakeTrainer()
 

@@ -2,10 +2,11 @@
 
 When no batch size is given: :data:`CPU_BATCH` on CPU (throughput grows up to about B = 8 on
 small CPUs and flattens after, see ``bench/bench_farm.py``; memory is not the limit there),
-and on CUDA the largest B whose measured footprint fits 80 % of the free GPU memory
-(:func:`auto_batch`). With ``restarts = K`` a batch of B images trains B·K models, so both
-defaults are divided by K (at least 1). A batch that still runs out of GPU memory is queued
-again and the batch size halved; an image that does not fit alone fails (:func:`back_off`).
+and on CUDA the largest B whose measured footprint fits 80 % of the GPU's total memory,
+unless other processes leave too little of it free (:func:`batch_for_memory`). With
+``restarts = K`` a batch of B images trains B·K models, so both defaults are divided by K
+(at least 1). A batch that still runs out of GPU memory is queued again and the batch size
+halved; an image that does not fit alone fails (:func:`back_off`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def auto_batch(device: torch.device, settings: FarmSettings, max_pixels: int = 0
     """The batch size (images) when none is given: :data:`CPU_BATCH` on CPU; on CUDA the
     largest B with
 
-    ``base + B · K · (per_image + max_pixels · bytes_per_pixel) <= 0.8 · free memory``,
+    ``base + B · K · (per_image + max_pixels · bytes_per_pixel) <= 0.8 · memory``
+    (:func:`batch_for_memory`: total memory, or free memory when the GPU is busy),
 
     ``per_image`` and ``base`` measured by training B = 1 and B = 3 small images for 3
     iterations (``torch.cuda.max_memory_allocated``), ``bytes_per_pixel`` = the image
@@ -54,9 +56,24 @@ def auto_batch(device: torch.device, settings: FarmSettings, max_pixels: int = 0
         return max(1, CPU_BATCH // k)
     per_image, base = measure_gpu_footprint(device, settings)
     bytes_pp = 3 * torch.tensor([], dtype=settings.torch_dtype).element_size() + 2 * 8
-    free, _ = torch.cuda.mem_get_info(device)
-    b = int((0.8 * free - base) // (k * (per_image + max_pixels * bytes_pp)))
-    return max(1, min(MAX_AUTO_BATCH, b))
+    free, total = torch.cuda.mem_get_info(device)
+    return batch_for_memory(total, free, base, k * (per_image + max_pixels * bytes_pp))
+
+
+def batch_for_memory(total: float, free: float, base: float, per_item: float) -> int:
+    """The automatic GPU batch size from memory sizes in bytes.
+
+    ``B = (0.8 · total − base) // per_item`` (at most :data:`MAX_AUTO_BATCH`, at least 1):
+    from the device's *total* memory, so one GPU model gives one batch size whatever else
+    runs on it. On a GPU the kernels depend on the batch size (``bench/data/gpu_h200.md``),
+    so this keeps a pool reproducible. Only when that batch would not fit in 90 % of the
+    free memory (other processes hold the GPU) does it fall back to
+    ``(0.8 · free − base) // per_item``.
+    """
+    want = max(1, min(MAX_AUTO_BATCH, int((0.8 * total - base) // per_item)))
+    if base + want * per_item <= 0.9 * free:
+        return want
+    return max(1, min(MAX_AUTO_BATCH, int((0.8 * free - base) // per_item)))
 
 
 def measure_gpu_footprint(device: torch.device, settings: FarmSettings) -> tuple[float, float]:
