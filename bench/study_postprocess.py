@@ -200,7 +200,7 @@ def shrinkage(devset: Path, sc: int, groups: dict, restarts: int, n: int = 50,
     """Markdown: the saved kernel mixed with the isotropic Gaussian, ``(1 − α)·k + α·g``.
 
     A study, not a default: per α, the paired gain over α = 0 (mean ± SE) and the runs below
-    the Gaussian, for one run and for ``restarts``, on two halves of the images (im_5-12,
+    the Gaussian, for one run and for ``restarts``, on two halves of the images (im_1-12,
     im_13-20) so that an α picked on one half can be read on the other.
     """
     iso = gaussian_kernel(13, 1.3)
@@ -210,7 +210,7 @@ def shrinkage(devset: Path, sc: int, groups: dict, restarts: int, n: int = 50,
             continue
         gt = _gt(devset, sc, name)
         base_iso = _psnr(iso, gt, sc)
-        half = "im_5-12" if int(name.split("_")[1]) <= 12 else "im_13-20"
+        half = "im_1-12" if int(name.split("_")[1]) <= 12 else "im_13-20"
         kinds = {"one run": finish(rs[0], n)}
         finished = _finished_restarts(rs, n, restarts)
         if finished:
