@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU check: on a machine with a CUDA GPU, run the GPU tests and the GPU benches in one go
-# (about 6 minutes on one H200, bench/data/gpu_h200.md: each step has its own timeout) and
-# print their figures; on a machine without one, say so on one line and exit 0 (CI runs it
-# that way, tests/test_gpu_check.py).
+# and print their figures (sized for about 6 minutes on one H200, each step with its own
+# timeout; the first version took 8, bench/data/gpu_h200.md). On a machine without one, say
+# so on one line and exit 0 (CI runs it that way, tests/test_gpu_check.py).
 #
 # Usage: bench/gpu_check.sh [OUT_DIR]      (PYTHON=python by default)
 # Logs: OUT_DIR/<step>.log, and all of them in order in OUT_DIR/gpu_check.log.
