@@ -158,10 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--devset", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--score-only", action="store_true")
     ap.add_argument("--iters", type=int, default=None, help="(smoke tests only)")
+    ap.add_argument("--results", type=Path, default=RESULTS,
+                    help="results file (one per process when several run at once)")
     args = ap.parse_args(argv)
     devset = ensure_devset(args.devset)
     first, last = (int(v) for v in args.images.split("-"))
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results = json.loads(args.results.read_text()) if args.results.exists() else {}
     if not args.score_only:
         raw_store = json.loads(RAW_STORE.read_text())["runs"]
         for seed in (int(s) for s in args.seeds.split(",")):
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 results[key] = run_one(devset, args.scale, f"im_{i}", seed, raw_store,
                                        args.iters)
-                save_json(RESULTS, results)
+                save_json(args.results, results)
                 print(f"{key}: {time.perf_counter() - t0:.0f} s, raw = store: "
                       f"{results[key]['same_as_store']}", flush=True)
     text = summarise(devset, results, args.scale)
