@@ -193,9 +193,9 @@ def batch_sweep(spec: str, iters: int, device_name: str, backends: str = "",
     """ms per iteration of the batched trainer at each batch size in ``spec`` (one image of
     the development set repeated with seeds 0..B-1, so only B changes), then ``--restarts 4``
     against one run end to end (``e2e_iters`` iterations, 0 = skip); iterations after 20
-    warm-up ones, timed with a device
-    synchronisation at both ends. ``backends`` (e.g. ``torch,cupy``): also time the numeric
-    batch sizes with each op backend forced (``KGENGINE_OPS_BACKEND``)."""
+    warm-up ones, timed with a device synchronisation at both ends. ``backends`` (e.g.
+    ``torch,cupy``): also time the numeric batch sizes with each op backend forced
+    (``KGENGINE_OPS_BACKEND``)."""
     from kgengine.config import KernelGANConfig
     from kgengine.farm.batching import auto_batch
     from kgengine.farm.settings import FarmSettings

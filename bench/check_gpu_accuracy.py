@@ -17,15 +17,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from scipy.io import loadmat
 
 from kgengine.api import estimate_kernels
 from kgengine.kernel import common_size
 from kgengine.metrics import aligned_kernel_psnr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from study_postprocess import _gt  # noqa: E402
 
 CPU_RUNS = Path(__file__).resolve().parent / "data" / "kgengine_n50.json"
 
@@ -50,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|")
     rows = []
     for name, res in zip(names, results, strict=True):
-        idx = name.split("_")[1]
-        gt = np.asarray(loadmat(args.devset / "gt_k_x2" / f"kernel_{idx}.mat")["Kernel"])
+        gt = _gt(args.devset, 2, name)
         k_cpu = np.asarray(cpu[f"x2/{name}/s0"]["kernel"], dtype=np.float64)
         if isinstance(res, Exception):
             print(f"| {name} | | failed: {res} |")
