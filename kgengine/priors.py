@@ -44,8 +44,17 @@ def boundaries(k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def sparsity(k: torch.Tensor, power: float = 0.2) -> torch.Tensor:
-    """``L_sparse = mean_{u,v} |k[u,v]|^p`` (p = 0.2, as in the authors' code)."""
-    return per_image(lambda a: a.pow(power), k.abs(), fill=1.0).flatten(1).mean(1)
+    """``L_sparse = mean_{u,v} |k[u,v]|^p`` (p = 0.2, as in the authors' code).
+
+    The gradient ``p |k|^(p-1) sign(k)`` is taken as 0 where an entry is exactly 0 (the
+    authors' ``abs() ** p`` gives inf * 0 = NaN there, and the image's training diverges);
+    every other entry's value and gradient keep their bits.
+    """
+    def _pow(a: torch.Tensor) -> torch.Tensor:
+        nonzero = a > 0
+        return torch.where(nonzero, torch.where(nonzero, a, 1.0).pow(power), 0.0)
+
+    return per_image(_pow, k.abs(), fill=1.0).flatten(1).mean(1)
 
 
 def centralized(k: torch.Tensor, center: float) -> torch.Tensor:

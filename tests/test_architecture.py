@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     # 1 kernel maths, image IO, configuration, custom ops
     "kgengine.kernel": 1,
     "kgengine.lanes": 1,
+    "kgengine.numba_util": 1,
     "kgengine.stopping": 1,
     "kgengine.imageio": 1,
     "kgengine.config": 1,
@@ -33,6 +34,9 @@ LAYERS: dict[str, int] = {
     # 2 the model: networks, priors, sampling maps, optimiser, metrics, the degradation façade
     "kgengine.generator": 2,
     "kgengine.discriminator": 2,
+    "kgengine.discriminator_numba": 2,
+    "kgengine.generator_numba": 2,
+    "kgengine.compiled": 2,
     "kgengine.priors": 2,
     "kgengine.probmap": 2,
     "kgengine.adam": 2,

@@ -101,6 +101,7 @@ def test_info_reports_backends():
     assert res.exit_code == 0, res.output
     for word in ("torch:", "onnxruntime:", "numba:", "cupy:", "cuda"):
         assert word in res.output
+    assert "networks (cpu): numba" in res.output  # the compiled G/D passes on this CPU
 
 
 def test_python_m_entry_point():

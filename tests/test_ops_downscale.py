@@ -120,6 +120,26 @@ def test_numba_cpu_large_kernel_and_image() -> None:
         assert_close(downscale(x, k, s, backend="numba"), downscale_ref(x, k, s))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_numba_cpu_serial_and_parallel_kernels_give_the_same_bits(monkeypatch, dtype) -> None:  # noqa: ANN001
+    """Small calls run the kernels' serial twins: same bits as the parallel ones (the trainer's
+    batch invariance needs it: one image takes the serial path, a batch the parallel one)."""
+    from kgengine.ops import _numba_cpu
+
+    x, k = _inputs((3, 3, 64, 64, 13, 13), dtype, True, True, seed=4)
+    k.requires_grad_()
+    grad = torch.rand(3, 3, 26, 26, generator=torch.Generator().manual_seed(5), dtype=dtype)
+    results = []
+    for serial_work in (0, 10**12):  # everything parallel, then everything serial
+        monkeypatch.setattr(_numba_cpu, "SERIAL_WORK", serial_work)
+        for border, s in (("valid", 2), ("reflect", 3)):
+            y = _numba_cpu.downscale(x, k, s, border)
+            gk = torch.autograd.grad(y, k, grad if border == "valid" else torch.ones_like(y))
+            results.append((y, gk[0]))
+    for (y1, g1), (y2, g2) in zip(results[:2], results[2:], strict=True):
+        assert torch.equal(y1, y2) and torch.equal(g1, g2)
+
+
 # ------------------------------------------------------------------------------ autograd
 @pytest.mark.parametrize("border", ["valid", "reflect"])
 def test_gradcheck_through_custom_backend(border) -> None:  # noqa: ANN001

@@ -123,6 +123,19 @@ def test_numba_cpu_matches_reference(case, dtype, contiguous) -> None:  # noqa: 
         )
 
 
+def test_numba_cpu_serial_twin_gives_the_same_bits(monkeypatch) -> None:  # noqa: ANN001
+    from kgengine.ops import _numba_cpu
+
+    sizes, g, d = CASES[0]
+    images, cdf, sz, seeds = make_batch(sizes, dtype=torch.float32, contiguous=True)
+    got = []
+    for serial_work in (0, 10**12):
+        monkeypatch.setattr(_numba_cpu, "SERIAL_WORK", serial_work)
+        got.append(_numba_cpu.sample_patches(images, cdf, sz, seeds, 11, g, d, NOISE))
+    assert_same_batch(got[0], got[1])
+    assert all(torch.equal(a, b) for a, b in zip(got[0], got[1], strict=True))
+
+
 def test_batching_does_not_change_an_images_draws() -> None:
     images, cdf, sz, seeds = make_batch([(31, 29), (17, 19), (40, 40)], pad=(0, 0))
     full = sample_patches(images, cdf, sz, seeds, 5, 13, 5, NOISE, backend="numba")

@@ -41,6 +41,25 @@ def test_sparsity():
     assert priors.sparsity(_k(k), 0.2).item() == pytest.approx(expected)
 
 
+def test_sparsity_gradient_at_an_exact_zero_is_zero_not_nan():
+    """The authors' ``abs() ** p`` has a NaN gradient at k = 0 (inf * 0), which made whole
+    trainings diverge; elsewhere the value and gradient keep their bits."""
+    g = torch.Generator().manual_seed(0)
+    k = torch.randn(2, 13, 13, generator=g)
+    k[0, 0, 0] = 0.0
+    k[1, 5, 7] = -0.0
+    k.requires_grad_()
+    (grad,) = torch.autograd.grad(priors.sparsity(k, 0.2).sum(), k)
+    assert torch.isfinite(grad).all()
+    assert grad[0, 0, 0] == 0 and grad[1, 5, 7] == 0
+    plain = k.detach().clone().requires_grad_()
+    value = plain.abs().pow(0.2).flatten(1).mean(1)
+    (want,) = torch.autograd.grad(value.sum(), plain)
+    nonzero = k.detach() != 0
+    assert torch.isnan(want[~nonzero]).all()  # what the authors' formula gives
+    assert torch.equal(grad[nonzero], want[nonzero])
+
+
 def test_centralized():
     k = np.zeros((13, 13))
     k[6, 6], k[8, 6] = 0.5, 0.5  # centre of mass (7, 6)

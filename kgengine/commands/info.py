@@ -80,7 +80,15 @@ def _ops() -> dict[str, Any]:
         from kgengine.ops.backend import backend_report
     except ImportError as exc:
         return {"available": f"no ({exc})"}
-    return dict(backend_report())
+    import torch
+
+    from kgengine.compiled import compiled_on
+
+    out = dict(backend_report())
+    out["networks (cpu)"] = ("numba (compiled G composition and D passes)"
+                             if compiled_on(torch.device("cpu")) else "torch (the references)")
+    out["networks (cuda)"] = "torch"
+    return out
 
 
 def collect() -> dict[str, dict[str, Any]]:

@@ -8,9 +8,7 @@ tensors (no copy; any strides).
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 
 import numba
 import numpy as np
@@ -18,6 +16,7 @@ import torch
 from numba import njit, prange
 
 import kgengine.ops._custom as _custom
+from kgengine.numba_util import serial_twin
 from kgengine.ops._spec import PatchBatch, make_crop_origin, source_index
 from kgengine.ops.rng import STREAM_D_NOISE, make_scalar_rng
 
@@ -53,22 +52,16 @@ _GRADK_SIGS = [
 
 
 #: Below this much work (multiply-adds or copied pixels, a normal draw counting 20) a call runs
-#: on one thread: waking the pool costs more than it saves, and far more on a busy machine.
-SERIAL_WORK = 200_000
+#: the kernel's serial twin (:func:`kgengine.numba_util.serial_twin`): waking the thread pool
+#: costs more than it saves, and far more on a busy machine (G on one 64x64 crop, 343k
+#: multiply-adds: 132 vs 98 us for the correlation, 62 vs 10 us for the poly-phase copy, on
+#: 2 cores).
+SERIAL_WORK = 500_000
 
 
-@contextlib.contextmanager
-def _threads_for(work: int) -> Iterator[None]:
-    """Run the enclosed parallel kernels on one thread when ``work`` is small."""
-    if work >= SERIAL_WORK:
-        yield
-        return
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(before)
+def _pick(parallel, serial, work: int):  # noqa: ANN001, ANN202
+    """``parallel`` for at least :data:`SERIAL_WORK`, else ``serial``."""
+    return parallel if work >= SERIAL_WORK else serial
 
 
 # ------------------------------------------------------------------------------- patches
@@ -110,6 +103,9 @@ def _sample_patches(images, cdf, sizes, seeds, iteration, noise_std, g_out, d_ou
                     d_out[b, c, y, x] = src[left + x] + noise_std * z
 
 
+_sample_patches_serial = serial_twin(_sample_patches, _PATCH_SIGS)
+
+
 def _patches_fill(
     images: torch.Tensor, cdf: torch.Tensor, sizes: torch.Tensor, seeds: torch.Tensor,
     iteration: int, noise_std: float, outs: PatchBatch,
@@ -118,11 +114,10 @@ def _patches_fill(
     bsz, chans = images.shape[:2]
     g_size, d_size = outs.g_crops.shape[-1], outs.d_crops.shape[-1]
     work = bsz * chans * (g_size**2 + 21 * d_size**2)
-    with _threads_for(work):
-        _sample_patches(
-            images.numpy(), cdf.numpy(), sizes.numpy(), seeds.numpy(), iteration, noise_std,
-            *(t.numpy() for t in outs),
-        )  # fmt: skip
+    _pick(_sample_patches, _sample_patches_serial, work)(
+        images.numpy(), cdf.numpy(), sizes.numpy(), seeds.numpy(), iteration, noise_std,
+        *(t.numpy() for t in outs),
+    )  # fmt: skip
     return outs
 
 
@@ -207,12 +202,17 @@ def _kernel_grad(poly, grad_out, rows, scale, out):
                     out[b, u, v] += acc
 
 
-def _poly(x: torch.Tensor, scale: int, cols: np.ndarray) -> np.ndarray:
+_polyphase_serial = serial_twin(_polyphase, _POLY_SIGS)
+_strided_corr_serial = serial_twin(_strided_corr, _CORR_SIGS, fastmath=True)
+_kernel_grad_serial = serial_twin(_kernel_grad, _GRADK_SIGS, fastmath=True)
+
+
+def _poly(x: torch.Tensor, scale: int, cols: np.ndarray, work: int) -> np.ndarray:
     """The poly-phase copy ``(B, C, s, H, ceil(len(cols)/s))`` of ``x`` (see _polyphase)."""
     bsz, chans, height, _ = x.shape
     xn = x.detach().numpy()
     poly = np.empty((bsz, chans, scale, height, -(-cols.shape[0] // scale)), dtype=xn.dtype)
-    _polyphase(xn, cols, scale, poly)
+    _pick(_polyphase, _polyphase_serial, work)(xn, cols, scale, poly)
     return poly
 
 
@@ -232,9 +232,10 @@ def _downscale_fill(
     ``out[b,c,i,j] = sum_{u,v} k[u,v] * x[b, c, rows[s*i+u], cols[s*j+v]]``."""
     kh, kw = k.shape[-2:]
     rows, cols = _tables(x, kh, kw, scale, border, *out.shape[-2:])
-    with _threads_for(out.numel() * kh * kw):
-        poly = _poly(x, scale, cols)
-        _strided_corr(poly, k.contiguous().numpy(), rows, scale, out.numpy())
+    work = out.numel() * kh * kw
+    poly = _poly(x, scale, cols, work)
+    _pick(_strided_corr, _strided_corr_serial, work)(
+        poly, k.contiguous().numpy(), rows, scale, out.numpy())
     return out
 
 
@@ -249,8 +250,9 @@ def _kernel_grad_fill(
     g = grad_out.to(x.dtype).contiguous()
     rows, cols = _tables(x, kh, kw, scale, border, *g.shape[-2:])
     out = torch.empty((x.shape[0], kh, kw), dtype=torch.float64)
-    with _threads_for(g.numel() * kh * kw):
-        _kernel_grad(_poly(x, scale, cols), g.numpy(), rows, scale, out.numpy())
+    work = g.numel() * kh * kw
+    _pick(_kernel_grad, _kernel_grad_serial, work)(
+        _poly(x, scale, cols, work), g.numpy(), rows, scale, out.numpy())
     return out
 
 

@@ -1,0 +1,109 @@
+"""Helpers of the compiled Numba kernels: single-threaded BLAS, serial twins of parallel
+kernels, tasks on threads, reusable work buffers."""
+
+from __future__ import annotations
+
+import functools
+import os
+import types
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from numba import njit
+
+
+@functools.cache
+def single_threaded_blas() -> int:
+    """Run the BLAS that Numba's ``np.dot`` calls (SciPy's) on one thread; returns how many
+    libraries were set.
+
+    D's and G's products are too small to split well, and a BLAS thread pool next to
+    PyTorch's and Numba's oversubscribes the cores (measured on 2 cores, 2 threads each: 46 vs
+    9 ms/iteration; one 64x9 by 9x1600 product on a busy machine: 16 ms vs 0.1 ms). This is
+    process-wide: NumPy's own BLAS copy keeps its threads when it is a separate library (pip
+    wheels), but where NumPy and SciPy share one BLAS (e.g. conda) NumPy's products run on
+    one thread too.
+    """
+    import scipy.linalg.cython_blas  # noqa: F401  (loads the library Numba calls)
+    from threadpoolctl import ThreadpoolController
+
+    libs = ThreadpoolController().select(user_api="blas").lib_controllers
+    mine = [lib for lib in libs
+            if not any("numpy" in part for part in Path(lib.filepath).parent.parts)] or libs
+    for lib in mine:
+        lib.set_num_threads(1)
+    return len(mine)
+
+
+def serial_twin(kernel: Callable, sigs: list[str] | None = None, **flags: object) -> Callable:
+    """``kernel`` (an ``njit(parallel=True)`` dispatcher) compiled without ``parallel``:
+    ``prange`` runs as ``range`` and the loop bodies compile to the same code, so the results
+    have the same bits (tested) without waking the thread pool for small calls. A copy of the
+    Python function under another name, so that Numba's disk cache keeps the two apart."""
+    fn = kernel.py_func
+    twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial",
+                              fn.__defaults__, fn.__closure__)
+    twin.__qualname__ = fn.__qualname__ + "_serial"
+    jit = njit(sigs, cache=True, **flags) if sigs else njit(cache=True, **flags)
+    return jit(twin)
+
+
+@functools.cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """One pool per size, kept for the process (the threads sleep when idle)."""
+    return ThreadPoolExecutor(workers, thread_name_prefix="kgengine-tasks")
+
+
+# a forked child has none of the parent's threads: it makes its own pools
+os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
+def run_tasks(fn: Callable, threads: int, n_tasks: int, *args: object) -> None:
+    """``fn(lo, hi, *args)`` over tasks 0..n_tasks-1, one contiguous chunk per thread (the
+    calling thread takes the first chunk). ``fn`` is compiled with ``nogil=True`` and its
+    tasks write disjoint outputs, so the split does not change a bit.
+
+    A plain thread pool rather than ``prange``: Numba's ``workqueue`` layer made the tasks
+    slower on 2 threads than on one (B = 4: 33 vs 24 ms/iteration), and its ``omp`` layer
+    brings a second OpenMP runtime next to PyTorch's."""
+    threads = min(threads, n_tasks)
+    if threads <= 1:
+        fn(0, n_tasks, *args)
+        return
+    edges = [n_tasks * i // threads for i in range(threads + 1)]
+    futures = [_pool(threads - 1).submit(fn, edges[i], edges[i + 1], *args)
+               for i in range(1, threads)]
+    fn(edges[0], edges[1], *args)
+    for f in futures:
+        f.result()
+
+
+#: Work buffers returned by finished passes, by shape: a pass that takes them avoids
+#: touching megabytes of fresh pages (page faults, which also serialise the threads; measured
+#: with B = 4: D's forward 7.5 -> 3.6 ms, and 2 threads 1.1x -> 1.75x).
+_FREE: dict[tuple, list] = {}
+
+
+def take(key: tuple, make: Callable[[], object]) -> object:
+    """A free buffer set of ``key`` (given back by :func:`give`), or ``make()``."""
+    try:
+        return _FREE[key].pop()
+    except (KeyError, IndexError):  # none free (or another thread took the last one)
+        return make()
+
+
+def give(key: tuple, bufs: object) -> None:
+    """Return a set that nothing uses any more (at most 4 kept per key)."""
+    free = _FREE.setdefault(key, [])
+    if len(free) < 4:
+        free.append(bufs)
+
+
+def shared_view(t: torch.Tensor) -> np.ndarray:
+    """A NumPy view of a contiguous CPU tensor (shares memory: in-place updates reach it)."""
+    if not t.is_contiguous():
+        raise ValueError("compiled kernels: expected contiguous tensors")
+    return t.detach().numpy()

@@ -1,0 +1,198 @@
+"""The compiled Numba discriminator against the PyTorch reference (``discriminator.forward``).
+
+Outputs, the spectral-norm vectors it updates, and every gradient (crops and parameters), in
+float64 on random inputs at several batch sizes, crop counts and sizes (batch 1, odd size);
+bit-level batch invariance in float32; NaN propagation; the trainer's choice of D.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kgengine import discriminator as D
+from kgengine import discriminator_numba as DN
+from kgengine.compiled import discriminator_for
+
+SN_KEYS = ("u0", "v0", "um", "vm", "uf", "vf")
+
+
+def _params(b: int, dtype: torch.dtype, default_init: bool = False) -> dict[str, torch.Tensor]:
+    """B images' D parameters (seeds 0..B-1), with non-trivial biases and BN affine."""
+    ps = [D.init_params(64, 7, 7, 0.02, default_init, torch.Generator().manual_seed(i))
+          for i in range(b)]
+    p = {k: torch.stack([q[k] for q in ps]).to(dtype).contiguous() for k in ps[0]}
+    g = torch.Generator().manual_seed(99)
+    for key in ("b0", "bm", "beta", "bf"):
+        p[key] = (0.1 * torch.randn(p[key].shape, generator=g, dtype=torch.float64)).to(dtype)
+    return p
+
+
+def _leaves(p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: (v.clone().requires_grad_() if k in D.TRAINABLE else v.clone())
+            for k, v in p.items()}
+
+
+def _run(fwd, x, p, upstream, wrt_params=True):  # noqa: ANN001, ANN202
+    """Output, gradients w.r.t. x and (optionally) the trainable parameters, updated u/v."""
+    p = _leaves(p)
+    if not wrt_params:
+        p = {k: v.detach() for k, v in p.items()}
+    x = x.clone().requires_grad_()
+    out = fwd(x, p)
+    inputs = [x] + ([p[k] for k in D.TRAINABLE] if wrt_params else [])
+    grads = torch.autograd.grad((out * upstream).sum(), inputs)
+    return out.detach(), grads, {k: p[k] for k in SN_KEYS}
+
+
+@pytest.mark.parametrize(("b", "n", "size"), [(1, 1, 26), (3, 2, 26), (2, 2, 15), (1, 3, 8)])
+@pytest.mark.parametrize("default_init", [False, True])
+def test_matches_the_reference_in_float64(b, n, size, default_init) -> None:  # noqa: ANN001
+    g = torch.Generator().manual_seed(b * 100 + n * 10 + size)
+    x = torch.rand(n, b, 3, size, size, generator=g, dtype=torch.float64) * 2 - 1
+    upstream = torch.randn(n, b, size - 6, size - 6, generator=g, dtype=torch.float64)
+    p = _params(b, torch.float64, default_init)
+    out_ref, grads_ref, sn_ref = _run(D.forward, x, p, upstream)
+    out, grads, sn = _run(DN.forward, x, p, upstream)
+    torch.testing.assert_close(out, out_ref, rtol=1e-12, atol=1e-14)
+    for key in SN_KEYS:
+        torch.testing.assert_close(sn[key], sn_ref[key], rtol=1e-12, atol=1e-14)
+    names = ["x", *D.TRAINABLE]
+    for name, got, want in zip(names, grads, grads_ref, strict=True):
+        # on the scale of the tensor (sums of hundreds of terms of both signs); b0 and bm feed
+        # straight into a BatchNorm, so their exact gradient is 0 and both implementations
+        # return rounding noise around it: compare those on the scale of dw0
+        scale = grads_ref[1] if name in ("b0", "bm") else want
+        atol = 1e-11 * float(scale.abs().max())
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=atol, msg=name)
+
+
+def test_gradient_w_r_t_the_crops_only() -> None:
+    """The G step asks for dD/dx with D's parameters constant (no parameter gradients)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(1, 2, 3, 26, 26, generator=g, dtype=torch.float64)
+    upstream = torch.randn(1, 2, 20, 20, generator=g, dtype=torch.float64)
+    p = _params(2, torch.float64)
+    _, (dx_ref,), _ = _run(D.forward, x, p, upstream, wrt_params=False)
+    _, (dx,), _ = _run(DN.forward, x, p, upstream, wrt_params=False)
+    torch.testing.assert_close(dx, dx_ref, rtol=1e-12, atol=1e-14)
+
+
+def test_gradient_w_r_t_the_parameters_only() -> None:
+    """The D step: crops are data (no dx), every parameter gets its gradient."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.rand(2, 2, 3, 26, 26, generator=g, dtype=torch.float64)
+    upstream = torch.randn(2, 2, 20, 20, generator=g, dtype=torch.float64)
+    p = _params(2, torch.float64)
+    grads = []
+    for fwd in (D.forward, DN.forward):
+        q = _leaves(p)
+        out = fwd(x, q)
+        grads.append(torch.autograd.grad((out * upstream).sum(), [q[k] for k in D.TRAINABLE]))
+    for name, got, want in zip(D.TRAINABLE, grads[1], grads[0], strict=True):
+        scale = grads[0][0] if name in ("b0", "bm") else want
+        torch.testing.assert_close(got, want, rtol=1e-10,
+                                   atol=1e-11 * float(scale.abs().max()), msg=name)
+
+
+def test_a_pass_keeps_its_own_state_when_another_pass_runs_before_its_backward() -> None:
+    """Two forwards (each moves u, v), then the first one's backward: the same gradients as
+    when its backward comes at once."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.rand(1, 1, 3, 26, 26, generator=g, dtype=torch.float64)
+    p = _params(1, torch.float64)
+    q1 = _leaves(p)
+    want = torch.autograd.grad(DN.forward(x, q1).sum(), [q1[k] for k in D.TRAINABLE])
+    q2 = _leaves(p)
+    first = DN.forward(x, q2)
+    DN.forward(x, q2)  # updates u, v in place
+    got = torch.autograd.grad(first.sum(), [q2[k] for k in D.TRAINABLE])
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_mixed_dtypes_are_refused() -> None:
+    with pytest.raises(ValueError, match="one dtype"):
+        DN.forward(torch.zeros(1, 1, 3, 26, 26, dtype=torch.float64), _params(1, torch.float32))
+
+
+def test_float32_close_to_the_reference_and_batch_invariant_to_the_bit() -> None:
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(2, 3, 3, 26, 26, generator=g) * 2 - 1
+    upstream = torch.randn(2, 3, 20, 20, generator=g)
+    p = _params(3, torch.float32)
+    out_ref, _, _ = _run(D.forward, x, p, upstream)
+    out, grads, sn = _run(DN.forward, x, p, upstream)
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-6)
+    for i in range(3):  # image i alone gives the same bits as inside the batch of 3
+        alone = {k: v[i : i + 1].contiguous() for k, v in p.items()}
+        o1, g1, sn1 = _run(DN.forward, x[:, i : i + 1], alone, upstream[:, i : i + 1])
+        assert torch.equal(o1, out[:, i : i + 1])
+        assert torch.equal(g1[0], grads[0][:, i : i + 1])
+        for got, whole in zip(g1[1:], grads[1:], strict=True):
+            assert torch.equal(got, whole[i : i + 1])
+        for key in SN_KEYS:
+            assert torch.equal(sn1[key], sn[key][i : i + 1])
+
+
+def test_nan_in_a_crop_reaches_the_output_like_torch() -> None:
+    """A diverged image must show up as non-finite (the trainer's ``finite`` flag)."""
+    x = torch.zeros(1, 1, 3, 26, 26)
+    x[0, 0, 1, 10, 10] = float("nan")
+    p = _params(1, torch.float32)
+    with torch.no_grad():
+        assert torch.isnan(D.forward(x, p)).any()
+        assert torch.isnan(DN.forward(x, p)).any()
+
+
+def test_non_contiguous_parameters_are_refused() -> None:
+    p = _params(1, torch.float32)
+    p["wm"] = p["wm"].transpose(2, 3)
+    with pytest.raises(ValueError, match="contiguous"):
+        DN.forward(torch.zeros(1, 1, 3, 26, 26), p)
+
+
+def test_the_trainer_uses_the_compiled_d_on_cpu_unless_torch_is_forced(monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.delenv("KGENGINE_OPS_BACKEND", raising=False)
+    monkeypatch.delenv("KGENGINE_NETWORKS", raising=False)
+    assert discriminator_for(torch.device("cpu")).func is DN.forward
+    assert discriminator_for(torch.device("cuda")) is D.forward
+    monkeypatch.setenv("KGENGINE_NETWORKS", "torch")  # the networks only
+    assert discriminator_for(torch.device("cpu")) is D.forward
+    monkeypatch.delenv("KGENGINE_NETWORKS")
+    monkeypatch.setenv("KGENGINE_OPS_BACKEND", "torch")
+    assert discriminator_for(torch.device("cpu")) is D.forward
+    assert __import__("kgengine.numba_util").numba_util.single_threaded_blas() >= 1
+
+
+_COLD_WARM = """
+import sys, torch
+from kgengine import discriminator as D, discriminator_numba as DN
+g = torch.Generator().manual_seed(0)
+ps = D.init_params(64, 7, 7, 0.02, False, g)
+p = {k: v.unsqueeze(0).float().contiguous() for k, v in ps.items()}
+for k in D.TRAINABLE:
+    p[k].requires_grad_()
+x = torch.randn(2, 1, 3, 26, 26, generator=g, requires_grad=True)
+out = DN.forward(x, p)
+grads = torch.autograd.grad(out.sum(), [x] + [p[k] for k in D.TRAINABLE])
+torch.save([out.detach()] + list(grads), sys.argv[1])
+"""
+
+
+def test_same_bits_from_a_fresh_compile_and_from_numba_s_disk_cache(tmp_path) -> None:
+    """A helper compiled on its own and linked from the cache rounded differently from the
+    same helper inlined into a fresh compile (found: a kernel's bytes depended on whether
+    the cache was warm). The helpers are inlined at Numba's level, so both paths agree."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    script = tmp_path / "run.py"
+    script.write_text(_COLD_WARM)
+    for name in ("cold.pt", "warm.pt"):
+        subprocess.run([sys.executable, str(script), str(tmp_path / name)], env=env,
+                       check=True, timeout=600)
+    cold, warm = torch.load(tmp_path / "cold.pt"), torch.load(tmp_path / "warm.pt")
+    assert all(torch.equal(a, b) for a, b in zip(cold, warm, strict=True))
