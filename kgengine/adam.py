@@ -5,35 +5,64 @@ Same update as ``torch.optim.Adam`` (no weight decay, no amsgrad)::
     m <- β1 m + (1 - β1) g          v <- β2 v + (1 - β2) g²
     p <- p - lr / (1 - β1^t) · m / (sqrt(v) / sqrt(1 - β2^t) + eps)
 
-Adam is element-wise, so one optimiser over the batched buffer equals B optimisers.
+Adam is element-wise, so one optimiser over the batched buffer equals B optimisers. With
+``compiled=True`` (CPU) the update is one Numba loop instead of five PyTorch operations (each a
+pass over the buffer): the same formula, rounded step by step in the parameters' dtype, but
+PyTorch's kernels may fuse a product into an addition, so the two need not agree to the bit.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+from numba import njit
+
+
+@njit(cache=True, error_model="numpy")  # no zero-division branch: the loop vectorises
+def _adam_step(p, g, m, v, c):
+    """In place, per element i of the 1-D arrays p, g, m, v, with the constants
+    ``c = (β1, β2, 1 - β2, step, bias2, eps)`` in their dtype: ``m = g - (g - m) β1``,
+    ``v = β2 v + (1 - β2) g²``, ``p += step · m / (sqrt(v) / bias2 + eps)``, where
+    ``step = -lr / (1 - β1^t)`` and ``bias2 = sqrt(1 - β2^t)``."""
+    b1, b2, w2, step, bias2, eps = c[0], c[1], c[2], c[3], c[4], c[5]
+    for i in range(p.size):
+        gi = g[i]
+        mi = gi - (gi - m[i]) * b1
+        vi = v[i] * b2 + w2 * gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] = p[i] + step * mi / (np.sqrt(vi) / bias2 + eps)
 
 
 class FlatAdam:
     """Adam on a flat 1-D parameter tensor ``param`` (updated in place).
 
     Args:
-        param: (n,) leaf tensor; lr, betas, eps: Adam's settings.
+        param: (n,) leaf tensor; lr, betas, eps: Adam's settings; compiled: one Numba loop
+            per step (CPU tensors; see the module docstring) instead of PyTorch operations.
     """
 
     def __init__(self, param: torch.Tensor, lr: float, betas: tuple[float, float],
-                 eps: float = 1e-8) -> None:
+                 eps: float = 1e-8, compiled: bool = False) -> None:
         self.param, self.lr, self.betas, self.eps = param, lr, betas, eps
         self.m = torch.zeros_like(param)
         self.v = torch.zeros_like(param)
         self.t = 0
+        self.compiled = compiled
 
     @torch.no_grad()
     def step(self, grad: torch.Tensor) -> None:
         """One Adam update with gradient ``grad`` (n,)."""
         b1, b2 = self.betas
         self.t += 1
+        if self.compiled:
+            p = self.param.detach().numpy()
+            c = np.array([b1, b2, 1.0 - b2, -self.lr / (1.0 - b1**self.t),
+                          math.sqrt(1.0 - b2**self.t), self.eps], p.dtype)
+            _adam_step(p, grad.contiguous().numpy(), self.m.numpy(), self.v.numpy(), c)
+            return
         self.m.lerp_(grad, 1.0 - b1)
         self.v.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
         denom = (self.v.sqrt() / math.sqrt(1.0 - b2**self.t)).add_(self.eps)

@@ -1,9 +1,10 @@
-"""Which implementation of G's kernel composition and of D the trainer runs on a device.
+"""Which implementation of G's kernel composition, D and the priors the trainer runs on a device.
 
 On CPU, when Numba imports, the compiled passes (:mod:`kgengine.generator_numba`,
-:mod:`kgengine.discriminator_numba`); elsewhere, or with ``KGENGINE_OPS_BACKEND=torch`` or
-``KGENGINE_NETWORKS=torch`` (the references only, the ops as chosen: 0.5's arithmetic), the
-PyTorch references (:mod:`kgengine.generator`, :mod:`kgengine.discriminator`). One choice per
+:mod:`kgengine.discriminator_numba`, :mod:`kgengine.priors_numba`); elsewhere, or with
+``KGENGINE_OPS_BACKEND=torch`` or ``KGENGINE_NETWORKS=torch`` (the references only, the ops as
+chosen: 0.5's arithmetic), the PyTorch references (:mod:`kgengine.generator`,
+:mod:`kgengine.discriminator`, :mod:`kgengine.priors`). One choice per
 device for every batch size, so that a batch gives the same bits as single runs.
 """
 
@@ -17,6 +18,7 @@ import torch
 
 from kgengine import discriminator as D
 from kgengine import generator as G
+from kgengine import priors
 from kgengine.ops.backend import ENV_VAR, availability
 
 #: ``torch`` here keeps the PyTorch networks on CPU (the ops keep their own choice)
@@ -50,3 +52,16 @@ def compose_for(device: torch.device) -> Callable[[list[torch.Tensor]], torch.Te
 
         return generator_numba.compose_kernel
     return G.compose_kernel
+
+
+def priors_for(device: torch.device) -> Callable[..., tuple[torch.Tensor, dict]]:
+    """G's prior loss for ``device`` (:func:`kgengine.priors.add_priors`'s signature):
+    :func:`kgengine.priors_numba.add_priors` (the five priors in one compiled call each way)
+    where :func:`compiled_on` and :data:`kgengine.priors.PRIORS` are the five it computes,
+    else the reference."""
+    if compiled_on(device):
+        from kgengine import priors_numba
+
+        if tuple(p.name for p in priors.PRIORS) == priors_numba.NAMES:
+            return priors_numba.add_priors
+    return priors.add_priors

@@ -172,6 +172,16 @@ PRIORS: tuple[Prior, ...] = (
 )
 
 
+def add_priors(loss: torch.Tensor, inputs: PriorInputs, lam: dict[str, torch.Tensor]
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``loss + sum_p lam[p] · L_p(inputs)`` over :data:`PRIORS` in order, and the terms
+    ``{name: L_p}`` (each (B,)); ``lam[name]`` is (B,)."""
+    terms = {p.name: p.loss(inputs) for p in PRIORS}
+    for name, value in terms.items():
+        loss = loss + lam[name] * value
+    return loss, terms
+
+
 def initial_weight(prior: Prior, cfg: KernelGANConfig) -> float:
     """A prior's weight at iteration 0: 0 for ``late`` terms, else its config weight."""
     return 0.0 if prior.phase == "late" else float(getattr(cfg, prior.weight))

@@ -13,6 +13,7 @@ D step on ``½(|D(real) - 1| + |D(G(x) + n)|)`` with the updated G; schedule upd
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,10 +25,10 @@ from kgengine import discriminator as D
 from kgengine import generator as G
 from kgengine import priors
 from kgengine.adam import FlatAdam
-from kgengine.compiled import compiled_on, compose_for, discriminator_for
+from kgengine.compiled import compiled_on, compose_for, discriminator_for, priors_for
 from kgengine.config import KernelGANConfig
 from kgengine.errors import BadImageError
-from kgengine.ops.backend import resolve
+from kgengine.ops.backend import resolve, serial_ops
 from kgengine.ops.rng import STREAM_G_NOISE, normal
 from kgengine.probmap import crop_probability_maps
 from kgengine.stopping import StopRule, StopTracker
@@ -124,6 +125,7 @@ class BatchTrainer:
         self.threads = torch.get_num_threads()
         self._d_forward = discriminator_for(self.device, self.threads)
         self._compose = compose_for(self.device)
+        self._add_priors = priors_for(self.device)
         self.b = b = len(images)
         dev = {"device": self.device, "dtype": dtype}
         pix, cdf = pack_images(images)
@@ -146,7 +148,7 @@ class BatchTrainer:
         self.d_flat, d_leaves = _flatten([d_stacked[k] for k in D.TRAINABLE], dev)
         self._d_leaves = d_leaves
         self.d_state = {k: v.to(**dev) for k, v in d_stacked.items() if k not in D.TRAINABLE}
-        adam = {"betas": (cfg.beta1, cfg.beta2)}
+        adam = {"betas": (cfg.beta1, cfg.beta2), "compiled": compiled_on(self.device)}
         self.opt_g = FlatAdam(self.g_flat, cfg.lr_g, **adam)
         self.opt_d = FlatAdam(self.d_flat, cfg.lr_d, **adam)
 
@@ -206,10 +208,7 @@ class BatchTrainer:
         d_fake = self._d_forward(g_out.unsqueeze(0), d_const)[0]
         l_gan = priors.gan_loss(d_fake, real=True)
         inputs = priors.PriorInputs(k, g_in, g_out, self.mask, self.centre, cfg)
-        terms = {p.name: p.loss(inputs) for p in self.priors}
-        l_g = l_gan
-        for name, value in terms.items():
-            l_g = l_g + self.lam[name] * value
+        l_g, terms = self._add_priors(l_gan, inputs, self.lam)
         self.opt_g.step(_flat_grad(l_g.sum(), self.g_weights))
 
         # D step, with the updated G (its output is a constant here)
@@ -296,10 +295,12 @@ class BatchTrainer:
         t0 = time.perf_counter()
         tracker = StopTracker(stop, self.b) if stop is not None else None
         torch_threads = torch.get_num_threads()
-        if compiled_on(self.device):
+        compiled = compiled_on(self.device)
+        if compiled:  # D's tasks take the threads: PyTorch and the ops on this one
             torch.set_num_threads(1)
         try:
-            self._loop(iters, callback, every, stop, tracker)
+            with serial_ops() if compiled else contextlib.nullcontext():
+                self._loop(iters, callback, every, stop, tracker)
         finally:
             torch.set_num_threads(torch_threads)
         if self.device.type == "cuda":

@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "kgengine.discriminator": 2,
     "kgengine.discriminator_numba": 2,
     "kgengine.generator_numba": 2,
+    "kgengine.priors_numba": 2,
     "kgengine.compiled": 2,
     "kgengine.priors": 2,
     "kgengine.probmap": 2,

@@ -140,6 +140,34 @@ def test_numba_cpu_serial_and_parallel_kernels_give_the_same_bits(monkeypatch, d
         assert torch.equal(y1, y2) and torch.equal(g1, g2)
 
 
+def test_serial_ops_runs_the_serial_twins_on_this_thread_only(monkeypatch) -> None:  # noqa: ANN001
+    """Inside ``serial_ops`` a call above SERIAL_WORK takes the serial twin (the trainer's
+    loop), with the parallel kernel's bits; other threads and the code after it do not."""
+    import threading
+
+    from kgengine.ops import _numba_cpu
+    from kgengine.ops.backend import serial_only, serial_ops
+
+    calls: list[str] = []
+    for name in ("_strided_corr", "_strided_corr_serial"):
+        real = getattr(_numba_cpu, name)
+        monkeypatch.setattr(_numba_cpu, name,
+                            lambda *a, _f=real, _n=name: (calls.append(_n), _f(*a))[1])
+    x, k = _inputs((2, 3, 64, 64, 13, 13), torch.float32, True, True, seed=6)
+    monkeypatch.setattr(_numba_cpu, "SERIAL_WORK", 1)
+    y_par = _numba_cpu.downscale(x, k, 2, "valid")
+    seen: list[bool] = []
+    with serial_ops():
+        y_ser = _numba_cpu.downscale(x, k, 2, "valid")
+        other = threading.Thread(target=lambda: seen.append(serial_only()))
+        other.start()
+        other.join()
+    y_after = _numba_cpu.downscale(x, k, 2, "valid")
+    assert calls == ["_strided_corr", "_strided_corr_serial", "_strided_corr"]
+    assert seen == [False] and not serial_only()
+    assert torch.equal(y_par, y_ser) and torch.equal(y_par, y_after)
+
+
 # ------------------------------------------------------------------------------ autograd
 @pytest.mark.parametrize("border", ["valid", "reflect"])
 def test_gradcheck_through_custom_backend(border) -> None:  # noqa: ANN001

@@ -85,7 +85,7 @@ def _ops() -> dict[str, Any]:
     from kgengine.compiled import compiled_on
 
     out = dict(backend_report())
-    out["networks (cpu)"] = ("numba (compiled G composition and D passes)"
+    out["networks (cpu)"] = ("numba (compiled G composition, D passes, priors, Adam)"
                              if compiled_on(torch.device("cpu")) else "torch (the references)")
     out["networks (cuda)"] = "torch"
     return out

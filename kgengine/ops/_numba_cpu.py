@@ -18,6 +18,7 @@ from numba import njit, prange
 import kgengine.ops._custom as _custom
 from kgengine.numba_util import serial_twin
 from kgengine.ops._spec import PatchBatch, make_crop_origin, source_index
+from kgengine.ops.backend import serial_only
 from kgengine.ops.rng import STREAM_D_NOISE, make_scalar_rng
 
 # Numba's default "omp" threading layer shares the OpenMP runtime with PyTorch's CPU pool:
@@ -60,8 +61,9 @@ SERIAL_WORK = 500_000
 
 
 def _pick(parallel, serial, work: int):  # noqa: ANN001, ANN202
-    """``parallel`` for at least :data:`SERIAL_WORK`, else ``serial``."""
-    return parallel if work >= SERIAL_WORK else serial
+    """``parallel`` for at least :data:`SERIAL_WORK` outside :func:`serial_ops`, else
+    ``serial``."""
+    return parallel if work >= SERIAL_WORK and not serial_only() else serial
 
 
 # ------------------------------------------------------------------------------- patches

@@ -38,11 +38,13 @@ for CUDA), falls back to ``"torch"`` with one ``RuntimeWarning`` per (backend, d
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -58,6 +60,28 @@ MODULES = {
 BACKENDS = tuple(MODULES)
 OPS = ("downscale", "sample_patches")
 ENV_VAR = "KGENGINE_OPS_BACKEND"
+
+_LOCAL = threading.local()
+
+
+@contextlib.contextmanager
+def serial_ops() -> Iterator[None]:
+    """Inside (on this thread): the parallel CPU kernels run their serial twins whatever the
+    size of a call, for a caller whose threads are busy with its own tasks (the trainer with
+    the compiled networks: D's tasks take the threads; G's downscale at B = 4 and 8 was faster
+    serial, 0.54 vs 0.75 and 0.97 vs 1.3 ms on 2 cores). The twins give the same bits (tested)."""
+    depth = getattr(_LOCAL, "serial", 0)
+    _LOCAL.serial = depth + 1
+    try:
+        yield
+    finally:
+        _LOCAL.serial = depth
+
+
+def serial_only() -> bool:
+    """Whether the calling thread is inside :func:`serial_ops`."""
+    return getattr(_LOCAL, "serial", 0) > 0
+
 
 #: Backends that can run on each device type (besides "torch").
 DEVICE_BACKENDS = {"cpu": ("numba",), "cuda": ("cupy", "numba_cuda")}
