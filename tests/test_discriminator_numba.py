@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from numba_cache import cold_then_warm
 
 from kgengine import discriminator as D
 from kgengine import discriminator_numba as DN
@@ -184,15 +185,5 @@ def test_same_bits_from_a_fresh_compile_and_from_numba_s_disk_cache(tmp_path) ->
     """A helper compiled on its own and linked from the cache rounded differently from the
     same helper inlined into a fresh compile (found: a kernel's bytes depended on whether
     the cache was warm). The helpers are inlined at Numba's level, so both paths agree."""
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
-    script = tmp_path / "run.py"
-    script.write_text(_COLD_WARM)
-    for name in ("cold.pt", "warm.pt"):
-        subprocess.run([sys.executable, str(script), str(tmp_path / name)], env=env,
-                       check=True, timeout=600)
-    cold, warm = torch.load(tmp_path / "cold.pt"), torch.load(tmp_path / "warm.pt")
+    cold, warm = cold_then_warm(_COLD_WARM, tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(cold, warm, strict=True))

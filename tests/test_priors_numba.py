@@ -11,6 +11,7 @@ import dataclasses
 
 import pytest
 import torch
+from numba_cache import cold_then_warm
 
 from kgengine import priors
 from kgengine import priors_numba as PN
@@ -123,15 +124,5 @@ torch.save([total.detach(), terms, *grads, p], sys.argv[1])
 def test_same_bits_from_a_fresh_compile_and_from_numba_s_disk_cache(tmp_path) -> None:  # noqa: ANN001
     """The priors and Adam compile without fast-math (no contraction), so a fresh compile and
     Numba's disk cache give the same bits (D needed its helpers inlined for that)."""
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
-    script = tmp_path / "run.py"
-    script.write_text(_COLD_WARM)
-    for name in ("cold.pt", "warm.pt"):
-        subprocess.run([sys.executable, str(script), str(tmp_path / name)], env=env,
-                       check=True, timeout=600)
-    cold, warm = torch.load(tmp_path / "cold.pt"), torch.load(tmp_path / "warm.pt")
+    cold, warm = cold_then_warm(_COLD_WARM, tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(cold, warm, strict=True))
