@@ -123,6 +123,7 @@ class BatchTrainer:
         # runs on one during :meth:`run`: its OpenMP workers, spinning between the small
         # operations, took the cores from the tasks (2 cores, B = 4: 25 vs 18.5 ms/iteration)
         self.threads = torch.get_num_threads()
+        self.compiled = compiled_on(self.device)  # decided once: run() keeps to it
         self._d_forward = discriminator_for(self.device, self.threads)
         self._compose = compose_for(self.device)
         self._add_priors = priors_for(self.device)
@@ -148,7 +149,7 @@ class BatchTrainer:
         self.d_flat, d_leaves = _flatten([d_stacked[k] for k in D.TRAINABLE], dev)
         self._d_leaves = d_leaves
         self.d_state = {k: v.to(**dev) for k, v in d_stacked.items() if k not in D.TRAINABLE}
-        adam = {"betas": (cfg.beta1, cfg.beta2), "compiled": compiled_on(self.device)}
+        adam = {"betas": (cfg.beta1, cfg.beta2), "compiled": self.compiled}
         self.opt_g = FlatAdam(self.g_flat, cfg.lr_g, **adam)
         self.opt_d = FlatAdam(self.d_flat, cfg.lr_d, **adam)
 
@@ -295,11 +296,10 @@ class BatchTrainer:
         t0 = time.perf_counter()
         tracker = StopTracker(stop, self.b) if stop is not None else None
         torch_threads = torch.get_num_threads()
-        compiled = compiled_on(self.device)
-        if compiled:  # D's tasks take the threads: PyTorch and the ops on this one
+        if self.compiled:  # D's tasks take the threads: PyTorch and the ops on this one
             torch.set_num_threads(1)
         try:
-            with serial_ops() if compiled else contextlib.nullcontext():
+            with serial_ops() if self.compiled else contextlib.nullcontext():
                 self._loop(iters, callback, every, stop, tracker)
         finally:
             torch.set_num_threads(torch_threads)
