@@ -122,8 +122,7 @@ class BatchTrainer:
         # with the compiled networks (CPU), D's (image, crop) tasks get the threads and PyTorch
         # runs on one during :meth:`run`: its OpenMP workers, spinning between the small
         # operations, took the cores from the tasks (2 cores, B = 4: 25 vs 18.5 ms/iteration)
-        self.threads = torch.get_num_threads()
-        self.compiled = compiled_on(self.device)  # decided once: run() keeps to it
+        self.threads, self.compiled = torch.get_num_threads(), compiled_on(self.device)
         self._d_forward = discriminator_for(self.device, self.threads)
         self._compose = compose_for(self.device)
         self._add_priors = priors_for(self.device)
