@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from kgengine.api import estimate_kernel, estimate_kernels
+from kgengine.config import KernelGANConfig
 from kgengine.degrade import degrade
 from kgengine.imageio import read_image
 from kgengine.kernel import anisotropic_gaussian
@@ -252,13 +253,15 @@ def batch_sweep(spec: str, iters: int, device_name: str, backends: str = "",
     if not e2e_iters:
         return
     walls = {}
+    cfg = KernelGANConfig(iters=e2e_iters)  # restarts: restart_iters each (the default)
     for k in (1, 4):
         _sync(device)
         t0 = time.perf_counter()
-        estimate_kernel(lr, iters=e2e_iters, device=device_name, restarts=k)
+        estimate_kernel(lr, config=cfg, device=device_name, restarts=k)
         walls[k] = time.perf_counter() - t0
-    print(f"\nend to end, {e2e_iters} iterations: one run {walls[1]:.1f} s, --restarts 4 "
-          f"{walls[4]:.1f} s ({walls[4] / walls[1]:.2f}x one run)")
+    print(f"\nend to end: one run ({cfg.run_iters(1)} iterations) {walls[1]:.1f} s, --restarts 4 "
+          f"({cfg.run_iters(4)} iterations each) {walls[4]:.1f} s ({walls[4] / walls[1]:.2f}x "
+          "one run)")
 
 
 def authors_ms_per_iter(baseline: Path, image: Path, short: int = 100, long: int = 400) -> float:
@@ -275,7 +278,8 @@ def authors_ms_per_iter(baseline: Path, image: Path, short: int = 100, long: int
 
 def side_by_side(baseline: Path, iters: int) -> None:
     """ms/iteration of the authors' code and kgengine (1 and 2 threads) on one image, and
-    the wall time of ``--restarts 4`` (full, and with ``--stop auto``) against one full run,
+    the wall time of ``--restarts 4`` (as ``kgengine estimate --restarts 4`` runs it:
+    ``restart_iters`` iterations each, and with ``--stop auto``) against one run of ``iters``,
     in one process."""
     import tempfile
 
@@ -289,19 +293,22 @@ def side_by_side(baseline: Path, iters: int) -> None:
     old = torch.get_num_threads()
     estimate_kernel(lr, iters=20, device="cpu")  # warm-up (allocator, JIT)
     rows = []
+    cfg = KernelGANConfig(iters=iters)
     for threads in (1, 2):
         torch.set_num_threads(threads)
         t0 = time.perf_counter()
         single = estimate_kernel(lr, iters=iters, device="cpu")
         t1 = time.perf_counter()
-        estimate_kernel(lr, iters=iters, device="cpu", restarts=4)
+        four = estimate_kernel(lr, config=cfg, device="cpu", restarts=4)
         t2 = time.perf_counter()
-        auto = estimate_kernel(lr, iters=iters, device="cpu", restarts=4, stop="auto")
+        auto = estimate_kernel(lr, config=cfg, device="cpu", restarts=4, stop="auto")
         rows.append((threads, single.report["ms_per_iter"], t1 - t0, t2 - t1,
                      time.perf_counter() - t2, max(auto.report["restarts"]["iters_used"])))
+        four_iters = four.report["iters"]
     torch.set_num_threads(old)
     print(f"\nside by side on {name} ({lr.shape[1]}x{lr.shape[0]} LR), {iters} iterations; "
           f"machine: {machine()}")
+    print(f"--restarts 4: {four_iters} iterations each (restart_iters)")
     print("| trainer | threads | ms/iteration | vs authors | one run s | --restarts 4 s | "
           "restarts 4 / one run | --restarts 4 --stop auto s (iterations) | that / one run |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")

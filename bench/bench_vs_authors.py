@@ -53,8 +53,10 @@ def variant_config(spec: str) -> tuple[str, KernelGANConfig, dict]:
     1-3 and the kernel clean-up ``n_filtering = 40``: kgengine 0.2-0.4's default, the config of
     the committed ``default``, ``r4`` and ``r4auto`` stores); a NAME starting with ``fixed``
     from ``defects_fixed()`` with ``n_filtering = 40`` (kgengine 0.1's choice). kgengine 0.5.1's
-    default is ``n50:n_filtering=50`` (0.5.0's: ``n60:n_filtering=60``). Keys are config
-    fields, plus ``restarts``, ``rule`` and ``stop`` (full or auto) for ``estimate_kernels``.
+    default is ``n50:n_filtering=50`` (0.5.0's: ``n60:n_filtering=60``); restarts run
+    ``restart_iters`` iterations each (1500 since 0.8; the stores made before 0.8 ran 3000, so
+    their variants say ``restart_iters=3000``). Keys are config fields, plus ``restarts``,
+    ``rule`` and ``stop`` (full or auto) for ``estimate_kernels``.
     """
     name, _, sets = spec.partition(":")
     base = (KernelGANConfig.defects_fixed() if name.startswith("fixed")
@@ -73,7 +75,11 @@ def run_kgengine(devset: Path, jobs: list[tuple[int, str, int]], name: str,
     path = DATA / f"kgengine_{name}.json"
     store = json.loads(path.read_text()) if path.exists() else {
         "variant": name, "config": cfg.to_dict(), "runs": {}}
-    stored = KernelGANConfig().replace(**store["config"])
+    # a store from before 0.8 ran each restart for ``iters`` (no ``restart_iters`` then)
+    stored = KernelGANConfig().replace(**{"restart_iters": store["config"].get("iters", 3000),
+                                          **store["config"]})
+    if opts["restarts"] == 1:  # one run does not depend on restart_iters
+        stored = stored.replace(restart_iters=cfg.restart_iters)
     if stored != cfg.replace(iters=stored.iters):
         raise SystemExit(f"{path}: made with another config than variant {name!r} gives "
                          f"({cfg.to_dict()}); use another variant name")

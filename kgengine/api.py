@@ -160,7 +160,8 @@ def estimate_kernels(
         images: paths or (H, W, 3) float arrays in [0, 1] (LR images).
         seeds: one seed per image (default ``seed + i``); results do not depend on batching.
         x4: also derive the x4 kernel analytically.
-        iters: iterations (default ``config.iters`` = 3000).
+        iters: iterations of each training, one run or each restart (default:
+            ``config.run_iters(restarts)``, 3000 for one run and 1500 for each restart).
         device: "auto", "cpu", "cuda" or "cuda:N".
         config: a :class:`KernelGANConfig` (default: the authors' settings, defects 1-3 included).
         dtype: training precision (float32; float64 for exactness tests).
@@ -181,7 +182,7 @@ def estimate_kernels(
     """
     cfg = config or KernelGANConfig()
     if iters is not None:
-        cfg = cfg.replace(iters=iters)
+        cfg = cfg.with_iters(iters)
     if restarts < 1:
         raise ValueError(f"restarts must be >= 1, got {restarts}")
     stop_rule = stop_rule_of(stop)
@@ -196,8 +197,9 @@ def estimate_kernels(
     trainer = BatchTrainer([p for p in prepared for _ in range(restarts)], run_seeds, cfg, dev,
                            dtype, mode)
     setup_s = time.perf_counter() - t0
-    train_s = trainer.run(cfg.iters, callback, stop=stop_rule)
-    run = {"iters": cfg.iters, "batch_size": len(run_seeds), "mode": mode,
+    n_iters = cfg.run_iters(restarts)
+    train_s = trainer.run(n_iters, callback, stop=stop_rule)
+    run = {"iters": n_iters, "batch_size": len(run_seeds), "mode": mode,
            "device": _device_name(dev), "dtype": str(dtype).replace("torch.", ""),
            "wall_s": setup_s + train_s, "train_s": train_s,
            "ms_per_iter": 1000.0 * train_s / max(trainer.iteration, 1), "config": cfg.to_dict(),

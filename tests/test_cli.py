@@ -72,6 +72,14 @@ def test_estimate_resumes_and_skips_done(tmp_path, lr_png):
     res = runner.invoke(app, args)
     assert res.exit_code == 0 and "skip" in res.output
     assert (out / "photo_kernel_x2.npy").stat().st_mtime_ns == mtime
+    # a report from before 0.8 (no restart_iters in its config) is still the same settings
+    path = out / "photo_report.json"
+    report = json.loads(path.read_text())
+    del report["config"]["restart_iters"]
+    path.write_text(json.dumps(report))
+    assert "skip" in runner.invoke(app, args).output
+    res = runner.invoke(app, [*args, "--restarts", "2"])
+    assert res.exit_code == 0 and "redone" in res.output and "restarts" in res.output
 
 
 def test_bad_files_are_reported_and_skipped(tmp_path, lr_png):

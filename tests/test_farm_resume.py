@@ -330,6 +330,18 @@ def test_settings_without_restarts_read_as_one():
         resolve_settings(None, restarts=0)
 
 
+def test_settings_without_restart_iters_keep_full_length_restarts():
+    # a pool from before 0.8 trained each restart for ``iters``; resuming it must too
+    stored = resolve_settings(None, restarts=4).to_dict()
+    assert stored["config"]["restart_iters"] == 1500
+    assert resolve_settings(stored).config.run_iters(4) == 1500
+    del stored["config"]["restart_iters"]
+    old = resolve_settings(stored)
+    assert old.config.run_iters(4) == 3000 and resolve_settings(stored, iters=3000) == old
+    given = resolve_settings(None, restarts=4, iters=200)
+    assert given.config.run_iters(4) == 200 and given.config.run_iters(1) == 200
+
+
 def test_farm_stop_is_a_stored_setting_passed_to_training(photos, tmp_path, monkeypatch):
     fake = FakeTrainer()
     monkeypatch.setattr(training, "estimate_kernels", fake)

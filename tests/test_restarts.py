@@ -52,6 +52,27 @@ def test_restarts_equal_single_runs_combined(lr):
     assert single.confidence is None and single.report["confidence"] is None
 
 
+def test_each_restart_runs_restart_iters_unless_iters_is_given(lr):
+    # a restart stops at restart_iters (1500 by default; here 40 of 80): its kernel is the
+    # single run of that length, byte for byte; an explicit ``iters`` sets both lengths
+    cfg = KernelGANConfig(iters=80, restart_iters=40, lr_decay_every=30, bic_decay_every=20)
+    assert KernelGANConfig().run_iters(1) == 3000 and KernelGANConfig().run_iters(4) == 1500
+    assert cfg.with_iters(10).run_iters(4) == 10 and cfg.run_iters(1) == 80
+    (res,) = estimate_kernels([lr], seeds=[5], restarts=2, config=cfg, device="cpu")
+    assert res.report["iters"] == 40 and res.report["iters_used"] == 40
+    for r in range(2):
+        one = estimate_kernels([lr], seeds=[restart_seed(5, r)], iters=40, config=cfg,
+                               device="cpu")[0]
+        assert one.report["iters"] == 40
+        assert np.asarray(res.report["restarts"]["kernels"][r]).tobytes() == \
+            one.kernel_x2.tobytes()
+    (given,) = estimate_kernels([lr], seeds=[5], restarts=2, iters=60, config=cfg,
+                                device="cpu")
+    assert given.report["iters"] == 60
+    single = estimate_kernels([lr], seeds=[5], config=cfg, device="cpu")[0]
+    assert single.report["iters"] == 80 and single.report["iters_used"] == 80
+
+
 def test_restarts_must_be_positive(lr):
     with pytest.raises(ValueError, match="restarts"):
         estimate_kernels([lr], restarts=0, iters=1)

@@ -93,14 +93,15 @@ class EvalSettings:
         iters."""
         cfg = KernelGANConfig.defects_fixed() if self.fix_defects else KernelGANConfig()
         if self.iters is not None:
-            cfg = cfg.replace(iters=self.iters)
+            cfg = cfg.with_iters(self.iters)
         return cfg
 
     def run_identity(self) -> dict[str, Any]:
         """What every stored run must share: ``scale``, ``method``, resolved ``iters``,
         ``restarts``, ``stop`` and the kernel clean-up ``n_filtering``."""
         cfg = self.kernelgan_config()
-        return {"scale": self.scale, "method": self.method, "iters": cfg.iters,
+        return {"scale": self.scale, "method": self.method,
+                "iters": cfg.run_iters(self.restarts),
                 "restarts": self.restarts, "stop": self.stop, "n_filtering": cfg.n_filtering}
 
 
@@ -224,7 +225,8 @@ class _Estimation:
     def chunk(self, chunk: Sequence[tuple[EvalImage, int]]) -> None:
         """Estimate one chunk; if the whole call fails, retry its runs one at a time."""
         cfg = self.settings.kernelgan_config()
-        self.hooks.batch_started([_run_name(im, s) for im, s in chunk], cfg.iters)
+        n_iters = cfg.run_iters(self.settings.restarts)
+        self.hooks.batch_started([_run_name(im, s) for im, s in chunk], n_iters)
         t0 = time.perf_counter()
         # estimators written before --stop existed need not take it
         extra = {} if self.settings.stop == "full" else {"stop": self.settings.stop}
@@ -246,7 +248,7 @@ class _Estimation:
                 for one in chunk:
                     self.chunk([one])
                 return
-        self.hooks.batch_progress(cfg.iters)
+        self.hooks.batch_progress(n_iters)
         wall = (time.perf_counter() - t0) / len(chunk)
         for (image, seed), res in zip(chunk, results, strict=True):
             self._record(image, seed, res, wall)

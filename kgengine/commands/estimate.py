@@ -31,7 +31,9 @@ def estimate(
     images: Annotated[list[Path], typer.Argument(help="LR images (PNG/JPEG/TIFF/... or .npy).")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")],
     x4: Annotated[bool, typer.Option("--x4", help="Also derive the x4 kernel.")] = False,
-    iters: Annotated[int, typer.Option(help="Training iterations (paper: 3000).")] = 3000,
+    iters: Annotated[int | None, typer.Option(
+        help="Iterations of each training (default: 3000, the paper's, for one run; 1500 for "
+             "each restart with --restarts K > 1).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed, the same for every image.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     mode: Annotated[
@@ -94,8 +96,8 @@ def estimate(
 
 
 def _estimate(
-    images: list[Path], out: Path, *, x4: bool, iters: int, seed: int, device: str, mode: str,
-    authors_defects: bool, overrides: list[str], force: bool, restarts: int = 1,
+    images: list[Path], out: Path, *, x4: bool, iters: int | None, seed: int, device: str,
+    mode: str, authors_defects: bool, overrides: list[str], force: bool, restarts: int = 1,
     fix_defects: bool = False, stop: str = "full",
 ) -> int:
     from kgengine.api import resolve_device
@@ -104,7 +106,8 @@ def _estimate(
 
     base = KernelGANConfig.defects_fixed() if fix_defects else KernelGANConfig()
     try:  # --set iters=N wins over --iters
-        cfg = base.replace(**{"iters": iters, **parse_overrides(overrides)})
+        cfg = (base if iters is None else base.with_iters(iters)).replace(
+            **parse_overrides(overrides))
     except ValueError as exc:
         raise KGEngineError(str(exc)) from None
     resolve_device(device)
@@ -114,8 +117,9 @@ def _estimate(
         raise KGEngineError(f"several inputs share the name {shown(dupes[0])!r}: outputs "
                             "would collide")
     check_out_dir(out)
-    wanted = requested_settings(seed=seed, iters=cfg.iters, config=cfg.to_dict(), x4=x4,
-                                restarts=restarts, mode=mode, stop=stop_setting(stop_rule_of(stop)))
+    wanted = requested_settings(seed=seed, iters=cfg.run_iters(restarts), config=cfg.to_dict(),
+                                x4=x4, restarts=restarts, mode=mode,
+                                stop=stop_setting(stop_rule_of(stop)))
     failed = 0
     with progress_hooks("images") as hooks:
         hooks.total(len(images))
@@ -140,7 +144,7 @@ def _one(path: Path, out: Path, cfg: KernelGANConfig, wanted: dict[str, Any], fo
     if diff:
         hooks.log(f"{shown(path)}: redone, its outputs were made with other settings: "
                   f"{brief_list(diff, 5)}")
-    hooks.batch_started([shown(path.name)], cfg.iters)
+    hooks.batch_started([shown(path.name)], wanted["iters"])
     try:
         img = read_image(path, min_size=cfg.crop_size)
         res = estimate_kernel(img, seed=wanted["seed"], x4=wanted["x4"], device=device,
@@ -153,8 +157,8 @@ def _one(path: Path, out: Path, cfg: KernelGANConfig, wanted: dict[str, Any], fo
         typer.echo(f"error: {one_line(str(exc))}", err=True)  # the one line naming the file
         return "failed"
     conf = "" if res.confidence is None else f", confidence {res.confidence:.3f}"
-    used = res.report.get("iters_used", cfg.iters)
-    stopped = f", stopped at {used}" if used < cfg.iters else ""
+    used = res.report.get("iters_used", wanted["iters"])
+    stopped = f", stopped at {used}" if used < wanted["iters"] else ""
     hooks.log(f"{shown(path)}: done in {res.report['wall_s']:.1f} s "
               f"({res.report['ms_per_iter']:.2f} ms/iter{conf}{stopped})")
     return "done"

@@ -52,7 +52,7 @@ def train_chunk(job: FarmJob, chunk: list[Row], device: str) -> None:
     ok = [chunk[i] for i in idx]
     if not ok:
         return
-    job.hooks.batch_started([r.name for r in ok], cfg.iters)
+    job.hooks.batch_started([r.name for r in ok], cfg.run_iters(job.settings.restarts))
     try:
         outcomes = train_batch(images, [attempt_seed(job.settings, r) for r in ok],
                                [r.name for r in ok], job.settings, device,

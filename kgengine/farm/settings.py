@@ -48,15 +48,17 @@ class FarmSettings:
     @staticmethod
     def from_dict(d: dict[str, Any]) -> FarmSettings:
         """The inverse of :meth:`to_dict` (a dict without ``restarts`` or ``stop``, from an
-        older pool, means 1 and "full").
+        older pool, means 1 and "full"; a config without ``restart_iters``, ``iters``).
 
         Raises:
             KGEngineError: the settings are not usable (a missing key, a value of the wrong
                 type, a NaN/inf config value written by an older kgengine, ...).
         """
         try:
+            # a pool from before 0.8 ran each restart for ``iters``: keep doing so
+            cfg = {"restart_iters": d["config"].get("iters", 3000), **d["config"]}
             return FarmSettings(int(d["seed"]), bool(d["x4"]), str(d["dtype"]),
-                                str(d["mode"]), KernelGANConfig().replace(**d["config"]),
+                                str(d["mode"]), KernelGANConfig().replace(**cfg),
                                 int(d.get("restarts", 1)), stored_stop(d.get("stop", "full")))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise KGEngineError(f"the pool's stored settings are not usable ({exc}); "
@@ -87,7 +89,7 @@ def resolve_settings(stored: dict[str, Any] | None, *, seed: int | None = None,
     cfg = config if config is not None else base.config
     if iters is not None:
         try:
-            cfg = cfg.replace(iters=iters)
+            cfg = cfg.with_iters(iters)
         except ValueError as exc:
             raise KGEngineError(str(exc)) from None
     if dtype is not None and dtype not in DTYPES:
