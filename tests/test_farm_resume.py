@@ -340,6 +340,11 @@ def test_settings_without_restart_iters_keep_full_length_restarts():
     assert old.config.run_iters(4) == 3000 and resolve_settings(stored, iters=3000) == old
     given = resolve_settings(None, restarts=4, iters=200)
     assert given.config.run_iters(4) == 200 and given.config.run_iters(1) == 200
+    # one run does not depend on restart_iters: --iters 3000 resumes a default one-run pool
+    one = resolve_settings(None).to_dict()
+    assert resolve_settings(one, iters=3000).config.run_iters(1) == 3000
+    with pytest.raises(KGEngineError, match=r"config.restart_iters \(pool: 1500, given: 3000\)"):
+        resolve_settings(resolve_settings(None, restarts=4).to_dict(), iters=3000)
 
 
 def test_farm_stop_is_a_stored_setting_passed_to_training(photos, tmp_path, monkeypatch):
