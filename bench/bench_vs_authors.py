@@ -75,9 +75,7 @@ def run_kgengine(devset: Path, jobs: list[tuple[int, str, int]], name: str,
     path = DATA / f"kgengine_{name}.json"
     store = json.loads(path.read_text()) if path.exists() else {
         "variant": name, "config": cfg.to_dict(), "runs": {}}
-    # a store from before 0.8 ran each restart for ``iters`` (no ``restart_iters`` then)
-    stored = KernelGANConfig().replace(**{"restart_iters": store["config"].get("iters", 3000),
-                                          **store["config"]})
+    stored = KernelGANConfig.from_stored(store["config"])
     if opts["restarts"] == 1:  # one run does not depend on restart_iters
         stored = stored.replace(restart_iters=cfg.restart_iters)
     if stored != cfg.replace(iters=stored.iters):

@@ -117,6 +117,12 @@ class KernelGANConfig:
         """
         return self.iters if restarts <= 1 else min(self.iters, self.restart_iters)
 
+    @staticmethod
+    def from_stored(d: dict[str, Any]) -> KernelGANConfig:
+        """The config of a stored :meth:`to_dict` (checked like :meth:`replace`). One stored
+        before 0.8 has no ``restart_iters``: its restarts ran ``iters``, and so they stay."""
+        return KernelGANConfig().replace(**{"restart_iters": d.get("iters", 3000), **d})
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("extra")

@@ -55,10 +55,8 @@ class FarmSettings:
                 type, a NaN/inf config value written by an older kgengine, ...).
         """
         try:
-            # a pool from before 0.8 ran each restart for ``iters``: keep doing so
-            cfg = {"restart_iters": d["config"].get("iters", 3000), **d["config"]}
             return FarmSettings(int(d["seed"]), bool(d["x4"]), str(d["dtype"]),
-                                str(d["mode"]), KernelGANConfig().replace(**cfg),
+                                str(d["mode"]), KernelGANConfig.from_stored(d["config"]),
                                 int(d.get("restarts", 1)), stored_stop(d.get("stop", "full")))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise KGEngineError(f"the pool's stored settings are not usable ({exc}); "
