@@ -29,6 +29,7 @@ from kgengine.kernel import (
     center_of_mass,
     clean_kernel,
     principal_axes,
+    shrink_elongation,
 )
 from kgengine.stopping import StopRule, stop_rule_of, stop_setting
 from kgengine.sysinfo import machine_info
@@ -85,23 +86,25 @@ def finish_kernel(raw: np.ndarray, n_filtering: int) -> np.ndarray:
 
 
 def finish_restarts(raws: Sequence[np.ndarray], n_filtering: int, rule: str = "mean",
-                    restarts: int | None = None
+                    restarts: int | None = None, elongation_power: float = 1.0
                     ) -> tuple[np.ndarray, list[np.ndarray], Consensus | None]:
     """The raw kernels of one image's finite restarts -> its saved x2 kernel.
 
     Each raw kernel is finished (:func:`finish_kernel`). A single run (``restarts`` = 1;
     default ``len(raws)``) gives its finished kernel; with restarts, the
     :func:`kgengine.consensus.combine` of the finished kernels by ``rule`` (also when only
-    one of them is left finite).
+    one of them is left finite). Last, :func:`kgengine.kernel.shrink_elongation` by
+    ``elongation_power`` (1: unchanged; the config's default is 0.4).
 
     Returns:
-        (kernel (K, K) float64, the K finished kernels, the consensus or None for K = 1).
+        (kernel (K, K) float64, the K finished kernels (before the shrink), the consensus or
+        None for K = 1).
     """
     finished = [finish_kernel(r, n_filtering) for r in raws]
     if (restarts if restarts is not None else len(raws)) == 1:
-        return finished[0], finished, None
+        return shrink_elongation(finished[0], elongation_power), finished, None
     cons = combine(finished, rule)
-    return cons.kernel, finished, cons
+    return shrink_elongation(cons.kernel, elongation_power), finished, cons
 
 
 def kernel_stats(k: np.ndarray) -> dict[str, Any]:
@@ -248,7 +251,7 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
     if not ok:
         return TrainingDivergedError(f"{name}: training diverged (NaN/inf) with seed {seed}")
     k2, finished, cons = finish_restarts([raw[r] for r in ok], cfg.n_filtering, rule,
-                                           len(rows))
+                                           len(rows), cfg.elongation_power)
     pick = ok[cons.medoid] if cons is not None else ok[0]
     k4 = analytic_x4(k2) if x4 else None
     report = {

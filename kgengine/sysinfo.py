@@ -22,17 +22,43 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def simd_level(flags: str | None = None) -> str:
+    """The widest x86 vector extension of this CPU: ``AVX-512``, ``AVX2``, ``AVX``, ``SSE4.2``,
+    or ``""`` (another architecture, or unknown).
+
+    Compiled code (Numba, oneDNN, BLAS) picks its vector paths by it, so float32 results,
+    and hence KernelGAN's chaotic training, are byte-reproducible only on one level.
+
+    Args:
+        flags: the ``flags`` line of ``/proc/cpuinfo`` (read from this machine when None).
+    """
+    if flags is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as fh:
+                flags = next((line for line in fh if line.startswith("flags")), "")
+        except OSError:
+            flags = ""
+    have = set(flags.split(":", 1)[-1].split())
+    for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"),
+                       ("sse4_2", "SSE4.2")):
+        if flag in have:
+            return name
+    return ""
+
+
 def machine_info(device: str = "auto") -> dict[str, Any]:
     """The machine and software a result was measured on, for reports and benches.
 
-    Keys: ``cpu``, ``cores``, ``gpu`` (CUDA device name or ``None``), ``device`` (as asked),
-    ``torch``, ``torch_threads``, ``numpy``, ``python``, ``kgengine``, ``machine`` (arch).
+    Keys: ``cpu``, ``simd`` (:func:`simd_level`), ``cores``, ``gpu`` (CUDA device name or
+    ``None``), ``device`` (as asked), ``torch``, ``torch_threads``, ``numpy``, ``python``,
+    ``kgengine``, ``machine`` (arch).
     """
     import numpy as np
     import torch
 
     return {
         "cpu": cpu_name(),
+        "simd": simd_level(),
         "cores": os.cpu_count(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "device": device,
@@ -46,10 +72,11 @@ def machine_info(device: str = "auto") -> dict[str, Any]:
 
 
 def machine_line(device: str = "auto") -> str:
-    """:func:`machine_info` as one line: ``CPU, N cores, no GPU; torch X; device D``."""
+    """:func:`machine_info` as one line: ``CPU (SIMD), N cores, no GPU; torch X; device D``."""
     m = machine_info(device)
     gpu = f", GPU {m['gpu']}" if m["gpu"] else ", no GPU"
-    return f"{m['cpu']}, {m['cores']} cores{gpu}; torch {m['torch']}; device {device}"
+    simd = f" ({m['simd']})" if m["simd"] else ""
+    return f"{m['cpu']}{simd}, {m['cores']} cores{gpu}; torch {m['torch']}; device {device}"
 
 
 def busy_from_stat(before: str, after: str) -> float:

@@ -549,6 +549,20 @@ def test_runs_stored_before_the_clean_up_changed_are_refused(dataset, tmp_path, 
                  estimator=per_image(FakeEstimator()))
 
 
+def test_runs_stored_before_the_elongation_shrink_are_refused(dataset, tmp_path):
+    # runs of kgengine <= 0.8 kept the kernel's elongation (elongation_power 1, not recorded)
+    out = tmp_path / "out"
+    run_eval(dataset, out, EvalSettings(seeds=(0,), iters=7), estimator=per_image(FakeEstimator()))
+    for f in (out / "runs").glob("*.json"):
+        run = json.loads(f.read_text())
+        assert run["elongation_power"] == 0.4
+        del run["elongation_power"]
+        f.write_text(json.dumps(run))
+    with pytest.raises(ResumeMismatchError, match="'elongation_power': 1.0"):
+        run_eval(dataset, out, EvalSettings(seeds=(0,), iters=7),
+                 estimator=per_image(FakeEstimator()))
+
+
 def test_kernelgan_estimator_passes_stop(monkeypatch):
     import kgengine.api
     from kgengine.accuracy import kernelgan_estimator

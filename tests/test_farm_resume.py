@@ -347,6 +347,15 @@ def test_settings_without_restart_iters_keep_full_length_restarts():
         resolve_settings(resolve_settings(None, restarts=4).to_dict(), iters=3000)
 
 
+def test_settings_without_elongation_power_keep_the_elongation():
+    # a pool from before 0.9 saved its kernels unshrunk; resuming it must too, so that one
+    # pool holds one kind of kernel
+    stored = resolve_settings(None).to_dict()
+    assert stored["config"]["elongation_power"] == 0.4
+    del stored["config"]["elongation_power"]
+    assert resolve_settings(stored).config.elongation_power == 1.0
+
+
 def test_farm_stop_is_a_stored_setting_passed_to_training(photos, tmp_path, monkeypatch):
     fake = FakeTrainer()
     monkeypatch.setattr(training, "estimate_kernels", fake)

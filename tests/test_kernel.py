@@ -17,6 +17,7 @@ from kgengine.kernel import (
     gaussian_kernel,
     principal_axes,
     shift_kernel,
+    shrink_elongation,
 )
 
 
@@ -102,3 +103,40 @@ def test_report_axes_of_a_known_kernel():
     axes = kernel_stats(anisotropic_gaussian(41, 3.0, 1.2, np.radians(120)))["axes"]
     assert axes == pytest.approx({"var_long": 3.0, "var_short": 1.2, "theta_deg": 120.0},
                                  rel=1e-6)
+
+
+@pytest.mark.parametrize("theta", [0.0, 0.4, np.pi / 2, 2.5])
+@pytest.mark.parametrize("power", [0.0, 0.4, 0.5])
+def test_shrink_elongation_closed_form(theta, power):
+    """Σ = R diag(4, 1) Rᵀ -> λi' = g^(1-β) λi^β with g = 2: same axis, det and centre."""
+    out = shrink_elongation(anisotropic_gaussian(31, 4.0, 1.0, theta), power)
+    v1, v2, t = principal_axes(out)
+    assert (v1, v2) == pytest.approx((2.0 * 2.0**power, 2.0 * 0.5**power), rel=2e-3)
+    if power > 0:
+        assert axis_difference(t, theta) == pytest.approx(0.0, abs=2e-3)
+    assert out.sum() == pytest.approx(1.0)
+    assert center_of_mass(out) == pytest.approx((15.0, 15.0), abs=1e-6)
+    assert out.min() >= 0.0
+
+
+def test_shrink_elongation_identities():
+    k = anisotropic_gaussian(13, 3.0, 1.0, 0.7) + 1e-3 * np.eye(13)
+    k /= k.sum()
+    assert shrink_elongation(k, 1.0).tobytes() == k.tobytes()  # β = 1: the kernel itself
+    iso = gaussian_kernel(13, 1.3)
+    np.testing.assert_allclose(shrink_elongation(iso, 0.4), iso, atol=1e-12)
+    delta = np.zeros((13, 13))
+    delta[6, 6] = 1.0
+    assert shrink_elongation(delta, 0.4).tobytes() == delta.tobytes()
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="power"):
+            shrink_elongation(k, bad)
+
+
+def test_shrink_elongation_commutes_with_x4():
+    """Σ4 = 5·Σ2 under analytic_x4, so shrinking k2 then deriving x4 is shrinking k4."""
+    k2 = anisotropic_gaussian(13, 3.0, 0.8, 1.1)
+    a = analytic_x4(shrink_elongation(k2, 0.4))
+    b = shrink_elongation(analytic_x4(k2), 0.4)
+    assert np.abs(a - b).max() < 2e-2 * a.max()  # spline warps of a 13- vs a 37-px grid
+    assert principal_axes(a) == pytest.approx(principal_axes(b), rel=1e-2)

@@ -10,7 +10,7 @@ from kgengine.api import estimate_kernels, finish_kernel, finish_restarts, resta
 from kgengine.config import KernelGANConfig
 from kgengine.consensus import combine
 from kgengine.imageio import read_image
-from kgengine.kernel import gaussian_kernel
+from kgengine.kernel import analytic_x4, gaussian_kernel, shrink_elongation
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +40,18 @@ def test_restarts_equal_single_runs_combined(lr):
                    for r in range(3)]
     finally:
         torch.set_num_threads(old)
+    # the report keeps each restart's finished kernel; the saved kernel of one run and of
+    # the combination are then shrunk (elongation_power, the last step)
+    finished = [finish_kernel(one.raw_kernel, cfg.n_filtering) for one in singles]
     for r, one in enumerate(singles):
         assert np.asarray(res.report["restarts"]["kernels"][r]).tobytes() == \
-            one.kernel_x2.tobytes()
-    expected = combine([s.kernel_x2 for s in singles])
-    assert res.kernel_x2.tobytes() == expected.kernel.tobytes()
+            finished[r].tobytes()
+        assert one.kernel_x2.tobytes() == \
+            shrink_elongation(finished[r], cfg.elongation_power).tobytes()
+    expected = combine(finished)
+    assert res.kernel_x2.tobytes() == \
+        shrink_elongation(expected.kernel, cfg.elongation_power).tobytes()
+    np.testing.assert_allclose(res.kernel_x4, analytic_x4(res.kernel_x2), atol=1e-15)
     assert res.confidence == expected.confidence
     assert res.report["restarts"]["seeds"] == [restart_seed(5, r) for r in range(3)]
     assert res.report["confidence"] == res.confidence and res.kernel_x4.shape == (37, 37)
@@ -65,7 +72,7 @@ def test_each_restart_runs_restart_iters_unless_iters_is_given(lr):
                                device="cpu")[0]
         assert one.report["iters"] == 40
         assert np.asarray(res.report["restarts"]["kernels"][r]).tobytes() == \
-            one.kernel_x2.tobytes()
+            finish_kernel(one.raw_kernel, cfg.n_filtering).tobytes()
     (given,) = estimate_kernels([lr], seeds=[5], restarts=2, iters=60, config=cfg,
                                 device="cpu")
     assert given.report["iters"] == 60
@@ -93,3 +100,10 @@ def test_finish_restarts_matches_its_parts():
     # restarts asked for, one left finite: still a consensus (confidence 1), as the report says
     k, _, cons = finish_restarts(raws[:1], 40, restarts=3)
     assert cons is not None and cons.confidence == pytest.approx(1.0)
+    # the elongation shrink is the last step, after the combination; the finished kernels
+    # (the report's restarts) are kept as they were
+    k, finished, cons = finish_restarts(raws, 60, elongation_power=0.4)
+    assert k.tobytes() == shrink_elongation(expected.kernel, 0.4).tobytes()
+    assert [f.tobytes() for f in finished] == [finish_kernel(r, 60).tobytes() for r in raws]
+    k, _, _ = finish_restarts(raws[:1], 40, elongation_power=0.4)
+    assert k.tobytes() == shrink_elongation(finish_kernel(raws[0], 40), 0.4).tobytes()

@@ -70,3 +70,15 @@ def test_a_spinning_process_counts_as_one_busy_core():
         spin.kill()
         spin.wait()
     assert busy is not None and 0.8 <= busy <= (os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize("flags, level", [
+    ("flags\t\t: fpu sse4_1 sse4_2 avx f16c avx2 bmi2", "AVX2"),
+    ("flags\t\t: fpu sse4_2 avx avx2 avx512f avx512bw", "AVX-512"),
+    ("flags\t\t: fpu sse4_1 sse4_2", "SSE4.2"),
+    ("flags\t\t: fp asimd evtstrm", ""),  # not x86
+    ("", ""),
+])
+def test_simd_level_names_the_widest_extension(flags, level):
+    # the widest wins: a CPU with avx512f also lists avx2 and avx
+    assert sysinfo.simd_level(flags) == level

@@ -23,12 +23,13 @@ from kgengine.errors import KGEngineError
 from kgengine.kernel import check_kernel
 
 #: Identity keys added after runs were first stored, with the value older runs were made with.
-LEGACY_IDENTITY: dict[str, Any] = {"restarts": 1, "stop": "full", "n_filtering": 40}
+LEGACY_IDENTITY: dict[str, Any] = {"restarts": 1, "stop": "full", "n_filtering": 40,
+                                   "elongation_power": 1.0}
 
 
 class ResumeMismatchError(KGEngineError):
     """``OUTDIR/runs`` holds a run made with other settings (scale, iterations, variant,
-    restarts, stop rule, kernel clean-up)."""
+    restarts, stop rule, kernel clean-up or elongation shrink)."""
 
 
 class RunStore:
