@@ -261,7 +261,8 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
         **run,
         "iters_used": final.iters_used[pick],
         "final_losses": final.losses[pick],
-        "kernel_x2": kernel_stats(k2),
+        "kernel_x2": {**kernel_stats(k2), "axes_unshrunk": kernel_stats(
+            cons.kernel if cons is not None else finished[0])["axes"]},
         "kernel_x4": kernel_stats(k4) if k4 is not None else None,
         "confidence": cons.confidence if cons is not None else None,
     }

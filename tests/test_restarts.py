@@ -10,7 +10,7 @@ from kgengine.api import estimate_kernels, finish_kernel, finish_restarts, resta
 from kgengine.config import KernelGANConfig
 from kgengine.consensus import combine
 from kgengine.imageio import read_image
-from kgengine.kernel import analytic_x4, gaussian_kernel, shrink_elongation
+from kgengine.kernel import analytic_x4, gaussian_kernel, principal_axes, shrink_elongation
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +107,18 @@ def test_finish_restarts_matches_its_parts():
     assert [f.tobytes() for f in finished] == [finish_kernel(r, 60).tobytes() for r in raws]
     k, _, _ = finish_restarts(raws[:1], 40, elongation_power=0.4)
     assert k.tobytes() == shrink_elongation(finish_kernel(raws[0], 40), 0.4).tobytes()
+
+
+def test_report_gives_the_axes_before_and_after_the_shrink(lr):
+    # the saved kernel's axes, and those KernelGAN found (before elongation_power)
+    res = estimate_kernels([lr], seeds=[3], iters=60, device="cpu")[0]
+    before = finish_kernel(res.raw_kernel, KernelGANConfig().n_filtering)
+    stats = res.report["kernel_x2"]
+    v1, v2, _ = principal_axes(res.kernel_x2)
+    u1, u2, _ = principal_axes(before)
+    assert (stats["axes"]["var_long"], stats["axes"]["var_short"]) == pytest.approx((v1, v2))
+    assert (stats["axes_unshrunk"]["var_long"], stats["axes_unshrunk"]["var_short"]) == \
+        pytest.approx((u1, u2))
+    # log-elongation x 0.4, area kept (to the spline warp's accuracy on a 13x13 grid)
+    assert np.log(v1 / v2) == pytest.approx(0.4 * np.log(u1 / u2), abs=0.05)
+    assert v1 * v2 == pytest.approx(u1 * u2, rel=0.05)
