@@ -96,7 +96,8 @@ def collect() -> dict[str, dict[str, Any]]:
     m = machine_info()
     return {
         "kgengine": {"version": __version__, "python": m["python"], "machine": m["machine"],
-                     "cpu": f"{m['cpu']} ({m['cores']} cores)"},
+                     "cpu": f"{m['cpu']} ({m['cores']} cores"
+                            + (f", {m['simd']})" if m["simd"] else ")")},
         "torch": _torch(),
         "onnxruntime": _onnxruntime(),
         "numba": _numba(),
