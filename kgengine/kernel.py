@@ -209,8 +209,8 @@ def shrink_elongation(k: np.ndarray, power: float) -> np.ndarray:
     u = np.array([np.sin(theta), np.cos(theta)])
     v = np.array([u[1], -u[0]])
     m = s[0] * np.outer(u, u) + s[1] * np.outer(v, v)
-    c = np.array(center_of_mass(k))
-    p = np.clip(k, 0.0, None)
+    p = np.clip(k, 0.0, None)  # the positive part, whose moments principal_axes took
+    c = np.array(center_of_mass(p))
     out = ndimage.affine_transform(p / p.sum(), m, offset=c - m @ c, order=3,
                                    mode="grid-constant")
     out = np.clip(out, 0.0, None)
