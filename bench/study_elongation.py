@@ -20,7 +20,8 @@ elongated ≥ 1.5×, estimated long axis within 20° of the truth).
 
 At x4 the trainer shrinks the x2 kernel and derives x4 from it (``analytic_x4``); second
 moments add under that derivation (``Σ4 = 5·Σ2``), so shrinking the stored x4 kernel is the
-same warp. ``--check-x4`` measures how close the two are on the stored x2 kernels.
+same warp. The report ends with how close the two are on the stored x2 kernels (``--beta``
+sets the β of that check and of the axis-right rows).
 
 Run: ``python bench/study_elongation.py`` (about 10 min; writes
 ``bench/data/elongation_study.md``), ``--derive 0.4`` writes the stores ``kgengine_v09.json``
