@@ -46,25 +46,30 @@ _FAST = {"reassoc", "contract", "nsz"}
 def _sn(w, u, v):
     """One power iteration on ``w`` (out, n), updating ``u`` (out,) and ``v`` (n,) in place:
     ``v = normalize(w^T u)``, ``u = normalize(w v)``; returns ``sigma = u^T w v``, with
-    ``normalize(a) = a / max(|a|, eps)``."""
+    ``normalize(a) = a / max(|a|, eps)``.
+
+    Each product element is summed in float64 in index order (i for v, j for w v); the loops
+    run many such sums side by side (independent lanes, no reassociation), so the order, and
+    each bit, is the one of one element at a time."""
     out, n = w.shape
+    acc = np.zeros(n, np.float64)
+    for i in range(out):
+        ui = u[i]
+        for j in range(n):
+            acc[j] += ui * w[i, j]
     for j in range(n):
-        acc = 0.0
-        for i in range(out):
-            acc += u[i] * w[i, j]
-        v[j] = acc
+        v[j] = acc[j]
     norm = 0.0
     for j in range(n):
         norm += v[j] * v[j]
     norm = max(np.sqrt(norm), SN_EPS)
     for j in range(n):
         v[j] = v[j] / norm
-    wv = np.empty(out, np.float64)
-    for i in range(out):
-        acc = 0.0
-        for j in range(n):
-            acc += w[i, j] * v[j]
-        wv[i] = acc
+    wv = np.zeros(out, np.float64)
+    for j in range(n):
+        vj = v[j]
+        for i in range(out):
+            wv[i] += w[i, j] * vj
     norm = 0.0
     for i in range(out):
         norm += wv[i] * wv[i]

@@ -168,6 +168,11 @@ class BatchTrainer:
                                                 self.images, cfg.boundary_sigma)
         self.centre = priors.centre_target(cfg.kernel_size, 2)
         self._noise_chunk: tuple[int, torch.Tensor] = (-1, torch.empty(0))
+        # the kernel composed for iteration i's D step is iteration i+1's G-step kernel (G
+        # does not change in between): (iteration it is for, kernel with its graph)
+        self._next_kernel: tuple[int, torch.Tensor | None] = (-1, None)
+        self._host = self.device.type == "cpu"  # flags read on the host cost no sync here
+        self._all_similar = False
         self.last: dict[str, torch.Tensor] = {}
         self.iteration = 0
         # images stopped by a stop rule: b -> (iteration, raw kernel, G weights, losses)
@@ -199,7 +204,9 @@ class BatchTrainer:
         g_in, d_in = pb.g_crops, pb.d_crops
 
         # G step
-        k = self.kernel()
+        ready, k = self._next_kernel
+        if ready != it or k is None:
+            k = self.kernel()
         g_out = self._g_forward(g_in, k)
         d_params = self.d_params
         # D's parameters are constants of the G step (a custom autograd node would otherwise
@@ -212,8 +219,10 @@ class BatchTrainer:
         self.opt_g.step(_flat_grad(l_g.sum(), self.g_weights))
 
         # D step, with the updated G (its output is a constant here)
+        k = self.kernel()
+        self._next_kernel = (it + 1, k)
         with torch.no_grad():
-            g_out2 = self._g_forward(g_in, self.kernel())
+            g_out2 = self._g_forward(g_in, k.detach())
             g_out2 = g_out2 + self._g_noise(it).reshape(g_out2.shape)
         d_maps = self._d_forward(torch.stack([d_in, g_out2]), d_params)
         l_d = 0.5 * (priors.gan_loss(d_maps[0], real=True) + priors.gan_loss(d_maps[1], real=False))
@@ -244,13 +253,18 @@ class BatchTrainer:
 
     def _accumulate_noise(self, d_crops: torch.Tensor, topleft: torch.Tensor) -> None:
         """Defect 2: write D's noisy crops (B, 3, s, s) back into the images at ``topleft``
-        (B, 2), all B at once (one indexed copy; no host sync, no per-image loop)."""
+        (B, 2). On CPU a slice copy per image; elsewhere all B at once (one indexed copy, no
+        host sync). The same values land either way."""
         s = d_crops.shape[-1]
-        ar = torch.arange(s, device=topleft.device)
-        rows = (topleft[:, 0:1] + ar).unsqueeze(2)  # (B, s, 1)
-        cols = (topleft[:, 1:2] + ar).unsqueeze(1)  # (B, 1, s)
-        b = torch.arange(d_crops.shape[0], device=topleft.device).view(-1, 1, 1)
         with torch.no_grad():
+            if self._host:
+                for b, (r, c) in enumerate(topleft.tolist()):
+                    self.images[b, :, r : r + s, c : c + s] = d_crops[b]
+                return
+            ar = torch.arange(s, device=topleft.device)
+            rows = (topleft[:, 0:1] + ar).unsqueeze(2)  # (B, s, 1)
+            cols = (topleft[:, 1:2] + ar).unsqueeze(1)  # (B, 1, s)
+            b = torch.arange(d_crops.shape[0], device=topleft.device).view(-1, 1, 1)
             self.images.permute(0, 2, 3, 1)[b, rows, cols] = d_crops.permute(0, 2, 3, 1)
 
     def _update_schedule(self, it: int, terms: dict[str, torch.Tensor]) -> None:
@@ -267,12 +281,8 @@ class BatchTrainer:
             self.opt_g.lr /= cfg.lr_decay_factor
             self.opt_d.lr /= cfg.lr_decay_factor
         (fading,) = self._fading
-        l_bic = terms[fading]
-        below = l_bic < cfg.bic_loss_threshold
-        not_sim = ~self.similar
-        becomes = not_sim & below & (self.bic_counter >= 2)
-        self.bic_counter = torch.where(not_sim & below & ~becomes, self.bic_counter + 1,
-                                       torch.where(not_sim & ~below, 0, self.bic_counter))
+        # once every image is similar, the counter is frozen (checked on the host only)
+        becomes = None if self._all_similar else self._count_similar(terms[fading])
         if it % cfg.bic_decay_every == 0:
             lam = self.lam[fading]
             decay = self.similar & (lam > cfg.bic_min)
@@ -282,7 +292,20 @@ class BatchTrainer:
             for p in self._late:
                 self.lam[p.name] = torch.where(insert, getattr(cfg, p.weight), self.lam[p.name])
             self.insert_constraints &= ~insert
-        self.similar = self.similar | becomes
+        if becomes is not None:
+            self.similar = self.similar | becomes
+            self._all_similar = self._host and bool(self.similar.all())
+
+    def _count_similar(self, l_bic: torch.Tensor) -> torch.Tensor:
+        """Updates the counters from the fading-prior loss ``l_bic`` (B,); returns which images
+        become ``similar`` now: below the threshold for 3 iterations in a row (the counter
+        restarts when it is not)."""
+        below = l_bic < self.cfg.bic_loss_threshold
+        not_sim = ~self.similar
+        becomes = not_sim & below & (self.bic_counter >= 2)
+        self.bic_counter = torch.where(not_sim & below & ~becomes, self.bic_counter + 1,
+                                       torch.where(not_sim & ~below, 0, self.bic_counter))
+        return becomes
 
     # ------------------------------------------------------------------ loop
     def run(self, iters: int, callback: Callable[[int], None] | None = None,

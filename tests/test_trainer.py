@@ -90,7 +90,8 @@ def test_too_small_image_is_refused():
 
 
 def test_noise_accumulation_writes_each_crop_at_its_place():
-    """Defect 2's write-back (one indexed copy) equals a per-image slice assignment."""
+    """Defect 2's write-back, both ways (slices on the host, one indexed copy elsewhere),
+    equals a per-image slice assignment."""
     from types import SimpleNamespace
 
     from kgengine.trainer import BatchTrainer
@@ -102,6 +103,30 @@ def test_noise_accumulation_writes_each_crop_at_its_place():
     expected = images.clone()
     for i, (top, left) in enumerate(topleft.tolist()):
         expected[i, :, top : top + 7, left : left + 7] = crops[i]
-    holder = SimpleNamespace(images=images)
-    BatchTrainer._accumulate_noise(holder, crops, topleft)
-    assert torch.equal(holder.images, expected)
+    for host in (True, False):
+        holder = SimpleNamespace(images=images.clone(), _host=host)
+        BatchTrainer._accumulate_noise(holder, crops, topleft)
+        assert torch.equal(holder.images, expected), f"host={host}"
+
+
+def test_host_shortcuts_change_no_bit(three_images):
+    """The CPU shortcuts (the D step's kernel reused by the next G step; the similarity
+    counter skipped once every image is similar; the noise write-back by slices) give the
+    bytes of the plain path (a fresh kernel per use, the full schedule, one indexed copy),
+    float32, 3 images, 200 iterations: past the similarity switch and a bicubic decay."""
+    cfg = KernelGANConfig(bic_decay_every=50)
+    images = [prepare_image(im, cfg) for im in three_images]
+    fast = BatchTrainer(images, [1, 2, 3], cfg)
+    fast.run(200)
+    assert fast._all_similar, "the schedule shortcut was never taken"
+    plain = BatchTrainer(images, [1, 2, 3], cfg)
+    plain._host = False
+    for _ in range(200):
+        plain._next_kernel = (-1, None)
+        plain.step()
+    assert fast.final_kernels().tobytes() == plain.final_kernels().tobytes()
+    assert torch.equal(fast.images, plain.images)
+    for name in fast.lam:
+        assert torch.equal(fast.lam[name], plain.lam[name]), name
+    assert torch.equal(fast.similar, plain.similar)
+    assert torch.equal(fast.bic_counter, plain.bic_counter)
