@@ -31,9 +31,10 @@ from kgengine.config import KernelGANConfig
 from kgengine.imageio import read_image
 from kgengine.kernel import analytic_x4, common_size
 from kgengine.metrics import aligned_kernel_psnr
+from kgengine.prepare import prepare_image
 from kgengine.stopping import StopRule, stop_iteration
 from kgengine.sysinfo import machine_line
-from kgengine.trainer import BatchTrainer, prepare_image
+from kgengine.trainer import BatchTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from devset import DEFAULT_OUT, ensure_devset  # noqa: E402

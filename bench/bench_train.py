@@ -201,7 +201,8 @@ def batch_sweep(spec: str, iters: int, device_name: str, backends: str = "",
     from kgengine.farm.batching import auto_batch
     from kgengine.farm.settings import FarmSettings
     from kgengine.ops.backend import ENV_VAR, resolve
-    from kgengine.trainer import BatchTrainer, prepare_image
+    from kgengine.prepare import prepare_image
+    from kgengine.trainer import BatchTrainer
 
     device = torch.device(device_name)
     name, lr, _ = lr_images(1)[0]

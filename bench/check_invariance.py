@@ -15,7 +15,8 @@ import numpy as np
 
 from kgengine.config import KernelGANConfig
 from kgengine.imageio import read_image
-from kgengine.trainer import BatchTrainer, prepare_image
+from kgengine.prepare import prepare_image
+from kgengine.trainer import BatchTrainer
 
 SAMPLE = Path(__file__).resolve().parents[1] / "kgengine" / "data" / "sample_hr.png"
 

@@ -41,8 +41,9 @@ from kgengine.api import finish_restarts, restart_seed
 from kgengine.atomic import save_json, save_text
 from kgengine.config import KernelGANConfig
 from kgengine.imageio import read_image
+from kgengine.prepare import prepare_image
 from kgengine.sysinfo import machine_line
-from kgengine.trainer import BatchTrainer, prepare_image
+from kgengine.trainer import BatchTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from devset import DEFAULT_OUT, ensure_devset  # noqa: E402

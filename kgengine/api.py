@@ -31,9 +31,10 @@ from kgengine.kernel import (
     principal_axes,
     shrink_elongation,
 )
+from kgengine.prepare import prepare_image
 from kgengine.stopping import StopRule, stop_rule_of, stop_setting
 from kgengine.sysinfo import machine_info
-from kgengine.trainer import BatchTrainer, prepare_image
+from kgengine.trainer import BatchTrainer
 
 ImageLike = str | os.PathLike | np.ndarray
 

@@ -25,358 +25,114 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import njit
 from torch.autograd.function import once_differentiable
 
-from kgengine.discriminator import BN_EPS, SN_EPS, TRAINABLE
+from kgengine.discriminator import TRAINABLE
+from kgengine.discriminator_kernels import _backward, _forward, _normalise, _param_grads
 from kgengine.numba_util import give, run_tasks, single_threaded_blas, take
 from kgengine.numba_util import shared_view as _np
 
-# BN_EPS, SN_EPS are compiled into Numba's disk cache, which watches only this file: touch it
-# after changing them. Helpers are inlined at Numba's level (``inline="always"``): compiled
-# alone and linked from the cache, they rounded otherwise than inlined by LLVM in a fresh
-# compile, so bytes depended on a warm cache (tested).
-_SN_KEYS = ("u0", "v0", "um", "vm", "uf", "vf")
-#: Reassociation lets loops use SIMD lanes (order fixed by the code and the loop lengths, not
-#: by B); no "nnan": the ReLU keeps NaN, like torch's.
-_FAST = {"reassoc", "contract", "nsz"}
+SN_KEYS = ("u0", "v0", "um", "vm", "uf", "vf")
 
 
-@njit(cache=True, inline="always")
-def _sn(w, u, v):
-    """One power iteration on ``w`` (out, n), updating ``u`` (out,) and ``v`` (n,) in place:
-    ``v = normalize(w^T u)``, ``u = normalize(w v)``; returns ``sigma = u^T w v``, with
-    ``normalize(a) = a / max(|a|, eps)``.
+class Pass:
+    """One D pass's saved state for :func:`fused_backward` (see :func:`fused_forward`)."""
 
-    Each product element is summed in float64 in index order (i for v, j for w v); the loops
-    run many such sums side by side (independent lanes, no reassociation), so the order, and
-    each bit, is the one of one element at a time."""
-    out, n = w.shape
-    acc = np.zeros(n, np.float64)
-    for i in range(out):
-        ui = u[i]
-        for j in range(n):
-            acc[j] += ui * w[i, j]
-    for j in range(n):
-        v[j] = acc[j]
-    norm = 0.0
-    for j in range(n):
-        norm += v[j] * v[j]
-    norm = max(np.sqrt(norm), SN_EPS)
-    for j in range(n):
-        v[j] = v[j] / norm
-    wv = np.zeros(out, np.float64)
-    for j in range(n):
-        vj = v[j]
-        for i in range(out):
-            wv[i] += w[i, j] * vj
-    norm = 0.0
-    for i in range(out):
-        norm += wv[i] * wv[i]
-    norm = max(np.sqrt(norm), SN_EPS)
-    sigma = 0.0
-    for i in range(out):
-        u[i] = wv[i] / norm
-        sigma += u[i] * wv[i]
-    return sigma
+    def __init__(self, x_shape: tuple, k: int, key: tuple, bufs: tuple, threads: int,
+                 shapes: list, keep: tuple) -> None:
+        self.x_shape, self.k, self.key, self.bufs, self.threads = x_shape, k, key, bufs, threads
+        self.shapes, self.keep = shapes, keep
 
 
-@njit(cache=True, inline="always")
-def _sn_grad(dws, w, u, v, sigma, dw):
-    """``dw = dws / sigma - (sum dws * w) / sigma^2 * u v^T`` for one (out, n) weight."""
-    out, n = w.shape
-    dot = 0.0
-    for i in range(out):
-        for j in range(n):
-            dot += dws[i, j] * w[i, j]
-    c = dot / (sigma * sigma)
-    for i in range(out):
-        for j in range(n):
-            dw[i, j] = dws[i, j] / sigma - c * u[i] * v[j]
+def fused_forward(x: torch.Tensor, params: list[torch.Tensor], sn: list[torch.Tensor],
+                  threads: int, keep: bool) -> tuple[torch.Tensor, Pass | None]:
+    """D's forward on crops x (N, B, 3, S, S): the probabilities (N, B, S-k+1, S-k+1) and,
+    if ``keep``, the state a :func:`fused_backward` needs. ``params``: the trainable tensors
+    in :data:`TRAINABLE` order; ``sn``: u, v of each weight (:data:`SN_KEYS` order), updated
+    in place. No autograd."""
+    w0, b0, wm, bm, gamma, beta, wf, bf = params
+    n, bsz, _, size, _ = x.shape
+    ch, k, n_mid = w0.shape[1], w0.shape[-1], wm.shape[1]
+    npos = (size - k + 1) ** 2
+    shapes = [t.shape for t in params]
+    w0, wm, gamma, wf = (_np(t) for t in (w0.reshape(bsz, ch, -1), wm, gamma, wf))
+    sn = [_np(t) for t in sn]
+    dt = w0.dtype
+    key = (bsz, n, w0.shape[2], npos, ch, n_mid, dt)
+    # work buffers come back from this pass's backward (no fresh pages per pass)
+    bufs = take(("fwd", *key), lambda: (
+        np.empty((bsz, n_mid + 2), np.float64), np.empty_like(w0), np.empty_like(wm),
+        np.empty_like(wf), np.empty((bsz, n, w0.shape[2], npos), dt),
+        np.empty((bsz, n, n_mid + 1, ch, npos), dt), np.empty((bsz, n, n_mid, ch, npos), dt),
+        np.empty((bsz, n, n_mid, ch), dt)))
+    sig, w0s, wms, wfs, cols, hs, xhat, inv = bufs
+    s = np.empty((bsz, n, npos), dt)  # the output: not reused
+    _normalise(w0, wm, wf, *sn, sig, w0s, wms, wfs)
+    run_tasks(_forward, threads, bsz * n, _np(x.contiguous()), k, w0s, _np(b0), wms,
+              _np(bm), gamma, _np(beta), wfs, _np(bf), cols, hs, xhat, inv, s)
+    out = torch.from_numpy(s).view(bsz, n, size - k + 1, size - k + 1).transpose(0, 1)
+    if not keep:  # no backward will come: the buffers are free again
+        give(("fwd", *key), bufs)
+        return out, None
+    # copies of what a later pass or an optimiser step may change in place: u, v and the
+    # weights as this pass used them (NumPy writes do not bump torch's version counters)
+    w0, wm, wf, gamma = (a.copy() for a in (w0, wm, wf, gamma))
+    saved = (w0s, wms, gamma, wfs, cols, hs, xhat, inv, s)
+    return out, Pass(tuple(x.shape), k, key, bufs, threads, shapes,
+                     (w0, wm, wf, [a.copy() for a in sn], sig, saved))
 
 
-@njit(cache=True, fastmath=_FAST, inline="always")
-def _im2col(x, k, cols):
-    """``cols[(c*k + u)*k + v, i*side + j] = x[c, i + u, j + v]`` for one crop x (3, S, S)."""
-    chans, size = x.shape[0], x.shape[1]
-    side = size - k + 1
-    for c in range(chans):
-        for u in range(k):
-            for v in range(k):
-                r = (c * k + u) * k + v
-                for i in range(side):
-                    dst = cols[r, i * side : (i + 1) * side]
-                    src = x[c, i + u, v : v + side]
-                    for j in range(side):
-                        dst[j] = src[j]
-
-
-@njit(cache=True, fastmath=_FAST, inline="always")
-def _col2im(dcols, k, dx):
-    """The adjoint of :func:`_im2col`: dx (3, S, S) = each column added at its pixels."""
-    chans, size = dx.shape[0], dx.shape[1]
-    side = size - k + 1
-    dx[:] = 0.0
-    for c in range(chans):
-        for u in range(k):
-            for v in range(k):
-                r = (c * k + u) * k + v
-                for i in range(side):
-                    src = dcols[r, i * side : (i + 1) * side]
-                    dst = dx[c, i + u, v : v + side]
-                    for j in range(side):
-                        dst[j] += src[j]
-
-
-@njit(cache=True, fastmath=_FAST, inline="always")
-def _bn_relu(z, bias, gamma, beta, xhat, h, inv):
-    """One crop, per channel o: ``z += bias``; BatchNorm over the P positions (biased
-    variance) into ``xhat`` and ``inv`` (64,); ``h = relu(gamma * xhat + beta)``.
-    z, xhat, h: (64, P); bias, gamma, beta: (64,)."""
-    npos = z.shape[1]
-    st = np.zeros(2, z.dtype)  # scalars in the array dtype
-    zero = st[0]
-    for o in range(z.shape[0]):
-        bo, g, be = bias[o], gamma[o], beta[o]
-        zc, xc, hc = z[o], xhat[o], h[o]
-        acc = zero
-        for q in range(npos):
-            zq = zc[q] + bo
-            zc[q] = zq
-            acc += zq
-        st[1] = acc / npos
-        mean = st[1]
-        acc = zero
-        for q in range(npos):
-            d = zc[q] - mean
-            acc += d * d
-        st[1] = 1.0 / np.sqrt(acc / npos + BN_EPS)
-        iv = st[1]
-        inv[o] = iv
-        for q in range(npos):
-            xh = (zc[q] - mean) * iv
-            xc[q] = xh
-            y = xh * g + be
-            hc[q] = y if not y <= zero else zero  # a ReLU that keeps NaN
-
-
-@njit(cache=True, fastmath=_FAST, inline="always")
-def _bn_relu_grad(dh, h, xhat, gamma, inv, dz, dgamma, dbeta, dbias):
-    """The backward of :func:`_bn_relu` for one crop: dz (64, P) from dh, and the parameter
-    gradients dgamma, dbeta, dbias (64,) (see the module docstring)."""
-    npos = dz.shape[1]
-    st = np.zeros(3, dz.dtype)
-    zero = st[0]
-    st[2] = npos
-    fnpos = st[2]
-    for o in range(dz.shape[0]):
-        g = gamma[o]
-        dhc, hc, xc, dzc = dh[o], h[o], xhat[o], dz[o]
-        s1, s2, sum_dy = zero, zero, zero
-        for q in range(npos):
-            dy = dhc[q] if hc[q] > zero else zero
-            xq = xc[q]
-            sum_dy += dy
-            dxh = dy * g
-            dzc[q] = dxh
-            s1 += dxh
-            s2 += dxh * xq
-        st[1] = inv[o] / npos
-        iv = st[1]
-        sum_dz = zero
-        for q in range(npos):
-            dzq = iv * (fnpos * dzc[q] - s1 - xc[q] * s2)
-            dzc[q] = dzq
-            sum_dz += dzq
-        # sum dy * xhat = s2 / gamma would lose bits; keep the direct sums
-        acc = zero
-        for q in range(npos):
-            acc += (dhc[q] if hc[q] > zero else zero) * xc[q]
-        dgamma[o], dbeta[o], dbias[o] = acc, sum_dy, sum_dz
-
-
-@njit(cache=True, fastmath=_FAST, inline="always")
-def _crop_forward(x, k, w0s, b0, wms, bm, gamma, beta, wfs, bf, cols, hs, xhat, inv, s):
-    """One crop x (3, S, S) through D with normalised weights: cols (3k², P), hs (L+1, 64, P),
-    xhat (L, 64, P), inv (L, 64), s (P,) written."""
-    _im2col(x, k, cols)
-    h = np.dot(w0s, cols)
-    for o in range(h.shape[0]):
-        h[o] += b0[o]
-    hs[0] = h
-    for m in range(wms.shape[0]):
-        _bn_relu(np.dot(wms[m], hs[m]), bm[m], gamma[m], beta[m], xhat[m], hs[m + 1], inv[m])
-    logit = np.dot(wfs, hs[wms.shape[0]])
-    for q in range(s.shape[0]):
-        s[q] = 1.0 / (1.0 + np.exp(-(logit[0, q] + bf[0])))
-
-
-@njit(cache=True)
-def _normalise(w0, wm, wf, u0, v0, um, vm, uf, vf, sig, w0s, wms, wfs):
-    """One power iteration per weight and image (u*, v* updated in place): sig (B, L+2) the
-    sigmas, w0s, wms, wfs the normalised weights."""
-    n_mid = wm.shape[1]
-    for b in range(w0.shape[0]):
-        sig[b, 0] = _sn(w0[b], u0[b], v0[b])
-        w0s[b] = w0[b] / sig[b, 0]
-        for m in range(n_mid):
-            sig[b, 1 + m] = _sn(wm[b, m], um[b, m], vm[b, m])
-            wms[b, m] = wm[b, m] / sig[b, 1 + m]
-        sig[b, 1 + n_mid] = _sn(wf[b], uf[b], vf[b])
-        wfs[b] = wf[b] / sig[b, 1 + n_mid]
-
-
-@njit(cache=True, fastmath=_FAST, nogil=True)
-def _forward(lo, hi, x, k, w0s, b0, wms, bm, gamma, beta, wfs, bf, cols, hs, xhat, inv, s):
-    """D-maps of the (image, crop) tasks lo..hi-1 (task t = image t // N, crop t % N).
-
-    In: x (N, B, 3, S, S); k D's first kernel size; the normalised weights and the other
-    parameters with a leading B (w0s as (B, 64, 3k²)). Out: cols (B, N, 3k², P); hs (B, N,
-    L+1, 64, P) the first layer's output, then each block's; xhat (B, N, L, 64, P); inv (B, N,
-    L, 64); s (B, N, P) the probabilities. Runs without the GIL (tasks on threads).
-    """
-    n_crops = x.shape[0]
-    for t in range(lo, hi):
-        b, n = t // n_crops, t % n_crops
-        _crop_forward(x[n, b], k, w0s[b], b0[b], wms[b], bm[b], gamma[b], beta[b], wfs[b],
-                      bf[b], cols[b, n], hs[b, n], xhat[b, n], inv[b, n], s[b, n])
-
-
-@njit(cache=True, fastmath=_FAST, inline="always")
-def _crop_backward(ds, need_x, need_p, k, w0s, wms, gamma, wfs, cols, hs, xhat, inv, s,
-                   dx, gw0, gb0, gwm, gbm, ggamma, gbeta, gwf, gbf):
-    """One crop's backward: dx (3, S, S) if ``need_x``; if ``need_p`` this crop's part of the
-    gradients w.r.t. the *normalised* weights (gw0, gwm, gwf) and the other parameters."""
-    n_mid = wms.shape[0]
-    one = np.ones(1, s.dtype)[0]  # 1 in the array dtype
-    do = np.empty((1, s.shape[0]), s.dtype)
-    for q in range(s.shape[0]):
-        do[0, q] = ds[q] * s[q] * (one - s[q])
+def fused_backward(state: Pass, grad: torch.Tensor, need_x: bool, need_p: bool
+                   ) -> tuple[torch.Tensor | None, list[torch.Tensor] | None]:
+    """The backward of one :func:`fused_forward` (once): ``grad`` (N, B, h, w) w.r.t. its
+    output; returns dx (N, B, 3, S, S) if ``need_x`` and the trainable parameters' gradients
+    (:data:`TRAINABLE` order) if ``need_p``."""
+    if state.keep is None:
+        raise RuntimeError("discriminator_numba: backward through one D pass runs once")
+    (w0, wm, wf, sn, sig, saved), state.keep = state.keep, None
+    s = saved[-1]
+    bsz, n = s.shape[:2]
+    dt = s.dtype
+    ds = grad.transpose(0, 1).to(torch.from_numpy(s).dtype).contiguous()
+    dx = np.empty(state.x_shape if need_x else (1, 1, 0, 0, 0), dt)
+    # per-crop parts of the gradients: w0s, b0, wms, bm, gamma, beta, wfs, bf
+    shapes = [w0.shape[1:], w0.shape[1:2], wm.shape[1:], wm.shape[1:3], wm.shape[1:3],
+              wm.shape[1:3], wf.shape[1:], (1,)]
+    pkey = ("bwd", need_p, *state.key)
+    parts = take(pkey, lambda: [
+        np.empty((bsz, n, *sh) if need_p else (bsz, n) + (0,) * len(sh), dt) for sh in shapes])
+    run_tasks(_backward, state.threads, bsz * n, _np(ds).reshape(bsz, n, -1), need_x, need_p,
+              state.k, *saved, dx, *parts)
+    dp = None
     if need_p:
-        gbf[0] = do.sum()
-        gwf[:] = np.dot(do, hs[n_mid].T)
-    dh = np.dot(wfs.T, do)  # (64, P)
-    dz = np.empty_like(dh)
-    scratch = np.empty((3, dh.shape[0]), s.dtype)
-    for m in range(n_mid - 1, -1, -1):
-        if need_p:
-            _bn_relu_grad(dh, hs[m + 1], xhat[m], gamma[m], inv[m], dz, ggamma[m], gbeta[m],
-                          gbm[m])
-            gwm[m] = np.dot(dz, hs[m].T)
-        else:
-            _bn_relu_grad(dh, hs[m + 1], xhat[m], gamma[m], inv[m], dz, scratch[0],
-                          scratch[1], scratch[2])
-        dh = np.dot(wms[m].T, dz)
-    if need_p:
-        for o in range(dh.shape[0]):
-            gb0[o] = dh[o].sum()
-        gw0[:] = np.dot(dh, cols.T)
-    if need_x:
-        _col2im(np.dot(w0s.T, dh), k, dx)
-
-
-@njit(cache=True, fastmath=_FAST, nogil=True)
-def _backward(lo, hi, ds, need_x, need_p, k, w0s, wms, gamma, wfs, cols, hs, xhat, inv, s,
-              dx, gw0, gb0, gwm, gbm, ggamma, gbeta, gwf, gbf):
-    """:func:`_crop_backward` of the tasks lo..hi-1: ds (B, N, P) the gradient w.r.t. the
-    probabilities; writes dx (N, B, 3, S, S) and the per-crop parts g* (B, N, ...)."""
-    n_crops = s.shape[1]
-    for t in range(lo, hi):
-        b, n = t // n_crops, t % n_crops
-        _crop_backward(ds[b, n], need_x, need_p, k, w0s[b], wms[b], gamma[b], wfs[b],
-                       cols[b, n], hs[b, n], xhat[b, n], inv[b, n], s[b, n],
-                       dx[n, b] if need_x else dx[0, 0], gw0[b, n], gb0[b, n], gwm[b, n],
-                       gbm[b, n], ggamma[b, n], gbeta[b, n], gwf[b, n], gbf[b, n])
-
-
-@njit(cache=True)
-def _param_grads(w0, wm, wf, u0, v0, um, vm, uf, vf, sig, gw0, gwm, gwf,
-                 dw0, dwm, dwf):
-    """Sum the crops' parts in crop order, then through the spectral norm: dw0, dwm, dwf."""
-    bsz, n_crops, n_mid = gw0.shape[0], gw0.shape[1], gwm.shape[2]
-    for b in range(bsz):
-        g0, gf, gm = gw0[b, 0].copy(), gwf[b, 0].copy(), gwm[b, 0].copy()
-        for n in range(1, n_crops):
-            g0 += gw0[b, n]
-            gf += gwf[b, n]
-            gm += gwm[b, n]
-        _sn_grad(g0, w0[b], u0[b], v0[b], sig[b, 0], dw0[b])
-        for m in range(n_mid):
-            _sn_grad(gm[m], wm[b, m], um[b, m], vm[b, m], sig[b, 1 + m], dwm[b, m])
-        _sn_grad(gf, wf[b], uf[b], vf[b], sig[b, 1 + n_mid], dwf[b])
+        dw0, dwm, dwf = np.empty_like(w0), np.empty_like(wm), np.empty_like(wf)
+        _param_grads(w0, wm, wf, *sn, sig, parts[0], parts[2], parts[6], dw0, dwm, dwf)
+        dense = [dw0, parts[1].sum(1), dwm] + [p.sum(1) for p in parts[3:6]] + \
+            [dwf, parts[7].sum(1)]
+        dp = [torch.from_numpy(np.ascontiguousarray(g)).view(sh)
+              for g, sh in zip(dense, state.shapes, strict=True)]
+    give(pkey, parts)
+    give(("fwd", *state.key), state.bufs)
+    return (torch.from_numpy(dx) if need_x else None), dp
 
 
 class _FusedD(torch.autograd.Function):
-    """One autograd node per D pass around :func:`_forward` and :func:`_backward`."""
+    """One autograd node per D pass around :func:`fused_forward` and :func:`fused_backward`."""
 
     @staticmethod
     def forward(ctx, x, w0, b0, wm, bm, gamma, beta, wf, bf, sn, threads, grad):  # noqa: ANN001, ANN205, D102
-        n, bsz, _, size, _ = x.shape
-        ch, k, n_mid = w0.shape[1], w0.shape[-1], wm.shape[1]
-        side = size - k + 1
-        npos = side * side
-        ctx.shapes = [t.shape for t in (w0, b0, wm, bm, gamma, beta, wf, bf)]
-        w0, wm, gamma, wf = (_np(t) for t in (w0.reshape(bsz, ch, -1), wm, gamma, wf))
-        sn = [_np(sn[key]) for key in _SN_KEYS]
-        dt = w0.dtype
-        key = (bsz, n, w0.shape[2], npos, ch, n_mid, dt)
-        # work buffers come back from this pass's backward (no fresh pages per pass)
-        bufs = take(("fwd", *key), lambda: (
-            np.empty((bsz, n_mid + 2), np.float64), np.empty_like(w0), np.empty_like(wm),
-            np.empty_like(wf), np.empty((bsz, n, w0.shape[2], npos), dt),
-            np.empty((bsz, n, n_mid + 1, ch, npos), dt), np.empty((bsz, n, n_mid, ch, npos), dt),
-            np.empty((bsz, n, n_mid, ch), dt)))
-        sig, w0s, wms, wfs, cols, hs, xhat, inv = bufs
-        s = np.empty((bsz, n, npos), dt)  # the output: not reused
-        _normalise(w0, wm, wf, *sn, sig, w0s, wms, wfs)
-        run_tasks(_forward, threads, bsz * n, _np(x.contiguous()), k, w0s, _np(b0), wms,
-                  _np(bm), gamma, _np(beta), wfs, _np(bf), cols, hs, xhat, inv, s)
-        out = torch.from_numpy(s).view(bsz, n, side, side).transpose(0, 1)
-        if not grad:  # no backward will come: the buffers are free again
-            give(("fwd", *key), bufs)
-            ctx.keep = None
-            return out
-        ctx.x_shape, ctx.k, ctx.key, ctx.bufs = tuple(x.shape), k, key, bufs
-        ctx.threads = threads
-        # copies of what a later pass or an optimiser step may change in place: u, v and the
-        # weights as this pass used them (NumPy writes do not bump torch's version counters)
-        w0, wm, wf, gamma = (a.copy() for a in (w0, wm, wf, gamma))
-        sn = [a.copy() for a in sn]
-        ctx.keep = (w0, wm, wf, sn, sig, (w0s, wms, gamma, wfs, cols, hs, xhat, inv, s))
+        out, ctx.state = fused_forward(x, [w0, b0, wm, bm, gamma, beta, wf, bf], sn, threads,
+                                       grad)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # noqa: ANN001, ANN205, D102
-        if ctx.keep is None:
+        if ctx.state is None:
             raise RuntimeError("discriminator_numba: backward through one D pass runs once")
-        (w0, wm, wf, sn, sig, saved), ctx.keep = ctx.keep, None
-        s = saved[-1]
-        need_x, need_p = ctx.needs_input_grad[0], any(ctx.needs_input_grad[1:9])
-        bsz, n = s.shape[:2]
-        dt = s.dtype
-        ds = grad.transpose(0, 1).to(torch.from_numpy(s).dtype).contiguous()
-        dx = np.empty(ctx.x_shape if need_x else (1, 1, 0, 0, 0), dt)
-        # per-crop parts of the gradients: w0s, b0, wms, bm, gamma, beta, wfs, bf
-        shapes = [w0.shape[1:], w0.shape[1:2], wm.shape[1:], wm.shape[1:3], wm.shape[1:3],
-                  wm.shape[1:3], wf.shape[1:], (1,)]
-        pkey = ("bwd", need_p, *ctx.key)
-        parts = take(pkey, lambda: [
-            np.empty((bsz, n, *sh) if need_p else (bsz, n) + (0,) * len(sh), dt)
-            for sh in shapes])
-        run_tasks(_backward, ctx.threads, bsz * n, _np(ds).reshape(bsz, n, -1), need_x,
-                  need_p, ctx.k, *saved, dx, *parts)
-        dp: list[torch.Tensor | None] = [None] * 8
-        if need_p:
-            dw0, dwm, dwf = np.empty_like(w0), np.empty_like(wm), np.empty_like(wf)
-            _param_grads(w0, wm, wf, *sn, sig, parts[0], parts[2], parts[6], dw0, dwm, dwf)
-            dense = [dw0, parts[1].sum(1), dwm] + [p.sum(1) for p in parts[3:6]] + \
-                [dwf, parts[7].sum(1)]
-            dp = [torch.from_numpy(np.ascontiguousarray(g)).view(sh)
-                  for g, sh in zip(dense, ctx.shapes, strict=True)]
-        give(pkey, parts)
-        give(("fwd", *ctx.key), ctx.bufs)
-        return (torch.from_numpy(dx) if need_x else None, *dp, None, None, None)
+        need_p = any(ctx.needs_input_grad[1:9])
+        dx, dp = fused_backward(ctx.state, grad, ctx.needs_input_grad[0], need_p)
+        return (dx, *(dp or [None] * 8), None, None, None)
 
 
 def forward(x: torch.Tensor, p: dict[str, torch.Tensor], threads: int | None = None
@@ -392,7 +148,7 @@ def forward(x: torch.Tensor, p: dict[str, torch.Tensor], threads: int | None = N
         (N, B, S-k+1, S-k+1) probabilities in (0, 1).
     """
     single_threaded_blas()
-    sn = {key: p[key] for key in _SN_KEYS}
+    sn = [p[key] for key in SN_KEYS]
     threads = torch.get_num_threads() if threads is None else max(1, threads)
     params = [p[key] for key in TRAINABLE]
     if any(t.dtype != x.dtype for t in params):

@@ -93,59 +93,71 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
+def compose_forward(weights: list[torch.Tensor]) -> tuple[np.ndarray, tuple]:
+    """The composed kernels (B, K, K) of G's weights (see :func:`compose_kernel`) and the
+    state :func:`compose_backward` needs. No autograd."""
+    spatial = [w for w in weights if w.shape[-1] > 1]
+    pointwise = [w for w in weights if w.shape[-1] == 1]
+    b = weights[0].shape[0]
+    vs = [_np(pointwise[-1][..., 0, 0])]  # (B, 1, C)
+    for w in reversed(pointwise[:-1]):
+        vs.append(_chain(_np(w[..., 0, 0]), vs[-1]))
+    ks = [_chain(_np(spatial[-1]).reshape(b, spatial[-1].shape[1], -1), vs[-1])]
+    ks[0] = ks[0].reshape(b, spatial[-1].shape[2], -1)  # (B, C, 3·3)
+    for w in reversed(spatial[:-1]):
+        cout, cin, kh, kw = w.shape[1:]
+        side = int(round(ks[-1].shape[2] ** 0.5))
+        out = np.empty((b, cin, side + kh - 1, side + kw - 1), vs[0].dtype)
+        _fold_layer(_np(w).reshape(b, cout, -1), ks[-1], out)
+        ks.append(out.reshape(b, cin, -1))
+    side = int(round(ks[-1].shape[2] ** 0.5))
+    return ks[-1].reshape(b, side, side).copy(), (vs, ks)
+
+
+def compose_backward(weights: list[torch.Tensor], keep: tuple, grad: torch.Tensor
+                     ) -> list[torch.Tensor]:
+    """The gradients w.r.t. ``weights`` given ``grad`` (B, K, K) w.r.t. the composed kernel
+    (``keep`` from :func:`compose_forward` on the same weights)."""
+    vs, ks = keep
+    spatial = [i for i, w in enumerate(weights) if w.shape[-1] > 1]
+    pointwise = [i for i, w in enumerate(weights) if w.shape[-1] == 1]
+    b = weights[0].shape[0]
+    grads: list = [None] * len(weights)
+    dk = _np(grad).reshape(b, 1, -1).astype(vs[0].dtype)
+    for j, i in enumerate(spatial[:-1]):  # w1 first: the last fold of the forward
+        w = _np(weights[i]).reshape(b, weights[i].shape[1], -1)
+        k_in = ks[len(ks) - 2 - j]
+        side = int(round(ks[len(ks) - 1 - j].shape[2] ** 0.5))
+        dw, dk_in = np.empty_like(w), np.empty_like(k_in)
+        _fold_layer_grad(w, k_in, dk.reshape(b, -1, side, side), dw, dk_in)
+        grads[i], dk = torch.from_numpy(dw).view(weights[i].shape), dk_in
+    last = weights[spatial[-1]]
+    w_r = _np(last).reshape(b, last.shape[1], -1)
+    dw_r = np.empty_like(w_r)
+    dv = _chain_grad(w_r, vs[-1], dk.reshape(b, 1, -1), dw_r)
+    grads[spatial[-1]] = torch.from_numpy(dw_r).view(last.shape)
+    for j, i in enumerate(pointwise[:-1]):  # w4 first: the last product of the chain
+        w = _np(weights[i][..., 0, 0])
+        dw = np.empty_like(w)
+        dv = _chain_grad(w, vs[len(vs) - 2 - j], dv, dw)
+        grads[i] = torch.from_numpy(dw).view(weights[i].shape)
+    grads[pointwise[-1]] = torch.from_numpy(dv).view(weights[pointwise[-1]].shape)
+    return grads
+
+
 class _ComposeFn(torch.autograd.Function):
     """One autograd node: the weights in, the (B, K, K) composed kernel out."""
 
     @staticmethod
     def forward(ctx, *weights):  # noqa: ANN001, ANN205, D102
-        spatial = [w for w in weights if w.shape[-1] > 1]
-        pointwise = [w for w in weights if w.shape[-1] == 1]
-        b = weights[0].shape[0]
-        vs = [_np(pointwise[-1][..., 0, 0])]  # (B, 1, C)
-        for w in reversed(pointwise[:-1]):
-            vs.append(_chain(_np(w[..., 0, 0]), vs[-1]))
-        ks = [_chain(_np(spatial[-1]).reshape(b, spatial[-1].shape[1], -1), vs[-1])]
-        ks[0] = ks[0].reshape(b, spatial[-1].shape[2], -1)  # (B, C, 3·3)
-        for w in reversed(spatial[:-1]):
-            cout, cin, kh, kw = w.shape[1:]
-            side = int(round(ks[-1].shape[2] ** 0.5))
-            out = np.empty((b, cin, side + kh - 1, side + kw - 1), vs[0].dtype)
-            _fold_layer(_np(w).reshape(b, cout, -1), ks[-1], out)
-            ks.append(out.reshape(b, cin, -1))
-        ctx.keep = (vs, ks)
+        k, ctx.keep = compose_forward(list(weights))
         ctx.save_for_backward(*weights)
-        side = int(round(ks[-1].shape[2] ** 0.5))
-        return torch.from_numpy(ks[-1].reshape(b, side, side).copy())
+        return torch.from_numpy(k)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # noqa: ANN001, ANN205, D102
-        weights = ctx.saved_tensors
-        vs, ks = ctx.keep
-        spatial = [i for i, w in enumerate(weights) if w.shape[-1] > 1]
-        pointwise = [i for i, w in enumerate(weights) if w.shape[-1] == 1]
-        b = weights[0].shape[0]
-        grads: list[torch.Tensor | None] = [None] * len(weights)
-        dk = _np(grad).reshape(b, 1, -1).astype(vs[0].dtype)
-        for j, i in enumerate(spatial[:-1]):  # w1 first: the last fold of the forward
-            w = _np(weights[i]).reshape(b, weights[i].shape[1], -1)
-            k_in = ks[len(ks) - 2 - j]
-            side = int(round(ks[len(ks) - 1 - j].shape[2] ** 0.5))
-            dw, dk_in = np.empty_like(w), np.empty_like(k_in)
-            _fold_layer_grad(w, k_in, dk.reshape(b, -1, side, side), dw, dk_in)
-            grads[i], dk = torch.from_numpy(dw).view(weights[i].shape), dk_in
-        last = weights[spatial[-1]]
-        w_r = _np(last).reshape(b, last.shape[1], -1)
-        dw_r = np.empty_like(w_r)
-        dv = _chain_grad(w_r, vs[-1], dk.reshape(b, 1, -1), dw_r)
-        grads[spatial[-1]] = torch.from_numpy(dw_r).view(last.shape)
-        for j, i in enumerate(pointwise[:-1]):  # w4 first: the last product of the chain
-            w = _np(weights[i][..., 0, 0])
-            dw = np.empty_like(w)
-            dv = _chain_grad(w, vs[len(vs) - 2 - j], dv, dw)
-            grads[i] = torch.from_numpy(dw).view(weights[i].shape)
-        grads[pointwise[-1]] = torch.from_numpy(dv).view(weights[pointwise[-1]].shape)
-        return tuple(grads)
+        return tuple(compose_backward(list(ctx.saved_tensors), ctx.keep, grad))
 
 
 def compose_kernel(weights: list[torch.Tensor]) -> torch.Tensor:

@@ -156,30 +156,45 @@ def _backward(grad, lam, g_out, target, dk, out_k, out_g):
                 out_k[b, u, v] = acc
 
 
+def priors_forward(k: torch.Tensor, g_in: torch.Tensor, g_out: torch.Tensor,
+                   lam: torch.Tensor, mask: torch.Tensor, centre: float, power: float,
+                   rgb_sum: bool) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    """:func:`weighted_priors`' values (contiguous arguments), and the state
+    :func:`priors_backward` needs. No autograd."""
+    kn, gi, go = _np(k), _np(g_in), _np(g_out)
+    b = kn.shape[0]
+    terms = np.empty((b, 5))
+    target = np.empty(go.shape)
+    dk = np.empty((b, 4) + kn.shape[1:])
+    total, out = torch.empty(b, dtype=k.dtype), torch.empty(b, 5, dtype=k.dtype)
+    _forward(kn, gi, go, _np(lam), _np(mask), float(centre), float(power), bool(rgb_sum),
+             _TAPS, terms, target, dk, total.numpy(), out.numpy())
+    return total, out, (go, target, dk, _np(lam))
+
+
+def priors_backward(saved: tuple, grad_total: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients w.r.t. k and g_out of ``grad_total`` (B,) w.r.t. the prior loss."""
+    go, target, dk, lam = saved
+    out_k = np.empty(dk.shape[:1] + dk.shape[2:], go.dtype)
+    out_g = np.empty(go.shape, go.dtype)
+    _backward(_np(grad_total.contiguous()), lam, go, target, dk, out_k, out_g)
+    return torch.from_numpy(out_k), torch.from_numpy(out_g)
+
+
 class _Priors(torch.autograd.Function):
     @staticmethod
     def forward(ctx, k, g_in, g_out, lam, mask, centre, power, rgb_sum):  # noqa: ANN001, ANN205, D102
-        kn, gi, go = _np(k), _np(g_in), _np(g_out)
-        b = kn.shape[0]
-        terms = np.empty((b, 5))
-        target = np.empty(go.shape)
-        dk = np.empty((b, 4) + kn.shape[1:])
-        total, out = torch.empty(b, dtype=k.dtype), torch.empty(b, 5, dtype=k.dtype)
-        _forward(kn, gi, go, _np(lam), _np(mask), float(centre), float(power), bool(rgb_sum),
-                 _TAPS, terms, target, dk, total.numpy(), out.numpy())
-        ctx.saved = (go, target, dk, _np(lam))
+        total, out, ctx.saved = priors_forward(k, g_in, g_out, lam, mask, centre, power,
+                                               rgb_sum)
         ctx.mark_non_differentiable(out)
         return total, out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_total, _grad_terms):  # noqa: ANN001, ANN205, D102
-        go, target, dk, lam = ctx.saved
-        out_k = np.empty(dk.shape[:1] + dk.shape[2:], go.dtype)
-        out_g = np.empty(go.shape, go.dtype)
-        _backward(_np(grad_total.contiguous()), lam, go, target, dk, out_k, out_g)
-        return (torch.from_numpy(out_k), None, torch.from_numpy(out_g), None, None, None, None,
-                None)
+        dk, dg = priors_backward(ctx.saved, grad_total)
+        return (dk, None, dg, None, None, None, None, None)
 
 
 def weighted_priors(k: torch.Tensor, g_in: torch.Tensor, g_out: torch.Tensor,

@@ -16,76 +16,22 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from kgengine import discriminator as D
 from kgengine import generator as G
-from kgengine import priors
+from kgengine import lean_step, priors
 from kgengine.adam import FlatAdam
 from kgengine.compiled import compiled_on, compose_for, discriminator_for, priors_for
 from kgengine.config import KernelGANConfig
-from kgengine.errors import BadImageError
 from kgengine.ops.backend import resolve, serial_ops
 from kgengine.ops.rng import STREAM_G_NOISE, normal
-from kgengine.probmap import crop_probability_maps
+from kgengine.prepare import PreparedImage, pack_images
 from kgengine.stopping import StopRule, StopTracker
 
 MODES = ("composed", "layers")
-
-
-@dataclass
-class PreparedImage:
-    """An image ready for training: shaved, even-sized, in [-1, 1], with its crop CDFs."""
-
-    pixels: np.ndarray  # (h, w, 3) float32 in [-1, 1]
-    g_map: np.ndarray  # (h, w) float64, sums to 1
-    d_map: np.ndarray  # (h, w) float64, sums to 1
-
-
-def prepare_image(img: np.ndarray, cfg: KernelGANConfig, name: str = "<array>") -> PreparedImage:
-    """Shave ``cfg.shave`` px (less if the image is small), trim to even, map to [-1, 1].
-
-    Args:
-        img: (H, W, 3) float in [0, 1].
-    Raises:
-        BadImageError: if the image is smaller than ``cfg.crop_size`` on a side.
-    """
-    h, w = img.shape[:2]
-    if min(h, w) < cfg.crop_size:
-        raise BadImageError(name, f"image is {w}x{h}, too small: needs {cfg.crop_size} px a side")
-    shave = min(cfg.shave, (min(h, w) - cfg.crop_size) // 2)
-    img = img[shave : h - shave, shave : w - shave]
-    h, w = img.shape[0] - img.shape[0] % 2, img.shape[1] - img.shape[1] % 2
-    img = np.ascontiguousarray(img[:h, :w], dtype=np.float64)
-    g_map, d_map = crop_probability_maps(
-        img, cfg.crop_size, cfg.g_output_size, cfg.grad_window, cfg.grad_percent,
-        cfg.grad_clip_magnitude,
-    )
-    return PreparedImage((img * 2.0 - 1.0).astype(np.float32), g_map, d_map)
-
-
-def pack_images(images: list[PreparedImage]) -> tuple[np.ndarray, np.ndarray]:
-    """Zero-pad B images into one batch and their crop maps into cumulative sums.
-
-    Returns:
-        pixels (B, 3, Hmax, Wmax) float32 and CDFs (B, 2, Hmax·Wmax) float64 (G's map, then
-        D's, row-major, zero outside each image).
-    """
-    hmax = max(im.pixels.shape[0] for im in images)
-    wmax = max(im.pixels.shape[1] for im in images)
-    pix = np.zeros((len(images), 3, hmax, wmax), np.float32)
-    cdf = np.zeros((len(images), 2, hmax * wmax), np.float64)
-    for i, im in enumerate(images):
-        h, w = im.pixels.shape[:2]
-        pix[i, :, :h, :w] = im.pixels.transpose(2, 0, 1)
-        for t, m in enumerate((im.g_map, im.d_map)):
-            padded = np.zeros((hmax, wmax))
-            padded[:h, :w] = m
-            cdf[i, t] = np.cumsum(padded.ravel())
-    return pix, cdf
 
 
 class BatchTrainer:
@@ -126,6 +72,11 @@ class BatchTrainer:
         self._d_forward = discriminator_for(self.device, self.threads)
         self._compose = compose_for(self.device)
         self._add_priors = priors_for(self.device)
+        # the compiled passes without autograd (kgengine.lean_step): same bytes, less overhead
+        self._lean = (mode == "composed" and self.compiled
+                      and self._downscale.__module__ == "kgengine.ops._numba_cpu"
+                      and self._add_priors.__module__ == "kgengine.priors_numba")
+        self._lean_kernel: tuple[int, tuple | None] = (-1, None)
         self.b = b = len(images)
         dev = {"device": self.device, "dtype": dtype}
         pix, cdf = pack_images(images)
@@ -152,18 +103,7 @@ class BatchTrainer:
         self.opt_g = FlatAdam(self.g_flat, cfg.lr_g, **adam)
         self.opt_d = FlatAdam(self.d_flat, cfg.lr_d, **adam)
 
-        # --- per-image loss weights and schedule state ---
-        def full(v: float) -> torch.Tensor:
-            return torch.full((b,), v, **dev)
-
-        self.priors = priors.PRIORS
-        self.lam = {p.name: full(priors.initial_weight(p, cfg)) for p in self.priors}
-        self._fading = [p.name for p in self.priors if p.phase == "fading"]
-        self._late = [p for p in self.priors if p.phase == "late"]
-        self.bic_counter = torch.zeros(b, dtype=torch.int64, device=self.device)
-        self.similar = torch.zeros(b, dtype=torch.bool, device=self.device)
-        self.insert_constraints = torch.ones(b, dtype=torch.bool, device=self.device)
-        self.finite = torch.ones(b, dtype=torch.bool, device=self.device)
+        self._init_schedule(b, dev)
         self.mask = priors.boundary_mask_tensor(cfg.kernel_size, cfg.boundary_penalty,
                                                 self.images, cfg.boundary_sigma)
         self.centre = priors.centre_target(cfg.kernel_size, 2)
@@ -172,11 +112,24 @@ class BatchTrainer:
         # does not change in between): (iteration it is for, kernel with its graph)
         self._next_kernel: tuple[int, torch.Tensor | None] = (-1, None)
         self._host = self.device.type == "cpu"  # flags read on the host cost no sync here
-        self._all_similar = False
         self.last: dict[str, torch.Tensor] = {}
         self.iteration = 0
         # images stopped by a stop rule: b -> (iteration, raw kernel, G weights, losses)
         self._frozen: dict[int, tuple[int, np.ndarray, list[torch.Tensor], dict]] = {}
+
+    def _init_schedule(self, b: int, dev: dict) -> None:
+        """Per-image loss weights and schedule state (see :meth:`_update_schedule`)."""
+        cfg = self.cfg
+        self.priors = priors.PRIORS
+        self.lam = {p.name: torch.full((b,), priors.initial_weight(p, cfg), **dev)
+                    for p in self.priors}
+        self._fading = [p.name for p in self.priors if p.phase == "fading"]
+        self._late = [p for p in self.priors if p.phase == "late"]
+        self.bic_counter = torch.zeros(b, dtype=torch.int64, device=self.device)
+        self.similar = torch.zeros(b, dtype=torch.bool, device=self.device)
+        self.insert_constraints = torch.ones(b, dtype=torch.bool, device=self.device)
+        self.finite = torch.ones(b, dtype=torch.bool, device=self.device)
+        self._all_similar = False
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -202,8 +155,25 @@ class BatchTrainer:
         if cfg.authors_noise_accumulates:  # defect 2: the noise stays in the image
             self._accumulate_noise(pb.d_crops, pb.d_topleft)
         g_in, d_in = pb.g_crops, pb.d_crops
+        if self._lean:
+            with torch.no_grad():
+                l_gan, l_g, terms = lean_step.g_step(self, g_in, it)
+                l_d = lean_step.d_step(self, g_in, d_in, it)
+        else:
+            l_gan, l_g, terms = self._g_step(g_in, it)
+            l_d = self._d_step(g_in, d_in, it)
 
-        # G step
+        with torch.no_grad():
+            self.finite &= torch.isfinite(l_g) & torch.isfinite(l_d)
+            self.last = {"g_gan": l_gan, "d": l_d, **terms, "g_total": l_g}
+            self._update_schedule(it, terms)
+        self.iteration += 1
+
+    def _g_step(self, g_in: torch.Tensor, it: int
+                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """G's update through autograd (see :mod:`kgengine.lean_step` for the same without):
+        returns l_gan, l_g (B,) and the prior terms."""
+        cfg = self.cfg
         ready, k = self._next_kernel
         if ready != it or k is None:
             k = self.kernel()
@@ -217,22 +187,19 @@ class BatchTrainer:
         inputs = priors.PriorInputs(k, g_in, g_out, self.mask, self.centre, cfg)
         l_g, terms = self._add_priors(l_gan, inputs, self.lam)
         self.opt_g.step(_flat_grad(l_g.sum(), self.g_weights))
+        return l_gan, l_g, terms
 
-        # D step, with the updated G (its output is a constant here)
+    def _d_step(self, g_in: torch.Tensor, d_in: torch.Tensor, it: int) -> torch.Tensor:
+        """D's update with the updated G (its output a constant here); returns l_d (B,)."""
         k = self.kernel()
         self._next_kernel = (it + 1, k)
         with torch.no_grad():
             g_out2 = self._g_forward(g_in, k.detach())
             g_out2 = g_out2 + self._g_noise(it).reshape(g_out2.shape)
-        d_maps = self._d_forward(torch.stack([d_in, g_out2]), d_params)
+        d_maps = self._d_forward(torch.stack([d_in, g_out2]), self.d_params)
         l_d = 0.5 * (priors.gan_loss(d_maps[0], real=True) + priors.gan_loss(d_maps[1], real=False))
         self.opt_d.step(_flat_grad(l_d.sum(), self._d_leaves))
-
-        with torch.no_grad():
-            self.finite &= torch.isfinite(l_g) & torch.isfinite(l_d)
-            self.last = {"g_gan": l_gan, "d": l_d, **terms, "g_total": l_g}
-            self._update_schedule(it, terms)
-        self.iteration += 1
+        return l_d
 
     def _g_noise(self, it: int, chunk: int = 100) -> torch.Tensor:
         """Noise added to G's output before D: (B, 3·S²), drawn ``chunk`` iterations at a time.

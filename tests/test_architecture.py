@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "kgengine.generator": 2,
     "kgengine.discriminator": 2,
     "kgengine.discriminator_numba": 2,
+    "kgengine.discriminator_kernels": 2,
     "kgengine.generator_numba": 2,
     "kgengine.priors_numba": 2,
     "kgengine.compiled": 2,
@@ -46,6 +47,8 @@ LAYERS: dict[str, int] = {
     "kgengine.degrade": 2,
     # 3 training
     "kgengine.trainer": 3,
+    "kgengine.lean_step": 3,
+    "kgengine.prepare": 3,
     # 4 estimation API, outputs, pools, plots, exports, runtime providers
     "kgengine.api": 4,
     "kgengine.outputs": 4,

@@ -24,7 +24,8 @@ from kgengine.config import KernelGANConfig
 from kgengine.farm.poolfiles import POOL_X2
 from kgengine.farm.runner import run_farm
 from kgengine.pool import load_pool
-from kgengine.trainer import BatchTrainer, prepare_image
+from kgengine.prepare import prepare_image
+from kgengine.trainer import BatchTrainer
 
 # 300 iterations: lr decays at 100 and 200, the bicubic weight at 100 and 200, after which
 # the sparse and centre priors are on (asserted below). The raised "similar to bicubic"

@@ -8,7 +8,8 @@ import torch
 
 from kgengine.api import estimate_kernels
 from kgengine.config import KernelGANConfig
-from kgengine.trainer import BatchTrainer, prepare_image
+from kgengine.prepare import prepare_image
+from kgengine.trainer import BatchTrainer
 
 # a short schedule that still exercises lr decay, bicubic decay and the constraint switch
 SHORT = KernelGANConfig(iters=24, lr_decay_every=10, bic_decay_every=4, bic_loss_threshold=10.0)
@@ -109,24 +110,44 @@ def test_noise_accumulation_writes_each_crop_at_its_place():
         assert torch.equal(holder.images, expected), f"host={host}"
 
 
-def test_host_shortcuts_change_no_bit(three_images):
-    """The CPU shortcuts (the D step's kernel reused by the next G step; the similarity
-    counter skipped once every image is similar; the noise write-back by slices) give the
-    bytes of the plain path (a fresh kernel per use, the full schedule, one indexed copy),
-    float32, 3 images, 200 iterations: past the similarity switch and a bicubic decay."""
+def test_lean_step_and_host_shortcuts_change_no_bit(three_images):
+    """The CPU path (kgengine.lean_step: the compiled passes without autograd; the D step's
+    kernel reused by the next G step; the similarity counter skipped once every image is
+    similar; the noise write-back by slices) gives the bytes of the plain path (autograd, a
+    fresh kernel per use, the full schedule, one indexed copy): float32, 3 images, 200
+    iterations, past the similarity switch and a bicubic decay; G, D, Adam and the images."""
     cfg = KernelGANConfig(bic_decay_every=50)
     images = [prepare_image(im, cfg) for im in three_images]
     fast = BatchTrainer(images, [1, 2, 3], cfg)
+    assert fast._lean
     fast.run(200)
     assert fast._all_similar, "the schedule shortcut was never taken"
     plain = BatchTrainer(images, [1, 2, 3], cfg)
-    plain._host = False
+    plain._host, plain._lean = False, False
     for _ in range(200):
         plain._next_kernel = (-1, None)
         plain.step()
     assert fast.final_kernels().tobytes() == plain.final_kernels().tobytes()
+    for a, b in ((fast.g_flat, plain.g_flat), (fast.d_flat, plain.d_flat),
+                 (fast.opt_d.v, plain.opt_d.v)):
+        assert torch.equal(a, b)
     assert torch.equal(fast.images, plain.images)
     for name in fast.lam:
         assert torch.equal(fast.lam[name], plain.lam[name]), name
     assert torch.equal(fast.similar, plain.similar)
     assert torch.equal(fast.bic_counter, plain.bic_counter)
+
+
+def test_lean_gan_gradient_is_autograds():
+    """``lean_step.gan_grad`` against autograd through ``gan_loss``, bitwise, with exact 0
+    and 1 in the maps (where sgn is 0) and a non-unit upstream gradient."""
+    from kgengine import lean_step, priors
+
+    gen = torch.Generator().manual_seed(0)
+    maps = torch.rand(3, 5, 7, generator=gen)
+    maps[0, 0, :3] = torch.tensor([0.0, 1.0, 1.0])
+    up = torch.tensor([1.0, 0.5, 3.0])
+    for real in (True, False):
+        leaf = maps.clone().requires_grad_()
+        (want,) = torch.autograd.grad(priors.gan_loss(leaf, real), leaf, up)
+        assert torch.equal(lean_step.gan_grad(maps, up, real), want)

@@ -20,7 +20,8 @@ from kgengine.errors import KGEngineError
 from kgengine.farm.manifest import Row
 from kgengine.farm.records import FarmJob
 from kgengine.farm.settings import FarmSettings
-from kgengine.trainer import BatchTrainer, prepare_image
+from kgengine.prepare import prepare_image
+from kgengine.trainer import BatchTrainer
 
 #: Batch size on CPU when not given (see the module docstring).
 CPU_BATCH = 8

@@ -64,7 +64,7 @@ def train_batch(images: Sequence[np.ndarray], seeds: Sequence[int], names: Seque
     Returns:
         per image, its :class:`EstimateResult` or its :class:`TrainingDivergedError`.
     Raises:
-        BadImageError: an image refused by :func:`kgengine.trainer.prepare_image` (the
+        BadImageError: an image refused by :func:`kgengine.prepare.prepare_image` (the
             error's ``path`` is the image's name).
         torch.cuda.OutOfMemoryError: the batch does not fit the GPU.
     """

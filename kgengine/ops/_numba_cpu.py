@@ -269,3 +269,10 @@ def downscale(
     return _custom.downscale(
         _downscale_fill, x, kernel, scale, border, kernel_grad=_kernel_grad_fill
     )
+
+
+def kernel_grad(x: torch.Tensor, kernel: torch.Tensor, grad_out: torch.Tensor, scale: int,
+                border: str) -> torch.Tensor:
+    """The gradient w.r.t. ``kernel`` of :func:`downscale` for ``grad_out`` w.r.t. its output
+    (what its backward computes, without autograd), shaped and typed like ``kernel``."""
+    return _custom._kernel_grad_like(_kernel_grad_fill, x, kernel, grad_out, scale, border)
