@@ -42,21 +42,27 @@ class Pass:
                  shapes: list, keep: tuple) -> None:
         self.x_shape, self.k, self.key, self.bufs, self.threads = x_shape, k, key, bufs, threads
         self.shapes, self.keep = shapes, keep
+        self.probs = keep[-1][-1]  # (B, N, P): the output, image-major
 
 
-def fused_forward(x: torch.Tensor, params: list[torch.Tensor], sn: list[torch.Tensor],
-                  threads: int, keep: bool) -> tuple[torch.Tensor, Pass | None]:
+def _arr(t: torch.Tensor | np.ndarray) -> np.ndarray:
+    return t if isinstance(t, np.ndarray) else _np(t)
+
+
+def fused_forward(x: torch.Tensor, params: list, sn: list, threads: int, keep: bool,
+                  copy: bool = True) -> tuple[torch.Tensor, Pass | None]:
     """D's forward on crops x (N, B, 3, S, S): the probabilities (N, B, S-k+1, S-k+1) and,
     if ``keep``, the state a :func:`fused_backward` needs. ``params``: the trainable tensors
-    in :data:`TRAINABLE` order; ``sn``: u, v of each weight (:data:`SN_KEYS` order), updated
-    in place. No autograd."""
+    (or NumPy views of them) in :data:`TRAINABLE` order; ``sn``: u, v of each weight
+    (:data:`SN_KEYS` order), updated in place. ``copy=False``: the weights and u, v are
+    not changed before the backward (else it keeps copies). No autograd."""
     w0, b0, wm, bm, gamma, beta, wf, bf = params
     n, bsz, _, size, _ = x.shape
     ch, k, n_mid = w0.shape[1], w0.shape[-1], wm.shape[1]
     npos = (size - k + 1) ** 2
     shapes = [t.shape for t in params]
-    w0, wm, gamma, wf = (_np(t) for t in (w0.reshape(bsz, ch, -1), wm, gamma, wf))
-    sn = [_np(t) for t in sn]
+    w0, wm, gamma, wf = (_arr(t) for t in (w0.reshape(bsz, ch, -1), wm, gamma, wf))
+    sn = [_arr(t) for t in sn]
     dt = w0.dtype
     key = (bsz, n, w0.shape[2], npos, ch, n_mid, dt)
     # work buffers come back from this pass's backward (no fresh pages per pass)
@@ -68,32 +74,38 @@ def fused_forward(x: torch.Tensor, params: list[torch.Tensor], sn: list[torch.Te
     sig, w0s, wms, wfs, cols, hs, xhat, inv = bufs
     s = np.empty((bsz, n, npos), dt)  # the output: not reused
     _normalise(w0, wm, wf, *sn, sig, w0s, wms, wfs)
-    run_tasks(_forward, threads, bsz * n, _np(x.contiguous()), k, w0s, _np(b0), wms,
-              _np(bm), gamma, _np(beta), wfs, _np(bf), cols, hs, xhat, inv, s)
+    run_tasks(_forward, threads, bsz * n, _np(x.contiguous()), k, w0s, _arr(b0), wms,
+              _arr(bm), gamma, _arr(beta), wfs, _arr(bf), cols, hs, xhat, inv, s)
     out = torch.from_numpy(s).view(bsz, n, size - k + 1, size - k + 1).transpose(0, 1)
     if not keep:  # no backward will come: the buffers are free again
         give(("fwd", *key), bufs)
         return out, None
     # copies of what a later pass or an optimiser step may change in place: u, v and the
     # weights as this pass used them (NumPy writes do not bump torch's version counters)
-    w0, wm, wf, gamma = (a.copy() for a in (w0, wm, wf, gamma))
+    if copy:
+        w0, wm, wf, gamma = (a.copy() for a in (w0, wm, wf, gamma))
+        sn = [a.copy() for a in sn]
     saved = (w0s, wms, gamma, wfs, cols, hs, xhat, inv, s)
     return out, Pass(tuple(x.shape), k, key, bufs, threads, shapes,
-                     (w0, wm, wf, [a.copy() for a in sn], sig, saved))
+                     (w0, wm, wf, sn, sig, saved))
 
 
-def fused_backward(state: Pass, grad: torch.Tensor, need_x: bool, need_p: bool
+def fused_backward(state: Pass, grad: torch.Tensor | np.ndarray, need_x: bool, need_p: bool
                    ) -> tuple[torch.Tensor | None, list[torch.Tensor] | None]:
-    """The backward of one :func:`fused_forward` (once): ``grad`` (N, B, h, w) w.r.t. its
-    output; returns dx (N, B, 3, S, S) if ``need_x`` and the trainable parameters' gradients
-    (:data:`TRAINABLE` order) if ``need_p``."""
+    """The backward of one :func:`fused_forward` (once): ``grad`` w.r.t. its output, (N, B,
+    h, w) or as a NumPy array like :attr:`Pass.probs` (B, N, P); returns dx (N, B, 3, S, S)
+    if ``need_x`` and the trainable parameters' gradients (:data:`TRAINABLE` order) if
+    ``need_p``."""
     if state.keep is None:
         raise RuntimeError("discriminator_numba: backward through one D pass runs once")
     (w0, wm, wf, sn, sig, saved), state.keep = state.keep, None
     s = saved[-1]
     bsz, n = s.shape[:2]
     dt = s.dtype
-    ds = grad.transpose(0, 1).to(torch.from_numpy(s).dtype).contiguous()
+    if isinstance(grad, np.ndarray):
+        ds = grad.astype(dt, copy=False).reshape(bsz, n, -1)
+    else:
+        ds = _np(grad.transpose(0, 1).to(torch.from_numpy(s).dtype).contiguous())
     dx = np.empty(state.x_shape if need_x else (1, 1, 0, 0, 0), dt)
     # per-crop parts of the gradients: w0s, b0, wms, bm, gamma, beta, wfs, bf
     shapes = [w0.shape[1:], w0.shape[1:2], wm.shape[1:], wm.shape[1:3], wm.shape[1:3],
@@ -101,7 +113,7 @@ def fused_backward(state: Pass, grad: torch.Tensor, need_x: bool, need_p: bool
     pkey = ("bwd", need_p, *state.key)
     parts = take(pkey, lambda: [
         np.empty((bsz, n, *sh) if need_p else (bsz, n) + (0,) * len(sh), dt) for sh in shapes])
-    run_tasks(_backward, state.threads, bsz * n, _np(ds).reshape(bsz, n, -1), need_x, need_p,
+    run_tasks(_backward, state.threads, bsz * n, ds.reshape(bsz, n, -1), need_x, need_p,
               state.k, *saved, dx, *parts)
     dp = None
     if need_p:

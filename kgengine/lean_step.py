@@ -21,22 +21,53 @@ are the autograd step's (tested over 200 float32 iterations).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from numba import njit
 
-from kgengine import priors
-from kgengine.discriminator_numba import SN_KEYS, fused_backward, fused_forward
+from kgengine.discriminator_numba import SN_KEYS, Pass, fused_backward, fused_forward
 from kgengine.generator_numba import compose_backward, compose_forward
 from kgengine.numba_util import single_threaded_blas
 from kgengine.ops import _numba_cpu
 from kgengine.priors_numba import NAMES, priors_backward, priors_forward
 
 
-def gan_grad(d_map: torch.Tensor, upstream: torch.Tensor, real: bool) -> torch.Tensor:
-    """d/d d_map of ``upstream · gan_loss(d_map, real)``, as autograd forms it: ``(upstream /
-    P) · sgn(d_map - label)``. d_map (B, h, w), upstream (B,) -> (B, h, w)."""
-    flat = d_map.flatten(1)
-    mean_grad = upstream.unsqueeze(1).expand(flat.shape) / flat.shape[1]
-    return (mean_grad * torch.sgn(flat - (1.0 if real else 0.0))).view(d_map.shape)
+@njit(cache=True)
+def _gan_terms(probs, labels, upstream, loss, grad):
+    """For each image b and map n of probs (B, N, P): ``loss[b, n] = mean_q |probs - labels[n]|``
+    (accumulated in float64) and ``grad[b, n] = (upstream[n] / P) · sgn(probs - labels[n])``,
+    the gradient of ``upstream[n] · loss`` as autograd forms it through ``gan_loss`` (the
+    mean's division of the upstream gradient by P, then the product with sgn, both in the
+    maps' dtype; sgn(NaN) = 0 as in PyTorch). labels, upstream: (N,) in the maps' dtype."""
+    bsz, n_maps, npos = probs.shape
+    scale = np.empty(n_maps, probs.dtype)
+    for n in range(n_maps):
+        scale[n] = upstream[n] / probs.dtype.type(npos)
+    for b in range(bsz):
+        for n in range(n_maps):
+            acc = 0.0
+            for q in range(npos):
+                d = probs[b, n, q] - labels[n]
+                acc += abs(np.float64(d))
+                grad[b, n, q] = scale[n] if d > 0 else (-scale[n] if d < 0 else scale[n] * 0)
+            loss[b, n] = acc / npos
+
+
+def _gan(state: Pass, labels: tuple, upstream: tuple) -> tuple[torch.Tensor, np.ndarray]:
+    """The GAN loss of each map of a D pass (B, N) and its gradient (B, N, P)."""
+    probs = state.probs
+    dt = probs.dtype
+    loss, grad = np.empty(probs.shape[:2], dt), np.empty_like(probs)
+    _gan_terms(probs, np.array(labels, dt), np.array(upstream, dt), loss, grad)
+    return torch.from_numpy(loss), grad
+
+
+def _arrays(tr: object) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """NumPy views of D's parameters (into the flat buffer) and of u, v (made once)."""
+    if getattr(tr, "_lean_arrays", None) is None:
+        tr._lean_arrays = ([t.detach().numpy() for t in tr._d_leaves],
+                           [tr.d_state[key].numpy() for key in SN_KEYS])
+    return tr._lean_arrays
 
 
 def _kernel(tr: object, it: int) -> tuple[torch.Tensor, tuple]:
@@ -56,19 +87,17 @@ def g_step(tr: object, g_in: torch.Tensor, it: int
     single_threaded_blas()  # as the autograd nodes do: BLAS threads would change bits
     k, keep = _kernel(tr, it)
     g_out = _numba_cpu.downscale(g_in, k, 2, "valid")
-    params = [t.detach() for t in tr._d_leaves]
-    sn = [tr.d_state[key] for key in SN_KEYS]
-    probs, state = fused_forward(g_out.unsqueeze(0), params, sn, tr.threads, keep=True)
-    d_fake = probs[0]
-    l_gan = priors.gan_loss(d_fake, real=True)
+    params, sn = _arrays(tr)
+    _, state = fused_forward(g_out.unsqueeze(0), params, sn, tr.threads, True, copy=False)
+    l_gan, ds = _gan(state, (1.0,), (1.0,))
+    l_gan = l_gan[:, 0]
     lam = torch.stack([tr.lam[n] for n in NAMES], 1)
     total, terms, saved = priors_forward(k, g_in.contiguous(), g_out, lam, tr.mask.contiguous(),
                                          tr.centre, cfg.sparse_power, cfg.authors_bicubic_rgb_sum)
     l_g = l_gan + total
-    # backward of l_g.sum()
-    ones = torch.ones_like(l_g)
-    dx, _ = fused_backward(state, gan_grad(d_fake, ones, real=True).unsqueeze(0), True, False)
-    dk_priors, dg_priors = priors_backward(saved, ones)
+    # backward of l_g.sum(): 1 into the GAN term and into the priors
+    dx, _ = fused_backward(state, ds, True, False)
+    dk_priors, dg_priors = priors_backward(saved, torch.ones_like(l_g))
     dg_out = dx[0] + dg_priors
     dk = _numba_cpu.kernel_grad(g_in, k, dg_out, 2, "valid") + dk_priors
     grads = compose_backward(tr.g_weights, keep, dk)
@@ -84,12 +113,11 @@ def d_step(tr: object, g_in: torch.Tensor, d_in: torch.Tensor, it: int) -> torch
     tr._lean_kernel = (it + 1, (k, keep))
     g_out = _numba_cpu.downscale(g_in, k, 2, "valid")
     g_out = g_out + tr._g_noise(it).reshape(g_out.shape)
-    sn = [tr.d_state[key] for key in SN_KEYS]
-    maps, state = fused_forward(torch.stack([d_in, g_out]), [t.detach() for t in tr._d_leaves],
-                                sn, tr.threads, keep=True)
-    l_d = 0.5 * (priors.gan_loss(maps[0], real=True) + priors.gan_loss(maps[1], real=False))
-    half = torch.ones_like(l_d) * 0.5  # d(0.5 · (a + b)).sum() / da = d / db
-    grad = torch.stack([gan_grad(maps[0], half, real=True), gan_grad(maps[1], half, real=False)])
-    _, dp = fused_backward(state, grad, False, True)
+    params, sn = _arrays(tr)
+    _, state = fused_forward(torch.stack([d_in, g_out]), params, sn, tr.threads, True,
+                             copy=False)
+    # d(½ (L_real + L_fake)).sum() / dL_real = ½ (exact), then as in gan_grad
+    loss, ds = _gan(state, (1.0, 0.0), (0.5, 0.5))
+    _, dp = fused_backward(state, ds, False, True)
     tr.opt_d.step(torch.cat([g.reshape(-1) for g in dp]))
-    return l_d
+    return 0.5 * (loss[:, 0] + loss[:, 1])

@@ -138,16 +138,23 @@ def test_lean_step_and_host_shortcuts_change_no_bit(three_images):
     assert torch.equal(fast.bic_counter, plain.bic_counter)
 
 
-def test_lean_gan_gradient_is_autograds():
-    """``lean_step.gan_grad`` against autograd through ``gan_loss``, bitwise, with exact 0
-    and 1 in the maps (where sgn is 0) and a non-unit upstream gradient."""
+def test_lean_gan_terms_are_autograds():
+    """``lean_step._gan_terms`` against autograd through ``gan_loss`` (B, N = 2 maps with
+    other labels and upstream gradients, as the D step has them): the gradient bitwise, with
+    exact 0 and 1 and a NaN in the maps (where sgn is 0), the loss to float32 rounding."""
     from kgengine import lean_step, priors
 
     gen = torch.Generator().manual_seed(0)
-    maps = torch.rand(3, 5, 7, generator=gen)
-    maps[0, 0, :3] = torch.tensor([0.0, 1.0, 1.0])
-    up = torch.tensor([1.0, 0.5, 3.0])
-    for real in (True, False):
-        leaf = maps.clone().requires_grad_()
-        (want,) = torch.autograd.grad(priors.gan_loss(leaf, real), leaf, up)
-        assert torch.equal(lean_step.gan_grad(maps, up, real), want)
+    probs = torch.rand(3, 2, 35, generator=gen)
+    probs[0, 0, :4] = torch.tensor([0.0, 1.0, 1.0, float("nan")])
+    probs[1, 1, :2] = torch.tensor([0.0, 1.0])
+    labels, up = (1.0, 0.0), (0.5, 3.0)
+    loss, grad = np.empty((3, 2), np.float32), np.empty((3, 2, 35), np.float32)
+    lean_step._gan_terms(probs.numpy(), np.array(labels, np.float32),
+                         np.array(up, np.float32), loss, grad)
+    for n in range(2):
+        leaf = probs[:, n].clone().requires_grad_()
+        value = priors.gan_loss(leaf, real=labels[n] == 1.0)
+        (want,) = torch.autograd.grad(value, leaf, torch.full((3,), up[n]))
+        assert torch.equal(torch.from_numpy(grad[:, n]), want)
+        np.testing.assert_allclose(loss[1:, n], value[1:].detach().numpy(), rtol=1e-6)
