@@ -28,7 +28,6 @@ from numba import njit
 from kgengine.discriminator_numba import SN_KEYS, Pass, fused_backward, fused_forward
 from kgengine.generator_numba import compose_backward, compose_forward
 from kgengine.numba_util import single_threaded_blas
-from kgengine.ops import _numba_cpu
 from kgengine.priors_numba import NAMES, priors_backward, priors_forward
 
 
@@ -83,6 +82,8 @@ def _kernel(tr: object, it: int) -> tuple[torch.Tensor, tuple]:
 def g_step(tr: object, g_in: torch.Tensor, it: int
            ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """G's update on crops g_in (B, 3, S, S): returns l_gan, l_g (B,) and the prior terms."""
+    from kgengine.ops import _numba_cpu  # the backend loads on first use, not at import
+
     cfg = tr.cfg
     single_threaded_blas()  # as the autograd nodes do: BLAS threads would change bits
     k, keep = _kernel(tr, it)
@@ -108,6 +109,7 @@ def g_step(tr: object, g_in: torch.Tensor, it: int
 def d_step(tr: object, g_in: torch.Tensor, d_in: torch.Tensor, it: int) -> torch.Tensor:
     """D's update on the real crops d_in and G's (updated) output of g_in plus noise; keeps
     the kernel composed here for the next G step. Returns l_d (B,)."""
+    from kgengine.ops import _numba_cpu
     k, keep = compose_forward(tr.g_weights)
     k = torch.from_numpy(k)
     tr._lean_kernel = (it + 1, (k, keep))
