@@ -36,28 +36,30 @@ SN_KEYS = ("u0", "v0", "um", "vm", "uf", "vf")
 
 
 class Pass:
-    """One D pass's saved state for :func:`fused_backward` (see :func:`fused_forward`)."""
+    """One D pass on N crops of B images: its work buffers, normalised weights and outputs
+    (see :func:`open_pass`). ``probs`` (B, N, P) are the probabilities, image-major; the
+    task of (image b, crop n) is ``b * N + n``."""
 
     def __init__(self, x_shape: tuple, k: int, key: tuple, bufs: tuple, threads: int,
-                 shapes: list, keep: tuple) -> None:
+                 shapes: list, keep: tuple, other: tuple) -> None:
         self.x_shape, self.k, self.key, self.bufs, self.threads = x_shape, k, key, bufs, threads
-        self.shapes, self.keep = shapes, keep
-        self.probs = keep[-1][-1]  # (B, N, P): the output, image-major
+        self.shapes, self.keep, self.other = shapes, keep, other
+        self.probs = keep[-1][-1]
+        self.parts: list | None = None
 
 
 def _arr(t: torch.Tensor | np.ndarray) -> np.ndarray:
     return t if isinstance(t, np.ndarray) else _np(t)
 
 
-def fused_forward(x: torch.Tensor, params: list, sn: list, threads: int, keep: bool,
-                  copy: bool = True) -> tuple[torch.Tensor, Pass | None]:
-    """D's forward on crops x (N, B, 3, S, S): the probabilities (N, B, S-k+1, S-k+1) and,
-    if ``keep``, the state a :func:`fused_backward` needs. ``params``: the trainable tensors
-    (or NumPy views of them) in :data:`TRAINABLE` order; ``sn``: u, v of each weight
-    (:data:`SN_KEYS` order), updated in place. ``copy=False``: the weights and u, v are
-    not changed before the backward (else it keeps copies). No autograd."""
+def open_pass(x_shape: tuple, params: list, sn: list, threads: int, copy: bool = True) -> Pass:
+    """A D pass on crops of shape x_shape (N, B, 3, S, S): buffers, and one power iteration
+    per weight (u, v of ``sn`` updated in place, as every pass does). ``params``: the
+    trainable tensors (or NumPy views of them) in :data:`TRAINABLE` order; ``sn``: u, v of
+    each weight (:data:`SN_KEYS` order). ``copy=False``: the weights and u, v do not change
+    before the backward (else the pass keeps copies)."""
     w0, b0, wm, bm, gamma, beta, wf, bf = params
-    n, bsz, _, size, _ = x.shape
+    n, bsz, _, size, _ = x_shape
     ch, k, n_mid = w0.shape[1], w0.shape[-1], wm.shape[1]
     npos = (size - k + 1) ** 2
     shapes = [t.shape for t in params]
@@ -74,20 +76,81 @@ def fused_forward(x: torch.Tensor, params: list, sn: list, threads: int, keep: b
     sig, w0s, wms, wfs, cols, hs, xhat, inv = bufs
     s = np.empty((bsz, n, npos), dt)  # the output: not reused
     _normalise(w0, wm, wf, *sn, sig, w0s, wms, wfs)
-    run_tasks(_forward, threads, bsz * n, _np(x.contiguous()), k, w0s, _arr(b0), wms,
-              _arr(bm), gamma, _arr(beta), wfs, _arr(bf), cols, hs, xhat, inv, s)
-    out = torch.from_numpy(s).view(bsz, n, size - k + 1, size - k + 1).transpose(0, 1)
-    if not keep:  # no backward will come: the buffers are free again
-        give(("fwd", *key), bufs)
-        return out, None
-    # copies of what a later pass or an optimiser step may change in place: u, v and the
-    # weights as this pass used them (NumPy writes do not bump torch's version counters)
-    if copy:
+    if copy:  # NumPy writes do not bump torch's version counters: keep what was used
         w0, wm, wf, gamma = (a.copy() for a in (w0, wm, wf, gamma))
         sn = [a.copy() for a in sn]
     saved = (w0s, wms, gamma, wfs, cols, hs, xhat, inv, s)
-    return out, Pass(tuple(x.shape), k, key, bufs, threads, shapes,
-                     (w0, wm, wf, sn, sig, saved))
+    other = tuple(_arr(t) for t in (b0, bm, beta, bf))
+    return Pass(tuple(x_shape), k, key, bufs, threads, shapes, (w0, wm, wf, sn, sig, saved),
+                other)
+
+
+def forward_tasks(state: Pass, x: np.ndarray, lo: int, hi: int, threads: int = 1) -> None:
+    """D's forward of tasks lo..hi-1 of the pass (x (N, B, 3, S, S) contiguous: only those
+    tasks' crops are read), writing their probabilities into ``state.probs``."""
+    w0s, wms, gamma, wfs, cols, hs, xhat, inv, s = state.keep[-1]
+    b0, bm, beta, bf = state.other
+    run_tasks(_forward, threads, hi - lo, x, state.k, w0s, b0, wms, bm, gamma, beta, wfs, bf,
+              cols, hs, xhat, inv, s, offset=lo)
+
+
+def ensure_parts(state: Pass, need_p: bool) -> None:
+    """The buffers of the per-crop parts of the parameter gradients (w0s, b0, wms, bm, gamma,
+    beta, wfs, bf), taken once per pass (before tasks run on other threads)."""
+    if state.parts is not None:
+        return
+    w0, wm, wf = state.keep[:3]
+    bsz, n = state.probs.shape[:2]
+    shapes = [w0.shape[1:], w0.shape[1:2], wm.shape[1:], wm.shape[1:3], wm.shape[1:3],
+              wm.shape[1:3], wf.shape[1:], (1,)]
+    dt = state.probs.dtype
+    state.parts = take(("bwd", need_p, *state.key), lambda: [
+        np.empty((bsz, n, *sh) if need_p else (bsz, n) + (0,) * len(sh), dt) for sh in shapes])
+
+
+def backward_tasks(state: Pass, ds: np.ndarray, lo: int, hi: int, need_x: bool,
+                   need_p: bool, dx: np.ndarray, threads: int = 1) -> None:
+    """D's backward of tasks lo..hi-1: ds (B, N, P) the gradient w.r.t. ``state.probs``
+    (only those tasks' rows are read); writes their dx into dx (N, B, 3, S, S) if
+    ``need_x`` and their parts of the parameter gradients if ``need_p``."""
+    ensure_parts(state, need_p)
+    run_tasks(_backward, threads, hi - lo, ds, need_x, need_p, state.k, *state.keep[-1], dx,
+              *state.parts, offset=lo)
+
+
+def close_pass(state: Pass, need_p: bool) -> list[torch.Tensor] | None:
+    """End of a pass's backward: the parameters' gradients (:data:`TRAINABLE` order, crops
+    summed in crop order) if ``need_p``; the buffers are given back."""
+    if state.keep is None:
+        raise RuntimeError("discriminator_numba: backward through one D pass runs once")
+    (w0, wm, wf, sn, sig, _), state.keep = state.keep, None
+    parts, dp = state.parts, None
+    if need_p:
+        dw0, dwm, dwf = np.empty_like(w0), np.empty_like(wm), np.empty_like(wf)
+        _param_grads(w0, wm, wf, *sn, sig, parts[0], parts[2], parts[6], dw0, dwm, dwf)
+        dense = [dw0, parts[1].sum(1), dwm] + [p.sum(1) for p in parts[3:6]] + \
+            [dwf, parts[7].sum(1)]
+        dp = [torch.from_numpy(np.ascontiguousarray(g)).view(sh)
+              for g, sh in zip(dense, state.shapes, strict=True)]
+    give(("bwd", need_p, *state.key), parts)
+    give(("fwd", *state.key), state.bufs)
+    return dp
+
+
+def fused_forward(x: torch.Tensor, params: list, sn: list, threads: int, keep: bool,
+                  copy: bool = True) -> tuple[torch.Tensor, Pass | None]:
+    """D's forward on crops x (N, B, 3, S, S): the probabilities (N, B, S-k+1, S-k+1) and,
+    if ``keep``, the state a :func:`fused_backward` needs (see :func:`open_pass`). No
+    autograd."""
+    state = open_pass(tuple(x.shape), params, sn, threads, copy=copy and keep)
+    n, bsz, _, size, _ = x.shape
+    forward_tasks(state, _np(x.contiguous()), 0, bsz * n, threads)
+    side = size - state.k + 1
+    out = torch.from_numpy(state.probs).view(bsz, n, side, side).transpose(0, 1)
+    if not keep:  # no backward will come: the buffers are free again
+        give(("fwd", *state.key), state.bufs)
+        return out, None
+    return out, state
 
 
 def fused_backward(state: Pass, grad: torch.Tensor | np.ndarray, need_x: bool, need_p: bool
@@ -98,34 +161,16 @@ def fused_backward(state: Pass, grad: torch.Tensor | np.ndarray, need_x: bool, n
     ``need_p``."""
     if state.keep is None:
         raise RuntimeError("discriminator_numba: backward through one D pass runs once")
-    (w0, wm, wf, sn, sig, saved), state.keep = state.keep, None
-    s = saved[-1]
+    s = state.probs
     bsz, n = s.shape[:2]
-    dt = s.dtype
     if isinstance(grad, np.ndarray):
-        ds = grad.astype(dt, copy=False).reshape(bsz, n, -1)
+        ds = grad.astype(s.dtype, copy=False).reshape(bsz, n, -1)
     else:
         ds = _np(grad.transpose(0, 1).to(torch.from_numpy(s).dtype).contiguous())
-    dx = np.empty(state.x_shape if need_x else (1, 1, 0, 0, 0), dt)
-    # per-crop parts of the gradients: w0s, b0, wms, bm, gamma, beta, wfs, bf
-    shapes = [w0.shape[1:], w0.shape[1:2], wm.shape[1:], wm.shape[1:3], wm.shape[1:3],
-              wm.shape[1:3], wf.shape[1:], (1,)]
-    pkey = ("bwd", need_p, *state.key)
-    parts = take(pkey, lambda: [
-        np.empty((bsz, n, *sh) if need_p else (bsz, n) + (0,) * len(sh), dt) for sh in shapes])
-    run_tasks(_backward, state.threads, bsz * n, ds.reshape(bsz, n, -1), need_x, need_p,
-              state.k, *saved, dx, *parts)
-    dp = None
-    if need_p:
-        dw0, dwm, dwf = np.empty_like(w0), np.empty_like(wm), np.empty_like(wf)
-        _param_grads(w0, wm, wf, *sn, sig, parts[0], parts[2], parts[6], dw0, dwm, dwf)
-        dense = [dw0, parts[1].sum(1), dwm] + [p.sum(1) for p in parts[3:6]] + \
-            [dwf, parts[7].sum(1)]
-        dp = [torch.from_numpy(np.ascontiguousarray(g)).view(sh)
-              for g, sh in zip(dense, state.shapes, strict=True)]
-    give(pkey, parts)
-    give(("fwd", *state.key), state.bufs)
-    return (torch.from_numpy(dx) if need_x else None), dp
+    dx = np.empty(state.x_shape if need_x else (1, 1, 0, 0, 0), s.dtype)
+    backward_tasks(state, ds.reshape(bsz, n, -1), 0, bsz * n, need_x, need_p, dx,
+                   state.threads)
+    return (torch.from_numpy(dx) if need_x else None), close_pass(state, need_p)
 
 
 class _FusedD(torch.autograd.Function):

@@ -25,9 +25,19 @@ import numpy as np
 import torch
 from numba import njit
 
-from kgengine.discriminator_numba import SN_KEYS, Pass, fused_backward, fused_forward
+from kgengine.discriminator_numba import (
+    SN_KEYS,
+    Pass,
+    backward_tasks,
+    close_pass,
+    ensure_parts,
+    forward_tasks,
+    fused_backward,
+    fused_forward,
+    open_pass,
+)
 from kgengine.generator_numba import compose_backward, compose_forward
-from kgengine.numba_util import single_threaded_blas
+from kgengine.numba_util import single_threaded_blas, submit
 from kgengine.priors_numba import NAMES, priors_backward, priors_forward
 
 
@@ -79,9 +89,37 @@ def _kernel(tr: object, it: int) -> tuple[torch.Tensor, tuple]:
     return torch.from_numpy(k), keep
 
 
-def g_step(tr: object, g_in: torch.Tensor, it: int
+def _real_half(state: Pass, x: np.ndarray, loss: np.ndarray, ds: np.ndarray) -> None:
+    """The D step's real crop (task 0 of a B = 1 pass): forward, its GAN loss and gradient,
+    backward into its part of the parameter gradients. Runs on the pool's thread."""
+    forward_tasks(state, x, 0, 1)
+    dt = ds.dtype
+    _gan_terms(state.probs[:, :1], np.ones(1, dt), np.full(1, 0.5, dt), loss[:, :1], ds[:, :1])
+    backward_tasks(state, ds, 0, 1, False, True, _NO_DX)
+
+
+_NO_DX = np.empty((1, 1, 0, 0, 0), np.float32)
+
+
+def _start_d_step(tr: object, d_in: torch.Tensor, params: list, sn: list) -> None:
+    """With B = 1 and 2 threads: open the D step's pass now (its power iteration comes
+    after the G step's, as in the sequential order) and run its real crop on the other
+    thread during the G step (D does not change before the D step)."""
+    stale = getattr(tr, "_lean_d", None)
+    if stale is not None:  # a step that raised half-way: let its job end before reusing pools
+        stale[-1].result()
+    state = open_pass((2, *d_in.shape), params, sn, tr.threads, copy=False)
+    ensure_parts(state, True)
+    x = np.empty((2, *d_in.shape), state.probs.dtype)
+    x[0] = d_in.numpy()
+    loss, ds = np.empty(state.probs.shape[:2], x.dtype), np.empty_like(state.probs)
+    tr._lean_d = (state, x, loss, ds, submit(_real_half, state, x, loss, ds))
+
+
+def g_step(tr: object, g_in: torch.Tensor, d_in: torch.Tensor, it: int
            ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """G's update on crops g_in (B, 3, S, S): returns l_gan, l_g (B,) and the prior terms."""
+    """G's update on crops g_in (B, 3, S, S): returns l_gan, l_g (B,) and the prior terms.
+    With B = 1 and 2 threads, the D step's real crop d_in runs alongside."""
     from kgengine.ops import _numba_cpu  # the backend loads on first use, not at import
 
     cfg = tr.cfg
@@ -89,7 +127,10 @@ def g_step(tr: object, g_in: torch.Tensor, it: int
     k, keep = _kernel(tr, it)
     g_out = _numba_cpu.downscale(g_in, k, 2, "valid")
     params, sn = _arrays(tr)
-    _, state = fused_forward(g_out.unsqueeze(0), params, sn, tr.threads, True, copy=False)
+    state = open_pass((1, *g_out.shape), params, sn, tr.threads, copy=False)
+    if tr.b == 1 and tr.threads >= 2:
+        _start_d_step(tr, d_in, params, sn)
+    forward_tasks(state, g_out.numpy()[None], 0, tr.b, tr.threads)
     l_gan, ds = _gan(state, (1.0,), (1.0,))
     l_gan = l_gan[:, 0]
     lam = torch.stack([tr.lam[n] for n in NAMES], 1)
@@ -110,16 +151,30 @@ def d_step(tr: object, g_in: torch.Tensor, d_in: torch.Tensor, it: int) -> torch
     """D's update on the real crops d_in and G's (updated) output of g_in plus noise; keeps
     the kernel composed here for the next G step. Returns l_d (B,)."""
     from kgengine.ops import _numba_cpu
+
     k, keep = compose_forward(tr.g_weights)
     k = torch.from_numpy(k)
     tr._lean_kernel = (it + 1, (k, keep))
     g_out = _numba_cpu.downscale(g_in, k, 2, "valid")
     g_out = g_out + tr._g_noise(it).reshape(g_out.shape)
-    params, sn = _arrays(tr)
-    _, state = fused_forward(torch.stack([d_in, g_out]), params, sn, tr.threads, True,
-                             copy=False)
-    # d(½ (L_real + L_fake)).sum() / dL_real = ½ (exact), then as in gan_grad
-    loss, ds = _gan(state, (1.0, 0.0), (0.5, 0.5))
-    _, dp = fused_backward(state, ds, False, True)
+    pending, tr._lean_d = getattr(tr, "_lean_d", None), None
+    if pending is None:
+        params, sn = _arrays(tr)
+        _, state = fused_forward(torch.stack([d_in, g_out]), params, sn, tr.threads, True,
+                                 copy=False)
+        # d(½ (L_real + L_fake)).sum() / dL_real = ½ (exact), then as autograd's gan_loss
+        loss, ds = _gan(state, (1.0, 0.0), (0.5, 0.5))
+        _, dp = fused_backward(state, ds, False, True)
+    else:  # the real crop ran during the G step: the fake one here, then the two summed
+        state, x, loss, ds, job = pending
+        x[1] = g_out.numpy()
+        forward_tasks(state, x, 1, 2)
+        dt = ds.dtype
+        _gan_terms(state.probs[:, 1:], np.zeros(1, dt), np.full(1, 0.5, dt), loss[:, 1:],
+                   ds[:, 1:])
+        backward_tasks(state, ds, 1, 2, False, True, _NO_DX)
+        job.result()
+        dp = close_pass(state, True)
+        loss = torch.from_numpy(loss)
     tr.opt_d.step(torch.cat([g.reshape(-1) for g in dp]))
     return 0.5 * (loss[:, 0] + loss[:, 1])

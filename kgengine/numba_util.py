@@ -7,7 +7,7 @@ import functools
 import os
 import types
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -61,24 +61,30 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 os.register_at_fork(after_in_child=_pool.cache_clear)
 
 
-def run_tasks(fn: Callable, threads: int, n_tasks: int, *args: object) -> None:
-    """``fn(lo, hi, *args)`` over tasks 0..n_tasks-1, one contiguous chunk per thread (the
-    calling thread takes the first chunk). ``fn`` is compiled with ``nogil=True`` and its
-    tasks write disjoint outputs, so the split does not change a bit.
+def run_tasks(fn: Callable, threads: int, n_tasks: int, *args: object, offset: int = 0) -> None:
+    """``fn(lo, hi, *args)`` over tasks offset..offset+n_tasks-1, one contiguous chunk per
+    thread (the calling thread takes the first chunk). ``fn`` is compiled with
+    ``nogil=True`` and its tasks write disjoint outputs, so the split does not change a bit.
 
     A plain thread pool rather than ``prange``: Numba's ``workqueue`` layer made the tasks
     slower on 2 threads than on one (B = 4: 33 vs 24 ms/iteration), and its ``omp`` layer
     brings a second OpenMP runtime next to PyTorch's."""
     threads = min(threads, n_tasks)
     if threads <= 1:
-        fn(0, n_tasks, *args)
+        fn(offset, offset + n_tasks, *args)
         return
-    edges = [n_tasks * i // threads for i in range(threads + 1)]
+    edges = [offset + n_tasks * i // threads for i in range(threads + 1)]
     futures = [_pool(threads - 1).submit(fn, edges[i], edges[i + 1], *args)
                for i in range(1, threads)]
     fn(edges[0], edges[1], *args)
     for f in futures:
         f.result()
+
+
+def submit(fn: Callable, *args: object) -> Future:
+    """``fn(*args)`` on the one worker of the 2-thread task pool (the one :func:`run_tasks`
+    uses with 2 threads), while the caller goes on; ``.result()`` waits for it."""
+    return _pool(1).submit(fn, *args)
 
 
 #: Work buffers returned by finished passes, by shape: a pass that takes them avoids

@@ -157,7 +157,7 @@ class BatchTrainer:
         g_in, d_in = pb.g_crops, pb.d_crops
         if self._lean:
             with torch.no_grad():
-                l_gan, l_g, terms = lean_step.g_step(self, g_in, it)
+                l_gan, l_g, terms = lean_step.g_step(self, g_in, d_in, it)
                 l_d = lean_step.d_step(self, g_in, d_in, it)
         else:
             l_gan, l_g, terms = self._g_step(g_in, it)

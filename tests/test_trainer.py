@@ -138,6 +138,28 @@ def test_lean_step_and_host_shortcuts_change_no_bit(three_images):
     assert torch.equal(fast.bic_counter, plain.bic_counter)
 
 
+def test_overlapped_real_crop_changes_no_bit(three_images):
+    """B = 1 on 2 threads: the D step's real crop runs during the G step on the other
+    thread (its own power iteration taken first, its gradient part summed in crop order);
+    200 float32 iterations give the bytes of the autograd path on one thread."""
+    cfg = KernelGANConfig()
+    image = [prepare_image(three_images[1], cfg)]
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        fast = BatchTrainer(image, [7], cfg)
+        fast.run(200)
+        torch.set_num_threads(1)
+        plain = BatchTrainer(image, [7], cfg)
+        plain._lean = False
+        plain.run(200)
+    finally:
+        torch.set_num_threads(old)
+    assert fast.threads == 2 and fast._lean_d is None  # the pending real crop was consumed
+    assert fast.final_kernels().tobytes() == plain.final_kernels().tobytes()
+    assert torch.equal(fast.d_flat, plain.d_flat) and torch.equal(fast.opt_d.m, plain.opt_d.m)
+
+
 def test_lean_gan_terms_are_autograds():
     """``lean_step._gan_terms`` against autograd through ``gan_loss`` (B, N = 2 maps with
     other labels and upstream gradients, as the D step has them): the gradient bitwise, with
