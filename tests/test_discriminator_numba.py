@@ -7,6 +7,7 @@ bit-level batch invariance in float32; NaN propagation; the trainer's choice of 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from numba_cache import cold_then_warm
@@ -187,3 +188,41 @@ def test_same_bits_from_a_fresh_compile_and_from_numba_s_disk_cache(tmp_path) ->
     the cache was warm). The helpers are inlined at Numba's level, so both paths agree."""
     cold, warm = cold_then_warm(_COLD_WARM, tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(cold, warm, strict=True))
+
+
+def test_power_iteration_is_the_one_element_at_a_time_sums():
+    """``_sn`` sums many rows side by side; each element must still be the float64 sum, in
+    index order, of float32 products, as a one-element-at-a-time loop gives it (bitwise;
+    float32 weights, as in training)."""
+    from numba import njit
+
+    from kgengine.discriminator import SN_EPS
+    from kgengine.discriminator_kernels import _sn
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((9, 31)).astype(np.float32)
+    u0 = rng.standard_normal(9).astype(np.float32)
+    u, v = u0.copy(), np.zeros(31, np.float32)
+    sigma = njit(lambda w, u, v: _sn(w, u, v))(w, u, v)
+
+    ru, rv = u0.copy(), np.zeros(31, np.float32)
+    for j in range(31):
+        acc = 0.0
+        for i in range(9):
+            acc += float(ru[i] * w[i, j])  # float32 product, float64 sum
+        rv[j] = acc
+    norm = max(np.sqrt(sum(float(x * x) for x in rv)), SN_EPS)  # float32 squares
+    rv = np.array([float(x) / norm for x in rv], np.float32)
+    wv = []
+    for i in range(9):
+        acc = 0.0
+        for j in range(31):
+            acc += float(w[i, j] * rv[j])
+        wv.append(acc)
+    norm = max(np.sqrt(sum(x * x for x in wv)), SN_EPS)
+    ru = np.array([x / norm for x in wv], np.float32)
+    want = 0.0
+    for i in range(9):
+        want += float(ru[i]) * wv[i]
+    assert v.tobytes() == rv.tobytes() and u.tobytes() == ru.tobytes()
+    assert sigma == want
