@@ -180,3 +180,11 @@ def d_step(tr: object, g_in: torch.Tensor, d_in: torch.Tensor, it: int) -> torch
         loss = torch.from_numpy(loss)
     tr.opt_d.step(torch.cat([g.reshape(-1) for g in dp]))
     return 0.5 * (loss[:, 0] + loss[:, 1])
+
+
+def uniform_grid(seeds: torch.Tensor, stream: int, start: int, count: int, n: int
+                 ) -> torch.Tensor:
+    """:func:`kgengine.ops._numba_cpu.uniform_grid` (the backend loads on first use)."""
+    from kgengine.ops import _numba_cpu
+
+    return _numba_cpu.uniform_grid(seeds, stream, start, count, n)

@@ -27,7 +27,7 @@ from kgengine.adam import FlatAdam
 from kgengine.compiled import compiled_on, compose_for, discriminator_for, priors_for
 from kgengine.config import KernelGANConfig
 from kgengine.ops.backend import resolve, serial_ops
-from kgengine.ops.rng import STREAM_G_NOISE, normal
+from kgengine.ops.rng import STREAM_G_NOISE, box_muller, normal
 from kgengine.prepare import PreparedImage, pack_images
 from kgengine.stopping import StopRule, StopTracker
 
@@ -211,10 +211,14 @@ class BatchTrainer:
         if start < 0 or not start <= it < start + chunk:
             start = it - it % chunk
             n = 3 * self.cfg.g_output_size**2
-            ctr = torch.arange(start, start + chunk, device=self.device).view(1, chunk, 1)
-            idx = torch.arange(n, device=self.device).view(1, 1, n)
-            block = (self.cfg.noise_std
-                     * normal(self.seeds.view(-1, 1, 1), STREAM_G_NOISE, ctr, idx)).to(self.dtype)
+            if self._lean:  # the hashes compiled (exact integers), the rest as normal() does
+                u = lean_step.uniform_grid(self.seeds, STREAM_G_NOISE, start, chunk, 2 * n)
+                z = box_muller(u[..., 0::2].contiguous(), u[..., 1::2].contiguous())
+            else:
+                ctr = torch.arange(start, start + chunk, device=self.device).view(1, chunk, 1)
+                idx = torch.arange(n, device=self.device).view(1, 1, n)
+                z = normal(self.seeds.view(-1, 1, 1), STREAM_G_NOISE, ctr, idx)
+            block = (self.cfg.noise_std * z).to(self.dtype)
             self._noise_chunk = (start, block)
         return block[:, it - start]
 

@@ -155,3 +155,20 @@ def test_streams_seeds_counters_uncorrelated() -> None:
     assert abs(_corr(base[:-1], base[1:])) < 0.015  # lag-1 along the index
     z = rnp.normal_np(5, 2, 0, idx)
     assert abs(_corr(z[:-1], z[1:])) < 0.015
+
+
+def test_numba_uniform_grid_and_box_muller_are_the_torch_draws() -> None:
+    """The trainer's CPU noise: hashes compiled, uniforms and Box-Muller by PyTorch, bitwise
+    the draws of ``rng.normal`` (seeds with high bits, a counter offset, odd n)."""
+    pytest.importorskip("numba")
+    from kgengine.ops import _numba_cpu
+
+    seeds = torch.tensor([3, -5, 2**40])
+    u = _numba_cpu.uniform_grid(seeds, rng.STREAM_G_NOISE, 700, 4, 2 * 37)
+    want_u = rng.uniform(seeds.view(-1, 1, 1), rng.STREAM_G_NOISE,
+                         torch.arange(700, 704).view(1, 4, 1), torch.arange(74).view(1, 1, 74))
+    assert torch.equal(u, want_u)
+    z = rng.box_muller(u[..., 0::2].contiguous(), u[..., 1::2].contiguous())
+    want = rng.normal(seeds.view(-1, 1, 1), rng.STREAM_G_NOISE,
+                      torch.arange(700, 704).view(1, 4, 1), torch.arange(37).view(1, 1, 37))
+    assert torch.equal(z, want)

@@ -19,7 +19,7 @@ import kgengine.ops._custom as _custom
 from kgengine.numba_util import serial_twin
 from kgengine.ops._spec import PatchBatch, make_crop_origin, source_index
 from kgengine.ops.backend import serial_only
-from kgengine.ops.rng import STREAM_D_NOISE, make_scalar_rng
+from kgengine.ops.rng import INV_2_32, STREAM_D_NOISE, make_scalar_rng
 
 # Numba's default "omp" threading layer shares the OpenMP runtime with PyTorch's CPU pool:
 # interleaving the two (the trainer calls a Numba op and then torch ops every iteration)
@@ -276,3 +276,22 @@ def kernel_grad(x: torch.Tensor, kernel: torch.Tensor, grad_out: torch.Tensor, s
     """The gradient w.r.t. ``kernel`` of :func:`downscale` for ``grad_out`` w.r.t. its output
     (what its backward computes, without autograd), shaped and typed like ``kernel``."""
     return _custom._kernel_grad_like(_kernel_grad_fill, x, kernel, grad_out, scale, border)
+
+
+@njit(cache=True)
+def _hash_grid(seeds, stream, start, out):
+    """``out[b, c, j] = hash32(seeds[b], stream, start + c, j)``: out (B, C, J) int64."""
+    for b in range(out.shape[0]):
+        for c in range(out.shape[1]):
+            for j in range(out.shape[2]):
+                out[b, c, j] = _hash32(seeds[b], stream, start + c, j)
+
+
+def uniform_grid(seeds: torch.Tensor, stream: int, start: int, count: int, n: int
+                 ) -> torch.Tensor:
+    """``rng.uniform(seeds[b], stream, start + c, j)`` for counters c < count and indices
+    j < n, (B, count, n) float64, the same values (the hashes are exact integers, computed
+    here; their conversion to uniforms is PyTorch's, as in :func:`kgengine.ops.rng.uniform`)."""
+    out = torch.empty((seeds.shape[0], count, n), dtype=torch.int64)
+    _hash_grid(seeds.numpy(), int(stream), int(start), out.numpy())
+    return out.to(torch.float64) * INV_2_32

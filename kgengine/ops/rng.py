@@ -116,6 +116,12 @@ def normal(seed: IntLike, stream: int, counter: IntLike, index: IntLike) -> torc
     index = torch.as_tensor(index, dtype=torch.int64)
     u1 = uniform(seed, stream, counter, 2 * index)
     u2 = uniform(seed, stream, counter, 2 * index + 1)
+    return box_muller(u1, u2)
+
+
+def box_muller(u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
+    """``sqrt(-2 log(1 - u1)) * cos(2 pi u2)``: :func:`normal` from its two uniforms (the
+    same PyTorch operations, so the same bits for the same contiguous float64 inputs)."""
     return torch.sqrt(-2.0 * torch.log1p(-u1)) * torch.cos(TWO_PI * u2)
 
 
