@@ -73,7 +73,7 @@ def _gan(state: Pass, labels: tuple, upstream: tuple) -> tuple[torch.Tensor, np.
 
 def _arrays(tr: object) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """NumPy views of D's parameters (into the flat buffer) and of u, v (made once)."""
-    if getattr(tr, "_lean_arrays", None) is None:
+    if tr._lean_arrays is None:
         tr._lean_arrays = ([t.detach().numpy() for t in tr._d_leaves],
                            [tr.d_state[key].numpy() for key in SN_KEYS])
     return tr._lean_arrays
@@ -107,7 +107,7 @@ def _start_d_step(tr: object, d_in: torch.Tensor, params: list, sn: list) -> Non
     """With B = 1 and 2 threads: open the D step's pass now (its power iteration comes
     after the G step's, as in the sequential order) and run its real crop on the other
     thread during the G step (D does not change before the D step)."""
-    stale = getattr(tr, "_lean_d", None)
+    stale = tr._lean_d
     if stale is not None:  # a step that raised half-way: let its job end before reusing pools
         stale[-1].result()
     state = open_pass((2, *d_in.shape), params, sn, tr.threads, copy=False)
@@ -159,7 +159,7 @@ def d_step(tr: object, g_in: torch.Tensor, d_in: torch.Tensor, it: int) -> torch
     tr._lean_kernel = (it + 1, (k, keep))
     g_out = _numba_cpu.downscale(g_in, k, 2, "valid")
     g_out = g_out + tr._g_noise(it).reshape(g_out.shape)
-    pending, tr._lean_d = getattr(tr, "_lean_d", None), None
+    pending, tr._lean_d = tr._lean_d, None
     if pending is None:
         params, sn = _arrays(tr)
         _, state = fused_forward(torch.stack([d_in, g_out]), params, sn, tr.threads, True,

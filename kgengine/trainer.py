@@ -76,7 +76,11 @@ class BatchTrainer:
         self._lean = (mode == "composed" and self.compiled
                       and self._downscale.__module__ == "kgengine.ops._numba_cpu"
                       and self._add_priors.__module__ == "kgengine.priors_numba")
+        # lean_step's state: (iteration, kernel) for the next G step, D's NumPy views, the
+        # D step's pass started during the G step (B = 1, 2 threads)
         self._lean_kernel: tuple[int, tuple | None] = (-1, None)
+        self._lean_arrays: tuple[list, list] | None = None
+        self._lean_d: tuple | None = None
         self.b = b = len(images)
         dev = {"device": self.device, "dtype": dtype}
         pix, cdf = pack_images(images)
