@@ -20,7 +20,7 @@ import torch
 from numba import njit
 
 
-@njit(cache=True, error_model="numpy")  # no zero-division branch: the loop vectorises
+@njit(cache=True, error_model="numpy", nogil=True)  # no zero-division branch: the loop vectorises
 def _adam_step(p, g, m, v, c):
     """In place, per element i of the 1-D arrays p, g, m, v, with the constants
     ``c = (β1, β2, 1 - β2, step, bias2, eps)`` in their dtype: ``m = g - (g - m) β1``,

@@ -187,7 +187,7 @@ def _crop_forward(x, k, w0s, b0, wms, bm, gamma, beta, wfs, bf, cols, hs, xhat, 
         s[q] = 1.0 / (1.0 + np.exp(-(logit[0, q] + bf[0])))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _normalise(w0, wm, wf, u0, v0, um, vm, uf, vf, sig, w0s, wms, wfs):
     """One power iteration per weight and image (u*, v* updated in place): sig (B, L+2) the
     sigmas, w0s, wms, wfs the normalised weights."""
@@ -219,31 +219,38 @@ def _forward(lo, hi, x, k, w0s, b0, wms, bm, gamma, beta, wfs, bf, cols, hs, xha
 
 
 @njit(cache=True, fastmath=_FAST, inline="always")
-def _crop_backward(ds, need_x, need_p, k, w0s, wms, gamma, wfs, cols, hs, xhat, inv, s,
+def _crop_backward(ds, need_x, p_lo, p_hi, k, w0s, wms, gamma, wfs, cols, hs, xhat, inv, s,
                    dx, gw0, gb0, gwm, gbm, ggamma, gbeta, gwf, gbf):
-    """One crop's backward: dx (3, S, S) if ``need_x``; if ``need_p`` this crop's part of the
-    gradients w.r.t. the *normalised* weights (gw0, gwm, gwf) and the other parameters."""
+    """One crop's backward: dx (3, S, S) if ``need_x``; this crop's part of the gradients of
+    the layers p_lo..p_hi-1 (0 the first conv, 1 + m block m, L + 1 the last conv) w.r.t. the
+    *normalised* weights (gw0, gwm, gwf) and the other parameters. The gradient goes down
+    only as far as a requested output needs it; every value is computed as in the full
+    backward, so a split of the layers over calls gives the same bits."""
     n_mid = wms.shape[0]
+    low = 0 if need_x else p_lo  # the lowest layer whose gradients are needed
     one = np.ones(1, s.dtype)[0]  # 1 in the array dtype
     do = np.empty((1, s.shape[0]), s.dtype)
     for q in range(s.shape[0]):
         do[0, q] = ds[q] * s[q] * (one - s[q])
-    if need_p:
+    if p_lo <= n_mid + 1 < p_hi:
         gbf[0] = do.sum()
         gwf[:] = np.dot(do, hs[n_mid].T)
+    if low > n_mid:
+        return
     dh = np.dot(wfs.T, do)  # (64, P)
     dz = np.empty_like(dh)
     scratch = np.empty((3, dh.shape[0]), s.dtype)
-    for m in range(n_mid - 1, -1, -1):
-        if need_p:
+    for m in range(n_mid - 1, max(low - 1, 0) - 1, -1):
+        if p_lo <= m + 1 < p_hi:
             _bn_relu_grad(dh, hs[m + 1], xhat[m], gamma[m], inv[m], dz, ggamma[m], gbeta[m],
                           gbm[m])
             gwm[m] = np.dot(dz, hs[m].T)
         else:
             _bn_relu_grad(dh, hs[m + 1], xhat[m], gamma[m], inv[m], dz, scratch[0],
                           scratch[1], scratch[2])
-        dh = np.dot(wms[m].T, dz)
-    if need_p:
+        if m + 1 > low:
+            dh = np.dot(wms[m].T, dz)
+    if p_lo <= 0 < p_hi:
         for o in range(dh.shape[0]):
             gb0[o] = dh[o].sum()
         gw0[:] = np.dot(dh, cols.T)
@@ -252,20 +259,21 @@ def _crop_backward(ds, need_x, need_p, k, w0s, wms, gamma, wfs, cols, hs, xhat, 
 
 
 @njit(cache=True, fastmath=_FAST, nogil=True)
-def _backward(lo, hi, ds, need_x, need_p, k, w0s, wms, gamma, wfs, cols, hs, xhat, inv, s,
-              dx, gw0, gb0, gwm, gbm, ggamma, gbeta, gwf, gbf):
+def _backward(lo, hi, ds, need_x, p_lo, p_hi, k, w0s, wms, gamma, wfs, cols, hs, xhat, inv,
+              s, dx, gw0, gb0, gwm, gbm, ggamma, gbeta, gwf, gbf):
     """:func:`_crop_backward` of the tasks lo..hi-1: ds (B, N, P) the gradient w.r.t. the
-    probabilities; writes dx (N, B, 3, S, S) and the per-crop parts g* (B, N, ...)."""
+    probabilities; writes dx (N, B, 3, S, S) and the per-crop parts g* (B, N, ...) of the
+    layers p_lo..p_hi-1."""
     n_crops = s.shape[1]
     for t in range(lo, hi):
         b, n = t // n_crops, t % n_crops
-        _crop_backward(ds[b, n], need_x, need_p, k, w0s[b], wms[b], gamma[b], wfs[b],
+        _crop_backward(ds[b, n], need_x, p_lo, p_hi, k, w0s[b], wms[b], gamma[b], wfs[b],
                        cols[b, n], hs[b, n], xhat[b, n], inv[b, n], s[b, n],
                        dx[n, b] if need_x else dx[0, 0], gw0[b, n], gb0[b, n], gwm[b, n],
                        gbm[b, n], ggamma[b, n], gbeta[b, n], gwf[b, n], gbf[b, n])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _param_grads(w0, wm, wf, u0, v0, um, vm, uf, vf, sig, gw0, gwm, gwf,
                  dw0, dwm, dwf):
     """Sum the crops' parts in crop order, then through the spectral norm: dw0, dwm, dwf."""

@@ -29,7 +29,7 @@ from torch.autograd.function import once_differentiable
 
 from kgengine.discriminator import TRAINABLE
 from kgengine.discriminator_kernels import _backward, _forward, _normalise, _param_grads
-from kgengine.numba_util import give, run_tasks, single_threaded_blas, take
+from kgengine.numba_util import give, run_tasks, single_threaded_blas, slots, take
 from kgengine.numba_util import shared_view as _np
 
 SN_KEYS = ("u0", "v0", "um", "vm", "uf", "vf")
@@ -45,6 +45,7 @@ class Pass:
         self.x_shape, self.k, self.key, self.bufs, self.threads = x_shape, k, key, bufs, threads
         self.shapes, self.keep, self.other = shapes, keep, other
         self.probs = keep[-1][-1]
+        self.n_layers = keep[1].shape[1] + 2  # the first conv, the blocks, the last conv
         self.parts: list | None = None
 
 
@@ -109,29 +110,36 @@ def ensure_parts(state: Pass, need_p: bool) -> None:
 
 
 def backward_tasks(state: Pass, ds: np.ndarray, lo: int, hi: int, need_x: bool,
-                   need_p: bool, dx: np.ndarray, threads: int = 1) -> None:
+                   need_p: bool, dx: np.ndarray, threads: int = 1,
+                   layers: tuple[int, int] | None = None) -> None:
     """D's backward of tasks lo..hi-1: ds (B, N, P) the gradient w.r.t. ``state.probs``
     (only those tasks' rows are read); writes their dx into dx (N, B, 3, S, S) if
-    ``need_x`` and their parts of the parameter gradients if ``need_p``."""
+    ``need_x`` and their parts of the parameter gradients if ``need_p``: of every layer, or
+    of ``layers`` (lo, hi) only, 0 the first conv and :attr:`Pass.n_layers` - 1 the last
+    (two calls on other threads can split the layers: same bits)."""
     ensure_parts(state, need_p)
-    run_tasks(_backward, threads, hi - lo, ds, need_x, need_p, state.k, *state.keep[-1], dx,
-              *state.parts, offset=lo)
+    p_lo, p_hi = layers or ((0, state.n_layers) if need_p else (0, 0))
+    run_tasks(_backward, threads, hi - lo, ds, need_x, p_lo, p_hi, state.k, *state.keep[-1],
+              dx, *state.parts, offset=lo)
 
 
-def close_pass(state: Pass, need_p: bool) -> list[torch.Tensor] | None:
+def close_pass(state: Pass, need_p: bool, out: np.ndarray | None = None
+               ) -> list[torch.Tensor] | None:
     """End of a pass's backward: the parameters' gradients (:data:`TRAINABLE` order, crops
-    summed in crop order) if ``need_p``; the buffers are given back."""
+    summed in crop order) if ``need_p``, written into one flat buffer (``out``, the
+    parameters' sizes in that order, if given) and returned as views of it; the buffers
+    are given back."""
     if state.keep is None:
         raise RuntimeError("discriminator_numba: backward through one D pass runs once")
     (w0, wm, wf, sn, sig, _), state.keep = state.keep, None
     parts, dp = state.parts, None
     if need_p:
-        dw0, dwm, dwf = np.empty_like(w0), np.empty_like(wm), np.empty_like(wf)
-        _param_grads(w0, wm, wf, *sn, sig, parts[0], parts[2], parts[6], dw0, dwm, dwf)
-        dense = [dw0, parts[1].sum(1), dwm] + [p.sum(1) for p in parts[3:6]] + \
-            [dwf, parts[7].sum(1)]
-        dp = [torch.from_numpy(np.ascontiguousarray(g)).view(sh)
-              for g, sh in zip(dense, state.shapes, strict=True)]
+        dp = slots(state.shapes, out, w0.dtype)
+        _param_grads(w0, wm, wf, *sn, sig, parts[0], parts[2], parts[6],
+                     dp[0].reshape(w0.shape), dp[2], dp[6].reshape(wf.shape))
+        for i in (1, 3, 4, 5, 7):
+            parts[i].sum(1, out=dp[i].reshape(parts[i].shape[:1] + parts[i].shape[2:]))
+        dp = [torch.from_numpy(g) for g in dp]
     give(("bwd", need_p, *state.key), parts)
     give(("fwd", *state.key), state.bufs)
     return dp
@@ -153,12 +161,13 @@ def fused_forward(x: torch.Tensor, params: list, sn: list, threads: int, keep: b
     return out, state
 
 
-def fused_backward(state: Pass, grad: torch.Tensor | np.ndarray, need_x: bool, need_p: bool
+def fused_backward(state: Pass, grad: torch.Tensor | np.ndarray, need_x: bool, need_p: bool,
+                   out: np.ndarray | None = None
                    ) -> tuple[torch.Tensor | None, list[torch.Tensor] | None]:
     """The backward of one :func:`fused_forward` (once): ``grad`` w.r.t. its output, (N, B,
     h, w) or as a NumPy array like :attr:`Pass.probs` (B, N, P); returns dx (N, B, 3, S, S)
     if ``need_x`` and the trainable parameters' gradients (:data:`TRAINABLE` order) if
-    ``need_p``."""
+    ``need_p`` (views of ``out``, see :func:`close_pass`)."""
     if state.keep is None:
         raise RuntimeError("discriminator_numba: backward through one D pass runs once")
     s = state.probs
@@ -170,7 +179,7 @@ def fused_backward(state: Pass, grad: torch.Tensor | np.ndarray, need_x: bool, n
     dx = np.empty(state.x_shape if need_x else (1, 1, 0, 0, 0), s.dtype)
     backward_tasks(state, ds.reshape(bsz, n, -1), 0, bsz * n, need_x, need_p, dx,
                    state.threads)
-    return (torch.from_numpy(dx) if need_x else None), close_pass(state, need_p)
+    return (torch.from_numpy(dx) if need_x else None), close_pass(state, need_p, out)
 
 
 class _FusedD(torch.autograd.Function):

@@ -23,12 +23,12 @@ import torch
 from numba import njit
 from torch.autograd.function import once_differentiable
 
-from kgengine.numba_util import single_threaded_blas
+from kgengine.numba_util import single_threaded_blas, slots
 
 _FAST = {"reassoc", "contract", "nsz"}
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _chain(ws, v):
     """``out[b] = v[b] @ ws[b]``: v (B, 1, C), ws (B, C, C') -> (B, 1, C')."""
     out = np.empty((v.shape[0], 1, ws.shape[2]), v.dtype)
@@ -37,7 +37,7 @@ def _chain(ws, v):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _chain_grad(ws, v, dout, dws):
     """The backward of :func:`_chain`: writes ``dws[b] = v[b]^T dout[b]``, returns dv."""
     dv = np.empty_like(v)
@@ -47,7 +47,7 @@ def _chain_grad(ws, v, dout, dws):
     return dv
 
 
-@njit(cache=True, fastmath=_FAST)
+@njit(cache=True, fastmath=_FAST, nogil=True)
 def _fold_layer(w, k, out):
     """Full convolution of k (B, cout, side²) with w (B, cout, cin·kh·kw) into out (B, cin,
     side+kh-1, side+kw-1): ``out[b, c, t + p] += (w_r^T k_r)[(c, p), t]``."""
@@ -68,7 +68,7 @@ def _fold_layer(w, k, out):
                             dst[tx] += src[tx]
 
 
-@njit(cache=True, fastmath=_FAST)
+@njit(cache=True, fastmath=_FAST, nogil=True)
 def _fold_layer_grad(w, k, dout, dw, dk):
     """The backward of :func:`_fold_layer`: dw (B, cout, cin·kh·kw) and dk (B, cout, side²)."""
     cin, n, n2 = dout.shape[1], dout.shape[2], dout.shape[3]
@@ -114,35 +114,34 @@ def compose_forward(weights: list[torch.Tensor]) -> tuple[np.ndarray, tuple]:
     return ks[-1].reshape(b, side, side).copy(), (vs, ks)
 
 
-def compose_backward(weights: list[torch.Tensor], keep: tuple, grad: torch.Tensor
-                     ) -> list[torch.Tensor]:
+def compose_backward(weights: list[torch.Tensor], keep: tuple, grad: torch.Tensor,
+                     out: np.ndarray | None = None) -> list[torch.Tensor]:
     """The gradients w.r.t. ``weights`` given ``grad`` (B, K, K) w.r.t. the composed kernel
-    (``keep`` from :func:`compose_forward` on the same weights)."""
+    (``keep`` from :func:`compose_forward` on the same weights), written into one flat
+    buffer: ``out`` (all weights' sizes, in order; the trainer's layout) if given. Returns
+    the weights' views of it."""
     vs, ks = keep
     spatial = [i for i, w in enumerate(weights) if w.shape[-1] > 1]
     pointwise = [i for i, w in enumerate(weights) if w.shape[-1] == 1]
     b = weights[0].shape[0]
-    grads: list = [None] * len(weights)
+    grads = slots([w.shape for w in weights], out, vs[0].dtype)
     dk = _np(grad).reshape(b, 1, -1).astype(vs[0].dtype)
     for j, i in enumerate(spatial[:-1]):  # w1 first: the last fold of the forward
         w = _np(weights[i]).reshape(b, weights[i].shape[1], -1)
         k_in = ks[len(ks) - 2 - j]
         side = int(round(ks[len(ks) - 1 - j].shape[2] ** 0.5))
-        dw, dk_in = np.empty_like(w), np.empty_like(k_in)
-        _fold_layer_grad(w, k_in, dk.reshape(b, -1, side, side), dw, dk_in)
-        grads[i], dk = torch.from_numpy(dw).view(weights[i].shape), dk_in
+        dk_in = np.empty_like(k_in)
+        _fold_layer_grad(w, k_in, dk.reshape(b, -1, side, side), grads[i].reshape(w.shape),
+                         dk_in)
+        dk = dk_in
     last = weights[spatial[-1]]
     w_r = _np(last).reshape(b, last.shape[1], -1)
-    dw_r = np.empty_like(w_r)
-    dv = _chain_grad(w_r, vs[-1], dk.reshape(b, 1, -1), dw_r)
-    grads[spatial[-1]] = torch.from_numpy(dw_r).view(last.shape)
+    dv = _chain_grad(w_r, vs[-1], dk.reshape(b, 1, -1), grads[spatial[-1]].reshape(w_r.shape))
     for j, i in enumerate(pointwise[:-1]):  # w4 first: the last product of the chain
         w = _np(weights[i][..., 0, 0])
-        dw = np.empty_like(w)
-        dv = _chain_grad(w, vs[len(vs) - 2 - j], dv, dw)
-        grads[i] = torch.from_numpy(dw).view(weights[i].shape)
-    grads[pointwise[-1]] = torch.from_numpy(dv).view(weights[pointwise[-1]].shape)
-    return grads
+        dv = _chain_grad(w, vs[len(vs) - 2 - j], dv, grads[i].reshape(w.shape))
+    grads[pointwise[-1]].reshape(dv.shape)[:] = dv
+    return [torch.from_numpy(g) for g in grads]
 
 
 class _ComposeFn(torch.autograd.Function):

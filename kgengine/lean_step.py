@@ -21,6 +21,8 @@ are the autograd step's (tested over 200 float32 iterations).
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 import numpy as np
 import torch
 from numba import njit
@@ -40,8 +42,14 @@ from kgengine.generator_numba import compose_backward, compose_forward
 from kgengine.numba_util import single_threaded_blas, submit
 from kgengine.priors_numba import NAMES, priors_backward, priors_forward
 
+#: The D step's fake-crop backward at B = 1 on 2 threads: this thread takes the gradients of
+#: layers 0..SPLIT-1 (the first conv and block 0, with the whole chain down to them), the
+#: other thread those above (it needs the chain down to block 1 only): 8 against 7 products
+#: of 64 x 64 x P (the first conv's counts 2.3).
+SPLIT = 2
 
-@njit(cache=True)
+
+@njit(cache=True, nogil=True)
 def _gan_terms(probs, labels, upstream, loss, grad):
     """For each image b and map n of probs (B, N, P): ``loss[b, n] = mean_q |probs - labels[n]|``
     (accumulated in float64) and ``grad[b, n] = (upstream[n] / P) · sgn(probs - labels[n])``,
@@ -79,6 +87,14 @@ def _arrays(tr: object) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return tr._lean_arrays
 
 
+def _grad_buffers(tr: object) -> tuple[np.ndarray, np.ndarray]:
+    """The flat gradient buffers of G and D (the layout of their parameter buffers), made
+    once: the passes write their gradients straight into them."""
+    if tr._lean_grads is None:
+        tr._lean_grads = (np.empty_like(tr.g_flat.numpy()), np.empty_like(tr.d_flat.numpy()))
+    return tr._lean_grads
+
+
 def _kernel(tr: object, it: int) -> tuple[torch.Tensor, tuple]:
     """This iteration's G kernel (B, K, K) and its composition state: the one the previous D
     step composed (G has not changed since), else a fresh one."""
@@ -89,9 +105,21 @@ def _kernel(tr: object, it: int) -> tuple[torch.Tensor, tuple]:
     return torch.from_numpy(k), keep
 
 
-def _real_half(state: Pass, x: np.ndarray, loss: np.ndarray, ds: np.ndarray) -> None:
+def _open_d_pass(shape: tuple, params: list, sn: list, threads: int, d_in: np.ndarray
+                 ) -> tuple:
+    """The D step's pass on 2 crops (real, fake) of one image: its power iteration, the
+    crops' buffer with the real crop in place, the losses' and gradients' buffers."""
+    state = open_pass(shape, params, sn, threads, copy=False)
+    ensure_parts(state, True)
+    x = np.empty(shape, state.probs.dtype)
+    x[0] = d_in
+    return state, x, np.empty(state.probs.shape[:2], x.dtype), np.empty_like(state.probs)
+
+
+def _real_half(opened: Future) -> None:
     """The D step's real crop (task 0 of a B = 1 pass): forward, its GAN loss and gradient,
     backward into its part of the parameter gradients. Runs on the pool's thread."""
+    state, x, loss, ds = opened.result()
     forward_tasks(state, x, 0, 1)
     dt = ds.dtype
     _gan_terms(state.probs[:, :1], np.ones(1, dt), np.full(1, 0.5, dt), loss[:, :1], ds[:, :1])
@@ -103,19 +131,41 @@ def _no_dx(dt: np.dtype) -> np.ndarray:
     return np.empty((1, 1, 0, 0, 0), dt)
 
 
+def _overlaps(tr: object) -> bool:
+    """Whether the step hands work to the other thread: one image, at least 2 threads (a
+    batch splits its crops over the threads instead)."""
+    return tr.b == 1 and tr.threads >= 2
+
+
+def settle(tr: object) -> None:
+    """Let the jobs still on the other thread end and forget them: those of a step that
+    raised half-way (they use pooled buffers and the trainer's state), and the crops
+    sampled ahead at the end of :meth:`~kgengine.trainer.BatchTrainer.run`."""
+    ahead = [tr._prefetched[1]] if tr._prefetched is not None else []
+    jobs, tr._lean_jobs, tr._lean_d, tr._prefetched = tr._lean_jobs, [], None, None
+    for job in jobs + ahead:
+        job.exception()
+
+
 def _start_d_step(tr: object, d_in: torch.Tensor, params: list, sn: list) -> None:
-    """With B = 1 and 2 threads: open the D step's pass now (its power iteration comes
-    after the G step's, as in the sequential order) and run its real crop on the other
-    thread during the G step (D does not change before the D step)."""
-    stale = tr._lean_d
-    if stale is not None:  # a step that raised half-way: let its job end before reusing pools
-        stale[-1].result()
-    state = open_pass((2, *d_in.shape), params, sn, tr.threads, copy=False)
-    ensure_parts(state, True)
-    x = np.empty((2, *d_in.shape), state.probs.dtype)
-    x[0] = d_in.numpy()
-    loss, ds = np.empty(state.probs.shape[:2], x.dtype), np.empty_like(state.probs)
-    tr._lean_d = (state, x, loss, ds, submit(_real_half, state, x, loss, ds))
+    """With B = 1 and 2 threads: open the D step's pass on the other thread now (its power
+    iteration comes after the G step's, as in the sequential order) and run its real crop
+    there during the G step (D does not change before the D step)."""
+    shape = (2, *d_in.shape)
+    opened = submit(_open_d_pass, shape, params, sn, tr.threads, d_in.numpy())
+    real = submit(_real_half, opened)
+    tr._lean_jobs += [opened, real]
+    tr._lean_d = (opened, real)
+
+
+def _priors(tr: object, k: torch.Tensor, g_in: torch.Tensor, g_out: torch.Tensor,
+            lam: torch.Tensor) -> tuple:
+    """The priors' total (B,), terms (B, 5) and the gradients of the total w.r.t. k and
+    g_out (upstream 1, as ``l_g.sum()`` gives them)."""
+    cfg = tr.cfg
+    total, terms, saved = priors_forward(k, g_in.contiguous(), g_out, lam, tr.mask.contiguous(),
+                                         tr.centre, cfg.sparse_power, cfg.authors_bicubic_rgb_sum)
+    return (total, terms, *priors_backward(saved, torch.ones_like(total)))
 
 
 def g_step(tr: object, g_in: torch.Tensor, d_in: torch.Tensor, it: int
@@ -124,28 +174,32 @@ def g_step(tr: object, g_in: torch.Tensor, d_in: torch.Tensor, it: int
     With B = 1 and 2 threads, the D step's real crop d_in runs alongside."""
     from kgengine.ops import _numba_cpu  # the backend loads on first use, not at import
 
-    cfg = tr.cfg
     single_threaded_blas()  # as the autograd nodes do: BLAS threads would change bits
+    if tr._lean_jobs:
+        settle(tr)
     k, keep = _kernel(tr, it)
     g_out = _numba_cpu.downscale(g_in, k, 2, "valid")
     params, sn = _arrays(tr)
     state = open_pass((1, *g_out.shape), params, sn, tr.threads, copy=False)
-    if tr.b == 1 and tr.threads >= 2:
+    lam = torch.stack([tr.lam[n] for n in NAMES], 1)
+    priors = None
+    if _overlaps(tr):  # the priors, then the D step's real crop, on the other thread
+        priors = submit(_priors, tr, k, g_in, g_out, lam)
+        tr._lean_jobs.append(priors)
         _start_d_step(tr, d_in, params, sn)
     forward_tasks(state, g_out.numpy()[None], 0, tr.b, tr.threads)
     l_gan, ds = _gan(state, (1.0,), (1.0,))
     l_gan = l_gan[:, 0]
-    lam = torch.stack([tr.lam[n] for n in NAMES], 1)
-    total, terms, saved = priors_forward(k, g_in.contiguous(), g_out, lam, tr.mask.contiguous(),
-                                         tr.centre, cfg.sparse_power, cfg.authors_bicubic_rgb_sum)
-    l_g = l_gan + total
-    # backward of l_g.sum(): 1 into the GAN term and into the priors
+    # backward of l_g.sum() (l_g = l_gan + the priors' total): 1 into each
     dx, _ = fused_backward(state, ds, True, False)
-    dk_priors, dg_priors = priors_backward(saved, torch.ones_like(l_g))
+    total, terms, dk_priors, dg_priors = (priors.result() if priors is not None
+                                          else _priors(tr, k, g_in, g_out, lam))
+    l_g = l_gan + total
     dg_out = dx[0] + dg_priors
     dk = _numba_cpu.kernel_grad(g_in, k, dg_out, 2, "valid") + dk_priors
-    grads = compose_backward(tr.g_weights, keep, dk)
-    tr.opt_g.step(torch.cat([g.reshape(-1) for g in grads]))
+    g_grad, _ = _grad_buffers(tr)
+    compose_backward(tr.g_weights, keep, dk, g_grad)
+    tr.opt_g.step(torch.from_numpy(g_grad))
     return l_gan, l_g, dict(zip(NAMES, terms.unbind(1), strict=True))
 
 
@@ -166,19 +220,28 @@ def d_step(tr: object, g_in: torch.Tensor, d_in: torch.Tensor, it: int) -> torch
                                  copy=False)
         # d(½ (L_real + L_fake)).sum() / dL_real = ½ (exact), then as autograd's gan_loss
         loss, ds = _gan(state, (1.0, 0.0), (0.5, 0.5))
-        _, dp = fused_backward(state, ds, False, True)
+        fused_backward(state, ds, False, True, _grad_buffers(tr)[1])
     else:  # the real crop ran during the G step: the fake one here, then the two summed
-        state, x, loss, ds, job = pending
+        opened, real = pending
+        state, x, loss, ds = opened.result()
         x[1] = g_out.numpy()
         forward_tasks(state, x, 1, 2)
         dt = ds.dtype
         _gan_terms(state.probs[:, 1:], np.zeros(1, dt), np.full(1, 0.5, dt), loss[:, 1:],
                    ds[:, 1:])
-        backward_tasks(state, ds, 1, 2, False, True, _no_dx(dt))
-        job.result()
-        dp = close_pass(state, True)
+        # the fake crop's backward: the top layers' weight gradients on the other thread
+        top = submit(backward_tasks, state, ds, 1, 2, False, True, _no_dx(dt), 1,
+                     (SPLIT, state.n_layers))
+        tr._lean_jobs.append(top)
+        # after the real crop, the other thread samples iteration it + 1's crops
+        tr._prefetched = (it + 1, submit(tr.sample_detached, it + 1))
+        backward_tasks(state, ds, 1, 2, False, True, _no_dx(dt), 1, (0, SPLIT))
+        top.result()
+        real.result()
+        tr._lean_jobs = []
+        close_pass(state, True, _grad_buffers(tr)[1])
         loss = torch.from_numpy(loss)
-    tr.opt_d.step(torch.cat([g.reshape(-1) for g in dp]))
+    tr.opt_d.step(torch.from_numpy(_grad_buffers(tr)[1]))
     return 0.5 * (loss[:, 0] + loss[:, 1])
 
 

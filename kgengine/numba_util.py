@@ -4,6 +4,7 @@ kernels, tasks on threads, reusable work buffers."""
 from __future__ import annotations
 
 import functools
+import math
 import os
 import types
 from collections.abc import Callable
@@ -106,6 +107,20 @@ def give(key: tuple, bufs: object) -> None:
     free = _FREE.setdefault(key, [])
     if len(free) < 4:
         free.append(bufs)
+
+
+def slots(shapes: list[tuple[int, ...]], out: np.ndarray | None, dtype: np.dtype
+          ) -> list[np.ndarray]:
+    """Views of one flat buffer, ``out`` (made if None), of the given shapes, one after the
+    other: how the trainer lays out a network's parameters, so gradients written into them
+    are the flat gradient its optimiser takes."""
+    flat = np.empty(sum(math.prod(sh) for sh in shapes), dtype) if out is None else out
+    views, start = [], 0
+    for sh in shapes:
+        n = math.prod(sh)
+        views.append(flat[start : start + n].reshape(sh))
+        start += n
+    return views
 
 
 def shared_view(t: torch.Tensor) -> np.ndarray:

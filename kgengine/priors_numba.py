@@ -111,7 +111,7 @@ def _kernel_terms(k, mask, centre, power, terms, dk):
             dk[3, u, v] = (power * abs(x) ** (power - 1.0) * np.sign(x) / area) if x != 0.0 else 0.0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _forward(k, g_in, g_out, lam, mask, centre, power, rgb_sum, taps, terms, target, dk,
              out_total, out_terms):
     """All images: terms (B, 5), the bicubic target windows (B, C, h, w) and the kernel terms'
@@ -136,7 +136,7 @@ def _forward(k, g_in, g_out, lam, mask, centre, power, rgb_sum, taps, terms, tar
         out_total[b] = total
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _backward(grad, lam, g_out, target, dk, out_k, out_g):
     """With ``w[t] = grad[b] lam[b, t]`` (float64): ``out_k[b] = sum_t w[1 + t] dk[b, t]`` and
     ``out_g[b] = w[0] · 2 (g_out[b] - target[b]) / N``, rounded to the outputs' dtype."""

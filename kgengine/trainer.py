@@ -26,6 +26,7 @@ from kgengine import lean_step, priors
 from kgengine.adam import FlatAdam
 from kgengine.compiled import compiled_on, compose_for, discriminator_for, priors_for
 from kgengine.config import KernelGANConfig
+from kgengine.ops._spec import PatchBatch
 from kgengine.ops.backend import resolve, serial_ops
 from kgengine.ops.rng import STREAM_G_NOISE, box_muller, normal
 from kgengine.prepare import PreparedImage, pack_images
@@ -72,15 +73,7 @@ class BatchTrainer:
         self._d_forward = discriminator_for(self.device, self.threads)
         self._compose = compose_for(self.device)
         self._add_priors = priors_for(self.device)
-        # the compiled passes without autograd (kgengine.lean_step): same bytes, less overhead
-        self._lean = (mode == "composed" and self.compiled
-                      and self._downscale.__module__ == "kgengine.ops._numba_cpu"
-                      and self._add_priors.__module__ == "kgengine.priors_numba")
-        # lean_step's state: (iteration, kernel) for the next G step, D's NumPy views, the
-        # D step's pass started during the G step (B = 1, 2 threads)
-        self._lean_kernel: tuple[int, tuple | None] = (-1, None)
-        self._lean_arrays: tuple[list, list] | None = None
-        self._lean_d: tuple | None = None
+        self._init_lean(mode)
         self.b = b = len(images)
         dev = {"device": self.device, "dtype": dtype}
         pix, cdf = pack_images(images)
@@ -121,6 +114,21 @@ class BatchTrainer:
         # images stopped by a stop rule: b -> (iteration, raw kernel, G weights, losses)
         self._frozen: dict[int, tuple[int, np.ndarray, list[torch.Tensor], dict]] = {}
 
+    def _init_lean(self, mode: str) -> None:
+        """Whether the step runs the compiled passes without autograd (kgengine.lean_step:
+        same bytes, less overhead), and its state: (iteration, kernel) for the next G step,
+        D's NumPy views, the flat gradient buffers, the D step's pass started in the G step,
+        the jobs on the other thread, the crops sampled ahead there (B = 1, 2 threads)."""
+        self._lean = (mode == "composed" and self.compiled
+                      and self._downscale.__module__ == "kgengine.ops._numba_cpu"
+                      and self._add_priors.__module__ == "kgengine.priors_numba")
+        self._lean_kernel: tuple[int, tuple | None] = (-1, None)
+        self._lean_arrays: tuple[list, list] | None = None
+        self._lean_grads: tuple | None = None
+        self._lean_d: tuple | None = None
+        self._lean_jobs: list = []
+        self._prefetched: tuple | None = None
+
     def _init_schedule(self, b: int, dev: dict) -> None:
         """Per-image loss weights and schedule state (see :meth:`_update_schedule`)."""
         cfg = self.cfg
@@ -154,8 +162,8 @@ class BatchTrainer:
     def step(self) -> None:
         """One KernelGAN iteration for all B images."""
         cfg, it = self.cfg, self.iteration
-        pb = self._sample_patches(self.images, self.cdf, self.sizes, self.seeds, it,
-                                  cfg.crop_size, cfg.g_output_size, 2.0 * cfg.noise_std)
+        ready, self._prefetched = self._prefetched, None
+        pb = ready[1].result() if ready is not None and ready[0] == it else self._sample(it)
         if cfg.authors_noise_accumulates:  # defect 2: the noise stays in the image
             self._accumulate_noise(pb.d_crops, pb.d_topleft)
         g_in, d_in = pb.g_crops, pb.d_crops
@@ -172,6 +180,18 @@ class BatchTrainer:
             self.last = {"g_gan": l_gan, "d": l_d, **terms, "g_total": l_g}
             self._update_schedule(it, terms)
         self.iteration += 1
+
+    def _sample(self, it: int) -> PatchBatch:
+        """Iteration ``it``'s crops of every image (and D's crop noise)."""
+        cfg = self.cfg
+        return self._sample_patches(self.images, self.cdf, self.sizes, self.seeds, it,
+                                    cfg.crop_size, cfg.g_output_size, 2.0 * cfg.noise_std)
+
+    def sample_detached(self, it: int) -> PatchBatch:
+        """:meth:`_sample` on the lean step's other thread, during iteration it - 1's D step
+        (the images do not change from then until iteration it would sample them)."""
+        with serial_ops():
+            return self._sample(it)
 
     def _g_step(self, g_in: torch.Tensor, it: int
                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -300,6 +320,7 @@ class BatchTrainer:
                 self._loop(iters, callback, every, stop, tracker)
         finally:
             torch.set_num_threads(torch_threads)
+            lean_step.settle(self)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - t0

@@ -226,3 +226,52 @@ def test_power_iteration_is_the_one_element_at_a_time_sums():
         want += float(ru[i]) * wv[i]
     assert v.tobytes() == rv.tobytes() and u.tobytes() == ru.tobytes()
     assert sigma == want
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("b", "n", "size"), [(1, 2, 26), (2, 1, 15)])
+def test_backward_split_by_layers_gives_the_full_backward_bits(dtype, b, n, size) -> None:
+    """The lean step splits a backward's layers over two threads. Every split point, in
+    either order of the two calls, gives each parameter gradient and dx with the bits of
+    one call over all layers; and a call for some layers leaves the others' parts alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    p = _params(b, dtype)
+    x = np.ascontiguousarray(
+        torch.randn(n, b, 3, size, size, generator=torch.Generator().manual_seed(5),
+                    dtype=dtype).numpy())
+    ds = np.random.default_rng(1).standard_normal((b, n, (size - 6) ** 2)).astype(x.dtype)
+
+    def backward(splits, need_x, parallel=False):  # noqa: ANN001, ANN202
+        sn = [p[k].clone().numpy() for k in SN_KEYS]
+        state = DN.open_pass(x.shape, [p[k] for k in D.TRAINABLE], sn, 1)
+        DN.forward_tasks(state, x, 0, b * n)
+        DN.ensure_parts(state, True)
+        for part in state.parts:
+            part[:] = np.nan  # nothing may stay unwritten
+        dx = np.full(x.shape if need_x else (1, 1, 0, 0, 0), np.nan, x.dtype)
+        jobs = [(state, ds, 0, b * n, need_x and i == 0, True, dx, 1, s)
+                for i, s in enumerate(splits)]
+        if parallel:
+            with ThreadPoolExecutor(2) as pool:
+                list(pool.map(lambda a: DN.backward_tasks(*a), jobs))
+        else:
+            for a in jobs:
+                DN.backward_tasks(*a)
+        return [q.copy() for q in state.parts], dx, DN.close_pass(state, True)
+
+    n_layers = 7  # the first conv, 5 blocks, the last conv
+    for need_x in (False, True):
+        parts, dx, grads = backward([(0, n_layers)], need_x)
+        assert not any(np.isnan(q).any() for q in parts) and not np.isnan(dx).any()
+        for split in range(1, n_layers):
+            for order, parallel in (((0, 1), True), ((1, 0), False)):
+                halves = [(0, split), (split, n_layers)]
+                got_parts, got_dx, got = backward([halves[i] for i in order], need_x, parallel)
+                assert [a.tobytes() for a in parts] == [c.tobytes() for c in got_parts]
+                assert dx.tobytes() == got_dx.tobytes()
+                assert all(torch.equal(a, c) for a, c in zip(grads, got, strict=True))
+    # one layer range writes only its own parts (layer 0: w0 and b0, parts 0 and 1)
+    parts, _, _ = backward([(0, 1)], False)
+    assert not np.isnan(parts[0]).any() and not np.isnan(parts[1]).any()
+    assert all(np.isnan(q).all() for q in parts[2:])

@@ -138,26 +138,38 @@ def test_lean_step_and_host_shortcuts_change_no_bit(three_images):
     assert torch.equal(fast.bic_counter, plain.bic_counter)
 
 
-def test_overlapped_real_crop_changes_no_bit(three_images):
-    """B = 1 on 2 threads: the D step's real crop runs during the G step on the other
-    thread (its own power iteration taken first, its gradient part summed in crop order);
-    200 float32 iterations give the bytes of the autograd path on one thread."""
+def test_work_on_the_other_thread_changes_no_bit(three_images):
+    """B = 1 on 2 threads, the other thread takes: the priors, the D step's power iteration
+    and real crop (during the G step), the top layers' weight gradients of its fake crop,
+    and the next iteration's crops (sampled during the D step, after defect 2 wrote this
+    one's noisy crop into the image). 200 float32 iterations, run as 120 + 80 (the crops
+    sampled ahead at the end of a run are dropped), give the bytes of the autograd path on
+    one thread: G, D, Adam's moments and the images."""
     cfg = KernelGANConfig()
     image = [prepare_image(three_images[1], cfg)]
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
         fast = BatchTrainer(image, [7], cfg)
-        fast.run(200)
+        ahead = []
+        sample = fast.sample_detached
+        fast.sample_detached = lambda it: ahead.append(it) or sample(it)
+        fast.run(120)
+        fast.run(80)
         torch.set_num_threads(1)
         plain = BatchTrainer(image, [7], cfg)
         plain._lean = False
         plain.run(200)
     finally:
         torch.set_num_threads(old)
-    assert fast.threads == 2 and fast._lean_d is None  # the pending real crop was consumed
+    assert fast.threads == 2 and fast._lean_d is None and not fast._lean_jobs
+    assert fast._prefetched is None  # dropped at the end of the run
+    assert ahead == list(range(1, 121)) + list(range(121, 201))
     assert fast.final_kernels().tobytes() == plain.final_kernels().tobytes()
-    assert torch.equal(fast.d_flat, plain.d_flat) and torch.equal(fast.opt_d.m, plain.opt_d.m)
+    for a, b in ((fast.g_flat, plain.g_flat), (fast.d_flat, plain.d_flat),
+                 (fast.opt_d.m, plain.opt_d.m), (fast.opt_g.v, plain.opt_g.v),
+                 (fast.images, plain.images)):
+        assert torch.equal(a, b)
 
 
 def test_lean_gan_terms_are_autograds():

@@ -105,7 +105,7 @@ def _sample_patches(images, cdf, sizes, seeds, iteration, noise_std, g_out, d_ou
                     d_out[b, c, y, x] = src[left + x] + noise_std * z
 
 
-_sample_patches_serial = serial_twin(_sample_patches, _PATCH_SIGS)
+_sample_patches_serial = serial_twin(_sample_patches, _PATCH_SIGS, nogil=True)
 
 
 def _patches_fill(
@@ -204,9 +204,11 @@ def _kernel_grad(poly, grad_out, rows, scale, out):
                     out[b, u, v] += acc
 
 
-_polyphase_serial = serial_twin(_polyphase, _POLY_SIGS)
-_strided_corr_serial = serial_twin(_strided_corr, _CORR_SIGS, fastmath=True)
-_kernel_grad_serial = serial_twin(_kernel_grad, _GRADK_SIGS, fastmath=True)
+_polyphase_serial = serial_twin(_polyphase, _POLY_SIGS, nogil=True)
+_strided_corr_serial = serial_twin(_strided_corr, _CORR_SIGS, fastmath=True,
+                                   nogil=True)
+_kernel_grad_serial = serial_twin(_kernel_grad, _GRADK_SIGS, fastmath=True,
+                                  nogil=True)
 
 
 def _poly(x: torch.Tensor, scale: int, cols: np.ndarray, work: int) -> np.ndarray:
