@@ -51,6 +51,9 @@ class FlatAdam:
         self.v = torch.zeros_like(param)
         self.t = 0
         self.compiled = compiled
+        # NumPy views of the buffers (CPU: the compiled update), made once
+        self._arrays = ((param.detach().numpy(), self.m.numpy(), self.v.numpy())
+                        if compiled else None)
 
     @torch.no_grad()
     def step(self, grad: torch.Tensor) -> None:
@@ -58,10 +61,10 @@ class FlatAdam:
         b1, b2 = self.betas
         self.t += 1
         if self.compiled:
-            p = self.param.detach().numpy()
+            p, m, v = self._arrays
             c = np.array([b1, b2, 1.0 - b2, -self.lr / (1.0 - b1**self.t),
                           math.sqrt(1.0 - b2**self.t), self.eps], p.dtype)
-            _adam_step(p, grad.contiguous().numpy(), self.m.numpy(), self.v.numpy(), c)
+            _adam_step(p, grad.contiguous().numpy(), m, v, c)
             return
         self.m.lerp_(grad, 1.0 - b1)
         self.v.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)

@@ -89,13 +89,15 @@ def _fold_layer_grad(w, k, dout, dw, dk):
         dk[b] = np.dot(w[b], dblocks)
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
+def _np(t: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(t, np.ndarray):
+        return np.ascontiguousarray(t)
     return t.detach().contiguous().numpy()
 
 
-def compose_forward(weights: list[torch.Tensor]) -> tuple[np.ndarray, tuple]:
-    """The composed kernels (B, K, K) of G's weights (see :func:`compose_kernel`) and the
-    state :func:`compose_backward` needs. No autograd."""
+def compose_forward(weights: list[torch.Tensor] | list[np.ndarray]) -> tuple[np.ndarray, tuple]:
+    """The composed kernels (B, K, K) of G's weights (tensors, or NumPy views of them; see
+    :func:`compose_kernel`) and the state :func:`compose_backward` needs. No autograd."""
     spatial = [w for w in weights if w.shape[-1] > 1]
     pointwise = [w for w in weights if w.shape[-1] == 1]
     b = weights[0].shape[0]
@@ -114,8 +116,8 @@ def compose_forward(weights: list[torch.Tensor]) -> tuple[np.ndarray, tuple]:
     return ks[-1].reshape(b, side, side).copy(), (vs, ks)
 
 
-def compose_backward(weights: list[torch.Tensor], keep: tuple, grad: torch.Tensor,
-                     out: np.ndarray | None = None) -> list[torch.Tensor]:
+def compose_backward(weights: list[torch.Tensor] | list[np.ndarray], keep: tuple,
+                     grad: torch.Tensor, out: np.ndarray | None = None) -> list[torch.Tensor]:
     """The gradients w.r.t. ``weights`` given ``grad`` (B, K, K) w.r.t. the composed kernel
     (``keep`` from :func:`compose_forward` on the same weights), written into one flat
     buffer: ``out`` (all weights' sizes, in order; the trainer's layout) if given. Returns

@@ -17,6 +17,17 @@ Every gradient is formed by the same operations as autograd's (the mean's ``1 / 
 division of the upstream gradient, the absolute value's ``sgn``), and where two gradients
 meet (G(x), k) there are exactly two, whose sum does not depend on the order. So the bytes
 are the autograd step's (tested over 200 float32 iterations).
+
+With B = 1 on 2 threads the other thread takes what the chain G step -> G update -> D step
+does not wait for: the priors, the D step's power iteration and real crop (during the G
+step), the top layers' weight gradients of the fake crop, and the next iteration's crops.
+
+State kept on the trainer (declared in ``BatchTrainer._init_lean``): ``_lean_kernel``
+(iteration, (kernel, composition state)) composed in the D step for the next G step;
+``_lean_arrays`` D's and G's NumPy views; ``_lean_grads`` G's and D's flat gradient buffers;
+``_lean_crops`` (iteration, :class:`_GCrops`) from the G step for the D step; ``_lean_d``
+the D step's pass opened on the other thread; ``_lean_jobs`` the step's jobs there;
+``_prefetched`` (iteration, job) the crops sampled ahead.
 """
 
 from __future__ import annotations
@@ -79,11 +90,13 @@ def _gan(state: Pass, labels: tuple, upstream: tuple) -> tuple[torch.Tensor, np.
     return torch.from_numpy(loss), grad
 
 
-def _arrays(tr: object) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """NumPy views of D's parameters (into the flat buffer) and of u, v (made once)."""
+def _arrays(tr: object) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """NumPy views of D's parameters (into the flat buffer), of u, v and of G's weights
+    (made once)."""
     if tr._lean_arrays is None:
         tr._lean_arrays = ([t.detach().numpy() for t in tr._d_leaves],
-                           [tr.d_state[key].numpy() for key in SN_KEYS])
+                           [tr.d_state[key].numpy() for key in SN_KEYS],
+                           [w.detach().numpy() for w in tr.g_weights])
     return tr._lean_arrays
 
 
@@ -95,13 +108,48 @@ def _grad_buffers(tr: object) -> tuple[np.ndarray, np.ndarray]:
     return tr._lean_grads
 
 
+class _GCrops:
+    """G's input crops g_in (B, C, H, W) as the strided correlation reads them, made once
+    per iteration for its three uses (G's output in the G step, its kernel gradient, G's
+    output in the D step): the poly-phase copy and the row table of
+    :mod:`kgengine.ops._numba_cpu`, whose serial kernels are called on them directly (the
+    calls ``downscale`` and ``kernel_grad`` make inside :func:`kgengine.ops.backend.serial_ops`,
+    without their per-call checks and tables)."""
+
+    def __init__(self, g_in: torch.Tensor, ksize: int) -> None:
+        from kgengine.ops import _numba_cpu as nc
+        from kgengine.ops._spec import output_size, source_index
+
+        self.nc = nc
+        x = g_in.numpy()
+        b, c, h, w = x.shape
+        self.out_shape = (b, c, *output_size(h, w, ksize, ksize, 2, "valid"))
+        self.rows = source_index(h, ksize, 2, self.out_shape[2], "valid")
+        cols = source_index(w, ksize, 2, self.out_shape[3], "valid")
+        self.poly = np.empty((b, c, 2, h, -(-cols.shape[0] // 2)), x.dtype)
+        nc._polyphase_serial(x, cols, 2, self.poly)
+
+    def downscale(self, k: np.ndarray) -> np.ndarray:
+        """G's output (B, C, h, w) with composed kernels k (B, K, K)."""
+        out = np.empty(self.out_shape, self.poly.dtype)
+        self.nc._strided_corr_serial(self.poly, k, self.rows, 2, out)
+        return out
+
+    def kernel_grad(self, grad_out: np.ndarray) -> np.ndarray:
+        """The gradient w.r.t. the kernels (B, K, K), float64, of the output's ``grad_out``."""
+        k = self.rows.shape[0] - 2 * (self.out_shape[2] - 1)
+        out = np.empty((self.out_shape[0], k, k))
+        self.nc._kernel_grad_serial(self.poly, grad_out, self.rows, 2, out)
+        return out
+
+
 def _kernel(tr: object, it: int) -> tuple[torch.Tensor, tuple]:
     """This iteration's G kernel (B, K, K) and its composition state: the one the previous D
     step composed (G has not changed since), else a fresh one."""
     ready, cached = tr._lean_kernel
     if ready == it and cached is not None:
         return cached
-    k, keep = compose_forward(tr.g_weights)
+    k, keep = compose_forward(_arrays(tr)[2])
     return torch.from_numpy(k), keep
 
 
@@ -172,14 +220,14 @@ def g_step(tr: object, g_in: torch.Tensor, d_in: torch.Tensor, it: int
            ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """G's update on crops g_in (B, 3, S, S): returns l_gan, l_g (B,) and the prior terms.
     With B = 1 and 2 threads, the D step's real crop d_in runs alongside."""
-    from kgengine.ops import _numba_cpu  # the backend loads on first use, not at import
-
     single_threaded_blas()  # as the autograd nodes do: BLAS threads would change bits
     if tr._lean_jobs:
         settle(tr)
     k, keep = _kernel(tr, it)
-    g_out = _numba_cpu.downscale(g_in, k, 2, "valid")
-    params, sn = _arrays(tr)
+    crops = _GCrops(g_in, k.shape[-1])
+    tr._lean_crops = (it, crops)  # for the D step
+    g_out = torch.from_numpy(crops.downscale(k.numpy()))
+    params, sn, _ = _arrays(tr)
     state = open_pass((1, *g_out.shape), params, sn, tr.threads, copy=False)
     lam = torch.stack([tr.lam[n] for n in NAMES], 1)
     priors = None
@@ -196,9 +244,12 @@ def g_step(tr: object, g_in: torch.Tensor, d_in: torch.Tensor, it: int
                                           else _priors(tr, k, g_in, g_out, lam))
     l_g = l_gan + total
     dg_out = dx[0] + dg_priors
-    dk = _numba_cpu.kernel_grad(g_in, k, dg_out, 2, "valid") + dk_priors
+    dk = torch.from_numpy(crops.kernel_grad(dg_out.numpy()))
+    if dk.shape[0] == 1:  # as ops.downscale's backward treats a (1, K, K) kernel
+        dk = dk.sum(0, keepdim=True)
+    dk = dk.to(k.dtype) + dk_priors
     g_grad, _ = _grad_buffers(tr)
-    compose_backward(tr.g_weights, keep, dk, g_grad)
+    compose_backward(_arrays(tr)[2], keep, dk, g_grad)
     tr.opt_g.step(torch.from_numpy(g_grad))
     return l_gan, l_g, dict(zip(NAMES, terms.unbind(1), strict=True))
 
@@ -206,16 +257,16 @@ def g_step(tr: object, g_in: torch.Tensor, d_in: torch.Tensor, it: int
 def d_step(tr: object, g_in: torch.Tensor, d_in: torch.Tensor, it: int) -> torch.Tensor:
     """D's update on the real crops d_in and G's (updated) output of g_in plus noise; keeps
     the kernel composed here for the next G step. Returns l_d (B,)."""
-    from kgengine.ops import _numba_cpu
-
-    k, keep = compose_forward(tr.g_weights)
-    k = torch.from_numpy(k)
-    tr._lean_kernel = (it + 1, (k, keep))
-    g_out = _numba_cpu.downscale(g_in, k, 2, "valid")
-    g_out = g_out + tr._g_noise(it).reshape(g_out.shape)
+    k, keep = compose_forward(_arrays(tr)[2])
+    tr._lean_kernel = (it + 1, (torch.from_numpy(k), keep))
+    ready, crops = tr._lean_crops
+    crops = crops if ready == it else _GCrops(g_in, k.shape[-1])
+    tr._lean_crops = (-1, None)
+    g_out = crops.downscale(k)
+    g_out = torch.from_numpy(g_out + tr._g_noise(it).numpy().reshape(g_out.shape))
     pending, tr._lean_d = tr._lean_d, None
     if pending is None:
-        params, sn = _arrays(tr)
+        params, sn, _ = _arrays(tr)
         _, state = fused_forward(torch.stack([d_in, g_out]), params, sn, tr.threads, True,
                                  copy=False)
         # d(½ (L_real + L_fake)).sum() / dL_real = ½ (exact), then as autograd's gan_loss

@@ -116,15 +116,14 @@ class BatchTrainer:
 
     def _init_lean(self, mode: str) -> None:
         """Whether the step runs the compiled passes without autograd (kgengine.lean_step:
-        same bytes, less overhead), and its state: (iteration, kernel) for the next G step,
-        D's NumPy views, the flat gradient buffers, the D step's pass started in the G step,
-        the jobs on the other thread, the crops sampled ahead there (B = 1, 2 threads)."""
+        same bytes, less overhead), and that module's state (it documents each field)."""
         self._lean = (mode == "composed" and self.compiled
                       and self._downscale.__module__ == "kgengine.ops._numba_cpu"
                       and self._add_priors.__module__ == "kgengine.priors_numba")
         self._lean_kernel: tuple[int, tuple | None] = (-1, None)
         self._lean_arrays: tuple[list, list] | None = None
         self._lean_grads: tuple | None = None
+        self._lean_crops: tuple = (-1, None)
         self._lean_d: tuple | None = None
         self._lean_jobs: list = []
         self._prefetched: tuple | None = None
@@ -253,8 +252,9 @@ class BatchTrainer:
         s = d_crops.shape[-1]
         with torch.no_grad():
             if self._host:
-                for b, (r, c) in enumerate(topleft.tolist()):
-                    self.images[b, :, r : r + s, c : c + s] = d_crops[b]
+                images, crops = self.images.numpy(), d_crops.numpy()
+                for b, (r, c) in enumerate(topleft.numpy().tolist()):
+                    images[b, :, r : r + s, c : c + s] = crops[b]
                 return
             ar = torch.arange(s, device=topleft.device)
             rows = (topleft[:, 0:1] + ar).unsqueeze(2)  # (B, s, 1)
