@@ -19,6 +19,11 @@ import numpy as np
 import torch
 from numba import njit
 
+from kgengine.numba_util import run_tasks
+
+#: From this many elements a compiled update is split over the threads it is given.
+SPLIT_SIZE = 100_000
+
 
 @njit(cache=True, error_model="numpy", nogil=True)  # no zero-division branch: the loop vectorises
 def _adam_step(p, g, m, v, c):
@@ -56,15 +61,18 @@ class FlatAdam:
                         if compiled else None)
 
     @torch.no_grad()
-    def step(self, grad: torch.Tensor) -> None:
-        """One Adam update with gradient ``grad`` (n,)."""
+    def step(self, grad: torch.Tensor, threads: int = 1) -> None:
+        """One Adam update with gradient ``grad`` (n,); the compiled update of a large
+        buffer is split over ``threads`` (element-wise: the same bits)."""
         b1, b2 = self.betas
         self.t += 1
         if self.compiled:
             p, m, v = self._arrays
             c = np.array([b1, b2, 1.0 - b2, -self.lr / (1.0 - b1**self.t),
                           math.sqrt(1.0 - b2**self.t), self.eps], p.dtype)
-            _adam_step(p, grad.contiguous().numpy(), m, v, c)
+            g = grad.contiguous().numpy()
+            run_tasks(lambda lo, hi: _adam_step(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], c),
+                      threads if p.size >= SPLIT_SIZE else 1, p.size)
             return
         self.m.lerp_(grad, 1.0 - b1)
         self.v.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)

@@ -76,7 +76,9 @@ def open_pass(x_shape: tuple, params: list, sn: list, threads: int, copy: bool =
         np.empty((bsz, n, n_mid, ch), dt)))
     sig, w0s, wms, wfs, cols, hs, xhat, inv = bufs
     s = np.empty((bsz, n, npos), dt)  # the output: not reused
-    _normalise(w0, wm, wf, *sn, sig, w0s, wms, wfs)
+    run_tasks(lambda lo, hi: _normalise(w0[lo:hi], wm[lo:hi], wf[lo:hi],
+                                        *(a[lo:hi] for a in (*sn, sig, w0s, wms, wfs))),
+              threads, bsz)  # per image: the images split over the threads
     if copy:  # NumPy writes do not bump torch's version counters: keep what was used
         w0, wm, wf, gamma = (a.copy() for a in (w0, wm, wf, gamma))
         sn = [a.copy() for a in sn]
@@ -135,8 +137,10 @@ def close_pass(state: Pass, need_p: bool, out: np.ndarray | None = None
     parts, dp = state.parts, None
     if need_p:
         dp = slots(state.shapes, out, w0.dtype)
-        _param_grads(w0, wm, wf, *sn, sig, parts[0], parts[2], parts[6],
-                     dp[0].reshape(w0.shape), dp[2], dp[6].reshape(wf.shape))
+        dw0, dwf = dp[0].reshape(w0.shape), dp[6].reshape(wf.shape)
+        run_tasks(lambda lo, hi: _param_grads(
+            *(a[lo:hi] for a in (w0, wm, wf, *sn, sig, parts[0], parts[2], parts[6], dw0,
+                                 dp[2], dwf))), state.threads, w0.shape[0])
         for i in (1, 3, 4, 5, 7):
             parts[i].sum(1, out=dp[i].reshape(parts[i].shape[:1] + parts[i].shape[2:]))
         dp = [torch.from_numpy(g) for g in dp]

@@ -117,16 +117,18 @@ def compose_forward(weights: list[torch.Tensor] | list[np.ndarray]) -> tuple[np.
 
 
 def compose_backward(weights: list[torch.Tensor] | list[np.ndarray], keep: tuple,
-                     grad: torch.Tensor, out: np.ndarray | None = None) -> list[torch.Tensor]:
+                     grad: torch.Tensor | np.ndarray, out: np.ndarray | list | None = None
+                     ) -> list[torch.Tensor]:
     """The gradients w.r.t. ``weights`` given ``grad`` (B, K, K) w.r.t. the composed kernel
-    (``keep`` from :func:`compose_forward` on the same weights), written into one flat
-    buffer: ``out`` (all weights' sizes, in order; the trainer's layout) if given. Returns
-    the weights' views of it."""
+    (``keep`` from :func:`compose_forward` on the same weights), written into ``out``: one
+    flat buffer (all weights' sizes, in order; the trainer's layout) or one array per
+    weight, shaped like it. Returns them (as tensors)."""
     vs, ks = keep
     spatial = [i for i, w in enumerate(weights) if w.shape[-1] > 1]
     pointwise = [i for i, w in enumerate(weights) if w.shape[-1] == 1]
     b = weights[0].shape[0]
-    grads = slots([w.shape for w in weights], out, vs[0].dtype)
+    grads = out if isinstance(out, list) else slots([w.shape for w in weights], out,
+                                                    vs[0].dtype)
     dk = _np(grad).reshape(b, 1, -1).astype(vs[0].dtype)
     for j, i in enumerate(spatial[:-1]):  # w1 first: the last fold of the forward
         w = _np(weights[i]).reshape(b, weights[i].shape[1], -1)

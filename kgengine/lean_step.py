@@ -50,7 +50,7 @@ from kgengine.discriminator_numba import (
     open_pass,
 )
 from kgengine.generator_numba import compose_backward, compose_forward
-from kgengine.numba_util import single_threaded_blas, submit
+from kgengine.numba_util import run_tasks, single_threaded_blas, slots, submit
 from kgengine.priors_numba import NAMES, priors_backward, priors_forward
 
 #: The D step's fake-crop backward at B = 1 on 2 threads: this thread takes the gradients of
@@ -116,11 +116,11 @@ class _GCrops:
     calls ``downscale`` and ``kernel_grad`` make inside :func:`kgengine.ops.backend.serial_ops`,
     without their per-call checks and tables)."""
 
-    def __init__(self, g_in: torch.Tensor, ksize: int) -> None:
+    def __init__(self, g_in: torch.Tensor, ksize: int, threads: int) -> None:
         from kgengine.ops import _numba_cpu as nc
         from kgengine.ops._spec import output_size, source_index
 
-        self.nc = nc
+        self.nc, self.threads = nc, threads
         x = g_in.numpy()
         b, c, h, w = x.shape
         self.out_shape = (b, c, *output_size(h, w, ksize, ksize, 2, "valid"))
@@ -131,16 +131,48 @@ class _GCrops:
 
     def downscale(self, k: np.ndarray) -> np.ndarray:
         """G's output (B, C, h, w) with composed kernels k (B, K, K)."""
-        out = np.empty(self.out_shape, self.poly.dtype)
-        self.nc._strided_corr_serial(self.poly, k, self.rows, 2, out)
+        out, poly, rows = np.empty(self.out_shape, self.poly.dtype), self.poly, self.rows
+        run_tasks(lambda lo, hi: self.nc._strided_corr_serial(poly[lo:hi], k[lo:hi], rows, 2,
+                                                               out[lo:hi]),
+                  self.threads, out.shape[0])  # per image: the images split over the threads
         return out
 
     def kernel_grad(self, grad_out: np.ndarray) -> np.ndarray:
         """The gradient w.r.t. the kernels (B, K, K), float64, of the output's ``grad_out``."""
         k = self.rows.shape[0] - 2 * (self.out_shape[2] - 1)
-        out = np.empty((self.out_shape[0], k, k))
-        self.nc._kernel_grad_serial(self.poly, grad_out, self.rows, 2, out)
+        out, poly, rows = np.empty((self.out_shape[0], k, k)), self.poly, self.rows
+        run_tasks(lambda lo, hi: self.nc._kernel_grad_serial(poly[lo:hi], grad_out[lo:hi], rows,
+                                                              2, out[lo:hi]),
+                  self.threads, out.shape[0])
         return out
+
+
+def _compose(tr: object) -> tuple[torch.Tensor, dict]:
+    """G's composed kernels (B, K, K) and their composition states, the images split over
+    the threads (:func:`_split_threads`; each image's arithmetic is its own): {first image
+    of a part: its state}."""
+    ws = _arrays(tr)[2]
+    if _split_threads(tr) == 1 or tr.b == 1:
+        k, keep = compose_forward(ws)
+        return torch.from_numpy(k), {0: keep}
+    side = sum(w.shape[-1] - 1 for w in ws) + 1
+    k, keep = np.empty((tr.b, side, side), ws[0].dtype), {}
+
+    def part(lo: int, hi: int) -> None:
+        k[lo:hi], keep[lo] = compose_forward([w[lo:hi] for w in ws])
+
+    run_tasks(part, _split_threads(tr), tr.b)
+    return torch.from_numpy(k), keep
+
+
+def _compose_backward(tr: object, keep: dict, dk: torch.Tensor, out: np.ndarray) -> None:
+    """The backward of :func:`_compose` (the same split) for ``dk`` (B, K, K) w.r.t. the
+    kernels: G's weight gradients written into the flat buffer ``out``."""
+    ws = _arrays(tr)[2]
+    grads, dk = slots([w.shape for w in ws], out, out.dtype), dk.numpy()
+    run_tasks(lambda lo, hi: compose_backward([w[lo:hi] for w in ws], keep[lo], dk[lo:hi],
+                                              [g[lo:hi] for g in grads]),
+              _split_threads(tr), tr.b)
 
 
 def _kernel(tr: object, it: int) -> tuple[torch.Tensor, tuple]:
@@ -149,8 +181,7 @@ def _kernel(tr: object, it: int) -> tuple[torch.Tensor, tuple]:
     ready, cached = tr._lean_kernel
     if ready == it and cached is not None:
         return cached
-    k, keep = compose_forward(_arrays(tr)[2])
-    return torch.from_numpy(k), keep
+    return _compose(tr)
 
 
 def _open_d_pass(shape: tuple, params: list, sn: list, threads: int, d_in: np.ndarray
@@ -183,6 +214,12 @@ def _overlaps(tr: object) -> bool:
     """Whether the step hands work to the other thread: one image, at least 2 threads (a
     batch splits its crops over the threads instead)."""
     return tr.b == 1 and tr.threads >= 2
+
+
+def _split_threads(tr: object) -> int:
+    """Threads for an update split by elements: 1 where the other thread has jobs queued
+    (B = 1, see :func:`_overlaps`)."""
+    return 1 if _overlaps(tr) else tr.threads
 
 
 def settle(tr: object) -> None:
@@ -224,7 +261,7 @@ def g_step(tr: object, g_in: torch.Tensor, d_in: torch.Tensor, it: int
     if tr._lean_jobs:
         settle(tr)
     k, keep = _kernel(tr, it)
-    crops = _GCrops(g_in, k.shape[-1])
+    crops = _GCrops(g_in, k.shape[-1], tr.threads)
     tr._lean_crops = (it, crops)  # for the D step
     g_out = torch.from_numpy(crops.downscale(k.numpy()))
     params, sn, _ = _arrays(tr)
@@ -249,18 +286,19 @@ def g_step(tr: object, g_in: torch.Tensor, d_in: torch.Tensor, it: int
         dk = dk.sum(0, keepdim=True)
     dk = dk.to(k.dtype) + dk_priors
     g_grad, _ = _grad_buffers(tr)
-    compose_backward(_arrays(tr)[2], keep, dk, g_grad)
-    tr.opt_g.step(torch.from_numpy(g_grad))
+    _compose_backward(tr, keep, dk, g_grad)
+    tr.opt_g.step(torch.from_numpy(g_grad), _split_threads(tr))
     return l_gan, l_g, dict(zip(NAMES, terms.unbind(1), strict=True))
 
 
 def d_step(tr: object, g_in: torch.Tensor, d_in: torch.Tensor, it: int) -> torch.Tensor:
     """D's update on the real crops d_in and G's (updated) output of g_in plus noise; keeps
     the kernel composed here for the next G step. Returns l_d (B,)."""
-    k, keep = compose_forward(_arrays(tr)[2])
-    tr._lean_kernel = (it + 1, (torch.from_numpy(k), keep))
+    k, keep = _compose(tr)
+    tr._lean_kernel = (it + 1, (k, keep))
+    k = k.numpy()
     ready, crops = tr._lean_crops
-    crops = crops if ready == it else _GCrops(g_in, k.shape[-1])
+    crops = crops if ready == it else _GCrops(g_in, k.shape[-1], tr.threads)
     tr._lean_crops = (-1, None)
     g_out = crops.downscale(k)
     g_out = torch.from_numpy(g_out + tr._g_noise(it).numpy().reshape(g_out.shape))
@@ -292,7 +330,7 @@ def d_step(tr: object, g_in: torch.Tensor, d_in: torch.Tensor, it: int) -> torch
         tr._lean_jobs = []
         close_pass(state, True, _grad_buffers(tr)[1])
         loss = torch.from_numpy(loss)
-    tr.opt_d.step(torch.from_numpy(_grad_buffers(tr)[1]))
+    tr.opt_d.step(torch.from_numpy(_grad_buffers(tr)[1]), _split_threads(tr))
     return 0.5 * (loss[:, 0] + loss[:, 1])
 
 

@@ -66,3 +66,23 @@ def test_compiled_is_close_in_float32_and_elementwise_to_the_bit() -> None:
         opts[0].step(g)
         opts[1].step(g[:333].clone())
     assert torch.equal(part, whole[:333])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_update_split_over_threads_changes_no_bit(dtype: torch.dtype) -> None:
+    """A buffer from SPLIT_SIZE elements is updated in one part per thread (of odd size
+    here, so the SIMD loop's tails fall elsewhere): the same bits as one part."""
+    from kgengine.adam import SPLIT_SIZE
+
+    n = SPLIT_SIZE + 12_345
+    gen = torch.Generator().manual_seed(3)
+    p0 = torch.randn(n, generator=gen, dtype=dtype)
+    grads = [torch.randn(n, generator=gen, dtype=dtype) for _ in range(4)]
+    outs = []
+    for threads in (1, 2):
+        p = p0.clone()
+        opt = FlatAdam(p, 2e-4, (0.5, 0.999), compiled=True)
+        for g in grads:
+            opt.step(g, threads)
+        outs.append((p, opt.m, opt.v))
+    assert all(torch.equal(a, b) for a, b in zip(*outs, strict=True))
