@@ -175,7 +175,7 @@ def _compose_backward(tr: object, keep: dict, dk: torch.Tensor, out: np.ndarray)
               _split_threads(tr), tr.b)
 
 
-def _kernel(tr: object, it: int) -> tuple[torch.Tensor, tuple]:
+def _kernel(tr: object, it: int) -> tuple[torch.Tensor, dict]:
     """This iteration's G kernel (B, K, K) and its composition state: the one the previous D
     step composed (G has not changed since), else a fresh one."""
     ready, cached = tr._lean_kernel
@@ -212,13 +212,13 @@ def _no_dx(dt: np.dtype) -> np.ndarray:
 
 def _overlaps(tr: object) -> bool:
     """Whether the step hands work to the other thread: one image, at least 2 threads (a
-    batch splits its crops over the threads instead)."""
+    batch splits its crops and images over the threads instead)."""
     return tr.b == 1 and tr.threads >= 2
 
 
 def _split_threads(tr: object) -> int:
-    """Threads for an update split by elements: 1 where the other thread has jobs queued
-    (B = 1, see :func:`_overlaps`)."""
+    """Threads for work split by images or elements: 1 where the other thread has jobs
+    queued (B = 1, see :func:`_overlaps`)."""
     return 1 if _overlaps(tr) else tr.threads
 
 
@@ -322,7 +322,7 @@ def d_step(tr: object, g_in: torch.Tensor, d_in: torch.Tensor, it: int) -> torch
         top = submit(backward_tasks, state, ds, 1, 2, False, True, _no_dx(dt), 1,
                      (SPLIT, state.n_layers))
         tr._lean_jobs.append(top)
-        # after the real crop, the other thread samples iteration it + 1's crops
+        # then the other thread samples iteration it + 1's crops
         tr._prefetched = (it + 1, submit(tr.sample_detached, it + 1))
         backward_tasks(state, ds, 1, 2, False, True, _no_dx(dt), 1, (0, SPLIT))
         top.result()
