@@ -39,6 +39,29 @@ def single_threaded_blas() -> int:
     return len(mine)
 
 
+class LazyKernel:
+    """``njit(sigs, **flags)(py_func)``, made on the first call rather than at import: the
+    same signatures, so the same compiled code, but a process compiles (or loads from
+    Numba's disk cache) only the kernels it calls. Training calls the ops' serial twins
+    only, so the parallel variants cost it nothing (on a cold cache they took about 11 s
+    of a first run's compile)."""
+
+    def __init__(self, py_func: Callable, sigs: list[str], flags: dict) -> None:
+        self.py_func, self._sigs, self._flags = py_func, sigs, flags
+        self._kernel: Callable | None = None
+
+    def __call__(self, *args: object) -> object:
+        kernel = self._kernel
+        if kernel is None:
+            kernel = self._kernel = njit(self._sigs, **self._flags)(self.py_func)
+        return kernel(*args)
+
+
+def lazy_njit(sigs: list[str], **flags: object) -> Callable[[Callable], LazyKernel]:
+    """A decorator: :class:`LazyKernel` of the function with these signatures and flags."""
+    return lambda fn: LazyKernel(fn, sigs, flags)
+
+
 def serial_twin(kernel: Callable, sigs: list[str] | None = None, **flags: object) -> Callable:
     """``kernel`` (an ``njit(parallel=True)`` dispatcher) compiled without ``parallel``:
     ``prange`` runs as ``range`` and the loop bodies compile to the same code, so the results
@@ -48,8 +71,9 @@ def serial_twin(kernel: Callable, sigs: list[str] | None = None, **flags: object
     twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial",
                               fn.__defaults__, fn.__closure__)
     twin.__qualname__ = fn.__qualname__ + "_serial"
-    jit = njit(sigs, cache=True, **flags) if sigs else njit(cache=True, **flags)
-    return jit(twin)
+    if sigs:
+        return LazyKernel(twin, sigs, {"cache": True, **flags})
+    return njit(cache=True, **flags)(twin)
 
 
 @functools.cache

@@ -16,7 +16,7 @@ import torch
 from numba import njit, prange
 
 import kgengine.ops._custom as _custom
-from kgengine.numba_util import serial_twin
+from kgengine.numba_util import lazy_njit, serial_twin
 from kgengine.ops._spec import PatchBatch, make_crop_origin, source_index
 from kgengine.ops.backend import serial_only
 from kgengine.ops.rng import INV_2_32, STREAM_D_NOISE, make_scalar_rng
@@ -35,8 +35,8 @@ _hash32, _uniform, _normal = make_scalar_rng(njit)
 _crop_origin = make_crop_origin(njit, _uniform)
 
 # Explicit signatures with any-layout ("A") inputs: one compile per dtype instead of one per
-# (dtype, contiguity); compiled when this module is first imported (first use of a CPU op),
-# and cached on disk by Numba.
+# (dtype, contiguity); compiled on a kernel's first call (``lazy_njit``: training calls the
+# serial twins only) and cached on disk by Numba.
 _FLOATS = ("float32", "float64")
 _PATCH_SIGS = [
     f"void({t}[:,:,:,:], float64[:,:,:], int64[:,:], int64[:], int64, float64, "
@@ -67,7 +67,7 @@ def _pick(parallel, serial, work: int):  # noqa: ANN001, ANN202
 
 
 # ------------------------------------------------------------------------------- patches
-@njit(_PATCH_SIGS, parallel=True, cache=True)
+@lazy_njit(_PATCH_SIGS, parallel=True, cache=True)
 def _sample_patches(images, cdf, sizes, seeds, iteration, noise_std, g_out, d_out, g_tl, d_tl):
     bsz, chans, _, width = images.shape
     g_size = g_out.shape[2]
@@ -135,7 +135,7 @@ def sample_patches(
 
 
 # ----------------------------------------------------------------------------- downscale
-@njit(_POLY_SIGS, parallel=True, cache=True)
+@lazy_njit(_POLY_SIGS, parallel=True, cache=True)
 def _polyphase(x, cols, scale, out):
     """``out[b, c, p, r, m] = x[b, c, r, cols[s*m + p]]`` (0 past the end of ``cols``)."""
     bsz, chans, height, _ = x.shape
@@ -152,7 +152,7 @@ def _polyphase(x, cols, scale, out):
                 out[b, c, p, r, m] = x[b, c, r, cols[t]] if t < ncols else 0.0
 
 
-@njit(_CORR_SIGS, parallel=True, fastmath=True, cache=True)
+@lazy_njit(_CORR_SIGS, parallel=True, fastmath=True, cache=True)
 def _strided_corr(poly, kernel, rows, scale, out):
     """``out[b,c,i,j] = sum_{u,v} k[u,v] * poly[b, c, v%s, rows[s*i+u], j + v//s]``.
 
@@ -180,7 +180,7 @@ def _strided_corr(poly, kernel, rows, scale, out):
             out[b, c, i, j] = acc[j]
 
 
-@njit(_GRADK_SIGS, parallel=True, fastmath=True, cache=True)
+@lazy_njit(_GRADK_SIGS, parallel=True, fastmath=True, cache=True)
 def _kernel_grad(poly, grad_out, rows, scale, out):
     """``out[b,u,v] = sum_{c,i,j} g[b,c,i,j] * poly[b, c, v%s, rows[s*i+u], j + v//s]``, the
     gradient of the strided correlation w.r.t. image b's kernel (accumulated in float64)."""
