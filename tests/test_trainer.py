@@ -172,6 +172,38 @@ def test_work_on_the_other_thread_changes_no_bit(three_images):
         assert torch.equal(a, b)
 
 
+def test_an_error_on_the_other_thread_reaches_the_caller_and_leaves_no_job(three_images,
+                                                                          monkeypatch):
+    """B = 1 on 2 threads: an exception in a job of the other thread (here the priors, at
+    iteration 5) is raised by ``run`` itself, and every job handed to that thread has ended
+    when it returns (they write into pooled buffers and the trainer's state)."""
+    from kgengine import lean_step
+
+    cfg = KernelGANConfig()
+    calls, jobs = [], []
+    priors, submit = lean_step._priors, lean_step.submit
+    monkeypatch.setattr(lean_step, "submit", lambda *a: jobs.append(submit(*a)) or jobs[-1])
+
+    def failing(*args):  # noqa: ANN002, ANN202
+        calls.append(len(calls))
+        if len(calls) == 6:
+            raise FloatingPointError("injected")
+        return priors(*args)
+
+    monkeypatch.setattr(lean_step, "_priors", failing)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        tr = BatchTrainer([prepare_image(three_images[1], cfg)], [7], cfg)
+        with pytest.raises(FloatingPointError, match="injected"):
+            tr.run(20)
+    finally:
+        torch.set_num_threads(old)
+    assert tr.iteration == 5 and len(calls) == 6
+    assert tr._lean_jobs == [] and tr._lean_d is None and tr._prefetched is None
+    assert len(jobs) >= 5 * 5 + 3 and all(job.done() for job in jobs)
+
+
 def test_lean_gan_terms_are_autograds():
     """``lean_step._gan_terms`` against autograd through ``gan_loss`` (B, N = 2 maps with
     other labels and upstream gradients, as the D step has them): the gradient bitwise, with
