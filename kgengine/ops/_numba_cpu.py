@@ -273,13 +273,6 @@ def downscale(
     )
 
 
-def kernel_grad(x: torch.Tensor, kernel: torch.Tensor, grad_out: torch.Tensor, scale: int,
-                border: str) -> torch.Tensor:
-    """The gradient w.r.t. ``kernel`` of :func:`downscale` for ``grad_out`` w.r.t. its output
-    (what its backward computes, without autograd), shaped and typed like ``kernel``."""
-    return _custom._kernel_grad_like(_kernel_grad_fill, x, kernel, grad_out, scale, border)
-
-
 @njit(cache=True)
 def _hash_grid(seeds, stream, start, out):
     """``out[b, c, j] = hash32(seeds[b], stream, start + c, j)``: out (B, C, J) int64."""
