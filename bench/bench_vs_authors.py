@@ -55,13 +55,16 @@ def variant_config(spec: str) -> tuple[str, KernelGANConfig, dict]:
     from ``defects_fixed()`` with ``n_filtering = 40`` (kgengine 0.1's choice). kgengine 0.5.1's
     default is ``n50:n_filtering=50`` (0.5.0's: ``n60:n_filtering=60``); restarts run
     ``restart_iters`` iterations each (1500 since 0.8; the stores made before 0.8 ran 3000, so
-    their variants say ``restart_iters=3000``). Keys are config fields, plus ``restarts``,
-    ``rule`` and ``stop`` (full or auto) for ``estimate_kernels``.
+    their variants say ``restart_iters=3000``). Restarts are cleaned with ``n_filtering``
+    unless ``restart_n_filtering`` is given (kgengine 0.9.3's default: 70), so the variants of
+    the stores made before 0.9.3 keep their meaning. Keys are config fields, plus
+    ``restarts``, ``rule`` and ``stop`` (full or auto) for ``estimate_kernels``.
     """
     name, _, sets = spec.partition(":")
     base = (KernelGANConfig.defects_fixed() if name.startswith("fixed")
             else KernelGANConfig.authors()).replace(n_filtering=40)
     items = parse_overrides([s for s in sets.split(",") if s])
+    items.setdefault("restart_n_filtering", items.get("n_filtering", 40))
     opts = {"restarts": int(items.pop("restarts", 1)), "rule": items.pop("rule", "mean"),
             "stop": str(items.pop("stop", "full"))}
     return name, base.replace(**items), opts
@@ -76,8 +79,9 @@ def run_kgengine(devset: Path, jobs: list[tuple[int, str, int]], name: str,
     store = json.loads(path.read_text()) if path.exists() else {
         "variant": name, "config": cfg.to_dict(), "runs": {}}
     stored = KernelGANConfig.from_stored(store["config"])
-    if opts["restarts"] == 1:  # one run does not depend on restart_iters
-        stored = stored.replace(restart_iters=cfg.restart_iters)
+    if opts["restarts"] == 1:  # one run does not depend on the restart_* settings
+        stored = stored.replace(restart_iters=cfg.restart_iters,
+                                restart_n_filtering=cfg.restart_n_filtering)
     if stored != cfg.replace(iters=stored.iters):
         raise SystemExit(f"{path}: made with another config than variant {name!r} gives "
                          f"({cfg.to_dict()}); use another variant name")

@@ -251,7 +251,7 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
     ok = [r for r in rows if final.finite[r] and np.isfinite(raw[r]).all()]
     if not ok:
         return TrainingDivergedError(f"{name}: training diverged (NaN/inf) with seed {seed}")
-    k2, finished, cons = finish_restarts([raw[r] for r in ok], cfg.n_filtering, rule,
+    k2, finished, cons = finish_restarts([raw[r] for r in ok], cfg.clean_n(len(rows)), rule,
                                            len(rows), cfg.elongation_power)
     pick = ok[cons.medoid] if cons is not None else ok[0]
     k4 = analytic_x4(k2) if x4 else None

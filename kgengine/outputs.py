@@ -113,9 +113,13 @@ def stored_differences(outdir: str | Path, name: str, wanted: dict[str, Any]) ->
     diff = [f"{k} (stored {have[k]}, asked {wanted[k]})" for k in wanted
             if k != "config" and have[k] != wanted[k] and not (k == "x4" and have[k])]
     old = have["config"] if isinstance(have["config"], dict) else {}
+    if "restart_n_filtering" not in old and "n_filtering" in old:  # before 0.9.3
+        old = {**old, "restart_n_filtering": old["n_filtering"]}
     new = wanted["config"]
     # restart_iters acts through the top-level iters (the iterations actually run); a report
-    # from before 0.8 has no such key, and a one-run output does not depend on it
+    # from before 0.8 has no such key, and a one-run output does not depend on it; nor on
+    # restart_n_filtering
+    ignored = {"restart_iters"} | ({"restart_n_filtering"} if wanted["restarts"] == 1 else set())
     diff += [f"config.{k} (stored {old.get(k)}, asked {new[k]})" for k in new
-             if k != "restart_iters" and old.get(k) != new[k]]
+             if k not in ignored and old.get(k) != new[k]]
     return diff

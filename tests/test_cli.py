@@ -97,6 +97,24 @@ def test_estimate_redoes_a_report_from_before_the_elongation_shrink(tmp_path, lr
     assert res.exit_code == 0 and "redone" in res.output and "elongation_power" in res.output
 
 
+def test_estimate_redoes_restarts_from_before_the_restarts_clean_up(tmp_path, lr_png):
+    # before 0.9.3 each restart was cleaned with n_filtering (no restart_n_filtering in the
+    # config): a restarts output is redone, naming it; a one-run output does not depend on it
+    out = tmp_path / "out"
+    base = ["estimate", str(lr_png), "-o", str(out), "--iters", "4", "--device", "cpu"]
+    path = out / "photo_report.json"
+    for extra, kept in (([], True), (["--restarts", "2"], False)):
+        assert runner.invoke(app, [*base, *extra]).exit_code == 0
+        report = json.loads(path.read_text())
+        assert report["config"]["restart_n_filtering"] == 70
+        del report["config"]["restart_n_filtering"]
+        path.write_text(json.dumps(report))
+        res = runner.invoke(app, [*base, *extra])
+        assert res.exit_code == 0
+        assert ("skip" in res.output) == kept, res.output
+        assert ("config.restart_n_filtering (stored 50, asked 70)" in res.output) != kept
+
+
 def test_bad_files_are_reported_and_skipped(tmp_path, lr_png):
     bad = tmp_path / "in" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")

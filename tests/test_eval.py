@@ -549,6 +549,13 @@ def test_runs_stored_before_the_clean_up_changed_are_refused(dataset, tmp_path, 
                  estimator=per_image(FakeEstimator()))
 
 
+def test_restarts_identity_names_the_restarts_clean_up():
+    # a run's identity holds the clean-up n it was finished with: restarts use
+    # restart_n_filtering (since 0.9.3), so 0.9.2's restarts runs (50) are not resumed into
+    assert EvalSettings(restarts=4).run_identity()["n_filtering"] == 70
+    assert EvalSettings(restarts=1).run_identity()["n_filtering"] == 50
+
+
 def test_runs_stored_before_the_elongation_shrink_are_refused(dataset, tmp_path):
     # runs of kgengine <= 0.8 kept the kernel's elongation (elongation_power 1, not recorded)
     out = tmp_path / "out"

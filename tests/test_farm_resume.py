@@ -26,7 +26,7 @@ from kgengine.farm.manifest import Manifest, NewImage, lock_pool_dir
 from kgengine.farm.poolfiles import POOL_X2
 from kgengine.farm.runner import run_farm
 from kgengine.farm.seeds import content_hash, derive_seed
-from kgengine.farm.settings import resolve_settings
+from kgengine.farm.settings import check_same, resolve_settings
 from kgengine.kernel import gaussian_kernel
 from kgengine.pool import load_pool
 from kgengine.stopping import StopRule, stop_setting
@@ -354,6 +354,22 @@ def test_settings_without_elongation_power_keep_the_elongation():
     assert stored["config"]["elongation_power"] == 0.4
     del stored["config"]["elongation_power"]
     assert resolve_settings(stored).config.elongation_power == 1.0
+
+
+def test_settings_without_restart_n_filtering_keep_the_restarts_clean_up():
+    # a restarts pool from before 0.9.3 cleaned each restart with n_filtering: resuming it
+    # must too (or be refused when asked for the new default); a one-run pool does not care
+    stored = resolve_settings(None, restarts=4).to_dict()
+    assert stored["config"]["restart_n_filtering"] == 70
+    del stored["config"]["restart_n_filtering"]
+    old = resolve_settings(stored)
+    assert old.config.clean_n(4) == old.config.n_filtering == 50
+    with pytest.raises(KGEngineError,
+                       match=r"config.restart_n_filtering \(pool: 50, given: 70\)"):
+        check_same(old, resolve_settings(None, restarts=4))
+    one = resolve_settings(None).to_dict()
+    del one["config"]["restart_n_filtering"]
+    check_same(resolve_settings(one), resolve_settings(None))
 
 
 def test_farm_stop_is_a_stored_setting_passed_to_training(photos, tmp_path, monkeypatch):

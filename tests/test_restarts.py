@@ -40,14 +40,16 @@ def test_restarts_equal_single_runs_combined(lr):
                    for r in range(3)]
     finally:
         torch.set_num_threads(old)
-    # the report keeps each restart's finished kernel; the saved kernel of one run and of
-    # the combination are then shrunk (elongation_power, the last step)
-    finished = [finish_kernel(one.raw_kernel, cfg.n_filtering) for one in singles]
+    # the report keeps each restart's finished kernel, cleaned with restart_n_filtering (one
+    # run: n_filtering); the saved kernel of one run and of the combination are then shrunk
+    # (elongation_power, the last step)
+    assert cfg.clean_n(3) == cfg.restart_n_filtering == 70 != cfg.clean_n(1) == 50
+    finished = [finish_kernel(one.raw_kernel, cfg.restart_n_filtering) for one in singles]
     for r, one in enumerate(singles):
         assert np.asarray(res.report["restarts"]["kernels"][r]).tobytes() == \
             finished[r].tobytes()
-        assert one.kernel_x2.tobytes() == \
-            shrink_elongation(finished[r], cfg.elongation_power).tobytes()
+        assert one.kernel_x2.tobytes() == shrink_elongation(
+            finish_kernel(one.raw_kernel, cfg.n_filtering), cfg.elongation_power).tobytes()
     expected = combine(finished)
     assert res.kernel_x2.tobytes() == \
         shrink_elongation(expected.kernel, cfg.elongation_power).tobytes()
@@ -72,7 +74,7 @@ def test_each_restart_runs_restart_iters_unless_iters_is_given(lr):
                                device="cpu")[0]
         assert one.report["iters"] == 40
         assert np.asarray(res.report["restarts"]["kernels"][r]).tobytes() == \
-            finish_kernel(one.raw_kernel, cfg.n_filtering).tobytes()
+            finish_kernel(one.raw_kernel, cfg.restart_n_filtering).tobytes()
     (given,) = estimate_kernels([lr], seeds=[5], restarts=2, iters=60, config=cfg,
                                 device="cpu")
     assert given.report["iters"] == 60

@@ -98,12 +98,13 @@ class EvalSettings:
 
     def run_identity(self) -> dict[str, Any]:
         """What every stored run must share: ``scale``, ``method``, resolved ``iters``,
-        ``restarts``, ``stop``, the kernel clean-up ``n_filtering`` and
-        ``elongation_power``."""
+        ``restarts``, ``stop``, the kernel clean-up's n (``n_filtering``: the one applied,
+        :meth:`KernelGANConfig.clean_n`) and ``elongation_power``."""
         cfg = self.kernelgan_config()
         return {"scale": self.scale, "method": self.method,
                 "iters": cfg.run_iters(self.restarts),
-                "restarts": self.restarts, "stop": self.stop, "n_filtering": cfg.n_filtering,
+                "restarts": self.restarts, "stop": self.stop,
+                "n_filtering": cfg.clean_n(self.restarts),
                 "elongation_power": cfg.elongation_power}
 
 

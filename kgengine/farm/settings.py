@@ -114,9 +114,9 @@ def check_same(pool: FarmSettings, given: FarmSettings) -> None:
     """
     old, new = pool.to_dict(), given.to_dict()
     diff = [k for k in ("seed", "x4", "dtype", "mode", "restarts", "stop") if old[k] != new[k]]
-    one_run = old["restarts"] == new["restarts"] == 1  # then restart_iters does not matter
+    one_run = old["restarts"] == new["restarts"] == 1  # then the restart_* keys do not matter
     diff += [f"config.{k}" for k in old["config"] if old["config"][k] != new["config"].get(k)
-             and not (one_run and k == "restart_iters")]
+             and not (one_run and k in ("restart_iters", "restart_n_filtering"))]
     if diff:
         shown = ", ".join(f"{k} (pool: {_get(old, k)}, given: {_get(new, k)})" for k in diff)
         raise KGEngineError(
