@@ -178,8 +178,7 @@ class KernelGANConfig:
 #: Smallest value of integer settings (counts, sizes, periods); the others may be any int.
 _INT_MIN = {"crop_size": 1, "shave": 0, "grad_window": 1, "g_channels": 1, "d_kernel_size": 1,
             "d_channels": 1, "d_layers": 2, "iters": 1, "restart_iters": 1, "lr_decay_every": 1,
-            "bic_decay_every": 1, "n_filtering": 0,
-            "restart_n_filtering": 0}
+            "bic_decay_every": 1, "n_filtering": 0, "restart_n_filtering": 0}
 
 #: Float settings that must lie in [0, 1].
 _UNIT_INTERVAL = ("elongation_power",)
