@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
-from scipy.io import loadmat
 
 import kgengine.probmap as probmap
 from kgengine.api import estimate_kernels, finish_restarts
@@ -45,6 +44,7 @@ from kgengine.sysinfo import machine_line
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from devset import DEFAULT_OUT, ensure_devset  # noqa: E402
+from study_elongation import truth  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 CANVAS = {2: 17, 4: 37}
@@ -137,8 +137,7 @@ def score() -> str:
         rows = []
         for key in (k for k in keys if k.startswith(f"x{sc}/")):
             name = key.split("/")[1]
-            gt = np.asarray(loadmat(DEFAULT_OUT / f"gt_k_x{sc}" /
-                                    f"kernel_{name.split('_')[1]}.mat")["Kernel"])
+            gt = truth(DEFAULT_OUT, sc, name)
             row = {"iso": aligned_kernel_psnr(analytic_x4(gaussian_kernel(13, 1.3)) if sc == 4
                                               else gaussian_kernel(13, 1.3), gt,
                                               size=CANVAS[sc]).psnr}
@@ -177,8 +176,7 @@ def axis_line(corner: dict[str, np.ndarray], authors: dict) -> str:
     errors: dict[str, list[float]] = {"corner map": [], "shipped (0.7)": [], "authors' code": []}
     for key in sorted(k for k in corner if k.startswith("x2/")):
         name = key.split("/")[1]
-        gt = np.asarray(loadmat(DEFAULT_OUT / "gt_k_x2" / f"kernel_{name.split('_')[1]}.mat")[
-            "Kernel"])
+        gt = truth(DEFAULT_OUT, 2, name)
         t1, t2, t_theta = principal_axes(gt)
         if t1 < 1.5 * t2:
             continue

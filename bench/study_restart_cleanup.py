@@ -15,7 +15,7 @@ the development set (``bench/devset.py``; seeds 0-2) and the check set
 (``bench/study_confidence.py``; seed 0), x2 and x4, in ``bench/data/raw_restarts_<set>.json``
 (resumable; ``--part i/m`` splits the jobs between processes, each with its own file, merged
 when scored). Without ``--train`` every clean-up variant is scored offline (aligned kernel
-PSNR, canvases of ``bench/bench_vs_authors.py``), against the shipped rule and, on the
+PSNR, canvases of ``bench/bench_vs_authors.py``), against 0.9.2's rule (n = 50) and, on the
 development set, against the authors' stored kernels (``bench/data/authors_kernels.json``).
 
 Run::
@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.io import loadmat
 
 from kgengine.api import estimate_kernels, finish_kernel, finish_restarts, restart_seed
 from kgengine.atomic import save_json, save_text
@@ -47,6 +46,7 @@ from kgengine.sysinfo import machine_line
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from devset import DEFAULT_OUT, ensure_devset  # noqa: E402
 from study_confidence import CHECK_OUT, ensure_checkset  # noqa: E402
+from study_elongation import truth  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 SETS = {"dev": (DEFAULT_OUT, (0, 1, 2)), "check": (CHECK_OUT, (0,))}
@@ -55,7 +55,7 @@ CANVAS = {2: 17, 4: 37}  # as bench_vs_authors.py
 #: clean-up n of each restart, and the elongation shrink β of the combined kernel
 NS = (50, 60, 70, 80, 100)
 BETAS = (0.4, 1.0)
-SHIPPED = (50, 0.4)
+BEFORE = (50, 0.4)  # 0.9.2's rule: n_filtering for the restarts too
 OUT = DATA / "restart_cleanup_study.md"
 
 
@@ -125,19 +125,23 @@ def _psnr(k2: np.ndarray, gt: np.ndarray, sc: int) -> float:
     return aligned_kernel_psnr(analytic_x4(k2) if sc == 4 else k2, gt, size=CANVAS[sc]).psnr
 
 
+def _scored_groups(setname: str):
+    """Per stored (scale, image, seed) with a finite restart: (its row, started with its key,
+    scale and the isotropic σ = 1.3 Gaussian's PSNR; its raw kernels; the true kernel)."""
+    for (sc, name, seed), raws in load_groups(setname).items():
+        if raws:
+            gt = truth(SETS[setname][0], sc, name)
+            yield ({"key": f"x{sc}/{name}/s{seed}", "scale": sc,
+                    "iso": _psnr(gaussian_kernel(13, 1.3), gt, sc)}, raws, gt)
+
+
 def score_set(setname: str) -> list[dict]:
     """Per (scale, image, seed): PSNR of every (n, β), of the isotropic σ = 1.3 Gaussian and,
     where stored, of the authors' kernel."""
-    root = SETS[setname][0]
     authors = json.loads((DATA / "authors_kernels.json").read_text())["runs"]
     rows = []
-    for (sc, name, seed), raws in load_groups(setname).items():
-        if not raws:
-            continue
-        gt = np.asarray(loadmat(root / f"gt_k_x{sc}" / f"kernel_{name.split('_')[1]}.mat")[
-            "Kernel"])
-        row = {"key": f"x{sc}/{name}/s{seed}", "scale": sc,
-               "iso": _psnr(gaussian_kernel(13, 1.3), gt, sc)}
+    for row, raws, gt in _scored_groups(setname):
+        sc = row["scale"]
         ref = authors.get(row["key"]) if setname == "dev" else None
         if ref is not None:
             row["authors"] = aligned_kernel_psnr(np.asarray(ref["kernel"]), gt,
@@ -165,9 +169,9 @@ def seed_sd(rows: list[dict], column: str) -> float:
 
 
 def table(rows: list[dict], with_authors: bool) -> list[str]:
-    """Markdown rows per (n, β): mean, Δ vs the shipped rule, Δ vs the authors, below iso."""
-    ship = f"{SHIPPED[0]},{SHIPPED[1]}"
-    out = ["| n, β | runs | mean aligned kernel PSNR | Δ vs shipped (n 50, β 0.4) | "
+    """Markdown rows per (n, β): mean, Δ vs 0.9.2's rule, Δ vs the authors, below iso."""
+    ship = f"{BEFORE[0]},{BEFORE[1]}"
+    out = ["| n, β | runs | mean aligned kernel PSNR | Δ vs 0.9.2 (n 50, β 0.4) | "
            + ("Δ vs authors' code | seed SD | " if with_authors else "") + "runs below iso |",
            "|---|---:|---:|---:|" + ("---:|---:|" if with_authors else "") + "---:|"]
     if with_authors:
@@ -226,16 +230,9 @@ def alternatives(raws: list[np.ndarray]) -> dict[str, np.ndarray]:
 def alternatives_table(setname: str) -> list[str]:
     """Markdown: :func:`alternatives` per scale (Δ ± SE, seed SD on the development set, runs
     below the isotropic Gaussian)."""
-    root = SETS[setname][0]
     rows = []
-    for (sc, name, seed), raws in load_groups(setname).items():
-        if not raws:
-            continue
-        gt = np.asarray(loadmat(root / f"gt_k_x{sc}" / f"kernel_{name.split('_')[1]}.mat")[
-            "Kernel"])
-        row = {"key": f"x{sc}/{name}/s{seed}", "scale": sc,
-               "iso": _psnr(gaussian_kernel(13, 1.3), gt, sc)}
-        row.update({k: _psnr(v, gt, sc) for k, v in alternatives(raws).items()})
+    for row, raws, gt in _scored_groups(setname):
+        row.update({k: _psnr(v, gt, row["scale"]) for k, v in alternatives(raws).items()})
         rows.append(row)
     out = [f"\n## {setname} set: other ways to finish the restarts (against n 70, β 0.4)\n",
            "| | x2 Δ | x2 seed SD | x2 below iso | x4 Δ | x4 seed SD | x4 below iso |",
