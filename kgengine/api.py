@@ -35,6 +35,7 @@ from kgengine.prepare import prepare_image
 from kgengine.stopping import StopRule, stop_rule_of, stop_setting
 from kgengine.sysinfo import machine_info
 from kgengine.trainer import BatchTrainer
+from kgengine.width import calibrate_width
 
 ImageLike = str | os.PathLike | np.ndarray
 
@@ -253,6 +254,10 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
         return TrainingDivergedError(f"{name}: training diverged (NaN/inf) with seed {seed}")
     k2, finished, cons = finish_restarts([raw[r] for r in ok], cfg.clean_n(len(rows)), rule,
                                            len(rows), cfg.elongation_power)
+    width = None
+    if cfg.width_calibration:
+        fit = calibrate_width(arr.mean(axis=2), k2, 4 if x4 else 2, cfg.width_prior)
+        k2, width = fit.kernel, {"scale": fit.scale, "prior": cfg.width_prior}
     pick = ok[cons.medoid] if cons is not None else ok[0]
     k4 = analytic_x4(k2) if x4 else None
     report = {
@@ -266,6 +271,7 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
             cons.kernel if cons is not None else finished[0])["axes"]},
         "kernel_x4": kernel_stats(k4) if k4 is not None else None,
         "confidence": cons.confidence if cons is not None else None,
+        "width": width,
     }
     if cons is not None:
         report["restarts"] = {

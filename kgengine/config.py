@@ -30,6 +30,12 @@ class KernelGANConfig:
     and on the development set this measured better than keeping the elongation (README,
     ``bench/study_elongation.py``). It too changes only the saved kernel.
 
+    Since 0.9.4 a third: ``width_calibration`` (the authors' code: none). KernelGAN finds a
+    kernel's shape but not its width (the saved kernels' area has Spearman ρ ≈ 0 with the
+    true one's, for both codes); the saved x2 kernel's second moments are scaled by the
+    factor the LR image's cross-scale spectrum prefers (:mod:`kgengine.width`, with the
+    pull ``width_prior`` toward no change). It too changes only the saved kernel.
+
     ``restart_iters`` and ``restart_n_filtering`` are kgengine's own (the authors' code has no
     restarts): see :meth:`run_iters` and :meth:`clean_n`.
     """
@@ -77,6 +83,8 @@ class KernelGANConfig:
     n_filtering: int = 50  # the saved kernel keeps ~ its n largest entries (authors: 40)
     restart_n_filtering: int = 70  # each restart's clean-up n when K > 1 are combined
     elongation_power: float = 0.4  # saved kernel's elongation^β, β in [0, 1] (authors: 1)
+    width_calibration: bool = True  # scale the saved kernel's width by the LR spectrum's choice
+    width_prior: float = 0.3  # λ of the calibration's pull toward no change, ≥ 0
     # --- authors' defects (True = behave like the authors' code) ---
     authors_bicubic_rgb_sum: bool = True  # defect 1: bicubic target = sum of R,G,B
     authors_noise_accumulates: bool = True  # defect 2: D's real-crop noise accumulates in image
@@ -147,9 +155,11 @@ class KernelGANConfig:
         before 0.8 has no ``restart_iters``: its restarts ran ``iters``, and so they stay; one
         stored before 0.9 has no ``elongation_power``: its kernels kept their elongation (1);
         one stored before 0.9.3 has no ``restart_n_filtering``: its restarts were cleaned
-        with ``n_filtering``."""
+        with ``n_filtering``; one stored before 0.9.4 has no ``width_calibration``: its
+        kernels kept their width."""
         return KernelGANConfig().replace(**{
             "restart_iters": d.get("iters", 3000), "elongation_power": 1.0,
+            "width_calibration": False,
             "restart_n_filtering": d.get("n_filtering", KernelGANConfig.n_filtering), **d})
 
     def to_dict(self) -> dict[str, Any]:
@@ -160,9 +170,11 @@ class KernelGANConfig:
     @staticmethod
     def authors() -> KernelGANConfig:
         """The authors' code's behaviour: defects 1-3 included (as the default), their
-        kernel clean-up ``n_filtering = 40`` (the default has 50) and the elongation kept
-        (``elongation_power = 1``; the default has 0.4)."""
-        return KernelGANConfig._with_defects(True).replace(n_filtering=40, elongation_power=1.0)
+        kernel clean-up ``n_filtering = 40`` (the default has 50), the elongation kept
+        (``elongation_power = 1``; the default has 0.4) and the width kept
+        (``width_calibration = False``)."""
+        return KernelGANConfig._with_defects(True).replace(n_filtering=40, elongation_power=1.0,
+                                                           width_calibration=False)
 
     @staticmethod
     def defects_fixed() -> KernelGANConfig:
@@ -182,6 +194,9 @@ _INT_MIN = {"crop_size": 1, "shave": 0, "grad_window": 1, "g_channels": 1, "d_ke
 
 #: Float settings that must lie in [0, 1].
 _UNIT_INTERVAL = ("elongation_power",)
+
+#: Float settings that must be >= 0.
+_NON_NEGATIVE = ("width_prior",)
 
 
 def _checked(changes: dict[str, Any]) -> dict[str, Any]:
@@ -249,6 +264,8 @@ def _float(key: str, value: Any) -> float:
     number = _number(key, value, "float")
     if key in _UNIT_INTERVAL and not 0.0 <= number <= 1.0:
         raise ValueError(f"config {key}: must be in [0, 1], got {value!r}")
+    if key in _NON_NEGATIVE and number < 0:
+        raise ValueError(f"config {key}: must be at least 0, got {value!r}")
     return number
 
 

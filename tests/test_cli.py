@@ -97,6 +97,25 @@ def test_estimate_redoes_a_report_from_before_the_elongation_shrink(tmp_path, lr
     assert res.exit_code == 0 and "redone" in res.output and "elongation_power" in res.output
 
 
+def test_estimate_redoes_a_report_from_before_the_width_calibration(tmp_path, lr_png):
+    # a 0.9.3 output kept its kernel's width (no width_calibration in its config): 0.9.4's
+    # saved kernel differs, so the rerun redoes it and says why; asking for the old
+    # behaviour keeps it
+    out = tmp_path / "out"
+    args = ["estimate", str(lr_png), "-o", str(out), "--iters", "4", "--device", "cpu"]
+    assert runner.invoke(app, args).exit_code == 0
+    path = out / "photo_report.json"
+    report = json.loads(path.read_text())
+    assert report["config"]["width_calibration"] is True and report["width"]["prior"] == 0.3
+    del report["config"]["width_calibration"], report["config"]["width_prior"]
+    path.write_text(json.dumps(report))
+    old = runner.invoke(app, [*args, "--set", "width_calibration=false"])
+    assert old.exit_code == 0 and "skip" in old.output, old.output
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0 and "redone" in res.output
+    assert "config.width_calibration (stored False, asked True)" in res.output
+
+
 def test_estimate_redoes_restarts_from_before_the_restarts_clean_up(tmp_path, lr_png):
     # before 0.9.3 each restart was cleaned with n_filtering (no restart_n_filtering in the
     # config): a restarts output is redone, naming it; a one-run output does not depend on it
@@ -154,6 +173,7 @@ def test_python_m_entry_point():
 def test_estimate_restarts_writes_the_combined_kernel_and_confidence(tmp_path, lr_png):
     from kgengine.consensus import combine
     from kgengine.kernel import shrink_elongation
+    from kgengine.width import scale_kernel
 
     out = tmp_path / "out"
     res = runner.invoke(app, ["estimate", str(lr_png), "-o", str(out), "--iters", "6",
@@ -162,8 +182,11 @@ def test_estimate_restarts_writes_the_combined_kernel_and_confidence(tmp_path, l
     report = json.loads((out / "photo_report.json").read_text())
     assert report["restarts"]["k"] == 3 and len(report["restarts"]["kernels"]) == 3
     expected = combine([np.asarray(k) for k in report["restarts"]["kernels"]])
-    np.testing.assert_allclose(np.load(out / "photo_kernel_x2.npy"),
-                               shrink_elongation(expected.kernel, 0.4), atol=1e-12)
+    # the last step scales the width by the factor the image chose (report["width"])
+    np.testing.assert_allclose(
+        np.load(out / "photo_kernel_x2.npy"),
+        scale_kernel(shrink_elongation(expected.kernel, 0.4), report["width"]["scale"]),
+        atol=1e-12)
     assert report["confidence"] == pytest.approx(expected.confidence)
     assert "confidence" in res.output
     bad = runner.invoke(app, ["estimate", str(lr_png), "-o", str(out), "--restarts", "0"])

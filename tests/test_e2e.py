@@ -6,7 +6,9 @@ trained on the LR image only, must beat the fixed isotropic σ = 1.3 Gaussian on
 kernel PSNR. Three seeds train as one batch; the *median* must win by a margin, so the test
 does not hinge on one run (KernelGAN's run-to-run variance is its best-known weakness).
 1500 iterations (half the paper's schedule) keep the test near a minute on 2 cores; on this
-image the estimates then score 45-48 dB against the isotropic baseline's 41.5 dB.
+image the estimates then score 43.9 / 42.0 / 42.5 dB (seeds 0-2, kgengine 0.9.3's trainer on
+an AVX2 host) against the isotropic baseline's 41.5 dB: the median clears the margin only
+just.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 
 from kgengine.api import estimate_kernels
+from kgengine.config import KernelGANConfig
 from kgengine.degrade import degrade
 from kgengine.kernel import anisotropic_gaussian, center_of_mass, gaussian_kernel
 from kgengine.metrics import aligned_kernel_psnr
@@ -24,7 +27,11 @@ from kgengine.metrics import aligned_kernel_psnr
 def test_recovers_anisotropic_kernel_better_than_isotropic(sample_hr):
     k_true = anisotropic_gaussian(13, 5.0, 0.6, np.pi / 2)
     lr = (np.round(degrade(sample_hr, k_true, 2) * 255) / 255).astype(np.float32)
-    results = estimate_kernels([lr] * 3, seeds=[0, 1, 2], iters=1500, device="cpu")
+    # KernelGAN's own recovery, so the width calibration is off: on this small image (160 px)
+    # and very elongated kernel (8.3:1) it widens the kernels and loses 1.2-3.0 dB (README,
+    # limits)
+    results = estimate_kernels([lr] * 3, seeds=[0, 1, 2], iters=1500, device="cpu",
+                               config=KernelGANConfig(width_calibration=False))
     iso = aligned_kernel_psnr(gaussian_kernel(13, 1.3), k_true).psnr
     scores = [aligned_kernel_psnr(r.kernel_x2, k_true).psnr for r in results]
     assert np.median(scores) > iso + 1.0, (scores, iso)

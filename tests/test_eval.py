@@ -570,6 +570,22 @@ def test_runs_stored_before_the_elongation_shrink_are_refused(dataset, tmp_path)
                  estimator=per_image(FakeEstimator()))
 
 
+def test_runs_stored_before_the_width_calibration_are_refused(dataset, tmp_path):
+    # runs of kgengine <= 0.9.3 kept the kernel's width (no width_prior recorded): a run's
+    # identity holds the calibration's prior, None when it is off
+    assert EvalSettings().run_identity()["width_prior"] == 0.3
+    out = tmp_path / "out"
+    run_eval(dataset, out, EvalSettings(seeds=(0,), iters=7), estimator=per_image(FakeEstimator()))
+    for f in (out / "runs").glob("*.json"):
+        run = json.loads(f.read_text())
+        assert run["width_prior"] == 0.3
+        del run["width_prior"]
+        f.write_text(json.dumps(run))
+    with pytest.raises(ResumeMismatchError, match="'width_prior': None"):
+        run_eval(dataset, out, EvalSettings(seeds=(0,), iters=7),
+                 estimator=per_image(FakeEstimator()))
+
+
 def test_kernelgan_estimator_passes_stop(monkeypatch):
     import kgengine.api
     from kgengine.accuracy import kernelgan_estimator

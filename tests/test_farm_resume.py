@@ -356,6 +356,19 @@ def test_settings_without_elongation_power_keep_the_elongation():
     assert resolve_settings(stored).config.elongation_power == 1.0
 
 
+def test_settings_without_width_calibration_keep_the_width():
+    # a pool from before 0.9.4 saved its kernels uncalibrated; resuming it must too, and the
+    # new default is refused rather than mixed into it
+    stored = resolve_settings(None).to_dict()
+    assert stored["config"]["width_calibration"] is True
+    del stored["config"]["width_calibration"], stored["config"]["width_prior"]
+    old = resolve_settings(stored)
+    assert old.config.width_calibration is False
+    with pytest.raises(KGEngineError,
+                       match=r"config.width_calibration \(pool: False, given: True\)"):
+        check_same(old, resolve_settings(None))
+
+
 def test_settings_without_restart_n_filtering_keep_the_restarts_clean_up():
     # a restarts pool from before 0.9.3 cleaned each restart with n_filtering: resuming it
     # must too (or be refused when asked for the new default); a one-run pool does not care

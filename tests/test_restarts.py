@@ -11,6 +11,7 @@ from kgengine.config import KernelGANConfig
 from kgengine.consensus import combine
 from kgengine.imageio import read_image
 from kgengine.kernel import analytic_x4, gaussian_kernel, principal_axes, shrink_elongation
+from kgengine.width import calibrate_width
 
 
 @pytest.fixture(scope="module")
@@ -42,17 +43,23 @@ def test_restarts_equal_single_runs_combined(lr):
         torch.set_num_threads(old)
     # the report keeps each restart's finished kernel, cleaned with restart_n_filtering (one
     # run: n_filtering); the saved kernel of one run and of the combination are then shrunk
-    # (elongation_power, the last step)
+    # (elongation_power) and their width calibrated on the image (the last step)
     assert cfg.clean_n(3) == cfg.restart_n_filtering == 70 != cfg.clean_n(1) == 50
+    gray = lr.mean(axis=2)
+
+    def calibrated(k: np.ndarray, scale: int) -> np.ndarray:
+        return calibrate_width(gray, k, scale, cfg.width_prior).kernel
+
     finished = [finish_kernel(one.raw_kernel, cfg.restart_n_filtering) for one in singles]
     for r, one in enumerate(singles):
         assert np.asarray(res.report["restarts"]["kernels"][r]).tobytes() == \
             finished[r].tobytes()
-        assert one.kernel_x2.tobytes() == shrink_elongation(
-            finish_kernel(one.raw_kernel, cfg.n_filtering), cfg.elongation_power).tobytes()
+        assert one.kernel_x2.tobytes() == calibrated(shrink_elongation(
+            finish_kernel(one.raw_kernel, cfg.n_filtering), cfg.elongation_power), 2).tobytes()
     expected = combine(finished)
     assert res.kernel_x2.tobytes() == \
-        shrink_elongation(expected.kernel, cfg.elongation_power).tobytes()
+        calibrated(shrink_elongation(expected.kernel, cfg.elongation_power), 4).tobytes()
+    assert res.report["width"]["prior"] == cfg.width_prior
     np.testing.assert_allclose(res.kernel_x4, analytic_x4(res.kernel_x2), atol=1e-15)
     assert res.confidence == expected.confidence
     assert res.report["restarts"]["seeds"] == [restart_seed(5, r) for r in range(3)]
@@ -112,8 +119,11 @@ def test_finish_restarts_matches_its_parts():
 
 
 def test_report_gives_the_axes_before_and_after_the_shrink(lr):
-    # the saved kernel's axes, and those KernelGAN found (before elongation_power)
-    res = estimate_kernels([lr], seeds=[3], iters=60, device="cpu")[0]
+    # the saved kernel's axes, and those KernelGAN found (before elongation_power); the width
+    # calibration, which scales the area after the shrink, is off here
+    res = estimate_kernels([lr], seeds=[3], iters=60, device="cpu",
+                           config=KernelGANConfig(width_calibration=False))[0]
+    assert res.report["width"] is None
     before = finish_kernel(res.raw_kernel, KernelGANConfig().n_filtering)
     stats = res.report["kernel_x2"]
     v1, v2, _ = principal_axes(res.kernel_x2)

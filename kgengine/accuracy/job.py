@@ -99,13 +99,15 @@ class EvalSettings:
     def run_identity(self) -> dict[str, Any]:
         """What every stored run must share: ``scale``, ``method``, resolved ``iters``,
         ``restarts``, ``stop``, the kernel clean-up's n (``n_filtering``: the one applied,
-        :meth:`KernelGANConfig.clean_n`) and ``elongation_power``."""
+        :meth:`KernelGANConfig.clean_n`), ``elongation_power`` and the width calibration
+        (``width_prior``: None when it is off)."""
         cfg = self.kernelgan_config()
         return {"scale": self.scale, "method": self.method,
                 "iters": cfg.run_iters(self.restarts),
                 "restarts": self.restarts, "stop": self.stop,
                 "n_filtering": cfg.clean_n(self.restarts),
-                "elongation_power": cfg.elongation_power}
+                "elongation_power": cfg.elongation_power,
+                "width_prior": cfg.width_prior if cfg.width_calibration else None}
 
 
 def run_eval(

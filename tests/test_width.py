@@ -1,0 +1,145 @@
+"""Width calibration (kgengine.width): the scaling is exact on Gaussians, the spectral model
+recovers a known kernel's width on images that follow it, and the API applies it last."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.ndimage import correlate
+
+from kgengine.config import KernelGANConfig
+from kgengine.kernel import anisotropic_gaussian, center_of_mass, principal_axes
+from kgengine.width import SCALES, calibrate_width, kernel_power, residual_spread, scale_kernel
+
+STEP = 2.0 ** (1 / 6)  # the grid step of SCALES
+
+
+def power_law_image(n: int, seed: int, alpha: float = 2.0) -> np.ndarray:
+    """(n, n) Gaussian random field with power spectrum ∝ |f|^-alpha: scale invariant, the
+    model's assumption about the HR image."""
+    rng = np.random.default_rng(seed)
+    f = np.hypot(np.fft.fftfreq(n)[:, None], np.fft.fftfreq(n)[None, :])
+    amp = np.where(f > 0, np.maximum(f, 1.0 / n) ** (-alpha / 2), 0.0)
+    img = np.fft.ifft2(amp * np.fft.fft2(rng.standard_normal((n, n)))).real
+    return (img - img.min()) / (img.max() - img.min())
+
+
+def degrade(hr: np.ndarray, k: np.ndarray, scale: int) -> np.ndarray:
+    """``(HR ∗ k)↓2`` once (x2) or twice (x4, kgengine's analytic x4)."""
+    out = hr
+    for _ in range(scale // 2):
+        out = correlate(out, k, mode="reflect")[::2, ::2]
+    return out
+
+
+@pytest.mark.parametrize("theta", [0.0, 0.6])
+@pytest.mark.parametrize("s", [0.5, 1.7])
+def test_scale_kernel_scales_the_second_moments(theta, s):
+    # closed form: a Gaussian with Σ becomes the Gaussian with s·Σ (same axis, centred)
+    k = anisotropic_gaussian(41, 4.0, 1.5, theta)
+    out = scale_kernel(k, s)
+    v1, v2, th = principal_axes(out)
+    assert out.shape == k.shape and out.sum() == pytest.approx(1.0) and out.min() >= 0
+    assert v1 == pytest.approx(4.0 * s, rel=0.02) and v2 == pytest.approx(1.5 * s, rel=0.02)
+    assert abs(np.sin(th - theta)) < 0.02
+    assert np.allclose(center_of_mass(out), (20, 20), atol=1e-6)
+    # 1 % of the peak: a cubic spline through a sampled Gaussian of variance 0.75 px² is not
+    # the Gaussian between the samples
+    np.testing.assert_allclose(out, anisotropic_gaussian(41, 4.0 * s, 1.5 * s, theta),
+                               atol=1e-2 * out.max())
+
+
+def test_scale_kernel_identity_and_bad_input():
+    k = anisotropic_gaussian(13, 2.0, 1.0, 0.3)
+    assert scale_kernel(k, 1.0).tobytes() == k.tobytes()
+    delta = np.zeros((13, 13))
+    delta[6, 6] = 1.0
+    narrowed = scale_kernel(delta, 0.4)  # nothing is narrower than a pixel: still ~ a delta
+    assert narrowed.argmax() == 6 * 13 + 6 and narrowed[6, 6] > 0.9
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="scale"):
+            scale_kernel(k, bad)
+    with pytest.raises(ValueError, match="positive"):
+        scale_kernel(-k, 2.0)
+
+
+def test_kernel_power_is_the_dft():
+    # at the DFT's own frequencies |K(f)|² is |fft2|² of the kernel placed at the origin
+    k = np.random.default_rng(0).random((5, 7))
+    fy, fx = np.meshgrid(np.fft.fftfreq(16), np.fft.fftfreq(16), indexing="ij")
+    np.testing.assert_allclose(kernel_power(k, fy, fx),
+                               np.abs(np.fft.fft2(k, (16, 16))) ** 2, rtol=1e-10)
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_calibration_recovers_a_known_width(scale, seed):
+    # an image that follows the model (power-law HR, no noise), degraded with a known kernel;
+    # start from the kernel made too narrow or too wide by 2x: without the prior the
+    # calibration undoes it to within one grid step; the prior (the default λ = 0.3) pulls
+    # the choice toward no change (a long way where the criterion is shallow, as here) but
+    # never past the truth
+    true = anisotropic_gaussian(13, 2.6, 1.2, 0.5 + seed)
+    lr = degrade(power_law_image(1024 if scale == 4 else 512, seed), true, scale)
+    for start in (0.5, 2.0):
+        fit = calibrate_width(lr, scale_kernel(true, start), scale, 0.0)
+        assert abs(np.log2(fit.scale * start)) <= np.log2(STEP) + 1e-9, (start, fit.scale)
+        assert fit.kernel.shape == (13, 13) and fit.kernel.sum() == pytest.approx(1.0)
+        assert fit.scores.shape == SCALES.shape and fit.scores.argmin() == \
+            int(np.argmin(np.abs(SCALES - fit.scale)))
+        pulled = calibrate_width(lr, scale_kernel(true, start), scale, 0.3).scale
+        assert 0 < np.log2(pulled) / np.log2(1 / start) <= 1 + 1e-9, (start, pulled)
+
+
+def test_the_spread_is_smallest_near_the_true_kernel():
+    # the criterion itself: wider or narrower than the truth by an octave scores worse, on
+    # both sides, and a gain on the image does not change it
+    true = anisotropic_gaussian(13, 2.0, 2.0, 0.0)
+    lr = degrade(power_law_image(512, 3), true, 2)
+    ks = [scale_kernel(true, s) for s in (0.5, 1.0, 2.0)]
+    spread = residual_spread(lr, ks)
+    assert spread[1] < spread[0] and spread[1] < spread[2]
+    np.testing.assert_allclose(residual_spread(255.0 * lr, ks), spread, rtol=1e-9)
+
+
+def test_noise_floor_keeps_the_width_on_a_noisy_image():
+    # white noise on the LR image flattens its finest frequencies, so that D = (LR ∗ k)↓2
+    # looks too smooth there: reading every bin, the criterion prefers a narrower kernel;
+    # leaving out the bins near the noise floor keeps the true width
+    true = anisotropic_gaussian(13, 2.0, 2.0, 0.0)
+    clean = degrade(power_law_image(512, 4), true, 2)
+    noisy = clean + np.random.default_rng(4).normal(0.0, 0.2 * clean.std(), clean.shape)
+    ks = [scale_kernel(true, float(s)) for s in SCALES]
+    one = int(np.argmin(np.abs(SCALES - 1.0)))
+    masked = int(np.argmin(residual_spread(noisy, ks)))
+    unmasked = int(np.argmin(residual_spread(noisy, ks, noise_margin=0.0)))
+    assert abs(masked - one) <= 1 and unmasked < one - 1, (masked, unmasked)
+    # on the clean image both read the same bins' answer
+    assert abs(int(np.argmin(residual_spread(clean, ks))) - one) <= 1
+    # all noise: no bin is used and no width is chosen (a flat criterion)
+    flat = residual_spread(np.random.default_rng(5).normal(size=(128, 128)), ks)
+    assert np.all(flat == flat[0])
+
+
+def test_calibration_rejects_bad_input():
+    k = anisotropic_gaussian(13, 2.0, 2.0, 0.0)
+    with pytest.raises(ValueError, match="32x32"):
+        calibrate_width(np.zeros((20, 100)), k)
+    with pytest.raises(ValueError, match="32x32"):
+        calibrate_width(np.zeros((64, 64, 3)), k)
+    with pytest.raises(ValueError, match="prior"):
+        calibrate_width(np.zeros((64, 64)), k, prior=-1.0)
+    with pytest.raises(ValueError, match="scale"):
+        residual_spread(np.zeros((64, 64)), [k], scale=3)
+
+
+def test_config_width_settings():
+    cfg = KernelGANConfig()
+    assert cfg.width_calibration is True and cfg.width_prior == 0.3
+    assert KernelGANConfig.authors().width_calibration is False
+    stored = cfg.to_dict()
+    del stored["width_calibration"], stored["width_prior"]  # a config saved before 0.9.4
+    assert KernelGANConfig.from_stored(stored).width_calibration is False
+    assert KernelGANConfig.from_stored(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="width_prior: must be at least 0"):
+        cfg.replace(width_prior=-0.1)
