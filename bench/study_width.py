@@ -81,10 +81,9 @@ def train(setname: str, part: str, batch: int = 4) -> None:
     store = json.loads(path.read_text()) if path.exists() else {
         "note": f"raw kernels of one run ({cfg.iters} iterations), bench/study_width.py --train",
         "runs": {}}
-    done = stored_runs(setname)
-    todo = [j for k, j in enumerate(rc.jobs(setname)) if k % m == i
-            and f"x{j[0]}/{j[1]}/s{j[2]}" not in done and f"x{j[0]}/{j[1]}/s{j[2]}"
-            not in store["runs"]]
+    done = stored_runs(setname)  # every file of the set, this part's included
+    todo = [j for k, j in enumerate(rc.jobs(setname))
+            if k % m == i and f"x{j[0]}/{j[1]}/s{j[2]}" not in done]
     chunks = [g[k : k + batch] for sc in (2, 4) for g in [[j for j in todo if j[0] == sc]]
               for k in range(0, len(g), batch)]
     for chunk in chunks:

@@ -35,6 +35,7 @@ from kgengine.prepare import prepare_image
 from kgengine.stopping import StopRule, stop_rule_of, stop_setting
 from kgengine.sysinfo import machine_info
 from kgengine.trainer import BatchTrainer
+from kgengine.width import MIN_SIDE as WIDTH_MIN_SIDE
 from kgengine.width import calibrate_width
 
 ImageLike = str | os.PathLike | np.ndarray
@@ -255,9 +256,11 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
     k2, finished, cons = finish_restarts([raw[r] for r in ok], cfg.clean_n(len(rows)), rule,
                                            len(rows), cfg.elongation_power)
     width = None
-    if cfg.width_calibration:
+    if cfg.width_calibration and min(arr.shape[:2]) >= WIDTH_MIN_SIDE:
         fit = calibrate_width(arr.mean(axis=2), k2, 4 if x4 else 2, cfg.width_prior)
         k2, width = fit.kernel, {"scale": fit.scale, "prior": cfg.width_prior}
+    elif cfg.width_calibration:  # too few pixels for a spectrum: the width is kept
+        width = {"scale": 1.0, "prior": cfg.width_prior, "skipped": "image too small"}
     pick = ok[cons.medoid] if cons is not None else ok[0]
     k4 = analytic_x4(k2) if x4 else None
     report = {

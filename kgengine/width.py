@@ -55,6 +55,8 @@ BAND: tuple[float, float] = (0.05, 0.35)
 NOISE_MARGIN: float = 10.0
 #: The noise floor is the median periodogram beyond this radius (cycles/pixel).
 FLOOR_RADIUS: float = 0.45
+#: Smallest LR image side the calibration reads (smaller images keep the kernel's width).
+MIN_SIDE: int = 32
 _R_MID = 0.5 * (R_EDGES[1:] + R_EDGES[:-1])
 _A_MID = 0.5 * (A_EDGES[1:] + A_EDGES[:-1])
 
@@ -194,8 +196,9 @@ def calibrate_width(lr_gray: np.ndarray, k: np.ndarray, scale: int = 2,
     if prior < 0:
         raise ValueError(f"prior must be >= 0, got {prior}")
     lr_gray = np.asarray(lr_gray, np.float64)
-    if lr_gray.ndim != 2 or min(lr_gray.shape) < 32:
-        raise ValueError(f"expected an (H, W) image of at least 32x32, got {lr_gray.shape}")
+    if lr_gray.ndim != 2 or min(lr_gray.shape) < MIN_SIDE:
+        raise ValueError(f"expected an (H, W) image of at least {MIN_SIDE}x{MIN_SIDE}, "
+                         f"got {lr_gray.shape}")
     cands = [scale_kernel(k, float(s)) for s in SCALES]
     spread = residual_spread(lr_gray, cands, scale)
     scores = np.log(np.maximum(spread, 1e-300)) + prior * np.log2(SCALES) ** 2

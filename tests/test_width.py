@@ -143,3 +143,18 @@ def test_config_width_settings():
     assert KernelGANConfig.from_stored(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="width_prior: must be at least 0"):
         cfg.replace(width_prior=-0.1)
+
+
+def test_api_skips_an_image_too_small_for_a_spectrum():
+    # below MIN_SIDE pixels the width is kept (and the report says so); the kernel is then
+    # the uncalibrated one, byte for byte
+    from kgengine.api import estimate_kernels
+    from kgengine.width import MIN_SIDE
+
+    img = np.random.default_rng(0).random((MIN_SIDE - 2, MIN_SIDE - 2, 3)).astype(np.float32)
+    cfg = KernelGANConfig(crop_size=26, shave=0)
+    on = estimate_kernels([img], seeds=[1], iters=5, device="cpu", config=cfg)[0]
+    off = estimate_kernels([img], seeds=[1], iters=5, device="cpu",
+                           config=cfg.replace(width_calibration=False))[0]
+    assert on.report["width"] == {"scale": 1.0, "prior": 0.3, "skipped": "image too small"}
+    assert on.kernel_x2.tobytes() == off.kernel_x2.tobytes() and off.report["width"] is None
