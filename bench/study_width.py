@@ -100,24 +100,30 @@ def train(setname: str, part: str, batch: int = 4) -> None:
               f"({len(store['runs'])} stored)", flush=True)
 
 
+#: Row kinds: 0.9.3's saved kernel of ``--restarts 4`` / one run, and the same unshrunk
+#: (elongation kept, β = 1) for the "choose the elongation too" table.
+KINDS = ("r4", "one", "r4-keep", "one-keep")
+
+
 def finished(kind: str, setname: str) -> dict[tuple[int, str, int], np.ndarray]:
     """(scale, image, seed) -> the x2 kernel 0.9.3 saves: one run (``kind`` "one", clean-up
     ``n_filtering``) or the restarts' combination ("r4", ``restart_n_filtering``), both shrunk
-    by ``elongation_power``; diverged runs are left out."""
+    by ``elongation_power`` ("...-keep": not shrunk); diverged runs are left out."""
     cfg = KernelGANConfig()
+    beta = 1.0 if kind.endswith("-keep") else cfg.elongation_power
     out = {}
-    if kind == "r4":
+    if kind.startswith("r4"):
         for key, raws in rc.load_groups(setname).items():
             if raws:
                 out[key] = finish_restarts(raws, cfg.clean_n(rc.RESTARTS), restarts=rc.RESTARTS,
-                                           elongation_power=cfg.elongation_power)[0]
+                                           elongation_power=beta)[0]
         return out
     runs = stored_runs(setname)
     for sc, name, seed in rc.jobs(setname):
         raw = runs.get(f"x{sc}/{name}/s{seed}")
         if raw is not None:
             out[(sc, name, seed)] = finish_restarts([np.asarray(raw)], cfg.clean_n(1),
-                                                    elongation_power=cfg.elongation_power)[0]
+                                                    elongation_power=beta)[0]
     return out
 
 
@@ -146,7 +152,7 @@ def collect(workers: int = 2) -> list[dict]:
     """Every row, from the cache ``width_study.json`` where it is there (kept current)."""
     cache = json.loads(CACHE.read_text()) if CACHE.exists() else {"rows": {}}
     jobs = []
-    for kind in ("r4", "one"):
+    for kind in KINDS:
         for setname in rc.SETS:
             for (sc, name, seed), k2 in finished(kind, setname).items():
                 key = f"{kind}/{setname}/x{sc}/{name}/s{seed}"
@@ -330,6 +336,36 @@ def robustness(rows: list[dict], workers: int = 2) -> list[str]:
     return lines
 
 
+def elongation_table(rows: list[dict]) -> list[str]:
+    """The criterion also choosing between the shrunk kernel (β = 0.4) and the unshrunk one
+    (β = 1): the smaller ``J`` of the two calibrations wins; paired against β = 0.4 alone."""
+    keyed = {(r["kind"], r["set"], r["scale"], r["image"], r["seed"]): r for r in rows}
+    lines = ["| runs | n | β chosen = 1 | Δ vs calibrated β = 0.4 (± SE) | wins / losses "
+             "| below iso: β = 0.4 → chosen |", "|---|---:|---:|---:|---:|---:|"]
+    weight = SHIPPED * np.log2(SCALES) ** 2
+    for kind, label in (("r4", "`--restarts 4`"), ("one", "one run")):
+        for setname in ("dev", "check"):
+            for sc in (2, 4):
+                pairs = [(r, keyed.get((kind + "-keep", setname, sc, r["image"], r["seed"])))
+                         for r in rows if (r["kind"], r["set"], r["scale"]) == (kind, setname, sc)]
+                pairs = [(a, b) for a, b in pairs if b is not None]
+                if not pairs:
+                    continue
+                d, keep, below_a, below_j = [], 0, 0, 0
+                for a, b in pairs:
+                    ja, jb = np.asarray(a["scores"]) + weight, np.asarray(b["scores"]) + weight
+                    pa = a["psnr"][int(ja.argmin())]
+                    pj = b["psnr"][int(jb.argmin())] if jb.min() < ja.min() else pa
+                    keep += int(jb.min() < ja.min())
+                    d.append(pj - pa)
+                    below_a += int(pa < a["iso"])
+                    below_j += int(pj < a["iso"])
+                d = np.asarray(d)
+                lines.append(f"| {label}, {setname} x{sc} | {d.size} | {keep} | {_pm(d)} "
+                             f"| {(d > 0).sum()} / {(d < 0).sum()} | {below_a} → {below_j} |")
+    return lines
+
+
 def report(rows: list[dict]) -> str:
     lines = ["# Width calibration (kgengine.width)", "",
              f"`python bench/study_width.py` (module docstring). {machine_line()}. Canvases x2 "
@@ -343,6 +379,11 @@ def report(rows: list[dict]) -> str:
              "\"best scale (truth)\": the mean PSNR if every kernel got the scale of SCALES "
              "that fits its truth best, the ceiling of a width-only correction.", "",
              "## By the true kernel's width (x2, both sets)", "", *bins_table(rows), "",
+             "## Choosing the elongation too (not adopted in 0.9.4)", "",
+             *elongation_table(rows), "",
+             "The calibration of 0.9.4 scales the elongation-shrunk kernel. Here the unshrunk "
+             "kernel (β = 1) is calibrated as well, and the smaller criterion J of the two "
+             "decides.", "",
              "## Noise and JPEG in the LR image", "", *robustness(rows), "",
              "The same kernels and truths; only the image the calibration reads is perturbed "
              "(noise seeded by the image number). KernelGAN was trained on the clean image.",
