@@ -38,8 +38,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
 from kgengine.kernel import center_kernel, center_of_mass
@@ -57,6 +55,9 @@ NOISE_MARGIN: float = 10.0
 FLOOR_RADIUS: float = 0.45
 #: Smallest LR image side the calibration reads (smaller images keep the kernel's width).
 MIN_SIDE: int = 32
+#: Larger images are read through their central MAX_SIDE × MAX_SIDE crop (time and memory:
+#: 19 downscaled copies are held at once; the benchmark images are at most 640 px a side).
+MAX_SIDE: int = 1024
 _R_MID = 0.5 * (R_EDGES[1:] + R_EDGES[:-1])
 _A_MID = 0.5 * (A_EDGES[1:] + A_EDGES[:-1])
 
@@ -107,7 +108,7 @@ def scale_kernel(k: np.ndarray, s: float) -> np.ndarray:
     return center_kernel(out / out.sum())
 
 
-def _polar_log_power(imgs: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _polar_log_power(imgs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Hann-windowed periodograms of (N, H, W) float64 images, averaged in polar bins.
 
     Returns:
@@ -116,10 +117,9 @@ def _polar_log_power(imgs: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.nda
         and count 0.
     """
     n, h, w = imgs.shape
-    win = torch.outer(torch.hann_window(h, periodic=False, dtype=imgs.dtype),
-                      torch.hann_window(w, periodic=False, dtype=imgs.dtype))
-    x = (imgs - imgs.mean(dim=(1, 2), keepdim=True)) * win
-    p = torch.fft.fft2(x).abs().square().reshape(n, -1).numpy()
+    win = np.outer(np.hanning(h), np.hanning(w))
+    x = (imgs - imgs.mean(axis=(1, 2), keepdims=True)) * win
+    p = np.abs(np.fft.fft2(x)).reshape(n, -1) ** 2
     fy = np.fft.fftfreq(h)[:, None] * np.ones((1, w))
     fx = np.fft.fftfreq(w)[None, :] * np.ones((h, 1))
     ri = np.digitize(np.hypot(fy, fx).ravel(), R_EDGES) - 1
@@ -135,6 +135,29 @@ def _polar_log_power(imgs: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.nda
     floor = np.log(np.maximum(np.median(p[:, far], axis=1), 1e-300))
     return (logp.reshape(n, len(_R_MID), len(_A_MID)),
             count.reshape(len(_R_MID), len(_A_MID)), floor)
+
+
+def downscale_each(img: np.ndarray, kernels: np.ndarray) -> np.ndarray:
+    """``(img ∗ k)↓2`` for each kernel: ``D[n, i, j] = Σ_{u,v} k_n[u, v] · P[2i + u, 2j + v]``
+    with ``P`` the image reflect-padded by ``(h//2, w//2)`` (kgengine's convention: a
+    correlation, centre ``size//2``, phase 0).
+
+    A plain sum over the taps in a fixed order, so the bytes do not depend on thread counts
+    (torch's convolution did, in the last bits).
+
+    Args:
+        img: (H, W) float64. kernels: (N, h, w) float64, odd sizes.
+    Returns:
+        (N, ceil(H/2), ceil(W/2)) float64.
+    """
+    n, kh, kw = kernels.shape
+    pad = np.pad(img, ((kh // 2, kh // 2), (kw // 2, kw // 2)), mode="reflect")
+    oh, ow = (img.shape[0] + 1) // 2, (img.shape[1] + 1) // 2
+    out = np.zeros((n, oh, ow))
+    for u in range(kh):
+        for v in range(kw):
+            out += kernels[:, u, v, None, None] * pad[u : u + 2 * oh : 2, v : v + 2 * ow : 2]
+    return out
 
 
 def kernel_power(k: np.ndarray, fy: np.ndarray, fx: np.ndarray) -> np.ndarray:
@@ -160,11 +183,9 @@ def residual_spread(lr_gray: np.ndarray, kernels: list[np.ndarray], scale: int =
     """
     if scale not in (2, 4):
         raise ValueError(f"scale must be 2 or 4, got {scale}")
-    img = torch.as_tensor(np.asarray(lr_gray, np.float64))[None, None]
-    ks = torch.as_tensor(np.stack(kernels))[:, None]  # (N, 1, h, w)
-    pad = (ks.shape[-1] // 2, ks.shape[-1] // 2, ks.shape[-2] // 2, ks.shape[-2] // 2)
-    down = F.conv2d(F.pad(img, pad, mode="reflect"), ks, stride=2)[0]  # (N, H/2, W/2)
-    lp_lr, n_lr, floor = _polar_log_power(img[0])
+    img = np.asarray(lr_gray, np.float64)
+    down = downscale_each(img, np.stack([np.asarray(k, np.float64) for k in kernels]))
+    lp_lr, n_lr, floor = _polar_log_power(img[None])
     lp_d, n_d, _ = _polar_log_power(down)
     use = (n_lr > 0) & (n_d > 0) & ((_R_MID > BAND[0]) & (_R_MID < BAND[1]))[:, None]
     if noise_margin > 0:
@@ -188,7 +209,8 @@ def calibrate_width(lr_gray: np.ndarray, k: np.ndarray, scale: int = 2,
 
     Args:
         lr_gray: (H, W) LR image (the image KernelGAN trained on, any range); at least
-            32×32 pixels. k: (h, w) x2 kernel, sum 1. scale: 2 or 4, the image's scale
+            32×32 pixels; only the central :data:`MAX_SIDE` × :data:`MAX_SIDE` crop is read.
+            k: (h, w) x2 kernel, sum 1. scale: 2 or 4, the image's scale
             (x4: ``k`` is the x2 kernel from which the x4 one is derived). prior: λ ≥ 0.
     Returns:
         :class:`WidthFit`.
@@ -199,6 +221,8 @@ def calibrate_width(lr_gray: np.ndarray, k: np.ndarray, scale: int = 2,
     if lr_gray.ndim != 2 or min(lr_gray.shape) < MIN_SIDE:
         raise ValueError(f"expected an (H, W) image of at least {MIN_SIDE}x{MIN_SIDE}, "
                          f"got {lr_gray.shape}")
+    top, left = ((n - min(n, MAX_SIDE)) // 2 for n in lr_gray.shape)
+    lr_gray = lr_gray[top : top + MAX_SIDE, left : left + MAX_SIDE]
     cands = [scale_kernel(k, float(s)) for s in SCALES]
     spread = residual_spread(lr_gray, cands, scale)
     scores = np.log(np.maximum(spread, 1e-300)) + prior * np.log2(SCALES) ** 2

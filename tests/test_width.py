@@ -158,3 +158,44 @@ def test_api_skips_an_image_too_small_for_a_spectrum():
                            config=cfg.replace(width_calibration=False))[0]
     assert on.report["width"] == {"scale": 1.0, "prior": 0.3, "skipped": "image too small"}
     assert on.kernel_x2.tobytes() == off.kernel_x2.tobytes() and off.report["width"] is None
+
+
+def test_downscale_each_matches_scipy_and_ignores_threads():
+    # the reference: SciPy's correlation (mirror = whole-sample reflection) sampled at the
+    # even pixels; odd sizes and a one-kernel batch; the scores' bytes do not depend on
+    # torch's thread count (the calibration's choice must not, for batch invariance)
+    import torch
+
+    from kgengine.width import downscale_each
+
+    rng = np.random.default_rng(2)
+    for h, w in ((37, 51), (64, 64)):
+        img = rng.random((h, w))
+        ks = rng.random((3, 5, 7))
+        want = np.stack([correlate(img, k, mode="mirror")[::2, ::2] for k in ks])
+        np.testing.assert_allclose(downscale_each(img, ks), want, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(downscale_each(img, ks[:1]), want[:1], rtol=1e-12,
+                                   atol=1e-12)
+    lr = degrade(power_law_image(256, 6), anisotropic_gaussian(13, 2.0, 1.0, 0.4), 2)
+    k = anisotropic_gaussian(13, 3.0, 1.0, 0.4)
+    old = torch.get_num_threads()
+    try:
+        got = []
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            got.append(calibrate_width(lr, k).scores.tobytes())
+    finally:
+        torch.set_num_threads(old)
+    assert got[0] == got[1]
+
+
+def test_a_large_image_is_read_through_its_central_crop():
+    # beyond MAX_SIDE pixels a side only the central crop is read: same choice and scores
+    from kgengine.width import MAX_SIDE
+
+    big = power_law_image(MAX_SIDE + 76, 7)
+    k = anisotropic_gaussian(13, 3.0, 1.5, 0.0)
+    top = (big.shape[0] - MAX_SIDE) // 2
+    crop = big[top : top + MAX_SIDE, top : top + MAX_SIDE]
+    a, b = calibrate_width(big, k), calibrate_width(crop, k)
+    assert a.scores.tobytes() == b.scores.tobytes() and a.kernel.tobytes() == b.kernel.tobytes()
