@@ -153,10 +153,17 @@ def downscale_each(img: np.ndarray, kernels: np.ndarray) -> np.ndarray:
     n, kh, kw = kernels.shape
     pad = np.pad(img, ((kh // 2, kh // 2), (kw // 2, kw // 2)), mode="reflect")
     oh, ow = (img.shape[0] + 1) // 2, (img.shape[1] + 1) // 2
+    # the four polyphase components, contiguous: P[2i + u, 2j + v] = phase[u%2, v%2][i + u//2,
+    # j + v//2]; one kernel at a time keeps the sums in cache
+    phase = {(p, q): np.ascontiguousarray(pad[p::2, q::2]) for p in (0, 1) for q in (0, 1)}
     out = np.zeros((n, oh, ow))
-    for u in range(kh):
-        for v in range(kw):
-            out += kernels[:, u, v, None, None] * pad[u : u + 2 * oh : 2, v : v + 2 * ow : 2]
+    tmp = np.empty((oh, ow))
+    for i in range(n):
+        for u in range(kh):
+            for v in range(kw):
+                src = phase[u % 2, v % 2][u // 2 : u // 2 + oh, v // 2 : v // 2 + ow]
+                np.multiply(src, kernels[i, u, v], out=tmp)
+                out[i] += tmp
     return out
 
 
