@@ -59,9 +59,11 @@ BEFORE = (50, 0.4)  # 0.9.2's rule: n_filtering for the restarts too
 OUT = DATA / "restart_cleanup_study.md"
 
 
-def store_path(setname: str, part: str | None = None) -> Path:
+def store_path(setname: str, part: str | None = None, what: str = "restarts") -> Path:
+    """``bench/data/raw_<what>_<set>[_part<i>of<m>].json`` (``what``: "restarts" here,
+    "onerun" in ``bench/study_width.py``)."""
     suffix = f"_part{part.replace('/', 'of')}" if part else ""
-    return DATA / f"raw_restarts_{setname}{suffix}.json"
+    return DATA / f"raw_{what}_{setname}{suffix}.json"
 
 
 def jobs(setname: str) -> list[tuple[int, str, int]]:
@@ -100,10 +102,10 @@ def train(setname: str, part: str) -> None:
               f"({len(store['runs']) // RESTARTS} groups)", flush=True)
 
 
-def stored_runs(setname: str) -> dict:
+def stored_runs(setname: str, what: str = "restarts") -> dict:
     """Every stored raw kernel of a set (the merged file and any part files)."""
     runs: dict = {}
-    for path in sorted(DATA.glob(f"raw_restarts_{setname}*.json")):
+    for path in sorted(DATA.glob(f"raw_{what}_{setname}*.json")):
         runs.update(json.loads(path.read_text())["runs"])
     return runs
 

@@ -58,17 +58,9 @@ CACHE = DATA / "width_study.json"
 SHIPPED = 0.3  # KernelGANConfig.width_prior
 
 
-def store_path(setname: str, part: str | None = None) -> Path:
-    suffix = f"_part{part.replace('/', 'of')}" if part else ""
-    return DATA / f"raw_onerun_{setname}{suffix}.json"
-
-
 def stored_runs(setname: str) -> dict:
     """Every stored one-run raw kernel of a set (the merged file and any part files)."""
-    runs: dict = {}
-    for path in sorted(DATA.glob(f"raw_onerun_{setname}*.json")):
-        runs.update(json.loads(path.read_text())["runs"])
-    return runs
+    return rc.stored_runs(setname, "onerun")
 
 
 def train(setname: str, part: str, batch: int = 4) -> None:
@@ -76,7 +68,7 @@ def train(setname: str, part: str, batch: int = 4) -> None:
     scale at a time (batch invariance: the bytes of single runs); save the raw kernels."""
     root = rc.ensure_devset() if setname == "dev" else rc.ensure_checkset()
     i, m = (int(v) for v in part.split("/"))
-    path = store_path(setname, part if m > 1 else None)
+    path = rc.store_path(setname, part if m > 1 else None, "onerun")
     cfg = KernelGANConfig()
     store = json.loads(path.read_text()) if path.exists() else {
         "note": f"raw kernels of one run ({cfg.iters} iterations), bench/study_width.py --train",
