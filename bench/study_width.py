@@ -15,9 +15,11 @@ offline on the same trainings:
 Each run's kernel is finished as 0.9.3 saves it (clean-up, combination, elongation shrink),
 then calibrated (:func:`kgengine.width.calibrate_width`) with the prior λ = 0.3 (the
 default), 0 and 0.1, and scored (aligned kernel PSNR, canvases of ``bench/bench_vs_authors.py``)
-against the same kernel uncalibrated, on the development set (``bench/devset.py``, seeds 0-2)
-and the held-out check set (``bench/study_confidence.py``, seed 0). ``--derive`` writes the
-stores ``kgengine_v094.json`` / ``kgengine_v094r4.json`` (development set) for
+against the same kernel uncalibrated (the unshrunk kernel too, kinds ``...-keep``: the
+elongation choice of 0.9.5, :func:`kgengine.width.choose_elongation`), on the development
+set (``bench/devset.py``, seeds 0-2) and the held-out check set
+(``bench/study_confidence.py``, seed 0). ``--derive`` writes the stores
+``kgengine_v095.json`` / ``kgengine_v095r4.json`` (development set) for
 ``bench/bench_vs_authors.py``.
 
 Run::
@@ -25,7 +27,7 @@ Run::
     OMP_NUM_THREADS=1 python bench/study_width.py --train --part 0/2 &
     OMP_NUM_THREADS=1 python bench/study_width.py --train --part 1/2
     python bench/study_width.py              # -> bench/data/width_study.md (+ .json cache)
-    python bench/study_width.py --derive     # -> kgengine_v094.json, kgengine_v094r4.json
+    python bench/study_width.py --derive     # -> kgengine_v095.json, kgengine_v095r4.json
 """
 
 from __future__ import annotations
@@ -46,7 +48,13 @@ from kgengine.config import KernelGANConfig
 from kgengine.imageio import read_image
 from kgengine.kernel import analytic_x4, gaussian_kernel, principal_axes
 from kgengine.sysinfo import machine_line
-from kgengine.width import SCALES, calibrate_width, scale_kernel
+from kgengine.width import (
+    ELONGATION_MARGIN,
+    SCALES,
+    calibrate_width,
+    choose_elongation,
+    scale_kernel,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study_restart_cleanup as rc  # noqa: E402
@@ -293,13 +301,14 @@ def robustness(rows: list[dict], workers: int = 2) -> list[str]:
     store = cache.setdefault("robust", {})
     todo = []
     kernels = {}
-    for kind, setname in (("r4", "dev"), ("r4", "check")):
-        for (sc, name, seed), k2 in finished(kind, setname).items():
-            kernels[f"{kind}/{setname}/x{sc}/{name}/s{seed}"] = k2
+    for kind in ("r4", "r4-keep"):
+        for setname in ("dev", "check"):
+            for (sc, name, seed), k2 in finished(kind, setname).items():
+                kernels[f"{kind}/{setname}/x{sc}/{name}/s{seed}"] = k2
     for how in PERTURBATIONS:
         for r in rows:
             key = f"{r['kind']}/{r['set']}/x{r['scale']}/{r['image']}/s{r['seed']}"
-            if r["kind"] == "r4" and key not in store.get(how, {}):
+            if r["kind"] in ("r4", "r4-keep") and key not in store.get(how, {}):
                 todo.append((how, {**r, "key": key, "k2": kernels[key].tolist()}))
     if todo:
         with Pool(workers) as pool:
@@ -325,36 +334,104 @@ def robustness(rows: list[dict], workers: int = 2) -> list[str]:
                 cells.append(_pm(cal - base))
                 below.append(f"{(base < iso).sum()} → {(cal < iso).sum()}")
         lines.append(f"| {how} | " + " | ".join(cells) + " | " + ", ".join(below) + " |")
+    return [*lines, "", *robust_choice_table(rows, store)]
+
+
+def robust_choice_table(rows: list[dict], store: dict) -> list[str]:
+    """The elongation choice (δ = :data:`ELONGATION_MARGIN`) on the perturbed images: Δ of
+    0.9.5's kernel against the same kernel uncalibrated (0.9.3) and, in brackets, against
+    0.9.4's (the shrunk kernel calibrated), both on the same perturbed image."""
+    keyed = {(r["kind"], r["set"], r["scale"], r["image"], r["seed"]): r for r in rows}
+    lines = ["| `--restarts 4`, LR image, elongation chosen | dev x2 Δ (vs 0.9.4) "
+             "| dev x4 Δ (vs 0.9.4) | check x2 Δ (vs 0.9.4) | check x4 Δ (vs 0.9.4) "
+             "| below iso (dev x2 / x4, check x2 / x4), 0.9.4 → 0.9.5 |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for how in ("as made (no noise)", *PERTURBATIONS):
+        cells, below = [], []
+        for setname in ("dev", "check"):
+            for sc in (2, 4):
+                base, old, new, iso = [], [], [], []
+                for r in rows:
+                    if (r["kind"], r["set"], r["scale"]) != ("r4", setname, sc):
+                        continue
+                    b = keyed[("r4-keep", setname, sc, r["image"], r["seed"])]
+                    key = f"x{sc}/{r['image']}/s{r['seed']}"
+                    sa = r["scores"] if how.startswith("as made") else \
+                        store[how][f"r4/{setname}/{key}"]
+                    sb = b["scores"] if how.startswith("as made") else \
+                        store[how][f"r4-keep/{setname}/{key}"]
+                    pa, pc, _ = _choice({**r, "scores": sa}, {**b, "scores": sb},
+                                        ELONGATION_MARGIN)
+                    base.append(r["psnr"][BASE])
+                    old.append(pa)
+                    new.append(pc)
+                    iso.append(r["iso"])
+                base, old, new, iso = (np.asarray(v) for v in (base, old, new, iso))
+                cells.append(f"{_pm(new - base)} ({(new - old).mean():+.2f})")
+                below.append(f"{(old < iso).sum()} → {(new < iso).sum()}")
+        lines.append(f"| {how} | " + " | ".join(cells) + " | " + ", ".join(below) + " |")
     return lines
+
+
+MARGINS = (0.0, 0.02, 0.05, 0.1)  # candidate ELONGATION_MARGIN values
+
+
+def _choice(a: dict, b: dict, margin: float) -> tuple[float, float, bool]:
+    """(PSNR of the calibrated shrunk kernel, PSNR of the choice, unshrunk kept) of one run:
+    ``a`` its shrunk kernel's row, ``b`` its unshrunk one's (``kind`` "...-keep")."""
+    weight = SHIPPED * np.log2(SCALES) ** 2
+    ja, jb = np.asarray(a["scores"]) + weight, np.asarray(b["scores"]) + weight
+    pa = a["psnr"][int(ja.argmin())]
+    kept = bool(jb.min() + margin < ja.min())
+    return pa, (b["psnr"][int(jb.argmin())] if kept else pa), kept
+
+
+def _choice_groups(rows: list[dict]) -> dict[tuple[str, str, int], list[tuple[dict, dict]]]:
+    keyed = {(r["kind"], r["set"], r["scale"], r["image"], r["seed"]): r for r in rows}
+    out: dict[tuple[str, str, int], list[tuple[dict, dict]]] = {}
+    for r in rows:
+        b = keyed.get((r["kind"] + "-keep", r["set"], r["scale"], r["image"], r["seed"]))
+        if r["kind"] in ("r4", "one") and b is not None:
+            out.setdefault((r["kind"], r["set"], r["scale"]), []).append((r, b))
+    return out
+
+
+def chosen_margin(rows: list[dict]) -> float:
+    """The margin of :data:`MARGINS` with the largest mean Δ over the development set's four
+    groups (one run and restarts, x2 and x4); the check set is not read."""
+    groups = _choice_groups(rows)
+    gain = {m: np.mean([np.mean([c[1] - c[0] for c in (_choice(a, b, m) for a, b in pairs)])
+                        for (kind, setname, _), pairs in groups.items() if setname == "dev"])
+            for m in MARGINS}
+    return max(MARGINS, key=lambda m: gain[m])
 
 
 def elongation_table(rows: list[dict]) -> list[str]:
     """The criterion also choosing between the shrunk kernel (β = 0.4) and the unshrunk one
-    (β = 1): the smaller ``J`` of the two calibrations wins; paired against β = 0.4 alone."""
-    keyed = {(r["kind"], r["set"], r["scale"], r["image"], r["seed"]): r for r in rows}
-    lines = ["| runs | n | β chosen = 1 | Δ vs calibrated β = 0.4 (± SE) | wins / losses "
-             "| below iso: β = 0.4 → chosen |", "|---|---:|---:|---:|---:|---:|"]
-    weight = SHIPPED * np.log2(SCALES) ** 2
+    (β = 1): the unshrunk one is kept when its smallest ``J`` is lower by more than a margin
+    δ; paired against β = 0.4 alone. The shipped δ (:data:`ELONGATION_MARGIN`) is
+    :func:`chosen_margin`'s."""
+    groups = _choice_groups(rows)
+    lines = ["| runs | n | " + " | ".join(f"δ = {m:g}: Δ ± SE (β = 1 kept)" for m in MARGINS)
+             + f" | below iso: β = 0.4 → δ = {ELONGATION_MARGIN:g} |",
+             "|---|---:|" + "---:|" * (len(MARGINS) + 1)]
     for kind, label in (("r4", "`--restarts 4`"), ("one", "one run")):
         for setname in ("dev", "check"):
             for sc in (2, 4):
-                pairs = [(r, keyed.get((kind + "-keep", setname, sc, r["image"], r["seed"])))
-                         for r in rows if (r["kind"], r["set"], r["scale"]) == (kind, setname, sc)]
-                pairs = [(a, b) for a, b in pairs if b is not None]
+                pairs = groups.get((kind, setname, sc))
                 if not pairs:
                     continue
-                d, keep, below_a, below_j = [], 0, 0, 0
-                for a, b in pairs:
-                    ja, jb = np.asarray(a["scores"]) + weight, np.asarray(b["scores"]) + weight
-                    pa = a["psnr"][int(ja.argmin())]
-                    pj = b["psnr"][int(jb.argmin())] if jb.min() < ja.min() else pa
-                    keep += int(jb.min() < ja.min())
-                    d.append(pj - pa)
-                    below_a += int(pa < a["iso"])
-                    below_j += int(pj < a["iso"])
-                d = np.asarray(d)
-                lines.append(f"| {label}, {setname} x{sc} | {d.size} | {keep} | {_pm(d)} "
-                             f"| {(d > 0).sum()} / {(d < 0).sum()} | {below_a} → {below_j} |")
+                cells = []
+                for m in MARGINS:
+                    c = [_choice(a, b, m) for a, b in pairs]
+                    d = np.asarray([x[1] - x[0] for x in c])
+                    cells.append(f"{_pm(d)} ({sum(x[2] for x in c)})")
+                c = [_choice(a, b, ELONGATION_MARGIN) for a, b in pairs]
+                iso = [a["iso"] for a, _ in pairs]
+                below = (f"{sum(x[0] < i for x, i in zip(c, iso, strict=True))} → "
+                         f"{sum(x[1] < i for x, i in zip(c, iso, strict=True))}")
+                lines.append(f"| {label}, {setname} x{sc} | {len(pairs)} | "
+                             + " | ".join(cells) + f" | {below} |")
     return lines
 
 
@@ -371,11 +448,16 @@ def report(rows: list[dict]) -> str:
              "\"best scale (truth)\": the mean PSNR if every kernel got the scale of SCALES "
              "that fits its truth best, the ceiling of a width-only correction.", "",
              "## By the true kernel's width (x2, both sets)", "", *bins_table(rows), "",
-             "## Choosing the elongation too (not adopted in 0.9.4)", "",
+             "## Choosing the elongation too (0.9.5: `elongation_choice`)", "",
              *elongation_table(rows), "",
              "The calibration of 0.9.4 scales the elongation-shrunk kernel. Here the unshrunk "
-             "kernel (β = 1) is calibrated as well, and the smaller criterion J of the two "
-             "decides.", "",
+             "kernel (β = 1) is calibrated as well, and it is kept when its smallest J is lower "
+             "than the shrunk one's by more than δ (0.9.4's study: δ = 0). Chosen on the "
+             "development set alone (the largest mean Δ over its four groups): "
+             f"δ = {chosen_margin(rows):g}; shipped: `ELONGATION_MARGIN` = "
+             f"{ELONGATION_MARGIN:g}. The margin itself was tried because 0.9.4's study "
+             "(δ = 0) showed the one-run loss at check x4; its value was then chosen on the "
+             "development set alone.", "",
              "## Noise and JPEG in the LR image", "", *robustness(rows), "",
              "The same kernels and truths; only the image the calibration reads is perturbed "
              "(noise seeded by the image number). KernelGAN was trained on the clean image.",
@@ -384,22 +466,27 @@ def report(rows: list[dict]) -> str:
 
 
 def derive() -> list[Path]:
-    """``kgengine_v094.json`` (one run) and ``kgengine_v094r4.json`` (``--restarts 4``): the
-    development set's kernels as 0.9.4 saves them (x4: the analytic x4 kernel), in
-    ``bench/bench_vs_authors.py``'s format; variants ``v094:n_filtering=50,
-    elongation_power=0.4,width_calibration=true`` and ``v094r4:n_filtering=50,restarts=4,
-    elongation_power=0.4,restart_n_filtering=70,width_calibration=true``."""
+    """``kgengine_v095.json`` (one run) and ``kgengine_v095r4.json`` (``--restarts 4``): the
+    development set's kernels as 0.9.5 saves them (x4: the analytic x4 kernel), in
+    ``bench/bench_vs_authors.py``'s format; variants ``v095:n_filtering=50,
+    elongation_power=0.4,width_calibration=true,elongation_choice=true`` and
+    ``v095r4:n_filtering=50,restarts=4,elongation_power=0.4,restart_n_filtering=70,
+    width_calibration=true,elongation_choice=true``. (0.9.4's stores, ``kgengine_v094*.json``,
+    were the same without the choice: :func:`kgengine.width.calibrate_width` of the shrunk
+    kernel.)"""
     cfg = KernelGANConfig()
     paths = []
-    for kind, name in (("one", "v094"), ("r4", "v094r4")):
+    for kind, name in (("one", "v095"), ("r4", "v095r4")):
         runs = {}
         groups = rc.load_groups("dev") if kind == "r4" else None
+        unshrunk = finished(kind + "-keep", "dev")
         for (sc, image, seed), k2 in finished(kind, "dev").items():
             conf = None
             if kind == "r4":
                 conf = finish_restarts(groups[(sc, image, seed)], cfg.clean_n(rc.RESTARTS),
                                        restarts=rc.RESTARTS)[2].confidence
-            k2 = calibrate_width(lr_gray("dev", sc, image), k2, sc, cfg.width_prior).kernel
+            k2 = choose_elongation(lr_gray("dev", sc, image), k2, unshrunk[(sc, image, seed)],
+                                   sc, cfg.width_prior)[0].kernel
             k = analytic_x4(k2) if sc == 4 else k2
             runs[f"x{sc}/{image}/s{seed}"] = {"kernel": np.round(k, 9).tolist(),
                                               "confidence": conf}
@@ -407,7 +494,8 @@ def derive() -> list[Path]:
         source = "raw_restarts_dev*.json" if kind == "r4" else "raw_onerun_dev*.json"
         save_json(path, {"variant": name, "config": cfg.to_dict(), "runs": runs,
                          "note": f"derived by bench/study_width.py --derive from {source} "
-                                 "(0.9.4: the saved kernel's width calibrated)"})
+                                 "(0.9.5: the saved kernel's width calibrated and its "
+                                 "elongation chosen)"})
         paths.append(path)
     return paths
 
@@ -417,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train", action="store_true")
     p.add_argument("--sets", default="dev,check")
     p.add_argument("--part", default="0/1", help="i/m: this process trains jobs k with k%%m == i")
-    p.add_argument("--derive", action="store_true", help="write kgengine_v094[r4].json")
+    p.add_argument("--derive", action="store_true", help="write kgengine_v095[r4].json")
     a = p.parse_args(argv)
     if a.train:
         for s in a.sets.split(","):

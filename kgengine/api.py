@@ -36,7 +36,7 @@ from kgengine.stopping import StopRule, stop_rule_of, stop_setting
 from kgengine.sysinfo import machine_info
 from kgengine.trainer import BatchTrainer
 from kgengine.width import MIN_SIDE as WIDTH_MIN_SIDE
-from kgengine.width import calibrate_width
+from kgengine.width import calibrate_width, choose_elongation
 
 ImageLike = str | os.PathLike | np.ndarray
 
@@ -255,12 +255,21 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
         return TrainingDivergedError(f"{name}: training diverged (NaN/inf) with seed {seed}")
     k2, finished, cons = finish_restarts([raw[r] for r in ok], cfg.clean_n(len(rows)), rule,
                                            len(rows), cfg.elongation_power)
+    unshrunk = cons.kernel if cons is not None else finished[0]
     width = None
     if cfg.width_calibration and min(arr.shape[:2]) >= WIDTH_MIN_SIDE:
-        fit = calibrate_width(arr.mean(axis=2), k2, 4 if x4 else 2, cfg.width_prior)
-        k2, width = fit.kernel, {"scale": fit.scale, "prior": cfg.width_prior}
+        gray, sc = arr.mean(axis=2), 4 if x4 else 2
+        beta = cfg.elongation_power
+        if cfg.chooses_elongation():
+            fit, kept = choose_elongation(gray, k2, unshrunk, sc, cfg.width_prior)
+            beta = 1.0 if kept else beta
+        else:
+            fit = calibrate_width(gray, k2, sc, cfg.width_prior)
+        k2 = fit.kernel
+        width = {"scale": fit.scale, "prior": cfg.width_prior, "elongation_power": beta}
     elif cfg.width_calibration:  # too few pixels for a spectrum: the width is kept
-        width = {"scale": 1.0, "prior": cfg.width_prior, "skipped": "image too small"}
+        width = {"scale": 1.0, "prior": cfg.width_prior,
+                 "elongation_power": cfg.elongation_power, "skipped": "image too small"}
     pick = ok[cons.medoid] if cons is not None else ok[0]
     k4 = analytic_x4(k2) if x4 else None
     report = {
@@ -270,8 +279,7 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
         **run,
         "iters_used": final.iters_used[pick],
         "final_losses": final.losses[pick],
-        "kernel_x2": {**kernel_stats(k2), "axes_unshrunk": kernel_stats(
-            cons.kernel if cons is not None else finished[0])["axes"]},
+        "kernel_x2": {**kernel_stats(k2), "axes_unshrunk": kernel_stats(unshrunk)["axes"]},
         "kernel_x4": kernel_stats(k4) if k4 is not None else None,
         "confidence": cons.confidence if cons is not None else None,
         "width": width,

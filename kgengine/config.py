@@ -36,6 +36,11 @@ class KernelGANConfig:
     factor the LR image's cross-scale spectrum prefers (:mod:`kgengine.width`, with the
     pull ``width_prior`` toward no change). It too changes only the saved kernel.
 
+    Since 0.9.5, with the calibration, ``elongation_choice``: the unshrunk kernel (β = 1) is
+    calibrated as well and kept where the LR spectrum fits it clearly better
+    (:func:`kgengine.width.choose_elongation`): the shrink's loss on kernels whose elongation
+    KernelGAN got right is partly won back (README, ``bench/study_width.py``).
+
     ``restart_iters`` and ``restart_n_filtering`` are kgengine's own (the authors' code has no
     restarts): see :meth:`run_iters` and :meth:`clean_n`.
     """
@@ -85,6 +90,7 @@ class KernelGANConfig:
     elongation_power: float = 0.4  # saved kernel's elongation^β, β in [0, 1] (authors: 1)
     width_calibration: bool = True  # scale the saved kernel's width by the LR spectrum's choice
     width_prior: float = 0.3  # λ of the calibration's pull toward no change, ≥ 0
+    elongation_choice: bool = True  # with the calibration: keep β = 1 where the spectrum fits it
     # --- authors' defects (True = behave like the authors' code) ---
     authors_bicubic_rgb_sum: bool = True  # defect 1: bicubic target = sum of R,G,B
     authors_noise_accumulates: bool = True  # defect 2: D's real-crop noise accumulates in image
@@ -149,6 +155,12 @@ class KernelGANConfig:
         """
         return self.n_filtering if restarts <= 1 else self.restart_n_filtering
 
+    def chooses_elongation(self) -> bool:
+        """Whether the saved kernel's elongation is chosen (``elongation_choice`` with the
+        width calibration and a shrink, ``elongation_power`` < 1); otherwise it is the
+        shrunk kernel."""
+        return self.width_calibration and self.elongation_choice and self.elongation_power < 1
+
     @staticmethod
     def from_stored(d: dict[str, Any]) -> KernelGANConfig:
         """The config of a stored :meth:`to_dict` (checked like :meth:`replace`). One stored
@@ -156,10 +168,11 @@ class KernelGANConfig:
         stored before 0.9 has no ``elongation_power``: its kernels kept their elongation (1);
         one stored before 0.9.3 has no ``restart_n_filtering``: its restarts were cleaned
         with ``n_filtering``; one stored before 0.9.4 has no ``width_calibration``: its
-        kernels kept their width."""
+        kernels kept their width; one stored before 0.9.5 has no ``elongation_choice``: its
+        kernels kept the shrink."""
         return KernelGANConfig().replace(**{
             "restart_iters": d.get("iters", 3000), "elongation_power": 1.0,
-            "width_calibration": False,
+            "width_calibration": False, "elongation_choice": False,
             "restart_n_filtering": d.get("n_filtering", KernelGANConfig.n_filtering), **d})
 
     def to_dict(self) -> dict[str, Any]:
@@ -172,9 +185,10 @@ class KernelGANConfig:
         """The authors' code's behaviour: defects 1-3 included (as the default), their
         kernel clean-up ``n_filtering = 40`` (the default has 50), the elongation kept
         (``elongation_power = 1``; the default has 0.4) and the width kept
-        (``width_calibration = False``)."""
-        return KernelGANConfig._with_defects(True).replace(n_filtering=40, elongation_power=1.0,
-                                                           width_calibration=False)
+        (``width_calibration = False``, so no ``elongation_choice``)."""
+        return KernelGANConfig._with_defects(True).replace(
+            n_filtering=40, elongation_power=1.0, width_calibration=False,
+            elongation_choice=False)
 
     @staticmethod
     def defects_fixed() -> KernelGANConfig:

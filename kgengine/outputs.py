@@ -117,13 +117,15 @@ def stored_differences(outdir: str | Path, name: str, wanted: dict[str, Any]) ->
         old = {**old, "restart_n_filtering": old["n_filtering"]}
     if "width_calibration" not in old and old:  # before 0.9.4: the width was kept
         old = {**old, "width_calibration": False}
+    if "elongation_choice" not in old and old:  # before 0.9.5: the shrunk kernel was kept
+        old = {**old, "elongation_choice": False}
     new = wanted["config"]
     # restart_iters acts through the top-level iters (the iterations actually run); a report
     # from before 0.8 has no such key, and a one-run output does not depend on it; nor on
-    # restart_n_filtering; width_prior matters only with width_calibration
+    # restart_n_filtering; width_prior and elongation_choice matter only with width_calibration
     ignored = {"restart_iters"} | ({"restart_n_filtering"} if wanted["restarts"] == 1 else set())
     if not old.get("width_calibration") and not new.get("width_calibration"):
-        ignored.add("width_prior")
+        ignored |= {"width_prior", "elongation_choice"}
     diff += [f"config.{k} (stored {old.get(k)}, asked {new[k]})" for k in new
              if k not in ignored and old.get(k) != new[k]]
     return diff

@@ -28,6 +28,13 @@ JPEG), which makes ``D`` look too smooth and the kernel be chosen too narrow. A 
 only where the LR image's power is at least :data:`NOISE_MARGIN` times its noise floor,
 the median periodogram at ``|f| > 0.45`` (where a blurred image has almost no signal left).
 
+The elongation (since 0.9.5). The saved kernel's elongation is shrunk toward isotropy
+(``elongation_power`` β = 0.4, :func:`kgengine.kernel.shrink_elongation`) because
+KernelGAN's axis is often wrong. Where the image's spectrum supports KernelGAN's own
+elongation, it is kept: :func:`choose_elongation` calibrates both the shrunk and the
+unshrunk (β = 1) kernel and keeps the unshrunk one when its smallest ``J`` is lower by more
+than :data:`ELONGATION_MARGIN` (the polar bins see the axis: a wrong one fits worse).
+
 Why, and what it costs: see :class:`kgengine.config.KernelGANConfig` and the README
 (``bench/study_width.py``: aligned kernel PSNR with and without the calibration on the same
 kernels, also with noise and JPEG added to the LR image).
@@ -53,6 +60,9 @@ BAND: tuple[float, float] = (0.05, 0.35)
 NOISE_MARGIN: float = 10.0
 #: The noise floor is the median periodogram beyond this radius (cycles/pixel).
 FLOOR_RADIUS: float = 0.45
+#: The unshrunk kernel is kept when its smallest J is below the shrunk one's by more than
+#: this (log variance; chosen on the development set alone, ``bench/study_width.py``).
+ELONGATION_MARGIN: float = 0.05
 #: Smallest LR image side the calibration reads (smaller images keep the kernel's width).
 MIN_SIDE: int = 32
 #: Larger images are read through their central MAX_SIDE × MAX_SIDE crop (time and memory:
@@ -222,6 +232,35 @@ def calibrate_width(lr_gray: np.ndarray, k: np.ndarray, scale: int = 2,
     Returns:
         :class:`WidthFit`.
     """
+    return _fits(lr_gray, [k], scale, prior)[0]
+
+
+def choose_elongation(lr_gray: np.ndarray, shrunk: np.ndarray, unshrunk: np.ndarray,
+                      scale: int = 2, prior: float = 0.3,
+                      margin: float = ELONGATION_MARGIN) -> tuple[WidthFit, bool]:
+    """Calibrate the width of both kernels (:func:`calibrate_width`) and keep the unshrunk
+    one iff ``min_s J_unshrunk(s) + margin < min_s J_shrunk(s)``.
+
+    Args:
+        lr_gray, scale, prior: as :func:`calibrate_width`. shrunk: (h, w) the kernel with its
+            elongation shrunk (:func:`kgengine.kernel.shrink_elongation`). unshrunk: (h, w)
+            the same kernel before the shrink. margin: ≥ 0, in units of ``J``.
+    Returns:
+        (the kept kernel's :class:`WidthFit`, True when it is the unshrunk one). Each fit
+        equals :func:`calibrate_width`'s of its kernel (one shared spectrum of the image).
+    """
+    if not margin >= 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    fit_s, fit_u = _fits(lr_gray, [shrunk, unshrunk], scale, prior)
+    if fit_u.scores.min() + margin < fit_s.scores.min():
+        return fit_u, True
+    return fit_s, False
+
+
+def _fits(lr_gray: np.ndarray, kernels: list[np.ndarray], scale: int,
+          prior: float) -> list[WidthFit]:
+    """:func:`calibrate_width` of each kernel; the image is read once (the spectra of every
+    candidate come from one :func:`residual_spread` call: the same bytes as one per kernel)."""
     if prior < 0:
         raise ValueError(f"prior must be >= 0, got {prior}")
     lr_gray = np.asarray(lr_gray, np.float64)
@@ -230,8 +269,12 @@ def calibrate_width(lr_gray: np.ndarray, k: np.ndarray, scale: int = 2,
                          f"got {lr_gray.shape}")
     top, left = ((n - min(n, MAX_SIDE)) // 2 for n in lr_gray.shape)
     lr_gray = lr_gray[top : top + MAX_SIDE, left : left + MAX_SIDE]
-    cands = [scale_kernel(k, float(s)) for s in SCALES]
-    spread = residual_spread(lr_gray, cands, scale)
-    scores = np.log(np.maximum(spread, 1e-300)) + prior * np.log2(SCALES) ** 2
-    best = int(np.argmin(scores))
-    return WidthFit(cands[best], float(SCALES[best]), scores)
+    cands = [[scale_kernel(k, float(s)) for s in SCALES] for k in kernels]
+    spread = residual_spread(lr_gray, [c for cs in cands for c in cs], scale)
+    out = []
+    for i, cs in enumerate(cands):
+        scores = (np.log(np.maximum(spread[i * len(SCALES) : (i + 1) * len(SCALES)], 1e-300))
+                  + prior * np.log2(SCALES) ** 2)
+        best = int(np.argmin(scores))
+        out.append(WidthFit(cs[best], float(SCALES[best]), scores))
+    return out

@@ -369,6 +369,19 @@ def test_settings_without_width_calibration_keep_the_width():
         check_same(old, resolve_settings(None))
 
 
+def test_settings_without_elongation_choice_keep_the_shrink():
+    # a pool from 0.9.4 saved the shrunk kernels: resuming it must too, and the new default
+    # is refused rather than mixed into it
+    stored = resolve_settings(None).to_dict()
+    assert stored["config"]["elongation_choice"] is True
+    del stored["config"]["elongation_choice"]
+    old = resolve_settings(stored)
+    assert old.config.width_calibration and not old.config.chooses_elongation()
+    with pytest.raises(KGEngineError,
+                       match=r"config.elongation_choice \(pool: False, given: True\)"):
+        check_same(old, resolve_settings(None))
+
+
 def test_settings_without_restart_n_filtering_keep_the_restarts_clean_up():
     # a restarts pool from before 0.9.3 cleaned each restart with n_filtering: resuming it
     # must too (or be refused when asked for the new default); a one-run pool does not care

@@ -11,7 +11,7 @@ from kgengine.config import KernelGANConfig
 from kgengine.consensus import combine
 from kgengine.imageio import read_image
 from kgengine.kernel import analytic_x4, gaussian_kernel, principal_axes, shrink_elongation
-from kgengine.width import calibrate_width
+from kgengine.width import choose_elongation
 
 
 @pytest.fixture(scope="module")
@@ -43,23 +43,28 @@ def test_restarts_equal_single_runs_combined(lr):
         torch.set_num_threads(old)
     # the report keeps each restart's finished kernel, cleaned with restart_n_filtering (one
     # run: n_filtering); the saved kernel of one run and of the combination are then shrunk
-    # (elongation_power) and their width calibrated on the image (the last step)
+    # (elongation_power), the shrunk or the unshrunk one kept by the image's spectrum and its
+    # width calibrated on the image (the last steps)
     assert cfg.clean_n(3) == cfg.restart_n_filtering == 70 != cfg.clean_n(1) == 50
     gray = lr.mean(axis=2)
 
-    def calibrated(k: np.ndarray, scale: int) -> np.ndarray:
-        return calibrate_width(gray, k, scale, cfg.width_prior).kernel
+    def calibrated(k: np.ndarray, scale: int) -> tuple[np.ndarray, float]:
+        fit, kept = choose_elongation(gray, shrink_elongation(k, cfg.elongation_power), k,
+                                      scale, cfg.width_prior)
+        return fit.kernel, 1.0 if kept else cfg.elongation_power
 
     finished = [finish_kernel(one.raw_kernel, cfg.restart_n_filtering) for one in singles]
     for r, one in enumerate(singles):
         assert np.asarray(res.report["restarts"]["kernels"][r]).tobytes() == \
             finished[r].tobytes()
-        assert one.kernel_x2.tobytes() == calibrated(shrink_elongation(
-            finish_kernel(one.raw_kernel, cfg.n_filtering), cfg.elongation_power), 2).tobytes()
+        k, beta = calibrated(finish_kernel(one.raw_kernel, cfg.n_filtering), 2)
+        assert one.kernel_x2.tobytes() == k.tobytes()
+        assert one.report["width"]["elongation_power"] == beta
     expected = combine(finished)
-    assert res.kernel_x2.tobytes() == \
-        calibrated(shrink_elongation(expected.kernel, cfg.elongation_power), 4).tobytes()
+    k, beta = calibrated(expected.kernel, 4)
+    assert res.kernel_x2.tobytes() == k.tobytes()
     assert res.report["width"]["prior"] == cfg.width_prior
+    assert res.report["width"]["elongation_power"] == beta
     np.testing.assert_allclose(res.kernel_x4, analytic_x4(res.kernel_x2), atol=1e-15)
     assert res.confidence == expected.confidence
     assert res.report["restarts"]["seeds"] == [restart_seed(5, r) for r in range(3)]

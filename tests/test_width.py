@@ -8,8 +8,21 @@ import pytest
 from scipy.ndimage import correlate
 
 from kgengine.config import KernelGANConfig
-from kgengine.kernel import anisotropic_gaussian, center_of_mass, principal_axes
-from kgengine.width import SCALES, calibrate_width, kernel_power, residual_spread, scale_kernel
+from kgengine.kernel import (
+    anisotropic_gaussian,
+    center_of_mass,
+    principal_axes,
+    shrink_elongation,
+)
+from kgengine.width import (
+    ELONGATION_MARGIN,
+    SCALES,
+    calibrate_width,
+    choose_elongation,
+    kernel_power,
+    residual_spread,
+    scale_kernel,
+)
 
 STEP = 2.0 ** (1 / 6)  # the grid step of SCALES
 
@@ -121,6 +134,42 @@ def test_noise_floor_keeps_the_width_on_a_noisy_image():
     assert np.all(flat == flat[0])
 
 
+@pytest.mark.parametrize("scale", [2, 4])
+def test_choose_elongation_keeps_the_elongation_the_image_shows(scale):
+    # a 4:1 true kernel: its shrunk copy (β = 0.4, same area and axis) fits the image worse
+    # than the kernel itself, so the unshrunk one is kept; an isotropic truth and a wrongly
+    # elongated estimate (same area): the shrunk copy is kept. Each fit is calibrate_width's
+    # of its kernel, bit for bit (one shared spectrum)
+    hr = power_law_image(1024 if scale == 4 else 512, 7)
+    elongated = anisotropic_gaussian(13, 4.0, 1.0, 0.5)
+    lr = degrade(hr, elongated, scale)
+    fit, kept = choose_elongation(lr, shrink_elongation(elongated, 0.4), elongated, scale)
+    assert kept and fit.scores.tobytes() == calibrate_width(lr, elongated, scale).scores.tobytes()
+    assert fit.kernel.tobytes() == calibrate_width(lr, elongated, scale).kernel.tobytes()
+    iso = anisotropic_gaussian(13, 2.0, 2.0, 0.0)
+    lr_iso = degrade(hr, iso, scale)
+    wrong = anisotropic_gaussian(13, 4.0, 1.0, 0.5)
+    fit, kept = choose_elongation(lr_iso, shrink_elongation(wrong, 0.4), wrong, scale)
+    shrunk_fit = calibrate_width(lr_iso, shrink_elongation(wrong, 0.4), scale)
+    assert not kept and fit.kernel.tobytes() == shrunk_fit.kernel.tobytes()
+
+
+def test_choose_elongation_margin():
+    # the unshrunk kernel must win by more than the margin: at a margin larger than any
+    # difference of J the shrunk one is kept; at 0 the smaller J wins; a negative margin is
+    # refused
+    elongated = anisotropic_gaussian(13, 4.0, 1.0, 0.5)
+    shrunk = shrink_elongation(elongated, 0.4)
+    lr = degrade(power_law_image(512, 8), elongated, 2)
+    s_min = calibrate_width(lr, shrunk).scores.min()
+    u_min = calibrate_width(lr, elongated).scores.min()
+    assert u_min + ELONGATION_MARGIN < s_min
+    assert choose_elongation(lr, shrunk, elongated, margin=0.0)[1]
+    assert not choose_elongation(lr, shrunk, elongated, margin=s_min - u_min + 1e-9)[1]
+    with pytest.raises(ValueError, match="margin"):
+        choose_elongation(lr, shrunk, elongated, margin=-0.1)
+
+
 def test_calibration_rejects_bad_input():
     k = anisotropic_gaussian(13, 2.0, 2.0, 0.0)
     with pytest.raises(ValueError, match="32x32"):
@@ -145,6 +194,20 @@ def test_config_width_settings():
         cfg.replace(width_prior=-0.1)
 
 
+def test_config_elongation_choice():
+    # on by default with the calibration and a shrink; off in the authors' configuration and
+    # for configs stored before 0.9.5 (their kernels kept the shrink)
+    cfg = KernelGANConfig()
+    assert cfg.elongation_choice is True and cfg.chooses_elongation()
+    assert not cfg.replace(width_calibration=False).chooses_elongation()
+    assert not cfg.replace(elongation_power=1.0).chooses_elongation()
+    assert not KernelGANConfig.authors().chooses_elongation()
+    stored = cfg.to_dict()
+    del stored["elongation_choice"]  # a config saved by 0.9.4
+    old = KernelGANConfig.from_stored(stored)
+    assert old.width_calibration and not old.elongation_choice
+
+
 def test_api_skips_an_image_too_small_for_a_spectrum():
     # below MIN_SIDE pixels the width is kept (and the report says so); the kernel is then
     # the uncalibrated one, byte for byte
@@ -156,8 +219,31 @@ def test_api_skips_an_image_too_small_for_a_spectrum():
     on = estimate_kernels([img], seeds=[1], iters=5, device="cpu", config=cfg)[0]
     off = estimate_kernels([img], seeds=[1], iters=5, device="cpu",
                            config=cfg.replace(width_calibration=False))[0]
-    assert on.report["width"] == {"scale": 1.0, "prior": 0.3, "skipped": "image too small"}
+    assert on.report["width"] == {"scale": 1.0, "prior": 0.3, "elongation_power": 0.4,
+                                  "skipped": "image too small"}
     assert on.kernel_x2.tobytes() == off.kernel_x2.tobytes() and off.report["width"] is None
+
+
+def test_api_without_the_choice_calibrates_the_shrunk_kernel():
+    # elongation_choice=false is 0.9.4's saved kernel: the shrunk kernel, calibrated; the
+    # default keeps whichever choose_elongation picks (the same training, so the same raw)
+    from kgengine.api import estimate_kernels, finish_restarts
+
+    img = power_law_image(96, 9)
+    rgb = np.repeat(img[..., None], 3, axis=2).astype(np.float32)
+    cfg = KernelGANConfig(crop_size=32, shave=0)
+    on = estimate_kernels([rgb], seeds=[2], iters=20, device="cpu", config=cfg)[0]
+    off = estimate_kernels([rgb], seeds=[2], iters=20, device="cpu",
+                           config=cfg.replace(elongation_choice=False))[0]
+    assert on.raw_kernel.tobytes() == off.raw_kernel.tobytes()
+    shrunk, finished, _ = finish_restarts([off.raw_kernel], cfg.n_filtering,
+                                          elongation_power=cfg.elongation_power)
+    gray = rgb.mean(axis=2)
+    assert off.kernel_x2.tobytes() == calibrate_width(gray, shrunk, 2).kernel.tobytes()
+    assert off.report["width"]["elongation_power"] == 0.4
+    fit, kept = choose_elongation(gray, shrunk, finished[0], 2)
+    assert on.kernel_x2.tobytes() == fit.kernel.tobytes()
+    assert on.report["width"]["elongation_power"] == (1.0 if kept else 0.4)
 
 
 def test_downscale_each_matches_scipy_and_ignores_threads():

@@ -100,14 +100,16 @@ class EvalSettings:
         """What every stored run must share: ``scale``, ``method``, resolved ``iters``,
         ``restarts``, ``stop``, the kernel clean-up's n (``n_filtering``: the one applied,
         :meth:`KernelGANConfig.clean_n`), ``elongation_power`` and the width calibration
-        (``width_prior``: None when it is off)."""
+        (``width_prior``: None when it is off) and whether it chose the elongation
+        (``elongation_choice``, :meth:`KernelGANConfig.chooses_elongation`)."""
         cfg = self.kernelgan_config()
         return {"scale": self.scale, "method": self.method,
                 "iters": cfg.run_iters(self.restarts),
                 "restarts": self.restarts, "stop": self.stop,
                 "n_filtering": cfg.clean_n(self.restarts),
                 "elongation_power": cfg.elongation_power,
-                "width_prior": cfg.width_prior if cfg.width_calibration else None}
+                "width_prior": cfg.width_prior if cfg.width_calibration else None,
+                "elongation_choice": cfg.chooses_elongation()}
 
 
 def run_eval(
