@@ -45,9 +45,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from kgengine.kernel import center_kernel, center_of_mass
+from kgengine.ops.backend import resolve
 
 #: Candidate scales of the second moments: 2^(-1.5 .. 1.5), 19 steps of 1/6 octave.
 SCALES: np.ndarray = 2.0 ** np.linspace(-1.5, 1.5, 19)
@@ -152,29 +154,21 @@ def downscale_each(img: np.ndarray, kernels: np.ndarray) -> np.ndarray:
     with ``P`` the image reflect-padded by ``(h//2, w//2)`` (kgengine's convention: a
     correlation, centre ``size//2``, phase 0).
 
-    A plain sum over the taps in a fixed order, so the bytes do not depend on thread counts
-    (torch's convolution did, in the last bits).
+    By the package's Numba CPU strided downscale (:func:`kgengine.ops.downscale`,
+    ``border="reflect"``), which computes only the kept pixels: each output pixel's sum is
+    made by one thread in one order, so the bytes do not depend on thread counts (torch's
+    convolution's did, in the last bits; the choice of the calibration must not).
 
     Args:
         img: (H, W) float64. kernels: (N, h, w) float64, odd sizes.
     Returns:
         (N, ceil(H/2), ceil(W/2)) float64.
     """
-    n, kh, kw = kernels.shape
-    pad = np.pad(img, ((kh // 2, kh // 2), (kw // 2, kw // 2)), mode="reflect")
-    oh, ow = (img.shape[0] + 1) // 2, (img.shape[1] + 1) // 2
-    # the four polyphase components, contiguous: P[2i + u, 2j + v] = phase[u%2, v%2][i + u//2,
-    # j + v//2]; one kernel at a time keeps the sums in cache
-    phase = {(p, q): np.ascontiguousarray(pad[p::2, q::2]) for p in (0, 1) for q in (0, 1)}
-    out = np.zeros((n, oh, ow))
-    tmp = np.empty((oh, ow))
-    for i in range(n):
-        for u in range(kh):
-            for v in range(kw):
-                src = phase[u % 2, v % 2][u // 2 : u // 2 + oh, v // 2 : v // 2 + ow]
-                np.multiply(src, kernels[i, u, v], out=tmp)
-                out[i] += tmp
-    return out
+    fn = resolve("downscale", "cpu", "numba")
+    x = torch.from_numpy(np.ascontiguousarray(img, np.float64))[None, None]
+    with torch.no_grad():
+        return np.stack([fn(x, torch.from_numpy(np.ascontiguousarray(k, np.float64)), 2)[0, 0]
+                         .numpy() for k in kernels])
 
 
 def kernel_power(k: np.ndarray, fy: np.ndarray, fx: np.ndarray) -> np.ndarray:

@@ -249,7 +249,9 @@ def test_api_without_the_choice_calibrates_the_shrunk_kernel():
 def test_downscale_each_matches_scipy_and_ignores_threads():
     # the reference: SciPy's correlation (mirror = whole-sample reflection) sampled at the
     # even pixels; odd sizes and a one-kernel batch; the scores' bytes do not depend on
-    # torch's thread count (the calibration's choice must not, for batch invariance)
+    # torch's or Numba's thread count (the calibration's choice must not, for batch
+    # invariance), on an image large enough for the parallel kernel
+    import numba
     import torch
 
     from kgengine.width import downscale_each
@@ -264,14 +266,16 @@ def test_downscale_each_matches_scipy_and_ignores_threads():
                                    atol=1e-12)
     lr = degrade(power_law_image(256, 6), anisotropic_gaussian(13, 2.0, 1.0, 0.4), 2)
     k = anisotropic_gaussian(13, 3.0, 1.0, 0.4)
-    old = torch.get_num_threads()
+    old, old_nb = torch.get_num_threads(), numba.get_num_threads()
     try:
         got = []
         for t in (1, 2):
             torch.set_num_threads(t)
+            numba.set_num_threads(min(t, numba.config.NUMBA_NUM_THREADS))
             got.append(calibrate_width(lr, k).scores.tobytes())
     finally:
         torch.set_num_threads(old)
+        numba.set_num_threads(old_nb)
     assert got[0] == got[1]
 
 
