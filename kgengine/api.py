@@ -32,6 +32,7 @@ from kgengine.kernel import (
     shrink_elongation,
 )
 from kgengine.prepare import prepare_image
+from kgengine.spectral import mix_spectral
 from kgengine.stopping import StopRule, stop_rule_of, stop_setting
 from kgengine.sysinfo import machine_info
 from kgengine.trainer import BatchTrainer
@@ -270,6 +271,9 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
     elif cfg.width_calibration:  # too few pixels for a spectrum: the width is kept
         width = {"scale": 1.0, "prior": cfg.width_prior,
                  "elongation_power": cfg.elongation_power, "skipped": "image too small"}
+    spectral = None
+    if cfg.spectral_mix > 0 and min(arr.shape[:2]) >= WIDTH_MIN_SIDE:
+        k2, spectral = mix_spectral(arr.mean(axis=2), k2, 4 if x4 else 2, cfg.spectral_mix)
     pick = ok[cons.medoid] if cons is not None else ok[0]
     k4 = analytic_x4(k2) if x4 else None
     report = {
@@ -283,6 +287,7 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
         "kernel_x4": kernel_stats(k4) if k4 is not None else None,
         "confidence": cons.confidence if cons is not None else None,
         "width": width,
+        "spectral": spectral,
     }
     if cons is not None:
         report["restarts"] = {

@@ -41,6 +41,11 @@ class KernelGANConfig:
     (:func:`kgengine.width.choose_elongation`): the shrink's loss on kernels whose elongation
     KernelGAN got right is partly won back (README, ``bench/study_width.py``).
 
+    Since 0.9.6 a fourth: ``spectral_mix`` w = 0.5 (the authors' code: 0). The saved kernel
+    is ``(1 − w)·k + w·g``, ``g`` the Gaussian that the LR spectrum fits in closed form
+    (:mod:`kgengine.spectral`), unless the two disagree about the width. Its errors are not
+    KernelGAN's, so the mean gains on average (README, ``bench/study_spectral.py``).
+
     ``restart_iters`` and ``restart_n_filtering`` are kgengine's own (the authors' code has no
     restarts): see :meth:`run_iters` and :meth:`clean_n`.
     """
@@ -91,6 +96,7 @@ class KernelGANConfig:
     width_calibration: bool = True  # scale the saved kernel's width by the LR spectrum's choice
     width_prior: float = 0.3  # λ of the calibration's pull toward no change, ≥ 0
     elongation_choice: bool = True  # with the calibration: keep β = 1 where the spectrum fits it
+    spectral_mix: float = 0.5  # weight of the LR spectrum's own Gaussian in the saved kernel
     # --- authors' defects (True = behave like the authors' code) ---
     authors_bicubic_rgb_sum: bool = True  # defect 1: bicubic target = sum of R,G,B
     authors_noise_accumulates: bool = True  # defect 2: D's real-crop noise accumulates in image
@@ -169,10 +175,10 @@ class KernelGANConfig:
         one stored before 0.9.3 has no ``restart_n_filtering``: its restarts were cleaned
         with ``n_filtering``; one stored before 0.9.4 has no ``width_calibration``: its
         kernels kept their width; one stored before 0.9.5 has no ``elongation_choice``: its
-        kernels kept the shrink."""
+        kernels kept the shrink; one stored before 0.9.6 has no ``spectral_mix``: 0."""
         return KernelGANConfig().replace(**{
             "restart_iters": d.get("iters", 3000), "elongation_power": 1.0,
-            "width_calibration": False, "elongation_choice": False,
+            "width_calibration": False, "elongation_choice": False, "spectral_mix": 0.0,
             "restart_n_filtering": d.get("n_filtering", KernelGANConfig.n_filtering), **d})
 
     def to_dict(self) -> dict[str, Any]:
@@ -185,10 +191,11 @@ class KernelGANConfig:
         """The authors' code's behaviour: defects 1-3 included (as the default), their
         kernel clean-up ``n_filtering = 40`` (the default has 50), the elongation kept
         (``elongation_power = 1``; the default has 0.4) and the width kept
-        (``width_calibration = False``, so no ``elongation_choice``)."""
+        (``width_calibration = False``, so no ``elongation_choice``) and no spectral mix
+        (``spectral_mix = 0``)."""
         return KernelGANConfig._with_defects(True).replace(
             n_filtering=40, elongation_power=1.0, width_calibration=False,
-            elongation_choice=False)
+            elongation_choice=False, spectral_mix=0.0)
 
     @staticmethod
     def defects_fixed() -> KernelGANConfig:
@@ -207,7 +214,7 @@ _INT_MIN = {"crop_size": 1, "shave": 0, "grad_window": 1, "g_channels": 1, "d_ke
             "bic_decay_every": 1, "n_filtering": 0, "restart_n_filtering": 0}
 
 #: Float settings that must lie in [0, 1].
-_UNIT_INTERVAL = ("elongation_power",)
+_UNIT_INTERVAL = ("elongation_power", "spectral_mix")
 
 #: Float settings that must be >= 0.
 _NON_NEGATIVE = ("width_prior",)

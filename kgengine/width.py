@@ -70,8 +70,9 @@ MIN_SIDE: int = 32
 #: Larger images are read through their central MAX_SIDE × MAX_SIDE crop (time and memory:
 #: 19 downscaled copies are held at once; the benchmark images are at most 640 px a side).
 MAX_SIDE: int = 1024
-_R_MID = 0.5 * (R_EDGES[1:] + R_EDGES[:-1])
-_A_MID = 0.5 * (A_EDGES[1:] + A_EDGES[:-1])
+#: The bins' centres: radius (cycles/pixel) and angle.
+R_MID: np.ndarray = 0.5 * (R_EDGES[1:] + R_EDGES[:-1])
+A_MID: np.ndarray = 0.5 * (A_EDGES[1:] + A_EDGES[:-1])
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ def scale_kernel(k: np.ndarray, s: float) -> np.ndarray:
     return center_kernel(out / out.sum())
 
 
-def _polar_log_power(imgs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def polar_log_power(imgs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Hann-windowed periodograms of (N, H, W) float64 images, averaged in polar bins.
 
     Returns:
@@ -136,17 +137,17 @@ def _polar_log_power(imgs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     fx = np.fft.fftfreq(w)[None, :] * np.ones((h, 1))
     ri = np.digitize(np.hypot(fy, fx).ravel(), R_EDGES) - 1
     ai = np.minimum(np.digitize(np.mod(np.arctan2(fy, fx), np.pi).ravel(), A_EDGES) - 1,
-                    len(_A_MID) - 1)
-    keep = (ri >= 0) & (ri < len(_R_MID))
-    idx = ri[keep] * len(_A_MID) + ai[keep]
-    nb = len(_R_MID) * len(_A_MID)
+                    len(A_MID) - 1)
+    keep = (ri >= 0) & (ri < len(R_MID))
+    idx = ri[keep] * len(A_MID) + ai[keep]
+    nb = len(R_MID) * len(A_MID)
     count = np.bincount(idx, minlength=nb)
     sums = np.stack([np.bincount(idx, row[keep], minlength=nb) for row in p])
     logp = np.where(count > 0, np.log(np.maximum(sums, 1e-300) / np.maximum(count, 1)), 0.0)
     far = np.hypot(fy, fx).ravel() > FLOOR_RADIUS
     floor = np.log(np.maximum(np.median(p[:, far], axis=1), 1e-300))
-    return (logp.reshape(n, len(_R_MID), len(_A_MID)),
-            count.reshape(len(_R_MID), len(_A_MID)), floor)
+    return (logp.reshape(n, len(R_MID), len(A_MID)),
+            count.reshape(len(R_MID), len(A_MID)), floor)
 
 
 def downscale_each(img: np.ndarray, kernels: np.ndarray) -> np.ndarray:
@@ -196,16 +197,16 @@ def residual_spread(lr_gray: np.ndarray, kernels: list[np.ndarray], scale: int =
         raise ValueError(f"scale must be 2 or 4, got {scale}")
     img = np.asarray(lr_gray, np.float64)
     down = downscale_each(img, np.stack([np.asarray(k, np.float64) for k in kernels]))
-    lp_lr, n_lr, floor = _polar_log_power(img[None])
-    lp_d, n_d, _ = _polar_log_power(down)
-    use = (n_lr > 0) & (n_d > 0) & ((_R_MID > BAND[0]) & (_R_MID < BAND[1]))[:, None]
+    lp_lr, n_lr, floor = polar_log_power(img[None])
+    lp_d, n_d, _ = polar_log_power(down)
+    use = (n_lr > 0) & (n_d > 0) & ((R_MID > BAND[0]) & (R_MID < BAND[1]))[:, None]
     if noise_margin > 0:
         use &= lp_lr[0] >= floor[0] + np.log(noise_margin)
     if use.sum() < 3:  # noise everywhere: no width can be read; no choice (J flat)
         return np.ones(len(kernels))
     div = 2.0 * scale  # |K(f/4)|² at x2, |K(f/8)|² at x4
-    fy = _R_MID[:, None] * np.sin(_A_MID)[None, :] / div
-    fx = _R_MID[:, None] * np.cos(_A_MID)[None, :] / div
+    fy = R_MID[:, None] * np.sin(A_MID)[None, :] / div
+    fx = R_MID[:, None] * np.cos(A_MID)[None, :] / div
     out = []
     for i, k in enumerate(kernels):
         r = lp_d[i] - lp_lr[0] - np.log(np.maximum(kernel_power(np.asarray(k), fy, fx), 1e-300))

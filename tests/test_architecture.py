@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "kgengine.metrics": 2,
     "kgengine.consensus": 2,
     "kgengine.width": 2,
+    "kgengine.spectral": 2,
     "kgengine.degrade": 2,
     # 3 training
     "kgengine.trainer": 3,

@@ -135,6 +135,24 @@ def test_estimate_redoes_a_report_from_before_the_elongation_choice(tmp_path, lr
     assert "config.elongation_choice (stored False, asked True)" in res.output
 
 
+def test_estimate_redoes_a_report_from_before_the_spectral_mix(tmp_path, lr_png):
+    # a 0.9.5 output had no spectral mix (no spectral_mix in its config): it is redone,
+    # naming the setting; asking for 0.9.5's behaviour keeps it
+    out = tmp_path / "out"
+    args = ["estimate", str(lr_png), "-o", str(out), "--iters", "4", "--device", "cpu"]
+    assert runner.invoke(app, args).exit_code == 0
+    path = out / "photo_report.json"
+    report = json.loads(path.read_text())
+    assert report["config"]["spectral_mix"] == 0.5 and report["spectral"]["weight"] == 0.5
+    del report["config"]["spectral_mix"]
+    path.write_text(json.dumps(report))
+    old = runner.invoke(app, [*args, "--set", "spectral_mix=0"])
+    assert old.exit_code == 0 and "skip" in old.output, old.output
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0 and "redone" in res.output
+    assert "config.spectral_mix (stored 0.0, asked 0.5)" in res.output
+
+
 def test_estimate_redoes_restarts_from_before_the_restarts_clean_up(tmp_path, lr_png):
     # before 0.9.3 each restart was cleaned with n_filtering (no restart_n_filtering in the
     # config): a restarts output is redone, naming it; a one-run output does not depend on it

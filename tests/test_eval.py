@@ -602,6 +602,22 @@ def test_runs_stored_before_the_elongation_choice_are_refused(dataset, tmp_path)
                  estimator=per_image(FakeEstimator()))
 
 
+def test_runs_stored_before_the_spectral_mix_are_refused(dataset, tmp_path):
+    # runs of kgengine 0.9.5 had no spectral mix (no spectral_mix recorded): a run's identity
+    # holds its weight
+    assert EvalSettings().run_identity()["spectral_mix"] == 0.5
+    out = tmp_path / "out"
+    run_eval(dataset, out, EvalSettings(seeds=(0,), iters=7), estimator=per_image(FakeEstimator()))
+    for f in (out / "runs").glob("*.json"):
+        run = json.loads(f.read_text())
+        assert run["spectral_mix"] == 0.5
+        del run["spectral_mix"]
+        f.write_text(json.dumps(run))
+    with pytest.raises(ResumeMismatchError, match="'spectral_mix': 0.0"):
+        run_eval(dataset, out, EvalSettings(seeds=(0,), iters=7),
+                 estimator=per_image(FakeEstimator()))
+
+
 def test_kernelgan_estimator_passes_stop(monkeypatch):
     import kgengine.api
     from kgengine.accuracy import kernelgan_estimator

@@ -382,6 +382,18 @@ def test_settings_without_elongation_choice_keep_the_shrink():
         check_same(old, resolve_settings(None))
 
 
+def test_settings_without_spectral_mix_keep_no_mix():
+    # a pool from 0.9.5 saved unmixed kernels: resuming it must too, and the new default is
+    # refused rather than mixed into it
+    stored = resolve_settings(None).to_dict()
+    assert stored["config"]["spectral_mix"] == 0.5
+    del stored["config"]["spectral_mix"]
+    old = resolve_settings(stored)
+    assert old.config.spectral_mix == 0.0
+    with pytest.raises(KGEngineError, match=r"config.spectral_mix \(pool: 0.0, given: 0.5\)"):
+        check_same(old, resolve_settings(None))
+
+
 def test_settings_without_restart_n_filtering_keep_the_restarts_clean_up():
     # a restarts pool from before 0.9.3 cleaned each restart with n_filtering: resuming it
     # must too (or be refused when asked for the new default); a one-run pool does not care

@@ -11,6 +11,7 @@ from kgengine.config import KernelGANConfig
 from kgengine.consensus import combine
 from kgengine.imageio import read_image
 from kgengine.kernel import analytic_x4, gaussian_kernel, principal_axes, shrink_elongation
+from kgengine.spectral import mix_spectral
 from kgengine.width import choose_elongation
 
 
@@ -43,15 +44,16 @@ def test_restarts_equal_single_runs_combined(lr):
         torch.set_num_threads(old)
     # the report keeps each restart's finished kernel, cleaned with restart_n_filtering (one
     # run: n_filtering); the saved kernel of one run and of the combination are then shrunk
-    # (elongation_power), the shrunk or the unshrunk one kept by the image's spectrum and its
-    # width calibrated on the image (the last steps)
+    # (elongation_power), the shrunk or the unshrunk one kept by the image's spectrum, its
+    # width calibrated on the image, and the spectrum's Gaussian mixed in (the last steps)
     assert cfg.clean_n(3) == cfg.restart_n_filtering == 70 != cfg.clean_n(1) == 50
     gray = lr.mean(axis=2)
 
     def calibrated(k: np.ndarray, scale: int) -> tuple[np.ndarray, float]:
         fit, kept = choose_elongation(gray, shrink_elongation(k, cfg.elongation_power), k,
                                       scale, cfg.width_prior)
-        return fit.kernel, 1.0 if kept else cfg.elongation_power
+        return (mix_spectral(gray, fit.kernel, scale, cfg.spectral_mix)[0],
+                1.0 if kept else cfg.elongation_power)
 
     finished = [finish_kernel(one.raw_kernel, cfg.restart_n_filtering) for one in singles]
     for r, one in enumerate(singles):
@@ -125,10 +127,10 @@ def test_finish_restarts_matches_its_parts():
 
 def test_report_gives_the_axes_before_and_after_the_shrink(lr):
     # the saved kernel's axes, and those KernelGAN found (before elongation_power); the width
-    # calibration, which scales the area after the shrink, is off here
+    # calibration, which scales the area after the shrink, and the spectral mix are off here
     res = estimate_kernels([lr], seeds=[3], iters=60, device="cpu",
-                           config=KernelGANConfig(width_calibration=False))[0]
-    assert res.report["width"] is None
+                           config=KernelGANConfig(width_calibration=False, spectral_mix=0.0))[0]
+    assert res.report["width"] is None and res.report["spectral"] is None
     before = finish_kernel(res.raw_kernel, KernelGANConfig().n_filtering)
     stats = res.report["kernel_x2"]
     v1, v2, _ = principal_axes(res.kernel_x2)

@@ -101,7 +101,8 @@ class EvalSettings:
         ``restarts``, ``stop``, the kernel clean-up's n (``n_filtering``: the one applied,
         :meth:`KernelGANConfig.clean_n`), ``elongation_power`` and the width calibration
         (``width_prior``: None when it is off) and whether it chose the elongation
-        (``elongation_choice``, :meth:`KernelGANConfig.chooses_elongation`)."""
+        (``elongation_choice``, :meth:`KernelGANConfig.chooses_elongation`), and the spectral
+        mix's weight (``spectral_mix``)."""
         cfg = self.kernelgan_config()
         return {"scale": self.scale, "method": self.method,
                 "iters": cfg.run_iters(self.restarts),
@@ -109,7 +110,8 @@ class EvalSettings:
                 "n_filtering": cfg.clean_n(self.restarts),
                 "elongation_power": cfg.elongation_power,
                 "width_prior": cfg.width_prior if cfg.width_calibration else None,
-                "elongation_choice": cfg.chooses_elongation()}
+                "elongation_choice": cfg.chooses_elongation(),
+                "spectral_mix": cfg.spectral_mix}
 
 
 def run_eval(

@@ -25,12 +25,13 @@ from kgengine.kernel import check_kernel
 #: Identity keys added after runs were first stored, with the value older runs were made with.
 LEGACY_IDENTITY: dict[str, Any] = {"restarts": 1, "stop": "full", "n_filtering": 40,
                                    "elongation_power": 1.0, "width_prior": None,
-                                   "elongation_choice": False}
+                                   "elongation_choice": False, "spectral_mix": 0.0}
 
 
 class ResumeMismatchError(KGEngineError):
     """``OUTDIR/runs`` holds a run made with other settings (scale, iterations, variant,
-    restarts, stop rule, kernel clean-up, elongation shrink or choice, or width calibration)."""
+    restarts, stop rule, kernel clean-up, elongation shrink or choice, width calibration or
+    spectral mix)."""
 
 
 class RunStore:

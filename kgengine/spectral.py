@@ -1,0 +1,121 @@
+"""The LR spectrum's own Gaussian kernel, in closed form, mixed into KernelGAN's.
+
+The model of :mod:`kgengine.width` (a scale-invariant HR power spectrum) without aliasing:
+``P_D(f) = |K(f/2)|² P_LR(f/2)`` for ``D = (LR ∗ k)↓2``, so its criterion needs no
+downscaled copies. With ``s(f) = log P_LR(f/2) − log P_LR(f)`` and a Gaussian kernel of
+covariance Σ (HR pixels²), ``log |K(ν)|² = −4π² νᵀΣν``, the model says::
+
+    s(f) = c + 4π² (1/4 − 1/16) · fᵀΣf          (x2;  x4: 1/4 − 1/64)
+
+which is linear in (Σ_yy, Σ_xy, Σ_xx): a least-squares fit of ``s`` over the calibration's
+polar bins (its band and noise mask) gives Σ with no training and no search
+(:func:`spectral_covariance`). The noise power (the median periodogram beyond 0.45
+cycles/pixel, divided by ln 2: the median of an exponential variable is ln 2 times its
+mean) is subtracted from the spectrum first.
+
+The fit has errors of its own, not KernelGAN's, so the saved kernel is the mean
+``(1 − w)·k + w·g`` of KernelGAN's (finished, calibrated) kernel ``k`` and the fitted
+Gaussian ``g`` (``spectral_mix`` = w). Noise in the LR image bends the fit toward too narrow
+a kernel; where its area and ``k``'s differ by more than :data:`MAX_AREA_RATIO` (either
+way) the two disagree about the width, and ``k`` is kept unmixed.
+
+Measured in ``bench/study_spectral.py`` (README).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kgengine.kernel import anisotropic_gaussian, principal_axes
+from kgengine.width import (
+    A_MID,
+    BAND,
+    MAX_SIDE,
+    MIN_SIDE,
+    NOISE_MARGIN,
+    R_MID,
+    polar_log_power,
+)
+
+#: The fitted covariance's eigenvalues are clipped to this range (px²).
+VAR_RANGE: tuple[float, float] = (0.2, 8.0)
+#: Fewer usable bins than this: no fit.
+MIN_BINS: int = 8
+#: KernelGAN's kernel is kept unmixed where sqrt(det Σ) of the two differ by more than this.
+MAX_AREA_RATIO: float = 2.0
+
+
+def spectral_covariance(lr_gray: np.ndarray, scale: int = 2) -> np.ndarray | None:
+    """Σ of the Gaussian kernel the LR spectrum fits (module docstring).
+
+    Args:
+        lr_gray: (H, W) LR image, any range, at least 32×32 (its central 1024×1024 crop is
+            read). scale: 2 or 4 (x4: Σ of the x2 kernel from which the x4 one is derived).
+    Returns:
+        (2, 2) float64 covariance in (row, col) pixels², eigenvalues in :data:`VAR_RANGE`;
+        None when fewer than :data:`MIN_BINS` bins are above the noise mask.
+    """
+    if scale not in (2, 4):
+        raise ValueError(f"scale must be 2 or 4, got {scale}")
+    img = np.asarray(lr_gray, np.float64)
+    if img.ndim != 2 or min(img.shape) < MIN_SIDE:
+        raise ValueError(f"expected an (H, W) image of at least {MIN_SIDE}x{MIN_SIDE}, "
+                         f"got {img.shape}")
+    top, left = ((n - min(n, MAX_SIDE)) // 2 for n in img.shape)
+    img = img[top : top + MAX_SIDE, left : left + MAX_SIDE]
+    lp, count, floor = polar_log_power(img[None])
+    lp, floor = lp[0], floor[0]
+    use = ((count > 0) & ((R_MID > BAND[0]) & (R_MID < BAND[1]))[:, None]
+           & (lp >= floor + np.log(NOISE_MARGIN)))
+    if use.sum() < MIN_BINS:
+        return None
+    clean = np.log(np.maximum(np.exp(lp) - np.exp(floor) / np.log(2.0), 1e-300))
+    half = np.stack([np.interp(R_MID / 2, R_MID, clean[:, a]) for a in range(len(A_MID))], 1)
+    fy = (R_MID[:, None] * np.sin(A_MID)[None, :])[use]
+    fx = (R_MID[:, None] * np.cos(A_MID)[None, :])[use]
+    design = np.stack([np.ones_like(fy), fy**2, 2 * fx * fy, fx**2], 1)
+    beta = np.linalg.lstsq(design, (half - clean)[use], rcond=None)[0]
+    c = 4 * np.pi**2 * (1 / 4 - (1 / 16 if scale == 2 else 1 / 64))
+    w, v = np.linalg.eigh(np.array([[beta[1], beta[2]], [beta[2], beta[3]]]) / c)
+    return v @ np.diag(np.clip(w, *VAR_RANGE)) @ v.T
+
+
+def gaussian_of(cov: np.ndarray, size: int = 13) -> np.ndarray:
+    """The (size, size) sampled Gaussian kernel of covariance ``cov`` ((row, col) px²)."""
+    w, v = np.linalg.eigh(cov)
+    # long axis v[:, 1] = (row, col) as anisotropic_gaussian's angle (from the column axis)
+    return anisotropic_gaussian(size, w[1], w[0], float(np.arctan2(v[0, 1], v[1, 1])))
+
+
+def mix_spectral(lr_gray: np.ndarray, k: np.ndarray, scale: int = 2, weight: float = 0.5
+                 ) -> tuple[np.ndarray, dict[str, Any]]:
+    """``(1 − weight)·k + weight·g`` with ``g`` the spectrum's Gaussian (module docstring).
+
+    Args:
+        lr_gray, scale: as :func:`spectral_covariance`. k: (h, w) x2 kernel, sum 1, odd
+            sizes. weight: w in [0, 1].
+    Returns:
+        (the kernel, (h, w) float64, sum 1; the report: ``weight``, the fit's ``var_long``,
+        ``var_short``, ``theta_deg`` (or None where there was no fit) and ``mixed``: False
+        where there was no fit or the two areas disagree (then the kernel is ``k``)).
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight must be in [0, 1], got {weight}")
+    k = np.asarray(k, np.float64)
+    cov = spectral_covariance(lr_gray, scale)
+    info: dict[str, Any] = {"weight": weight, "var_long": None, "var_short": None,
+                            "theta_deg": None, "mixed": False}
+    if cov is None:
+        return k, info
+    g = gaussian_of(cov, k.shape[0])
+    v1, v2, theta = principal_axes(g)
+    info.update(var_long=v1, var_short=v2, theta_deg=float(np.degrees(theta)))
+    k1, k2, _ = principal_axes(k)
+    ratio = np.sqrt(np.linalg.det(cov)) / max(np.sqrt(k1 * k2), 1e-12)
+    if not 1 / MAX_AREA_RATIO <= ratio <= MAX_AREA_RATIO or weight == 0.0:
+        return k, info
+    info["mixed"] = True
+    out = (1.0 - weight) * k + weight * g
+    return out / out.sum(), info
