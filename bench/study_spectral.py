@@ -40,19 +40,9 @@ import numpy as np
 from kgengine.atomic import save_json, save_text
 from kgengine.config import KernelGANConfig
 from kgengine.kernel import analytic_x4
-from kgengine.spectral import VAR_RANGE, gaussian_of, mix_spectral, spectral_covariance
+from kgengine.spectral import gaussian_of, mix_spectral, spectral_covariance
 from kgengine.sysinfo import machine_line
-from kgengine.width import (
-    A_MID,
-    BAND,
-    ELONGATION_MARGIN,
-    MAX_SIDE,
-    NOISE_MARGIN,
-    R_MID,
-    SCALES,
-    polar_log_power,
-    scale_kernel,
-)
+from kgengine.width import ELONGATION_MARGIN, SCALES, scale_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study_restart_cleanup as rc  # noqa: E402
@@ -67,22 +57,7 @@ SHIPPED = 0.5  # KernelGANConfig.spectral_mix
 def first_try_covariance(lr_gray: np.ndarray, scale: int) -> np.ndarray | None:
     """The first version of :func:`kgengine.spectral.spectral_covariance`: the same fit on
     the spectrum as measured, without subtracting the noise floor."""
-    top, left = ((n - min(n, MAX_SIDE)) // 2 for n in lr_gray.shape)
-    img = np.asarray(lr_gray, np.float64)[top : top + MAX_SIDE, left : left + MAX_SIDE]
-    lp, count, floor = polar_log_power(img[None])
-    lp = lp[0]
-    half = np.stack([np.interp(R_MID / 2, R_MID, lp[:, a]) for a in range(len(A_MID))], 1)
-    use = ((count > 0) & ((R_MID > BAND[0]) & (R_MID < BAND[1]))[:, None]
-           & (lp >= floor[0] + np.log(NOISE_MARGIN)))
-    if use.sum() < 8:
-        return None
-    fy = (R_MID[:, None] * np.sin(A_MID)[None, :])[use]
-    fx = (R_MID[:, None] * np.cos(A_MID)[None, :])[use]
-    x = np.stack([np.ones_like(fy), fy**2, 2 * fx * fy, fx**2], 1)
-    beta = np.linalg.lstsq(x, (half - lp)[use], rcond=None)[0]
-    c = 4 * np.pi**2 * (1 / 4 - (1 / 16 if scale == 2 else 1 / 64))
-    w, v = np.linalg.eigh(np.array([[beta[1], beta[2]], [beta[2], beta[3]]]) / c)
-    return v @ np.diag(np.clip(w, *VAR_RANGE)) @ v.T
+    return spectral_covariance(lr_gray, scale, subtract_floor=False)
 
 
 def saved_095(kind: str, setname: str, how: str | None = None

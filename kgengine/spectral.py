@@ -29,15 +29,7 @@ from typing import Any
 import numpy as np
 
 from kgengine.kernel import anisotropic_gaussian, principal_axes
-from kgengine.width import (
-    A_MID,
-    BAND,
-    MAX_SIDE,
-    MIN_SIDE,
-    NOISE_MARGIN,
-    R_MID,
-    polar_log_power,
-)
+from kgengine.width import A_MID, BAND, NOISE_MARGIN, R_MID, polar_log_power, read_crop
 
 #: The fitted covariance's eigenvalues are clipped to this range (px²).
 VAR_RANGE: tuple[float, float] = (0.2, 8.0)
@@ -47,31 +39,29 @@ MIN_BINS: int = 8
 MAX_AREA_RATIO: float = 2.0
 
 
-def spectral_covariance(lr_gray: np.ndarray, scale: int = 2) -> np.ndarray | None:
+def spectral_covariance(lr_gray: np.ndarray, scale: int = 2, *,
+                        subtract_floor: bool = True) -> np.ndarray | None:
     """Σ of the Gaussian kernel the LR spectrum fits (module docstring).
 
     Args:
         lr_gray: (H, W) LR image, any range, at least 32×32 (its central 1024×1024 crop is
             read). scale: 2 or 4 (x4: Σ of the x2 kernel from which the x4 one is derived).
+        subtract_floor: subtract the noise power first (False: the first version, measured
+            in ``bench/study_spectral.py``).
     Returns:
         (2, 2) float64 covariance in (row, col) pixels², eigenvalues in :data:`VAR_RANGE`;
         None when fewer than :data:`MIN_BINS` bins are above the noise mask.
     """
     if scale not in (2, 4):
         raise ValueError(f"scale must be 2 or 4, got {scale}")
-    img = np.asarray(lr_gray, np.float64)
-    if img.ndim != 2 or min(img.shape) < MIN_SIDE:
-        raise ValueError(f"expected an (H, W) image of at least {MIN_SIDE}x{MIN_SIDE}, "
-                         f"got {img.shape}")
-    top, left = ((n - min(n, MAX_SIDE)) // 2 for n in img.shape)
-    img = img[top : top + MAX_SIDE, left : left + MAX_SIDE]
-    lp, count, floor = polar_log_power(img[None])
+    lp, count, floor = polar_log_power(read_crop(lr_gray)[None])
     lp, floor = lp[0], floor[0]
     use = ((count > 0) & ((R_MID > BAND[0]) & (R_MID < BAND[1]))[:, None]
            & (lp >= floor + np.log(NOISE_MARGIN)))
     if use.sum() < MIN_BINS:
         return None
-    clean = np.log(np.maximum(np.exp(lp) - np.exp(floor) / np.log(2.0), 1e-300))
+    clean = (np.log(np.maximum(np.exp(lp) - np.exp(floor) / np.log(2.0), 1e-300))
+             if subtract_floor else lp)
     half = np.stack([np.interp(R_MID / 2, R_MID, clean[:, a]) for a in range(len(A_MID))], 1)
     fy = (R_MID[:, None] * np.sin(A_MID)[None, :])[use]
     fx = (R_MID[:, None] * np.cos(A_MID)[None, :])[use]

@@ -252,18 +252,28 @@ def choose_elongation(lr_gray: np.ndarray, shrunk: np.ndarray, unshrunk: np.ndar
     return fit_s, False
 
 
+def read_crop(lr_gray: np.ndarray) -> np.ndarray:
+    """The part of an LR image the spectra are taken from: its central :data:`MAX_SIDE` ×
+    :data:`MAX_SIDE` crop as float64.
+
+    Raises:
+        ValueError: not an (H, W) image of at least :data:`MIN_SIDE` pixels a side.
+    """
+    img = np.asarray(lr_gray, np.float64)
+    if img.ndim != 2 or min(img.shape) < MIN_SIDE:
+        raise ValueError(f"expected an (H, W) image of at least {MIN_SIDE}x{MIN_SIDE}, "
+                         f"got {img.shape}")
+    top, left = ((n - min(n, MAX_SIDE)) // 2 for n in img.shape)
+    return img[top : top + MAX_SIDE, left : left + MAX_SIDE]
+
+
 def _fits(lr_gray: np.ndarray, kernels: list[np.ndarray], scale: int,
           prior: float) -> list[WidthFit]:
     """:func:`calibrate_width` of each kernel; the image is read once (the spectra of every
     candidate come from one :func:`residual_spread` call: the same bytes as one per kernel)."""
     if prior < 0:
         raise ValueError(f"prior must be >= 0, got {prior}")
-    lr_gray = np.asarray(lr_gray, np.float64)
-    if lr_gray.ndim != 2 or min(lr_gray.shape) < MIN_SIDE:
-        raise ValueError(f"expected an (H, W) image of at least {MIN_SIDE}x{MIN_SIDE}, "
-                         f"got {lr_gray.shape}")
-    top, left = ((n - min(n, MAX_SIDE)) // 2 for n in lr_gray.shape)
-    lr_gray = lr_gray[top : top + MAX_SIDE, left : left + MAX_SIDE]
+    lr_gray = read_crop(lr_gray)
     cands = [[scale_kernel(k, float(s)) for s in SCALES] for k in kernels]
     spread = residual_spread(lr_gray, [c for cs in cands for c in cs], scale)
     out = []

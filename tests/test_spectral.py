@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.ndimage import correlate
+from synthetic import degrade, power_law_image
 
 from kgengine.config import KernelGANConfig
 from kgengine.kernel import anisotropic_gaussian, principal_axes
@@ -17,22 +17,6 @@ from kgengine.spectral import (
     mix_spectral,
     spectral_covariance,
 )
-
-
-def power_law_image(n: int, seed: int, alpha: float = 2.0) -> np.ndarray:
-    """(n, n) Gaussian random field with power spectrum ∝ |f|^-alpha (scale invariant)."""
-    rng = np.random.default_rng(seed)
-    f = np.hypot(np.fft.fftfreq(n)[:, None], np.fft.fftfreq(n)[None, :])
-    amp = np.where(f > 0, np.maximum(f, 1.0 / n) ** (-alpha / 2), 0.0)
-    img = np.fft.ifft2(amp * np.fft.fft2(rng.standard_normal((n, n)))).real
-    return (img - img.min()) / (img.max() - img.min())
-
-
-def degrade(hr: np.ndarray, k: np.ndarray, scale: int) -> np.ndarray:
-    out = hr
-    for _ in range(scale // 2):
-        out = correlate(out, k, mode="reflect")[::2, ::2]
-    return out
 
 
 def _cov(var1: float, var2: float, theta: float) -> np.ndarray:

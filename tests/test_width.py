@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy.ndimage import correlate
+from synthetic import degrade, power_law_image
 
 from kgengine.config import KernelGANConfig
 from kgengine.kernel import (
@@ -25,24 +26,6 @@ from kgengine.width import (
 )
 
 STEP = 2.0 ** (1 / 6)  # the grid step of SCALES
-
-
-def power_law_image(n: int, seed: int, alpha: float = 2.0) -> np.ndarray:
-    """(n, n) Gaussian random field with power spectrum ∝ |f|^-alpha: scale invariant, the
-    model's assumption about the HR image."""
-    rng = np.random.default_rng(seed)
-    f = np.hypot(np.fft.fftfreq(n)[:, None], np.fft.fftfreq(n)[None, :])
-    amp = np.where(f > 0, np.maximum(f, 1.0 / n) ** (-alpha / 2), 0.0)
-    img = np.fft.ifft2(amp * np.fft.fft2(rng.standard_normal((n, n)))).real
-    return (img - img.min()) / (img.max() - img.min())
-
-
-def degrade(hr: np.ndarray, k: np.ndarray, scale: int) -> np.ndarray:
-    """``(HR ∗ k)↓2`` once (x2) or twice (x4, kgengine's analytic x4)."""
-    out = hr
-    for _ in range(scale // 2):
-        out = correlate(out, k, mode="reflect")[::2, ::2]
-    return out
 
 
 @pytest.mark.parametrize("theta", [0.0, 0.6])
