@@ -257,9 +257,11 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
     k2, finished, cons = finish_restarts([raw[r] for r in ok], cfg.clean_n(len(rows)), rule,
                                            len(rows), cfg.elongation_power)
     unshrunk = cons.kernel if cons is not None else finished[0]
+    # the LR image's spectrum sizes the kernel, chooses its elongation and fits a Gaussian
+    spectrum_ok = min(arr.shape[:2]) >= WIDTH_MIN_SIDE
+    gray, sc = arr.mean(axis=2), 4 if x4 else 2
     width = None
-    if cfg.width_calibration and min(arr.shape[:2]) >= WIDTH_MIN_SIDE:
-        gray, sc = arr.mean(axis=2), 4 if x4 else 2
+    if cfg.width_calibration and spectrum_ok:
         beta = cfg.elongation_power
         if cfg.chooses_elongation():
             fit, kept = choose_elongation(gray, k2, unshrunk, sc, cfg.width_prior)
@@ -272,8 +274,8 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
         width = {"scale": 1.0, "prior": cfg.width_prior,
                  "elongation_power": cfg.elongation_power, "skipped": "image too small"}
     spectral = None
-    if cfg.spectral_mix > 0 and min(arr.shape[:2]) >= WIDTH_MIN_SIDE:
-        k2, spectral = mix_spectral(arr.mean(axis=2), k2, 4 if x4 else 2, cfg.spectral_mix)
+    if cfg.spectral_mix > 0 and spectrum_ok:
+        k2, spectral = mix_spectral(gray, k2, sc, cfg.spectral_mix)
     pick = ok[cons.medoid] if cons is not None else ok[0]
     k4 = analytic_x4(k2) if x4 else None
     report = {

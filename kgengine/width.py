@@ -68,7 +68,8 @@ ELONGATION_MARGIN: float = 0.05
 #: Smallest LR image side the calibration reads (smaller images keep the kernel's width).
 MIN_SIDE: int = 32
 #: Larger images are read through their central MAX_SIDE × MAX_SIDE crop (time and memory:
-#: 19 downscaled copies are held at once; the benchmark images are at most 640 px a side).
+#: 19 downscaled copies per kernel are held at once, 38 with the elongation choice; the
+#: benchmark images are at most 640 px a side).
 MAX_SIDE: int = 1024
 #: The bins' centres: radius (cycles/pixel) and angle.
 R_MID: np.ndarray = 0.5 * (R_EDGES[1:] + R_EDGES[:-1])
