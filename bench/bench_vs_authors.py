@@ -205,27 +205,44 @@ def confidence_lines(rows: list[dict], confidences: dict[str, dict[str, float]])
     return out
 
 
-def scatter_png(path: Path, points: list[tuple[float, float, str]], size: int = 420) -> None:
-    """A small scatter plot (x = confidence, y = aligned kernel PSNR; colour per label)."""
+def scatter_png(path: Path, points: list[tuple[float, float, str, int]], size: int = 380
+                ) -> None:
+    """Scatter plots, one panel per scale: x = confidence (0 to 1), y = aligned kernel PSNR
+    (the panel's own range), one colour per variant; each panel names Spearman ρ."""
     from PIL import Image, ImageDraw
+    from scipy.stats import spearmanr
 
-    img = Image.new("RGB", (size, size), "white")
+    scales = sorted({p[3] for p in points})
+    img = Image.new("RGB", (size * len(scales), size), "white")
     draw = ImageDraw.Draw(img)
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-    pad = 40
-    palette = [(200, 30, 30), (30, 60, 200), (20, 150, 60)]
+    palette = [(200, 30, 30), (30, 60, 200), (20, 150, 60), (150, 90, 0)]
     colours: dict[str, tuple[int, int, int]] = {}
-    for x, y, label in points:
-        c = colours.setdefault(label, palette[len(colours) % 3])
-        px = pad + (x - x0) / max(x1 - x0, 1e-9) * (size - 2 * pad)
-        py = size - pad - (y - y0) / max(y1 - y0, 1e-9) * (size - 2 * pad)
-        draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=c)
-    draw.rectangle([pad, pad, size - pad, size - pad], outline="black")
-    draw.text((pad, size - pad + 8), f"confidence {x0:.3f} .. {x1:.3f}", fill="black")
-    draw.text((pad, 8), f"aligned kernel PSNR {y0:.1f} .. {y1:.1f} dB", fill="black")
-    for i, (label, c) in enumerate(colours.items()):
-        draw.text((size - pad - 90, pad + 6 + 12 * i), label, fill=c)
+    for p in points:
+        colours.setdefault(p[2], palette[len(colours) % len(palette)])
+    pad = 44
+    for i, scale in enumerate(scales):
+        left = i * size
+        mine = [p for p in points if p[3] == scale]
+        y0, y1 = min(p[1] for p in mine), max(p[1] for p in mine)
+        for x, y, label, _ in mine:
+            px = left + pad + x * (size - 2 * pad)
+            py = size - pad - (y - y0) / max(y1 - y0, 1e-9) * (size - 2 * pad)
+            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colours[label])
+        draw.rectangle([left + pad, pad, left + size - pad, size - pad], outline="black")
+        for t in (0.0, 0.5, 1.0):
+            px = left + pad + t * (size - 2 * pad)
+            draw.line([px, size - pad, px, size - pad + 4], fill="black")
+            draw.text((px - 8, size - pad + 6), f"{t:g}", fill="black")
+        draw.text((left + pad, size - pad + 20), "confidence", fill="black")
+        draw.text((left + 4, pad - 14), f"{y1:.1f} dB", fill="black")
+        draw.text((left + 4, size - pad + 2), f"{y0:.1f}", fill="black")
+        draw.text((left + pad, 6), f"x{scale}: aligned kernel PSNR", fill="black")
+        for j, label in enumerate(colours):
+            pts = [p for p in mine if p[2] == label]
+            if len(pts) >= 3:
+                rho = spearmanr([p[0] for p in pts], [p[1] for p in pts]).statistic
+                draw.text((left + pad + 6, pad + 6 + 12 * j), f"{label}: rho {rho:+.2f}",
+                          fill=colours[label])
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
 
@@ -303,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                              args.batch, args.iters)
         runs[f"kgengine {name}"] = {k: v["kernel"] for k, v in store["runs"].items()
                                     if v["kernel"] is not None}
-        if opts["restarts"] > 1:
+        if any(v.get("confidence") is not None for v in store["runs"].values()):
             confidences[f"kgengine {name}"] = {k: v.get("confidence")
                                                for k, v in store["runs"].items()}
     iso = {2: gaussian_kernel(13, 1.3)}
@@ -322,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             + "\n".join(confidence_lines(rows, confidences)) + "\n")
     plotted = [m for m in confidences
                if args.scatter is None or m[len("kgengine "):] in args.scatter.split(";")]
-    points = [(conf[job_key(r["scale"], r["image"], r["seed"])], r[m], f"{m[9:]} x{r['scale']}")
+    points = [(conf[job_key(r["scale"], r["image"], r["seed"])], r[m], m[9:], r["scale"])
               for m in plotted for conf in [confidences[m]] for r in rows
               if m in r and conf.get(job_key(r["scale"], r["image"], r["seed"])) is not None]
     if points:

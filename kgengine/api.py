@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kgengine.confidence import agreement_score, confidence_of
 from kgengine.config import KernelGANConfig
 from kgengine.consensus import Consensus, combine
 from kgengine.errors import BadImageError, KGEngineError, TrainingDivergedError
@@ -32,7 +33,7 @@ from kgengine.kernel import (
     shrink_elongation,
 )
 from kgengine.prepare import prepare_image
-from kgengine.spectral import mix_spectral
+from kgengine.spectral import gaussian_of, mix_covariance, spectral_covariance
 from kgengine.stopping import StopRule, stop_rule_of, stop_setting
 from kgengine.sysinfo import machine_info
 from kgengine.trainer import BatchTrainer
@@ -54,8 +55,10 @@ class EstimateResult:
         generator_weights: the six trained G weights, (out, in, k, k) float32 each.
         raw_kernel: (K, K) float64 composed kernel of the final G before clean-up.
             With restarts, both come from the medoid restart.
-        confidence: agreement of the restarts in [0, 1] (:mod:`kgengine.consensus`); None
-            for a single run.
+        confidence: in [0, 1], how far to trust the kernel: the agreement of KernelGAN's
+            kernel with the LR spectrum's Gaussian (:mod:`kgengine.confidence`; None where
+            the image is too small for a spectrum); with ``spectral_confidence=False``, the
+            agreement of the restarts (:mod:`kgengine.consensus`; None for a single run).
     """
 
     name: str
@@ -178,8 +181,8 @@ def estimate_kernels(
         on_diverge: "raise" (default) or "return": a diverged image's slot then holds the
             :class:`TrainingDivergedError` instead of a result; the others are unaffected.
         restarts: K ≥ 1 trainings per image (seeds :func:`restart_seed` (seed, r)), all in
-            one batch, combined by :func:`kgengine.consensus.combine` with ``rule``; the
-            result's ``confidence`` is the restarts' agreement (None for K = 1).
+            one batch, combined by :func:`kgengine.consensus.combine` with ``rule``. The
+            result's ``confidence``: see :class:`EstimateResult`.
         stop: "full" (every iteration), "auto" (the default :class:`StopRule`: stop an image
             once its kernel stopped changing) or a :class:`StopRule`. Per image, independent
             of the batch; the report's ``iters_used`` says where each result comes from.
@@ -273,9 +276,13 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
     elif cfg.width_calibration:  # too few pixels for a spectrum: the width is kept
         width = {"scale": 1.0, "prior": cfg.width_prior,
                  "elongation_power": cfg.elongation_power, "skipped": "image too small"}
-    spectral = None
+    spectral, cov = None, None
+    if spectrum_ok and (cfg.spectral_mix > 0 or cfg.spectral_confidence):
+        cov = spectral_covariance(gray, sc)
+    kernelgan = k2
     if cfg.spectral_mix > 0 and spectrum_ok:
-        k2, spectral = mix_spectral(gray, k2, sc, cfg.spectral_mix)
+        k2, spectral = mix_covariance(k2, cov, cfg.spectral_mix)
+    confidence, terms = _confidence(cfg, cons, kernelgan, cov, k2)
     pick = ok[cons.medoid] if cons is not None else ok[0]
     k4 = analytic_x4(k2) if x4 else None
     report = {
@@ -287,7 +294,8 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
         "final_losses": final.losses[pick],
         "kernel_x2": {**kernel_stats(k2), "axes_unshrunk": kernel_stats(unshrunk)["axes"]},
         "kernel_x4": kernel_stats(k4) if k4 is not None else None,
-        "confidence": cons.confidence if cons is not None else None,
+        "confidence": confidence,
+        "confidence_terms": terms,
         "width": width,
         "spectral": spectral,
     }
@@ -295,11 +303,27 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
         report["restarts"] = {
             "k": len(rows), "rule": rule, "seeds": [final.seeds[r] for r in rows],
             "diverged": len(rows) - len(ok), "medoid": cons.medoid,
+            "agreement": cons.confidence,
             "iters_used": [final.iters_used[r] for r in rows],
             "inliers": list(cons.inliers), "kernels": [k.tolist() for k in finished]}
     weights = [w.detach().float().cpu().numpy() for w in final.g_weights[pick]]
-    return EstimateResult(name, k2, k4, report, weights, raw[pick],
-                          cons.confidence if cons is not None else None)
+    return EstimateResult(name, k2, k4, report, weights, raw[pick], confidence)
+
+
+def _confidence(cfg: KernelGANConfig, cons: Consensus | None, kernelgan: np.ndarray,
+                cov: np.ndarray | None, saved: np.ndarray
+                ) -> tuple[float | None, dict[str, Any] | None]:
+    """(the result's confidence, the report's ``confidence_terms``): with
+    ``spectral_confidence``, :func:`kgengine.confidence.spectral_confidence` of KernelGAN's
+    kernel (before the mix) and the spectrum's Gaussian (None without a fit); else the
+    restarts' agreement (None for one run)."""
+    if not cfg.spectral_confidence:
+        return (cons.confidence if cons is not None else None), None
+    if cov is None:
+        return None, None
+    g = gaussian_of(cov, kernelgan.shape[0])
+    dist, elong = agreement_score(kernelgan, g, saved)
+    return confidence_of(dist, elong), {"distance": dist, "elongation": elong}
 
 
 def estimate_kernel(image: ImageLike, *, seed: int = 0, **kwargs: Any) -> EstimateResult:

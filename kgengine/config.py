@@ -46,6 +46,12 @@ class KernelGANConfig:
     (:mod:`kgengine.spectral`), unless the two disagree about the width. Its errors are not
     KernelGAN's, so the mean gains on average (README, ``bench/study_spectral.py``).
 
+    Since 0.9.7, ``spectral_confidence``: a kernel's ``confidence`` is the agreement of
+    KernelGAN's kernel with that Gaussian, discounted by the saved kernel's elongation
+    (:mod:`kgengine.confidence`), for one run too; False gives the restarts' agreement
+    (:mod:`kgengine.consensus`; None for one run), which did not rank kernels by accuracy.
+    It changes no kernel.
+
     ``restart_iters`` and ``restart_n_filtering`` are kgengine's own (the authors' code has no
     restarts): see :meth:`run_iters` and :meth:`clean_n`.
     """
@@ -97,6 +103,7 @@ class KernelGANConfig:
     width_prior: float = 0.3  # λ of the calibration's pull toward no change, ≥ 0
     elongation_choice: bool = True  # with the calibration: keep β = 1 where the spectrum fits it
     spectral_mix: float = 0.5  # weight of the LR spectrum's own Gaussian in the saved kernel
+    spectral_confidence: bool = True  # confidence: KernelGAN vs the spectrum (False: restarts')
     # --- authors' defects (True = behave like the authors' code) ---
     authors_bicubic_rgb_sum: bool = True  # defect 1: bicubic target = sum of R,G,B
     authors_noise_accumulates: bool = True  # defect 2: D's real-crop noise accumulates in image
@@ -175,10 +182,13 @@ class KernelGANConfig:
         one stored before 0.9.3 has no ``restart_n_filtering``: its restarts were cleaned
         with ``n_filtering``; one stored before 0.9.4 has no ``width_calibration``: its
         kernels kept their width; one stored before 0.9.5 has no ``elongation_choice``: its
-        kernels kept the shrink; one stored before 0.9.6 has no ``spectral_mix``: 0."""
+        kernels kept the shrink; one stored before 0.9.6 has no ``spectral_mix``: 0; one
+        stored before 0.9.7 has no ``spectral_confidence``: its confidence was the restarts'
+        agreement (False)."""
         return KernelGANConfig().replace(**{
             "restart_iters": d.get("iters", 3000), "elongation_power": 1.0,
             "width_calibration": False, "elongation_choice": False, "spectral_mix": 0.0,
+            "spectral_confidence": False,
             "restart_n_filtering": d.get("n_filtering", KernelGANConfig.n_filtering), **d})
 
     def to_dict(self) -> dict[str, Any]:
@@ -191,11 +201,12 @@ class KernelGANConfig:
         """The authors' code's behaviour: defects 1-3 included (as the default), their
         kernel clean-up ``n_filtering = 40`` (the default has 50), the elongation kept
         (``elongation_power = 1``; the default has 0.4) and the width kept
-        (``width_calibration = False``, so no ``elongation_choice``) and no spectral mix
-        (``spectral_mix = 0``)."""
+        (``width_calibration = False``, so no ``elongation_choice``), no spectral mix
+        (``spectral_mix = 0``) and, as kgengine before 0.9.7, the restarts' agreement as the
+        confidence (``spectral_confidence = False``; the authors' code has none)."""
         return KernelGANConfig._with_defects(True).replace(
             n_filtering=40, elongation_power=1.0, width_calibration=False,
-            elongation_choice=False, spectral_mix=0.0)
+            elongation_choice=False, spectral_mix=0.0, spectral_confidence=False)
 
     @staticmethod
     def defects_fixed() -> KernelGANConfig:

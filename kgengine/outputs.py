@@ -121,6 +121,8 @@ def stored_differences(outdir: str | Path, name: str, wanted: dict[str, Any]) ->
         old = {**old, "elongation_choice": False}
     if "spectral_mix" not in old and old:  # before 0.9.6: no spectral mix
         old = {**old, "spectral_mix": 0.0}
+    if "spectral_confidence" not in old and old:  # before 0.9.7: the restarts' agreement
+        old = {**old, "spectral_confidence": False}
     new = wanted["config"]
     # restart_iters acts through the top-level iters (the iterations actually run); a report
     # from before 0.8 has no such key, and a one-run output does not depend on it; nor on

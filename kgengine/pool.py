@@ -6,10 +6,11 @@ centred (the kernel's centre index ``(h//2, w//2)`` lands on ``(K//2, K//2)``, w
 
 - the single file ``kernel_pool.npz`` written by :func:`save_pool` (the farm writes these):
   arrays ``kernels (N,K,K) float32``, ``ids (N,) str``, ``sources (N,) str``,
-  ``seeds (N,) int64``, ``scale () int64``, ``confidences (N,) float64`` (the agreement of
-  each kernel's restarts in [0, 1], NaN where unknown; a pool written before this array
-  existed reads as all NaN) and ``index`` (a JSON string: one record per row with its id,
-  source image, seed, confidence (null when unknown) and estimation report); no pickled
+  ``seeds (N,) int64``, ``scale () int64``, ``confidences (N,) float64`` (each kernel's
+  :attr:`~kgengine.api.EstimateResult.confidence` in [0, 1], NaN where unknown; a pool
+  written before this array existed reads as all NaN) and ``index`` (a JSON string: one
+  record per row with its id, source image, seed, confidence (null when unknown) and
+  estimation report); no pickled
   objects, so ``np.load(path, allow_pickle=False)`` reads it;
 - a folder of ``.npy`` / ``.mat`` kernels (``.mat`` variable ``Kernel`` as saved by
   ZSSR/KernelGAN/DIV2KRK, or else the file's only 2-D variable), or a single such file.

@@ -81,11 +81,25 @@ def gaussian_of(cov: np.ndarray, size: int = 13) -> np.ndarray:
 
 def mix_spectral(lr_gray: np.ndarray, k: np.ndarray, scale: int = 2, weight: float = 0.5
                  ) -> tuple[np.ndarray, dict[str, Any]]:
-    """``(1 − weight)·k + weight·g`` with ``g`` the spectrum's Gaussian (module docstring).
+    """``(1 − weight)·k + weight·g`` with ``g`` the spectrum's Gaussian (module docstring):
+    :func:`mix_covariance` of :func:`spectral_covariance` ``(lr_gray, scale)``.
 
     Args:
-        lr_gray, scale: as :func:`spectral_covariance`. k: (h, w) x2 kernel, sum 1, odd
-            sizes. weight: w in [0, 1].
+        lr_gray, scale: as :func:`spectral_covariance`. k, weight: as :func:`mix_covariance`.
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight must be in [0, 1], got {weight}")
+    return mix_covariance(k, spectral_covariance(lr_gray, scale), weight)
+
+
+def mix_covariance(k: np.ndarray, cov: np.ndarray | None, weight: float = 0.5
+                   ) -> tuple[np.ndarray, dict[str, Any]]:
+    """``(1 − weight)·k + weight·g`` with ``g`` = :func:`gaussian_of` ``(cov)``, unless their
+    areas ``sqrt(det Σ)`` differ by more than :data:`MAX_AREA_RATIO`.
+
+    Args:
+        k: (h, w) x2 kernel, sum 1, odd sizes. cov: (2, 2) the spectrum's fit, or None (no
+            fit). weight: w in [0, 1].
     Returns:
         (the kernel, (h, w) float64, sum 1; the report: ``weight``, the fit's ``var_long``,
         ``var_short``, ``theta_deg`` (or None where there was no fit) and ``mixed``: False
@@ -94,7 +108,6 @@ def mix_spectral(lr_gray: np.ndarray, k: np.ndarray, scale: int = 2, weight: flo
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"weight must be in [0, 1], got {weight}")
     k = np.asarray(k, np.float64)
-    cov = spectral_covariance(lr_gray, scale)
     info: dict[str, Any] = {"weight": weight, "var_long": None, "var_short": None,
                             "theta_deg": None, "mixed": False}
     if cov is None:

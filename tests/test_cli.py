@@ -135,22 +135,27 @@ def test_estimate_redoes_a_report_from_before_the_elongation_choice(tmp_path, lr
     assert "config.elongation_choice (stored False, asked True)" in res.output
 
 
-def test_estimate_redoes_a_report_from_before_the_spectral_mix(tmp_path, lr_png):
-    # a 0.9.5 output had no spectral mix (no spectral_mix in its config): it is redone,
-    # naming the setting; asking for 0.9.5's behaviour keeps it
+@pytest.mark.parametrize(("key", "legacy", "now", "flag"), [
+    ("spectral_mix", 0.0, 0.5, "spectral_mix=0"),  # 0.9.5: no spectral mix
+    ("spectral_confidence", False, True, "spectral_confidence=false"),  # 0.9.6's confidence
+])
+def test_estimate_redoes_a_report_from_before_a_setting(tmp_path, lr_png, key, legacy, now, flag):
+    # an output of an older version has no such key in its config: it is redone, naming the
+    # setting; asking for the older behaviour keeps it
     out = tmp_path / "out"
     args = ["estimate", str(lr_png), "-o", str(out), "--iters", "4", "--device", "cpu"]
     assert runner.invoke(app, args).exit_code == 0
     path = out / "photo_report.json"
     report = json.loads(path.read_text())
-    assert report["config"]["spectral_mix"] == 0.5 and report["spectral"]["weight"] == 0.5
-    del report["config"]["spectral_mix"]
+    assert report["config"][key] == now
+    assert report["spectral"]["weight"] == 0.5 and report["confidence"] is not None
+    del report["config"][key]
     path.write_text(json.dumps(report))
-    old = runner.invoke(app, [*args, "--set", "spectral_mix=0"])
+    old = runner.invoke(app, [*args, "--set", flag])
     assert old.exit_code == 0 and "skip" in old.output, old.output
     res = runner.invoke(app, args)
     assert res.exit_code == 0 and "redone" in res.output
-    assert "config.spectral_mix (stored 0.0, asked 0.5)" in res.output
+    assert f"config.{key} (stored {legacy}, asked {now})" in res.output
 
 
 def test_estimate_redoes_restarts_from_before_the_restarts_clean_up(tmp_path, lr_png):
@@ -208,6 +213,7 @@ def test_python_m_entry_point():
 
 
 def test_estimate_restarts_writes_the_combined_kernel_and_confidence(tmp_path, lr_png):
+    from kgengine.confidence import confidence_of
     from kgengine.consensus import combine
     from kgengine.kernel import shrink_elongation
     from kgengine.width import scale_kernel
@@ -224,7 +230,11 @@ def test_estimate_restarts_writes_the_combined_kernel_and_confidence(tmp_path, l
         np.load(out / "photo_kernel_x2.npy"),
         scale_kernel(shrink_elongation(expected.kernel, 0.4), report["width"]["scale"]),
         atol=1e-12)
-    assert report["confidence"] == pytest.approx(expected.confidence)
-    assert "confidence" in res.output
+    # the restarts' agreement is in the report; the confidence is KernelGAN's kernel against
+    # the spectrum's Gaussian (kgengine.confidence), printed
+    assert report["restarts"]["agreement"] == pytest.approx(expected.confidence)
+    terms = report["confidence_terms"]
+    assert report["confidence"] == confidence_of(terms["distance"], terms["elongation"])
+    assert f"confidence {report['confidence']:.3f}" in res.output
     bad = runner.invoke(app, ["estimate", str(lr_png), "-o", str(out), "--restarts", "0"])
     assert bad.exit_code == 1 and "error: --restarts must be at least 1" in bad.output

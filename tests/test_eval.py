@@ -602,18 +602,21 @@ def test_runs_stored_before_the_elongation_choice_are_refused(dataset, tmp_path)
                  estimator=per_image(FakeEstimator()))
 
 
-def test_runs_stored_before_the_spectral_mix_are_refused(dataset, tmp_path):
-    # runs of kgengine 0.9.5 had no spectral mix (no spectral_mix recorded): a run's identity
-    # holds its weight
-    assert EvalSettings().run_identity()["spectral_mix"] == 0.5
+@pytest.mark.parametrize(("key", "legacy", "now"), [
+    ("spectral_mix", 0.0, 0.5),  # runs of 0.9.5 had no spectral mix
+    ("spectral_confidence", False, True),  # runs of 0.9.6: the restarts' agreement
+])
+def test_runs_stored_before_a_setting_are_refused(dataset, tmp_path, key, legacy, now):
+    # an older version's runs have no such key: a run's identity holds it
+    assert EvalSettings().run_identity()[key] == now
     out = tmp_path / "out"
     run_eval(dataset, out, EvalSettings(seeds=(0,), iters=7), estimator=per_image(FakeEstimator()))
     for f in (out / "runs").glob("*.json"):
         run = json.loads(f.read_text())
-        assert run["spectral_mix"] == 0.5
-        del run["spectral_mix"]
+        assert run[key] == now
+        del run[key]
         f.write_text(json.dumps(run))
-    with pytest.raises(ResumeMismatchError, match="'spectral_mix': 0.0"):
+    with pytest.raises(ResumeMismatchError, match=f"'{key}': {legacy}"):
         run_eval(dataset, out, EvalSettings(seeds=(0,), iters=7),
                  estimator=per_image(FakeEstimator()))
 

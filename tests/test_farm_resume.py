@@ -382,15 +382,19 @@ def test_settings_without_elongation_choice_keep_the_shrink():
         check_same(old, resolve_settings(None))
 
 
-def test_settings_without_spectral_mix_keep_no_mix():
-    # a pool from 0.9.5 saved unmixed kernels: resuming it must too, and the new default is
-    # refused rather than mixed into it
+@pytest.mark.parametrize(("key", "legacy", "now"), [
+    ("spectral_mix", 0.0, 0.5),  # a pool from 0.9.5 saved unmixed kernels
+    ("spectral_confidence", False, True),  # a pool from 0.9.6: the restarts' agreement
+])
+def test_settings_without_a_later_key_keep_the_old_behaviour(key, legacy, now):
+    # resuming an older pool keeps its behaviour, and the new default is refused rather than
+    # mixed into it
     stored = resolve_settings(None).to_dict()
-    assert stored["config"]["spectral_mix"] == 0.5
-    del stored["config"]["spectral_mix"]
+    assert stored["config"][key] == now
+    del stored["config"][key]
     old = resolve_settings(stored)
-    assert old.config.spectral_mix == 0.0
-    with pytest.raises(KGEngineError, match=r"config.spectral_mix \(pool: 0.0, given: 0.5\)"):
+    assert getattr(old.config, key) == legacy
+    with pytest.raises(KGEngineError, match=rf"config.{key} \(pool: {legacy}, given: {now}\)"):
         check_same(old, resolve_settings(None))
 
 

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from kgengine.api import estimate_kernels, finish_kernel, finish_restarts, restart_seed
+from kgengine.confidence import spectral_confidence
 from kgengine.config import KernelGANConfig
 from kgengine.consensus import combine
 from kgengine.imageio import read_image
 from kgengine.kernel import analytic_x4, gaussian_kernel, principal_axes, shrink_elongation
-from kgengine.spectral import mix_spectral
+from kgengine.spectral import gaussian_of, mix_spectral, spectral_covariance
 from kgengine.width import choose_elongation
 
 
@@ -49,29 +50,41 @@ def test_restarts_equal_single_runs_combined(lr):
     assert cfg.clean_n(3) == cfg.restart_n_filtering == 70 != cfg.clean_n(1) == 50
     gray = lr.mean(axis=2)
 
-    def calibrated(k: np.ndarray, scale: int) -> tuple[np.ndarray, float]:
+    def calibrated(k: np.ndarray, scale: int) -> tuple[np.ndarray, float, float]:
+        """(the saved kernel, its elongation power, its confidence)."""
         fit, kept = choose_elongation(gray, shrink_elongation(k, cfg.elongation_power), k,
                                       scale, cfg.width_prior)
-        return (mix_spectral(gray, fit.kernel, scale, cfg.spectral_mix)[0],
-                1.0 if kept else cfg.elongation_power)
+        saved = mix_spectral(gray, fit.kernel, scale, cfg.spectral_mix)[0]
+        g = gaussian_of(spectral_covariance(gray, scale), 13)
+        return (saved, 1.0 if kept else cfg.elongation_power,
+                spectral_confidence(fit.kernel, g, saved))
 
     finished = [finish_kernel(one.raw_kernel, cfg.restart_n_filtering) for one in singles]
     for r, one in enumerate(singles):
         assert np.asarray(res.report["restarts"]["kernels"][r]).tobytes() == \
             finished[r].tobytes()
-        k, beta = calibrated(finish_kernel(one.raw_kernel, cfg.n_filtering), 2)
+        k, beta, conf = calibrated(finish_kernel(one.raw_kernel, cfg.n_filtering), 2)
         assert one.kernel_x2.tobytes() == k.tobytes()
         assert one.report["width"]["elongation_power"] == beta
+        assert one.confidence == conf  # one run has a confidence too (since 0.9.7)
     expected = combine(finished)
-    k, beta = calibrated(expected.kernel, 4)
+    k, beta, conf = calibrated(expected.kernel, 4)
     assert res.kernel_x2.tobytes() == k.tobytes()
     assert res.report["width"]["prior"] == cfg.width_prior
     assert res.report["width"]["elongation_power"] == beta
     np.testing.assert_allclose(res.kernel_x4, analytic_x4(res.kernel_x2), atol=1e-15)
-    assert res.confidence == expected.confidence
+    # the confidence is KernelGAN's kernel against the spectrum's Gaussian; the restarts'
+    # agreement (the confidence before 0.9.7) is in the report, and is the confidence again
+    # with spectral_confidence=False (None for one run)
+    assert res.confidence == conf
+    assert res.report["restarts"]["agreement"] == expected.confidence
     assert res.report["restarts"]["seeds"] == [restart_seed(5, r) for r in range(3)]
     assert res.report["confidence"] == res.confidence and res.kernel_x4.shape == (37, 37)
-    single = estimate_kernels([lr], seeds=[5], iters=8, device="cpu")[0]
+    old_cfg = cfg.replace(spectral_confidence=False)
+    short = {**kw, "config": old_cfg, "iters": 8}
+    (old,) = estimate_kernels([lr], seeds=[5], restarts=3, **short)
+    assert old.confidence == old.report["restarts"]["agreement"] is not None
+    single = estimate_kernels([lr], seeds=[5], **short)[0]
     assert single.confidence is None and single.report["confidence"] is None
 
 

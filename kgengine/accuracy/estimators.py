@@ -10,8 +10,8 @@ batching is the same for every estimator:
   chunk.
 
 Every estimator gets ``restarts`` (K trainings per job, combined; 1 = one training). A result
-may carry a ``confidence`` (the restarts' agreement in [0, 1]; the job also looks for
-``report["confidence"]``).
+may carry a ``confidence`` (in [0, 1], :attr:`kgengine.api.EstimateResult.confidence`;
+the job also looks for ``report["confidence"]``).
 
 >>> est = per_image(my_estimate_kernel)                                   # doctest: +SKIP
 >>> est([("lr_x2/im_1.png", 0)], x4=False, iters=None, device="cpu", config=cfg)  # doctest: +SKIP
@@ -133,9 +133,8 @@ def kernelgan_estimator(
     """KernelGAN on a chunk of jobs, trained together (:func:`kgengine.api.estimate_kernels`).
 
     With ``restarts = K`` every job trains K seeds in the same batch, combined into one
-    kernel whose ``confidence`` is their agreement; ``stop="auto"`` stops each training once
-    its kernel stopped changing. A diverged job's entry (every restart
-    diverged) is its :class:`~kgengine.errors.TrainingDivergedError`.
+    kernel; ``stop="auto"`` stops each training once its kernel stopped changing. A diverged
+    job's entry (every restart diverged) is its :class:`~kgengine.errors.TrainingDivergedError`.
 
     Raises:
         KGEngineError: the estimator cannot be imported, or an image of the chunk is unusable.

@@ -12,8 +12,9 @@ job goes in four passes:
 4. score every image and both baselines (:func:`~kgengine.accuracy.scoring.score_image`).
 
 With ``restarts = K > 1`` every run trains K seeds of its image and combines them
-(:func:`kgengine.api.estimate_kernels`); each row then records the run's ``confidence`` and
-the summary adds the Spearman rank correlation between confidence and aligned kernel PSNR
+(:func:`kgengine.api.estimate_kernels`). Each row records the run's ``confidence`` (where the
+estimator gives one) and the summary adds the Spearman rank correlation between confidence
+and aligned kernel PSNR
 (:func:`~kgengine.accuracy.summary.confidence_correlation`).
 
 Outputs in ``OUTDIR``: ``results.json`` (settings, machine, every row, errors, summary),
@@ -101,8 +102,8 @@ class EvalSettings:
         ``restarts``, ``stop``, the kernel clean-up's n (``n_filtering``: the one applied,
         :meth:`KernelGANConfig.clean_n`), ``elongation_power`` and the width calibration
         (``width_prior``: None when it is off) and whether it chose the elongation
-        (``elongation_choice``, :meth:`KernelGANConfig.chooses_elongation`), and the spectral
-        mix's weight (``spectral_mix``)."""
+        (``elongation_choice``, :meth:`KernelGANConfig.chooses_elongation`), the spectral
+        mix's weight (``spectral_mix``) and the confidence's rule (``spectral_confidence``)."""
         cfg = self.kernelgan_config()
         return {"scale": self.scale, "method": self.method,
                 "iters": cfg.run_iters(self.restarts),
@@ -111,7 +112,8 @@ class EvalSettings:
                 "elongation_power": cfg.elongation_power,
                 "width_prior": cfg.width_prior if cfg.width_calibration else None,
                 "elongation_choice": cfg.chooses_elongation(),
-                "spectral_mix": cfg.spectral_mix}
+                "spectral_mix": cfg.spectral_mix,
+                "spectral_confidence": cfg.spectral_confidence}
 
 
 def run_eval(

@@ -133,7 +133,7 @@ def render_report(results: dict) -> str:
 
 def confidence_statement(corr: dict) -> str:
     """One sentence on :func:`~kgengine.accuracy.summary.confidence_correlation`'s result."""
-    what = (f"Spearman rank correlation between the restarts' confidence and the "
+    what = (f"Spearman rank correlation between the runs' confidence and the "
             f"{METRIC_NAMES.get(corr['metric'], corr['metric'])} over all (image, seed) runs")
     if corr["rho"] is None:
         return (f"- {what}: undefined (n = {corr['n']}; it needs at least 3 runs and values "

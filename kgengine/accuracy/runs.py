@@ -25,13 +25,14 @@ from kgengine.kernel import check_kernel
 #: Identity keys added after runs were first stored, with the value older runs were made with.
 LEGACY_IDENTITY: dict[str, Any] = {"restarts": 1, "stop": "full", "n_filtering": 40,
                                    "elongation_power": 1.0, "width_prior": None,
-                                   "elongation_choice": False, "spectral_mix": 0.0}
+                                   "elongation_choice": False, "spectral_mix": 0.0,
+                                   "spectral_confidence": False}
 
 
 class ResumeMismatchError(KGEngineError):
     """``OUTDIR/runs`` holds a run made with other settings (scale, iterations, variant,
-    restarts, stop rule, kernel clean-up, elongation shrink or choice, width calibration or
-    spectral mix)."""
+    restarts, stop rule, kernel clean-up, elongation shrink or choice, width calibration,
+    spectral mix or confidence rule)."""
 
 
 class RunStore:
@@ -86,7 +87,8 @@ class RunStore:
                 normalise it).
             wall_s: the estimation's wall time in seconds.
             report: the estimator's JSON-able report (``ms_per_iter`` is copied to the run).
-            confidence: the agreement of the run's restarts in [0, 1]; None without restarts.
+            confidence: the run's confidence in [0, 1] (:class:`kgengine.api.EstimateResult`);
+                None where unknown.
         Returns:
             The run as stored, with ``kernel`` as an (h, w) float64 array.
         Raises:

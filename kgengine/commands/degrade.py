@@ -67,8 +67,8 @@ def degrade(
         "--copy-hr", help="Write every HR to OUT/hr/ (same names as OUT/lr/: a paired "
                           "folder for BasicSR/traiNNer); default: only cropped ones.")] = False,
     min_confidence: Annotated[float | None, typer.Option(
-        "--min-confidence", help="Only the pool's kernels whose confidence (agreement of the "
-                                 "farm's --restarts, 0-1) is known and at least this; a "
+        "--min-confidence", help="Only the pool's kernels whose confidence (0-1, README) "
+                                 "is known and at least this; a "
                                  "resume must give the same value.")] = None,
     pipeline: PipelineFile = None,
     noise_range: NoiseRange = None,

@@ -52,8 +52,8 @@ def estimate(
         typer.Option("--set", help="Config override key=value (repeatable), e.g. --set lr_g=1e-4."),
     ] = None,
     restarts: Annotated[
-        int, typer.Option(help="Train K seeds per image in one batch and combine them; the "
-                               "report gets a confidence (agreement of the restarts).")
+        int, typer.Option(help="Train K seeds per image in one batch and combine them (the "
+                               "report keeps their agreement).")
     ] = 1,
     stop: Annotated[
         str, typer.Option(help="full (every iteration) or auto (stop once the kernel stopped "

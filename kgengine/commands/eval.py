@@ -67,8 +67,7 @@ Stop = Annotated[
 Restarts = Annotated[
     int,
     typer.Option(
-        help="Train each (image, seed) run K times and combine them; rows then carry the "
-        "confidence and the report its rank correlation with the aligned kernel PSNR."
+        help="Train each (image, seed) run K times and combine them."
     ),
 ]
 HrDir = Annotated[Path, typer.Argument(help="Folder of HR images (png/jpg/...).")]

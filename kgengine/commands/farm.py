@@ -48,8 +48,7 @@ Mode = Annotated[str | None, typer.Option(
     "--mode", help="composed (fast, default) or layers (the authors' computation).")]
 Restarts = Annotated[int | None, typer.Option(
     "--restarts", help="Train each image K times (in the same batch) and combine them into one "
-                       "kernel with a confidence (their agreement, 0-1). Default: 1 / the "
-                       "pool's setting.")]
+                       "kernel. Default: 1 / the pool's setting.")]
 Stop = Annotated[str | None, typer.Option(
     "--stop", help="full (every iteration) or auto (stop an image once its kernel stopped "
                    "changing; ~40% fewer iterations at the same accuracy, measured). "
@@ -70,8 +69,9 @@ Threads = Annotated[int | None, typer.Option(
 PoolArg = Annotated[Path, typer.Argument(help="kernel_pool.npz, a farm POOL_DIR or a kernel "
                                               "folder.")]
 MinConfidence = Annotated[float | None, typer.Option(
-    "--min-confidence", help="Only kernels whose confidence (agreement of the farm's "
-                             "--restarts, 0-1) is known and at least this.")]
+    "--min-confidence", help="Only kernels whose confidence (0-1: KernelGAN's kernel "
+                             "against the LR spectrum's, README) is known and at least "
+                             "this.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -108,8 +108,8 @@ def farm(
     with their reason; an image whose files cannot be written (full disk, ...) is reported
     on one line and left pending for the next run, the others go on; the exit code is 1 if
     any image failed or was left pending in this run. Pool folders (this one included) are
-    never read as input. With --restarts K each image's confidence is stored in the
-    manifest, its report and the pool (see `kgengine pool filter --min-confidence`).
+    never read as input. Each image's confidence is stored in the manifest, its report
+    and the pool (see `kgengine pool filter --min-confidence`).
     """
     from kgengine.farm.runner import run_farm
     from kgengine.progress import progress_hooks

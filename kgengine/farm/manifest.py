@@ -6,8 +6,8 @@ One row per image (table ``images``)::
     identity), width, height, seed (first-attempt seed), state, reason, attempts (trainings
     started, a killed one included), diverged (trainings that diverged; picks the next seed),
     seed_used (the seed of the kept kernel), added_at, started_at, finished_at, train_s,
-    outputs (JSON: output kind -> path relative to POOL_DIR), confidence (the agreement of
-    the image's restarts in [0, 1]; NULL with one training per image)
+    outputs (JSON: output kind -> path relative to POOL_DIR), confidence (the kernel's
+    :attr:`~kgengine.api.EstimateResult.confidence` in [0, 1]; NULL where unknown)
 
 A manifest written before the ``confidence`` column existed gets it (``ALTER TABLE ... ADD
 COLUMN``, NULL in every row) when it is opened, so old pools keep working.
