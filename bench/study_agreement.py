@@ -37,7 +37,12 @@ from scipy.stats import spearmanr
 
 from kgengine.api import finish_restarts
 from kgengine.atomic import save_json, save_text
-from kgengine.confidence import ELONGATION_EXPONENT, HALF_SCORE, agreement_score
+from kgengine.confidence import (
+    ELONGATION_EXPONENT,
+    HALF_SCORE,
+    agreement_score,
+    confidence_of,
+)
 from kgengine.config import KernelGANConfig
 from kgengine.kernel import principal_axes
 from kgengine.spectral import gaussian_of, mix_covariance, spectral_covariance
@@ -113,7 +118,7 @@ def _rho(x: list[float], y: list[float]) -> float:
 
 def shipped(r: dict, exponent: float = ELONGATION_EXPONENT) -> float:
     """The confidence of a row (with another exponent of the elongation)."""
-    return 1.0 / (1.0 + r["distance"] * r["elongation"] ** exponent / HALF_SCORE)
+    return confidence_of(r["distance"], r["elongation"], exponent)
 
 
 def chosen_exponent(rows: list[dict]) -> float:

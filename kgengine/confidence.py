@@ -47,10 +47,11 @@ def agreement_score(k: np.ndarray, g: np.ndarray, saved: np.ndarray) -> tuple[fl
     return dist, float(v_long / max(v_short, 1e-12))
 
 
-def confidence_of(distance: float, elongation: float) -> float:
-    """``1 / (1 + d · e³ / s₀)`` in (0, 1] for the distance ``d`` ≥ 0 and the elongation
-    ``e`` ≥ 1 of :func:`agreement_score` (module docstring)."""
-    return float(1.0 / (1.0 + distance * elongation**ELONGATION_EXPONENT / HALF_SCORE))
+def confidence_of(distance: float, elongation: float,
+                  exponent: float = ELONGATION_EXPONENT) -> float:
+    """``1 / (1 + d · e^p / s₀)`` in (0, 1] for the distance ``d`` ≥ 0 and the elongation
+    ``e`` ≥ 1 of :func:`agreement_score` (module docstring; p = ``exponent``, 3 shipped)."""
+    return float(1.0 / (1.0 + distance * elongation**exponent / HALF_SCORE))
 
 
 def spectral_confidence(k: np.ndarray, g: np.ndarray, saved: np.ndarray) -> float:

@@ -116,26 +116,8 @@ def test_estimate_redoes_a_report_from_before_the_width_calibration(tmp_path, lr
     assert "config.width_calibration (stored False, asked True)" in res.output
 
 
-def test_estimate_redoes_a_report_from_before_the_elongation_choice(tmp_path, lr_png):
-    # a 0.9.4 output kept the shrunk kernel (no elongation_choice in its config): it is
-    # redone, naming the setting; asking for 0.9.4's behaviour keeps it
-    out = tmp_path / "out"
-    args = ["estimate", str(lr_png), "-o", str(out), "--iters", "4", "--device", "cpu"]
-    assert runner.invoke(app, args).exit_code == 0
-    path = out / "photo_report.json"
-    report = json.loads(path.read_text())
-    assert report["config"]["elongation_choice"] is True
-    assert report["width"]["elongation_power"] in (0.4, 1.0)
-    del report["config"]["elongation_choice"]
-    path.write_text(json.dumps(report))
-    old = runner.invoke(app, [*args, "--set", "elongation_choice=false"])
-    assert old.exit_code == 0 and "skip" in old.output, old.output
-    res = runner.invoke(app, args)
-    assert res.exit_code == 0 and "redone" in res.output
-    assert "config.elongation_choice (stored False, asked True)" in res.output
-
-
 @pytest.mark.parametrize(("key", "legacy", "now", "flag"), [
+    ("elongation_choice", False, True, "elongation_choice=false"),  # 0.9.4: the shrunk kernel
     ("spectral_mix", 0.0, 0.5, "spectral_mix=0"),  # 0.9.5: no spectral mix
     ("spectral_confidence", False, True, "spectral_confidence=false"),  # 0.9.6's confidence
 ])
@@ -148,6 +130,7 @@ def test_estimate_redoes_a_report_from_before_a_setting(tmp_path, lr_png, key, l
     path = out / "photo_report.json"
     report = json.loads(path.read_text())
     assert report["config"][key] == now
+    assert report["width"]["elongation_power"] in (0.4, 1.0)
     assert report["spectral"]["weight"] == 0.5 and report["confidence"] is not None
     del report["config"][key]
     path.write_text(json.dumps(report))

@@ -586,23 +586,8 @@ def test_runs_stored_before_the_width_calibration_are_refused(dataset, tmp_path)
                  estimator=per_image(FakeEstimator()))
 
 
-def test_runs_stored_before_the_elongation_choice_are_refused(dataset, tmp_path):
-    # runs of kgengine 0.9.4 kept the shrunk kernel (no elongation_choice recorded): a run's
-    # identity holds whether the elongation was chosen
-    assert EvalSettings().run_identity()["elongation_choice"] is True
-    out = tmp_path / "out"
-    run_eval(dataset, out, EvalSettings(seeds=(0,), iters=7), estimator=per_image(FakeEstimator()))
-    for f in (out / "runs").glob("*.json"):
-        run = json.loads(f.read_text())
-        assert run["elongation_choice"] is True
-        del run["elongation_choice"]
-        f.write_text(json.dumps(run))
-    with pytest.raises(ResumeMismatchError, match="'elongation_choice': False"):
-        run_eval(dataset, out, EvalSettings(seeds=(0,), iters=7),
-                 estimator=per_image(FakeEstimator()))
-
-
 @pytest.mark.parametrize(("key", "legacy", "now"), [
+    ("elongation_choice", False, True),  # runs of 0.9.4 kept the shrunk kernel
     ("spectral_mix", 0.0, 0.5),  # runs of 0.9.5 had no spectral mix
     ("spectral_confidence", False, True),  # runs of 0.9.6: the restarts' agreement
 ])
