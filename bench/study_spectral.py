@@ -43,7 +43,7 @@ from kgengine.config import KernelGANConfig
 from kgengine.kernel import analytic_x4
 from kgengine.spectral import gaussian_of, mix_spectral, spectral_covariance
 from kgengine.sysinfo import machine_line
-from kgengine.width import ELONGATION_MARGIN, SCALES, scale_kernel
+from kgengine.width import ELONGATION_MARGIN, SCALES, refine_scale, scale_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study_restart_cleanup as rc  # noqa: E402
@@ -61,10 +61,11 @@ def first_try_covariance(lr_gray: np.ndarray, scale: int) -> np.ndarray | None:
     return spectral_covariance(lr_gray, scale, subtract_floor=False)
 
 
-def saved_095(kind: str, setname: str, how: str | None = None
+def saved_095(kind: str, setname: str, how: str | None = None, refine: bool = False
               ) -> dict[tuple[int, str, int], tuple[np.ndarray, float]]:
     """(scale, image, seed) -> (0.9.5's saved x2 kernel, the isotropic Gaussian's PSNR), its
-    choices read from the width study's cache (``how``: on a perturbed image)."""
+    choices read from the width study's cache (``how``: on a perturbed image; ``refine``:
+    0.9.8's scale between the grid's points, :func:`kgengine.width.refine_scale`)."""
     cache = json.loads(sw.CACHE.read_text())
     rows, robust = cache["rows"], cache.get("robust", {})
     weight = sw.SHIPPED * np.log2(SCALES) ** 2
@@ -78,7 +79,8 @@ def saved_095(kind: str, setname: str, how: str | None = None
         keep = jb.min() + ELONGATION_MARGIN < ja.min()
         j = jb if keep else ja
         base = unshrunk[(sc, name, seed)] if keep else k
-        out[(sc, name, seed)] = (scale_kernel(base, float(SCALES[int(j.argmin())])), a["iso"])
+        s = refine_scale(j) if refine else float(SCALES[int(j.argmin())])
+        out[(sc, name, seed)] = (scale_kernel(base, s), a["iso"])
     return out
 
 

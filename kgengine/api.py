@@ -267,15 +267,17 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
     if cfg.width_calibration and spectrum_ok:
         beta = cfg.elongation_power
         if cfg.chooses_elongation():
-            fit, kept = choose_elongation(gray, k2, unshrunk, sc, cfg.width_prior)
+            fit, kept = choose_elongation(gray, k2, unshrunk, sc, cfg.width_prior,
+                                          refine=cfg.width_refine)
             beta = 1.0 if kept else beta
         else:
-            fit = calibrate_width(gray, k2, sc, cfg.width_prior)
+            fit = calibrate_width(gray, k2, sc, cfg.width_prior, cfg.width_refine)
         k2 = fit.kernel
-        width = {"scale": fit.scale, "prior": cfg.width_prior, "elongation_power": beta}
+        width = {"scale": fit.scale, "prior": cfg.width_prior, "elongation_power": beta,
+                 "refine": cfg.width_refine}
     elif cfg.width_calibration:  # too few pixels for a spectrum: the width is kept
-        width = {"scale": 1.0, "prior": cfg.width_prior,
-                 "elongation_power": cfg.elongation_power, "skipped": "image too small"}
+        width = {"scale": 1.0, "prior": cfg.width_prior, "elongation_power": cfg.elongation_power,
+                 "refine": cfg.width_refine, "skipped": "image too small"}
     spectral, cov = None, None
     if spectrum_ok and (cfg.spectral_mix > 0 or cfg.spectral_confidence):
         cov = spectral_covariance(gray, sc)

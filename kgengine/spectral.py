@@ -39,15 +39,17 @@ MIN_BINS: int = 8
 MAX_AREA_RATIO: float = 2.0
 
 
-def spectral_covariance(lr_gray: np.ndarray, scale: int = 2, *,
-                        subtract_floor: bool = True) -> np.ndarray | None:
+def spectral_covariance(lr_gray: np.ndarray, scale: int = 2, *, subtract_floor: bool = True,
+                        band: tuple[float, float] = BAND) -> np.ndarray | None:
     """Σ of the Gaussian kernel the LR spectrum fits (module docstring).
 
     Args:
         lr_gray: (H, W) LR image, any range, at least 32×32 (its central 1024×1024 crop is
             read). scale: 2 or 4 (x4: Σ of the x2 kernel from which the x4 one is derived).
         subtract_floor: subtract the noise power first (False: the first version, measured
-            in ``bench/study_spectral.py``).
+            in ``bench/study_spectral.py``). band: the radii fitted, cycles/pixel (the
+            calibration's :data:`kgengine.width.BAND`; others measured in
+            ``bench/study_image_bias.py``).
     Returns:
         (2, 2) float64 covariance in (row, col) pixels², eigenvalues in :data:`VAR_RANGE`;
         None when fewer than :data:`MIN_BINS` bins are above the noise mask.
@@ -56,7 +58,7 @@ def spectral_covariance(lr_gray: np.ndarray, scale: int = 2, *,
         raise ValueError(f"scale must be 2 or 4, got {scale}")
     lp, count, floor = polar_log_power(read_crop(lr_gray)[None])
     lp, floor = lp[0], floor[0]
-    use = ((count > 0) & ((R_MID > BAND[0]) & (R_MID < BAND[1]))[:, None]
+    use = ((count > 0) & ((R_MID > band[0]) & (R_MID < band[1]))[:, None]
            & (lp >= floor + np.log(NOISE_MARGIN)))
     if use.sum() < MIN_BINS:
         return None

@@ -21,7 +21,11 @@ The calibration. For the scales ``s`` of :data:`SCALES` the kernel is widened or
 ``k_s(x) ∝ k(c + (x − c)/√s)`` (second moments × s, :func:`scale_kernel`), and the one with
 the smallest ``J(s) = log var_f r_s(f) + λ·(log2 s)²`` is kept: ``var_f`` over polar bins
 of ``|f|`` and its angle (so a wrong axis shows too; the HR's own anisotropy cancels in the
-ratio) within :data:`BAND`, ``λ`` a pull toward ``s = 1`` (``width_prior``).
+ratio) within :data:`BAND`, ``λ`` a pull toward ``s = 1`` (``width_prior``). Since 0.9.8
+(``width_refine``) the chosen ``s`` is refined between the grid's points
+(:func:`refine_scale`): each step of the grid scales the second moments by 2^(1/6) ≈ 1.12,
+and a choice that jumps between two points made much of the restarts' spread across seeds
+(``bench/study_image_bias.py``).
 
 Noise. The model has none, but an LR image's finest frequencies are often noise (sensor,
 JPEG), which makes ``D`` look too smooth and the kernel be chosen too narrow. A bin is used
@@ -82,7 +86,7 @@ class WidthFit:
 
     Attributes:
         kernel: (h, w) float64, sum 1: the input kernel with second moments × ``scale``.
-        scale: the chosen ``s``.
+        scale: the chosen ``s`` (a point of :data:`SCALES`, or between two with ``refine``).
         scores: ``J(s)`` for every ``s`` of :data:`SCALES`.
     """
 
@@ -215,8 +219,40 @@ def residual_spread(lr_gray: np.ndarray, kernels: list[np.ndarray], scale: int =
     return np.asarray(out)
 
 
+def refine_scale(scores: np.ndarray) -> float:
+    """The minimum of the parabola through ``J`` at the grid's minimum and its two neighbours,
+    in ``log2 s``.
+
+    With ``i = argmin J``, ``a, b, c = J[i−1], J[i], J[i+1]`` and the grid step
+    ``Δ = log2 SCALES[1] − log2 SCALES[0]`` (1/6 octave)::
+
+        log2 s = log2 SCALES[i] + Δ · (a − c) / (2 (a − 2b + c)),
+
+    the offset in [−Δ/2, Δ/2] because ``b`` is the smallest of the three (two equal minima
+    give the point half-way between them). At either end of the grid, or where ``J`` is not
+    finite, ``s = SCALES[i]``. Exact for a ``J`` quadratic in ``log2 s``.
+
+    Args:
+        scores: (len(SCALES),) ``J`` on :data:`SCALES` (:attr:`WidthFit.scores`).
+    Returns:
+        The refined ``s``, float.
+    """
+    j = np.asarray(scores, np.float64)
+    if j.shape != SCALES.shape:
+        raise ValueError(f"expected {SCALES.shape[0]} scores, got shape {j.shape}")
+    i = int(np.argmin(j))
+    if i == 0 or i == len(j) - 1:
+        return float(SCALES[i])
+    a, b, c = j[i - 1], j[i], j[i + 1]
+    curvature = a - 2.0 * b + c
+    if not curvature > 0:
+        return float(SCALES[i])
+    step = float(np.log2(SCALES[1]) - np.log2(SCALES[0]))
+    return float(2.0 ** (np.log2(SCALES[i]) + step * (a - c) / (2.0 * curvature)))
+
+
 def calibrate_width(lr_gray: np.ndarray, k: np.ndarray, scale: int = 2,
-                    prior: float = 0.3) -> WidthFit:
+                    prior: float = 0.3, refine: bool = False) -> WidthFit:
     """The kernel of :data:`SCALES` ``{scale_kernel(k, s)}`` that minimises
     ``J(s) = log var_f r_s(f) + prior·(log2 s)²`` on ``lr_gray`` (module docstring).
 
@@ -225,20 +261,24 @@ def calibrate_width(lr_gray: np.ndarray, k: np.ndarray, scale: int = 2,
             32×32 pixels; only the central :data:`MAX_SIDE` × :data:`MAX_SIDE` crop is read.
             k: (h, w) x2 kernel, sum 1. scale: 2 or 4, the image's scale
             (x4: ``k`` is the x2 kernel from which the x4 one is derived). prior: λ ≥ 0.
+            refine: ``s`` refined between the grid's points (:func:`refine_scale`; the
+            config's ``width_refine``), and the kernel ``scale_kernel(k, s)``.
     Returns:
         :class:`WidthFit`.
     """
-    return _fits(lr_gray, [k], scale, prior)[0]
+    return _fits(lr_gray, [k], scale, prior, refine)[0]
 
 
 def choose_elongation(lr_gray: np.ndarray, shrunk: np.ndarray, unshrunk: np.ndarray,
                       scale: int = 2, prior: float = 0.3,
-                      margin: float = ELONGATION_MARGIN) -> tuple[WidthFit, bool]:
+                      margin: float = ELONGATION_MARGIN,
+                      refine: bool = False) -> tuple[WidthFit, bool]:
     """Calibrate the width of both kernels (:func:`calibrate_width`) and keep the unshrunk
     one iff ``min_s J_unshrunk(s) + margin < min_s J_shrunk(s)``.
 
     Args:
-        lr_gray, scale, prior: as :func:`calibrate_width`. shrunk: (h, w) the kernel with its
+        lr_gray, scale, prior, refine: as :func:`calibrate_width` (the choice compares the
+            grid's minima either way). shrunk: (h, w) the kernel with its
             elongation shrunk (:func:`kgengine.kernel.shrink_elongation`). unshrunk: (h, w)
             the same kernel before the shrink. margin: ≥ 0, in units of ``J``.
     Returns:
@@ -247,7 +287,7 @@ def choose_elongation(lr_gray: np.ndarray, shrunk: np.ndarray, unshrunk: np.ndar
     """
     if not margin >= 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
-    fit_s, fit_u = _fits(lr_gray, [shrunk, unshrunk], scale, prior)
+    fit_s, fit_u = _fits(lr_gray, [shrunk, unshrunk], scale, prior, refine)
     if fit_u.scores.min() + margin < fit_s.scores.min():
         return fit_u, True
     return fit_s, False
@@ -269,7 +309,7 @@ def read_crop(lr_gray: np.ndarray) -> np.ndarray:
 
 
 def _fits(lr_gray: np.ndarray, kernels: list[np.ndarray], scale: int,
-          prior: float) -> list[WidthFit]:
+          prior: float, refine: bool = False) -> list[WidthFit]:
     """:func:`calibrate_width` of each kernel; the image is read once (the spectra of every
     candidate come from one :func:`residual_spread` call: the same bytes as one per kernel)."""
     if prior < 0:
@@ -282,5 +322,7 @@ def _fits(lr_gray: np.ndarray, kernels: list[np.ndarray], scale: int,
         scores = (np.log(np.maximum(spread[i * len(SCALES) : (i + 1) * len(SCALES)], 1e-300))
                   + prior * np.log2(SCALES) ** 2)
         best = int(np.argmin(scores))
-        out.append(WidthFit(cs[best], float(SCALES[best]), scores))
+        s = refine_scale(scores) if refine else float(SCALES[best])
+        kernel = cs[best] if s == SCALES[best] else scale_kernel(kernels[i], s)
+        out.append(WidthFit(kernel, s, scores))
     return out

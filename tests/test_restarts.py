@@ -46,14 +46,15 @@ def test_restarts_equal_single_runs_combined(lr):
     # the report keeps each restart's finished kernel, cleaned with restart_n_filtering (one
     # run: n_filtering); the saved kernel of one run and of the combination are then shrunk
     # (elongation_power), the shrunk or the unshrunk one kept by the image's spectrum, its
-    # width calibrated on the image, and the spectrum's Gaussian mixed in (the last steps)
+    # width calibrated on the image (its scale refined between the grid's points), and the
+    # spectrum's Gaussian mixed in (the last steps)
     assert cfg.clean_n(3) == cfg.restart_n_filtering == 70 != cfg.clean_n(1) == 50
     gray = lr.mean(axis=2)
 
     def calibrated(k: np.ndarray, scale: int) -> tuple[np.ndarray, float, float]:
         """(the saved kernel, its elongation power, its confidence)."""
         fit, kept = choose_elongation(gray, shrink_elongation(k, cfg.elongation_power), k,
-                                      scale, cfg.width_prior)
+                                      scale, cfg.width_prior, refine=cfg.width_refine)
         saved = mix_spectral(gray, fit.kernel, scale, cfg.spectral_mix)[0]
         g = gaussian_of(spectral_covariance(gray, scale), 13)
         return (saved, 1.0 if kept else cfg.elongation_power,

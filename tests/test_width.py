@@ -21,6 +21,7 @@ from kgengine.width import (
     calibrate_width,
     choose_elongation,
     kernel_power,
+    refine_scale,
     residual_spread,
     scale_kernel,
 )
@@ -85,6 +86,59 @@ def test_calibration_recovers_a_known_width(scale, seed):
             int(np.argmin(np.abs(SCALES - fit.scale)))
         pulled = calibrate_width(lr, scale_kernel(true, start), scale, 0.3).scale
         assert 0 < np.log2(pulled) / np.log2(1 / start) <= 1 + 1e-9, (start, pulled)
+
+
+@pytest.mark.parametrize("t", [-0.73, -0.05, 0.0, 0.31, 1.08])
+def test_refine_scale_is_exact_on_a_quadratic(t):
+    # J quadratic in log2 s (plus a constant) has its minimum at 2^t: the parabola through
+    # the grid's three points around it is J itself
+    j = 3.0 * (np.log2(SCALES) - t) ** 2 - 1.7
+    assert refine_scale(j) == pytest.approx(2.0**t, rel=1e-12)
+
+
+def test_refine_scale_stays_within_half_a_step_and_keeps_the_ends():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        j = rng.normal(size=SCALES.shape)
+        i = int(j.argmin())
+        s = refine_scale(j)
+        if i in (0, len(SCALES) - 1):
+            assert s == SCALES[i]  # at an end of the grid: its point
+        else:
+            assert abs(np.log2(s / SCALES[i])) <= np.log2(STEP) / 2 + 1e-12
+    two = np.ones(SCALES.shape)
+    two[5:7] = 0.0  # two equal minima: half-way between them
+    assert refine_scale(two) == pytest.approx(np.sqrt(SCALES[5] * SCALES[6]), rel=1e-12)
+    with pytest.raises(ValueError, match="expected 19 scores"):
+        refine_scale(np.ones(5))
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_refined_calibration_does_not_depend_on_the_grid(scale):
+    # the refined fit's kernel is scale_kernel of its s and its scores are the grid's; on an
+    # image that follows the model, starts that put the truth at different places between
+    # two grid points give the grid's choice errors that differ by up to a step, and refined
+    # choices within a tenth of a step of each other (what the restarts' spread needed)
+    true = anisotropic_gaussian(13, 2.6, 1.2, 0.5)
+    lr = degrade(power_law_image(1024 if scale == 4 else 512, 0), true, scale)
+    errors: dict[bool, list[float]] = {False: [], True: []}
+    for start in (0.6, 0.75, 1.2, 1.3, 1.45):
+        k = scale_kernel(true, start)
+        grid = calibrate_width(lr, k, scale, 0.0)
+        fine = calibrate_width(lr, k, scale, 0.0, refine=True)
+        np.testing.assert_array_equal(fine.scores, grid.scores)
+        assert fine.scale == pytest.approx(refine_scale(grid.scores), rel=1e-15)
+        np.testing.assert_allclose(fine.kernel, scale_kernel(k, fine.scale), atol=1e-15)
+        for refined, fit in ((False, grid), (True, fine)):
+            errors[refined].append(np.log2(fit.scale * start))  # log2 of moments vs truth's
+        fit, kept = choose_elongation(lr, shrink_elongation(k, 0.4), k, scale, 0.0,
+                                      refine=True)
+        alone = calibrate_width(lr, k if kept else shrink_elongation(k, 0.4), scale, 0.0,
+                                refine=True)
+        assert fit.scale == alone.scale
+    step = np.log2(STEP)
+    assert np.ptp(errors[True]) < 0.1 * step < np.ptp(errors[False]) / 4
+    assert max(map(abs, errors[True])) < step  # and within one step of the truth
 
 
 def test_the_spread_is_smallest_near_the_true_kernel():
@@ -167,11 +221,13 @@ def test_calibration_rejects_bad_input():
 
 def test_config_width_settings():
     cfg = KernelGANConfig()
-    assert cfg.width_calibration is True and cfg.width_prior == 0.3
+    assert cfg.width_calibration is True and cfg.width_prior == 0.3 and cfg.width_refine
     assert KernelGANConfig.authors().width_calibration is False
     stored = cfg.to_dict()
     del stored["width_calibration"], stored["width_prior"]  # a config saved before 0.9.4
     assert KernelGANConfig.from_stored(stored).width_calibration is False
+    del stored["width_refine"]  # and one saved before 0.9.8 kept the grid's point
+    assert KernelGANConfig.from_stored(stored).width_refine is False
     assert KernelGANConfig.from_stored(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="width_prior: must be at least 0"):
         cfg.replace(width_prior=-0.1)
@@ -203,7 +259,7 @@ def test_api_skips_an_image_too_small_for_a_spectrum():
     off = estimate_kernels([img], seeds=[1], iters=5, device="cpu",
                            config=cfg.replace(width_calibration=False))[0]
     assert on.report["width"] == {"scale": 1.0, "prior": 0.3, "elongation_power": 0.4,
-                                  "skipped": "image too small"}
+                                  "refine": True, "skipped": "image too small"}
     assert on.kernel_x2.tobytes() == off.kernel_x2.tobytes() and off.report["width"] is None
 
 
@@ -223,11 +279,19 @@ def test_api_without_the_choice_calibrates_the_shrunk_kernel():
     shrunk, finished, _ = finish_restarts([off.raw_kernel], cfg.n_filtering,
                                           elongation_power=cfg.elongation_power)
     gray = rgb.mean(axis=2)
-    assert off.kernel_x2.tobytes() == calibrate_width(gray, shrunk, 2).kernel.tobytes()
+    fit = calibrate_width(gray, shrunk, 2, refine=True)
+    assert off.kernel_x2.tobytes() == fit.kernel.tobytes()
     assert off.report["width"]["elongation_power"] == 0.4
-    fit, kept = choose_elongation(gray, shrunk, finished[0], 2)
+    assert off.report["width"]["scale"] == fit.scale and off.report["width"]["refine"]
+    fit, kept = choose_elongation(gray, shrunk, finished[0], 2, refine=True)
     assert on.kernel_x2.tobytes() == fit.kernel.tobytes()
     assert on.report["width"]["elongation_power"] == (1.0 if kept else 0.4)
+    # width_refine=false (0.9.7) keeps the grid's point
+    grid = estimate_kernels([rgb], seeds=[2], iters=20, device="cpu",
+                            config=cfg.replace(width_refine=False))[0]
+    fit, _ = choose_elongation(gray, shrunk, finished[0], 2)
+    assert grid.kernel_x2.tobytes() == fit.kernel.tobytes() and fit.scale in SCALES
+    assert grid.report["width"]["refine"] is False
 
 
 def test_downscale_each_matches_scipy_and_ignores_threads():

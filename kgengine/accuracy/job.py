@@ -103,7 +103,9 @@ class EvalSettings:
         :meth:`KernelGANConfig.clean_n`), ``elongation_power`` and the width calibration
         (``width_prior``: None when it is off) and whether it chose the elongation
         (``elongation_choice``, :meth:`KernelGANConfig.chooses_elongation`), the spectral
-        mix's weight (``spectral_mix``) and the confidence's rule (``spectral_confidence``)."""
+        mix's weight (``spectral_mix``), the confidence's rule (``spectral_confidence``) and
+        whether the calibration's scale was refined (``width_refine``: False when it is
+        off)."""
         cfg = self.kernelgan_config()
         return {"scale": self.scale, "method": self.method,
                 "iters": cfg.run_iters(self.restarts),
@@ -113,7 +115,8 @@ class EvalSettings:
                 "width_prior": cfg.width_prior if cfg.width_calibration else None,
                 "elongation_choice": cfg.chooses_elongation(),
                 "spectral_mix": cfg.spectral_mix,
-                "spectral_confidence": cfg.spectral_confidence}
+                "spectral_confidence": cfg.spectral_confidence,
+                "width_refine": cfg.width_calibration and cfg.width_refine}
 
 
 def run_eval(
