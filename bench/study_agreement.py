@@ -200,7 +200,7 @@ def derive() -> list[Path]:
         for key, run in store["runs"].items():
             sc, image, seed = key.split("/")
             run["confidence"] = shipped(rows[(kind, int(sc[1:]), image, int(seed[1:]))])
-        store.update(variant=name, config=KernelGANConfig().to_dict(),
+        store.update(variant=name, config=KernelGANConfig(width_refine=False).to_dict(),
                      note=f"{old}'s kernels with 0.9.7's confidence (bench/study_agreement.py "
                           "--derive)")
         path = sw.DATA / f"kgengine_{name}.json"

@@ -272,7 +272,9 @@ def derive(name: str, n: int) -> Path:
     clean-up ``n`` as the API does (x4: the analytic x4 kernel), with their confidence, in
     ``bench/bench_vs_authors.py``'s format (its variant: ``<name>:n_filtering=50,restarts=4,
     elongation_power=0.4,restart_n_filtering=<n>``)."""
-    cfg = KernelGANConfig().replace(restart_n_filtering=n)
+    # 0.9.3's settings: the later changes (calibration, mix, confidence) off
+    cfg = KernelGANConfig(restart_n_filtering=n, width_calibration=False, elongation_choice=False,
+                          spectral_mix=0.0, spectral_confidence=False, width_refine=False)
     runs = {}
     for (sc, name_, seed), raws in load_groups("dev").items():
         if not raws:  # every restart diverged

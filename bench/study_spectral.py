@@ -179,7 +179,7 @@ def derive() -> list[Path]:
     analytic x4 kernel), in ``bench/bench_vs_authors.py``'s format; variants ``v096`` and
     ``v096r4`` (0.9.5's settings and ``spectral_mix=0.5``). The restarts' confidence is
     0.9.5's store's."""
-    cfg = KernelGANConfig()
+    cfg = KernelGANConfig(spectral_confidence=False, width_refine=False)  # 0.9.6's settings
     paths = []
     for kind, name, old in (("one", "v096", "v095"), ("r4", "v096r4", "v095r4")):
         conf = json.loads((sw.DATA / f"kgengine_{old}.json").read_text())["runs"]

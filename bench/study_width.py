@@ -474,7 +474,8 @@ def derive() -> list[Path]:
     width_calibration=true,elongation_choice=true``. (0.9.4's stores, ``kgengine_v094*.json``,
     were the same without the choice: :func:`kgengine.width.calibrate_width` of the shrunk
     kernel.)"""
-    cfg = KernelGANConfig()
+    # 0.9.5's settings: the later changes (spectral mix, confidence, refinement) off
+    cfg = KernelGANConfig(spectral_mix=0.0, spectral_confidence=False, width_refine=False)
     paths = []
     for kind, name in (("one", "v095"), ("r4", "v095r4")):
         runs = {}

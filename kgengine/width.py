@@ -245,7 +245,7 @@ def refine_scale(scores: np.ndarray) -> float:
         return float(SCALES[i])
     a, b, c = j[i - 1], j[i], j[i + 1]
     curvature = a - 2.0 * b + c
-    if not curvature > 0:
+    if not (np.isfinite([a, b, c]).all() and curvature > 0):
         return float(SCALES[i])
     step = float(np.log2(SCALES[1]) - np.log2(SCALES[0]))
     return float(2.0 ** (np.log2(SCALES[i]) + step * (a - c) / (2.0 * curvature)))

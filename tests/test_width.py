@@ -109,6 +109,10 @@ def test_refine_scale_stays_within_half_a_step_and_keeps_the_ends():
     two = np.ones(SCALES.shape)
     two[5:7] = 0.0  # two equal minima: half-way between them
     assert refine_scale(two) == pytest.approx(np.sqrt(SCALES[5] * SCALES[6]), rel=1e-12)
+    bad = (np.log2(SCALES) - 0.1) ** 2
+    i = int(np.argmin(bad))
+    bad[i + 1] = np.inf  # a neighbour that is not finite: the grid's point
+    assert 0 < i < SCALES.size - 2 and refine_scale(bad) == SCALES[i]
     with pytest.raises(ValueError, match="expected 19 scores"):
         refine_scale(np.ones(5))
 
