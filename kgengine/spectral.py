@@ -104,19 +104,24 @@ def mix_covariance(k: np.ndarray, cov: np.ndarray | None, weight: float = 0.5
             fit). weight: w in [0, 1].
     Returns:
         (the kernel, (h, w) float64, sum 1; the report: ``weight``, the fit's ``var_long``,
-        ``var_short``, ``theta_deg`` (or None where there was no fit) and ``mixed``: False
-        where there was no fit or the two areas disagree (then the kernel is ``k``)).
+        ``var_short``, ``theta_deg`` (or None where there was no fit), ``at_floor``: True
+        where the fit's smaller variance is at :data:`VAR_RANGE`'s lower end, i.e. the image
+        looks sharper than the fit can represent (most sharp photos at x2,
+        ``bench/study_real.py``; the confidence is then low by construction), None without
+        a fit; and ``mixed``: False where there was no fit or the two areas disagree (then
+        the kernel is ``k``)).
     """
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"weight must be in [0, 1], got {weight}")
     k = np.asarray(k, np.float64)
     info: dict[str, Any] = {"weight": weight, "var_long": None, "var_short": None,
-                            "theta_deg": None, "mixed": False}
+                            "theta_deg": None, "at_floor": None, "mixed": False}
     if cov is None:
         return k, info
     g = gaussian_of(cov, k.shape[0])
     v1, v2, theta = principal_axes(g)
-    info.update(var_long=v1, var_short=v2, theta_deg=float(np.degrees(theta)))
+    info.update(var_long=v1, var_short=v2, theta_deg=float(np.degrees(theta)),
+                at_floor=bool(np.linalg.eigvalsh(cov)[0] <= VAR_RANGE[0] * (1 + 1e-9)))
     k1, k2, _ = principal_axes(k)
     ratio = np.sqrt(np.linalg.det(cov)) / max(np.sqrt(k1 * k2), 1e-12)
     if not 1 / MAX_AREA_RATIO <= ratio <= MAX_AREA_RATIO or weight == 0.0:

@@ -93,6 +93,11 @@ def test_the_fit_is_clipped_to_the_variance_range():
     lr = degrade(power_law_image(512, 14), delta, 2)
     v = np.linalg.eigvalsh(spectral_covariance(lr, 2))
     assert VAR_RANGE[0] - 1e-12 <= v[0] <= v[1] <= VAR_RANGE[1] + 1e-12
+    # the report says so (at_floor), and not for a blurred image
+    k = anisotropic_gaussian(13, 2.0, 1.0, 0.3)
+    assert v[0] == pytest.approx(VAR_RANGE[0]) and mix_spectral(lr, k, 2, 0.5)[1]["at_floor"]
+    blurred = degrade(power_law_image(512, 14), anisotropic_gaussian(13, 2.5, 1.5, 0.7), 2)
+    assert mix_spectral(blurred, k, 2, 0.5)[1]["at_floor"] is False
 
 
 def test_config_spectral_mix():
