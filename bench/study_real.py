@@ -8,8 +8,9 @@ measured and compared with the synthetic sets, where they are known to go with a
 - the **confidence** (``kgengine.confidence``; ρ +0.5 to +0.75 with the aligned kernel PSNR
   on the synthetic sets): what a real photo scores, and what ``--min-confidence 0.5`` keeps;
 - the **seed agreement**: the aligned kernel PSNR between the kernels of two seeds of the
-  same photo (mean over the three pairs of seeds 0-2), one run and ``--restarts 4``: how
-  reproducible a real photo's kernel is;
+  same photo (mean over the pairs of seeds), one run and ``--restarts 4``: how reproducible a
+  real photo's kernel is; and, since that PSNR depends on the kernels' width, their relative
+  L2 difference (:func:`seed_difference`);
 - the **kernels' shapes**: the widths and elongations found (the pool a user would build).
 
 What. The 40 HR photos of ``../shared/data/hr`` (24 Kodak film scans, 768×512; 16 Urban100
@@ -101,6 +102,17 @@ def seed_agreement(kernels: dict[int, np.ndarray]) -> float | None:
                           for a, b in pairs]))
 
 
+def seed_difference(kernels: dict[int, np.ndarray]) -> float | None:
+    """Mean over the pairs of seeds of ``‖a − b‖₂ / ‖(a + b)/2‖₂`` (centred kernels, one
+    canvas): the seed agreement without the PSNR's dependence on the width (the PSNR of
+    sum-1 kernels of width σ falls as 20·log10 of 1/σ for the same relative error)."""
+    pairs = list(itertools.combinations(sorted(kernels), 2))
+    if not pairs:
+        return None
+    return float(np.mean([np.linalg.norm(kernels[a] - kernels[b])
+                          / np.linalg.norm((kernels[a] + kernels[b]) / 2) for a, b in pairs]))
+
+
 def _groups(runs: dict, kind: str, prefix: str = "") -> dict[str, dict[int, np.ndarray]]:
     out: dict[str, dict[int, np.ndarray]] = {}
     for key, run in runs.items():
@@ -154,9 +166,9 @@ def report() -> str:
              "Synthetic: 0.9.8's kernels of the development set at x2 (60 runs per kind). "
              "Medians with the quartiles in brackets.", "",
              "| runs | photos, runs | confidence | kept by `--min-confidence 0.5` | seed "
-             "agreement (dB) | width √σ₁σ₂ (px) | elongation σ₁²/σ₂² | the spectrum's "
-             "Gaussian: width (px) | its fit at the lower clip |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "agreement (dB) | seed difference (relative L2) | width √σ₁σ₂ (px) | elongation "
+             "σ₁²/σ₂² | the spectrum's Gaussian: width (px) | its fit at the lower clip |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     grays = {p.stem: read_image(p).mean(axis=2) for p in photos()}
     dev = json.loads((DATA / "kgengine_v098.json").read_text())["runs"]
     synth = {name: sw.lr_gray("dev", 2, name) for name in {k.split("/")[1] for k in dev}}
@@ -167,17 +179,19 @@ def report() -> str:
                     if k.startswith(f"{kind}/{pick}") and r["confidence"] is not None]
             g = {n: ks for n, ks in groups.items() if n.startswith(pick)}
             agree = [a for a in map(seed_agreement, g.values()) if a is not None]
+            diff = [a for a in map(seed_difference, g.values()) if a is not None]
             shapes = [_shape(k) for ks in g.values() for k in ks.values()]
             lines.append(f"| {label}, {part} | {len(g)}, {len(conf)} | {_q(conf)} | "
-                         f"{_kept(conf)} | {_q(agree)} | "
+                         f"{_kept(conf)} | {_q(agree)} | {_q(diff)} | "
                          f"{_q([s[0] for s in shapes])} | {_q([s[1] for s in shapes])} | "
                          + _spectrum({n: v for n, v in grays.items() if n.startswith(pick)})
                          + " |")
         conf, g = synthetic(kind)
         agree = [a for a in map(seed_agreement, g.values()) if a is not None]
+        diff = [a for a in map(seed_difference, g.values()) if a is not None]
         shapes = [_shape(k) for ks in g.values() for k in ks.values()]
         lines.append(f"| {label}, synthetic (development x2) | {len(g)}, {len(conf)} | "
-                     f"{_q(conf)} | {_kept(conf)} | {_q(agree)} | "
+                     f"{_q(conf)} | {_kept(conf)} | {_q(agree)} | {_q(diff)} | "
                      f"{_q([s[0] for s in shapes])} | {_q([s[1] for s in shapes])} | "
                      + _spectrum(synth) + " |")
     return "\n".join(lines) + "\n"
