@@ -157,6 +157,16 @@ def _kept(conf: list[float]) -> str:
     return f"{np.mean(np.asarray(conf) >= 0.5):.0%}" if conf else "–"
 
 
+def _row(label: str, conf: list[float], g: dict[str, dict[int, np.ndarray]], fits: str) -> str:
+    """One row of the table: the confidences, the kernels by image and seed, the fit cells."""
+    agree = [a for a in map(seed_agreement, g.values()) if a is not None]
+    diff = [a for a in map(seed_difference, g.values()) if a is not None]
+    shapes = [_shape(k) for ks in g.values() for k in ks.values()]
+    return (f"| {label} | {len(g)}, {len(conf)} | {_q(conf)} | {_kept(conf)} | {_q(agree)} | "
+            f"{_q(diff)} | {_q([s[0] for s in shapes])} | {_q([s[1] for s in shapes])} | "
+            f"{fits} |")
+
+
 def report() -> str:
     runs = load()["runs"]
     lines = ["# kgengine 0.9.8 on real photos (no kernel known)", "",
@@ -178,22 +188,10 @@ def report() -> str:
             conf = [r["confidence"] for k, r in runs.items()
                     if k.startswith(f"{kind}/{pick}") and r["confidence"] is not None]
             g = {n: ks for n, ks in groups.items() if n.startswith(pick)}
-            agree = [a for a in map(seed_agreement, g.values()) if a is not None]
-            diff = [a for a in map(seed_difference, g.values()) if a is not None]
-            shapes = [_shape(k) for ks in g.values() for k in ks.values()]
-            lines.append(f"| {label}, {part} | {len(g)}, {len(conf)} | {_q(conf)} | "
-                         f"{_kept(conf)} | {_q(agree)} | {_q(diff)} | "
-                         f"{_q([s[0] for s in shapes])} | {_q([s[1] for s in shapes])} | "
-                         + _spectrum({n: v for n, v in grays.items() if n.startswith(pick)})
-                         + " |")
+            fits = _spectrum({n: v for n, v in grays.items() if n.startswith(pick)})
+            lines.append(_row(f"{label}, {part}", conf, g, fits))
         conf, g = synthetic(kind)
-        agree = [a for a in map(seed_agreement, g.values()) if a is not None]
-        diff = [a for a in map(seed_difference, g.values()) if a is not None]
-        shapes = [_shape(k) for ks in g.values() for k in ks.values()]
-        lines.append(f"| {label}, synthetic (development x2) | {len(g)}, {len(conf)} | "
-                     f"{_q(conf)} | {_kept(conf)} | {_q(agree)} | {_q(diff)} | "
-                     f"{_q([s[0] for s in shapes])} | {_q([s[1] for s in shapes])} | "
-                     + _spectrum(synth) + " |")
+        lines.append(_row(f"{label}, synthetic (development x2)", conf, g, _spectrum(synth)))
     return "\n".join(lines) + "\n"
 
 
