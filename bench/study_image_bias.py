@@ -334,11 +334,8 @@ def refine_rows(workers: int = 2) -> list[dict]:
 
 
 def _seed_sd_of(rows: list[dict], column: str) -> float:
-    by: dict[str, list[float]] = {}
-    for r in rows:
-        by.setdefault(r["image"], []).append(r[column])
-    sds = [float(np.std(v)) for v in by.values() if len(v) == 3]
-    return float(np.mean(sds)) if sds else float("nan")
+    """The README's seed SD of one column of :func:`refine_rows`' rows."""
+    return ss._seed_sd({(r["image"], r["seed"]): r[column] for r in rows})
 
 
 def refine_table(rows: list[dict]) -> list[str]:
