@@ -76,6 +76,8 @@ def main() -> None:
                     help="iterations of the sweep's end-to-end one run vs --restarts 4 (0: skip)")
     ap.add_argument("--sweep-backends", default="",
                     help="also time the sweep's numeric batch sizes with these op backends")
+    ap.add_argument("--sweep-graph", action="store_true",
+                    help="also time them with the step captured as a CUDA graph")
     ap.add_argument("--authors", type=Path, default=None,
                     help="folder made by ../shared/baseline/build.sh: time the authors' code "
                          "side by side (only this comparison is run)")
@@ -88,7 +90,7 @@ def main() -> None:
     print(f"machine: {machine()}, device {args.device}")
     if args.sweep:
         batch_sweep(args.sweep, args.sweep_iters, args.device, args.sweep_backends,
-                    args.sweep_e2e_iters)
+                    args.sweep_e2e_iters, args.sweep_graph)
         return
     images = lr_images(args.images)
     estimate_kernel(images[0][1], iters=20, device=args.device)  # warm-up (allocator, JIT)
@@ -190,16 +192,19 @@ def host_syncs_per_step(trainer: object, device: torch.device, steps: int = 5) -
 
 
 def batch_sweep(spec: str, iters: int, device_name: str, backends: str = "",
-                e2e_iters: int = 3000) -> None:
+                e2e_iters: int = 3000, graph: bool = False) -> None:
     """ms per iteration of the batched trainer at each batch size in ``spec`` (one image of
     the development set repeated with seeds 0..B-1, so only B changes), then ``--restarts 4``
     against one run end to end (``e2e_iters`` iterations, 0 = skip); iterations after 20
     warm-up ones, timed with a device synchronisation at both ends. ``backends`` (e.g.
     ``torch,cupy``): also time the numeric batch sizes with each op backend forced
-    (``KGENGINE_OPS_BACKEND``)."""
+    (``KGENGINE_OPS_BACKEND``). ``graph``: also time them with the step captured as a CUDA
+    graph (``KGENGINE_CUDA_GRAPH=1``, :mod:`kgengine.graph_step`; the row says if the capture
+    failed and why)."""
     from kgengine.config import KernelGANConfig
     from kgengine.farm.batching import auto_batch
     from kgengine.farm.settings import FarmSettings
+    from kgengine.graph_step import ENV_VAR as GRAPH_VAR
     from kgengine.ops.backend import ENV_VAR, resolve
     from kgengine.prepare import prepare_image
     from kgengine.trainer import BatchTrainer
@@ -215,8 +220,8 @@ def batch_sweep(spec: str, iters: int, device_name: str, backends: str = "",
         else:
             sizes.append((tok, int(tok)))
     runs = [("", label, b) for label, b in sizes]
-    runs += [(be, label, b) for be in filter(None, backends.split(",")) for label, b in sizes
-             if label != "auto"]
+    runs += [(be, label, b) for be in [*filter(None, backends.split(",")), *["graph"] * graph]
+             for label, b in sizes if label != "auto"]
     print(f"batched trainer on {name} ({lr.shape[1]}x{lr.shape[0]} LR), {iters} timed "
           f"iterations after 20 warm-up ones")
     print("| ops backend | B | ms/iteration | ms per image-iteration | images/min at 3000 it | "
@@ -225,11 +230,14 @@ def batch_sweep(spec: str, iters: int, device_name: str, backends: str = "",
     base: dict[str, float] = {}
     for backend, label, b in runs:
         if backend:
-            os.environ[ENV_VAR] = backend
+            var, value = (GRAPH_VAR, "1") if backend == "graph" else (ENV_VAR, backend)
+            os.environ[var] = value
         try:
             t = BatchTrainer([img] * b, list(range(b)), cfg, device=device)
             used = resolve("sample_patches", device).__module__.split("._", 1)[-1]
             t.run(20)
+            if backend == "graph":
+                used = "captured" if t._static.graph is not None else t._static.reason
             launches = launches_per_step(t, device, table=not base and b == 1)
             if not base:
                 print(f"host synchronisations per step: {host_syncs_per_step(t, device)}")
@@ -242,6 +250,7 @@ def batch_sweep(spec: str, iters: int, device_name: str, backends: str = "",
             continue
         finally:
             os.environ.pop(ENV_VAR, None)
+            os.environ.pop(GRAPH_VAR, None)
         per_img = ms / b
         base.setdefault(backend, per_img)
         tag = f"{b} (auto)" if label == "auto" else str(b)

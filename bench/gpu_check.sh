@@ -44,7 +44,7 @@ step() {  # step NAME SECONDS CMD...: run with a timeout, keep the log, report t
 step gpu-tests 90 "$PY" -m pytest -q -rs -p no:cacheprovider -m needs_cuda tests
 step invariance 60 "$PY" bench/check_invariance.py --device cuda
 step train 170 "$PY" bench/bench_train.py --device cuda --sweep 1,8,64,auto --sweep-iters 200 \
-  --sweep-e2e-iters 500 --sweep-backends torch,cupy
+  --sweep-e2e-iters 500 --sweep-backends torch,cupy --sweep-graph
 step farm 110 "$PY" bench/bench_farm.py --device cuda --iters 100 --batches --gpu-batches 1 8 64
 step ops 60 "$PY" bench/bench_ops.py --repeats 5
 step degrade 60 "$PY" bench/bench_degrade.py --repeats 3 --batch 1 4 --no-scipy --sections onnx module

@@ -9,6 +9,10 @@ Adam is element-wise, so one optimiser over the batched buffer equals B optimise
 ``compiled=True`` (CPU) the update is one Numba loop instead of five PyTorch operations (each a
 pass over the buffer): the same formula, rounded step by step in the parameters' dtype, but
 PyTorch's kernels may fuse a product into an addition, so the two need not agree to the bit.
+With ``on_device=True`` the step count and the learning rate live in tensors on the buffer's
+device and the step reads nothing from the host, so that it can be captured once in a CUDA
+graph and replayed (:mod:`kgengine.graph_step`); its rounding differs from the scalar path's
+in the last bit.
 """
 
 from __future__ import annotations
@@ -46,19 +50,40 @@ class FlatAdam:
 
     Args:
         param: (n,) leaf tensor; lr, betas, eps: Adam's settings; compiled: one Numba loop
-            per step (CPU tensors; see the module docstring) instead of PyTorch operations.
+            per step (CPU tensors; see the module docstring) instead of PyTorch operations;
+        on_device: ``t`` and ``lr`` also kept as float64 tensors on ``param``'s device and the
+            step computed from them (no host value per step: capturable in a CUDA graph).
+            Setting :attr:`lr` (the trainer's decay) writes the tensor; the host's ``t`` is not
+            advanced by a graph's replays, the tensor is.
     """
 
     def __init__(self, param: torch.Tensor, lr: float, betas: tuple[float, float],
-                 eps: float = 1e-8, compiled: bool = False) -> None:
-        self.param, self.lr, self.betas, self.eps = param, lr, betas, eps
+                 eps: float = 1e-8, compiled: bool = False, on_device: bool = False) -> None:
+        if compiled and on_device:
+            raise ValueError("FlatAdam: compiled and on_device exclude each other")
+        self.param, self.betas, self.eps = param, betas, eps
         self.m = torch.zeros_like(param)
         self.v = torch.zeros_like(param)
         self.t = 0
         self.compiled = compiled
+        self._dev = ((torch.zeros((), dtype=torch.float64, device=param.device),
+                      torch.full((), lr, dtype=torch.float64, device=param.device))
+                     if on_device else None)
+        self.lr = lr
         # NumPy views of the buffers (CPU: the compiled update), made once
         self._arrays = ((param.detach().numpy(), self.m.numpy(), self.v.numpy())
                         if compiled else None)
+
+    @property
+    def lr(self) -> float:
+        """The learning rate (setting it also sets the device copy, ``on_device``)."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self._lr = value
+        if self._dev is not None:
+            self._dev[1].fill_(value)
 
     @torch.no_grad()
     def step(self, grad: torch.Tensor, threads: int = 1) -> None:
@@ -74,7 +99,24 @@ class FlatAdam:
             run_tasks(lambda lo, hi: _adam_step(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], c),
                       threads if p.size >= SPLIT_SIZE else 1, p.size)
             return
+        if self._dev is not None:
+            self._step_on_device(grad)
+            return
         self.m.lerp_(grad, 1.0 - b1)
         self.v.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
         denom = (self.v.sqrt() / math.sqrt(1.0 - b2**self.t)).add_(self.eps)
         self.param.addcdiv_(self.m, denom, value=-self.lr / (1.0 - b1**self.t))
+
+    def _step_on_device(self, grad: torch.Tensor) -> None:
+        """The update with ``t`` and ``lr`` read from (and ``t`` advanced in) device tensors:
+        ``step = -lr / (1 - β1^t)`` and ``sqrt(1 - β2^t)`` in float64 there, then the same
+        three passes as the scalar path with those as tensors."""
+        b1, b2 = self.betas
+        t, lr = self._dev
+        t.add_(1.0)
+        step = (-lr / (1.0 - torch.pow(b1, t))).to(self.param.dtype)
+        bias2 = torch.sqrt(1.0 - torch.pow(b2, t)).to(self.param.dtype)
+        self.m.lerp_(grad, 1.0 - b1)
+        self.v.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
+        denom = (self.v.sqrt() / bias2).add_(self.eps)
+        self.param.addcmul_(self.m / denom, step)

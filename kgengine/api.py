@@ -213,7 +213,7 @@ def estimate_kernels(
            "device": _device_name(dev), "dtype": str(dtype).replace("torch.", ""),
            "wall_s": setup_s + train_s, "train_s": train_s,
            "ms_per_iter": 1000.0 * train_s / max(trainer.iteration, 1), "config": cfg.to_dict(),
-           "stop": stop_setting(stop_rule),
+           "stop": stop_setting(stop_rule), "cuda_graph": trainer.graph_status,
            "environment": machine_info(str(dev))}
     final = _Final(trainer.final_kernels(), trainer.finite.cpu().numpy(),
                    trainer.final_losses(), run_seeds, trainer.final_weights(),

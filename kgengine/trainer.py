@@ -22,14 +22,14 @@ import torch
 
 from kgengine import discriminator as D
 from kgengine import generator as G
-from kgengine import lean_step, priors
+from kgengine import graph_step, lean_step, priors
 from kgengine.adam import FlatAdam
 from kgengine.compiled import compiled_on, compose_for, discriminator_for, priors_for
 from kgengine.config import KernelGANConfig
 from kgengine.ops._spec import PatchBatch
 from kgengine.ops.backend import resolve, serial_ops
 from kgengine.ops.rng import STREAM_G_NOISE, box_muller, normal
-from kgengine.prepare import PreparedImage, pack_images
+from kgengine.prepare import PreparedImage, pack_images, write_crops
 from kgengine.stopping import StopRule, StopTracker
 
 MODES = ("composed", "layers")
@@ -73,7 +73,9 @@ class BatchTrainer:
         self._d_forward = discriminator_for(self.device, self.threads)
         self._compose = compose_for(self.device)
         self._add_priors = priors_for(self.device)
-        self._init_lean(mode)
+        # kgengine.graph_step: the step with no host value (capturable as a CUDA graph)
+        graph = graph_step.mode_for(self.device) if mode == "composed" else "off"
+        self._init_lean(mode if graph == "off" else "static")
         self.b = b = len(images)
         dev = {"device": self.device, "dtype": dtype}
         pix, cdf = pack_images(images)
@@ -93,20 +95,19 @@ class BatchTrainer:
         d_stacked = {key: torch.stack([p[key] for p in d_p]) for key in d_p[0]}
         # one flat buffer per network (for a few-op Adam); the autograd leaves are views of it
         self.g_flat, self.g_weights = _flatten(g_stacked, dev)
-        self.d_flat, d_leaves = _flatten([d_stacked[k] for k in D.TRAINABLE], dev)
-        self._d_leaves = d_leaves
+        self.d_flat, self._d_leaves = _flatten([d_stacked[k] for k in D.TRAINABLE], dev)
         self.d_state = {k: v.to(**dev) for k, v in d_stacked.items() if k not in D.TRAINABLE}
-        adam = {"betas": (cfg.beta1, cfg.beta2), "compiled": self.compiled}
+        adam = {"betas": (cfg.beta1, cfg.beta2), "compiled": self.compiled and graph == "off",
+                "on_device": graph != "off"}
         self.opt_g = FlatAdam(self.g_flat, cfg.lr_g, **adam)
         self.opt_d = FlatAdam(self.d_flat, cfg.lr_d, **adam)
-
+        self._static = graph_step.StaticStep(self, graph == "capture") if graph != "off" else None
         self._init_schedule(b, dev)
         self.mask = priors.boundary_mask_tensor(cfg.kernel_size, cfg.boundary_penalty,
                                                 self.images, cfg.boundary_sigma)
         self.centre = priors.centre_target(cfg.kernel_size, 2)
         self._noise_chunk: tuple[int, torch.Tensor] = (-1, torch.empty(0))
-        # the kernel composed for iteration i's D step is iteration i+1's G-step kernel (G
-        # does not change in between): (iteration it is for, kernel with its graph)
+        # iteration i's D-step kernel is iteration i+1's G-step kernel: (i + 1, k with its graph)
         self._next_kernel: tuple[int, torch.Tensor | None] = (-1, None)
         self._host = self.device.type == "cpu"  # flags read on the host cost no sync here
         self.last: dict[str, torch.Tensor] = {}
@@ -164,15 +165,19 @@ class BatchTrainer:
         ready, self._prefetched = self._prefetched, None
         pb = ready[1].result() if ready is not None and ready[0] == it else self._sample(it)
         if cfg.authors_noise_accumulates:  # defect 2: the noise stays in the image
-            self._accumulate_noise(pb.d_crops, pb.d_topleft)
+            write_crops(self.images, pb.d_crops, pb.d_topleft)
         g_in, d_in = pb.g_crops, pb.d_crops
         if self._lean:
             with torch.no_grad():
                 l_gan, l_g, terms = lean_step.g_step(self, g_in, d_in, it)
                 l_d = lean_step.d_step(self, g_in, d_in, it)
+        elif self._static is not None:
+            l_gan, l_g, terms, l_d = self._static(pb, self._g_noise(it))
         else:
-            l_gan, l_g, terms = self._g_step(g_in, it)
-            l_d = self._d_step(g_in, d_in, it)
+            ready, k = self._next_kernel
+            l_gan, l_g, terms = self._g_step(g_in, k if ready == it else self.kernel())
+            l_d, k = self._d_step(g_in, d_in, self._g_noise(it))
+            self._next_kernel = (it + 1, k)
 
         with torch.no_grad():
             self.finite &= torch.isfinite(l_g) & torch.isfinite(l_d)
@@ -192,14 +197,11 @@ class BatchTrainer:
         with serial_ops():
             return self._sample(it)
 
-    def _g_step(self, g_in: torch.Tensor, it: int
+    def _g_step(self, g_in: torch.Tensor, k: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """G's update through autograd (see :mod:`kgengine.lean_step` for the same without):
-        returns l_gan, l_g (B,) and the prior terms."""
+        """G's update through autograd from G's kernel ``k`` (B, K, K) with its graph (see
+        :mod:`kgengine.lean_step` for the same without): returns l_gan, l_g (B,), the terms."""
         cfg = self.cfg
-        ready, k = self._next_kernel
-        if ready != it or k is None:
-            k = self.kernel()
         g_out = self._g_forward(g_in, k)
         d_params = self.d_params
         # D's parameters are constants of the G step (a custom autograd node would otherwise
@@ -212,17 +214,18 @@ class BatchTrainer:
         self.opt_g.step(_flat_grad(l_g.sum(), self.g_weights))
         return l_gan, l_g, terms
 
-    def _d_step(self, g_in: torch.Tensor, d_in: torch.Tensor, it: int) -> torch.Tensor:
-        """D's update with the updated G (its output a constant here); returns l_d (B,)."""
+    def _d_step(self, g_in: torch.Tensor, d_in: torch.Tensor, noise: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """D's update with the updated G (its output plus ``noise`` (B, 3·S²) a constant
+        here); returns l_d (B,) and G's kernel with its graph (the next G step's)."""
         k = self.kernel()
-        self._next_kernel = (it + 1, k)
         with torch.no_grad():
             g_out2 = self._g_forward(g_in, k.detach())
-            g_out2 = g_out2 + self._g_noise(it).reshape(g_out2.shape)
+            g_out2 = g_out2 + noise.reshape(g_out2.shape)
         d_maps = self._d_forward(torch.stack([d_in, g_out2]), self.d_params)
         l_d = 0.5 * (priors.gan_loss(d_maps[0], real=True) + priors.gan_loss(d_maps[1], real=False))
         self.opt_d.step(_flat_grad(l_d.sum(), self._d_leaves))
-        return l_d
+        return l_d, k
 
     def _g_noise(self, it: int, chunk: int = 100) -> torch.Tensor:
         """Noise added to G's output before D: (B, 3·S²), drawn ``chunk`` iterations at a time.
@@ -245,23 +248,6 @@ class BatchTrainer:
             self._noise_chunk = (start, block)
         return block[:, it - start]
 
-    def _accumulate_noise(self, d_crops: torch.Tensor, topleft: torch.Tensor) -> None:
-        """Defect 2: write D's noisy crops (B, 3, s, s) back into the images at ``topleft``
-        (B, 2). On CPU a slice copy per image; elsewhere all B at once (one indexed copy, no
-        host sync). The same values land either way."""
-        s = d_crops.shape[-1]
-        with torch.no_grad():
-            if self._host:
-                images, crops = self.images.numpy(), d_crops.numpy()
-                for b, (r, c) in enumerate(topleft.numpy().tolist()):
-                    images[b, :, r : r + s, c : c + s] = crops[b]
-                return
-            ar = torch.arange(s, device=topleft.device)
-            rows = (topleft[:, 0:1] + ar).unsqueeze(2)  # (B, s, 1)
-            cols = (topleft[:, 1:2] + ar).unsqueeze(1)  # (B, 1, s)
-            b = torch.arange(d_crops.shape[0], device=topleft.device).view(-1, 1, 1)
-            self.images.permute(0, 2, 3, 1)[b, rows, cols] = d_crops.permute(0, 2, 3, 1)
-
     def _update_schedule(self, it: int, terms: dict[str, torch.Tensor]) -> None:
         """The authors' ``Learner.update``, per image, without host synchronisation.
 
@@ -281,11 +267,12 @@ class BatchTrainer:
         if it % cfg.bic_decay_every == 0:
             lam = self.lam[fading]
             decay = self.similar & (lam > cfg.bic_min)
-            lam = torch.where(decay, torch.clamp(lam / cfg.bic_decay_rate, min=cfg.bic_min), lam)
-            self.lam[fading] = lam
+            # in place: a captured step (kgengine.graph_step) reads these tensors
+            lam.copy_(torch.where(decay, torch.clamp(lam / cfg.bic_decay_rate, min=cfg.bic_min),
+                                  lam))
             insert = decay & self.insert_constraints & (lam < cfg.bic_constraints_below)
             for p in self._late:
-                self.lam[p.name] = torch.where(insert, getattr(cfg, p.weight), self.lam[p.name])
+                self.lam[p.name].masked_fill_(insert, getattr(cfg, p.weight))
             self.insert_constraints &= ~insert
         if becomes is not None:
             self.similar = self.similar | becomes
@@ -337,6 +324,12 @@ class BatchTrainer:
                 self._freeze(tracker.check(self.iteration, kernels), kernels)
                 if (tracker.stopped_at > 0).all():
                     break
+
+    @property
+    def graph_status(self) -> str:
+        """The step's CUDA graph (:mod:`kgengine.graph_step`): off, captured, or why not."""
+        st = self._static
+        return "off" if st is None else "captured" if st.graph is not None else st.reason
 
     @property
     def iters_used(self) -> list[int]:

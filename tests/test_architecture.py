@@ -51,6 +51,7 @@ LAYERS: dict[str, int] = {
     # 3 training
     "kgengine.trainer": 3,
     "kgengine.lean_step": 3,
+    "kgengine.graph_step": 3,
     "kgengine.prepare": 3,
     # 4 estimation API, outputs, pools, plots, exports, runtime providers
     "kgengine.api": 4,

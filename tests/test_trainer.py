@@ -93,9 +93,7 @@ def test_too_small_image_is_refused():
 def test_noise_accumulation_writes_each_crop_at_its_place():
     """Defect 2's write-back, both ways (slices on the host, one indexed copy elsewhere),
     equals a per-image slice assignment."""
-    from types import SimpleNamespace
-
-    from kgengine.trainer import BatchTrainer
+    from kgengine.prepare import write_crops
 
     gen = torch.Generator().manual_seed(0)
     images = torch.rand(3, 3, 40, 50, generator=gen)
@@ -105,9 +103,9 @@ def test_noise_accumulation_writes_each_crop_at_its_place():
     for i, (top, left) in enumerate(topleft.tolist()):
         expected[i, :, top : top + 7, left : left + 7] = crops[i]
     for host in (True, False):
-        holder = SimpleNamespace(images=images.clone(), _host=host)
-        BatchTrainer._accumulate_noise(holder, crops, topleft)
-        assert torch.equal(holder.images, expected), f"host={host}"
+        got = images.clone()
+        write_crops(got, crops, topleft, host)
+        assert torch.equal(got, expected), f"host={host}"
 
 
 def test_lean_step_and_host_shortcuts_change_no_bit(three_images):
