@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check: on a machine with a CUDA GPU, run the GPU tests and the GPU benches in one go
-# and print their figures (sized for about 6 minutes on one H200, each step with its own
+# and print their figures (sized for about 6.5 minutes on one H200, each step with its own
 # timeout; the first version took 8, bench/data/gpu_h200.md). On a machine without one, say
 # so on one line and exit 0 (CI runs it that way, tests/test_gpu_check.py).
 #
@@ -43,7 +43,7 @@ step() {  # step NAME SECONDS CMD...: run with a timeout, keep the log, report t
 }
 step gpu-tests 90 "$PY" -m pytest -q -rs -p no:cacheprovider -m needs_cuda tests
 step invariance 60 "$PY" bench/check_invariance.py --device cuda
-step train 170 "$PY" bench/bench_train.py --device cuda --sweep 1,8,64,auto --sweep-iters 200 \
+step train 210 "$PY" bench/bench_train.py --device cuda --sweep 1,8,64,auto --sweep-iters 200 \
   --sweep-e2e-iters 500 --sweep-backends torch,cupy --sweep-graph
 step farm 110 "$PY" bench/bench_farm.py --device cuda --iters 100 --batches --gpu-batches 1 8 64
 step ops 60 "$PY" bench/bench_ops.py --repeats 5

@@ -16,10 +16,13 @@ alone (n = 40), KernelGAN's finished kernel before the spectrum (clean-up and el
 shrink: 0.9.3), that kernel width-calibrated (0.9.8's choice, no mix), the shipped 0.9.8
 kernel, the spectrum's Gaussian alone, the shipped pipeline with the fit's floor lowered to
 0.05 px², and two fixed isotropic Gaussians (σ = 1.3, the benchmark's reference, and
-σ = 0.6, one of this set's width).
+σ = 0.6, one of this set's width). Then the mix's area guard (``MAX_AREA_RATIO``, 2: the
+spectrum's Gaussian is mixed in only where its area and KernelGAN's are within a factor 2)
+at 3 and 4, on this set and, from the stored kernels of ``bench/study_spectral.py``, on the
+development and check sets, clean and with noise or JPEG (``--restarts 4``).
 
-Run: ``python bench/study_sharp.py --train`` (about 10 min), then ``python
-bench/study_sharp.py`` -> ``bench/data/sharp_study.md``.
+Run: ``python bench/study_sharp.py --train`` (about 8 min on 2 cores), then ``python
+bench/study_sharp.py`` (about 8 min) -> ``bench/data/sharp_study.md``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import numpy as np
 from kgengine import spectral
 from kgengine.api import finish_kernel, finish_restarts
 from kgengine.atomic import save_json, save_text
+from kgengine.confidence import spectral_confidence
 from kgengine.config import KernelGANConfig
 from kgengine.degrade import degrade
 from kgengine.imageio import read_image
@@ -45,7 +49,10 @@ from kgengine.width import choose_elongation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study_restart_cleanup as rc  # noqa: E402
+import study_spectral as ss  # noqa: E402
+import study_width as sw  # noqa: E402
 from devset import HR_DIR  # noqa: E402
+from study_elongation import truth  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 STORE = DATA / "sharp_kernels.json"
@@ -107,7 +114,8 @@ def shipped(raw: np.ndarray, gray: np.ndarray, cfg: KernelGANConfig) -> tuple[di
     out, info = mix_covariance(fit.kernel, cov, cfg.spectral_mix)
     ks = {"authors": finish_kernel(raw, 40), "finished": k2, "calibrated": fit.kernel,
           "shipped": out, "g": gaussian_of(cov)}
-    return ks, {"at_floor": info["at_floor"], "scale": fit.scale, "mixed": info["mixed"]}
+    return ks, {"at_floor": info["at_floor"], "scale": fit.scale, "mixed": info["mixed"],
+                "cov": cov}
 
 
 def _area(k: np.ndarray) -> float:
@@ -122,7 +130,7 @@ def score() -> tuple[dict[str, np.ndarray], dict[str, list], list[str]]:
     iso = {"iso13": gaussian_kernel(13, 1.3), "iso06": gaussian_kernel(13, 0.6)}
     psnr: dict[str, list[float]] = {c: [] for c, _ in COLUMNS}
     facts: dict[str, list] = {"at_floor": [], "scale": [], "mixed": [], "log_area": [],
-                              "image": []}
+                              "image": [], "confidence": []}
     keys = []
     for i, p in enumerate(images()):
         truth, gray = true_kernel(i), lr_image(i, p).mean(axis=2)
@@ -143,8 +151,64 @@ def score() -> tuple[dict[str, np.ndarray], dict[str, list], list[str]]:
                                       for c in ("finished", "calibrated", "shipped", "g",
                                                 "floor05")})
             facts["image"].append(p.stem)
+            facts["confidence"].append(spectral_confidence(ks["calibrated"], ks["g"],
+                                                           ks["shipped"]))
             keys.append(f"{p.stem}/s{seed}")
     return {c: np.array(v) for c, v in psnr.items()}, facts, keys
+
+
+GUARDS = (2.0, 3.0, 4.0)
+
+
+def _guarded(kernels, ratio: float) -> list[float]:  # noqa: ANN001
+    """PSNR of ``mix_covariance(k, cov)`` with the area guard at ``ratio``, per (k, cov,
+    truth, scale) of ``kernels``."""
+    with mock.patch.object(spectral, "MAX_AREA_RATIO", ratio):
+        return [rc._psnr(mix_covariance(k, cov, ss.SHIPPED)[0], gt, sc)
+                for k, cov, gt, sc in kernels]
+
+
+def _benchmark_runs(setname: str, sc: int, how: str | None) -> list[tuple]:
+    """(0.9.8's calibrated kernel, the fit, the truth, scale) of every ``--restarts 4`` run
+    of a set at a scale, the fit and the calibration on the image as perturbed by ``how``."""
+    saved = ss.saved_095("r4", setname, how, refine=True)
+    fits: dict[str, np.ndarray | None] = {}
+    out = []
+    for (s, name, _), (k, _) in saved.items():
+        if s == sc:
+            if name not in fits:
+                fits[name] = spectral_covariance(ss._image(setname, sc, name, how), sc)
+            out.append((k, fits[name], truth(rc.SETS[setname][0], sc, name), sc))
+    return out
+
+
+def guard_table() -> list[str]:
+    """Δ PSNR (± SE, paired) of the guard at 3 and 4 against 2, and the runs it changes."""
+    cfg = KernelGANConfig()
+    runs = json.loads(STORE.read_text())["runs"]
+    sharp = []
+    for i, p in enumerate(images()):
+        gray = lr_image(i, p).mean(axis=2)
+        for seed in SEEDS:
+            ks, f = shipped(np.asarray(runs[f"{p.stem}/s{seed}"]["raw"]), gray, cfg)
+            sharp.append((ks["calibrated"], f["cov"], true_kernel(i), 2))
+    groups = [("this set (sharp), one run, x2", sharp)]
+    for how in (None, *sw.PERTURBATIONS):
+        for setname in rc.SETS:
+            for sc in (2, 4):
+                groups.append((f"{setname} x{sc}, {how or 'clean'}, `--restarts 4`",
+                               _benchmark_runs(setname, sc, how)))
+    lines = ["| runs | n | guard 3: Δ (runs changed) | guard 4: Δ (runs changed) |",
+             "|---|---:|---:|---:|"]
+    for label, kernels in groups:
+        base = np.array(_guarded(kernels, GUARDS[0]))
+        cells = []
+        for ratio in GUARDS[1:]:
+            d = np.array(_guarded(kernels, ratio)) - base
+            cells.append(f"{d.mean():+.2f} ± {d.std(ddof=1) / np.sqrt(len(d)):.2f} "
+                         f"({int((np.abs(d) > 1e-9).sum())})")
+        lines.append(f"| {label} | {len(base)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _seed_sd(values: np.ndarray, images_of: list[str]) -> float:
@@ -169,6 +233,10 @@ def report() -> str:
                      f"{_seed_sd(v, facts['image']):.2f} | {below} | "
                      f"{'–' if area is None else f'{np.median(area):+.2f}'} |")
     floor = np.array(facts["at_floor"], bool)
+    from scipy.stats import spearmanr
+
+    conf = np.array(facts["confidence"])
+    rho = spearmanr(conf, base).statistic
     return "\n".join([
         "# Sharp kernels: the regime of real photos", "",
         f"`python bench/study_sharp.py` (module docstring). {machine_line()}. {n} runs "
@@ -180,7 +248,15 @@ def report() -> str:
         f"in on {sum(facts['mixed'])}.",
         f"- The width calibration's factor: median {np.median(facts['scale']):.2f} "
         f"(quartiles {np.percentile(facts['scale'], 25):.2f}-"
-        f"{np.percentile(facts['scale'], 75):.2f}).", ""])
+        f"{np.percentile(facts['scale'], 75):.2f}).",
+        f"- The confidence: median {np.median(conf):.2f} (the development set's one runs: "
+        f"0.43), Spearman ρ with the shipped kernel's PSNR {rho:+.2f}; "
+        f"`--min-confidence 0.5` keeps {(conf >= 0.5).sum()} of {n}.", "",
+        "## The mix's area guard", "",
+        "Δ aligned kernel PSNR against the shipped guard (factor 2), paired per run, and the "
+        "number of runs whose kernel changes. Noise σ = 1/255 and 3/255, JPEG q 90 and 75: "
+        "the calibration and the fit read the perturbed image, KernelGAN was trained on the "
+        "clean one (as in `bench/data/spectral_study.md`).", "", *guard_table(), ""])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -188,6 +188,7 @@ def test_info_reports_backends():
     for word in ("torch:", "onnxruntime:", "numba:", "cupy:", "cuda"):
         assert word in res.output
     assert "networks (cpu): numba" in res.output  # the compiled G/D passes on this CPU
+    assert "cuda graph of the step: off (KGENGINE_CUDA_GRAPH=1 captures it on CUDA)" in res.output
 
 
 def test_python_m_entry_point():

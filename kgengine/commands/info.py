@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import typer
@@ -88,6 +89,11 @@ def _ops() -> dict[str, Any]:
     out["networks (cpu)"] = ("numba (compiled G composition, D passes, priors, Adam)"
                              if compiled_on(torch.device("cpu")) else "torch (the references)")
     out["networks (cuda)"] = "torch"
+    from kgengine.graph_step import ENV_VAR
+
+    value = os.environ.get(ENV_VAR, "").strip()
+    out["cuda graph of the step"] = (f"{ENV_VAR}={value}" if value
+                                     else f"off ({ENV_VAR}=1 captures it on CUDA)")
     return out
 
 
