@@ -59,6 +59,9 @@ STORE = DATA / "sharp_kernels.json"
 OUT = DATA / "sharp_study.md"
 SEEDS = (0, 1, 2)
 VAR = (0.2, 0.8)
+#: the photos halved first (:func:`lr_image`): seeds, and the Gaussian that halves them
+HALF_SEEDS = (0,)
+HALF_SIGMA = 0.8
 
 
 def images() -> list[Path]:
@@ -72,9 +75,14 @@ def true_kernel(index: int) -> np.ndarray:
     return anisotropic_gaussian(13, v[1], v[0], rng.uniform(0, np.pi))
 
 
-def lr_image(index: int, path: Path) -> np.ndarray:
-    """The photo degraded x2 by its sharp kernel, 8 bits, float32."""
-    lr = degrade(read_image(path), true_kernel(index), 2)
+def lr_image(index: int, path: Path, half: bool = False) -> np.ndarray:
+    """The photo degraded x2 by its sharp kernel, 8 bits, float32; ``half``: the photo
+    halved first (a Gaussian of σ = 0.8 px, every other pixel), so that its own softness
+    is a quarter of what it was in pixels, plus the small Gaussian's."""
+    hr = read_image(path)
+    if half:
+        hr = degrade(hr, gaussian_kernel(13, HALF_SIGMA), 2)
+    lr = degrade(hr, true_kernel(index), 2)
     return (np.round(np.clip(lr, 0, 1) * 255) / 255).astype(np.float32)
 
 
@@ -83,20 +91,58 @@ def train(batch: int = 8) -> None:
     from kgengine.api import estimate_kernels
 
     store = json.loads(STORE.read_text()) if STORE.exists() else {"runs": {}}
-    todo = [(i, p, s) for i, p in enumerate(images()) for s in SEEDS
-            if f"{p.stem}/s{s}" not in store["runs"]]
+    jobs = [(i, p, s, False) for i, p in enumerate(images()) for s in SEEDS]
+    jobs += [(i, p, s, True) for i, p in enumerate(images()) for s in HALF_SEEDS]
+    todo = [j for j in jobs if _key(j[1], j[2], j[3]) not in store["runs"]]
     for start in range(0, len(todo), batch):
         chunk = todo[start : start + batch]
-        res = estimate_kernels([lr_image(i, p) for i, p, _ in chunk], seeds=[s for *_, s in chunk],
-                               names=[f"{p.stem}_s{s}" for _, p, s in chunk], device="cpu",
-                               on_diverge="return")
-        for (_, p, s), r in zip(chunk, res, strict=True):
-            store["runs"][f"{p.stem}/s{s}"] = (None if isinstance(r, Exception) else {
+        res = estimate_kernels([lr_image(i, p, h) for i, p, _, h in chunk],
+                               seeds=[s for _, _, s, _ in chunk],
+                               names=[_key(p, s, h).replace("/", "_") for _, p, s, h in chunk],
+                               device="cpu", on_diverge="return")
+        for (_, p, s, h), r in zip(chunk, res, strict=True):
+            store["runs"][_key(p, s, h)] = (None if isinstance(r, Exception) else {
                 "raw": r.raw_kernel.tolist(), "saved": r.kernel_x2.tolist()})
         store["note"] = ("raw and saved x2 kernels (one run, 3000 iterations, kgengine 0.9.9, "
                          "defaults) of bench/study_sharp.py's images")
         save_json(STORE, store)
-        print(f"{len(store['runs'])} of {len(SEEDS) * len(images())} stored", flush=True)
+        print(f"{len(store['runs'])} of {len(jobs)} stored", flush=True)
+
+
+def run_reference(baseline: Path, n_images: int, workers: int = 2) -> None:
+    """The authors' code (``bench/run_authors.py``'s runner) on the first ``n_images`` sharp
+    images, seed 0, 3000 iterations, ``workers`` at a time; kept in the store's
+    ``authors`` (resumable: one image is saved as soon as it is done)."""
+    import tempfile
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+    from run_authors import run_one
+
+    lock = threading.Lock()
+    done = json.loads(STORE.read_text()).get("authors", {})
+    todo = [(i, p) for i, p in enumerate(images()[:n_images]) if p.stem not in done]
+
+    def one(png: Path) -> None:
+        record = run_one(baseline, png, 2, 0, 3000)
+        with lock:
+            store = json.loads(STORE.read_text())
+            store.setdefault("authors", {})[png.stem] = record
+            save_json(STORE, store)
+            print(f"authors' code: {png.stem} done in {record['seconds']} s", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pngs = []
+        for i, p in todo:  # here, not in the threads: Numba's workqueue is not thread-safe
+            pngs.append(Path(tmp) / f"{p.stem}.png")
+            Image.fromarray(np.round(lr_image(i, p) * 255).astype(np.uint8)).save(pngs[-1])
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(one, pngs))
+
+
+def _key(path: Path, seed: int, half: bool = False) -> str:
+    return f"{path.stem}/{'half/' if half else ''}s{seed}"
 
 
 COLUMNS = [("authors", "authors' clean-up (n = 40)"), ("finished", "finished, no spectrum"),
@@ -155,6 +201,68 @@ def score() -> tuple[dict[str, np.ndarray], dict[str, list], list[str]]:
                                                            ks["shipped"]))
             keys.append(f"{p.stem}/s{seed}")
     return {c: np.array(v) for c, v in psnr.items()}, facts, keys
+
+
+def half_table() -> list[str]:
+    """The photos as they are against the photos halved first (:func:`lr_image`), same
+    kernels, seeds :data:`HALF_SEEDS`: median ln(area / true area) and mean PSNR."""
+    runs = json.loads(STORE.read_text())["runs"]
+    cfg = KernelGANConfig()
+    cols = ("finished", "calibrated", "shipped", "g")
+    lines = ["| photos | runs | " + " | ".join(f"ln(area / true), {c}" for c in cols)
+             + " | PSNR, shipped | PSNR, σ = 0.6 |", "|---|---:|" + "---:|" * (len(cols) + 2)]
+    for half, label in ((False, "as they are"), (True, "halved first")):
+        areas: dict[str, list[float]] = {c: [] for c in cols}
+        psnr, fixed = [], []
+        for i, p in enumerate(images()):
+            truth_k, gray = true_kernel(i), lr_image(i, p, half).mean(axis=2)
+            for seed in HALF_SEEDS:
+                run = runs.get(_key(p, seed, half))
+                if run is None:
+                    continue
+                ks, _ = shipped(np.asarray(run["raw"]), gray, cfg)
+                assert np.abs(ks["shipped"] - np.asarray(run["saved"])).max() < 1e-12, p.stem
+                for c in cols:
+                    areas[c].append(np.log(_area(ks[c]) / _area(truth_k)))
+                psnr.append(rc._psnr(ks["shipped"], truth_k, 2))
+                fixed.append(rc._psnr(gaussian_kernel(13, 0.6), truth_k, 2))
+        lines.append(f"| {label} | {len(psnr)} | "
+                     + " | ".join(f"{np.median(areas[c]):+.2f}" for c in cols)
+                     + f" | {np.mean(psnr):.2f} | {np.mean(fixed):.2f} |")
+    return lines
+
+
+def authors_table() -> list[str]:
+    """The authors' code against kgengine on the images it ran on (seed 0 of both)."""
+    store = json.loads(STORE.read_text())
+    ref = store.get("authors", {})
+    cfg = KernelGANConfig()
+    rows: dict[str, list[tuple[float, float]]] = {"authors": [], "finished": [], "shipped": []}
+    for i, p in enumerate(images()):
+        if p.stem not in ref:
+            continue
+        truth_k, gray = true_kernel(i), lr_image(i, p).mean(axis=2)
+        ks, _ = shipped(np.asarray(store["runs"][_key(p, 0)]["raw"]), gray, cfg)
+        ks["authors"] = np.asarray(ref[p.stem]["kernel"])
+        for c in rows:
+            rows[c].append((rc._psnr(ks[c], truth_k, 2),
+                            float(np.log(_area(ks[c]) / _area(truth_k)))))
+    if not rows["authors"]:
+        return ["(not run: `python bench/study_sharp.py --authors BASELINE`)"]
+    labels = {"authors": "the authors' code (their clean-up)", "finished": "kgengine, "
+              "finished, no spectrum", "shipped": "kgengine 0.9.8 (shipped)"}
+    lines = ["| kernel | runs | mean aligned PSNR | median ln(area / true area) |",
+             "|---|---:|---:|---:|"]
+    for c, v in rows.items():
+        a = np.array(v)
+        lines.append(f"| {labels[c]} | {len(a)} | {a[:, 0].mean():.2f} | "
+                     f"{np.median(a[:, 1]):+.2f} |")
+    seconds = [r["seconds"] for r in ref.values()]
+    lines += ["", "The authors' code: `SEED=0 ITERS=3000 THREADS=1 BASELINE_DIR=... "
+              "../shared/baseline/run.sh IMG OUT` on each LR image (saved as an 8-bit PNG), "
+              f"{np.mean(seconds):.0f} s per run on {ref[next(iter(ref))]['machine']}, "
+              "2 runs at a time."]
+    return lines
 
 
 GUARDS = (2.0, 3.0, 4.0)
@@ -252,6 +360,16 @@ def report() -> str:
         f"- The confidence: median {np.median(conf):.2f} (the development set's one runs: "
         f"0.43), Spearman ρ with the shipped kernel's PSNR {rho:+.2f}; "
         f"`--min-confidence 0.5` keeps {(conf >= 0.5).sum()} of {n}.", "",
+        "## The authors' code on the same images", "",
+        "`python bench/study_sharp.py --authors BASELINE`: the reference on the first "
+        "images, seed 0, scored like kgengine's kernels of the same images and seed.", "",
+        *authors_table(), "",
+        "## The photos' own softness", "",
+        "The same kernels under the photos halved first (a Gaussian of σ = 0.8 px, then every "
+        "other pixel: the photo's own blur, in pixels, a quarter of what it was plus that "
+        f"Gaussian's), seed{'s' if len(HALF_SEEDS) > 1 else ''} "
+        f"{', '.join(map(str, HALF_SEEDS))}. If KernelGAN finds the blur of the whole chain, "
+        "photo included, its overestimate should shrink.", "", *half_table(), "",
         "## The mix's area guard", "",
         "Δ aligned kernel PSNR against the shipped guard (factor 2), paired per run, and the "
         "number of runs whose kernel changes. Noise σ = 1/255 and 3/255, JPEG q 90 and 75: "
@@ -262,9 +380,16 @@ def report() -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--train", action="store_true", help="train the runs not stored yet")
+    p.add_argument("--authors", type=Path, default=None, metavar="BASELINE",
+                   help="run the authors' code (built by ../shared/baseline/build.sh) on the "
+                        "first --authors-images images, seed 0, and keep its kernels")
+    p.add_argument("--authors-images", type=int, default=4)
     a = p.parse_args(argv)
     if a.train:
         train()
+        return 0
+    if a.authors is not None:
+        run_reference(a.authors, a.authors_images)
         return 0
     text = report()
     save_text(OUT, text)

@@ -21,9 +21,9 @@ def _trajectory(opt_for, dtype: torch.dtype, steps: int = 6, n: int = 1001):  # 
     return torch.stack(out)
 
 
-def _flat(compiled: bool):  # noqa: ANN202
+def _flat(compiled: bool, on_device: bool = False):  # noqa: ANN202
     def make(p: torch.Tensor):  # noqa: ANN202
-        opt = FlatAdam(p, 2e-4, (0.5, 0.999), compiled=compiled)
+        opt = FlatAdam(p, 2e-4, (0.5, 0.999), compiled=compiled, on_device=on_device)
 
         def step(g: torch.Tensor, t: int) -> None:
             if t == 3:
@@ -45,11 +45,29 @@ def _torch_adam(p: torch.Tensor):  # noqa: ANN202
     return step
 
 
-@pytest.mark.parametrize("compiled", [False, True])
-def test_matches_torch_optim_adam_in_float64(compiled: bool) -> None:
+@pytest.mark.parametrize(("compiled", "on_device"), [(False, False), (True, False), (False, True)])
+def test_matches_torch_optim_adam_in_float64(compiled: bool, on_device: bool) -> None:
+    """Each way of computing the update (PyTorch ops with host scalars, one Numba loop,
+    PyTorch ops with the step count and learning rate in tensors: the capturable one)."""
     want = _trajectory(_torch_adam, torch.float64).detach()
-    got = _trajectory(_flat(compiled), torch.float64)
+    got = _trajectory(_flat(compiled, on_device), torch.float64)
     torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-15)
+
+
+def test_on_device_state_is_in_tensors_and_close_to_the_host_path_in_float32() -> None:
+    """The capturable update keeps t and lr in tensors (a decay written through ``lr``),
+    and rounds within a few float32 ulps of the host-scalar path."""
+    ref = _trajectory(_flat(False), torch.float32)
+    got = _trajectory(_flat(False, on_device=True), torch.float32)
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)
+    p = torch.zeros(4)
+    opt = FlatAdam(p, 2e-4, (0.5, 0.999), on_device=True)
+    for _ in range(3):
+        opt.step(torch.ones(4))
+    opt.lr /= 10.0
+    assert float(opt._dev[0]) == 3 and float(opt._dev[1]) == pytest.approx(2e-5, rel=1e-15)
+    with pytest.raises(ValueError, match="exclude each other"):
+        FlatAdam(p, 2e-4, (0.5, 0.999), compiled=True, on_device=True)
 
 
 def test_compiled_is_close_in_float32_and_elementwise_to_the_bit() -> None:

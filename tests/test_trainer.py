@@ -111,9 +111,9 @@ def test_noise_accumulation_writes_each_crop_at_its_place():
 def test_lean_step_and_host_shortcuts_change_no_bit(three_images):
     """The CPU path (kgengine.lean_step: the compiled passes without autograd; the D step's
     kernel reused by the next G step; the similarity counter skipped once every image is
-    similar; the noise write-back by slices) gives the bytes of the plain path (autograd, a
-    fresh kernel per use, the full schedule, one indexed copy): float32, 3 images, 200
-    iterations, past the similarity switch and a bicubic decay; G, D, Adam and the images."""
+    similar) gives the bytes of the plain path (autograd, a fresh kernel per use, the full
+    schedule): float32, 3 images, 200 iterations, past the similarity switch and a bicubic
+    decay; G, D, Adam and the images. (The noise write-back's two ways: the test above.)"""
     cfg = KernelGANConfig(bic_decay_every=50)
     images = [prepare_image(im, cfg) for im in three_images]
     fast = BatchTrainer(images, [1, 2, 3], cfg)
