@@ -22,9 +22,10 @@ at 3 and 4, on this set and, from the stored kernels of ``bench/study_spectral.p
 development and check sets, clean and with noise or JPEG (``--restarts 4``). Why the
 kernels come out wide: the authors' code on the first four images (``--authors``), the same
 kernels under the photos halved first, and seed 0 trained again with one part of the
-training changed (:data:`VARIANTS`).
+training changed (:data:`VARIANTS`). The same kernels at x4 (seeds 0-2, the LR image made
+with their analytic x4 kernels) are trained too, for ``bench/study_release.py``.
 
-Run: ``python bench/study_sharp.py --train`` (about 20 min on 2 cores, resumable), ``python
+Run: ``python bench/study_sharp.py --train`` (about 30 min on 2 cores, resumable), ``python
 bench/study_sharp.py --authors /tmp/kg_ref`` (about 16 min), then ``python
 bench/study_sharp.py`` (about 4 min) -> ``bench/data/sharp_study.md``.
 """
@@ -46,10 +47,10 @@ from kgengine.confidence import spectral_confidence
 from kgengine.config import KernelGANConfig
 from kgengine.degrade import degrade
 from kgengine.imageio import read_image
-from kgengine.kernel import anisotropic_gaussian, gaussian_kernel, principal_axes
+from kgengine.kernel import analytic_x4, anisotropic_gaussian, gaussian_kernel, principal_axes
 from kgengine.spectral import gaussian_of, mix_covariance, spectral_covariance
 from kgengine.sysinfo import machine_line
-from kgengine.width import choose_elongation
+from kgengine.width import choose_elongation, released_prior
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study_restart_cleanup as rc  # noqa: E402
@@ -66,6 +67,8 @@ VAR = (0.2, 0.8)
 #: the photos halved first (:func:`lr_image`): seeds, and the Gaussian that halves them
 HALF_SEEDS = (0,)
 HALF_SIGMA = 0.8
+#: the x4 runs' tag in the training jobs (the same kernels at x4, seeds :data:`SEEDS`)
+X4 = "x4"
 #: training variants (seed 0): what in KernelGAN's training could hold the width up
 VARIANTS = {"no bicubic prior (`lambda_bicubic=0`)": {"lambda_bicubic": 0.0},
             "defect 1 fixed (`authors_bicubic_rgb_sum=false`)": {"authors_bicubic_rgb_sum": False},
@@ -83,14 +86,16 @@ def true_kernel(index: int) -> np.ndarray:
     return anisotropic_gaussian(13, v[1], v[0], rng.uniform(0, np.pi))
 
 
-def lr_image(index: int, path: Path, half: bool = False) -> np.ndarray:
-    """The photo degraded x2 by its sharp kernel, 8 bits, float32; ``half``: the photo
-    halved first (a Gaussian of σ = 0.8 px, every other pixel), so that its own softness
-    is a quarter of what it was in pixels, plus the small Gaussian's."""
+def lr_image(index: int, path: Path, half: bool = False, scale: int = 2) -> np.ndarray:
+    """The photo degraded x2 by its sharp kernel (x4: by its analytic x4, the kernel applied
+    at each of two halvings), 8 bits, float32; ``half``: the photo halved first (a Gaussian
+    of σ = 0.8 px, every other pixel), so that its own softness is a quarter of what it was
+    in pixels, plus the small Gaussian's."""
     hr = read_image(path)
     if half:
         hr = degrade(hr, gaussian_kernel(13, HALF_SIGMA), 2)
-    lr = degrade(hr, true_kernel(index), 2)
+    k = true_kernel(index)
+    lr = degrade(hr, analytic_x4(k) if scale == 4 else k, scale)
     return (np.round(np.clip(lr, 0, 1) * 255) / 255).astype(np.float32)
 
 
@@ -100,17 +105,20 @@ def train(batch: int = 8) -> None:
 
     store = json.loads(STORE.read_text()) if STORE.exists() else {"runs": {}}
     jobs = [(i, p, s, False, "") for i, p in enumerate(images()) for s in SEEDS]
+    jobs += [(i, p, s, False, X4) for i, p in enumerate(images()) for s in SEEDS]
     jobs += [(i, p, s, True, "") for i, p in enumerate(images()) for s in HALF_SEEDS]
     jobs += [(i, p, 0, False, v) for v in VARIANTS for i, p in enumerate(images())]
     todo = [j for j in jobs if _key(j[1], j[2], j[3], j[4]) not in store["runs"]]
     # one config per batch: chunks of each variant's jobs
-    chunks = [group[k : k + batch] for v in ("", *VARIANTS)
+    chunks = [group[k : k + batch] for v in ("", X4, *VARIANTS)
               for group in [[j for j in todo if j[4] == v]] for k in range(0, len(group), batch)]
     for chunk in chunks:
-        res = estimate_kernels([lr_image(i, p, h) for i, p, _, h, _ in chunk],
+        res = estimate_kernels([lr_image(i, p, h, 4 if v == X4 else 2)
+                                for i, p, _, h, v in chunk],
                                seeds=[j[2] for j in chunk], names=[f"im{n}" for n in
                                                                    range(len(chunk))],
                                config=KernelGANConfig(**VARIANTS.get(chunk[0][4], {})),
+                               x4=chunk[0][4] == X4,
                                device="cpu", on_diverge="return")
         for (_, p, s, h, v), r in zip(chunk, res, strict=True):
             store["runs"][_key(p, s, h, v)] = (None if isinstance(r, Exception) else {
@@ -154,25 +162,33 @@ def run_reference(baseline: Path, n_images: int, workers: int = 2) -> None:
 
 
 def _key(path: Path, seed: int, half: bool = False, variant: str = "") -> str:
+    if variant == X4:
+        return f"{path.stem}/x4/s{seed}"
     tag = f"variant {list(VARIANTS).index(variant)}/" if variant else ""
     return f"{path.stem}/{'half/' if half else ''}{tag}s{seed}"
 
 
 COLUMNS = [("authors", "authors' clean-up (n = 40)"), ("finished", "finished, no spectrum"),
            ("calibrated", "calibrated, no mix"), ("shipped", "**0.9.8 (shipped)**"),
+           ("released", "0.9.10 (the pull released)"),
            ("g", "spectrum's Gaussian"), ("floor05", "shipped, floor 0.05 px²"),
            ("iso13", "isotropic σ = 1.3"), ("iso06", "isotropic σ = 0.6")]
 
 
 def shipped(raw: np.ndarray, gray: np.ndarray, cfg: KernelGANConfig) -> tuple[dict, dict]:
-    """0.9.8's steps for one run (:func:`kgengine.api._image_result`): kernels by column
-    (without the fixed ones) and facts (the fit's floor, the calibration's factor)."""
+    """0.9.8's steps for one run (:func:`kgengine.api._image_result`; 0.9.9 saves the same):
+    kernels by column (without the fixed ones; "released": 0.9.10's, the calibration's pull
+    released where the spectrum looks sharp) and facts (the fit's floor, the calibration's
+    factor)."""
     k2, finished, _ = finish_restarts([raw], cfg.clean_n(1), "mean", 1, cfg.elongation_power)
     fit, _ = choose_elongation(gray, k2, finished[0], 2, cfg.width_prior, refine=cfg.width_refine)
     cov = spectral_covariance(gray, 2)
     out, info = mix_covariance(fit.kernel, cov, cfg.spectral_mix)
+    rel, _ = choose_elongation(gray, k2, finished[0], 2, released_prior(cfg.width_prior, cov),
+                               refine=cfg.width_refine)
     ks = {"authors": finish_kernel(raw, 40), "finished": k2, "calibrated": fit.kernel,
-          "shipped": out, "g": gaussian_of(cov)}
+          "shipped": out, "g": gaussian_of(cov),
+          "released": mix_covariance(rel.kernel, cov, cfg.spectral_mix)[0]}
     return ks, {"at_floor": info["at_floor"], "scale": fit.scale, "mixed": info["mixed"],
                 "cov": cov}
 
@@ -207,8 +223,8 @@ def score() -> tuple[dict[str, np.ndarray], dict[str, list], list[str]]:
             for name in ("at_floor", "scale", "mixed"):
                 facts[name].append(f[name])
             facts["log_area"].append({c: np.log(_area(ks[c]) / _area(truth))
-                                      for c in ("finished", "calibrated", "shipped", "g",
-                                                "floor05")})
+                                      for c in ("finished", "calibrated", "shipped", "released",
+                                                "g", "floor05")})
             facts["image"].append(p.stem)
             facts["confidence"].append(spectral_confidence(ks["calibrated"], ks["g"],
                                                            ks["shipped"]))

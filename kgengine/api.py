@@ -38,7 +38,7 @@ from kgengine.stopping import StopRule, stop_rule_of, stop_setting
 from kgengine.sysinfo import machine_info
 from kgengine.trainer import BatchTrainer
 from kgengine.width import MIN_SIDE as WIDTH_MIN_SIDE
-from kgengine.width import calibrate_width, choose_elongation
+from kgengine.width import calibrate_width, choose_elongation, released_prior
 
 ImageLike = str | os.PathLike | np.ndarray
 
@@ -263,24 +263,11 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
     # the LR image's spectrum sizes the kernel, chooses its elongation and fits a Gaussian
     spectrum_ok = min(arr.shape[:2]) >= WIDTH_MIN_SIDE
     gray, sc = arr.mean(axis=2), 4 if x4 else 2
-    width = None
-    if cfg.width_calibration and spectrum_ok:
-        beta = cfg.elongation_power
-        if cfg.chooses_elongation():
-            fit, kept = choose_elongation(gray, k2, unshrunk, sc, cfg.width_prior,
-                                          refine=cfg.width_refine)
-            beta = 1.0 if kept else beta
-        else:
-            fit = calibrate_width(gray, k2, sc, cfg.width_prior, cfg.width_refine)
-        k2 = fit.kernel
-        width = {"scale": fit.scale, "prior": cfg.width_prior, "elongation_power": beta,
-                 "refine": cfg.width_refine}
-    elif cfg.width_calibration:  # too few pixels for a spectrum: the width is kept
-        width = {"scale": 1.0, "prior": cfg.width_prior, "elongation_power": cfg.elongation_power,
-                 "refine": cfg.width_refine, "skipped": "image too small"}
     spectral, cov = None, None
-    if spectrum_ok and (cfg.spectral_mix > 0 or cfg.spectral_confidence):
+    if spectrum_ok and (cfg.spectral_mix > 0 or cfg.spectral_confidence
+                        or (cfg.width_calibration and cfg.width_release)):
         cov = spectral_covariance(gray, sc)
+    k2, width = _calibrated(cfg, gray if spectrum_ok else None, sc, k2, unshrunk, cov)
     kernelgan = k2
     if cfg.spectral_mix > 0 and spectrum_ok:
         k2, spectral = mix_covariance(k2, cov, cfg.spectral_mix)
@@ -310,6 +297,30 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
             "inliers": list(cons.inliers), "kernels": [k.tolist() for k in finished]}
     weights = [w.detach().float().cpu().numpy() for w in final.g_weights[pick]]
     return EstimateResult(name, k2, k4, report, weights, raw[pick], confidence)
+
+
+def _calibrated(cfg: KernelGANConfig, gray: np.ndarray | None, sc: int, k2: np.ndarray,
+                unshrunk: np.ndarray, cov: np.ndarray | None
+                ) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """(the x2 kernel, the report's ``width``) after the width calibration and the elongation
+    choice (:mod:`kgengine.width`) on the LR image ``gray`` ((H, W); None: too small for a
+    spectrum, the width is kept), with the pull released by the spectrum's fit ``cov``
+    (``width_release``)."""
+    if not cfg.width_calibration:
+        return k2, None
+    width: dict[str, Any] = {"scale": 1.0, "prior": cfg.width_prior,
+                             "elongation_power": cfg.elongation_power,
+                             "refine": cfg.width_refine, "release": cfg.width_release,
+                             "prior_used": None}
+    if gray is None:
+        return k2, {**width, "skipped": "image too small"}
+    prior = released_prior(cfg.width_prior, cov) if cfg.width_release else cfg.width_prior
+    if cfg.chooses_elongation():
+        fit, kept = choose_elongation(gray, k2, unshrunk, sc, prior, refine=cfg.width_refine)
+        width["elongation_power"] = 1.0 if kept else cfg.elongation_power
+    else:
+        fit = calibrate_width(gray, k2, sc, prior, cfg.width_refine)
+    return fit.kernel, {**width, "scale": fit.scale, "prior_used": prior}
 
 
 def _confidence(cfg: KernelGANConfig, cons: Consensus | None, kernelgan: np.ndarray,

@@ -125,14 +125,16 @@ def stored_differences(outdir: str | Path, name: str, wanted: dict[str, Any]) ->
         old = {**old, "spectral_confidence": False}
     if "width_refine" not in old and old:  # before 0.9.8: the calibration's grid point
         old = {**old, "width_refine": False}
+    if "width_release" not in old and old:  # before 0.9.10: the calibration's full pull
+        old = {**old, "width_release": False}
     new = wanted["config"]
     # restart_iters acts through the top-level iters (the iterations actually run); a report
     # from before 0.8 has no such key, and a one-run output does not depend on it; nor on
-    # restart_n_filtering; width_prior, elongation_choice and width_refine matter only with
-    # width_calibration
+    # restart_n_filtering; width_prior, elongation_choice, width_refine and width_release
+    # matter only with width_calibration
     ignored = {"restart_iters"} | ({"restart_n_filtering"} if wanted["restarts"] == 1 else set())
     if not old.get("width_calibration") and not new.get("width_calibration"):
-        ignored |= {"width_prior", "elongation_choice", "width_refine"}
+        ignored |= {"width_prior", "elongation_choice", "width_refine", "width_release"}
     diff += [f"config.{k} (stored {old.get(k)}, asked {new[k]})" for k in new
              if k not in ignored and old.get(k) != new[k]]
     return diff

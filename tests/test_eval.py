@@ -591,6 +591,7 @@ def test_runs_stored_before_the_width_calibration_are_refused(dataset, tmp_path)
     ("spectral_mix", 0.0, 0.5),  # runs of 0.9.5 had no spectral mix
     ("spectral_confidence", False, True),  # runs of 0.9.6: the restarts' agreement
     ("width_refine", False, True),  # runs of 0.9.7: the calibration's grid point
+    ("width_release", False, True),  # runs of 0.9.9: the calibration's full pull
 ])
 def test_runs_stored_before_a_setting_are_refused(dataset, tmp_path, key, legacy, now):
     # an older version's runs have no such key: a run's identity holds it

@@ -386,6 +386,7 @@ def test_settings_without_elongation_choice_keep_the_shrink():
     ("spectral_mix", 0.0, 0.5),  # a pool from 0.9.5 saved unmixed kernels
     ("spectral_confidence", False, True),  # a pool from 0.9.6: the restarts' agreement
     ("width_refine", False, True),  # a pool from 0.9.7: the calibration's grid point
+    ("width_release", False, True),  # a pool from 0.9.9: the calibration's full pull
 ])
 def test_settings_without_a_later_key_keep_the_old_behaviour(key, legacy, now):
     # resuming an older pool keeps its behaviour, and the new default is refused rather than

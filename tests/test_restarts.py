@@ -13,7 +13,7 @@ from kgengine.consensus import combine
 from kgengine.imageio import read_image
 from kgengine.kernel import analytic_x4, gaussian_kernel, principal_axes, shrink_elongation
 from kgengine.spectral import gaussian_of, mix_spectral, spectral_covariance
-from kgengine.width import choose_elongation
+from kgengine.width import choose_elongation, released_prior
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +46,17 @@ def test_restarts_equal_single_runs_combined(lr):
     # the report keeps each restart's finished kernel, cleaned with restart_n_filtering (one
     # run: n_filtering); the saved kernel of one run and of the combination are then shrunk
     # (elongation_power), the shrunk or the unshrunk one kept by the image's spectrum, its
-    # width calibrated on the image (its scale refined between the grid's points), and the
-    # spectrum's Gaussian mixed in (the last steps)
+    # width calibrated on the image (its scale refined between the grid's points, its pull
+    # released where the spectrum looks sharp), and the spectrum's Gaussian mixed in (the
+    # last steps)
     assert cfg.clean_n(3) == cfg.restart_n_filtering == 70 != cfg.clean_n(1) == 50
     gray = lr.mean(axis=2)
 
     def calibrated(k: np.ndarray, scale: int) -> tuple[np.ndarray, float, float]:
         """(the saved kernel, its elongation power, its confidence)."""
+        prior = released_prior(cfg.width_prior, spectral_covariance(gray, scale))
         fit, kept = choose_elongation(gray, shrink_elongation(k, cfg.elongation_power), k,
-                                      scale, cfg.width_prior, refine=cfg.width_refine)
+                                      scale, prior, refine=cfg.width_refine)
         saved = mix_spectral(gray, fit.kernel, scale, cfg.spectral_mix)[0]
         g = gaussian_of(spectral_covariance(gray, scale), 13)
         return (saved, 1.0 if kept else cfg.elongation_power,
@@ -72,6 +74,8 @@ def test_restarts_equal_single_runs_combined(lr):
     k, beta, conf = calibrated(expected.kernel, 4)
     assert res.kernel_x2.tobytes() == k.tobytes()
     assert res.report["width"]["prior"] == cfg.width_prior
+    assert res.report["width"]["prior_used"] == released_prior(
+        cfg.width_prior, spectral_covariance(gray, 4))
     assert res.report["width"]["elongation_power"] == beta
     np.testing.assert_allclose(res.kernel_x4, analytic_x4(res.kernel_x2), atol=1e-15)
     # the confidence is KernelGAN's kernel against the spectrum's Gaussian; the restarts'

@@ -105,6 +105,7 @@ class EvalSettings:
         (``elongation_choice``, :meth:`KernelGANConfig.chooses_elongation`), the spectral
         mix's weight (``spectral_mix``), the confidence's rule (``spectral_confidence``) and
         whether the calibration's scale was refined (``width_refine``: False when it is
+        off) and its pull released on sharp spectra (``width_release``: False when it is
         off)."""
         cfg = self.kernelgan_config()
         return {"scale": self.scale, "method": self.method,
@@ -116,7 +117,8 @@ class EvalSettings:
                 "elongation_choice": cfg.chooses_elongation(),
                 "spectral_mix": cfg.spectral_mix,
                 "spectral_confidence": cfg.spectral_confidence,
-                "width_refine": cfg.width_calibration and cfg.width_refine}
+                "width_refine": cfg.width_calibration and cfg.width_refine,
+                "width_release": cfg.width_calibration and cfg.width_release}
 
 
 def run_eval(

@@ -26,13 +26,14 @@ from kgengine.kernel import check_kernel
 LEGACY_IDENTITY: dict[str, Any] = {"restarts": 1, "stop": "full", "n_filtering": 40,
                                    "elongation_power": 1.0, "width_prior": None,
                                    "elongation_choice": False, "spectral_mix": 0.0,
-                                   "spectral_confidence": False, "width_refine": False}
+                                   "spectral_confidence": False, "width_refine": False,
+                                   "width_release": False}
 
 
 class ResumeMismatchError(KGEngineError):
     """``OUTDIR/runs`` holds a run made with other settings (scale, iterations, variant,
-    restarts, stop rule, kernel clean-up, elongation shrink or choice, width calibration or
-    its refinement, spectral mix or confidence rule)."""
+    restarts, stop rule, kernel clean-up, elongation shrink or choice, width calibration,
+    its refinement or its prior's release, spectral mix or confidence rule)."""
 
 
 class RunStore:
