@@ -23,9 +23,10 @@ development and check sets, clean and with noise or JPEG (``--restarts 4``). Why
 kernels come out wide: the authors' code on the first four images (``--authors``), the same
 kernels under the photos halved first, and seed 0 trained again with one part of the
 training changed (:data:`VARIANTS`). The same kernels at x4 (seeds 0-2, the LR image made
-with their analytic x4 kernels) are trained too, for ``bench/study_release.py``.
+with their analytic x4 kernels) and with ``--restarts 4`` at x2 (seeds 0-2) are trained too,
+for ``bench/study_release.py``.
 
-Run: ``python bench/study_sharp.py --train`` (about 30 min on 2 cores, resumable), ``python
+Run: ``python bench/study_sharp.py --train`` (about 50 min on 2 cores, resumable), ``python
 bench/study_sharp.py --authors /tmp/kg_ref`` (about 16 min), then ``python
 bench/study_sharp.py`` (about 4 min) -> ``bench/data/sharp_study.md``.
 """
@@ -69,6 +70,9 @@ HALF_SEEDS = (0,)
 HALF_SIGMA = 0.8
 #: the x4 runs' tag in the training jobs (the same kernels at x4, seeds :data:`SEEDS`)
 X4 = "x4"
+#: the ``--restarts 4`` runs' tag (x2, seeds :data:`SEEDS`; kept: the saved kernel and the
+#: restarts' finished kernels, from which the API's combination is derived again)
+R4 = "r4"
 #: training variants (seed 0): what in KernelGAN's training could hold the width up
 VARIANTS = {"no bicubic prior (`lambda_bicubic=0`)": {"lambda_bicubic": 0.0},
             "defect 1 fixed (`authors_bicubic_rgb_sum=false`)": {"authors_bicubic_rgb_sum": False},
@@ -106,25 +110,30 @@ def train(batch: int = 8) -> None:
     store = json.loads(STORE.read_text()) if STORE.exists() else {"runs": {}}
     jobs = [(i, p, s, False, "") for i, p in enumerate(images()) for s in SEEDS]
     jobs += [(i, p, s, False, X4) for i, p in enumerate(images()) for s in SEEDS]
+    jobs += [(i, p, s, False, R4) for i, p in enumerate(images()) for s in SEEDS]
     jobs += [(i, p, s, True, "") for i, p in enumerate(images()) for s in HALF_SEEDS]
     jobs += [(i, p, 0, False, v) for v in VARIANTS for i, p in enumerate(images())]
     todo = [j for j in jobs if _key(j[1], j[2], j[3], j[4]) not in store["runs"]]
     # one config per batch: chunks of each variant's jobs
-    chunks = [group[k : k + batch] for v in ("", X4, *VARIANTS)
-              for group in [[j for j in todo if j[4] == v]] for k in range(0, len(group), batch)]
+    chunks = [group[k : k + (batch // 4 if v == R4 else batch)] for v in ("", X4, R4, *VARIANTS)
+              for group in [[j for j in todo if j[4] == v]]
+              for k in range(0, len(group), batch // 4 if v == R4 else batch)]
     for chunk in chunks:
         res = estimate_kernels([lr_image(i, p, h, 4 if v == X4 else 2)
                                 for i, p, _, h, v in chunk],
                                seeds=[j[2] for j in chunk], names=[f"im{n}" for n in
                                                                    range(len(chunk))],
                                config=KernelGANConfig(**VARIANTS.get(chunk[0][4], {})),
-                               x4=chunk[0][4] == X4,
+                               x4=chunk[0][4] == X4, restarts=4 if chunk[0][4] == R4 else 1,
                                device="cpu", on_diverge="return")
         for (_, p, s, h, v), r in zip(chunk, res, strict=True):
             store["runs"][_key(p, s, h, v)] = (None if isinstance(r, Exception) else {
-                "raw": r.raw_kernel.tolist(), "saved": r.kernel_x2.tolist()})
-        store["note"] = ("raw and saved x2 kernels (one run, 3000 iterations, kgengine 0.9.9, "
-                         "defaults) of bench/study_sharp.py's images")
+                "saved": r.kernel_x2.tolist(), "finished": r.report["restarts"]["kernels"]}
+                if v == R4 else {"raw": r.raw_kernel.tolist(), "saved": r.kernel_x2.tolist()})
+        store["note"] = ("raw and saved x2 kernels (one run, 3000 iterations, kgengine 0.9.9 "
+                         "defaults; x4/: the same at x4) of bench/study_sharp.py's images; r4/: "
+                         "--restarts 4 with 0.9.10's defaults, the saved kernel and the "
+                         "restarts' finished kernels")
         save_json(STORE, store)
         print(f"{len(store['runs'])} of {len(jobs)} stored", flush=True)
 
@@ -162,8 +171,8 @@ def run_reference(baseline: Path, n_images: int, workers: int = 2) -> None:
 
 
 def _key(path: Path, seed: int, half: bool = False, variant: str = "") -> str:
-    if variant == X4:
-        return f"{path.stem}/x4/s{seed}"
+    if variant in (X4, R4):
+        return f"{path.stem}/{variant}/s{seed}"
     tag = f"variant {list(VARIANTS).index(variant)}/" if variant else ""
     return f"{path.stem}/{'half/' if half else ''}{tag}s{seed}"
 
