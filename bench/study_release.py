@@ -52,7 +52,7 @@ from kgengine.confidence import spectral_confidence
 from kgengine.config import KernelGANConfig
 from kgengine.consensus import combine
 from kgengine.imageio import read_image
-from kgengine.kernel import analytic_x4, gaussian_kernel, principal_axes, shrink_elongation
+from kgengine.kernel import analytic_x4, gaussian_kernel, shrink_elongation
 from kgengine.spectral import gaussian_of, mix_covariance, spectral_covariance
 from kgengine.sysinfo import machine_line
 from kgengine.width import (
@@ -75,6 +75,7 @@ from study_elongation import truth  # noqa: E402
 OUT = sw.DATA / "release_study.md"
 REAL_STORE = sw.DATA / "release_real.json"
 HOWS = (None, *sw.PERTURBATIONS)
+SHIPPED = "**ramp 0.4-1.0 (shipped)**"
 #: The rules compared: name -> λ of a run from the fit's covariance (None: no fit).
 RULES = {
     "full pull (0.9.9)": lambda cov: 0.3,
@@ -82,19 +83,13 @@ RULES = {
     "step at 0.5 px²": lambda cov: 0.3 if cov is None or _area_of(cov) >= 0.5 else 0.0,
     "ramp 0.4-0.8": lambda cov: released_prior(0.3, cov, (0.4, 0.8)),
     "ramp 0.3-0.8": lambda cov: released_prior(0.3, cov, (0.3, 0.8)),
-    "**ramp 0.4-1.0 (shipped)**": lambda cov: released_prior(0.3, cov),
+    SHIPPED: lambda cov: released_prior(0.3, cov),
     "ramp 0.5-1.0": lambda cov: released_prior(0.3, cov, (0.5, 1.0)),
 }
-SHIPPED = "**ramp 0.4-1.0 (shipped)**"
 
 
 def _area_of(cov: np.ndarray) -> float:
     return float(np.sqrt(max(np.linalg.det(cov), 0.0)))
-
-
-def _area(k: np.ndarray) -> float:
-    v1, v2, _ = principal_axes(k)
-    return float(np.sqrt(v1 * v2))
 
 
 def benchmark_runs(kind: str, setname: str, how: str | None) -> list[dict]:
@@ -188,7 +183,8 @@ def score(runs: list[dict]) -> dict[str, np.ndarray]:
                 out.setdefault("confidence", []).append(conf)
                 out.setdefault("lambda", []).append(rule(run["cov"]))
             if name in (SHIPPED, "full pull (0.9.9)") and run["scale"] == 2:
-                out.setdefault(f"log_area {name}", []).append(np.log(_area(k) / _area(run["gt"])))
+                ratio = sh._area(k) / sh._area(run["gt"])
+                out.setdefault(f"log_area {name}", []).append(np.log(ratio))
         out.setdefault("iso", []).append(run["iso"])
     return {k: np.asarray(v) for k, v in out.items()}
 
@@ -309,7 +305,7 @@ def real_table() -> list[str]:
         lam = released_prior(cfg.width_prior, r["cov"])
         new, old = saved(r, lam)[0], saved(r, cfg.width_prior)[0]
         assert np.abs(new - np.asarray(run["saved"])).max() < 1e-12, p.stem  # the API's
-        rows.append((p.stem, lam, np.sqrt(_area(old)), np.sqrt(_area(new)),
+        rows.append((p.stem, lam, np.sqrt(sh._area(old)), np.sqrt(sh._area(new)),
                      _area_of(r["cov"]) if r["cov"] is not None else np.nan))
     if not rows:
         return []
