@@ -12,7 +12,7 @@ check sets lose up to 3.6 dB where the LR image has noise. The spectrum's own Ga
 What. The saved kernel of every stored run, derived again with λ set per image by a rule
 of that fit's area ``a`` (no training: the trainer is unchanged): λ = 0 everywhere, a step
 (λ = 0 below 0.5 px²), and ramps ``λ · clip((a − a₀)/(a₁ − a₀), 0, 1)``; the shipped rule is
-the ramp (0.4, 1.0) px² (:func:`kgengine.width.released_prior`). Runs: the development set
+the ramp (0.4, 1.0) px² (:func:`kgengine.release.released_prior`). Runs: the development set
 (20 images × seeds 0-2) and the held-out check set (12 images, seed 0), x2 and x4,
 ``--restarts 4`` (0.9.3's restarts) clean and with noise (σ = 1/255, 3/255) or JPEG (q 90,
 75) in the image the calibration and the fit read (KernelGAN trained on the clean one, as in
@@ -53,6 +53,7 @@ from kgengine.config import KernelGANConfig
 from kgengine.consensus import combine
 from kgengine.imageio import read_image
 from kgengine.kernel import analytic_x4, gaussian_kernel, shrink_elongation
+from kgengine.release import released_prior
 from kgengine.spectral import gaussian_of, mix_covariance, spectral_covariance
 from kgengine.sysinfo import machine_line
 from kgengine.width import (
@@ -60,7 +61,6 @@ from kgengine.width import (
     SCALES,
     calibrate_width,
     refine_scale,
-    released_prior,
     scale_kernel,
 )
 

@@ -49,9 +49,10 @@ from kgengine.config import KernelGANConfig
 from kgengine.degrade import degrade
 from kgengine.imageio import read_image
 from kgengine.kernel import analytic_x4, anisotropic_gaussian, gaussian_kernel, principal_axes
+from kgengine.release import released_prior
 from kgengine.spectral import gaussian_of, mix_covariance, spectral_covariance
 from kgengine.sysinfo import machine_line
-from kgengine.width import choose_elongation, released_prior
+from kgengine.width import choose_elongation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study_restart_cleanup as rc  # noqa: E402

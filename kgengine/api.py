@@ -33,12 +33,13 @@ from kgengine.kernel import (
     shrink_elongation,
 )
 from kgengine.prepare import prepare_image
+from kgengine.release import released_clean_n, released_prior
 from kgengine.spectral import gaussian_of, mix_covariance, spectral_covariance
 from kgengine.stopping import StopRule, stop_rule_of, stop_setting
 from kgengine.sysinfo import machine_info
 from kgengine.trainer import BatchTrainer
 from kgengine.width import MIN_SIDE as WIDTH_MIN_SIDE
-from kgengine.width import calibrate_width, choose_elongation, released_prior
+from kgengine.width import calibrate_width, choose_elongation
 
 ImageLike = str | os.PathLike | np.ndarray
 
@@ -257,16 +258,19 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
     ok = [r for r in rows if final.finite[r] and np.isfinite(raw[r]).all()]
     if not ok:
         return TrainingDivergedError(f"{name}: training diverged (NaN/inf) with seed {seed}")
-    k2, finished, cons = finish_restarts([raw[r] for r in ok], cfg.clean_n(len(rows)), rule,
-                                           len(rows), cfg.elongation_power)
-    unshrunk = cons.kernel if cons is not None else finished[0]
-    # the LR image's spectrum sizes the kernel, chooses its elongation and fits a Gaussian
+    # the LR image's spectrum sets the clean-up, sizes the kernel, chooses its elongation and
+    # fits a Gaussian
     spectrum_ok = min(arr.shape[:2]) >= WIDTH_MIN_SIDE
     gray, sc = arr.mean(axis=2), 4 if x4 else 2
     spectral, cov = None, None
-    if spectrum_ok and (cfg.spectral_mix > 0 or cfg.spectral_confidence
+    if spectrum_ok and (cfg.spectral_mix > 0 or cfg.spectral_confidence or cfg.clean_release
                         or (cfg.width_calibration and cfg.width_release)):
         cov = spectral_covariance(gray, sc)
+    n = cfg.clean_n(len(rows))
+    n = released_clean_n(n, cov) if cfg.clean_release else n
+    k2, finished, cons = finish_restarts([raw[r] for r in ok], n, rule, len(rows),
+                                         cfg.elongation_power)
+    unshrunk = cons.kernel if cons is not None else finished[0]
     k2, width = _calibrated(cfg, gray if spectrum_ok else None, sc, k2, unshrunk, cov)
     kernelgan = k2
     if cfg.spectral_mix > 0 and spectrum_ok:
@@ -280,6 +284,7 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
         "seed": int(seed),
         **run,
         "iters_used": final.iters_used[pick],
+        "clean_n": n,
         "final_losses": final.losses[pick],
         "kernel_x2": {**kernel_stats(k2), "axes_unshrunk": kernel_stats(unshrunk)["axes"]},
         "kernel_x4": kernel_stats(k4) if k4 is not None else None,

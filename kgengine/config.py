@@ -60,10 +60,16 @@ class KernelGANConfig:
 
     Since 0.9.10, ``width_release``: the calibration's pull toward KernelGAN's width
     (``width_prior``) is weakened where the LR spectrum's Gaussian fit is sharp, and gone
-    where it is very sharp (:func:`kgengine.width.released_prior`): KernelGAN's kernels are
+    where it is very sharp (:func:`kgengine.release.released_prior`): KernelGAN's kernels are
     3-5× too wide in area on sharp kernels, the regime of real photos, and the pull held the
     calibration near that width (README, ``bench/study_sharp.py``). False gives the full
     pull everywhere.
+
+    Since 0.9.11, ``clean_release``: the clean-up's n (``n_filtering``, and
+    ``restart_n_filtering`` for restarts) is lowered where the LR spectrum's Gaussian fit is
+    sharp (:func:`kgengine.release.released_clean_n`): a sharp kernel has few entries above the
+    raw kernel's noise floor, and keeping 50-70 of them kept that floor, a wide skirt
+    (README, ``bench/study_clean_release.py``). False gives the fixed n everywhere.
 
     ``restart_iters`` and ``restart_n_filtering`` are kgengine's own (the authors' code has no
     restarts): see :meth:`run_iters` and :meth:`clean_n`.
@@ -116,6 +122,7 @@ class KernelGANConfig:
     width_prior: float = 0.3  # λ of the calibration's pull toward no change, ≥ 0
     width_refine: bool = True  # the calibration's scale refined between its grid's points
     width_release: bool = True  # the pull weakened where the LR spectrum looks sharp
+    clean_release: bool = True  # the clean-up's n lowered where the LR spectrum looks sharp
     elongation_choice: bool = True  # with the calibration: keep β = 1 where the spectrum fits it
     spectral_mix: float = 0.5  # weight of the LR spectrum's own Gaussian in the saved kernel
     spectral_confidence: bool = True  # confidence: KernelGAN vs the spectrum (False: restarts')
@@ -201,11 +208,13 @@ class KernelGANConfig:
         stored before 0.9.7 has no ``spectral_confidence``: its confidence was the restarts'
         agreement (False); one stored before 0.9.8 has no ``width_refine``: its calibration
         kept the grid's point (False); one stored before 0.9.10 has no ``width_release``:
-        its calibration had the full pull (False)."""
+        its calibration had the full pull (False); one stored before 0.9.11 has no
+        ``clean_release``: its clean-up kept the fixed n (False)."""
         return KernelGANConfig().replace(**{
             "restart_iters": d.get("iters", 3000), "elongation_power": 1.0,
             "width_calibration": False, "elongation_choice": False, "spectral_mix": 0.0,
             "spectral_confidence": False, "width_refine": False, "width_release": False,
+            "clean_release": False,
             "restart_n_filtering": d.get("n_filtering", KernelGANConfig.n_filtering), **d})
 
     def to_dict(self) -> dict[str, Any]:
@@ -222,12 +231,12 @@ class KernelGANConfig:
         (``spectral_mix = 0``) and, as kgengine before 0.9.7, the restarts' agreement as the
         confidence (``spectral_confidence = False``; the authors' code has none); as before
         0.9.8, no refined calibration (``width_refine = False``; it acts only with the
-        calibration), and as before 0.9.10 the calibration's full pull (``width_release =
-        False``)."""
+        calibration), as before 0.9.10 the calibration's full pull (``width_release =
+        False``) and as before 0.9.11 the fixed clean-up n (``clean_release = False``)."""
         return KernelGANConfig._with_defects(True).replace(
             n_filtering=40, elongation_power=1.0, width_calibration=False,
             elongation_choice=False, spectral_mix=0.0, spectral_confidence=False,
-            width_refine=False, width_release=False)
+            width_refine=False, width_release=False, clean_release=False)
 
     @staticmethod
     def defects_fixed() -> KernelGANConfig:

@@ -127,6 +127,8 @@ def stored_differences(outdir: str | Path, name: str, wanted: dict[str, Any]) ->
         old = {**old, "width_refine": False}
     if "width_release" not in old and old:  # before 0.9.10: the calibration's full pull
         old = {**old, "width_release": False}
+    if "clean_release" not in old and old:  # before 0.9.11: the clean-up's fixed n
+        old = {**old, "clean_release": False}
     new = wanted["config"]
     # restart_iters acts through the top-level iters (the iterations actually run); a report
     # from before 0.8 has no such key, and a one-run output does not depend on it; nor on

@@ -37,7 +37,8 @@ toward KernelGAN's own width, which is right on average for the benchmark's kern
 (variances 0.6-5 px² at x2) and far too wide for sharp ones (0.2-0.8 px²: 3.7× the true
 area, ``bench/study_sharp.py``), the regime of real photos. Where the LR spectrum's own
 Gaussian fit (:func:`kgengine.spectral.spectral_covariance`) says the kernel is sharp, the
-pull is weakened (:func:`released_prior`), so that the criterion alone sizes the kernel.
+pull is weakened (:func:`kgengine.release.released_prior`), so that the criterion alone sizes
+the kernel.
 
 The elongation (since 0.9.5). The saved kernel's elongation is shrunk toward isotropy
 (``elongation_power`` β = 0.4, :func:`kgengine.kernel.shrink_elongation`) because
@@ -76,10 +77,6 @@ FLOOR_RADIUS: float = 0.45
 #: The unshrunk kernel is kept when its smallest J is below the shrunk one's by more than
 #: this (log variance; chosen on the development set alone, ``bench/study_width.py``).
 ELONGATION_MARGIN: float = 0.05
-#: The prior's release (``width_release``, since 0.9.10): the full pull λ where the LR
-#: spectrum's Gaussian fit has an area sqrt(det Σ) of at least RELEASE[1] px², none at
-#: RELEASE[0] or less, linear between (:func:`released_prior`).
-RELEASE: tuple[float, float] = (0.4, 1.0)
 #: Smallest LR image side the calibration reads (smaller images keep the kernel's width).
 MIN_SIDE: int = 32
 #: Larger images are read through their central MAX_SIDE × MAX_SIDE crop (time and memory:
@@ -302,32 +299,6 @@ def choose_elongation(lr_gray: np.ndarray, shrunk: np.ndarray, unshrunk: np.ndar
     if fit_u.scores.min() + margin < fit_s.scores.min():
         return fit_u, True
     return fit_s, False
-
-
-def released_prior(prior: float, cov: np.ndarray | None,
-                   release: tuple[float, float] = RELEASE) -> float:
-    """The calibration's pull λ' where the LR spectrum's Gaussian fit has covariance Σ::
-
-        λ' = λ · clip((a − a₀) / (a₁ − a₀), 0, 1),    a = sqrt(det Σ)
-
-    with ``(a₀, a₁)`` = ``release`` (px², the x2 kernel's: at x4 Σ is the fit of the x2
-    kernel from which the x4 one is derived). Without a fit (None) λ' = λ.
-
-    Args:
-        prior: λ ≥ 0 (``width_prior``). cov: (2, 2) Σ in (row, col) px², or None.
-        release: (a₀, a₁), 0 ≤ a₀ < a₁.
-    Returns:
-        λ', float in [0, λ].
-    """
-    if prior < 0:
-        raise ValueError(f"prior must be >= 0, got {prior}")
-    a0, a1 = release
-    if not 0 <= a0 < a1:
-        raise ValueError(f"release must be 0 <= a0 < a1, got {release}")
-    if cov is None:
-        return float(prior)
-    area = float(np.sqrt(max(np.linalg.det(np.asarray(cov, np.float64)), 0.0)))
-    return float(prior * np.clip((area - a0) / (a1 - a0), 0.0, 1.0))
 
 
 def read_crop(lr_gray: np.ndarray) -> np.ndarray:

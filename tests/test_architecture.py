@@ -46,6 +46,7 @@ LAYERS: dict[str, int] = {
     "kgengine.consensus": 2,
     "kgengine.width": 2,
     "kgengine.spectral": 2,
+    "kgengine.release": 2,
     "kgengine.confidence": 2,
     "kgengine.degrade": 2,
     # 3 training

@@ -122,6 +122,7 @@ def test_estimate_redoes_a_report_from_before_the_width_calibration(tmp_path, lr
     ("spectral_confidence", False, True, "spectral_confidence=false"),  # 0.9.6's confidence
     ("width_refine", False, True, "width_refine=false"),  # 0.9.7: the grid's point
     ("width_release", False, True, "width_release=false"),  # 0.9.9: the full pull
+    ("clean_release", False, True, "clean_release=false"),  # 0.9.10: the clean-up's fixed n
 ])
 def test_estimate_redoes_a_report_from_before_a_setting(tmp_path, lr_png, key, legacy, now, flag):
     # an output of an older version has no such key in its config: it is redone, naming the

@@ -592,6 +592,7 @@ def test_runs_stored_before_the_width_calibration_are_refused(dataset, tmp_path)
     ("spectral_confidence", False, True),  # runs of 0.9.6: the restarts' agreement
     ("width_refine", False, True),  # runs of 0.9.7: the calibration's grid point
     ("width_release", False, True),  # runs of 0.9.9: the calibration's full pull
+    ("clean_release", False, True),  # runs of 0.9.10: the clean-up's fixed n
 ])
 def test_runs_stored_before_a_setting_are_refused(dataset, tmp_path, key, legacy, now):
     # an older version's runs have no such key: a run's identity holds it

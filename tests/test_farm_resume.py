@@ -387,6 +387,7 @@ def test_settings_without_elongation_choice_keep_the_shrink():
     ("spectral_confidence", False, True),  # a pool from 0.9.6: the restarts' agreement
     ("width_refine", False, True),  # a pool from 0.9.7: the calibration's grid point
     ("width_release", False, True),  # a pool from 0.9.9: the calibration's full pull
+    ("clean_release", False, True),  # a pool from 0.9.10: the clean-up's fixed n
 ])
 def test_settings_without_a_later_key_keep_the_old_behaviour(key, legacy, now):
     # resuming an older pool keeps its behaviour, and the new default is refused rather than

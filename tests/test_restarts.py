@@ -12,8 +12,9 @@ from kgengine.config import KernelGANConfig
 from kgengine.consensus import combine
 from kgengine.imageio import read_image
 from kgengine.kernel import analytic_x4, gaussian_kernel, principal_axes, shrink_elongation
+from kgengine.release import released_clean_n, released_prior
 from kgengine.spectral import gaussian_of, mix_spectral, spectral_covariance
-from kgengine.width import choose_elongation, released_prior
+from kgengine.width import choose_elongation
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +63,15 @@ def test_restarts_equal_single_runs_combined(lr):
         return (saved, 1.0 if kept else cfg.elongation_power,
                 spectral_confidence(fit.kernel, g, saved))
 
-    finished = [finish_kernel(one.raw_kernel, cfg.restart_n_filtering) for one in singles]
+    # the clean-up's n, lowered where the spectrum's fit is sharp (clean_release)
+    n_restart = released_clean_n(cfg.restart_n_filtering, spectral_covariance(gray, 4))
+    n_one = released_clean_n(cfg.n_filtering, spectral_covariance(gray, 2))
+    assert res.report["clean_n"] == n_restart and singles[0].report["clean_n"] == n_one
+    finished = [finish_kernel(one.raw_kernel, n_restart) for one in singles]
     for r, one in enumerate(singles):
         assert np.asarray(res.report["restarts"]["kernels"][r]).tobytes() == \
             finished[r].tobytes()
-        k, beta, conf = calibrated(finish_kernel(one.raw_kernel, cfg.n_filtering), 2)
+        k, beta, conf = calibrated(finish_kernel(one.raw_kernel, n_one), 2)
         assert one.kernel_x2.tobytes() == k.tobytes()
         assert one.report["width"]["elongation_power"] == beta
         assert one.confidence == conf  # one run has a confidence too (since 0.9.7)
@@ -105,8 +110,9 @@ def test_each_restart_runs_restart_iters_unless_iters_is_given(lr):
         one = estimate_kernels([lr], seeds=[restart_seed(5, r)], iters=40, config=cfg,
                                device="cpu")[0]
         assert one.report["iters"] == 40
+        n = released_clean_n(cfg.restart_n_filtering, spectral_covariance(lr.mean(axis=2), 2))
         assert np.asarray(res.report["restarts"]["kernels"][r]).tobytes() == \
-            finish_kernel(one.raw_kernel, cfg.restart_n_filtering).tobytes()
+            finish_kernel(one.raw_kernel, n).tobytes()
     (given,) = estimate_kernels([lr], seeds=[5], restarts=2, iters=60, config=cfg,
                                 device="cpu")
     assert given.report["iters"] == 60
@@ -147,7 +153,8 @@ def test_report_gives_the_axes_before_and_after_the_shrink(lr):
     # the saved kernel's axes, and those KernelGAN found (before elongation_power); the width
     # calibration, which scales the area after the shrink, and the spectral mix are off here
     res = estimate_kernels([lr], seeds=[3], iters=60, device="cpu",
-                           config=KernelGANConfig(width_calibration=False, spectral_mix=0.0))[0]
+                           config=KernelGANConfig(width_calibration=False, spectral_mix=0.0,
+                                                  clean_release=False))[0]
     assert res.report["width"] is None and res.report["spectral"] is None
     before = finish_kernel(res.raw_kernel, KernelGANConfig().n_filtering)
     stats = res.report["kernel_x2"]

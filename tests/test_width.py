@@ -11,20 +11,28 @@ from synthetic import degrade, power_law_image
 from kgengine.config import KernelGANConfig
 from kgengine.kernel import (
     anisotropic_gaussian,
+    center_kernel,
     center_of_mass,
+    clean_kernel,
     principal_axes,
     shrink_elongation,
+)
+from kgengine.release import (
+    CLEAN_FLOOR,
+    CLEAN_RELEASE,
+    RELEASE,
+    release_fraction,
+    released_clean_n,
+    released_prior,
 )
 from kgengine.spectral import spectral_covariance
 from kgengine.width import (
     ELONGATION_MARGIN,
-    RELEASE,
     SCALES,
     calibrate_width,
     choose_elongation,
     kernel_power,
     refine_scale,
-    released_prior,
     residual_spread,
     scale_kernel,
 )
@@ -117,6 +125,57 @@ def test_released_prior_closed_form():
     for bad in ((1.0, 0.4), (-0.1, 1.0), (0.5, 0.5)):
         with pytest.raises(ValueError, match="release"):
             released_prior(0.3, None, bad)
+
+
+def test_released_clean_n_closed_form():
+    # n' = max(1, round(n · (f + (1 − f) · t))), t the release fraction of the fit's area
+    # (the same ramp as the pull's, on its own thresholds); no fit: n
+    a0, a1 = CLEAN_RELEASE
+    f = CLEAN_FLOOR
+    for theta, elong in ((0.0, 1.0), (0.7, 3.0)):
+        def n_of(a: float, n: int = 50, theta: float = theta, elong: float = elong) -> int:
+            return released_clean_n(n, _cov_of_area(a, elong, theta))
+
+        assert n_of(a1 * 1.0001) == 50 and n_of(5.0) == 50 and n_of(a1, 70) == 70
+        assert n_of(a0) == round(50 * f) and n_of(0.05) == round(50 * f)
+        assert n_of(a0, 70) == round(70 * f)
+        mid = a0 + 0.5 * (a1 - a0)
+        assert n_of(mid) == round(50 * (f + 0.5 * (1 - f)))
+    assert release_fraction(_cov_of_area(a0 + 0.25 * (a1 - a0)), CLEAN_RELEASE) == \
+        pytest.approx(0.25)
+    assert released_clean_n(50, None) == 50
+    assert released_clean_n(50, _cov_of_area(0.1), floor=1.0) == 50
+    assert released_clean_n(2, _cov_of_area(0.1), floor=0.01) == 1  # never below 1
+    assert released_clean_n(40, _cov_of_area(0.7), 0.5, (0.0, 1.4)) == 30
+    with pytest.raises(ValueError, match="n must"):
+        released_clean_n(0, None)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="floor"):
+            released_clean_n(50, None, bad)
+    with pytest.raises(ValueError, match="release"):
+        released_clean_n(50, None, 0.3, (1.0, 0.4))
+
+
+def test_released_clean_up_drops_the_noise_skirt_of_a_sharp_kernel():
+    # a constructed raw kernel: a sharp Gaussian (variances 0.5, 0.3 px²) on a noise floor
+    # (KernelGAN's raw kernels have one). n = 50 keeps the skirt, so the kernel is too wide;
+    # the n the release gives for this kernel's own covariance keeps the core: its second
+    # moments and its entries come out closer to the truth. A wide kernel keeps n = 50.
+    true = anisotropic_gaussian(13, 0.5, 0.3, 0.4)
+    rng = np.random.default_rng(5)
+    errs = {}
+    for name, cov in (("fixed", None), ("released", np.diag([0.5, 0.3]))):
+        e_moment, e_l2 = [], []
+        for _ in range(8):
+            raw = true + rng.uniform(0, 4e-3, true.shape)
+            k = center_kernel(clean_kernel(raw, released_clean_n(50, cov)))
+            e_moment.append(abs(np.log(np.prod(principal_axes(k)[:2]) / (0.5 * 0.3))))
+            e_l2.append(np.linalg.norm(k - true))
+        errs[name] = (np.mean(e_moment), np.mean(e_l2))
+    assert released_clean_n(50, np.diag([0.5, 0.3])) < 20
+    assert errs["released"][0] < 0.5 * errs["fixed"][0], errs
+    assert errs["released"][1] < errs["fixed"][1], errs
+    assert released_clean_n(50, np.diag([2.0, 1.2])) == 50
 
 
 def test_release_narrows_a_too_wide_kernel_on_a_sharp_image():
@@ -299,6 +358,9 @@ def test_config_width_settings():
     assert cfg.width_release and not KernelGANConfig.authors().width_release
     del stored["width_release"]  # and one saved before 0.9.10 had the full pull
     assert KernelGANConfig.from_stored(stored).width_release is False
+    assert cfg.clean_release and not KernelGANConfig.authors().clean_release
+    del stored["clean_release"]  # and one saved before 0.9.11 had the fixed clean-up n
+    assert KernelGANConfig.from_stored(stored).clean_release is False
     assert KernelGANConfig.from_stored(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="width_prior: must be at least 0"):
         cfg.replace(width_prior=-0.1)
@@ -348,9 +410,10 @@ def test_api_without_the_choice_calibrates_the_shrunk_kernel():
     off = estimate_kernels([rgb], seeds=[2], iters=20, device="cpu",
                            config=cfg.replace(elongation_choice=False))[0]
     assert on.raw_kernel.tobytes() == off.raw_kernel.tobytes()
-    shrunk, finished, _ = finish_restarts([off.raw_kernel], cfg.n_filtering,
-                                          elongation_power=cfg.elongation_power)
     gray = rgb.mean(axis=2)
+    n = released_clean_n(cfg.n_filtering, spectral_covariance(gray, 2))
+    shrunk, finished, _ = finish_restarts([off.raw_kernel], n,
+                                          elongation_power=cfg.elongation_power)
     lam = released_prior(0.3, spectral_covariance(gray, 2))
     assert off.report["width"]["prior_used"] == lam and off.report["width"]["release"]
     fit = calibrate_width(gray, shrunk, 2, lam, refine=True)
@@ -390,7 +453,9 @@ def test_api_releases_the_pull_on_a_sharp_image():
     off = estimate_kernels([rgb], seeds=[3], iters=20, device="cpu",
                            config=cfg.replace(width_release=False))[0]
     assert on.raw_kernel.tobytes() == off.raw_kernel.tobytes()  # the training is the same
-    shrunk, finished, _ = finish_restarts([on.raw_kernel], cfg.n_filtering,
+    n = released_clean_n(cfg.n_filtering, spectral_covariance(gray, 2))
+    assert n < cfg.n_filtering and on.report["clean_n"] == n  # the clean-up is released too
+    shrunk, finished, _ = finish_restarts([on.raw_kernel], n,
                                           elongation_power=cfg.elongation_power)
     for res, prior in ((on, lam), (off, 0.3)):
         fit, _ = choose_elongation(gray, shrunk, finished[0], 2, prior, refine=True)
@@ -398,6 +463,15 @@ def test_api_releases_the_pull_on_a_sharp_image():
         assert res.report["width"]["prior_used"] == prior
         assert res.report["width"]["scale"] == fit.scale
     assert on.report["width"]["scale"] <= off.report["width"]["scale"]
+    # clean_release=false (0.9.10) cleans with the fixed n_filtering
+    fixed = estimate_kernels([rgb], seeds=[3], iters=20, device="cpu",
+                             config=cfg.replace(clean_release=False))[0]
+    assert fixed.raw_kernel.tobytes() == on.raw_kernel.tobytes()
+    assert fixed.report["clean_n"] == cfg.n_filtering
+    shrunk, finished, _ = finish_restarts([on.raw_kernel], cfg.n_filtering,
+                                          elongation_power=cfg.elongation_power)
+    fit, _ = choose_elongation(gray, shrunk, finished[0], 2, lam, refine=True)
+    assert fixed.kernel_x2.tobytes() == fit.kernel.tobytes() != on.kernel_x2.tobytes()
     assert on.kernel_x2.tobytes() != off.kernel_x2.tobytes()
 
 

@@ -106,7 +106,7 @@ class EvalSettings:
         mix's weight (``spectral_mix``), the confidence's rule (``spectral_confidence``) and
         whether the calibration's scale was refined (``width_refine``: False when it is
         off) and its pull released on sharp spectra (``width_release``: False when it is
-        off)."""
+        off), and whether the clean-up's n is lowered on sharp spectra (``clean_release``)."""
         cfg = self.kernelgan_config()
         return {"scale": self.scale, "method": self.method,
                 "iters": cfg.run_iters(self.restarts),
@@ -118,7 +118,8 @@ class EvalSettings:
                 "spectral_mix": cfg.spectral_mix,
                 "spectral_confidence": cfg.spectral_confidence,
                 "width_refine": cfg.width_calibration and cfg.width_refine,
-                "width_release": cfg.width_calibration and cfg.width_release}
+                "width_release": cfg.width_calibration and cfg.width_release,
+                "clean_release": cfg.clean_release}
 
 
 def run_eval(

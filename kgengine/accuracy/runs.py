@@ -27,13 +27,14 @@ LEGACY_IDENTITY: dict[str, Any] = {"restarts": 1, "stop": "full", "n_filtering":
                                    "elongation_power": 1.0, "width_prior": None,
                                    "elongation_choice": False, "spectral_mix": 0.0,
                                    "spectral_confidence": False, "width_refine": False,
-                                   "width_release": False}
+                                   "width_release": False, "clean_release": False}
 
 
 class ResumeMismatchError(KGEngineError):
     """``OUTDIR/runs`` holds a run made with other settings (scale, iterations, variant,
     restarts, stop rule, kernel clean-up, elongation shrink or choice, width calibration,
-    its refinement or its prior's release, spectral mix or confidence rule)."""
+    its refinement or its prior's release, the clean-up's release, spectral mix or
+    confidence rule)."""
 
 
 class RunStore:
