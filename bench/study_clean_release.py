@@ -229,10 +229,6 @@ def all_rows(workers: int = 2) -> list[dict]:
         return [r for how in HOWS for r in pool.map(_run_job, jobs(how), chunksize=4)]
 
 
-def _pm(d: np.ndarray) -> str:
-    return f"{d.mean():+.2f} ± {d.std(ddof=1) / np.sqrt(len(d)):.2f}"
-
-
 def _groups(rows: list[dict]) -> list[tuple[str, list[dict]]]:
     out = []
     for setname in ("sharp", *rc.SETS):
@@ -260,7 +256,7 @@ def tables(rows: list[dict]) -> list[str]:
         cells = []
         for rule in rules:
             v = np.array([r["psnr"][rule] for r in g])
-            cells.append(f"{_pm(v - base)} ({int((v < iso).sum())})")
+            cells.append(f"{sr._pm(v - base)} ({int((v < iso).sum())})")
         lines.append(f"| {label} | {len(g)} | {base.mean():.2f} ({int((base < iso).sum())}) | "
                      + " | ".join(cells) + " |")
     lines += ["", "## The shipped rule against 0.9.10", "",
@@ -278,7 +274,7 @@ def tables(rows: list[dict]) -> list[str]:
         changed = sum(r["n"][SHIPPED] < r["n"][BEFORE] for r in g)
         sd = "–"
         if not label.startswith("check"):
-            sd = f"{_seed_sd(g, base):.2f} → {_seed_sd(g, new):.2f}"
+            sd = f"{sr._seed_sd(g, base):.2f} → {sr._seed_sd(g, new):.2f}"
         conf = np.array([r["conf"][SHIPPED] for r in g])
         ok = np.isfinite(conf)
         rho = spearmanr(conf[ok], new[ok])[0]
@@ -287,13 +283,9 @@ def tables(rows: list[dict]) -> list[str]:
             area = (f"{np.median([r['log_area'][BEFORE] for r in g]):+.2f} → "
                     f"{np.median([r['log_area'][SHIPPED] for r in g]):+.2f}")
         lines.append(f"| {label} | {len(g)} | {changed} | {base.mean():.2f} | {new.mean():.2f} | "
-                     f"{_pm(new - base)} | {int((base < iso).sum())} → {int((new < iso).sum())}"
+                     f"{sr._pm(new - base)} | {int((base < iso).sum())} → {int((new < iso).sum())}"
                      f" | {sd} | {rho:+.2f} | {area} |")
     return lines
-
-
-def _seed_sd(rows: list[dict], values: np.ndarray) -> float:
-    return ss._seed_sd({(r["image"], r["seed"]): v for r, v in zip(rows, values, strict=True)})
 
 
 def sharp_summary(rows: list[dict]) -> list[str]:
@@ -311,7 +303,7 @@ def sharp_summary(rows: list[dict]) -> list[str]:
     for rule in (BEFORE, SHIPPED):
         a = np.array([g1[k]["psnr"][rule] for k in keys])
         b = np.array([g4[k]["psnr"][rule] for k in keys])
-        lines.append(f"| {rule} | {a.mean():.2f} | {b.mean():.2f} | {_pm(b - a)} |")
+        lines.append(f"| {rule} | {a.mean():.2f} | {b.mean():.2f} | {sr._pm(b - a)} |")
     return lines
 
 
