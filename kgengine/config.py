@@ -187,6 +187,10 @@ class KernelGANConfig:
         and +1.01 ± 0.25, 36 each. It costs 2-3 more development runs below the isotropic
         Gaussian per 60 and a wider seed spread. One run keeps 50: a larger n gained less
         there and put more runs below the Gaussian.
+
+        This is the n for wide kernels: with ``clean_release`` (since 0.9.11) the API lowers
+        it where the LR spectrum looks sharp (:func:`kgengine.release.released_clean_n`) and
+        reports the n applied as ``clean_n``.
         """
         return self.n_filtering if restarts <= 1 else self.restart_n_filtering
 
