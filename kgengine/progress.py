@@ -34,9 +34,10 @@ def make_progress(console: Console | None = None) -> Progress:
 def progress_hooks(description: str, console: Console | None = None) -> Iterator[JobHooks]:
     """A live display for one job: an overall bar of items plus a bar for the current batch.
 
-    ``item_finished`` advances the overall bar (except for ``retry``) and prints other states
-    than ``done``/``skipped`` as ``"<state>: <detail>"`` when there is a detail; ``log``
-    prints a line above the bars.
+    ``item_finished`` advances the overall bar (except for ``retry``), ends the current
+    batch's bar where it is (a batch whose images all stopped early, ``--stop auto``, ends
+    before its planned steps) and prints other states than ``done``/``skipped`` as
+    ``"<state>: <detail>"`` when there is a detail; ``log`` prints a line above the bars.
     """
     with make_progress(console) as bar:
         overall = bar.add_task(description, total=None)
@@ -48,6 +49,10 @@ def progress_hooks(description: str, console: Console | None = None) -> Iterator
         def item_finished(name: str, state: str, detail: str) -> None:
             if state != "retry":
                 bar.advance(overall)
+            if "task" in current:  # the batch is over: its bar ends where the training did
+                task = next(t for t in bar.tasks if t.id == current["task"])
+                if task.completed:
+                    bar.update(task.id, total=task.completed)
             if state not in ("done", "skipped") and detail:
                 log(f"{state}: {detail}")
 

@@ -279,7 +279,7 @@ def test_eval_without_hr_images_skips_resynthesis(dataset, tmp_path):
 def test_eval_command(dataset, tmp_path, monkeypatch):
     import kgengine.accuracy.job as job
 
-    fake = FakeEstimator()
+    fake = StoppingFake()  # the command runs KernelGAN, which takes stop (default auto)
     monkeypatch.setattr(job, "default_estimator", lambda: per_image(fake))
     runner = CliRunner()
     out = tmp_path / "o"
@@ -287,7 +287,8 @@ def test_eval_command(dataset, tmp_path, monkeypatch):
                               "--seeds", "0,1", "--ids", "2", "--iters", "9", "--device", "cpu",
                               "--fix-defects"])
     assert res.exit_code == 0, res.output
-    assert "kernelgan-fixed" in res.output
+    assert "kernelgan-fixed-stopauto" in res.output
+    assert [c["stop"] for c in fake.calls] == ["auto", "auto"]
     data = strict_json(out / "results.json")
     assert {r["image"] for r in data["rows"]} == {"im_2"}
     assert data["settings"]["seeds"] == [0, 1] and data["settings"]["scale"] == 4
@@ -473,7 +474,7 @@ def test_eval_command_restarts(dataset, tmp_path, monkeypatch):
     monkeypatch.setattr(job, "default_estimator", lambda: per_image(fake))
     runner = CliRunner()
     res = runner.invoke(app, ["eval", str(dataset), "-o", str(tmp_path / "o"), "--seeds",
-                              "0,1", "--iters", "5", "--restarts", "2"])
+                              "0,1", "--iters", "5", "--restarts", "2", "--stop", "full"])
     assert res.exit_code == 0, res.output
     assert [c["restarts"] for c in fake.calls] == [2] * 4
     assert "kernelgan-restarts2" in res.output and "Spearman" in res.output
@@ -604,7 +605,7 @@ def test_runs_stored_before_a_setting_are_refused(dataset, tmp_path, key, legacy
         assert run[key] == now
         del run[key]
         f.write_text(json.dumps(run))
-    with pytest.raises(ResumeMismatchError, match=f"'{key}': {legacy}"):
+    with pytest.raises(ResumeMismatchError, match=f"'{key}': {legacy!r}"):
         run_eval(dataset, out, EvalSettings(seeds=(0,), iters=7),
                  estimator=per_image(FakeEstimator()))
 

@@ -31,6 +31,7 @@ from kgengine.farm.poolfiles import POOL_X2
 from kgengine.farm.runner import run_farm
 from kgengine.kernel import analytic_x4, gaussian_kernel
 from kgengine.pool import load_pool
+from kgengine.stopping import stop_rule_of, stop_setting
 
 DATA = Path(__file__).resolve().parents[1] / "kgengine" / "data" / "sample_hr.png"
 BOXES = [(0, 0, 96, 96), (100, 100, 196, 200), (200, 0, 300, 96), (0, 200, 100, 296),
@@ -66,15 +67,15 @@ def error_lines(output: str) -> list[str]:
 
 
 def fake_estimate_kernel(image, *, seed=0, x4=False, device="auto", config=None,
-                         mode="composed", callback=None, restarts=1, **_):
+                         mode="composed", callback=None, restarts=1, stop="auto", **_):
     """Stands in for :func:`kgengine.api.estimate_kernel`: a Gaussian whose width depends on
-    the seed, with a report holding what resume compares (seed, iters, config, mode)."""
+    the seed, with a report holding what resume compares (seed, iters, config, mode, stop)."""
     k2 = gaussian_kernel(13, 1.0 + (seed % 7) / 10)
     k4 = analytic_x4(k2) if x4 else None
     report = {"seed": seed, "iters": config.iters, "config": config.to_dict(), "mode": mode,
               "kernel_x4": None if k4 is None else {"size": list(k4.shape)},
               "restarts": {"k": restarts} if restarts > 1 else None,
-              "wall_s": 0.0, "ms_per_iter": 0.0}
+              "wall_s": 0.0, "ms_per_iter": 0.0, "stop": stop_setting(stop_rule_of(stop))}
     return EstimateResult("x", k2, k4, report, [np.zeros((1, 1, 1, 1))] * 6, k2)
 
 

@@ -268,7 +268,7 @@ def test_pool_info_and_plot_on_a_malformed_pool(tmp_path, kind):
 def test_eval_exits_1_when_an_image_was_skipped(dataset, tmp_path, monkeypatch):
     import kgengine.accuracy.job as job
 
-    def estimator(path, *, x4, iters, seed, device, config):
+    def estimator(path, *, x4, iters, seed, device, config, stop="auto"):  # as KernelGAN
         if "im_2" in path:
             raise RuntimeError("estimator broke")
         return fake_estimate_kernel(path, seed=seed, config=config)

@@ -95,3 +95,65 @@ def test_cli_stop_option(tmp_path):
                                 mode="composed", stop={"tol": 1e-3})
     assert stored_settings({"seed": 0, "iters": 10, "config": {}, "mode": "composed"})["stop"] \
         != wanted["stop"]
+
+
+def test_auto_is_the_default_everywhere(tmp_path):
+    """Since 0.9.12 one run stops by the ``auto`` rule unless told ``full``: the API, the
+    ``estimate`` command, a new farm pool and the ``eval`` command; a pool made before
+    ``stop`` was stored keeps "full", and an estimator that takes ``stop`` is told "full"
+    when the job asks for it."""
+    import inspect
+    import json
+
+    from typer.testing import CliRunner
+
+    from kgengine.accuracy import EvalSettings
+    from kgengine.accuracy.estimators import per_image
+    from kgengine.cli import app
+    from kgengine.commands.eval import eval_command
+    from kgengine.farm.settings import resolve_settings
+    from kgengine.stopping import stop_setting
+
+    auto = stop_setting(StopRule())
+    assert inspect.signature(estimate_kernels).parameters["stop"].default == "auto"
+    assert resolve_settings(None).stop == auto
+    old = resolve_settings(None).to_dict()
+    del old["stop"]  # a pool made before --stop existed trained every iteration
+    assert resolve_settings(old).stop == "full"
+    # eval's settings take any estimator (one without early stopping too): "full"; the
+    # command, which runs KernelGAN, says "auto"
+    assert EvalSettings().stop == "full"
+    assert inspect.signature(eval_command).parameters["stop"].default == "auto"
+    seen: list = []
+
+    def one(path, *, x4, iters, seed, device, config, stop="auto"):
+        seen.append(stop)
+        raise RuntimeError("only the arguments matter here")
+
+    for stop in ("full", "auto"):
+        per_image(one)([("a.png", 0)], x4=False, iters=3, device="cpu",
+                       config=KernelGANConfig(), stop=stop)
+    assert seen == ["full", "auto"]
+    # the command's report records the rule it stopped by (a short run: not before 1500)
+    sample = str(Path(__file__).resolve().parents[1] / "kgengine" / "data" / "sample_lr.png")
+    res = CliRunner().invoke(app, ["estimate", sample, "-o", str(tmp_path), "--iters", "20"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "sample_lr_report.json").read_text())
+    assert report["stop"] == auto and report["iters_used"] == 20
+
+
+def test_a_stopped_batch_ends_its_progress_bar_where_it_stopped():
+    from io import StringIO
+
+    from rich.console import Console
+
+    from kgengine.progress import progress_hooks
+
+    console = Console(file=StringIO(), width=120)
+    with progress_hooks("images", console) as hooks:
+        hooks.total(1)
+        hooks.batch_started(["a.png"], 3000)
+        hooks.batch_progress(2300)  # the stop rule ended the training here
+        hooks.item_finished("a.png", "done", "")
+    text = console.file.getvalue()
+    assert "2300/2300" in text and "2300/3000" not in text.splitlines()[-1]

@@ -20,6 +20,7 @@ the job also looks for ``report["confidence"]``).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -75,9 +76,9 @@ class BatchEstimator(Protocol):
 class ImageEstimator(Protocol):
     """A one-image estimator: the signature of :func:`kgengine.api.estimate_kernel`.
 
-    It is also given ``restarts=K`` when K > 1 and ``stop`` when not "full"
-    (:func:`kgengine.api.estimate_kernel` takes both); an estimator without them need not
-    accept them.
+    It is also given ``restarts=K`` when K > 1 and ``stop`` when not "full", or when it takes
+    a ``stop`` argument (:func:`kgengine.api.estimate_kernel` takes both, and its own default
+    is "auto"); an estimator without them need not accept them.
     """
 
     def __call__(
@@ -90,8 +91,10 @@ def per_image(estimate: ImageEstimator) -> BatchEstimator:
     """Adapt a one-image estimator to :class:`BatchEstimator`: one call per job, in order.
 
     An exception of one call becomes that job's entry; the progress callback is not used;
-    ``restarts`` is passed on only when it is not 1, ``stop`` only when not "full".
+    ``restarts`` is passed on only when it is not 1, ``stop`` when not "full" or when the
+    estimator takes a ``stop`` argument (whose default may be another).
     """
+    takes_stop = "stop" in inspect.signature(estimate).parameters
 
     def estimate_chunk(
         jobs: Sequence[Job],
@@ -106,7 +109,7 @@ def per_image(estimate: ImageEstimator) -> BatchEstimator:
     ) -> list[KernelResult | Exception]:
         out: list[KernelResult | Exception] = []
         extra: dict = {} if restarts == 1 else {"restarts": restarts}
-        if stop != "full":
+        if stop != "full" or takes_stop:
             extra["stop"] = stop
         for path, seed in jobs:
             try:
@@ -133,7 +136,9 @@ def kernelgan_estimator(
     """KernelGAN on a chunk of jobs, trained together (:func:`kgengine.api.estimate_kernels`).
 
     With ``restarts = K`` every job trains K seeds in the same batch, combined into one
-    kernel; ``stop="auto"`` stops each training once its kernel stopped changing. A diverged
+    kernel; ``stop="auto"`` stops each training once its kernel stopped changing (the
+    default here is "full": :func:`kgengine.accuracy.run_eval` passes ``stop`` only when it
+    is not "full", and its own default is "auto"). A diverged
     job's entry (every restart diverged) is its :class:`~kgengine.errors.TrainingDivergedError`.
 
     Raises:

@@ -67,7 +67,9 @@ class EvalSettings:
         restarts: trainings per run (K ≥ 1), combined into its kernel with a confidence.
         stop: "full" (every iteration) or "auto" (stop each training once its kernel stopped
             changing, :class:`kgengine.stopping.StopRule`); passed to the estimator only when
-            not "full".
+            not "full", so an estimator without early stopping works unchanged (the default
+            here; ``kgengine eval``, which runs KernelGAN, defaults to "auto" since 0.9.12, as
+            ``estimate`` does).
     """
 
     scale: int = 2

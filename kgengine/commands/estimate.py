@@ -56,9 +56,10 @@ def estimate(
                                "report keeps their agreement).")
     ] = 1,
     stop: Annotated[
-        str, typer.Option(help="full (every iteration) or auto (stop once the kernel stopped "
-                               "changing; see the README for what it was measured to cost).")
-    ] = "full",
+        str, typer.Option(help="auto (the default since 0.9.12: stop once the kernel stopped "
+                               "changing, measured to cost no accuracy, see the README) or "
+                               "full (every iteration).")
+    ] = "auto",
     force: Annotated[bool, typer.Option(help="Redo images whose outputs already exist.")] = False,
     threads: Annotated[
         int, typer.Option(help="CPU threads for torch (0 = torch's default, capped at the idle "
@@ -98,7 +99,7 @@ def estimate(
 def _estimate(
     images: list[Path], out: Path, *, x4: bool, iters: int | None, seed: int, device: str,
     mode: str, authors_defects: bool, overrides: list[str], force: bool, restarts: int = 1,
-    fix_defects: bool = False, stop: str = "full",
+    fix_defects: bool = False, stop: str = "auto",
 ) -> int:
     from kgengine.api import resolve_device
     from kgengine.outputs import requested_settings

@@ -60,8 +60,8 @@ Batch = Annotated[
 Stop = Annotated[
     str,
     typer.Option(
-        help="full (every iteration) or auto (stop each training once its kernel stopped "
-        "changing); measure --stop auto on your own data before using it in a farm."
+        help="auto (the default since 0.9.12: stop each training once its kernel stopped "
+        "changing) or full (every iteration); compare the two on your own data."
     ),
 ]
 Restarts = Annotated[
@@ -130,7 +130,7 @@ def eval_command(
     fix_defects: FixDefects = False,
     batch: Batch = 1,
     restarts: Restarts = 1,
-    stop: Stop = "full",
+    stop: Stop = "auto",
 ) -> None:
     """Estimate every LR image of a DIV2KRK-layout folder and score the kernels.
 

@@ -50,9 +50,9 @@ Restarts = Annotated[int | None, typer.Option(
     "--restarts", help="Train each image K times (in the same batch) and combine them into one "
                        "kernel. Default: 1 / the pool's setting.")]
 Stop = Annotated[str | None, typer.Option(
-    "--stop", help="full (every iteration) or auto (stop an image once its kernel stopped "
-                   "changing; ~40% fewer iterations at the same accuracy, measured). "
-                   "Default: full / the pool's setting.")]
+    "--stop", help="auto (stop an image once its kernel stopped changing; fewer iterations "
+                   "at the same accuracy, measured) or full (every iteration). Default: auto "
+                   "for a new pool (since 0.9.12) / the pool's setting.")]
 Overrides = Annotated[list[str] | None, typer.Option(
     "--set", help="Config override key=value (repeatable), e.g. --set lr_g=1e-4.")]
 Recursive = Annotated[bool, typer.Option(

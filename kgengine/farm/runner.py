@@ -86,9 +86,9 @@ def run_farm(
             each image's confidence (the restarts' agreement) goes into the manifest, its
             report and the pool. A job setting like the above (default 1; an older pool
             without it has 1).
-        stop: "full" (every iteration) or "auto" (stop an image once its kernel stopped
-            changing, :class:`kgengine.stopping.StopRule`); a job setting (default "full";
-            an older pool without it has "full").
+        stop: "auto" (stop an image once its kernel stopped changing,
+            :class:`kgengine.stopping.StopRule`) or "full" (every iteration); a job setting
+            (a new pool's default is "auto" since 0.9.12; an older pool without it has "full").
         device: "auto", "cpu", "cuda" or "cuda:N" (for Ray: what each task uses).
         recursive: descend into sub-folders of folder INPUTs.
         retry_failed: put the pool's failed images back in the queue first.

@@ -2,7 +2,8 @@
 
 What a pool's kernels depend on (job seed, x4, dtype, mode, restarts, the stop rule and the
 full training config) is stored as JSON in the manifest; settings stored before ``restarts``
-or ``stop`` existed read as ``restarts = 1`` and ``stop = "full"``. A later run takes the
+or ``stop`` existed read as ``restarts = 1`` and ``stop = "full"``; a new pool stops each
+image by the ``auto`` rule unless told ``full`` (since 0.9.12). A later run takes the
 stored value of every option it does not give and refuses one that differs (results would
 mix): :func:`resolve_settings`.
 """
@@ -17,7 +18,7 @@ import torch
 
 from kgengine.config import KernelGANConfig
 from kgengine.errors import KGEngineError
-from kgengine.stopping import stop_rule_of, stop_setting
+from kgengine.stopping import StopRule, stop_rule_of, stop_setting
 
 #: Training precisions a pool may use.
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -36,8 +37,9 @@ class FarmSettings:
     config: KernelGANConfig = field(default_factory=KernelGANConfig)
     #: trainings per image combined into its kernel (:func:`kgengine.api.estimate_kernels`)
     restarts: int = 1
-    #: "full" (every iteration) or a stop rule's fields (:func:`kgengine.stopping.stop_setting`)
-    stop: Any = "full"
+    #: "full" (every iteration) or a stop rule's fields (:func:`kgengine.stopping.stop_setting`);
+    #: a new pool's default is the ``auto`` rule's (since 0.9.12)
+    stop: Any = field(default_factory=lambda: stop_setting(StopRule()))
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as stored in the manifest (plain JSON values, tuples as lists)."""
