@@ -209,8 +209,9 @@ def groups(workers: int = 2) -> list[tuple[str, list[dict]]]:
     return out
 
 
-def _pm(d: np.ndarray) -> str:
-    return f"{d.mean():+.2f} ± {d.std(ddof=1) / np.sqrt(len(d)):.2f}"
+def _pm(d: np.ndarray, digits: int = 2) -> str:
+    """Mean ± its standard error, with ``digits`` decimals."""
+    return f"{d.mean():+.{digits}f} ± {d.std(ddof=1) / np.sqrt(len(d)):.{digits}f}"
 
 
 def _seed_sd(runs: list[dict], values: np.ndarray) -> float:

@@ -52,6 +52,7 @@ from kgengine.sysinfo import machine_line
 from kgengine.trainer import BatchTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import study_release as sr  # noqa: E402
 import study_restart_cleanup as rc  # noqa: E402
 import study_sharp as sh  # noqa: E402
 import study_width as sw  # noqa: E402
@@ -208,18 +209,6 @@ def check_raw() -> tuple[int, float]:
     return n, worst
 
 
-def _pm(d: np.ndarray) -> str:
-    return f"{d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f}"
-
-
-def _seed_sd(rows: list[dict], rule: str) -> float | None:
-    by: dict[str, list[float]] = {}
-    for r in rows:
-        by.setdefault(r["image"], []).append(r["psnr"][rule])
-    sds = [np.std(v) for v in by.values() if len(v) > 1]
-    return float(np.mean(sds)) if sds else None
-
-
 def tables(rows: list[dict]) -> list[str]:
     groups = [(f"{s} x{sc}", [r for r in rows if (r["set"], r["scale"]) == (s, sc)])
               for s in SETS for sc in (2, 4)]
@@ -234,7 +223,7 @@ def tables(rows: list[dict]) -> list[str]:
         for _, g in groups:
             d = np.array([r["psnr"][rule] - r["psnr"]["full"] for r in g])
             t = np.mean([r["t"][rule] for r in g])
-            cells.append(f"{_pm(d)}, worst {d.min():+.2f}, {t:.0f} it")
+            cells.append(f"{sr._pm(d, 3)}, worst {d.min():+.2f}, {t:.0f} it")
         name = f"**{rule} (`auto`)**" if rule == SHIPPED else rule
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "## The shipped rule (`auto`) against full runs", "",
@@ -249,8 +238,9 @@ def tables(rows: list[dict]) -> list[str]:
         auto = np.array([r["psnr"][SHIPPED] for r in g])
         iso = np.array([r["iso"] for r in g])
         t = np.mean([r["t"][SHIPPED] for r in g])
-        sd_f, sd_a = _seed_sd(g, "full"), _seed_sd(g, SHIPPED)
-        sd = "–" if sd_f is None else f"{sd_f:.2f} → {sd_a:.2f}"
+        sd = "–"  # the check set has one seed
+        if g[0]["set"] != "check":
+            sd = f"{sr._seed_sd(g, full):.2f} → {sr._seed_sd(g, auto):.2f}"
         rho = []
         for rule in ("full", SHIPPED):
             c = np.array([np.nan if r["conf"][rule] is None else r["conf"][rule] for r in g])
@@ -258,7 +248,7 @@ def tables(rows: list[dict]) -> list[str]:
             ok = np.isfinite(c)
             rho.append(f"{spearmanr(c[ok], p[ok])[0]:+.2f}")
         lines.append(f"| {label} | {len(g)} | {full.mean():.2f} | {auto.mean():.2f} | "
-                     f"{_pm(auto - full)} | {(auto - full).min():+.2f} | "
+                     f"{sr._pm(auto - full, 3)} | {(auto - full).min():+.2f} | "
                      f"{int((auto - full < -0.5).sum())} | {t:.0f} ({1 - t / 3000:.0%}) | "
                      f"{int((full < iso).sum())} → {int((auto < iso).sum())} | {sd} | "
                      f"{rho[0]} → {rho[1]} |")
