@@ -1,7 +1,8 @@
 """Benchmark: a farm with ``--stop auto`` (the default since 0.9.12) against ``--stop full``.
 
-In a batch a stopped image keeps its kernel but the batch trains until its last image
-stopped, so a farm saves less than one image does. This bench times the real farm
+0.9.12 kept a stopped image in its batch until the batch's last image stopped, so a farm
+saved less than one image does; since 0.9.13 a stopped image leaves the batch
+(``kgengine.batch_rows.drop``). This bench times the real farm
 (:func:`kgengine.farm.runner.run_farm`, 3000 iterations) on the development set's first
 ``--images`` x2 LR images, ``--batch`` at a time, once with each setting (in that order,
 fresh pool folders, one process), and scores both pools against the true kernels (aligned

@@ -22,8 +22,15 @@ in ``bench/data/shapes_kernels.json`` (resumable). Scored from them (aligned ker
 ``bench/study_contribution.py`` (λ = 0), the spectrum's Gaussian alone, the isotropic σ = 1.3
 Gaussian.
 
-Run: ``python bench/study_shapes.py --train`` (about 8 min), then ``python
-bench/study_shapes.py`` -> ``bench/data/shapes_study.md``.
+``--stop auto`` (0.9.12's default, measured on Gaussian kernels only in
+``bench/study_stop.py``) on these shapes: ``--train-auto`` trains the same runs again with
+the default :class:`~kgengine.stopping.StopRule` (raw kernels and the iteration each stopped
+at in ``bench/data/shapes_kernels_auto.json``), and the report compares the kernel that
+``estimate`` saves today (the API's own post-processing, :func:`kgengine.api._image_result`)
+after a full run and after the stopped one.
+
+Run: ``python bench/study_shapes.py --train`` (about 8 min), ``--train-auto`` (about 6 min),
+then ``python bench/study_shapes.py`` -> ``bench/data/shapes_study.md``.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ from devset import HR_DIR  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 STORE = DATA / "shapes_kernels.json"
+STORE_AUTO = DATA / "shapes_kernels_auto.json"
 OUT = DATA / "shapes_study.md"
 SHAPES = ("disc", "motion", "halo")
 SIZE, OVERSAMPLE, CROP = 13, 8, 512
@@ -96,24 +104,31 @@ def lr_image(shape: str, index: int, path: Path) -> np.ndarray:
     return (np.round(np.clip(lr, 0, 1) * 255) / 255).astype(np.float32)
 
 
-def train(batch: int = 8) -> None:
-    """One run (seed 0) of every (shape, image) not stored yet, ``batch`` at a time."""
+def train(batch: int = 8, stop: str = "full") -> None:
+    """One run (seed 0) of every (shape, image) not stored yet, ``batch`` at a time, with
+    every iteration (:data:`STORE`) or stopped by the default rule (:data:`STORE_AUTO`:
+    the raw kernel and the iteration it comes from)."""
     from kgengine.api import estimate_kernels
 
-    store = json.loads(STORE.read_text()) if STORE.exists() else {"runs": {}}
+    path = STORE if stop == "full" else STORE_AUTO
+    store = json.loads(path.read_text()) if path.exists() else {"runs": {}}
     todo = [(s, i, p) for s in SHAPES for i, p in enumerate(images())
             if f"{s}/{p.stem}" not in store["runs"]]
     for start in range(0, len(todo), batch):
         chunk = todo[start : start + batch]
         res = estimate_kernels([lr_image(s, i, p) for s, i, p in chunk], seeds=[0] * len(chunk),
                                names=[f"{s}_{p.stem}" for s, _, p in chunk], device="cpu",
-                               on_diverge="return")
+                               on_diverge="return", stop=stop)
         for (s, _, p), r in zip(chunk, res, strict=True):
-            store["runs"][f"{s}/{p.stem}"] = (None if isinstance(r, Exception)
-                                              else np.round(r.raw_kernel, 12).tolist())
+            raw = None if isinstance(r, Exception) else np.round(r.raw_kernel, 12).tolist()
+            store["runs"][f"{s}/{p.stem}"] = (raw if stop == "full" or raw is None else
+                                              {"raw": raw, "iters_used": r.report["iters_used"]})
         store["note"] = ("raw KernelGAN kernels (one run, seed 0, 3000 iterations) of "
-                         "bench/study_shapes.py's images")
-        save_json(STORE, store)
+                         "bench/study_shapes.py's images" if stop == "full" else
+                         "raw KernelGAN kernels (one run, seed 0, stopped by the default "
+                         "--stop auto rule) of bench/study_shapes.py's images, with the "
+                         "iteration each comes from")
+        save_json(path, store)
         print(f"{len(store['runs'])} of {len(SHAPES) * len(images())} stored", flush=True)
 
 
@@ -138,6 +153,48 @@ def kernels_of(raw: np.ndarray, lr: np.ndarray) -> dict[str, np.ndarray]:
             "free": mix_covariance(calibrate_width(gray, iso, 2, 0.0).kernel, cov,
                                    cfg.spectral_mix)[0],
             "g": gaussian_of(cov) if cov is not None else iso, "iso": iso}
+
+
+def saved_kernel(raw: np.ndarray, lr: np.ndarray, iters: int) -> np.ndarray:
+    """The x2 kernel ``estimate`` saves (the API's post-processing) from a raw kernel."""
+    import torch
+
+    from kgengine.api import _Final, _image_result
+
+    final = _Final(raw[None], np.array([True]), [{}], [0], [[torch.zeros(1)]], [iters])
+    return _image_result(final, [0], "image", lr, 0, {}, False, KernelGANConfig(),
+                         "mean").kernel_x2
+
+
+def stop_table() -> list[str]:
+    """``--stop auto`` against full runs on the saved kernel, per shape (empty without
+    :data:`STORE_AUTO`)."""
+    if not STORE_AUTO.exists():
+        return []
+    full, auto = (json.loads(p.read_text())["runs"] for p in (STORE, STORE_AUTO))
+    lines = ["| kernel | images | full | auto | auto − full (± SE) | worst image | "
+             "mean iterations used |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for shape in SHAPES:
+        a, b, used = [], [], []
+        for i, p in enumerate(images()):
+            key = f"{shape}/{p.stem}"
+            if full.get(key) is None or auto.get(key) is None:
+                continue
+            truth, lr = shape_kernel(shape, i), lr_image(shape, i, p)
+            a.append(rc._psnr(saved_kernel(np.asarray(full[key]), lr, 3000), truth, 2))
+            t = auto[key]["iters_used"]
+            b.append(rc._psnr(saved_kernel(np.asarray(auto[key]["raw"]), lr, t), truth, 2))
+            used.append(t)
+        d = np.array(b) - np.array(a)
+        lines.append(f"| {shape} | {len(d)} | {np.mean(a):.2f} | {np.mean(b):.2f} | "
+                     f"{d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f} | "
+                     f"{d.min():+.2f} | {np.mean(used):.0f} ({1 - np.mean(used) / 3000:.0%} "
+                     "saved) |")
+    return ["", "## `--stop auto` on these shapes", "",
+            "`python bench/study_shapes.py --train-auto`, then the report. The kernel "
+            "`estimate` saves (0.9.12's post-processing) after a full run (3000 iterations) "
+            "and after a run stopped by the default rule (tol 5e-3, patience 2, not before "
+            "1500), same image and seed; aligned kernel PSNR (17×17 canvas).", "", *lines]
 
 
 def report() -> str:
@@ -177,15 +234,18 @@ def report() -> str:
         "kernel PSNR (17×17 canvas) over the images, one run (seed 0) each; in brackets the "
         "paired difference from 0.9.6/0.9.7's kernel ± SE. The last column: Spearman ρ of "
         "0.9.7's confidence with the shipped kernel's PSNR over the shape's images (on motion "
-        "segments its elongation term ranks the runs backwards).", "", *lines, ""])
+        "segments its elongation term ranks the runs backwards).", "", *lines, *stop_table(),
+        ""])
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--train", action="store_true", help="train the runs not stored yet")
+    p.add_argument("--train-auto", action="store_true",
+                   help="train them again, stopped by the default --stop auto rule")
     a = p.parse_args(argv)
-    if a.train:
-        train()
+    if a.train or a.train_auto:
+        train(stop="auto" if a.train_auto else "full")
         return 0
     text = report()
     save_text(OUT, text)

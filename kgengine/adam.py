@@ -74,6 +74,13 @@ class FlatAdam:
         self._arrays = ((param.detach().numpy(), self.m.numpy(), self.v.numpy())
                         if compiled else None)
 
+    def rebind(self, param: torch.Tensor, m: torch.Tensor, v: torch.Tensor) -> None:
+        """Go on with a new parameter buffer and its moments (the trainer's batch lost
+        images: :meth:`kgengine.trainer.BatchTrainer._drop`); ``t`` and ``lr`` stay."""
+        self.param, self.m, self.v = param, m, v
+        if self.compiled:
+            self._arrays = (param.detach().numpy(), m.numpy(), v.numpy())
+
     @property
     def lr(self) -> float:
         """The learning rate (setting it also sets the device copy, ``on_device``)."""

@@ -218,7 +218,7 @@ def estimate_kernels(
            "ms_per_iter": 1000.0 * train_s / max(trainer.iteration, 1), "config": cfg.to_dict(),
            "stop": stop_setting(stop_rule), "cuda_graph": trainer.graph_status,
            "environment": machine_info(str(dev))}
-    final = _Final(trainer.final_kernels(), trainer.finite.cpu().numpy(),
+    final = _Final(trainer.final_kernels(), trainer.final_finite(),
                    trainer.final_losses(), run_seeds, trainer.final_weights(),
                    trainer.iters_used)
     out = []

@@ -96,14 +96,20 @@ class StopTracker:
         self.streak = np.zeros(b, np.int64)
         self.stopped_at = np.zeros(b, np.int64)  # 0 = still training
 
-    def check(self, done: int, kernels: np.ndarray) -> np.ndarray:
-        """Record the kernels (B, K, K) after ``done`` iterations; returns the images that
-        stop now (bool (B,))."""
+    def check(self, done: int, kernels: np.ndarray, rows: np.ndarray | None = None
+              ) -> np.ndarray:
+        """Record the kernels (R, K, K) of images ``rows`` (R,) (default: all B) after
+        ``done`` iterations; returns the images that stop now (bool (B,)). Images left out
+        keep their state (the trainer leaves out those that stopped)."""
+        rows = np.arange(len(self.streak)) if rows is None else np.asarray(rows)
         if self.prev is not None:
-            below = kernel_change(kernels, self.prev) < self.rule.tol
-            self.streak = np.where(below, self.streak + 1, 0)
-        self.prev = kernels
-        now = (self.stopped_at == 0) & (self.streak >= self.rule.patience)
+            below = kernel_change(kernels, self.prev[rows]) < self.rule.tol
+            self.streak[rows] = np.where(below, self.streak[rows] + 1, 0)
+        else:
+            self.prev = np.zeros((len(self.streak), *kernels.shape[1:]), kernels.dtype)
+        self.prev[rows] = kernels
+        now = np.zeros(len(self.streak), bool)
+        now[rows] = (self.stopped_at[rows] == 0) & (self.streak[rows] >= self.rule.patience)
         now &= done >= self.rule.min_iters
         self.stopped_at[now] = done
         return now

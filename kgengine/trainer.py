@@ -20,12 +20,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from kgengine import batch_rows, graph_step, lean_step, priors
 from kgengine import discriminator as D
 from kgengine import generator as G
-from kgengine import graph_step, lean_step, priors
 from kgengine.adam import FlatAdam
 from kgengine.compiled import compiled_on, compose_for, discriminator_for, priors_for
 from kgengine.config import KernelGANConfig
+from kgengine.flatbuf import flat_grad, flatten
 from kgengine.ops._spec import PatchBatch
 from kgengine.ops.backend import resolve, serial_ops
 from kgengine.ops.rng import STREAM_G_NOISE, box_muller, normal
@@ -94,8 +95,8 @@ class BatchTrainer:
         g_stacked = [torch.stack([w[i] for w in g_w]) for i in range(len(g_w[0]))]
         d_stacked = {key: torch.stack([p[key] for p in d_p]) for key in d_p[0]}
         # one flat buffer per network (for a few-op Adam); the autograd leaves are views of it
-        self.g_flat, self.g_weights = _flatten(g_stacked, dev)
-        self.d_flat, self._d_leaves = _flatten([d_stacked[k] for k in D.TRAINABLE], dev)
+        self.g_flat, self.g_weights = flatten(g_stacked, dev)
+        self.d_flat, self._d_leaves = flatten([d_stacked[k] for k in D.TRAINABLE], dev)
         self.d_state = {k: v.to(**dev) for k, v in d_stacked.items() if k not in D.TRAINABLE}
         adam = {"betas": (cfg.beta1, cfg.beta2), "compiled": self.compiled and graph == "off",
                 "on_device": graph != "off"}
@@ -112,8 +113,11 @@ class BatchTrainer:
         self._host = self.device.type == "cpu"  # flags read on the host cost no sync here
         self.last: dict[str, torch.Tensor] = {}
         self.iteration = 0
-        # images stopped by a stop rule: b -> (iteration, raw kernel, G weights, losses)
-        self._frozen: dict[int, tuple[int, np.ndarray, list[torch.Tensor], dict]] = {}
+        # images stopped by a stop rule: b -> (iteration, raw kernel, G weights, losses, finite);
+        # b counts the images as given, and ``rows`` says which of them the batch still trains
+        self._frozen: dict[int, tuple[int, np.ndarray, list[torch.Tensor], dict, bool]] = {}
+        self.n_images = b
+        self.rows = np.arange(b)
 
     def _init_lean(self, mode: str) -> None:
         """Whether the step runs the compiled passes without autograd (kgengine.lean_step:
@@ -121,6 +125,10 @@ class BatchTrainer:
         self._lean = (mode == "composed" and self.compiled
                       and self._downscale.__module__ == "kgengine.ops._numba_cpu"
                       and self._add_priors.__module__ == "kgengine.priors_numba")
+        self._reset_lean()
+
+    def _reset_lean(self) -> None:
+        """The lean step's caches, empty (made for a batch on first use)."""
         self._lean_kernel: tuple[int, tuple | None] = (-1, None)
         self._lean_arrays: tuple[list, list] | None = None
         self._lean_grads: tuple | None = None
@@ -211,7 +219,7 @@ class BatchTrainer:
         l_gan = priors.gan_loss(d_fake, real=True)
         inputs = priors.PriorInputs(k, g_in, g_out, self.mask, self.centre, cfg)
         l_g, terms = self._add_priors(l_gan, inputs, self.lam)
-        self.opt_g.step(_flat_grad(l_g.sum(), self.g_weights))
+        self.opt_g.step(flat_grad(l_g.sum(), self.g_weights))
         return l_gan, l_g, terms
 
     def _d_step(self, g_in: torch.Tensor, d_in: torch.Tensor, noise: torch.Tensor
@@ -224,7 +232,7 @@ class BatchTrainer:
             g_out2 = g_out2 + noise.reshape(g_out2.shape)
         d_maps = self._d_forward(torch.stack([d_in, g_out2]), self.d_params)
         l_d = 0.5 * (priors.gan_loss(d_maps[0], real=True) + priors.gan_loss(d_maps[1], real=False))
-        self.opt_d.step(_flat_grad(l_d.sum(), self._d_leaves))
+        self.opt_d.step(flat_grad(l_d.sum(), self._d_leaves))
         return l_d, k
 
     def _g_noise(self, it: int, chunk: int = 100) -> torch.Tensor:
@@ -295,7 +303,9 @@ class BatchTrainer:
         """Run ``iters`` iterations; ``callback(done)`` every ``every``. Returns wall seconds.
 
         With a ``stop`` rule, an image whose kernel stopped changing keeps its kernel, G and
-        losses of that moment (:attr:`iters_used`); the loop ends when every image stopped.
+        losses of that moment (:attr:`iters_used`) and leaves the batch
+        (:func:`kgengine.batch_rows.drop`); the
+        loop ends when every image stopped.
         """
         t0 = time.perf_counter()
         tracker = StopTracker(stop, self.b) if stop is not None else None
@@ -321,9 +331,12 @@ class BatchTrainer:
                 callback(i + 1)
             if tracker is not None and (i + 1) % stop.every == 0:
                 kernels = self._current_kernels()
-                self._freeze(tracker.check(self.iteration, kernels), kernels)
+                now = tracker.check(self.iteration, kernels, self.rows)
+                self._freeze(now, kernels)
                 if (tracker.stopped_at > 0).all():
                     break
+                if now.any():
+                    batch_rows.drop(self, now[self.rows])
 
     @property
     def graph_status(self) -> str:
@@ -334,60 +347,51 @@ class BatchTrainer:
     @property
     def iters_used(self) -> list[int]:
         """Per image: the iteration its result comes from (stopped early, or the last)."""
-        return [self._frozen[b][0] if b in self._frozen else self.iteration for b in range(self.b)]
+        return self._per_image([self.iteration] * self.b, 0)
 
     def _current_kernels(self) -> np.ndarray:
+        """The composed kernels of the images still in the batch (:attr:`rows`), (B, K, K)."""
         with torch.no_grad():
             return G.compose_kernel([w.detach().double() for w in self.g_weights]).cpu().numpy()
 
     def _freeze(self, now: np.ndarray, kernels: np.ndarray) -> None:
-        """Keep the current ``kernels`` (B, K, K), G weights and losses of the images in
-        ``now`` (B,) bool."""
-        if not now.any():
+        """Keep the kernel, G weights, losses and finite flag of the images in ``now``
+        (n_images,) bool, from ``kernels`` (B, K, K) of the batch's :attr:`rows`."""
+        at = np.flatnonzero(now[self.rows])
+        if not at.size:
             return
-        losses = self._losses()
-        for b in np.flatnonzero(now):
-            weights = [w[b].detach().clone() for w in self.g_weights]
-            self._frozen[int(b)] = (self.iteration, kernels[b], weights, losses[b])
+        losses, finite = self._losses(), self.finite.cpu().numpy()
+        for r in at:
+            weights = [w[r].detach().clone() for w in self.g_weights]
+            self._frozen[int(self.rows[r])] = (self.iteration, kernels[r], weights, losses[r],
+                                               bool(finite[r]))
+
+    def _per_image(self, current: list, field: int) -> list:
+        """Per image as given: ``current[r]`` for the image in batch row r, else the item
+        ``field`` of its record in ``_frozen``."""
+        at = {int(b): r for r, b in enumerate(self.rows)}
+        return [self._frozen[b][field] if b in self._frozen else current[at[b]]
+                for b in range(self.n_images)]
 
     def final_kernels(self) -> np.ndarray:
         """The raw composed kernels of the final G (after its last update, or of the moment
-        an image stopped), (B, K, K) float64."""
-        kernels = self._current_kernels()
-        for b, (_, k, _, _) in self._frozen.items():
-            kernels[b] = k
-        return kernels
+        an image stopped), (n_images, K, K) float64."""
+        return np.stack(self._per_image(list(self._current_kernels()), 1))
 
     def final_weights(self) -> list[list[torch.Tensor]]:
         """Per image, G's weights (out, in, k, k) of its result (see :meth:`final_kernels`)."""
-        return [self._frozen[b][2] if b in self._frozen else [w[b].detach() for w in self.g_weights]
-                for b in range(self.b)]
+        return self._per_image([[w[r].detach() for w in self.g_weights] for r in range(self.b)],
+                               2)
 
     def final_losses(self) -> list[dict[str, float]]:
         """The loss terms of each image's last (or stopping) iteration, one dict per image."""
-        losses = self._losses()
-        return [self._frozen[b][3] if b in self._frozen else losses[b] for b in range(self.b)]
+        return self._per_image(self._losses(), 3)
+
+    def final_finite(self) -> np.ndarray:
+        """Per image (n_images,) bool: its losses stayed finite up to its result."""
+        return np.array(self._per_image([bool(f) for f in self.finite.cpu().numpy()], 4))
 
     def _losses(self) -> list[dict[str, float]]:
+        """The last iteration's losses of the batch's rows, one dict per row."""
         vals = {k: v.detach().double().cpu().numpy() for k, v in self.last.items()}
         return [{k: float(v[i]) for k, v in vals.items()} for i in range(self.b)]
-
-
-def _flatten(tensors: list[torch.Tensor], dev: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """One flat buffer holding ``tensors``, and autograd leaves that are views of it.
-
-    Updating the buffer in place (the optimiser) updates the leaves; gradients w.r.t. the
-    leaves are concatenated back in the same order by :func:`_flat_grad`.
-    """
-    flat = torch.cat([t.reshape(-1) for t in tensors]).to(**dev)
-    leaves, start = [], 0
-    for t in tensors:
-        n = t.numel()
-        leaves.append(flat[start : start + n].view(t.shape).requires_grad_())
-        start += n
-    return flat, leaves
-
-
-def _flat_grad(loss: torch.Tensor, leaves: list[torch.Tensor]) -> torch.Tensor:
-    """d loss / d leaves, concatenated into one flat tensor (the buffer's layout)."""
-    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, leaves)])

@@ -42,6 +42,7 @@ LAYERS: dict[str, int] = {
     "kgengine.priors": 2,
     "kgengine.probmap": 2,
     "kgengine.adam": 2,
+    "kgengine.flatbuf": 2,
     "kgengine.metrics": 2,
     "kgengine.consensus": 2,
     "kgengine.width": 2,
@@ -53,6 +54,7 @@ LAYERS: dict[str, int] = {
     "kgengine.trainer": 3,
     "kgengine.lean_step": 3,
     "kgengine.graph_step": 3,
+    "kgengine.batch_rows": 3,
     "kgengine.prepare": 3,
     # 4 estimation API, outputs, pools, plots, exports, runtime providers
     "kgengine.api": 4,

@@ -43,6 +43,15 @@ def test_tracker_agrees_with_stop_iteration():
     iters = [100 * (t + 1) for t in range(12)]
     expect = [stop_iteration(iters, deltas[b], rule, 0) for b in range(4)]
     assert list(tracker.stopped_at) == expect and len(set(expect)) > 1
+    # the trainer shows it only the images still training (the others left the batch)
+    partial = StopTracker(rule, 4)
+    for t in range(12):
+        rows = np.flatnonzero(partial.stopped_at == 0)
+        if not rows.size:
+            break
+        now = partial.check(100 * (t + 1), walks[rows, t], rows)
+        assert not now[partial.stopped_at != 100 * (t + 1)].any()
+    assert list(partial.stopped_at) == expect
 
 
 @pytest.fixture
@@ -70,6 +79,53 @@ def test_stopped_images_keep_the_kernel_of_that_moment_in_any_batch(sample_hr, o
         assert short.kernel_x2.tobytes() == res.kernel_x2.tobytes()
         for a, b in zip(short.generator_weights, res.generator_weights, strict=True):
             assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("path", ["lean", "lean-2-threads", "autograd-torch", "static"])
+def test_a_batch_goes_on_without_its_stopped_images(sample_hr, monkeypatch, path):
+    """Stopped images leave the batch (``kgengine.batch_rows.drop``): the others go on with the
+    bytes of their single runs, on each step the trainer has (the lean CPU step on 1 and
+    2 threads, the autograd step with PyTorch's networks as on a GPU, the static step of
+    ``KGENGINE_CUDA_GRAPH``), and each image keeps its own result."""
+    from kgengine.graph_step import ENV_VAR
+    from kgengine.prepare import prepare_image
+    from kgengine.trainer import BatchTrainer
+
+    cfg = KernelGANConfig(iters=240, lr_decay_every=80, bic_decay_every=60)
+    # a tolerance per step (each has other bits) at which the three images stop apart
+    tol = {"autograd-torch": 0.01, "static": 0.025}.get(path, 0.06)
+    rule = StopRule(tol=tol, patience=1, min_iters=60, every=30)
+    crops = [sample_hr[:100, :120], sample_hr[150:250, 40:136], sample_hr[200:, 200:]]
+    images, seeds = [prepare_image(c, cfg) for c in crops], [3, 17, 29]
+    if path == "autograd-torch":
+        monkeypatch.setenv("KGENGINE_NETWORKS", "torch")
+    if path == "static":
+        monkeypatch.setenv(ENV_VAR, "eager")
+    old = torch.get_num_threads()
+    torch.set_num_threads(2 if path == "lean-2-threads" else 1)
+    try:
+        def train(which: list[int]) -> BatchTrainer:
+            tr = BatchTrainer([images[i] for i in which], [seeds[i] for i in which], cfg)
+            assert tr._lean == path.startswith("lean")
+            assert (tr._static is not None) == (path == "static")
+            tr.run(cfg.iters, stop=rule)
+            return tr
+
+        batch = train([2, 0, 1])
+        singles = [train([i]) for i in (2, 0, 1)]
+    finally:
+        torch.set_num_threads(old)
+    used = batch.iters_used
+    assert len(set(used)) == 3  # they left one by one (it can fail)
+    assert batch.b == 1 and list(batch.rows) == [int(np.argmax(used))]
+    kernels, weights = batch.final_kernels(), batch.final_weights()
+    for j, alone in enumerate(singles):
+        assert alone.iters_used == [used[j]]
+        assert alone.final_kernels()[0].tobytes() == kernels[j].tobytes(), f"image {j}"
+        for a, b in zip(alone.final_weights()[0], weights[j], strict=True):
+            assert torch.equal(a, b)
+        assert alone.final_losses()[0] == batch.final_losses()[j]
+    assert batch.final_finite().all()
 
 
 def test_stop_option_values():

@@ -222,3 +222,22 @@ def test_lean_gan_terms_are_autograds():
         (want,) = torch.autograd.grad(value, leaf, torch.full((3,), up[n]))
         assert torch.equal(torch.from_numpy(grad[:, n]), want)
         np.testing.assert_allclose(loss[1:, n], value[1:].detach().numpy(), rtol=1e-6)
+
+
+def test_flat_buffer_rows_are_taken_per_part():
+    """``flatbuf.take_rows`` keeps rows of each part of a flat buffer: the same bytes as
+    flattening the parts' rows, and the leaves it views have those rows."""
+    from kgengine.flatbuf import flatten, leaves, take_rows
+
+    gen = torch.Generator().manual_seed(0)
+    parts = [torch.randn(5, 3, 2, generator=gen), torch.randn(5, 7, generator=gen),
+             torch.randn(5, 1, 1, 4, generator=gen)]
+    flat, views = flatten(parts, {"dtype": torch.float32})
+    assert all(torch.equal(v, p) for v, p in zip(views, parts, strict=True))
+    for rows in ([4, 0, 2], [3], [0, 1, 2, 3, 4]):
+        idx = torch.tensor(rows)
+        got = take_rows(flat, [p.shape for p in parts], idx)
+        want, _ = flatten([p[idx] for p in parts], {"dtype": torch.float32})
+        assert torch.equal(got, want)
+        _, kept = leaves(got, [p.shape for p in parts], len(rows))
+        assert all(torch.equal(k, p[idx]) for k, p in zip(kept, parts, strict=True))
