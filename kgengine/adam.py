@@ -76,7 +76,7 @@ class FlatAdam:
 
     def rebind(self, param: torch.Tensor, m: torch.Tensor, v: torch.Tensor) -> None:
         """Go on with a new parameter buffer and its moments (the trainer's batch lost
-        images: :meth:`kgengine.trainer.BatchTrainer._drop`); ``t`` and ``lr`` stay."""
+        images: :func:`kgengine.batch_rows.drop`); ``t`` and ``lr`` stay."""
         self.param, self.m, self.v = param, m, v
         if self.compiled:
             self._arrays = (param.detach().numpy(), m.numpy(), v.numpy())

@@ -304,8 +304,7 @@ class BatchTrainer:
 
         With a ``stop`` rule, an image whose kernel stopped changing keeps its kernel, G and
         losses of that moment (:attr:`iters_used`) and leaves the batch
-        (:func:`kgengine.batch_rows.drop`); the
-        loop ends when every image stopped.
+        (:func:`kgengine.batch_rows.drop`); the loop ends when every image stopped.
         """
         t0 = time.perf_counter()
         tracker = StopTracker(stop, self.b) if stop is not None else None
