@@ -172,7 +172,7 @@ class KernelGANConfig:
         (x4) against four of 3000, paired on the development set's 60 runs per scale (README,
         "kgengine vs the authors' code"), at half the arithmetic. Shorter was measured again
         in 0.9.13 on the saved kernel (``bench/study_restart_iters.py``): 1250 and 1000 keep the
-        mean within 0.03 dB but lose more than 0.5 dB on some groups, so 1500 stays.
+        mean within 0.05 dB but lose more than 0.5 dB on some groups, so 1500 stays.
         """
         return self.iters if restarts <= 1 else min(self.iters, self.restart_iters)
 
