@@ -34,9 +34,8 @@ from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from kgengine.api import _Final, _image_result, restart_seed
+from kgengine.api import restart_seed
 from kgengine.atomic import save_json, save_text
 from kgengine.config import KernelGANConfig
 from kgengine.imageio import read_image
@@ -48,6 +47,7 @@ from kgengine.trainer import BatchTrainer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study_restart_cleanup as rc  # noqa: E402
 from study_elongation import truth  # noqa: E402
+from study_stop import api_result  # noqa: E402
 
 STORE = rc.DATA / "restart_iters_study.json"
 OUT = rc.DATA / "restart_iters_study.md"
@@ -137,10 +137,8 @@ def saved(key: str, rec: dict, t: int) -> tuple[np.ndarray, float] | None:
         ks = rec["raw"][str(t)]
     if any(k is None for k in ks):
         return None
-    final = _Final(np.asarray(ks, np.float64), np.ones(K, bool), [{}] * K,
-                   [restart_seed(seed, r) for r in range(K)], [[torch.zeros(1)]] * K, [t] * K)
-    res = _image_result(final, list(range(K)), name, lr_of(setname, sc, name), seed, {},
-                        sc == 4, KernelGANConfig(), "mean")
+    res = api_result(ks, lr_of(setname, sc, name), [restart_seed(seed, r) for r in range(K)],
+                     t, sc == 4)
     return res.kernel_x2, res.confidence
 
 

@@ -157,13 +157,9 @@ def kernels_of(raw: np.ndarray, lr: np.ndarray) -> dict[str, np.ndarray]:
 
 def saved_kernel(raw: np.ndarray, lr: np.ndarray, iters: int) -> np.ndarray:
     """The x2 kernel ``estimate`` saves (the API's post-processing) from a raw kernel."""
-    import torch
+    from study_stop import api_result
 
-    from kgengine.api import _Final, _image_result
-
-    final = _Final(raw[None], np.array([True]), [{}], [0], [[torch.zeros(1)]], [iters])
-    return _image_result(final, [0], "image", lr, 0, {}, False, KernelGANConfig(),
-                         "mean").kernel_x2
+    return api_result([raw], lr, [0], iters, False).kernel_x2
 
 
 def stop_table() -> list[str]:

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from kgengine.api import _Final, _image_result
+from kgengine.api import EstimateResult, _Final, _image_result
 from kgengine.atomic import save_json, save_text
 from kgengine.config import KernelGANConfig
 from kgengine.imageio import read_image
@@ -144,6 +144,18 @@ def train(batch_size: int = 8) -> None:
                 print(f"{len(store['runs'])} runs stored ({setname} x{sc})", flush=True)
 
 
+def api_result(raws: list, lr: np.ndarray, seeds: list[int], t: int, x4: bool
+               ) -> EstimateResult:
+    """What ``estimate`` saves for one image from the raw kernels ``raws`` (one per run: 1 for
+    one run, K for ``--restarts K``, with their ``seeds``; the first is the image's seed)
+    trained ``t`` iterations on LR image ``lr``: the API's own post-processing."""
+    k = np.asarray(raws, np.float64)
+    n = len(k)
+    final = _Final(k, np.ones(n, bool), [{}] * n, list(seeds), [[torch.zeros(1)]] * n, [t] * n)
+    return _image_result(final, list(range(n)), "image", lr, seeds[0], {}, x4,
+                         KernelGANConfig(), "mean")
+
+
 def saved_at(job: tuple[str, int, str, int], raw: list | None, t: int
              ) -> tuple[np.ndarray, float | None] | None:
     """(the saved x2 kernel, its confidence) of a one run whose raw kernel at its stopping
@@ -151,10 +163,7 @@ def saved_at(job: tuple[str, int, str, int], raw: list | None, t: int
     if raw is None:
         return None
     setname, sc, name, seed = job
-    k = np.asarray(raw, np.float64)
-    final = _Final(k[None], np.array([True]), [{}], [seed], [[torch.zeros(1)]], [t])
-    res = _image_result(final, [0], name, lr_of(setname, sc, name), seed, {}, sc == 4,
-                        KernelGANConfig(), "mean")
+    res = api_result([raw], lr_of(setname, sc, name), [seed], t, sc == 4)
     return res.kernel_x2, res.confidence
 
 
