@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from kgengine.api import EstimateResult
 from kgengine.atomic import atomic_write, json_default, save_json, save_mat, save_npy
@@ -35,15 +35,23 @@ def output_paths(outdir: str | Path, name: str) -> dict[str, Path]:
     }
 
 
-def kernel_picture(kernels: list[np.ndarray], cell: int = 192) -> np.ndarray:
-    """Side-by-side heat maps of kernels, each scaled to ``cell`` px: (cell, n*cell, 3) uint8."""
+def kernel_picture(kernels: list[np.ndarray], labels: list[str] | None = None,
+                   cell: int = 192, caption_px: int = 30) -> np.ndarray:
+    """Side-by-side heat maps of kernels, each scaled to ``cell`` px (white = its own peak),
+    with a caption strip under each: (cell + caption_px, n*cell, 3) uint8. ``labels``: one
+    caption line per kernel (default ``"k{i}"``); the size and peak value are added."""
     from kgengine.plotting import kernel_to_rgb
 
-    tiles = []
-    for k in kernels:
+    labels = labels or [f"k{i}" for i in range(len(kernels))]
+    pic = Image.new("RGB", (cell * len(kernels), cell + caption_px), (255, 255, 255))
+    draw = ImageDraw.Draw(pic)
+    font = ImageFont.load_default()
+    for i, (k, label) in enumerate(zip(kernels, labels, strict=True)):
         rgb = kernel_to_rgb(k, max(1, cell // k.shape[0]))
-        tiles.append(np.asarray(Image.fromarray(rgb).resize((cell, cell), Image.NEAREST)))
-    return np.concatenate(tiles, axis=1)
+        pic.paste(Image.fromarray(rgb).resize((cell, cell), Image.NEAREST), (i * cell, 0))
+        text = f"{label} {k.shape[0]}x{k.shape[1]}\npeak {float(k.max()):.4f}"
+        draw.multiline_text((i * cell + 4, cell + 2), text, fill=(0, 0, 0), font=font, spacing=2)
+    return np.asarray(pic)
 
 
 def write_outputs(result: EstimateResult, outdir: str | Path) -> dict[str, Path]:
@@ -56,7 +64,8 @@ def write_outputs(result: EstimateResult, outdir: str | Path) -> dict[str, Path]
     for tag, k in kernels:
         written[f"{tag}_npy"] = save_npy(paths[f"{tag}_npy"], k.astype(np.float64))
         written[f"{tag}_mat"] = save_mat(paths[f"{tag}_mat"], {"Kernel": k.astype(np.float64)})
-    pic = Image.fromarray(kernel_picture([k for _, k in kernels]))
+    pic = Image.fromarray(kernel_picture([k for _, k in kernels],
+                                         [f"{tag} kernel" for tag, _ in kernels]))
     written["png"] = atomic_write(paths["png"], lambda tmp: pic.save(tmp, format="PNG"))
 
     def write_g(tmp: str) -> None:

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from kgengine import __version__
 from kgengine.cli import app
 from kgengine.kernel import principal_axes
+from kgengine.plotting import kernel_to_rgb
 
 runner = CliRunner()
 
@@ -46,7 +47,10 @@ def test_estimate_writes_outputs_that_load_back(tmp_path, lr_png):
     np.testing.assert_allclose(loadmat(out / "photo_kernel_x2.mat")["Kernel"], k2)
     np.testing.assert_allclose(loadmat(out / "photo_kernel_x4.mat")["Kernel"], k4)
     png = np.asarray(Image.open(out / "photo_kernel.png"))
-    assert png.ndim == 3 and png.shape[1] == 2 * png.shape[0]  # x2 and x4 side by side
+    assert png.shape == (192 + 30, 2 * 192, 3)  # x2 and x4 side by side, captions under them
+    x2_tile = Image.fromarray(kernel_to_rgb(k2, 192 // 13)).resize((192, 192), Image.NEAREST)
+    np.testing.assert_array_equal(png[:192, :192], np.asarray(x2_tile))
+    assert (png[192:, :192] < 128).any() and (png[192:, 192:] < 128).any()  # captions drawn
     g = np.load(out / "photo_generator.npz")
     assert [g[f"w{i}"].shape for i in range(6)][0] == (64, 1, 7, 7)
     report = json.loads((out / "photo_report.json").read_text())
