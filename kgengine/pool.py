@@ -152,6 +152,33 @@ def filter_pool(pool: KernelPool, min_confidence: float, where: str = "kernel po
     return pool.select(keep)
 
 
+def top_threshold(pool: KernelPool, fraction: float, where: str = "kernel pool") -> float:
+    """The confidence that keeps the most confident ``fraction`` of a pool's kernels.
+
+    With n kernels of known confidence, ``m = ceil(fraction · n)`` and the threshold is the
+    m-th highest known confidence, so :func:`filter_pool` at it keeps those m kernels and any
+    tied with the m-th (a few more where confidences tie). A fixed threshold keeps very
+    different shares of different photos (0.5 keeps half of the synthetic benchmark's
+    kernels, 2 % of sharp real photos'); a fraction ranks within the pool.
+
+    Args:
+        pool: the pool. fraction: in (0, 1]. where: what the pool is, for messages.
+    Raises:
+        KGEngineError: ``fraction`` outside (0, 1], or no kernel with a known confidence
+            (the message names ``where``).
+    """
+    try:
+        value = float(fraction)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 < value <= 1.0:  # NaN fails too
+        raise KGEngineError(f"top fraction must be in (0, 1], got {fraction}")
+    known = np.sort(np.asarray(pool.confidences)[np.isfinite(pool.confidences)])[::-1]
+    if known.size == 0:
+        raise KGEngineError(f"{where}: no kernel has a known confidence ({len(pool)} kernels)")
+    return float(known[int(np.ceil(value * known.size - 1e-9)) - 1])
+
+
 def read_kernel_file(path: str | os.PathLike) -> np.ndarray:
     """Read one kernel from ``.npy`` or ``.mat`` and validate it (see :func:`check_kernel`).
 

@@ -268,6 +268,50 @@ def test_pool_filter_command(tmp_path) -> None:
     assert load_pool(out).ids == ["a", "d", "e"]  # the refused runs left it alone
 
 
+def test_top_fraction_keeps_the_most_confident_known_kernels(tmp_path) -> None:
+    from kgengine.pool import filter_pool, top_threshold
+
+    conf = [0.3, np.nan, 0.9, 0.1, 0.5, 0.7, np.nan, 0.5]  # 6 known: 0.9 0.7 0.5 0.5 0.3 0.1
+    kernels = [gaussian_kernel(13, 1.0 + 0.1 * i) for i in range(8)]
+    ids = [f"k{i}" for i in range(8)]
+    pool = make_pool(kernels, ids, ids, 2, confidences=conf)
+    # ceil(f * 6)-th highest known confidence
+    for fraction, want in [(1.0, 0.1), (0.5, 0.5), (0.34, 0.5), (0.33, 0.7), (0.2, 0.7),
+                           (0.1, 0.9), (1e-9, 0.9)]:
+        assert top_threshold(pool, fraction) == want, fraction
+    kept = filter_pool(pool, top_threshold(pool, 0.5))  # 3 asked, the tie at 0.5 kept too
+    assert kept.ids == ["k2", "k4", "k5", "k7"]
+    np.testing.assert_array_equal(kept.kernels, pool.kernels[[2, 4, 5, 7]])
+    assert filter_pool(pool, top_threshold(pool, 1.0)).ids == ["k0", "k2", "k3", "k4", "k5",
+                                                               "k7"]  # unknown dropped
+    for bad in (0.0, -0.5, 1.01, float("nan")):
+        with pytest.raises(KGEngineError, match=r"top fraction must be in \(0, 1\]"):
+            top_threshold(pool, bad)
+    unknown = make_pool(kernels[:2], ids[:2], ids[:2], 2)
+    with pytest.raises(KGEngineError, match="there.npz: no kernel has a known confidence"):
+        top_threshold(unknown, 0.5, "there.npz")
+
+
+def test_pool_filter_top_command(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from kgengine.cli import app
+
+    path, pool = _conf_pool(tmp_path)  # known: a 0.95, b 0.5, d 0.8, e 0.8
+    out = tmp_path / "top.npz"
+    runner = CliRunner()
+    res = runner.invoke(app, ["pool", "filter", str(path), "--top", "0.25", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "1 of 5 kernels have confidence >= 0.95" in res.output
+    assert load_pool(out).ids == ["a"]
+    res = runner.invoke(app, ["pool", "filter", str(path), "--top", "0.75", "-o", str(out)])
+    assert res.exit_code == 0 and load_pool(out).ids == ["a", "d", "e"], res.output
+    np.testing.assert_array_equal(load_pool(out).kernels, pool.kernels[[0, 3, 4]])
+    for args in ([], ["--top", "0.5", "--min-confidence", "0.5"]):
+        res = runner.invoke(app, ["pool", "filter", str(path), "-o", str(out), *args])
+        assert res.exit_code == 1 and "give one of --min-confidence and --top" in res.output
+
+
 def test_pool_info_shows_the_confidences(tmp_path) -> None:
     from typer.testing import CliRunner
 

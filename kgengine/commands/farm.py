@@ -192,17 +192,22 @@ def plot(
 @cli_errors
 def filter_command(
     pool: PoolArg,
-    min_confidence: Annotated[float, typer.Option(
-        "--min-confidence", help="Keep the kernels whose confidence is known and at least this "
-                                 "(0-1).")],
     out: Annotated[Path, typer.Option("-o", "--out", help="The filtered pool file (.npz).")],
+    min_confidence: Annotated[float | None, typer.Option(
+        "--min-confidence", help="Keep the kernels whose confidence is known and at least this "
+                                 "(0-1).")] = None,
+    top: Annotated[float | None, typer.Option(
+        "--top", help="Instead: keep the most confident fraction (0-1] of the kernels with a "
+                      "known confidence (ties with the last one kept are kept too).")] = None,
 ) -> None:
     """Write a new pool file with only the kernels of confident estimates (for `degrade`)."""
     from kgengine.farm.poolview import filter_pool_file
 
     check_out_file(out)
-    path, kept, total = filter_pool_file(pool, min_confidence, out)
-    typer.echo(f"wrote {path}: {kept} of {total} kernels have confidence >= {min_confidence:g}")
+    path, kept, total, threshold = filter_pool_file(pool, min_confidence, out, top)
+    which = f"the most confident {top:g} of those known, " if top is not None else ""
+    typer.echo(f"wrote {path}: {kept} of {total} kernels have confidence >= {threshold:g}"
+               + (f" ({which.rstrip(', ')})" if which else ""))
 
 
 @pool_app.command("import")

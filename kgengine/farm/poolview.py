@@ -28,6 +28,7 @@ from kgengine.pool import (
     filter_pool,
     load_pool,
     save_pool,
+    top_threshold,
 )
 
 #: Anisotropy shown for kernels with a zero minor width (a line): the histogram's cap.
@@ -232,26 +233,34 @@ def histogram_png(path: str | os.PathLike, shapes: np.ndarray, bins: int = 20) -
     return atomic_write(path, write)
 
 
-def filter_pool_file(path: str | os.PathLike, min_confidence: float, out: str | os.PathLike,
-                     ) -> tuple[Path, int, int]:
-    """Write the kernels of a pool with a confidence ``>= min_confidence`` to ``out`` (a
+def filter_pool_file(path: str | os.PathLike, min_confidence: float | None,
+                     out: str | os.PathLike, top: float | None = None
+                     ) -> tuple[Path, int, int, float]:
+    """Write the kernels of a pool with a confidence ``>= min_confidence`` (or, with ``top``,
+    the most confident ``top`` fraction, :func:`kgengine.pool.top_threshold`) to ``out`` (a
     ``.npz`` pool file, written atomically), in pool order with their provenance.
 
     Args:
         path: pool file or farm folder. min_confidence: the threshold in [0, 1].
         out: the new pool file; not the pool read (a farm rebuilds its own pool file).
+        top: a fraction in (0, 1] instead of ``min_confidence`` (give exactly one).
     Returns:
-        (the file written, kernels kept, kernels in the pool).
+        (the file written, kernels kept, kernels in the pool, the threshold applied).
     Raises:
-        KGEngineError: a bad threshold, ``out`` not ``.npz`` or the pool itself, or no
-            kernel passing the threshold (naming the pool and the threshold).
+        KGEngineError: both or neither of ``min_confidence`` and ``top``, a bad threshold or
+            fraction, ``out`` not ``.npz`` or the pool itself, or no kernel passing the
+            threshold (naming the pool and the threshold).
     """
-    check_min_confidence(min_confidence)
+    if (min_confidence is None) == (top is None):
+        raise KGEngineError("give one of --min-confidence and --top")
+    if min_confidence is not None:
+        check_min_confidence(min_confidence)
     src, out = resolve_pool(path), Path(out)
     if out.suffix.lower() != ".npz":
         raise KGEngineError(f"{out}: the filtered pool is written as a .npz file")
     if out.resolve() == src.resolve():
         raise KGEngineError(f"{out}: is the pool being filtered; write to another file")
     full = load_pool(src)
-    kept = filter_pool(full, min_confidence, str(src))
-    return save_pool(out, kept), len(kept), len(full)
+    threshold = top_threshold(full, top, str(src)) if top is not None else min_confidence
+    kept = filter_pool(full, threshold, str(src))
+    return save_pool(out, kept), len(kept), len(full), threshold
