@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import threading
 import types
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -49,11 +50,15 @@ class LazyKernel:
     def __init__(self, py_func: Callable, sigs: list[str], flags: dict) -> None:
         self.py_func, self._sigs, self._flags = py_func, sigs, flags
         self._kernel: Callable | None = None
+        self._lock = threading.Lock()  # host threads (kgengine.host_threads) compile it once
 
     def __call__(self, *args: object) -> object:
         kernel = self._kernel
         if kernel is None:
-            kernel = self._kernel = njit(self._sigs, **self._flags)(self.py_func)
+            with self._lock:
+                if self._kernel is None:
+                    self._kernel = njit(self._sigs, **self._flags)(self.py_func)
+                kernel = self._kernel
         return kernel(*args)
 
 

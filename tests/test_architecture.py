@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "kgengine.kernel": 1,
     "kgengine.lanes": 1,
     "kgengine.numba_util": 1,
+    "kgengine.host_threads": 1,
     "kgengine.stopping": 1,
     "kgengine.imageio": 1,
     "kgengine.config": 1,

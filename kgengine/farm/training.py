@@ -19,6 +19,7 @@ from kgengine.errors import BadImageError, TrainingDivergedError
 from kgengine.farm.manifest import Row
 from kgengine.farm.seeds import derive_seed
 from kgengine.farm.settings import FarmSettings
+from kgengine.host_threads import map_images
 from kgengine.imageio import read_image
 
 
@@ -38,16 +39,16 @@ def read_images(paths: Sequence[str | os.PathLike], min_size: int,
         (images read as (H, W, 3) float32 arrays, their indices in ``paths``, the error of
         each image that could not be used, by index).
     """
-    images: list[np.ndarray] = []
-    ok: list[int] = []
-    bad: dict[int, BadImageError] = {}
-    for i, path in enumerate(paths):
+    def read(path: str | os.PathLike) -> np.ndarray | BadImageError:
         try:
-            images.append(read_image(path, min_size=min_size))
-            ok.append(i)
+            return read_image(path, min_size=min_size)
         except BadImageError as exc:
-            bad[i] = exc
-    return images, ok, bad
+            return exc
+
+    got = map_images(read, list(paths), bytes_each=50 << 20)  # on the host's threads
+    ok = [i for i, g in enumerate(got) if not isinstance(g, BadImageError)]
+    bad = {i: g for i, g in enumerate(got) if isinstance(g, BadImageError)}
+    return [got[i] for i in ok], ok, bad
 
 
 def train_batch(images: Sequence[np.ndarray], seeds: Sequence[int], names: Sequence[str],
