@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--farm-images", type=int, default=8)
+    p.add_argument("--farm-images", type=int, default=8, help="0: no farm")
+    p.add_argument("--out", type=Path, default=OUT, help="the report (.md)")
     a = p.parse_args(argv)
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         sets = photo_sets(root, a.batch)
         host_seconds(sets["Kodak photo (768×512)"][:2], 1)  # warm-up (Numba cache, allocator)
         host = host_table(sets, threads, a.rounds)
-        farm = farm_rows(sets["upscaled to 2040×1356"][: a.farm_images], a.batch, threads, root)
+        farm = (farm_rows(sets["upscaled to 2040×1356"][: a.farm_images], a.batch, threads, root)
+                if a.farm_images > 0 else ["(not run: `--farm-images 0`)"])
     text = "\n".join([
         "# Per-image host work on the host's threads", "",
         f"`python bench/bench_host_work.py` (module docstring). {machine_line()}; "
@@ -136,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         "## Host work per image (reading, crop maps, post-processing; x2 and x4)", "",
         *host, "",
         f"## The farm: {a.farm_images} images of 2040×1356 at `--batch {a.batch}`, "
-        "3000 iterations, `--stop auto`", "", *farm, ""])
-    save_text(OUT, text)
+        "3000 iterations, `--stop auto`" if a.farm_images > 0 else "## The farm", "", *farm,
+        ""])
+    save_text(a.out, text)
     print(text)
     return 0
 

@@ -8,7 +8,8 @@
 # Logs: OUT_DIR/<step>.log, and all of them in order in OUT_DIR/gpu_check.log.
 # KGENGINE_HR_DIR: folder of benchmark photos for the trainer sweep (default ../shared/data/hr,
 # else the bundled sample); GPU_CHECK_DEVSET=DIR also checks GPU against CPU accuracy on that
-# development set; GPU_CHECK_SUITE=1 also runs the whole test suite with CUDA visible.
+# development set; GPU_CHECK_SUITE=1 also runs the whole test suite with CUDA visible;
+# GPU_CHECK_HOST=1 also times the per-image host work on the host's threads (about 2 min).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -50,6 +51,10 @@ step ops 60 "$PY" bench/bench_ops.py --repeats 5
 step degrade 60 "$PY" bench/bench_degrade.py --repeats 3 --batch 1 4 --no-scipy --sections onnx module
 if [ -n "${GPU_CHECK_DEVSET:-}" ]; then  # a development set (bench/devset.py): GPU vs CPU accuracy
   step accuracy 120 "$PY" bench/check_gpu_accuracy.py --device cuda --devset "$GPU_CHECK_DEVSET"
+fi
+if [ "${GPU_CHECK_HOST:-0}" = 1 ]; then  # kgengine.host_threads on a many-core GPU host
+  step host-work 180 "$PY" bench/bench_host_work.py --rounds 1 --farm-images 0 \
+    --out "$OUT/host_work.md"
 fi
 if [ "${GPU_CHECK_SUITE:-0}" = 1 ]; then
   extra=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 12")
