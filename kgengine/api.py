@@ -148,9 +148,11 @@ def _load(image: ImageLike, index: int) -> tuple[str, np.ndarray]:
     return path.stem, read_image(path)
 
 
-#: peak bytes per pixel of :func:`prepare_image` (103 measured with tracemalloc on a 12 MP
-#: image), and of one image's post-processing (its spectra read at most 1024×1024 pixels:
-#: about 0.3 GB), for :func:`kgengine.host_threads.map_images`' memory cap
+#: peak bytes of reading one image (a guess: a file's size bounds its pixels loosely), per
+#: pixel of :func:`prepare_image` (103 measured with tracemalloc on a 12 MP image), and of one
+#: image's post-processing (its spectra read at most 1024×1024 pixels: about 0.3 GB), for
+#: :func:`kgengine.host_threads.map_images`' memory cap
+READ_BYTES = 50 << 20
 PREP_BYTES_PER_PIXEL = 110
 POST_BYTES = 400 << 20
 
@@ -208,10 +210,9 @@ def estimate_kernels(
         raise ValueError(f"restarts must be >= 1, got {restarts}")
     stop_rule = stop_rule_of(stop)
     seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(images))]
-    # per-image host work on the host's threads (kgengine.host_threads), capped by memory:
-    # a file's size bounds its pixels loosely, so reading assumes 50 MB an image
+    # per-image host work on the host's threads (kgengine.host_threads), capped by memory
     loaded = map_images(lambda item: _load(item[1], item[0]), list(enumerate(images)),
-                        bytes_each=50 << 20)
+                        bytes_each=READ_BYTES)
     if names is not None:
         loaded = [(n, arr) for n, (_, arr) in zip(names, loaded, strict=True)]
     prepared = map_images(lambda item: prepare_image(item[1], cfg, item[0]), loaded,

@@ -176,7 +176,8 @@ def top_threshold(pool: KernelPool, fraction: float, where: str = "kernel pool")
     known = np.sort(np.asarray(pool.confidences)[np.isfinite(pool.confidences)])[::-1]
     if known.size == 0:
         raise KGEngineError(f"{where}: no kernel has a known confidence ({len(pool)} kernels)")
-    return float(known[int(np.ceil(value * known.size - 1e-9)) - 1])
+    m = max(1, int(np.ceil(value * known.size - 1e-9)))  # the 1e-9: 0.3 · 10 is 3.0000000000000004
+    return float(known[m - 1])
 
 
 def read_kernel_file(path: str | os.PathLike) -> np.ndarray:

@@ -277,7 +277,7 @@ def test_top_fraction_keeps_the_most_confident_known_kernels(tmp_path) -> None:
     pool = make_pool(kernels, ids, ids, 2, confidences=conf)
     # ceil(f * 6)-th highest known confidence
     for fraction, want in [(1.0, 0.1), (0.5, 0.5), (0.34, 0.5), (0.33, 0.7), (0.2, 0.7),
-                           (0.1, 0.9), (1e-9, 0.9)]:
+                           (0.1, 0.9), (1e-9, 0.9), (1e-12, 0.9)]:
         assert top_threshold(pool, fraction) == want, fraction
     kept = filter_pool(pool, top_threshold(pool, 0.5))  # 3 asked, the tie at 0.5 kept too
     assert kept.ids == ["k2", "k4", "k5", "k7"]

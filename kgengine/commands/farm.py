@@ -205,9 +205,8 @@ def filter_command(
 
     check_out_file(out)
     path, kept, total, threshold = filter_pool_file(pool, min_confidence, out, top)
-    which = f"the most confident {top:g} of those known, " if top is not None else ""
-    typer.echo(f"wrote {path}: {kept} of {total} kernels have confidence >= {threshold:g}"
-               + (f" ({which.rstrip(', ')})" if which else ""))
+    which = f" (the most confident {top:g} of those known)" if top is not None else ""
+    typer.echo(f"wrote {path}: {kept} of {total} kernels have confidence >= {threshold:g}{which}")
 
 
 @pool_app.command("import")

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from kgengine.api import EstimateResult, estimate_kernels
+from kgengine.api import READ_BYTES, EstimateResult, estimate_kernels
 from kgengine.errors import BadImageError, TrainingDivergedError
 from kgengine.farm.manifest import Row
 from kgengine.farm.seeds import derive_seed
@@ -45,7 +45,7 @@ def read_images(paths: Sequence[str | os.PathLike], min_size: int,
         except BadImageError as exc:
             return exc
 
-    got = map_images(read, list(paths), bytes_each=50 << 20)  # on the host's threads
+    got = map_images(read, list(paths), bytes_each=READ_BYTES)  # on the host's threads
     ok = [i for i, g in enumerate(got) if not isinstance(g, BadImageError)]
     bad = {i: g for i, g in enumerate(got) if isinstance(g, BadImageError)}
     return [got[i] for i in ok], ok, bad
