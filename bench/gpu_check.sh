@@ -9,7 +9,8 @@
 # KGENGINE_HR_DIR: folder of benchmark photos for the trainer sweep (default ../shared/data/hr,
 # else the bundled sample); GPU_CHECK_DEVSET=DIR also checks GPU against CPU accuracy on that
 # development set; GPU_CHECK_SUITE=1 also runs the whole test suite with CUDA visible;
-# GPU_CHECK_HOST=1 also times the per-image host work on the host's threads (about 2 min).
+# GPU_CHECK_HOST=1 also times the per-image host work on the host's threads and a CPU batch
+# trained whole against as parts on all of them (about 3 min).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -55,6 +56,9 @@ fi
 if [ "${GPU_CHECK_HOST:-0}" = 1 ]; then  # kgengine.host_threads on a many-core GPU host
   step host-work 180 "$PY" bench/bench_host_work.py --rounds 1 --farm-images 0 \
     --out "$OUT/host_work.md"
+  # kgengine.split_trainer with many parts (the GIL), on the CPU
+  step cpu-split 120 "$PY" bench/bench_split.py --rounds 1 --iters 100 --sizes 4,16 \
+    --e2e-rounds 0 --out "$OUT/thread_split.md"
 fi
 if [ "${GPU_CHECK_SUITE:-0}" = 1 ]; then
   extra=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 12")

@@ -36,9 +36,9 @@ from kgengine.kernel import (
 from kgengine.prepare import prepare_image
 from kgengine.release import released_clean_n, released_prior
 from kgengine.spectral import gaussian_of, mix_covariance, spectral_covariance
+from kgengine.split_trainer import make_trainer
 from kgengine.stopping import StopRule, stop_rule_of, stop_setting
 from kgengine.sysinfo import machine_info
-from kgengine.trainer import BatchTrainer
 from kgengine.width import MIN_SIDE as WIDTH_MIN_SIDE
 from kgengine.width import calibrate_width, choose_elongation
 
@@ -220,7 +220,8 @@ def estimate_kernels(
     run_seeds = [restart_seed(s, r) for s in seeds for r in range(restarts)]
     dev = resolve_device(device)
     t0 = time.perf_counter()
-    trainer = BatchTrainer([p for p in prepared for _ in range(restarts)], run_seeds, cfg, dev,
+    # on CPU the batch trains as parts, one per host thread (kgengine.split_trainer)
+    trainer = make_trainer([p for p in prepared for _ in range(restarts)], run_seeds, cfg, dev,
                            dtype, mode)
     setup_s = time.perf_counter() - t0
     n_iters = cfg.run_iters(restarts)

@@ -47,6 +47,7 @@ class BatchTrainer:
         device, dtype: where and in which precision to train.
         mode: "composed" (train through the composed kernel) or "layers" (the authors'
             layer-by-layer forward; same maths, ~20x slower).
+        threads: host threads of the compiled CPU passes (default: torch's thread count).
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class BatchTrainer:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         mode: str = "composed",
+        threads: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
@@ -70,7 +72,8 @@ class BatchTrainer:
         # with the compiled networks (CPU), D's (image, crop) tasks get the threads and PyTorch
         # runs on one during :meth:`run`: its OpenMP workers, spinning between the small
         # operations, took the cores from the tasks (2 cores, B = 4: 25 vs 18.5 ms/iteration)
-        self.threads, self.compiled = torch.get_num_threads(), compiled_on(self.device)
+        self.threads = threads or torch.get_num_threads()
+        self.compiled = compiled_on(self.device)
         self._d_forward = discriminator_for(self.device, self.threads)
         self._compose = compose_for(self.device)
         self._add_priors = priors_for(self.device)

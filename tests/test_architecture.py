@@ -56,6 +56,7 @@ LAYERS: dict[str, int] = {
     "kgengine.lean_step": 3,
     "kgengine.graph_step": 3,
     "kgengine.batch_rows": 3,
+    "kgengine.split_trainer": 3,
     "kgengine.prepare": 3,
     # 4 estimation API, outputs, pools, plots, exports, runtime providers
     "kgengine.api": 4,
