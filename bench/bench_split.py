@@ -23,15 +23,27 @@ What.
    so a part can end while another still trains (its thread then idles): this measures
    what that costs against the whole batch, which spreads its last images over the threads.
 
-Run: ``python bench/bench_split.py`` (about 18 min on 2 cores) -> ``bench/data/thread_split.md``.
+4. The GIL (``--gil-rounds``): two parts of B images, one thread each, side by side as two
+   threads of this process (the GIL shared) and as two processes (not), started together
+   after their warm-up; and one part alone. What threads lose against processes is what
+   the parts' Python glue waits on the GIL.
+
+Run: ``python bench/bench_split.py`` (about 18 min on 2 cores) -> ``bench/data/thread_split.md``;
+``python bench/bench_split.py --sizes "" --e2e-rounds 0 --farm-rounds 0 --gil-rounds 3 --out
+bench/data/thread_split_gil.md`` (about 3 min).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +148,60 @@ def farm_rows(paths: list[Path], batch: int, rounds: int, root: Path) -> list[st
             f"{s:.1f} ({3600 * n / s:.0f}/h) | {w / s:.2f}× | {same} |"]
 
 
+def _part_ms(img: object, b: int, iters: int, ready: Callable[[], None] = lambda: None
+             ) -> float:
+    """ms per iteration of one part of ``b`` images on one thread (after 20 warm-up ones and
+    ``ready()``)."""
+    t = BatchTrainer([img] * b, list(range(b)), KernelGANConfig(), threads=1)
+    t.run(20)
+    ready()
+    t0 = time.perf_counter()
+    t.run(iters)
+    return 1000.0 * (time.perf_counter() - t0) / iters
+
+
+def _child(b: int, iters: int, img_path: Path) -> None:
+    """A process of the GIL section: warm up, say so, wait for the word, time, print."""
+    img = prepare_image(read_image(img_path), KernelGANConfig())
+
+    def ready() -> None:
+        print("ready", flush=True)
+        sys.stdin.readline()
+
+    print(_part_ms(img, b, iters, ready), flush=True)
+
+
+def gil_rows(img_path: Path, sizes: list[int], rounds: int, iters: int) -> list[str]:
+    """Markdown rows: B, one part alone, two as threads, two as processes (medians, ms)."""
+    torch.set_num_threads(1)
+    img = prepare_image(read_image(img_path), KernelGANConfig())
+    rows = []
+    for b in sizes:
+        got: dict[str, list[float]] = {"alone": [], "threads": [], "processes": []}
+        for _ in range(rounds):
+            got["alone"].append(_part_ms(img, b, iters))
+            barrier = threading.Barrier(2)
+            with ThreadPoolExecutor(2) as pool:
+                jobs = [pool.submit(_part_ms, img, b, iters, barrier.wait) for _ in range(2)]
+                ms = [j.result() for j in jobs]
+            got["threads"].append(statistics.mean(ms))
+            cmd = [sys.executable, __file__, "--child", str(b), "--iters", str(iters),
+                   "--child-image", str(img_path)]
+            procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      text=True) for _ in range(2)]
+            for p in procs:
+                assert p.stdout.readline().strip() == "ready"
+            for p in procs:
+                p.stdin.write("go\n")
+                p.stdin.flush()
+            got["processes"].append(statistics.mean(float(p.communicate()[0]) for p in procs))
+        med = {k: statistics.median(v) for k, v in got.items()}
+        rows.append(f"| {b} | {med['alone']:.2f} | {med['threads']:.2f} | "
+                    f"{med['processes']:.2f} | {med['threads'] / med['processes']:.2f}× |")
+        print(rows[-1], got, flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -146,20 +212,27 @@ def main() -> None:
     ap.add_argument("--farm-images", type=int, default=8)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--farm-rounds", type=int, default=2, help="0: skip the farm")
+    ap.add_argument("--gil-rounds", type=int, default=0, help="0: skip the GIL section")
+    ap.add_argument("--gil-sizes", default="1,2")
+    ap.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--child-image", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
+    if args.child:
+        return _child(args.child, args.iters, args.child_image)
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     dev = DEV if DEV.exists() else SAMPLE
     lines = ["# A batch trained whole or as parts (`python bench/bench_split.py`)", "",
              f"Machine: {machine_line('cpu')}, {threads} threads. "
-             f"Date: {time.strftime('%Y-%m-%d')}.",
-             "", f"## The trainer: ms per iteration ({dev.name}, medians of {args.rounds} "
-             f"alternate rounds of {args.iters} iterations)", "",
-             "| B | whole | parts | whole / parts | whole, each round | parts, each round | "
-             "same bytes |", "|---:|---:|---:|---:|---|---|---|"]
-    lines += trainer_rows(dev, [int(x) for x in args.sizes.split(",")], args.rounds,
-                          args.iters, threads)
+             f"Date: {time.strftime('%Y-%m-%d')}."]
+    if args.sizes:
+        lines += ["", f"## The trainer: ms per iteration ({dev.name}, medians of {args.rounds} "
+                  f"alternate rounds of {args.iters} iterations)", "",
+                  "| B | whole | parts | whole / parts | whole, each round | parts, each round "
+                  "| same bytes |", "|---:|---:|---:|---:|---|---|---|"]
+        lines += trainer_rows(dev, [int(x) for x in args.sizes.split(",")], args.rounds,
+                              args.iters, threads)
     if args.e2e_rounds:
         lines += ["", f"## End to end: `--restarts 4` against one run (x2, defaults, wall "
                   f"seconds, medians of {args.e2e_rounds} alternate rounds in one process)", "",
@@ -179,6 +252,14 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             lines += farm_rows(farm[: args.farm_images], args.batch, args.farm_rounds,
                                Path(tmp))
+    if args.gil_rounds:
+        lines += ["", f"## The GIL: two parts of B images, one thread each ({dev.name}, ms per "
+                  f"iteration of each part, medians of {args.gil_rounds} rounds of "
+                  f"{args.iters} iterations)", "",
+                  "| B | one part alone | two parts as threads | two parts as processes | "
+                  "threads / processes |", "|---:|---:|---:|---:|---:|"]
+        lines += gil_rows(dev, [int(x) for x in args.gil_sizes.split(",")], args.gil_rounds,
+                          args.iters)
     save_text(args.out, "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -390,3 +390,37 @@ def test_degrade_min_confidence_uses_exactly_the_passing_rows(tmp_path) -> None:
     _fails_with(run(), "use another output folder", alone=False)  # no filter: another pool
     res = run("--min-confidence", "0.66")
     assert res.exit_code == 0 and "0 pairs written, 6 already there" in res.output
+
+
+def test_degrade_top_uses_the_most_confident_fraction(tmp_path) -> None:
+    """``degrade --top F`` uses exactly the kernels ``pool filter --top F`` keeps, records
+    their threshold, resumes with the same F and refuses a different one."""
+    kernels = [_centred(11, v1, v2, th) for v1, v2, th in
+               [(0.8, 2.0, 0.3), (1.5, 1.5, 0.0), (2.5, 0.7, 1.2), (1.0, 2.5, 2.0),
+                (2.0, 1.0, 0.9)]]
+    ids = ["k0", "k1", "k2", "k3", "k4"]
+    pool_path = save_pool(tmp_path / "pool.npz", make_pool(
+        kernels, ids, ids, 2, confidences=[0.9, 0.2, None, 0.7, 0.65]))
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(4):
+        Image.fromarray(to_uint8(rng.random((24, 28, 3)))).save(hr / f"im{i}.png")
+    out = tmp_path / "pairs"
+
+    def run(*extra: str):
+        return CliRunner().invoke(app, ["degrade", str(hr), "-k", str(pool_path), "-o",
+                                        str(out), "--provider", "cpu", *extra])
+
+    res = run("--top", "0.5")  # 4 known confidences: the 2 highest, 0.9 and 0.7
+    assert res.exit_code == 0, res.output
+    assert "confidence >= 0.7, 2 kernels kept" in res.output
+    settings = json.loads((out / SETTINGS).read_text())
+    assert settings["min_confidence"] == 0.7 and settings["n_kernels"] == 2
+    entries = read_manifest(out / MANIFEST)
+    assert {e["kernel_id"] for e in entries.values()} <= {"k0", "k3"} and len(entries) == 4
+    assert run("--top", "0.5").exit_code == 0  # a resume
+    _fails_with(run("--top", "0.75"), "use another output folder", alone=False)  # 3 kernels
+    _fails_with(run("--top", "0.5", "--min-confidence", "0.7"),
+                "give at most one of --min-confidence and --top")
+    _fails_with(run("--top", "1.5"), r"top fraction must be in (0, 1]", alone=False)

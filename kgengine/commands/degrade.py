@@ -70,6 +70,9 @@ def degrade(
         "--min-confidence", help="Only the pool's kernels whose confidence (0-1, README) "
                                  "is known and at least this; a "
                                  "resume must give the same value.")] = None,
+    top: Annotated[float | None, typer.Option(
+        "--top", help="Instead: only the most confident fraction (0-1] of the pool's "
+                      "kernels with a known confidence (as `pool filter --top`).")] = None,
     pipeline: PipelineFile = None,
     noise_range: NoiseRange = None,
     noise_poisson: NoisePoisson = False,
@@ -89,6 +92,8 @@ def degrade(
     from kgengine.degradation import build_config, degrade_folder  # onnx(runtime): when used
     from kgengine.degradation.config import parse_sets
 
+    if top is not None and min_confidence is not None:  # before the progress bar
+        fail("give at most one of --min-confidence and --top")
     config = None
     if (pipeline or noise_range or noise_poisson or noise_patches or second_order or jpeg
             or shuffle or sets):
@@ -102,7 +107,7 @@ def degrade(
             report = degrade_folder(
                 hr_dir, kernels, out, scale=scale, noise=noise, seed=seed, batch=batch,
                 provider=provider, threads=threads, hooks=_failures_as_errors(hooks),
-                pipeline=config, copy_hr=copy_hr, min_confidence=min_confidence,
+                pipeline=config, copy_hr=copy_hr, min_confidence=min_confidence, top=top,
             )
     except OSError as exc:
         fail(f"{exc.filename or out}: {exc.strerror or exc}")

@@ -42,6 +42,7 @@ def degrade_folder(
     pipeline: PipelineConfig | None = None,
     copy_hr: bool = False,
     min_confidence: float | None = None,
+    top: float | None = None,
 ) -> DegradeReport:
     """Make LR/HR pairs from every HR image in ``hr_dir`` (see :mod:`kgengine.degradation`).
 
@@ -70,6 +71,9 @@ def degrade_folder(
         min_confidence: use only the pool's kernels whose confidence is known and >= this
             (:func:`kgengine.pool.filter_pool`); manifest rows count in that filtered pool.
             Recorded in the settings: a resume with another threshold is refused.
+        top: instead of ``min_confidence``, use the pool's most confident fraction ``top``
+            in (0, 1] (:func:`kgengine.pool.top_threshold`); the threshold it gives is what
+            the settings record, so a resume with the same ``top`` and pool goes on.
     Raises:
         KGEngineError: bad arguments, pool, folder, or provider (not for bad HR files).
     """
@@ -77,7 +81,10 @@ def degrade_folder(
     hr_dir, out_dir = Path(hr_dir), Path(out_dir)
     if pipeline is not None and noise > 0:
         raise KGEngineError("noise: with a pipeline, set its gaussian_sigma instead")
-    plan = make_plan(kernels, scale, noise, seed, batch, min_confidence)
+    plan = make_plan(kernels, scale, noise, seed, batch, min_confidence, top)
+    if top is not None:
+        hooks.log(f"--top {top}: confidence >= {plan.min_confidence:.4g}, "
+                  f"{len(plan.pool)} kernels kept")
     pipe = Pipeline(plan.pool, pipeline, scale=plan.scale) if pipeline is not None else None
     files = list_hr_files(hr_dir)
     with lock_out_dir(out_dir):

@@ -18,7 +18,7 @@ from PIL import Image
 
 from kgengine._version import __version__
 from kgengine.errors import KGEngineError
-from kgengine.pool import KernelPool, filter_pool, load_pool
+from kgengine.pool import KernelPool, filter_pool, load_pool, top_threshold
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".npy")
 
@@ -150,16 +150,24 @@ class PairPlan:
 
 def make_plan(
     kernels: str | os.PathLike | KernelPool, scale: int | None, noise: float, seed: int,
-    batch: int, min_confidence: float | None = None,
+    batch: int, min_confidence: float | None = None, top: float | None = None,
 ) -> PairPlan:
     """Load the pool (only its kernels with confidence >= ``min_confidence``, when given)
-    and check the job's arguments (see :func:`degrade_folder`).
+    and check the job's arguments (see :func:`degrade_folder`). ``top``: instead of
+    ``min_confidence``, the threshold that keeps the pool's most confident fraction ``top``
+    (:func:`kgengine.pool.top_threshold`; the plan records that threshold).
 
     Raises:
         KGEngineError: a bad pool, a scale the pool is not for, an empty pool, no kernel
-            passing ``min_confidence``, ``batch < 1``, or a noise sigma that is not finite
-            and >= 0.
+            passing ``min_confidence``, both ``min_confidence`` and ``top``, a bad ``top``,
+            ``batch < 1``, or a noise sigma that is not finite and >= 0.
     """
+    if top is not None:
+        if min_confidence is not None:
+            raise KGEngineError("give at most one of --min-confidence and --top")
+        full = kernels if isinstance(kernels, KernelPool) else load_pool(kernels, scale)
+        where = "kernel pool" if isinstance(kernels, KernelPool) else str(kernels)
+        min_confidence = top_threshold(full, top, where)
     if isinstance(kernels, KernelPool):
         pool = kernels if min_confidence is None else filter_pool(kernels, min_confidence)
     else:
