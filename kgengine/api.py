@@ -231,6 +231,7 @@ def estimate_kernels(
            "wall_s": setup_s + train_s, "train_s": train_s,
            "ms_per_iter": 1000.0 * train_s / max(trainer.iteration, 1), "config": cfg.to_dict(),
            "stop": stop_setting(stop_rule), "cuda_graph": trainer.graph_status,
+           "train_parts": getattr(trainer, "n_parts", 1),
            "environment": machine_info(str(dev))}
     final = _Final(trainer.final_kernels(), trainer.final_finite(),
                    trainer.final_losses(), run_seeds, trainer.final_weights(),

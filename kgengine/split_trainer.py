@@ -123,6 +123,11 @@ class SplitTrainer:
             torch.set_num_threads(torch_threads)
 
     @property
+    def n_parts(self) -> int:
+        """How many parts (threads) the batch trains as (the report's ``train_parts``)."""
+        return len(self.parts)
+
+    @property
     def iteration(self) -> int:
         """The most iterations any part ran."""
         return max(p.iteration for p in self.parts)

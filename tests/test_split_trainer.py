@@ -116,6 +116,7 @@ def test_estimate_kernels_equal_on_one_and_two_threads(sample_hr):
                                         stop="full", device="cpu"))
     finally:
         torch.set_num_threads(old)
+    assert [r.report["train_parts"] for r in out[0] + out[1]] == [1, 1, 2, 2]
     for a, b in zip(*out, strict=True):
         assert a.kernel_x2.tobytes() == b.kernel_x2.tobytes()
         assert a.raw_kernel.tobytes() == b.raw_kernel.tobytes()
