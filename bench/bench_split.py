@@ -20,8 +20,8 @@ What.
    auto``, x2 and x4) on ``--farm-images`` development LR images at ``--batch``, whole and
    split, alternately, ``--farm-rounds`` times, in fresh pool folders; the pools must be the
    same bytes. With ``--stop auto`` the images leave their parts at different iterations,
-   so a part can end while another still trains (its thread then idles): this measures
-   what that costs against the whole batch, which spreads its last images over the threads.
+   so a part can end while another still trains (it hands its threads over: the bytes stay,
+   the other part's last images train on more threads).
 
 4. The GIL (``--gil-rounds``): two parts of B images, one thread each, side by side as two
    threads of this process (the GIL shared) and as two processes (not), started together

@@ -58,7 +58,7 @@ if [ "${GPU_CHECK_HOST:-0}" = 1 ]; then  # kgengine.host_threads on a many-core 
     --out "$OUT/host_work.md"
   # kgengine.split_trainer with many parts (the GIL), on the CPU
   step cpu-split 120 "$PY" bench/bench_split.py --rounds 1 --iters 100 --sizes 4,16 \
-    --e2e-rounds 0 --out "$OUT/thread_split.md"
+    --e2e-rounds 0 --farm-rounds 0 --out "$OUT/thread_split.md"
 fi
 if [ "${GPU_CHECK_SUITE:-0}" = 1 ]; then
   extra=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 12")

@@ -8,10 +8,14 @@ whole batch splits every pass of every step over the threads and meets them agai
 it (tens of joins per step), and the step's serial parts (priors, Adam, crop sampling) run
 on one thread while the other waits. Parts meet only at the end. Measured on 2 cores
 (``bench/data/thread_split.md``): B = 4, 17.2 against 11.5 ms per iteration (1.49x); B = 2
-1.38x, B = 8 1.29x; ``--restarts 4`` end to end 1.34-1.46x.
+1.38x, B = 8 1.29x; ``--restarts 4`` end to end 1.34-1.46x; a farm of 8 images with
+``--stop auto`` 1.26x, with the threads of a part that ended handed to one still training
+(``bench/data/thread_split_farm.md``; 1.15x without).
 
-The compiled passes release the GIL; the Python glue of a step does not, so many parts on a
-many-core host may wait on it (not measured here: ``bench/bench_split.py`` times it).
+The compiled passes release the GIL; the Python glue of a step does not. Two parts as threads
+against two processes (``bench/data/thread_split_gil.md``): 1.15x slower at one image a
+part, no slower at 2 and 4. Many parts of one image on a many-core host may wait on it (more
+than 2 parts not measured: ``GPU_CHECK_HOST=1 bench/gpu_check.sh`` times them).
 """
 
 from __future__ import annotations
@@ -79,24 +83,34 @@ class SplitTrainer:
                                    threads=threads // parts + (i < threads % parts))
                       for i, (lo, hi) in enumerate(zip(edges, edges[1:], strict=False))]
         self.b = self.n_images = len(images)
+        self.handoffs = 0  # threads handed to a part from one that ended (see run)
 
     def run(self, iters: int, callback: Callable[[int], None] | None = None,
             every: int = 50, stop: StopRule | None = None) -> float:
         """:meth:`BatchTrainer.run` of every part on its own thread; returns wall seconds.
 
         ``callback(done)`` is called on this thread (see :func:`_wait`). An error in a part,
-        or an interrupt here, ends the others within ``every`` iterations and is raised."""
+        or an interrupt here, ends the others within ``every`` iterations and is raised.
+        When a part ends (``stop`` stopped all its images), its threads go to the part
+        still training with the most images, which takes them at its next ``every``
+        (:meth:`BatchTrainer.set_threads`: the same bytes)."""
         start = [p.iteration for p in self.parts]
         cancel, progress = threading.Event(), [0] * len(self.parts)
         ended = [False] * len(self.parts)
         changed = threading.Condition()
 
-        def report(i: int, done: int) -> None:
+        grant = [p.threads for p in self.parts]
+
+        def report(i: int, done: int) -> None:  # on part i's thread, between its steps
             if cancel.is_set():
                 raise _Cancelled
             with changed:
                 progress[i] = done
+                threads = grant[i]
                 changed.notify()
+            if threads != self.parts[i].threads:
+                self.parts[i].set_threads(threads)
+                self.handoffs += 1
 
         def train(i: int) -> float:
             try:
@@ -104,6 +118,7 @@ class SplitTrainer:
             finally:
                 with changed:
                     progress[i], ended[i] = self.parts[i].iteration - start[i], True
+                    _hand_over(i, grant, ended, self.parts)
                     changed.notify()
 
         t0, torch_threads = time.perf_counter(), torch.get_num_threads()
@@ -157,6 +172,16 @@ class SplitTrainer:
     def final_finite(self) -> np.ndarray:
         """Per image (B,) bool: its losses stayed finite up to its result."""
         return np.concatenate([p.final_finite() for p in self.parts])
+
+
+def _hand_over(i: int, grant: list[int], ended: list[bool], parts: list[BatchTrainer]
+               ) -> None:
+    """Part ``i`` ended: its ``grant[i]`` threads go to the running part with the most
+    images (the first of those), if any."""
+    running = [j for j in range(len(parts)) if not ended[j]]
+    if running:
+        j = max(running, key=lambda r: parts[r].b)
+        grant[j], grant[i] = grant[j] + grant[i], 0
 
 
 def _wait(futures: list, progress: list[int], ended: list[bool],

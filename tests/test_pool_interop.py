@@ -352,7 +352,9 @@ def test_corrupt_or_missing_mat_is_one_line_naming_the_file(tmp_path) -> None:
 
 
 # ----------------------------------------------------------------- degrade --min-confidence
-def test_degrade_min_confidence_uses_exactly_the_passing_rows(tmp_path) -> None:
+def _confident_pool(tmp_path: Path) -> tuple[Path, Path]:
+    """A pool of 5 kernels k0-k4 with confidences 0.9, 0.2, unknown, 0.7, 0.65, and an
+    empty HR folder: (pool file, folder)."""
     kernels = [_centred(11, v1, v2, th) for v1, v2, th in
                [(0.8, 2.0, 0.3), (1.5, 1.5, 0.0), (2.5, 0.7, 1.2), (1.0, 2.5, 2.0),
                 (2.0, 1.0, 0.9)]]
@@ -361,6 +363,11 @@ def test_degrade_min_confidence_uses_exactly_the_passing_rows(tmp_path) -> None:
         kernels, ids, ids, 2, confidences=[0.9, 0.2, None, 0.7, 0.65]))
     hr = tmp_path / "hr"
     hr.mkdir()
+    return pool_path, hr
+
+
+def test_degrade_min_confidence_uses_exactly_the_passing_rows(tmp_path) -> None:
+    pool_path, hr = _confident_pool(tmp_path)
     rng = np.random.default_rng(1)
     names = [f"im{i}.png" for i in range(6)]
     for name in names:
@@ -395,14 +402,7 @@ def test_degrade_min_confidence_uses_exactly_the_passing_rows(tmp_path) -> None:
 def test_degrade_top_uses_the_most_confident_fraction(tmp_path) -> None:
     """``degrade --top F`` uses exactly the kernels ``pool filter --top F`` keeps, records
     their threshold, resumes with the same F and refuses a different one."""
-    kernels = [_centred(11, v1, v2, th) for v1, v2, th in
-               [(0.8, 2.0, 0.3), (1.5, 1.5, 0.0), (2.5, 0.7, 1.2), (1.0, 2.5, 2.0),
-                (2.0, 1.0, 0.9)]]
-    ids = ["k0", "k1", "k2", "k3", "k4"]
-    pool_path = save_pool(tmp_path / "pool.npz", make_pool(
-        kernels, ids, ids, 2, confidences=[0.9, 0.2, None, 0.7, 0.65]))
-    hr = tmp_path / "hr"
-    hr.mkdir()
+    pool_path, hr = _confident_pool(tmp_path)
     rng = np.random.default_rng(2)
     for i in range(4):
         Image.fromarray(to_uint8(rng.random((24, 28, 3)))).save(hr / f"im{i}.png")

@@ -70,6 +70,9 @@ def test_parts_give_the_whole_batch_bytes(images, stop):
     whole = _whole(images, 2, stop)
     if stop is not None:
         assert len(set(whole.iters_used)) > 1  # the images stopped apart (it can fail)
+        # part 1 (images 1, 2) trained on after part 0 ended, on its thread too
+        assert max(split.parts[0].iters_used) < max(split.parts[1].iters_used)
+        assert split.handoffs == 1 and split.parts[1].threads == 2
     assert split.iters_used == whole.iters_used
     assert split.iteration == whole.iteration
     assert split.final_kernels().tobytes() == whole.final_kernels().tobytes()
@@ -122,3 +125,21 @@ def test_estimate_kernels_equal_on_one_and_two_threads(sample_hr):
         assert a.raw_kernel.tobytes() == b.raw_kernel.tobytes()
         assert a.confidence == b.confidence
     assert not np.array_equal(out[0][0].kernel_x2, out[0][1].kernel_x2)
+
+
+@pytest.mark.parametrize("which", [[0], [0, 1, 2]], ids=["B=1", "B=3"])
+def test_set_threads_between_steps_keeps_the_bytes(images, which):
+    """A trainer handed more threads (and fewer) between steps, as a part is when another
+    ends: the same kernels, G and losses as on one thread throughout (B = 1 switches to and
+    from the step that overlaps on the second thread)."""
+    imgs, seeds = [images[i] for i in which], [SEEDS[i] for i in which]
+    steady = BatchTrainer(imgs, seeds, CFG, threads=1)
+    steady.run(CFG.iters)
+    moved = BatchTrainer(imgs, seeds, CFG, threads=1)
+    for n in (2, 1, 2):
+        moved.run(CFG.iters // 4)
+        moved.set_threads(n)
+    moved.run(CFG.iters - 3 * (CFG.iters // 4))
+    assert moved.threads == 2 and moved.iteration == steady.iteration
+    assert moved.final_kernels().tobytes() == steady.final_kernels().tobytes()
+    assert moved.final_losses() == steady.final_losses()
