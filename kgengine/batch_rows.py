@@ -1,5 +1,6 @@
-"""A batch without its stopped images: what :class:`~kgengine.trainer.BatchTrainer` does when
-``--stop auto`` stops some of its images.
+"""Changes to a running batch: without its stopped images (what
+:class:`~kgengine.trainer.BatchTrainer` does when ``--stop auto`` stops some of its images,
+:func:`drop`), and on another number of threads (:func:`set_threads`).
 
 A stopped image keeps its kernel, G and losses of that moment (the trainer's ``_freeze``);
 then :func:`drop` takes it out, so that the next iterations cost what the images still
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from kgengine import graph_step, lean_step
+from kgengine.compiled import discriminator_for
 from kgengine.flatbuf import leaves, take_rows
 
 #: the trainer's per-image tensors, each (B, ...), besides its dicts of them and its buffers
@@ -60,3 +62,16 @@ def drop(tr: Any, gone: np.ndarray) -> None:
         old = tr._static
         tr._static = graph_step.StaticStep(tr, old.capture)
         tr._static.reason = old.reason
+
+
+def set_threads(tr: Any, threads: int) -> None:
+    """Train ``tr`` on ``threads`` host threads from its next step on (call it between steps,
+    on the thread that runs the trainer). The bytes do not change: an image's arithmetic is
+    the same on any thread count, and the lean step's caches are made again on first use,
+    as after :func:`drop`. (:mod:`kgengine.split_trainer` hands a part that ended its
+    threads to one still training.)"""
+    lean_step.settle(tr)
+    tr.threads = threads
+    tr._d_forward = discriminator_for(tr.device, threads)
+    tr._next_kernel = (-1, None)
+    tr._reset_lean()

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from kgengine.batch_rows import set_threads
 from kgengine.compiled import compiled_on
 from kgengine.config import KernelGANConfig
 from kgengine.prepare import PreparedImage
@@ -93,7 +94,7 @@ class SplitTrainer:
         or an interrupt here, ends the others within ``every`` iterations and is raised.
         When a part ends (``stop`` stopped all its images), its threads go to the part
         still training with the most images, which takes them at its next ``every``
-        (:meth:`BatchTrainer.set_threads`: the same bytes)."""
+        (:func:`kgengine.batch_rows.set_threads`: the same bytes)."""
         start = [p.iteration for p in self.parts]
         cancel, progress = threading.Event(), [0] * len(self.parts)
         ended = [False] * len(self.parts)
@@ -109,7 +110,7 @@ class SplitTrainer:
                 threads = grant[i]
                 changed.notify()
             if threads != self.parts[i].threads:
-                self.parts[i].set_threads(threads)
+                set_threads(self.parts[i], threads)
                 self.handoffs += 1
 
         def train(i: int) -> float:

@@ -140,17 +140,6 @@ class BatchTrainer:
         self._lean_jobs: list = []
         self._prefetched: tuple | None = None
 
-    def set_threads(self, threads: int) -> None:
-        """Train on ``threads`` host threads from the next step on (between steps, on the
-        thread that runs :meth:`run`). The bytes do not change: an image's arithmetic is
-        the same on any thread count, and the lean step's caches are made again on first
-        use, as after :func:`kgengine.batch_rows.drop`."""
-        lean_step.settle(self)
-        self.threads = threads
-        self._d_forward = discriminator_for(self.device, threads)
-        self._next_kernel = (-1, None)
-        self._reset_lean()
-
     def _init_schedule(self, b: int, dev: dict) -> None:
         """Per-image loss weights and schedule state (see :meth:`_update_schedule`)."""
         cfg = self.cfg

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from kgengine.api import estimate_kernels
+from kgengine.batch_rows import set_threads
 from kgengine.config import KernelGANConfig
 from kgengine.prepare import prepare_image
 from kgengine.split_trainer import SplitTrainer, make_trainer, part_count
@@ -138,7 +139,7 @@ def test_set_threads_between_steps_keeps_the_bytes(images, which):
     moved = BatchTrainer(imgs, seeds, CFG, threads=1)
     for n in (2, 1, 2):
         moved.run(CFG.iters // 4)
-        moved.set_threads(n)
+        set_threads(moved, n)
     moved.run(CFG.iters - 3 * (CFG.iters // 4))
     assert moved.threads == 2 and moved.iteration == steady.iteration
     assert moved.final_kernels().tobytes() == steady.final_kernels().tobytes()

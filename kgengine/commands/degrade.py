@@ -19,6 +19,14 @@ from kgengine.commands._common import cli_errors, fail
 from kgengine.hooks import JobHooks
 from kgengine.progress import progress_hooks
 
+# --- which of the pool's kernels ---
+MinConfidence = Annotated[float | None, typer.Option(
+    "--min-confidence", help="Only the pool's kernels whose confidence (0-1, README) is known "
+                             "and at least this; a resume must give the same value.")]
+Top = Annotated[float | None, typer.Option(
+    "--top", help="Instead: only the most confident fraction (0-1] of the pool's kernels "
+                  "with a known confidence (as `pool filter --top`).")]
+
 # --- pipeline options (any of them switches to the pipeline) ---
 PipelineFile = Annotated[Path | None, typer.Option(
     "--pipeline", help="TOML file of pipeline settings (the flags below override it).")]
@@ -66,13 +74,8 @@ def degrade(
     copy_hr: Annotated[bool, typer.Option(
         "--copy-hr", help="Write every HR to OUT/hr/ (same names as OUT/lr/: a paired "
                           "folder for BasicSR/traiNNer); default: only cropped ones.")] = False,
-    min_confidence: Annotated[float | None, typer.Option(
-        "--min-confidence", help="Only the pool's kernels whose confidence (0-1, README) "
-                                 "is known and at least this; a "
-                                 "resume must give the same value.")] = None,
-    top: Annotated[float | None, typer.Option(
-        "--top", help="Instead: only the most confident fraction (0-1] of the pool's "
-                      "kernels with a known confidence (as `pool filter --top`).")] = None,
+    min_confidence: MinConfidence = None,
+    top: Top = None,
     pipeline: PipelineFile = None,
     noise_range: NoiseRange = None,
     noise_poisson: NoisePoisson = False,
