@@ -99,8 +99,7 @@ class SplitTrainer:
         cancel, progress = threading.Event(), [0] * len(self.parts)
         ended = [False] * len(self.parts)
         changed = threading.Condition()
-
-        grant = [p.threads for p in self.parts]
+        grant = [p.threads for p in self.parts]  # threads each part should train on
 
         def report(i: int, done: int) -> None:  # on part i's thread, between its steps
             if cancel.is_set():
