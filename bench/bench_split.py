@@ -30,7 +30,8 @@ What.
 
 Run: ``python bench/bench_split.py`` (about 18 min on 2 cores) -> ``bench/data/thread_split.md``;
 ``python bench/bench_split.py --sizes "" --e2e-rounds 0 --farm-rounds 0 --gil-rounds 3 --out
-bench/data/thread_split_gil.md`` (about 3 min).
+bench/data/thread_split_gil.md`` (about 3 min); ``... --farm-rounds 2 --farm-large --out
+bench/data/thread_split_farm_large.md`` (about 7 min).
 """
 
 from __future__ import annotations
@@ -123,7 +124,8 @@ def e2e_rows(label: str, path: Path, rounds: int) -> list[str]:
             f"{med['whole'] / med['split']:.2f}× | {same} |"]
 
 
-def farm_rows(paths: list[Path], batch: int, rounds: int, root: Path) -> list[str]:
+def farm_rows(paths: list[Path], batch: int, rounds: int, root: Path, size: str
+              ) -> list[str]:
     """Markdown rows: the farm whole and split (medians of wall seconds), same pool bytes."""
     whole_count = st.part_count
     walls: dict[str, list[float]] = {"whole": [], "split": []}
@@ -144,7 +146,7 @@ def farm_rows(paths: list[Path], batch: int, rounds: int, root: Path) -> list[st
     same = a.sources == b.sources and a.kernels.tobytes() == b.kernels.tobytes()
     w, s = statistics.median(walls["whole"]), statistics.median(walls["split"])
     n = len(paths)
-    return [f"| {n} × 250×250, `--batch {batch}` | {w:.1f} ({3600 * n / w:.0f}/h) | "
+    return [f"| {n} × {size}, `--batch {batch}` | {w:.1f} ({3600 * n / w:.0f}/h) | "
             f"{s:.1f} ({3600 * n / s:.0f}/h) | {w / s:.2f}× | {same} |"]
 
 
@@ -212,6 +214,9 @@ def main() -> None:
     ap.add_argument("--farm-images", type=int, default=8)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--farm-rounds", type=int, default=2, help="0: skip the farm")
+    ap.add_argument("--farm-large", action="store_true",
+                    help="farm Urban100 photos upscaled to 2040×1356 (bench_host_work.py's, "
+                         "for timing only) instead of development images")
     ap.add_argument("--gil-rounds", type=int, default=0, help="0: skip the GIL section")
     ap.add_argument("--gil-sizes", default="1,2")
     ap.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
@@ -250,8 +255,12 @@ def main() -> None:
                   "| images | whole | parts | whole / parts | same pool bytes |",
                   "|---|---:|---:|---:|---|"]
         with tempfile.TemporaryDirectory() as tmp:
+            if args.farm_large:
+                from bench_host_work import photo_sets
+
+                farm = photo_sets(Path(tmp), args.farm_images)["upscaled to 2040×1356"]
             lines += farm_rows(farm[: args.farm_images], args.batch, args.farm_rounds,
-                               Path(tmp))
+                               Path(tmp), "2040×1356" if args.farm_large else "250×250")
     if args.gil_rounds:
         lines += ["", f"## The GIL: two parts of B images, one thread each ({dev.name}, ms per "
                   f"iteration of each part, medians of {args.gil_rounds} rounds of "
