@@ -97,22 +97,30 @@ def trainer_rows(img_path: Path, sizes: list[int], rounds: int, iters: int, thre
     return rows
 
 
+def _timed(kind: str, fn: Callable[[], object]) -> tuple[float, object]:
+    """(wall seconds, result) of ``fn()``; for ``kind`` "whole" with every batch trained as
+    one :class:`BatchTrainer` on the threads (the code before ``kgengine.split_trainer``)."""
+    split_count = st.part_count
+    if kind == "whole":
+        st.part_count = lambda *a: 1
+    try:
+        t0 = time.perf_counter()
+        out = fn()
+        return time.perf_counter() - t0, out
+    finally:
+        st.part_count = split_count
+
+
 def e2e_rows(label: str, path: Path, rounds: int) -> list[str]:
     """Markdown rows: one run, --restarts 4 whole and split (medians of wall seconds)."""
     lr = read_image(path)
-    whole_count = st.part_count
     walls: dict[str, list[float]] = {"one": [], "whole": [], "split": []}
     kernels, used = {}, 0
     for _ in range(rounds):
         for kind in ("one", "whole", "split"):
-            # "whole": the trainer as before this module (one BatchTrainer on the threads)
-            st.part_count = (lambda *a: 1) if kind == "whole" else whole_count
-            try:
-                t0 = time.perf_counter()
-                res = estimate_kernels([lr], seed=0, restarts=1 if kind == "one" else 4)[0]
-                walls[kind].append(time.perf_counter() - t0)
-            finally:
-                st.part_count = whole_count
+            sec, res = _timed(kind, lambda k=kind: estimate_kernels(
+                [lr], seed=0, restarts=1 if k == "one" else 4)[0])
+            walls[kind].append(sec)
             kernels[kind] = res.kernel_x2.tobytes()
             used = res.report["iters_used"] if kind == "one" else used
     one = statistics.median(walls["one"])
@@ -127,19 +135,13 @@ def e2e_rows(label: str, path: Path, rounds: int) -> list[str]:
 def farm_rows(paths: list[Path], batch: int, rounds: int, root: Path, size: str
               ) -> list[str]:
     """Markdown rows: the farm whole and split (medians of wall seconds), same pool bytes."""
-    whole_count = st.part_count
     walls: dict[str, list[float]] = {"whole": [], "split": []}
     pools = {}
     for r in range(rounds):
         for kind in ("whole", "split"):
-            st.part_count = (lambda *a: 1) if kind == "whole" else whole_count
-            try:
-                t0 = time.perf_counter()
-                run_farm([str(p) for p in paths], root / f"{kind}{r}", batch=batch,
-                         device="cpu")
-                walls[kind].append(time.perf_counter() - t0)
-            finally:
-                st.part_count = whole_count
+            sec, _ = _timed(kind, lambda out=root / f"{kind}{r}": run_farm(
+                [str(p) for p in paths], out, batch=batch, device="cpu"))
+            walls[kind].append(sec)
             pools[kind] = load_pool(root / f"{kind}{r}")
             print(kind, walls[kind][-1], flush=True)
     a, b = pools["whole"], pools["split"]
