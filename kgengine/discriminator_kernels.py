@@ -58,6 +58,24 @@ def _sn(w, u, v):
 
 
 @njit(cache=True, inline="always")
+def _divide(w, sigma, out):
+    """``out = w / sigma`` for one (out, n) weight, element by element (the bits of the
+    array expression; a slice assignment would compile a shape-error message, seconds per
+    site on a cold cache)."""
+    for i in range(w.shape[0]):
+        for j in range(w.shape[1]):
+            out[i, j] = w[i, j] / sigma
+
+
+@njit(cache=True, inline="always")
+def _put(dst, src):
+    """``dst[...] = src`` for 2-D arrays of one shape, element by element (a copy)."""
+    for i in range(dst.shape[0]):
+        for j in range(dst.shape[1]):
+            dst[i, j] = src[i, j]
+
+
+@njit(cache=True, inline="always")
 def _sn_grad(dws, w, u, v, sigma, dw):
     """``dw = dws / sigma - (sum dws * w) / sigma^2 * u v^T`` for one (out, n) weight."""
     out, n = w.shape
@@ -178,8 +196,9 @@ def _crop_forward(x, k, w0s, b0, wms, bm, gamma, beta, wfs, bf, cols, hs, xhat, 
     _im2col(x, k, cols)
     h = np.dot(w0s, cols)
     for o in range(h.shape[0]):
-        h[o] += b0[o]
-    hs[0] = h
+        for q in range(h.shape[1]):
+            h[o, q] += b0[o]
+    _put(hs[0], h)
     for m in range(wms.shape[0]):
         _bn_relu(np.dot(wms[m], hs[m]), bm[m], gamma[m], beta[m], xhat[m], hs[m + 1], inv[m])
     logit = np.dot(wfs, hs[wms.shape[0]])
@@ -194,12 +213,12 @@ def _normalise(w0, wm, wf, u0, v0, um, vm, uf, vf, sig, w0s, wms, wfs):
     n_mid = wm.shape[1]
     for b in range(w0.shape[0]):
         sig[b, 0] = _sn(w0[b], u0[b], v0[b])
-        w0s[b] = w0[b] / sig[b, 0]
+        _divide(w0[b], sig[b, 0], w0s[b])
         for m in range(n_mid):
             sig[b, 1 + m] = _sn(wm[b, m], um[b, m], vm[b, m])
-            wms[b, m] = wm[b, m] / sig[b, 1 + m]
+            _divide(wm[b, m], sig[b, 1 + m], wms[b, m])
         sig[b, 1 + n_mid] = _sn(wf[b], uf[b], vf[b])
-        wfs[b] = wf[b] / sig[b, 1 + n_mid]
+        _divide(wf[b], sig[b, 1 + n_mid], wfs[b])
 
 
 @njit(cache=True, fastmath=_FAST, nogil=True)
@@ -234,7 +253,7 @@ def _crop_backward(ds, need_x, p_lo, p_hi, k, w0s, wms, gamma, wfs, cols, hs, xh
         do[0, q] = ds[q] * s[q] * (one - s[q])
     if p_lo <= n_mid + 1 < p_hi:
         gbf[0] = do.sum()
-        gwf[:] = np.dot(do, hs[n_mid].T)
+        _put(gwf, np.dot(do, hs[n_mid].T))
     if low > n_mid:
         return
     dh = np.dot(wfs.T, do)  # (64, P)
@@ -244,7 +263,7 @@ def _crop_backward(ds, need_x, p_lo, p_hi, k, w0s, wms, gamma, wfs, cols, hs, xh
         if p_lo <= m + 1 < p_hi:
             _bn_relu_grad(dh, hs[m + 1], xhat[m], gamma[m], inv[m], dz, ggamma[m], gbeta[m],
                           gbm[m])
-            gwm[m] = np.dot(dz, hs[m].T)
+            _put(gwm[m], np.dot(dz, hs[m].T))
         else:
             _bn_relu_grad(dh, hs[m + 1], xhat[m], gamma[m], inv[m], dz, scratch[0],
                           scratch[1], scratch[2])
@@ -253,7 +272,7 @@ def _crop_backward(ds, need_x, p_lo, p_hi, k, w0s, wms, gamma, wfs, cols, hs, xh
     if p_lo <= 0 < p_hi:
         for o in range(dh.shape[0]):
             gb0[o] = dh[o].sum()
-        gw0[:] = np.dot(dh, cols.T)
+        _put(gw0, np.dot(dh, cols.T))
     if need_x:
         _col2im(np.dot(w0s.T, dh), k, dx)
 

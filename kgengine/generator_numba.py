@@ -28,12 +28,22 @@ from kgengine.numba_util import single_threaded_blas, slots
 _FAST = {"reassoc", "contract", "nsz"}
 
 
+@njit(cache=True, inline="always")
+def _put(dst, src):
+    """``dst[...] = src`` for 2-D arrays of one shape, element by element (a copy: the same
+    bits; Numba compiles a slice assignment's shape-error message, seconds per site on a
+    cold cache)."""
+    for i in range(dst.shape[0]):
+        for j in range(dst.shape[1]):
+            dst[i, j] = src[i, j]
+
+
 @njit(cache=True, nogil=True)
 def _chain(ws, v):
     """``out[b] = v[b] @ ws[b]``: v (B, 1, C), ws (B, C, C') -> (B, 1, C')."""
     out = np.empty((v.shape[0], 1, ws.shape[2]), v.dtype)
     for b in range(v.shape[0]):
-        out[b] = np.dot(v[b], ws[b])
+        _put(out[b], np.dot(v[b], ws[b]))
     return out
 
 
@@ -42,8 +52,8 @@ def _chain_grad(ws, v, dout, dws):
     """The backward of :func:`_chain`: writes ``dws[b] = v[b]^T dout[b]``, returns dv."""
     dv = np.empty_like(v)
     for b in range(v.shape[0]):
-        dws[b] = np.dot(v[b].T, dout[b])
-        dv[b] = np.dot(dout[b], ws[b].T)
+        _put(dws[b], np.dot(v[b].T, dout[b]))
+        _put(dv[b], np.dot(dout[b], ws[b].T))
     return dv
 
 
@@ -85,8 +95,8 @@ def _fold_layer_grad(w, k, dout, dw, dk):
                         dst = row[ty * side : (ty + 1) * side]
                         for tx in range(side):
                             dst[tx] = src[tx]
-        dw[b] = np.dot(k[b], dblocks.T)
-        dk[b] = np.dot(w[b], dblocks)
+        _put(dw[b], np.dot(k[b], dblocks.T))
+        _put(dk[b], np.dot(w[b], dblocks))
 
 
 def _np(t: torch.Tensor | np.ndarray) -> np.ndarray:

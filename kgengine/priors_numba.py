@@ -61,10 +61,14 @@ def _bicubic_window(g_in, taps, oh, ow, rgb_sum):
                 if 0 <= y < h:
                     for j in range(ow):
                         out[ch, i, j] += taps[a] * rows[y, j]
-    if rgb_sum:
-        total = out.sum(axis=0)
-        for ch in range(c):
-            out[ch] = total
+    if rgb_sum:  # every channel the sum ((0 + R) + G) + B, as out.sum(axis=0) forms it
+        for i in range(oh):
+            for j in range(ow):
+                total = 0.0
+                for ch in range(c):
+                    total += out[ch, i, j]
+                for ch in range(c):
+                    out[ch, i, j] = total
     return out
 
 
@@ -120,11 +124,11 @@ def _forward(k, g_in, g_out, lam, mask, centre, power, rgb_sum, taps, terms, tar
     for b in range(k.shape[0]):
         c, oh, ow = g_out.shape[1], g_out.shape[2], g_out.shape[3]
         t = _bicubic_window(g_in[b], taps, oh, ow, rgb_sum)
-        target[b] = t
         acc = 0.0
         for ch in range(c):
             for i in range(oh):
                 for j in range(ow):
+                    target[b, ch, i, j] = t[ch, i, j]
                     d = np.float64(g_out[b, ch, i, j]) - t[ch, i, j]
                     acc += d * d
         terms[b, 0] = acc / (c * oh * ow)

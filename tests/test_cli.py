@@ -229,3 +229,16 @@ def test_estimate_restarts_writes_the_combined_kernel_and_confidence(tmp_path, l
     assert f"confidence {report['confidence']:.3f}" in res.output
     bad = runner.invoke(app, ["estimate", str(lr_png), "-o", str(out), "--restarts", "0"])
     assert bad.exit_code == 1 and "error: --restarts must be at least 1" in bad.output
+
+
+def test_estimate_says_when_it_compiles_the_kernels_first(tmp_path, lr_png, monkeypatch):
+    import kgengine.numba_util as nu
+
+    args = ["estimate", str(lr_png), "-o", str(tmp_path / "out"), "--iters", "3"]
+    monkeypatch.setattr(nu, "cold_cache", lambda kernel: True)
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "Numba compiles kgengine's kernels" in res.output
+    monkeypatch.setattr(nu, "cold_cache", lambda kernel: False)
+    res = runner.invoke(app, [*args, "--force"])
+    assert res.exit_code == 0 and "Numba compiles" not in res.output

@@ -114,3 +114,15 @@ def check_out_file(out: Path) -> Path:
         raise OutputError(out, "is a folder; give a file name")
     ensure_dir(out.parent if str(out.parent) else Path(os.curdir))
     return out
+
+
+def note_cold_cache(log: Callable[[str], None]) -> None:
+    """Say so, through ``log``, when the next training compiles kgengine's Numba kernels: the
+    first run after installing or upgrading waits on it before its first iteration (judged
+    by D's forward, the largest kernel, :func:`kgengine.numba_util.cold_cache`)."""
+    from kgengine.discriminator_kernels import _forward
+    from kgengine.numba_util import cold_cache
+
+    if cold_cache(_forward):
+        log("first run after installing: Numba compiles kgengine's kernels into its disk cache "
+            "before the first iteration (once; 25-45 s on 2 cores)")

@@ -14,6 +14,7 @@ from kgengine.commands._common import (
     check_out_dir,
     check_seed,
     cli_errors,
+    note_cold_cache,
     one_line,
 )
 from kgengine.config import KernelGANConfig, parse_overrides
@@ -124,6 +125,7 @@ def _estimate(
     failed = 0
     with progress_hooks("images") as hooks:
         hooks.total(len(images))
+        note_cold_cache(hooks.log)
         for path in images:
             state = _one(path, out, cfg, wanted, force, device, hooks)
             failed += state == "failed"

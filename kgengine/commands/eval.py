@@ -16,6 +16,7 @@ from kgengine.commands._common import (
     check_seed,
     cli_errors,
     fail,
+    note_cold_cache,
     one_line,
 )
 from kgengine.errors import KGEngineError, brief_list
@@ -161,6 +162,7 @@ def eval_command(
         fail(f"--stop: expected full or auto, got {stop!r}")
     check_out_dir(out)
     with progress_hooks(f"eval x{scale}") as hooks:
+        note_cold_cache(hooks.log)
         results = run_eval(dataset_dir, out, settings, hooks=hooks, batch=batch)
     summ, method = results["summary"], results["settings"]["method"]
     typer.echo(metric_table(summ, method, METRICS[0]))

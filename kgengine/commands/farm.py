@@ -15,6 +15,7 @@ from kgengine.commands._common import (
     check_out_file,
     check_seed,
     cli_errors,
+    note_cold_cache,
 )
 from kgengine.config import KernelGANConfig, parse_overrides
 from kgengine.errors import KGEngineError
@@ -123,6 +124,8 @@ def farm(
     check_mode(mode)
     config = _config(overrides)
     with progress_hooks("images") as hooks:
+        if ray is None:
+            note_cold_cache(hooks.log)
         summary = run_farm(
             inputs or [], out, batch=batch, seed=seed, x4=x4, iters=iters, config=config,
             dtype=dtype, mode=mode, restarts=restarts, stop=stop, device=device,
