@@ -242,3 +242,30 @@ def test_estimate_says_when_it_compiles_the_kernels_first(tmp_path, lr_png, monk
     monkeypatch.setattr(nu, "cold_cache", lambda kernel: False)
     res = runner.invoke(app, [*args, "--force"])
     assert res.exit_code == 0 and "Numba compiles" not in res.output
+
+
+def test_estimate_batches_give_the_single_runs_files(tmp_path, sample_hr):
+    """Three images of two sizes, 300 float32 iterations: trained one at a time, in a batch
+    of 2 + 1 and of 3, each image's kernels and report figures are the same bytes (on a CPU
+    an image's arithmetic does not depend on its batch)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    crops = {"a": sample_hr[:120, :140], "b": sample_hr[40:160, 20:160], "c": sample_hr[:130]}
+    for name, crop in crops.items():
+        Image.fromarray((crop * 255).round().astype(np.uint8)).save(src / f"{name}.png")
+    outs = {}
+    for b in (1, 2, 3):
+        out = tmp_path / f"b{b}"
+        res = runner.invoke(app, ["estimate", *(str(src / f"{n}.png") for n in crops), "-o",
+                                  str(out), "--x4", "--iters", "300", "--seed", "2",
+                                  "--batch", str(b), "--device", "cpu"])
+        assert res.exit_code == 0, res.output
+        assert ("a batch of" in res.output) == (b > 1)
+        outs[b] = out
+    for n in crops:
+        reports = [json.loads((outs[b] / f"{n}_report.json").read_text()) for b in outs]
+        assert len({r["confidence"] for r in reports}) == 1
+        assert [r["batch_size"] for r in reports] == [1, 1 if n == "c" else 2, 3]
+        for kind in ("x2", "x4"):
+            files = [(outs[b] / f"{n}_kernel_{kind}.npy").read_bytes() for b in outs]
+            assert files[0] == files[1] == files[2], (n, kind)

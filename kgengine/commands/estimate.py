@@ -66,18 +66,25 @@ def estimate(
         int, typer.Option(help="CPU threads for torch (0 = torch's default, capped at the idle "
                                "cores: on a busy machine fewer threads are much faster).")
     ] = 0,
+    batch: Annotated[
+        int, typer.Option(help="Images trained together (0 = auto: 8 on a CPU, divided by "
+                               "--restarts, where an image's kernel is the same bytes at any "
+                               "batch size; 1 on a GPU, where it is not).")
+    ] = 0,
 ) -> None:
     """Estimate the x2 (and x4) kernel of each image and write .npy, .mat, PNG and a JSON report.
 
     Images whose outputs in OUTDIR were made with the same settings (seed, iters, config,
     x4, restarts, mode) are skipped (resume); outputs made with other settings are redone
-    and replaced, with a line saying what differs. A bad image or a file that cannot be
-    written is reported on one line and skipped; the exit code is 1 if any image failed,
-    after all the others are done.
+    and replaced, with a line saying what differs. The others are trained BATCH at a time,
+    every image with the same seed, and each image's files are written when its batch ends.
+    A bad image or a file that cannot be written is reported on one line and skipped; the
+    exit code is 1 if any image failed, after all the others are done.
     """
     at_least("--iters", iters, 1)
     at_least("--restarts", restarts, 1)
     at_least("--threads", threads, 0)
+    at_least("--batch", batch, 0)
     check_seed("--seed", seed)
     check_device(device)
     check_mode(mode)
@@ -91,7 +98,7 @@ def estimate(
     failed = _estimate(images, out, x4=x4, iters=iters, seed=seed, device=device, mode=mode,
                        authors_defects=authors_defects and not fix_defects,
                        fix_defects=fix_defects, overrides=overrides or [], force=force,
-                       restarts=restarts, stop=stop)
+                       restarts=restarts, stop=stop, batch=batch)
     if failed:
         typer.echo(f"{failed} of {len(images)} image(s) failed", err=True)
         raise typer.Exit(1)
@@ -100,7 +107,7 @@ def estimate(
 def _estimate(
     images: list[Path], out: Path, *, x4: bool, iters: int | None, seed: int, device: str,
     mode: str, authors_defects: bool, overrides: list[str], force: bool, restarts: int = 1,
-    fix_defects: bool = False, stop: str = "auto",
+    fix_defects: bool = False, stop: str = "auto", batch: int = 0,
 ) -> int:
     from kgengine.api import resolve_device
     from kgengine.outputs import requested_settings
@@ -112,7 +119,9 @@ def _estimate(
             **parse_overrides(overrides))
     except ValueError as exc:
         raise KGEngineError(str(exc)) from None
-    resolve_device(device)
+    dev = resolve_device(device)
+    if batch == 0:  # kgengine.farm.batching.CPU_BATCH; on a GPU the kernels depend on B
+        batch = max(1, 8 // restarts) if dev.type == "cpu" else 1
     stems = [p.stem for p in images]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
@@ -125,43 +134,87 @@ def _estimate(
     failed = 0
     with progress_hooks("images") as hooks:
         hooks.total(len(images))
-        note_cold_cache(hooks.log)
-        for path in images:
-            state = _one(path, out, cfg, wanted, force, device, hooks)
-            failed += state == "failed"
-            hooks.item_finished(path.stem, state, "")
+        todo = [p for p in images if not _done(p, out, wanted, force, hooks)]
+        if todo:
+            note_cold_cache(hooks.log)
+        for start in range(0, len(todo), batch):
+            for path, state in _train(todo[start : start + batch], out, cfg, wanted, device,
+                                      hooks):
+                failed += state == "failed"
+                hooks.item_finished(path.stem, state, "")
     return failed
 
 
-def _one(path: Path, out: Path, cfg: KernelGANConfig, wanted: dict[str, Any], force: bool,
-         device: str, hooks: JobHooks) -> str:
-    """Estimate one image into ``out`` unless done with the same settings: its state."""
-    from kgengine.api import estimate_kernel
-    from kgengine.imageio import read_image
-    from kgengine.outputs import stored_differences, write_outputs
+def _done(path: Path, out: Path, wanted: dict[str, Any], force: bool, hooks: JobHooks) -> bool:
+    """Whether ``path``'s outputs in ``out`` were made with the same settings (then it is
+    skipped, and counted); says why it is redone where they were made with others."""
+    from kgengine.outputs import stored_differences
 
     diff = None if force else stored_differences(out, path.stem, wanted)
     if diff == []:
         hooks.log(f"skip {shown(path)} (done)")
-        return "skipped"
+        hooks.item_finished(path.stem, "skipped", "")
+        return True
     if diff:
         hooks.log(f"{shown(path)}: redone, its outputs were made with other settings: "
                   f"{brief_list(diff, 5)}")
-    hooks.batch_started([shown(path.name)], wanted["iters"])
+    return False
+
+
+def _train(paths: list[Path], out: Path, cfg: KernelGANConfig, wanted: dict[str, Any],
+           device: str, hooks: JobHooks) -> list[tuple[Path, str]]:
+    """Read, train (one batch) and write ``paths``: each path's state, done or failed."""
+    from kgengine.api import estimate_kernels
+    from kgengine.errors import BadImageError
+    from kgengine.imageio import read_image
+
+    states, imgs, ok = [], [], []
+    for path in paths:
+        try:
+            imgs.append(read_image(path, min_size=cfg.crop_size))
+            ok.append(path)
+        except KGEngineError as exc:
+            states.append((path, _failed(exc)))
+    if not ok:
+        return states
+    hooks.batch_started([shown(p.name) for p in ok], wanted["iters"])
     try:
-        img = read_image(path, min_size=cfg.crop_size)
-        res = estimate_kernel(img, seed=wanted["seed"], x4=wanted["x4"], device=device,
-                              config=cfg, mode=wanted["mode"], callback=hooks.batch_progress,
-                              restarts=wanted["restarts"], stop=wanted["stop"])
+        results = estimate_kernels(
+            imgs, seeds=[wanted["seed"]] * len(ok), names=[str(p) for p in ok],
+            x4=wanted["x4"], device=device, config=cfg, mode=wanted["mode"],
+            callback=hooks.batch_progress, on_diverge="return", restarts=wanted["restarts"],
+            stop=wanted["stop"])
+    except BadImageError as exc:  # refused when prepared: each image alone says which
+        if len(ok) == 1:
+            return [*states, (ok[0], _failed(exc))]
+        return states + [s for p in ok for s in _train([p], out, cfg, wanted, device, hooks)]
+    return states + [(p, _write(p, r, out, wanted["iters"], len(ok), hooks))
+                     for p, r in zip(ok, results, strict=True)]
+
+
+def _write(path: Path, res: Any, out: Path, iters: int, n: int, hooks: JobHooks) -> str:
+    """Write one image's outputs (``res`` an :class:`EstimateResult`, or the error of a
+    diverged training) and say so: its state."""
+    from kgengine.outputs import write_outputs
+
+    try:
+        if isinstance(res, Exception):
+            raise res
         res.name = path.stem
         res.report["image"] = str(path)
         write_outputs(res, out)
     except KGEngineError as exc:
-        typer.echo(f"error: {one_line(str(exc))}", err=True)  # the one line naming the file
-        return "failed"
+        return _failed(exc)
     conf = "" if res.confidence is None else f", confidence {res.confidence:.3f}"
-    used = res.report.get("iters_used", wanted["iters"])
-    stopped = f", stopped at {used}" if used < wanted["iters"] else ""
+    used = res.report.get("iters_used", iters)
+    stopped = f", stopped at {used}" if used < iters else ""
+    batch = f"a batch of {n}, " if n > 1 else ""
     hooks.log(f"{shown(path)}: done in {res.report['wall_s']:.1f} s "
-              f"({res.report['ms_per_iter']:.2f} ms/iter{conf}{stopped})")
+              f"({batch}{res.report['ms_per_iter']:.2f} ms/iter{conf}{stopped})")
     return "done"
+
+
+def _failed(exc: BaseException | None) -> str:
+    """The one line naming the file, on stderr: the state "failed"."""
+    typer.echo(f"error: {one_line(str(exc))}", err=True)
+    return "failed"
