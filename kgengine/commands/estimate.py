@@ -66,11 +66,9 @@ def estimate(
         int, typer.Option(help="CPU threads for torch (0 = torch's default, capped at the idle "
                                "cores: on a busy machine fewer threads are much faster).")
     ] = 0,
-    batch: Annotated[
-        int, typer.Option(help="Images trained together (0 = auto: 8 on a CPU, divided by "
-                               "--restarts, where an image's kernel is the same bytes at any "
-                               "batch size; 1 on a GPU, where it is not).")
-    ] = 0,
+    batch: Annotated[int, typer.Option(help=(
+        "Images trained together (0 = auto: 8 // --restarts on a CPU, where an image's kernel "
+        "is the same bytes at any batch size; 1 on a GPU, where it is not)."))] = 0,
 ) -> None:
     """Estimate the x2 (and x4) kernel of each image and write .npy, .mat, PNG and a JSON report.
 
@@ -81,10 +79,9 @@ def estimate(
     A bad image or a file that cannot be written is reported on one line and skipped; the
     exit code is 1 if any image failed, after all the others are done.
     """
-    at_least("--iters", iters, 1)
-    at_least("--restarts", restarts, 1)
-    at_least("--threads", threads, 0)
-    at_least("--batch", batch, 0)
+    for option, value, low in (("--iters", iters, 1), ("--restarts", restarts, 1),
+                               ("--threads", threads, 0), ("--batch", batch, 0)):
+        at_least(option, value, low)
     check_seed("--seed", seed)
     check_device(device)
     check_mode(mode)
@@ -96,7 +93,6 @@ def estimate(
 
     torch.set_num_threads(threads if threads > 0 else auto_threads(torch.get_num_threads()))
     failed = _estimate(images, out, x4=x4, iters=iters, seed=seed, device=device, mode=mode,
-                       authors_defects=authors_defects and not fix_defects,
                        fix_defects=fix_defects, overrides=overrides or [], force=force,
                        restarts=restarts, stop=stop, batch=batch)
     if failed:
@@ -106,7 +102,7 @@ def estimate(
 
 def _estimate(
     images: list[Path], out: Path, *, x4: bool, iters: int | None, seed: int, device: str,
-    mode: str, authors_defects: bool, overrides: list[str], force: bool, restarts: int = 1,
+    mode: str, overrides: list[str], force: bool, restarts: int = 1,
     fix_defects: bool = False, stop: str = "auto", batch: int = 0,
 ) -> int:
     from kgengine.api import resolve_device
