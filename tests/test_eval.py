@@ -636,3 +636,29 @@ def test_eval_command_stop(dataset, tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["eval", str(dataset), "-o", str(tmp_path / "o2"),
                                    "--stop", "later"])
     assert res.exit_code == 1 and "error: --stop: expected full or auto, got 'later'" in res.output
+
+
+@pytest.mark.parametrize("extra, chunks", [([], [3]), (["--batch", "1"], [1, 1, 1]),
+                                           (["--restarts", "4"], [2, 1])])
+def test_eval_command_batches_runs_on_a_cpu_by_default(dataset, tmp_path, monkeypatch, extra,
+                                                       chunks):
+    """0.9.16: ``--batch`` 0 (the default) hands the estimator 8 // K runs at a time on a CPU
+    (results the same bytes at any batch size there)."""
+    import kgengine.accuracy.job as job
+
+    class Fake(FakeEstimator):  # takes restarts and stop
+        def __call__(self, path, *, restarts=1, stop="full", **kwargs):
+            return super().__call__(path, **kwargs)
+
+    sizes: list[int] = []
+    inner = per_image(Fake())
+
+    def estimator(jobs, **kwargs):
+        sizes.append(len(jobs))
+        return inner(jobs, **kwargs)
+
+    monkeypatch.setattr(job, "default_estimator", lambda: estimator)
+    res = CliRunner().invoke(app, ["eval", str(dataset), "-o", str(tmp_path / "o"), "--ids",
+                                   "2", "--iters", "9", "--device", "cpu", *extra])
+    assert res.exit_code == 0, res.output
+    assert sizes == chunks

@@ -204,7 +204,7 @@ BAD_VALUES = [
     (["farm", "{img}", "-o", "{out}", "--mode", "bogus"], "--mode: expected composed or"),
     (["farm", "{img}", "-o", "{out}", "--seed", "-1"], "--seed must be between 0 and"),
     (["eval", "{ds}", "-o", "{out}", "--iters", "-5"], "--iters must be at least 1, got -5"),
-    (["eval", "{ds}", "-o", "{out}", "--batch", "0"], "--batch must be at least 1, got 0"),
+    (["eval", "{ds}", "-o", "{out}", "--batch", "-1"], "--batch must be at least 0, got -1"),
     (["eval", "{ds}", "-o", "{out}", "--device", "bogus"], "--device: expected auto, cpu"),
     (["eval", "{ds}", "-o", "{out}", "--seeds", "-3"], "--seeds: expected integers"),
     (["synth", "{hr}", "-o", "{out}", "--n", "0"], "--n must be at least 1, got 0"),

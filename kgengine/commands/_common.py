@@ -116,6 +116,18 @@ def check_out_file(out: Path) -> Path:
     return out
 
 
+def auto_batch(batch: int, device: str, restarts: int) -> int:
+    """``batch``, or where it is 0 the default of ``estimate`` and ``eval``: 8 // ``restarts``
+    (the farm's :data:`~kgengine.farm.batching.CPU_BATCH`, at least 1) on a CPU, where an
+    image's kernel is the same bytes at any batch size, and 1 on a GPU, where it is not."""
+    if batch:
+        return batch
+    from kgengine.api import resolve_device
+    from kgengine.farm.batching import CPU_BATCH
+
+    return max(1, CPU_BATCH // restarts) if resolve_device(device).type == "cpu" else 1
+
+
 def note_cold_cache(log: Callable[[str], None]) -> None:
     """Say so, through ``log``, when the next training compiles kgengine's Numba kernels: the
     first run after installing or upgrading waits on it before its first iteration (judged

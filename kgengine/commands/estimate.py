@@ -9,6 +9,7 @@ import typer
 
 from kgengine.commands._common import (
     at_least,
+    auto_batch,
     check_device,
     check_mode,
     check_out_dir,
@@ -115,9 +116,8 @@ def _estimate(
             **parse_overrides(overrides))
     except ValueError as exc:
         raise KGEngineError(str(exc)) from None
-    dev = resolve_device(device)
-    if batch == 0:  # kgengine.farm.batching.CPU_BATCH; on a GPU the kernels depend on B
-        batch = max(1, 8 // restarts) if dev.type == "cpu" else 1
+    resolve_device(device)
+    batch = auto_batch(batch, device, restarts)
     stems = [p.stem for p in images]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
