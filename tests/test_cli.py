@@ -269,3 +269,14 @@ def test_estimate_batches_give_the_single_runs_files(tmp_path, sample_hr):
         for kind in ("x2", "x4"):
             files = [(outs[b] / f"{n}_kernel_{kind}.npy").read_bytes() for b in outs]
             assert files[0] == files[1] == files[2], (n, kind)
+
+
+@pytest.mark.parametrize("cold, shown", [(True, "empty: the next training compiles"),
+                                         (False, "filled (")])
+def test_info_says_whether_the_kernels_are_compiled(monkeypatch, cold, shown):
+    import kgengine.numba_util as nu
+
+    monkeypatch.setattr(nu, "cold_cache", lambda kernel: cold)
+    res = runner.invoke(app, ["info"])
+    assert res.exit_code == 0, res.output
+    assert f"  disk cache: {shown}" in res.output

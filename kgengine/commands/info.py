@@ -61,7 +61,23 @@ def _numba() -> dict[str, Any]:
         out["cuda"] = "yes" if cuda.is_available() else "no (no CUDA driver/device)"
     except Exception as exc:  # noqa: BLE001 - report, never fail
         out["cuda"] = f"no ({exc})"
+    out["disk cache"] = _disk_cache()
     return out
+
+
+def _disk_cache() -> str:
+    """Whether kgengine's compiled kernels are in Numba's disk cache (judged by D's forward,
+    :func:`kgengine.numba_util.cold_cache`), and where."""
+    try:
+        from kgengine.discriminator_kernels import _forward
+        from kgengine.numba_util import cold_cache
+
+        where = getattr(getattr(_forward, "_cache", None), "_cache_path", "?")
+        if cold_cache(_forward):
+            return f"empty: the next training compiles kgengine's kernels first ({where})"
+        return f"filled ({where})"
+    except Exception as exc:  # noqa: BLE001 - report, never fail
+        return f"unknown ({type(exc).__name__})"
 
 
 def _cupy() -> dict[str, Any]:
