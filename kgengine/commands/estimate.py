@@ -130,7 +130,9 @@ def _estimate(
     failed = 0
     with progress_hooks("images") as hooks:
         hooks.total(len(images))
-        todo = [p for p in images if not _done(p, out, wanted, force, hooks)]
+        # smallest first: a batch holds its images padded to the largest one
+        todo = sorted((p for p in images if not _done(p, out, wanted, force, hooks)),
+                      key=_pixels)
         if todo:
             note_cold_cache(hooks.log)
         for start in range(0, len(todo), batch):
@@ -139,6 +141,17 @@ def _estimate(
                 failed += state == "failed"
                 hooks.item_finished(path.stem, state, "")
     return failed
+
+
+def _pixels(path: Path) -> int:
+    """H·W of an image from its header (0 where it cannot be read: it fails when read)."""
+    from kgengine.imageio import image_size
+
+    try:
+        w, h = image_size(path)
+    except KGEngineError:
+        return 0
+    return w * h
 
 
 def _done(path: Path, out: Path, wanted: dict[str, Any], force: bool, hooks: JobHooks) -> bool:
