@@ -223,7 +223,7 @@ def _write(path: Path, res: Any, out: Path, iters: int, n: int, hooks: JobHooks)
     return "done"
 
 
-def _failed(exc: BaseException | None) -> str:
+def _failed(exc: BaseException) -> str:
     """The one line naming the file, on stderr: the state "failed"."""
     typer.echo(f"error: {one_line(str(exc))}", err=True)
     return "failed"
