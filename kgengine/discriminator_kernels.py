@@ -8,6 +8,7 @@ import numpy as np
 from numba import njit
 
 from kgengine.discriminator import BN_EPS, SN_EPS
+from kgengine.numba_util import put2d as _put
 
 # BN_EPS, SN_EPS are compiled into Numba's disk cache, which watches only this file: touch it
 # after changing them. Helpers are inlined at Numba's level (``inline="always"``): compiled
@@ -65,14 +66,6 @@ def _divide(w, sigma, out):
     for i in range(w.shape[0]):
         for j in range(w.shape[1]):
             out[i, j] = w[i, j] / sigma
-
-
-@njit(cache=True, inline="always")
-def _put(dst, src):
-    """``dst[...] = src`` for 2-D arrays of one shape, element by element (a copy)."""
-    for i in range(dst.shape[0]):
-        for j in range(dst.shape[1]):
-            dst[i, j] = src[i, j]
 
 
 @njit(cache=True, inline="always")

@@ -23,19 +23,10 @@ import torch
 from numba import njit
 from torch.autograd.function import once_differentiable
 
+from kgengine.numba_util import put2d as _put
 from kgengine.numba_util import single_threaded_blas, slots
 
 _FAST = {"reassoc", "contract", "nsz"}
-
-
-@njit(cache=True, inline="always")
-def _put(dst, src):
-    """``dst[...] = src`` for 2-D arrays of one shape, element by element (a copy: the same
-    bits; Numba compiles a slice assignment's shape-error message, seconds per site on a
-    cold cache)."""
-    for i in range(dst.shape[0]):
-        for j in range(dst.shape[1]):
-            dst[i, j] = src[i, j]
 
 
 @njit(cache=True, nogil=True)
