@@ -1,7 +1,7 @@
 """Study: do crops with gradients in every direction give KernelGAN a better kernel axis?
 
 Why. On several development images both kgengine and the authors' code get the kernel's long
-axis wrong at every seed (README, "How far any combination rule could go"). Blur along an
+axis wrong at every seed (docs/HISTORY.md, "How far any combination rule could go"). Blur along an
 edge is invisible: a crop whose gradients all point one way constrains the kernel across that
 edge only. The authors' crop map favours strong ``|∂x|``, ``|∂y|`` and gradient magnitude, so
 on images dominated by one edge direction (buildings) most crops say little about the other.

@@ -1,6 +1,6 @@
 """Study: is a kernel elongated along the LR image's edges less accurate (a confidence)?
 
-KernelGAN's long axis is often wrong (README, "How far any combination rule could go"). The
+KernelGAN's long axis is often wrong (docs/HISTORY.md, "How far any combination rule could go"). The
 hypothesis: it errs toward the image's dominant edge direction, so an estimate elongated
 along the edges deserves less confidence. Score per run, with ``e`` the estimate's
 elongation (second-moment ``var_long / var_short``) and ``φ`` the angle between its long

@@ -18,6 +18,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # docstrings are wrapped at 100 columns: markdown joins their lines into paragraphs, so
+    # --help reflows them to the terminal's width instead of breaking each line twice
+    rich_markup_mode="markdown",
 )
 
 #: Modules under kgengine.commands that add commands to ``app`` (one line each).

@@ -14,7 +14,7 @@ of the saved kernel (:func:`kgengine.kernel.principal_axes`, ≥ 1) and ``s₀``
 :data:`HALF_SCORE`, the development set's median ``s``: confidence 1 when the two agree on
 a round kernel, ½ at the development set's median, → 0 as they part.
 
-Chosen on the development set (``bench/study_agreement.py``, README): the exponent 3 from
+Chosen on the development set (``bench/study_agreement.py``, docs/ACCURACY.md): the exponent 3 from
 {0, 1, 2, 3, 4, 6}. It ranks runs by accuracy with Spearman ρ +0.50 to +0.64 there and
 +0.65 to +0.72 on the held-out check set (x2 and x4, one run and ``--restarts 4``); the
 restarts' agreement (:mod:`kgengine.consensus`, the confidence before 0.9.7) had ρ ≈ 0.

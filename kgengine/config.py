@@ -14,15 +14,16 @@ class KernelGANConfig:
 
     The three ``authors_*`` switches are defects 1-3 of the authors' code (see
     ``docs/ALGORITHM.md`` section 7). Since 0.2 they default to the authors' behaviour: fixing
-    them measured worse on the development set (``bench/bench_vs_authors.py``, README), so the
-    fixes are opt-in (:meth:`defects_fixed`, ``--fix-defects``) until they are re-calibrated.
+    them measured worse on the development set (``bench/bench_vs_authors.py``,
+    docs/ACCURACY.md), so the fixes are opt-in (:meth:`defects_fixed`, ``--fix-defects``)
+    until they are re-calibrated.
 
     One default differs from the authors' code on purpose: ``n_filtering`` is 50, not 40
     (since 0.5.1; 0.5.0 had 60). The authors' clean-up of the saved kernel cuts its tails and
     left kgengine's kernels too narrow; 50 measured +0.41 ± 0.12 dB (x2) and +0.51 ± 0.17 dB
     (x4) aligned kernel PSNR on the development set, 48 runs per scale; 60 gained a little more
     on average but put more runs below the isotropic Gaussian (``bench/study_postprocess.py``,
-    README). It changes only the saved kernel, not the training. :meth:`authors` has 40.
+    docs/ACCURACY.md). It changes only the saved kernel, not the training. :meth:`authors` has 40.
 
     Since 0.9 a second one: ``elongation_power`` β = 0.4 (the authors' code: 1, no change).
     The saved kernel keeps its axes and area, and its log-elongation is multiplied by β
@@ -56,20 +57,20 @@ class KernelGANConfig:
     its grid (:func:`kgengine.width.refine_scale`, a parabola through the three criterion
     values around the grid's minimum), so the width no longer jumps by 1/6 octave steps;
     False gives the grid's point. Neutral on average, it halves the restarts' seed spread
-    at x2 (README, ``bench/study_image_bias.py``).
+    at x2 (docs/ACCURACY.md, ``bench/study_image_bias.py``).
 
     Since 0.9.10, ``width_release``: the calibration's pull toward KernelGAN's width
     (``width_prior``) is weakened where the LR spectrum's Gaussian fit is sharp, and gone
     where it is very sharp (:func:`kgengine.release.released_prior`): KernelGAN's kernels are
     3-5× too wide in area on sharp kernels, the regime of real photos, and the pull held the
-    calibration near that width (README, ``bench/study_sharp.py``). False gives the full
+    calibration near that width (docs/ACCURACY.md, ``bench/study_sharp.py``). False gives the full
     pull everywhere.
 
     Since 0.9.11, ``clean_release``: the clean-up's n (``n_filtering``, and
     ``restart_n_filtering`` for restarts) is lowered where the LR spectrum's Gaussian fit is
     sharp (:func:`kgengine.release.released_clean_n`): a sharp kernel has few entries above the
     raw kernel's noise floor, and keeping 50-70 of them kept that floor, a wide skirt
-    (README, ``bench/study_clean_release.py``). False gives the fixed n everywhere.
+    (docs/HISTORY.md, ``bench/study_clean_release.py``). False gives the fixed n everywhere.
 
     ``restart_iters`` and ``restart_n_filtering`` are kgengine's own (the authors' code has no
     restarts): see :meth:`run_iters` and :meth:`clean_n`.

@@ -16,7 +16,7 @@ it is small, linearly between two thresholds (:func:`release_fraction`):
   (:func:`released_clean_n`).
 
 How the thresholds were chosen, and what they cost on noisy images: ``bench/study_release.py``
-and ``bench/study_clean_release.py`` (README).
+and ``bench/study_clean_release.py`` (docs/HISTORY.md).
 """
 
 from __future__ import annotations

@@ -280,3 +280,41 @@ def test_info_says_whether_the_kernels_are_compiled(monkeypatch, cold, shown):
     res = runner.invoke(app, ["info"])
     assert res.exit_code == 0, res.output
     assert f"  disk cache: {shown}" in res.output
+
+
+def test_estimate_reads_folders_as_their_image_files(tmp_path, sample_hr):
+    """A folder IMAGE is its image files in name order (hidden files, other suffixes and,
+    with -r, OUTDIR left out): the same runs, kernel files and outputs as the files listed
+    one by one; -r adds the sub-folders; an empty folder is a one-line error."""
+    src = tmp_path / "photos"
+    (src / "sub").mkdir(parents=True)
+    crops = {"a": sample_hr[:120, :140], "b": sample_hr[40:160, 20:160]}
+    for name, crop in crops.items():
+        Image.fromarray((crop * 255).round().astype(np.uint8)).save(src / f"{name}.png")
+    Image.fromarray((sample_hr[:100, :100] * 255).round().astype(np.uint8)).save(
+        src / "sub" / "c.png")
+    (src / "notes.txt").write_text("not an image")
+    (src / ".hidden.png").write_bytes(b"not read")
+    common = ["--iters", "40", "--seed", "1", "--device", "cpu"]
+    listed, folder = tmp_path / "listed", src / "out"  # OUTDIR inside the folder
+    res = runner.invoke(app, ["estimate", str(src / "a.png"), str(src / "b.png"), "-o",
+                              str(listed), *common])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["estimate", str(src), "-o", str(folder), *common])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in folder.glob("*_kernel_x2.npy")) == [
+        "a_kernel_x2.npy", "b_kernel_x2.npy"]
+    for n in crops:
+        assert ((folder / f"{n}_kernel_x2.npy").read_bytes()
+                == (listed / f"{n}_kernel_x2.npy").read_bytes())
+    # -r: the sub-folder too, not OUTDIR's heat maps (a, b are done: skipped)
+    res = runner.invoke(app, ["estimate", str(src), "-r", "-o", str(folder), *common])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in folder.glob("*_kernel_x2.npy")) == [
+        "a_kernel_x2.npy", "b_kernel_x2.npy", "c_kernel_x2.npy"]
+    assert not list(folder.glob("*_kernel_kernel*"))
+    (tmp_path / "empty").mkdir()
+    res = runner.invoke(app, ["estimate", str(tmp_path / "empty"), "-o", str(folder)])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines()[-1].endswith(
+        "empty: no image files in this folder (-r also reads its sub-folders)")

@@ -21,8 +21,8 @@ from kgengine.progress import progress_hooks
 
 # --- which of the pool's kernels ---
 MinConfidence = Annotated[float | None, typer.Option(
-    "--min-confidence", help="Only the pool's kernels whose confidence (0-1, README) is known "
-                             "and at least this; a resume must give the same value.")]
+    "--min-confidence", help="Only the pool's kernels whose confidence (0-1, docs/ACCURACY.md) "
+                             "is known and at least this; a resume must give the same value.")]
 Top = Annotated[float | None, typer.Option(
     "--top", help="Instead: only the most confident fraction (0-1] of the pool's kernels "
                   "with a known confidence (as `pool filter --top`).")]

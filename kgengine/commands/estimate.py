@@ -23,6 +23,22 @@ from kgengine.errors import KGEngineError, brief_list, shown
 from kgengine.hooks import JobHooks
 from kgengine.progress import progress_hooks
 
+Restarts = Annotated[
+    int, typer.Option(help="Train K seeds per image in one batch and combine them (the "
+                           "report keeps their agreement).")]
+Stop = Annotated[
+    str, typer.Option(help="auto (the default since 0.9.12: stop once the kernel stopped "
+                           "changing, measured to cost no accuracy, docs/PERFORMANCE.md) or "
+                           "full (every iteration).")]
+Threads = Annotated[
+    int, typer.Option(help="CPU threads for torch (0 = torch's default, capped at the idle "
+                           "cores: on a busy machine fewer threads are much faster).")]
+Batch = Annotated[int, typer.Option(help=(
+    "Images trained together (0 = auto: 8 // --restarts on a CPU, where an image's kernel "
+    "is the same bytes at any batch size; 1 on a GPU, where it is not)."))]
+Recursive = Annotated[bool, typer.Option(
+    "--recursive", "-r", help="Also take images from sub-folders of folder IMAGEs.")]
+
 
 def register(app: typer.Typer) -> None:
     app.command("estimate")(estimate)
@@ -30,7 +46,8 @@ def register(app: typer.Typer) -> None:
 
 @cli_errors
 def estimate(
-    images: Annotated[list[Path], typer.Argument(help="LR images (PNG/JPEG/TIFF/... or .npy).")],
+    images: Annotated[list[Path], typer.Argument(
+        help="LR images (PNG/JPEG/TIFF/... or .npy), or folders of them.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")],
     x4: Annotated[bool, typer.Option("--x4", help="Also derive the x4 kernel.")] = False,
     iters: Annotated[int | None, typer.Option(
@@ -53,27 +70,18 @@ def estimate(
         list[str] | None,
         typer.Option("--set", help="Config override key=value (repeatable), e.g. --set lr_g=1e-4."),
     ] = None,
-    restarts: Annotated[
-        int, typer.Option(help="Train K seeds per image in one batch and combine them (the "
-                               "report keeps their agreement).")
-    ] = 1,
-    stop: Annotated[
-        str, typer.Option(help="auto (the default since 0.9.12: stop once the kernel stopped "
-                               "changing, measured to cost no accuracy, see the README) or "
-                               "full (every iteration).")
-    ] = "auto",
+    restarts: Restarts = 1,
+    stop: Stop = "auto",
     force: Annotated[bool, typer.Option(help="Redo images whose outputs already exist.")] = False,
-    threads: Annotated[
-        int, typer.Option(help="CPU threads for torch (0 = torch's default, capped at the idle "
-                               "cores: on a busy machine fewer threads are much faster).")
-    ] = 0,
-    batch: Annotated[int, typer.Option(help=(
-        "Images trained together (0 = auto: 8 // --restarts on a CPU, where an image's kernel "
-        "is the same bytes at any batch size; 1 on a GPU, where it is not)."))] = 0,
+    threads: Threads = 0,
+    batch: Batch = 0,
+    recursive: Recursive = False,
 ) -> None:
     """Estimate the x2 (and x4) kernel of each image and write .npy, .mat, PNG and a JSON report.
 
-    Images whose outputs in OUTDIR were made with the same settings (seed, iters, config,
+    A folder stands for the image files directly inside it (with -r, also in its
+    sub-folders; OUTDIR and kgengine pool folders left out), in name order. Images whose
+    outputs in OUTDIR were made with the same settings (seed, iters, config,
     x4, restarts, mode) are skipped (resume); outputs made with other settings are redone
     and replaced, with a line saying what differs. The others are trained BATCH at a time,
     every image with the same seed, and each image's files are written when its batch ends.
@@ -93,12 +101,32 @@ def estimate(
     from kgengine.sysinfo import auto_threads
 
     torch.set_num_threads(threads if threads > 0 else auto_threads(torch.get_num_threads()))
+    images = _expand(images, recursive, out)
     failed = _estimate(images, out, x4=x4, iters=iters, seed=seed, device=device, mode=mode,
                        fix_defects=fix_defects, overrides=overrides or [], force=force,
                        restarts=restarts, stop=stop, batch=batch)
     if failed:
         typer.echo(f"{failed} of {len(images)} image(s) failed", err=True)
         raise typer.Exit(1)
+
+
+def _expand(images: list[Path], recursive: bool, out: Path) -> list[Path]:
+    """The IMAGE arguments with each folder replaced by its image files
+    (:func:`kgengine.farm.inputs.folder_images`, OUTDIR left out); files stay as given, so
+    a missing one fails alone, naming itself."""
+    from kgengine.farm.inputs import folder_images
+
+    paths: list[Path] = []
+    for p in images:
+        if not p.is_dir():
+            paths.append(p)
+            continue
+        found = folder_images(p, recursive, exclude=[out])
+        if not found:
+            raise KGEngineError(f"{shown(p)}: no image files in this folder"
+                                + ("" if recursive else " (-r also reads its sub-folders)"))
+        paths += found
+    return paths
 
 
 def _estimate(

@@ -20,7 +20,7 @@ export_app = typer.Typer(
 
 Out = Annotated[Path, typer.Option("--out", "-o", help="The .onnx file to write.")]
 Noise = Annotated[
-    bool, typer.Option("--noise/--no-noise", help="Inputs noise_sigma, noise: lr += sigma*noise.")
+    bool, typer.Option("--noise/--no-noise", help="Inputs noise_sigma, noise: lr += sigma * noise.")
 ]
 Tile = Annotated[
     int, typer.Option("--tile", help="LR pixels per Conv step per axis (4: fast CPU; 1: plain).")
@@ -81,7 +81,7 @@ def export_pool(
 @cli_errors
 def export_generator(
     weights: Annotated[Path, typer.Argument(
-        help="<name>_generator.npz from an estimation run.")],
+        help="`<name>_generator.npz` from an estimation run.")],
     out: Out,
     folded: Annotated[bool, typer.Option(
         "--folded/--layers", help="One 13x13 strided Conv, or the six layers.")] = False,

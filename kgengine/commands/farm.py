@@ -71,7 +71,7 @@ PoolArg = Annotated[Path, typer.Argument(help="kernel_pool.npz, a farm POOL_DIR 
                                               "folder.")]
 MinConfidence = Annotated[float | None, typer.Option(
     "--min-confidence", help="Only kernels whose confidence (0-1: KernelGAN's kernel "
-                             "against the LR spectrum's, README) is known and at least "
+                             "against the LR spectrum's, docs/ACCURACY.md) is known and at least "
                              "this.")]
 
 
@@ -250,8 +250,8 @@ def export_command(
     out: Annotated[Path, typer.Option(
         "-o", "--out", help="A folder (npy, mat-folder) or a .mat file (kair-mat).")],
     fmt: Annotated[str, typer.Option(
-        "--format", help="npy: <id>.npy per kernel (traiNNer); mat-folder: "
-                         "<id>_kernel_x{s}.mat with 'Kernel' (KernelGAN/RealSR); kair-mat: one "
+        "--format", help="npy: `<id>.npy` per kernel (traiNNer); mat-folder: "
+                         "`<id>_kernel_x{s}.mat` with 'Kernel' (KernelGAN/RealSR); kair-mat: one "
                          ".mat with a 'kernels' cell array (KAIR/USRNet).")],
     size: Annotated[int | None, typer.Option(
         "--size", help="Crop or zero-pad every kernel to KxK around its centre (odd; e.g. 15 "

@@ -75,6 +75,15 @@ def expand_inputs(inputs: Sequence[str | os.PathLike], recursive: bool = False,
     return out
 
 
+def folder_images(folder: str | os.PathLike, recursive: bool = False,
+                  exclude: Sequence[str | os.PathLike] = ()) -> list[Path]:
+    """The image files that a folder INPUT gives (see the module docstring; sorted, hidden
+    files and pool folders left out), without those inside an ``exclude`` folder (e.g. the
+    output folder of ``kgengine estimate``, which holds ``*_kernel.png`` heat maps)."""
+    in_pool = _PoolFolders(exclude)
+    return [f for f in _folder(Path(folder), recursive, in_pool) if not in_pool(f.parent)]
+
+
 class _PoolFolders:
     """``in_pool(folder)``: is ``folder`` a pool folder (it or a parent holds
     ``manifest.sqlite``, or is one of ``exclude``)? Memoised per folder."""
