@@ -300,8 +300,11 @@ def test_estimate_reads_folders_as_their_image_files(tmp_path, sample_hr):
     res = runner.invoke(app, ["estimate", str(src / "a.png"), str(src / "b.png"), "-o",
                               str(listed), *common])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["estimate", str(src), "-o", str(folder), *common])
+    # a folder and a file in it: the file once
+    res = runner.invoke(app, ["estimate", str(src), str(src / "b.png"), "-o", str(folder),
+                              *common])
     assert res.exit_code == 0, res.output
+    assert "a batch of 2" in res.output
     assert sorted(p.name for p in folder.glob("*_kernel_x2.npy")) == [
         "a_kernel_x2.npy", "b_kernel_x2.npy"]
     for n in crops:

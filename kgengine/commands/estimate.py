@@ -112,21 +112,21 @@ def estimate(
 
 def _expand(images: list[Path], recursive: bool, out: Path) -> list[Path]:
     """The IMAGE arguments with each folder replaced by its image files
-    (:func:`kgengine.farm.inputs.folder_images`, OUTDIR left out); files stay as given, so
-    a missing one fails alone, naming itself."""
+    (:func:`kgengine.farm.inputs.folder_images`, OUTDIR left out), each file once (a folder
+    and a file in it); files stay as given, so a missing one fails alone, naming itself."""
     from kgengine.farm.inputs import folder_images
 
-    paths: list[Path] = []
+    paths: dict[Path, Path] = {}  # resolved -> as given, in first-seen order
     for p in images:
-        if not p.is_dir():
-            paths.append(p)
-            continue
-        found = folder_images(p, recursive, exclude=[out])
-        if not found:
-            raise KGEngineError(f"{shown(p)}: no image files in this folder"
-                                + ("" if recursive else " (-r also reads its sub-folders)"))
-        paths += found
-    return paths
+        found = [p]
+        if p.is_dir():
+            found = folder_images(p, recursive, exclude=[out])
+            if not found:
+                raise KGEngineError(f"{shown(p)}: no image files in this folder"
+                                    + ("" if recursive else " (-r also reads its sub-folders)"))
+        for f in found:
+            paths.setdefault(f.resolve(), f)
+    return list(paths.values())
 
 
 def _estimate(
