@@ -319,5 +319,5 @@ def test_estimate_reads_folders_as_their_image_files(tmp_path, sample_hr):
     (tmp_path / "empty").mkdir()
     res = runner.invoke(app, ["estimate", str(tmp_path / "empty"), "-o", str(folder)])
     assert res.exit_code == 1
-    assert res.output.strip().splitlines()[-1].endswith(
-        "empty: no image files in this folder (-r also reads its sub-folders)")
+    assert "empty: no image files in this folder (-r also reads its sub-folders)" in res.output
+    assert res.output.strip().splitlines()[-1] == "1 of 1 image(s) failed"

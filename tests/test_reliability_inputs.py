@@ -236,12 +236,15 @@ def test_config_refuses_non_integral_and_out_of_range_values():
     assert MODES == TRAINER_MODES
 
 
-def test_directory_given_to_estimate_is_named_and_the_others_finish(tmp_path, monkeypatch):
+def test_folder_without_images_given_to_estimate_is_named_and_the_others_finish(
+        tmp_path, monkeypatch):
+    # since 0.9.17 a folder stands for its image files; one without any fails alone
     monkeypatch.setattr(kgengine.api, "estimate_kernel", fake_estimate_kernel)
     (img,) = make_images(tmp_path / "in", 1)
     (tmp_path / "folder.png").mkdir()
     res = _invoke("estimate", tmp_path / "folder.png", img, "-o", tmp_path / "out")
-    _one_error(res, f"{tmp_path / 'folder.png'}: is a folder, not an image file")
+    _one_error(res, f"{tmp_path / 'folder.png'}: no image files in this folder")
+    assert "1 of 2 image(s) failed" in res.output
     assert (tmp_path / "out" / "p0_report.json").is_file()
 
 

@@ -101,32 +101,36 @@ def estimate(
     from kgengine.sysinfo import auto_threads
 
     torch.set_num_threads(threads if threads > 0 else auto_threads(torch.get_num_threads()))
-    images = _expand(images, recursive, out)
-    failed = _estimate(images, out, x4=x4, iters=iters, seed=seed, device=device, mode=mode,
-                       fix_defects=fix_defects, overrides=overrides or [], force=force,
-                       restarts=restarts, stop=stop, batch=batch)
+    images, empty = _expand(images, recursive, out)
+    failed = empty + _estimate(images, out, x4=x4, iters=iters, seed=seed, device=device,
+                               mode=mode, fix_defects=fix_defects, overrides=overrides or [],
+                               force=force, restarts=restarts, stop=stop, batch=batch)
     if failed:
-        typer.echo(f"{failed} of {len(images)} image(s) failed", err=True)
+        typer.echo(f"{failed} of {len(images) + empty} image(s) failed", err=True)
         raise typer.Exit(1)
 
 
-def _expand(images: list[Path], recursive: bool, out: Path) -> list[Path]:
-    """The IMAGE arguments with each folder replaced by its image files
+def _expand(images: list[Path], recursive: bool, out: Path) -> tuple[list[Path], int]:
+    """(the IMAGE arguments with each folder replaced by its image files
     (:func:`kgengine.farm.inputs.folder_images`, OUTDIR left out), each file once (a folder
-    and a file in it); files stay as given, so a missing one fails alone, naming itself."""
+    and a file in it), the number of folders without images). Files stay as given, so a
+    missing one fails alone, naming itself; a folder without images fails alone too (one
+    error line), and the others go on."""
     from kgengine.farm.inputs import folder_images
 
     paths: dict[Path, Path] = {}  # resolved -> as given, in first-seen order
+    empty = 0
     for p in images:
         found = [p]
         if p.is_dir():
             found = folder_images(p, recursive, exclude=[out])
             if not found:
-                raise KGEngineError(f"{shown(p)}: no image files in this folder"
-                                    + ("" if recursive else " (-r also reads its sub-folders)"))
+                empty += 1
+                _failed(KGEngineError(f"{shown(p)}: no image files in this folder" + (
+                    "" if recursive else " (-r also reads its sub-folders)")))
         for f in found:
             paths.setdefault(f.resolve(), f)
-    return list(paths.values())
+    return list(paths.values()), empty
 
 
 def _estimate(
