@@ -41,12 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from devset import DEFAULT_OUT, ensure_devset  # noqa: E402
 
-from kgengine import lean_step  # noqa: E402
 from kgengine.api import _Final, _image_result, restart_seed  # noqa: E402
 from kgengine.atomic import save_json  # noqa: E402
-from kgengine.batch_rows import PER_IMAGE  # noqa: E402
+from kgengine.batch_rows import take  # noqa: E402
 from kgengine.config import KernelGANConfig  # noqa: E402
-from kgengine.flatbuf import leaves, take_rows  # noqa: E402
 from kgengine.imageio import read_image  # noqa: E402
 from kgengine.kernel import analytic_x4, gaussian_kernel  # noqa: E402
 from kgengine.metrics import aligned_kernel_psnr  # noqa: E402
@@ -63,29 +61,14 @@ JOBS = {"pilot": [(2, f"im_{i}", s) for s in (0, 1, 2) for i in range(5, 13)],
 
 
 def fork_rows(tr: BatchTrainer, idx: list[int], seeds: list[int]) -> None:
-    """Make ``tr``'s batch the rows ``idx`` of its current one (repeats allowed: copies),
-    each with the seed of ``seeds`` from now on (its crops and noise; the copied weights,
-    Adam moments and schedule state stay). Between steps, before any image stopped."""
-    lean_step.settle(tr)
-    at = torch.as_tensor(idx)
-    tr.b = tr.n_images = len(idx)
-    tr.rows, tr._frozen = np.arange(tr.b), {}
-    for name in PER_IMAGE:
-        setattr(tr, name, getattr(tr, name)[at])
+    """Make ``tr``'s batch the rows ``idx`` of its current one (repeats allowed: copies,
+    :func:`kgengine.batch_rows.take`), each with the seed of ``seeds`` from now on (its
+    crops and noise; the copied weights, Adam moments and schedule state stay). Between
+    steps, before any image stopped."""
+    take(tr, np.asarray(idx))
+    tr.n_images, tr.rows, tr._frozen = tr.b, np.arange(tr.b), {}
     tr.seeds = torch.tensor(seeds, dtype=torch.int64)
-    tr.lam = {k: v[at] for k, v in tr.lam.items()}
-    tr.d_state = {k: v[at].clone() for k, v in tr.d_state.items()}
-    tr.last = {k: v[at] for k, v in tr.last.items()}
-    tr._all_similar = tr._host and bool(tr.similar.all())
-    for flat, leaf, opt in (("g_flat", "g_weights", tr.opt_g), ("d_flat", "_d_leaves", tr.opt_d)):
-        shapes = [w.shape for w in getattr(tr, leaf)]
-        buf, views = leaves(take_rows(getattr(tr, flat), shapes, at), shapes, tr.b)
-        setattr(tr, flat, buf)
-        setattr(tr, leaf, views)
-        opt.rebind(buf, take_rows(opt.m, shapes, at), take_rows(opt.v, shapes, at))
     tr._noise_chunk = (-1, torch.empty(0))  # the noise is drawn from the new seeds
-    tr._next_kernel = (-1, None)
-    tr._reset_lean()
 
 
 def trunk_restarts(arr: np.ndarray, name: str, seed: int, scale: int, trunk: int,

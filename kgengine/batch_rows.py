@@ -35,10 +35,18 @@ def drop(tr: Any, gone: np.ndarray) -> None:
     views and jobs, a composed kernel, the static step's buffers) are made again on first
     use. Adam's step count and learning rate are shared by the batch and stay.
     """
-    lean_step.settle(tr)
     keep = np.flatnonzero(~gone)
+    take(tr, keep)
+    tr.rows = tr.rows[keep]
+
+
+def take(tr: Any, keep: np.ndarray) -> None:
+    """Make ``tr``'s batch the rows ``keep`` (R,) of its current one, in that order (a row
+    may come more than once: copies), with every per-image state :func:`drop` lists; ``b``
+    becomes R. The caller sets :attr:`rows` (and what else its rows mean)."""
+    lean_step.settle(tr)
     idx = torch.as_tensor(keep, device=tr.device)
-    tr.rows, tr.b = tr.rows[keep], len(keep)
+    tr.b = len(keep)
     for name in PER_IMAGE:
         setattr(tr, name, getattr(tr, name)[idx])
     tr.lam = {k: v[idx] for k, v in tr.lam.items()}
