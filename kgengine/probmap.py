@@ -34,30 +34,12 @@ def _zero_border(m: np.ndarray, edge: int) -> np.ndarray:
     return out
 
 
-def _zero_border_(m: np.ndarray, edge: int) -> np.ndarray:
-    """:func:`_zero_border` in place (returns ``m``)."""
-    if edge == 0:
-        return m
-    if m.shape[0] <= 2 * edge or m.shape[1] <= 2 * edge:
-        m[...] = 0.0
-        return m
-    m[:edge], m[-edge:], m[:, :edge], m[:, -edge:] = 0.0, 0.0, 0.0, 0.0
-    return m
-
-
-def _clip_extreme_(m: np.ndarray, percent: float) -> np.ndarray:
-    """``clip(m, q, q') - q`` in place (returns ``m``), ``q`` the value of rank
-    ``⌊percent·n⌋`` of m's n values (ascending) and ``q'`` the next rank's (``q + 1e-5``
-    where they are equal). The two ranks come from one partition, not a full sort: the same
-    values."""
-    flat = m.ravel()
+def _clip_extreme(m: np.ndarray, percent: float) -> np.ndarray:
+    flat = np.sort(m.ravel())
     pivot = min(int(percent * flat.size), flat.size - 2)
-    ranked = np.partition(flat, (pivot, pivot + 1))
-    v_min = ranked[pivot]
-    v_max = ranked[pivot + 1] if ranked[pivot + 1] > v_min else v_min + 1e-5
-    np.clip(m, v_min, v_max, out=m)
-    m -= v_min
-    return m
+    v_min = flat[pivot]
+    v_max = flat[pivot + 1] if flat[pivot + 1] > v_min else v_min + 1e-5
+    return np.clip(m, v_min, v_max) - v_min
 
 
 def gradient_map(img: np.ndarray, window: int = 5, percent: float = 0.97,
@@ -65,42 +47,32 @@ def gradient_map(img: np.ndarray, window: int = 5, percent: float = 0.97,
     """Smoothed gradient map of an (H, W, 3) image, mean 1 (or all ones for a flat image).
 
     ``Σ_m m/Σm`` over ``m`` = clipped ``|gx|``, clipped ``|gy|`` and ``|∇|`` (raw unless
-    ``clip_magnitude``), each border-zeroed, then box-blurred over ``window``. Each step
-    works in place on the (H, W) float64 arrays it owns (a 12-megapixel photo's maps were
-    mostly fresh-array allocation and a full sort); every value is the one the step-by-step
-    formula gives (tested bit for bit).
+    ``clip_magnitude``), each border-zeroed, then box-blurred over ``window``.
     """
     grey = img @ np.array([0.299, 0.587, 0.114])
     gx, gy = np.gradient(grey)
-    mag = np.square(gx)
-    mag += np.square(gy, out=grey)
-    np.sqrt(mag, out=mag)
-    total = np.zeros_like(mag)
-    for i, m in enumerate((np.abs(gx, out=gx), np.abs(gy, out=gy), mag)):
-        _zero_border_(m, window)
+    maps = [np.abs(gx), np.abs(gy), np.sqrt(gx**2 + gy**2)]
+    total = np.zeros_like(grey)
+    for i, m in enumerate(maps):
+        m = _zero_border(m, window)
         if i < 2 or clip_magnitude:
-            _clip_extreme_(m, percent)
-        norm = m.sum()
-        if norm > 0:
-            m /= norm
-            total += m
-    total = ndimage.uniform_filter(total, size=window, mode="constant", output=total)
+            m = _clip_extreme(m, percent)
+        if m.sum() > 0:
+            total += m / m.sum()
+    total = ndimage.uniform_filter(total, size=window, mode="constant")
     mean = total.mean()
-    if mean > 0:
-        total /= mean
-        return total
-    return np.ones_like(total)
+    return total / mean if mean > 0 else np.ones_like(total)
 
 
 def crop_map(loss_map: np.ndarray, crop: int) -> np.ndarray:
     """Probability (sum 1) of each pixel being a crop centre, from a gradient map."""
     half = max(crop // 2, 1)
-    prob = _zero_border_(ndimage.uniform_filter(loss_map, size=half, mode="constant"), half)
+    blurred = ndimage.uniform_filter(loss_map, size=half, mode="constant")
+    prob = _zero_border(blurred, half)
     total = prob.sum()
     if not np.isfinite(total) or total <= 0:
         return np.full(loss_map.shape, 1.0 / loss_map.size)
-    prob /= total
-    return prob
+    return prob / total
 
 
 def half_scale(img: np.ndarray) -> np.ndarray:
