@@ -54,10 +54,11 @@ def variant_config(spec: str) -> tuple[str, KernelGANConfig, dict]:
     the committed ``default``, ``r4`` and ``r4auto`` stores); a NAME starting with ``fixed``
     from ``defects_fixed()`` with ``n_filtering = 40`` (kgengine 0.1's choice). kgengine 0.5.1's
     default is ``n50:n_filtering=50`` (0.5.0's: ``n60:n_filtering=60``); restarts run
-    ``restart_iters`` iterations each (1500 since 0.8; the stores made before 0.8 ran 3000, so
-    their variants say ``restart_iters=3000``). Restarts are cleaned with ``n_filtering``
-    unless ``restart_n_filtering`` is given (kgengine 0.9.3's default: 70), so the variants of
-    the stores made before 0.9.3 keep their meaning. Keys are config fields, plus
+    ``restart_iters`` iterations each (1250 since 0.9.18; 1500 in 0.8-0.9.17 and 3000 before,
+    so the variants of those stores say ``restart_iters=1500`` or ``restart_iters=3000``).
+    Restarts are cleaned with ``n_filtering`` unless ``restart_n_filtering`` is given
+    (kgengine 0.9.3's default: 70), so the variants of the stores made before 0.9.3 keep
+    their meaning. Keys are config fields, plus
     ``restarts``, ``rule`` and ``stop`` (full or auto) for ``estimate_kernels``.
     """
     name, _, sets = spec.partition(":")

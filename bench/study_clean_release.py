@@ -95,7 +95,7 @@ RULES = {
 def train(batch_images: int = 2) -> None:
     """The raw kernels of the sharp set's restarts not stored yet: each restart a single run
     of ``restart_iters`` with its restart seed, ``batch_images`` images' restarts a batch."""
-    cfg = KernelGANConfig()
+    cfg = KernelGANConfig(restart_iters=1500)  # the stored restarts' length (0.8-0.9.17)
     iters = cfg.run_iters(RESTARTS)
     store = json.loads(RAW_STORE.read_text()) if RAW_STORE.exists() else {
         "note": f"raw kernels of the sharp set's --restarts {RESTARTS} (x2, {iters} iterations "

@@ -79,7 +79,7 @@ def train(setname: str, part: str) -> None:
     root = ensure_devset() if setname == "dev" else ensure_checkset()
     i, m = (int(v) for v in part.split("/"))
     path = store_path(setname, part if m > 1 else None)
-    cfg = KernelGANConfig()
+    cfg = KernelGANConfig(restart_iters=1500)  # the stored restarts' length (0.8-0.9.17)
     iters = cfg.run_iters(RESTARTS)
     store = json.loads(path.read_text()) if path.exists() else {
         "note": f"raw kernels of --restarts {RESTARTS} ({iters} iterations each), "
@@ -202,7 +202,8 @@ def byte_check() -> str:
         return "byte check: no stored check-set group"
     sc, name, seed = next(iter(groups))
     res = estimate_kernels([CHECK_OUT / f"lr_x{sc}" / f"{name}.png"], seeds=[seed],
-                           restarts=RESTARTS, device="cpu")[0]
+                           restarts=RESTARTS, device="cpu",
+                           config=KernelGANConfig(restart_iters=1500))[0]
     cfg = KernelGANConfig()
     k, _, _ = finish_restarts(groups[(sc, name, seed)], cfg.clean_n(RESTARTS),
                               elongation_power=cfg.elongation_power)

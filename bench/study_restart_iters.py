@@ -25,6 +25,10 @@ first check t >= min_iters where its raw kernel moved less than ``tol`` since t 
 (:func:`kgengine.stopping.kernel_change`), else at 1500. Checked at the snapshots, these are
 exactly the kernels such a rule would save (:data:`RULES`, :func:`rule_stops`).
 
+0.9.18 adopted restarts of 1250 iterations on these figures (``restart_iters``; the bar of
+#11 for a speed change, the accuracy within the seed spread, rather than ``--stop auto``'s);
+``--derive 1250`` writes the row's store ``kgengine_v0918r4.json`` from the snapshots.
+
 Run: ``python bench/study_restart_iters.py --train`` (about 80 min on 2 cores, resumable,
 ``bench/data/restart_iters_study.json``), then ``python bench/study_restart_iters.py`` (about
 10 min) -> ``bench/data/restart_iters_study.md``.
@@ -333,13 +337,41 @@ def report(workers: int = 2) -> str:
         ""])
 
 
+def derive(t: int) -> Path:
+    """``kgengine_v0918r4.json``: the development set's ``--restarts 4`` kernels with each
+    restart trained ``t`` iterations (0.9.18's ``restart_iters`` 1250), as the API saves them
+    (x4: the analytic x4 kernel), and their confidences, from the snapshots above."""
+    runs = {}
+    for key, rec in sorted(json.loads(STORE.read_text())["runs"].items()):
+        setname, xs, name, s = key.split("/")
+        ks = raw_at(key, rec, t)
+        if setname != "dev" or any(k is None for k in ks):
+            continue
+        res = api_result(ks, lr_of(setname, int(xs[1:]), name),
+                         [restart_seed(int(s[1:]), r) for r in range(K)], t, xs == "x4")
+        kernel = res.kernel_x4 if xs == "x4" else res.kernel_x2
+        runs[f"{xs}/{name}/{s}"] = {"kernel": np.round(kernel, 9).tolist(),
+                                    "confidence": res.confidence}
+    path = rc.DATA / "kgengine_v0918r4.json"
+    save_json(path, {"variant": "v0918r4",
+                     "config": KernelGANConfig(restart_iters=t).to_dict(), "runs": runs,
+                     "note": f"derived by bench/study_restart_iters.py --derive {t} from the "
+                             f"restarts' raw kernels at iteration {t} (restart_iters {t})"})
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--train", action="store_true", help="train the groups not stored yet")
+    p.add_argument("--derive", type=int, default=0, choices=(0, *SNAPS[:-1]),
+                   help="write kgengine_v0918r4.json from the snapshots at this iteration")
     p.add_argument("--workers", type=int, default=2)
     a = p.parse_args(argv)
     if a.train:
         train()
+        return 0
+    if a.derive:
+        print(derive(a.derive))
         return 0
     text = report(a.workers)
     save_text(OUT, text)

@@ -96,7 +96,7 @@ def run(devset: Path, trunk: int, part: tuple[int, int], jobs: list) -> None:
     store = json.loads(path.read_text()) if path.exists() else {"trunk": trunk, "runs": {}}
     done = set(_runs(trunk))
     todo = [j for j in jobs if f"x{j[0]}/{j[1]}/s{j[2]}" not in done]
-    cfg = KernelGANConfig()
+    cfg = KernelGANConfig(restart_iters=1500)  # the stored restarts' length (0.8-0.9.17)
     for scale, name, seed in todo[part[0]::part[1]]:
         key = f"x{scale}/{name}/s{seed}"
         t0 = time.perf_counter()

@@ -182,7 +182,7 @@ def estimate_kernels(
         seeds: one seed per image (default ``seed + i``); results do not depend on batching.
         x4: also derive the x4 kernel analytically.
         iters: iterations of each training, one run or each restart (default:
-            ``config.run_iters(restarts)``, 3000 for one run and 1500 for each restart).
+            ``config.run_iters(restarts)``, 3000 for one run and 1250 for each restart).
         device: "auto", "cpu", "cuda" or "cuda:N".
         config: a :class:`KernelGANConfig` (default: the authors' settings, defects 1-3 included).
         dtype: training precision (float32; float64 for exactness tests).

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from kgengine.api import EstimateResult
 from kgengine.cli import app
+from kgengine.config import KernelGANConfig
 from kgengine.errors import KGEngineError, TrainingDivergedError
 from kgengine.farm import batching, records, training
 from kgengine.farm.manifest import Manifest, NewImage, lock_pool_dir
@@ -333,8 +334,13 @@ def test_settings_without_restarts_read_as_one():
 def test_settings_without_restart_iters_keep_full_length_restarts():
     # a pool from before 0.8 trained each restart for ``iters``; resuming it must too
     stored = resolve_settings(None, restarts=4).to_dict()
-    assert stored["config"]["restart_iters"] == 1500
-    assert resolve_settings(stored).config.run_iters(4) == 1500
+    assert stored["config"]["restart_iters"] == 1250
+    assert resolve_settings(stored).config.run_iters(4) == 1250
+    # a pool of 0.8-0.9.17 (restarts of 1500) resumes with its own length
+    before = {**stored, "config": {**stored["config"], "restart_iters": 1500}}
+    assert resolve_settings(before).config.run_iters(4) == 1500
+    with pytest.raises(KGEngineError, match=r"config.restart_iters \(pool: 1500, given: 1250\)"):
+        resolve_settings(before, config=KernelGANConfig())
     del stored["config"]["restart_iters"]
     old = resolve_settings(stored)
     assert old.config.run_iters(4) == 3000 and resolve_settings(stored, iters=3000) == old
@@ -343,7 +349,7 @@ def test_settings_without_restart_iters_keep_full_length_restarts():
     # one run does not depend on restart_iters: --iters 3000 resumes a default one-run pool
     one = resolve_settings(None).to_dict()
     assert resolve_settings(one, iters=3000).config.run_iters(1) == 3000
-    with pytest.raises(KGEngineError, match=r"config.restart_iters \(pool: 1500, given: 3000\)"):
+    with pytest.raises(KGEngineError, match=r"config.restart_iters \(pool: 1250, given: 3000\)"):
         resolve_settings(resolve_settings(None, restarts=4).to_dict(), iters=3000)
 
 

@@ -99,10 +99,10 @@ def test_restarts_equal_single_runs_combined(lr):
 
 
 def test_each_restart_runs_restart_iters_unless_iters_is_given(lr):
-    # a restart stops at restart_iters (1500 by default; here 40 of 80): its kernel is the
+    # a restart stops at restart_iters (1250 by default; here 40 of 80): its kernel is the
     # single run of that length, byte for byte; an explicit ``iters`` sets both lengths
     cfg = KernelGANConfig(iters=80, restart_iters=40, lr_decay_every=30, bic_decay_every=20)
-    assert KernelGANConfig().run_iters(1) == 3000 and KernelGANConfig().run_iters(4) == 1500
+    assert KernelGANConfig().run_iters(1) == 3000 and KernelGANConfig().run_iters(4) == 1250
     assert cfg.with_iters(10).run_iters(4) == 10 and cfg.run_iters(1) == 80
     (res,) = estimate_kernels([lr], seeds=[5], restarts=2, config=cfg, device="cpu")
     assert res.report["iters"] == 40 and res.report["iters_used"] == 40

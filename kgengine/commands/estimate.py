@@ -51,7 +51,7 @@ def estimate(
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")],
     x4: Annotated[bool, typer.Option("--x4", help="Also derive the x4 kernel.")] = False,
     iters: Annotated[int | None, typer.Option(
-        help="Iterations of each training (default: 3000, the paper's, for one run; 1500 for "
+        help="Iterations of each training (default: 3000, the paper's, for one run; 1250 for "
              "each restart with --restarts K > 1).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed, the same for every image.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",

@@ -40,7 +40,7 @@ Scale = Annotated[int, typer.Option(help="Which LR images and kernels: 2 or 4.")
 Seeds = Annotated[str, typer.Option(help="Seeds, e.g. 0,1,2: spread across seeds is reported.")]
 Ids = Annotated[str | None, typer.Option(help="Only these image numbers, e.g. 1-10,15.")]
 Iters = Annotated[
-    int | None, typer.Option(help="Iterations of each training (default: 3000 for one run, 1500 "
+    int | None, typer.Option(help="Iterations of each training (default: 3000 for one run, 1250 "
                                   "for each restart with --restarts K > 1).")
 ]
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")]

@@ -38,7 +38,7 @@ X4 = Annotated[bool | None, typer.Option(
     "--x4/--no-x4", help="Also derive x4 kernels (and kernel_pool_x4.npz). Default: no / the "
                          "pool's setting.")]
 Iters = Annotated[int | None, typer.Option(
-    "--iters", help="Iterations of each training (default: 3000, the paper's, for one run; 1500 "
+    "--iters", help="Iterations of each training (default: 3000, the paper's, for one run; 1250 "
                     "for each restart with --restarts K > 1; the pool's setting on resume).")]
 Seed = Annotated[int | None, typer.Option(
     "--seed", help="Job seed; each image's seed is derived from it and the file's content.")]
