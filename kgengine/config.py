@@ -172,10 +172,10 @@ class KernelGANConfig:
         auto``'s study). The restarts' saved kernel at 1250 against 1500, paired on the same
         trainings (``bench/study_restart_iters.py``, 3 seeds): −0.013 ± 0.015 dB (x2) and
         +0.002 ± 0.014 (x4) on the development set's 60 runs per scale, −0.025 ± 0.018 and
-        +0.035 ± 0.026 on the held-out check set's 36; the same runs below the isotropic
-        Gaussian, seed spread 0.18 / 0.49 dB against 0.17 / 0.48, far within it (#11's bar
-        for a speed change); the worst group −0.46 / −0.40 (development), −0.56 / −0.55
-        (check). At 0.83× the arithmetic, ``--restarts 4`` takes 1.40-1.84× one run's wall
+        +0.035 ± 0.026 on the held-out check set's 36: mean changes far within the seed
+        spread (0.18 / 0.49 dB against 0.17 / 0.48; #11's bar for a speed change), as many
+        runs below the isotropic Gaussian, the worst group −0.46 / −0.40 (development) and
+        −0.56 / −0.55 (check). At 0.83× the arithmetic, ``--restarts 4`` takes 1.40-1.84× one run's wall
         time against 1.71-2.19× (``bench/bench_restarts.py``). 1000 loses up to 1.1 dB on a
         group and adds a run below the Gaussian at x4.
         """
