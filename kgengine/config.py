@@ -175,9 +175,9 @@ class KernelGANConfig:
         +0.035 ± 0.026 on the held-out check set's 36: mean changes far within the seed
         spread (0.18 / 0.49 dB against 0.17 / 0.48; #11's bar for a speed change), as many
         runs below the isotropic Gaussian, the worst group −0.46 / −0.40 (development) and
-        −0.56 / −0.55 (check). At 0.83× the arithmetic, ``--restarts 4`` takes 1.40-1.84× one run's wall
-        time against 1.71-2.19× (``bench/bench_restarts.py``). 1000 loses up to 1.1 dB on a
-        group and adds a run below the Gaussian at x4.
+        −0.56 / −0.55 (check). At 0.83× the arithmetic, ``--restarts 4`` takes 1.40-1.84×
+        one run's wall time against 1.71-2.19× (``bench/bench_restarts.py``). 1000 loses up
+        to 1.1 dB on a group and adds a run below the Gaussian at x4.
         """
         return self.iters if restarts <= 1 else min(self.iters, self.restart_iters)
 
