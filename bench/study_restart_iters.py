@@ -27,7 +27,9 @@ exactly the kernels such a rule would save (:data:`RULES`, :func:`rule_stops`).
 
 0.9.18 adopted restarts of 1250 iterations on these figures (``restart_iters``; the bar of
 #11 for a speed change, the accuracy within the seed spread, rather than ``--stop auto``'s);
-``--derive 1250`` writes the row's store ``kgengine_v0918r4.json`` from the snapshots.
+``--derive 1250`` writes the row's store ``kgengine_v0918r4.json`` from the snapshots, and
+``--perturbed`` compares 1250 with 1500 when the post-processing reads the LR image with
+noise or JPEG (``bench/data/restart_iters_perturbed.md``).
 
 Run: ``python bench/study_restart_iters.py --train`` (about 80 min on 2 cores, resumable,
 ``bench/data/restart_iters_study.json``), then ``python bench/study_restart_iters.py`` (about
@@ -360,15 +362,75 @@ def derive(t: int) -> Path:
     return path
 
 
+#: images the post-processing reads instead of the clean LR image (KernelGAN trained on the
+#: clean one, as ``bench/study_width.py``'s perturbations)
+PERTURBED = ("noise 3/255", "JPEG q 75")
+
+
+def _score_perturbed(item: tuple[str, dict, str]) -> dict | None:
+    """One development group's saved-kernel PSNR at 1250 and 1500 with the post-processing
+    reading the perturbed LR image ``how``."""
+    import study_spectral as ss
+
+    key, rec, how = item
+    setname, xs, name, s = key.split("/")
+    sc, seed = int(xs[1:]), int(s[1:])
+    gray = ss._image(setname, sc, name, how)
+    lr = np.repeat(gray[..., None], 3, axis=2)
+    gt = truth(rc.SETS[setname][0], sc, name)
+    out = {"scale": sc, "how": how, "iso": rc._psnr(gaussian_kernel(13, 1.3), gt, sc)}
+    for t in (1250, FULL):
+        ks = raw_at(key, rec, t)
+        if any(k is None for k in ks):
+            return None
+        res = api_result(ks, lr, [restart_seed(seed, r) for r in range(K)], t, sc == 4)
+        out[t] = rc._psnr(res.kernel_x2, gt, sc)
+    return out
+
+
+def perturbed_table(workers: int = 2) -> str:
+    """1250 against 1500 on the development set with noise or JPEG in the image that the
+    post-processing reads (0.9.18)."""
+    runs = json.loads(STORE.read_text())["runs"]
+    items = [(k, r, how) for k, r in sorted(runs.items()) if k.startswith("dev/")
+             for how in PERTURBED]
+    with Pool(workers) as pool:
+        rows = [r for r in pool.map(_score_perturbed, items, chunksize=4) if r]
+    lines = ["# `--restarts 4`: restarts of 1250 against 1500, noise or JPEG in the LR image",
+             "", "`python bench/study_restart_iters.py --perturbed` (module docstring): the "
+             "development set's groups (seeds 0-2), the saved kernel from the same raw kernels "
+             "with the post-processing (clean-up n, width calibration, spectral fit and mix) "
+             "reading the perturbed image, as `bench/study_width.py`. " + machine_line("cpu"),
+             "", "| image read | scale | groups | Δ 1250 vs 1500 ± SE | worst / best | "
+             "below iso (1250 / 1500) |", "|---|---:|---:|---:|---:|---:|"]
+    for how in PERTURBED:
+        for sc in (2, 4):
+            sel = [r for r in rows if r["how"] == how and r["scale"] == sc]
+            d = np.array([r[1250] - r[FULL] for r in sel])
+            lines.append(f"| {how} | x{sc} | {len(sel)} | {d.mean():+.3f} ± "
+                         f"{d.std(ddof=1) / np.sqrt(len(d)):.3f} | {d.min():+.2f} / "
+                         f"{d.max():+.2f} | {sum(r[1250] < r['iso'] for r in sel)} / "
+                         f"{sum(r[FULL] < r['iso'] for r in sel)} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--train", action="store_true", help="train the groups not stored yet")
     p.add_argument("--derive", type=int, default=0, choices=(0, *SNAPS[:-1]),
                    help="write kgengine_v0918r4.json from the snapshots at this iteration")
+    p.add_argument("--perturbed", action="store_true",
+                   help="1250 against 1500 with noise or JPEG in the image the post-processing "
+                        "reads -> restart_iters_perturbed.md")
     p.add_argument("--workers", type=int, default=2)
     a = p.parse_args(argv)
     if a.train:
         train()
+        return 0
+    if a.perturbed:
+        text = perturbed_table(a.workers)
+        save_text(rc.DATA / "restart_iters_perturbed.md", text)
+        print(text)
         return 0
     if a.derive:
         print(derive(a.derive))
