@@ -9,8 +9,10 @@ step, a partition instead of a full sort for the quantile; the same bits, commit
 and measured it against the code before (ddb9159): no gain beyond the noise (1.00-1.06×,
 0.96× at 1024 px; ``bench/data/prepare.md``), so it was reverted.
 
-What. For each size (a Kodak photo 768×512, an Urban100 photo 1024 px wide, and that photo
-upscaled to 2040×1356 and 4000×3000, for timing only), ``--repeats`` preparations in one
+What. For each size (the first image of each of ``bench/bench_host_work.py``'s photo sets: a
+Kodak photo 768×512, an Urban100 photo 1024 px wide, and that photo upscaled to 2040×1356
+and 4000×3000, for timing only; 0.9.18's figures were taken on a torch-bicubic upscale of
+the same photo), ``--repeats`` preparations in one
 process after one warm-up (a long-running farm reuses the memory the first image touched),
 median seconds on one thread; the SHA-256 of both maps' bytes. With ``--against TREE``
 each round runs this checkout and TREE (another checkout's root, e.g. a ``git worktree`` of
@@ -30,45 +32,31 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
-HR = ROOT.parent / "shared" / "data" / "hr"
-SIZES = {"Kodak photo (768×512)": None, "Urban100 photo (1024 px wide)": None,
-         "upscaled to 2040×1356": (1356, 2040), "upscaled to 4000×3000": (3000, 4000)}
-
-
-def image(name: str) -> np.ndarray:
-    """The (H, W, 3) float32 image of one size."""
-    import torch
-
-    from kgengine.imageio import read_image
-
-    kodak = "Kodak" in name
-    path = sorted(HR.glob("kodim*.png" if kodak else "urban*.png"))[0]
-    img = read_image(path)
-    size = SIZES[name]
-    if size is None:
-        return img
-    t = torch.from_numpy(img).permute(2, 0, 1)[None]
-    big = torch.nn.functional.interpolate(t, size=size, mode="bicubic", align_corners=False)
-    return big.clamp(0, 1)[0].permute(1, 2, 0).contiguous().numpy()
+#: bench/bench_host_work.py's photo sets, one image each
+SIZES = ("Kodak photo (768×512)", "Urban100 photo (1024 px wide)", "upscaled to 2040×1356",
+         "upscaled to 4000×3000")
 
 
 def measure(repeats: int) -> dict[str, dict]:
     """{size: {"s": median seconds, "sha": the maps' hash}} of the kgengine on sys.path."""
     import torch
+    from bench_host_work import photo_sets
 
     from kgengine.config import KernelGANConfig
+    from kgengine.imageio import read_image
     from kgengine.prepare import prepare_image
 
     torch.set_num_threads(1)
     cfg, out = KernelGANConfig(), {}
+    with tempfile.TemporaryDirectory() as tmp:
+        images = {name: read_image(paths[0]) for name, paths in photo_sets(Path(tmp), 1).items()}
     for name in SIZES:
-        img = image(name)
+        img = images[name]
         prepare_image(img, cfg)  # warm-up
         times = []
         for _ in range(repeats):

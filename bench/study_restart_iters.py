@@ -59,6 +59,7 @@ from kgengine.trainer import BatchTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study_restart_cleanup as rc  # noqa: E402
+import study_spectral as ss  # noqa: E402
 from study_elongation import truth  # noqa: E402
 from study_stop import api_result  # noqa: E402
 
@@ -370,8 +371,6 @@ PERTURBED = ("noise 3/255", "JPEG q 75")
 def _score_perturbed(item: tuple[str, dict, str]) -> dict | None:
     """One development group's saved-kernel PSNR at 1250 and 1500 with the post-processing
     reading the perturbed LR image ``how``."""
-    import study_spectral as ss
-
     key, rec, how = item
     setname, xs, name, s = key.split("/")
     sc, seed = int(xs[1:]), int(s[1:])

@@ -21,7 +21,6 @@ Run: ``python bench/study_restart_iters_sharp.py`` (about 15 min on 2 cores, res
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -86,10 +85,7 @@ def report(store: dict) -> str:
     se = d.std(ddof=1) / np.sqrt(len(d))
 
     def seed_sd(col: str) -> float:
-        by: dict[str, list[float]] = {}
-        for r in rows:
-            by.setdefault(r["image"], []).append(r[col])
-        return statistics.mean(float(np.std(v, ddof=1)) for v in by.values() if len(v) > 1)
+        return sh._seed_sd(np.array([r[col] for r in rows]), [r["image"] for r in rows])
 
     lines = ["# `--restarts 4` on the sharp set: restarts of 1250 against 1500 iterations", "",
              f"`python bench/study_restart_iters_sharp.py` (module docstring). "
