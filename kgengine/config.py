@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,16 +149,20 @@ class KernelGANConfig:
         """D's output map size for a G-output-sized input (20 by default)."""
         return self.g_output_size - self.d_kernel_size + 1
 
+    def __post_init__(self) -> None:
+        """Every setting checked and converted (:func:`_checked`), at construction too."""
+        for key, value in _checked({k: getattr(self, k) for k in _fields()}).items():
+            object.__setattr__(self, key, value)
+        if self.d_output_size < 1:
+            raise ValueError(f"config crop_size: {self.crop_size} is too small for a "
+                             f"{self.kernel_size}x{self.kernel_size} generator and a "
+                             f"{self.d_kernel_size}x{self.d_kernel_size} discriminator")
+
     def replace(self, **changes: Any) -> KernelGANConfig:
         """A copy with ``changes``; unknown keys, wrong types and values out of range
-        (non-integral ints, NaN/inf, negative counts, bad layer sizes, a crop too small for
-        the networks) raise ``ValueError`` naming the key."""
-        new = dataclasses.replace(self, **_checked(changes))
-        if new.d_output_size < 1:
-            raise ValueError(f"config crop_size: {new.crop_size} is too small for a "
-                             f"{new.kernel_size}x{new.kernel_size} generator and a "
-                             f"{new.d_kernel_size}x{new.d_kernel_size} discriminator")
-        return new
+        (non-integral ints, NaN/inf, values outside :data:`_RANGES`, bad layer sizes, a crop
+        too small for the networks) raise ``ValueError`` naming the key."""
+        return dataclasses.replace(self, **_checked(changes))
 
     def with_iters(self, iters: int) -> KernelGANConfig:
         """A copy that trains ``iters`` iterations, one run or each of K restarts alike."""
@@ -260,16 +265,43 @@ class KernelGANConfig:
                                authors_d_init_ignored=on)
 
 
-#: Smallest value of integer settings (counts, sizes, periods); the others may be any int.
-_INT_MIN = {"crop_size": 1, "shave": 0, "grad_window": 1, "g_channels": 1, "d_kernel_size": 1,
-            "d_channels": 1, "d_layers": 2, "iters": 1, "restart_iters": 1, "lr_decay_every": 1,
-            "bic_decay_every": 1, "n_filtering": 0, "restart_n_filtering": 0}
+_INF = math.inf
+#: Allowed range of each numeric setting: (low, high, low allowed, high allowed). Sizes and
+#: counts start at their structural minimum (d_layers: D's first conv, >= 1 [1x1 conv, BN,
+#: ReLU] block, its last conv); the lr and the bicubic weight are divided by their decay rates.
+_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    **dict.fromkeys(("shave", "noise_std", "lambda_sum2one", "lambda_boundaries",
+                     "lambda_bicubic", "lambda_sparse_end", "lambda_centralized_end",
+                     "boundary_penalty", "boundary_sigma", "bic_loss_threshold", "bic_min",
+                     "bic_constraints_below", "width_prior"), (0, _INF, True, False)),
+    **dict.fromkeys(("crop_size", "grad_window", "g_channels", "d_kernel_size", "d_channels",
+                     "iters", "restart_iters", "lr_decay_every", "lr_decay_factor",
+                     "bic_decay_every", "bic_decay_rate", "n_filtering", "restart_n_filtering"),
+                    (1, _INF, True, False)),
+    **dict.fromkeys(("lr_g", "lr_d", "g_init_gain", "d_init_gain", "sparse_power"),
+                    (0, _INF, False, False)),
+    **dict.fromkeys(("grad_percent", "elongation_power", "spectral_mix"), (0, 1, True, True)),
+    **dict.fromkeys(("beta1", "beta2"), (0, 1, True, False)),
+    "d_layers": (3, _INF, True, False),
+}
 
-#: Float settings that must lie in [0, 1].
-_UNIT_INTERVAL = ("elongation_power", "spectral_mix")
 
-#: Float settings that must be >= 0.
-_NON_NEGATIVE = ("width_prior",)
+def _fields() -> dict[str, Any]:
+    """Each setting's name and default (``extra`` left out)."""
+    return {f.name: f.default for f in dataclasses.fields(KernelGANConfig) if f.name != "extra"}
+
+
+def _in_range(key: str, number: float) -> None:
+    """Raise unless ``number`` lies in ``key``'s range (:data:`_RANGES`; none: any number)."""
+    low, high, low_ok, high_ok = _RANGES.get(key, (-_INF, _INF, True, True))
+    if (low <= number if low_ok else low < number) and (
+            number <= high if high_ok else number < high):
+        return
+    if high == _INF:
+        allowed = f"at least {low:g}" if low_ok else f"greater than {low:g}"
+    else:
+        allowed = f"in {'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}"
+    raise ValueError(f"config {key}: must be {allowed}, got {number!r}")
 
 
 def _checked(changes: dict[str, Any]) -> dict[str, Any]:
@@ -277,15 +309,15 @@ def _checked(changes: dict[str, Any]) -> dict[str, Any]:
 
     Raises:
         ValueError: an unknown key; a bool that is not true/false/1/0; an int field given
-            a non-integral value (``2.7``) or one below its minimum (:data:`_INT_MIN`); a
-            float field given NaN/inf; bad ``g_kernel_sizes`` (:func:`_kernel_sizes`).
+            a non-integral value (``2.7``); a float field given NaN/inf; a number outside
+            its range (:data:`_RANGES`); bad ``g_kernel_sizes`` (:func:`_kernel_sizes`).
     """
-    fields = {f.name: f for f in dataclasses.fields(KernelGANConfig)}
+    defaults = _fields()
     out: dict[str, Any] = {}
     for key, value in changes.items():
-        if key not in fields or key == "extra":
+        if key not in defaults:
             raise ValueError(f"unknown config key {key!r}")
-        default = getattr(KernelGANConfig(), key)
+        default = defaults[key]
         if isinstance(default, bool):
             value = _bool(key, value)
         elif isinstance(default, tuple):
@@ -308,7 +340,7 @@ def _bool(key: str, value: Any) -> bool:
 
 def _number(key: str, value: Any, kind: str) -> float:
     """``value`` (a number or its text) as a float; bools and other types are refused."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real | str):
         raise ValueError(f"config {key}: expected {kind}, got {value!r}")
     try:
         number = float(value)
@@ -320,25 +352,20 @@ def _number(key: str, value: Any, kind: str) -> float:
 
 
 def _int(key: str, value: Any) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        number = int(value)
     else:
         as_float = _number(key, value, "int")
         if not as_float.is_integer():
             raise ValueError(f"config {key}: expected an integer, got {value!r}")
         number = int(as_float)
-    low = _INT_MIN.get(key)
-    if low is not None and number < low:
-        raise ValueError(f"config {key}: must be at least {low}, got {number}")
+    _in_range(key, number)
     return number
 
 
 def _float(key: str, value: Any) -> float:
     number = _number(key, value, "float")
-    if key in _UNIT_INTERVAL and not 0.0 <= number <= 1.0:
-        raise ValueError(f"config {key}: must be in [0, 1], got {value!r}")
-    if key in _NON_NEGATIVE and number < 0:
-        raise ValueError(f"config {key}: must be at least 0, got {value!r}")
+    _in_range(key, number)
     return number
 
 

@@ -178,7 +178,7 @@ def _read_pillow(path: Path) -> np.ndarray:
             im.load()
             if _orientation(im) != 1:
                 im = ImageOps.exif_transpose(im)
-            return _pil_to_float(im)
+            return _pil_to_float(im, path)
     except BadImageError:
         raise
     except Image.DecompressionBombError:
@@ -194,13 +194,16 @@ def _read_pillow(path: Path) -> np.ndarray:
         raise BadImageError(path, f"cannot decode image ({type(exc).__name__}: {exc})") from None
 
 
-def _pil_to_float(im: Image.Image) -> np.ndarray:
+def _pil_to_float(im: Image.Image, path: Path) -> np.ndarray:
     mode = im.mode
     if mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
         mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(im, dtype=np.float64)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise BadImageError(path, f"32-bit integer pixels from {arr.min():.0f} to "
+                                      f"{arr.max():.0f}: expected 8- or 16-bit values")
         scale = 65535.0 if arr.max(initial=0) > 255 or mode.startswith("I;16") else 255.0
         return _to_rgb((arr / scale).astype(np.float32)[..., None])
     if mode == "F":

@@ -5,7 +5,9 @@
 kernel(s)), ``<name>_generator.npz`` (the six trained G weights ``w0..w5``, for
 ``kgengine export generator``) and ``<name>_report.json``. The report is written last: its
 presence marks the image as done, and a rerun keeps the outputs only if the report's
-settings are those asked again (:func:`stored_differences`).
+settings are those asked again (:func:`stored_differences`). A new write of an image first
+removes its old report, then its old files that it will not replace (the x4 kernel of an
+earlier ``--x4`` run): a write cut short leaves no report, so the image is redone.
 """
 
 from __future__ import annotations
@@ -18,7 +20,16 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from kgengine.api import EstimateResult
-from kgengine.atomic import atomic_write, json_default, save_json, save_mat, save_npy
+from kgengine.atomic import (
+    atomic_write,
+    ensure_dir,
+    json_default,
+    save_json,
+    save_mat,
+    save_npy,
+    why,
+)
+from kgengine.errors import OutputError
 
 
 def output_paths(outdir: str | Path, name: str) -> dict[str, Path]:
@@ -55,12 +66,20 @@ def kernel_picture(kernels: list[np.ndarray], labels: list[str] | None = None,
 
 
 def write_outputs(result: EstimateResult, outdir: str | Path) -> dict[str, Path]:
-    """Write every output file of ``result`` into ``outdir``; returns the paths written."""
+    """Write every output file of ``result`` into ``outdir``; returns the paths written.
+
+    An earlier result of the same name is void from the start: its report goes first (the
+    mark of a done image, so a write cut short at any point leaves none), then its files that
+    this result does not replace; the report is written last."""
     paths = output_paths(outdir, result.name)
     written = {}
     kernels = [("x2", result.kernel_x2)]
     if result.kernel_x4 is not None:
         kernels.append(("x4", result.kernel_x4))
+    ensure_dir(outdir)
+    replaced = {f"{tag}_{ext}" for tag, _ in kernels for ext in ("npy", "mat")}
+    for key in ["report", *sorted(paths.keys() - replaced - {"report", "png", "generator"})]:
+        _discard(paths[key])
     for tag, k in kernels:
         written[f"{tag}_npy"] = save_npy(paths[f"{tag}_npy"], k.astype(np.float64))
         written[f"{tag}_mat"] = save_mat(paths[f"{tag}_mat"], {"Kernel": k.astype(np.float64)})
@@ -76,6 +95,14 @@ def write_outputs(result: EstimateResult, outdir: str | Path) -> dict[str, Path]
     report = dict(result.report, files={k: p.name for k, p in written.items()})
     written["report"] = save_json(paths["report"], report)
     return written
+
+
+def _discard(path: Path) -> None:
+    """Remove the file ``path`` if it is there (one unlink: it is there or it is gone)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise OutputError(path, f"cannot remove ({why(exc)})", exc.errno) from exc
 
 
 def requested_settings(*, seed: int, iters: int, config: dict[str, Any], x4: bool,

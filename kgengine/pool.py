@@ -15,9 +15,10 @@ centred (the kernel's centre index ``(h//2, w//2)`` lands on ``(K//2, K//2)``, w
 - a folder of ``.npy`` / ``.mat`` kernels (``.mat`` variable ``Kernel`` as saved by
   ZSSR/KernelGAN/DIV2KRK, or else the file's only 2-D variable), or a single such file.
 
-Every kernel is checked (2-D, finite, sum > 0) and renormalised to sum 1; a bad file raises
-:class:`~kgengine.errors.KGEngineError` naming the file. ``load_pool(..., min_confidence=c)``
-keeps only the kernels with a known confidence ``>= c`` (:func:`filter_pool`).
+Every kernel is checked (2-D, finite, sum > 0) and renormalised to sum 1; a bad file, or a
+confidence outside [0, 1] (NaN is "unknown"), raises :class:`~kgengine.errors.KGEngineError`
+naming the file. ``load_pool(..., min_confidence=c)`` keeps only the kernels with a known
+confidence ``>= c`` (:func:`filter_pool`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from kgengine.kernel import check_kernel, common_size, pad_to
 POOL_FILE = "kernel_pool.npz"
 #: Kernel file types read from a pool folder.
 KERNEL_SUFFIXES = (".npy", ".mat")
+#: Rounding allowed outside [0, 1] in a confidence (a mean of cosines can be 1 + 2e-16).
+CONF_TOL = 1e-9
 
 
 @dataclass
@@ -78,8 +81,10 @@ class KernelPool:
             [np.nan if c is None else float(c) for c in self.confidences], dtype=np.float64)
         if conf.shape != (n,):
             raise KGEngineError(f"kernel pool: {n} kernels but {conf.size} confidences")
-        if np.isinf(conf).any():
-            raise KGEngineError("kernel pool: confidences must be finite or NaN (unknown)")
+        bad = np.flatnonzero(~np.isnan(conf) & ~((conf >= -CONF_TOL) & (conf <= 1 + CONF_TOL)))
+        if bad.size:
+            raise KGEngineError(f"kernel pool: confidences must be in [0, 1] or NaN (unknown); "
+                                f"row {bad[0]} ({self.ids[bad[0]]!r}) has {conf[bad[0]]:g}")
         if len(set(self.ids)) != n:
             raise KGEngineError("kernel pool: kernel ids are not unique")
         if int(self.scale) < 1:

@@ -1,33 +1,33 @@
 """Kernel pools in other tools' layouts: ``kgengine pool import`` / ``kgengine pool export``.
 
-:func:`import_kernels` reads, in order: **KernelGAN/RealSR result folders** (only the
-``<name>_kernel_x{s}.mat`` of the asked scale, variable ``Kernel``, in the folder or in its
-sub-folders as in ``results/<name>/``; id ``<name>``; the authors' 17×17 x2 / 33×33 x4
-kernels sit 0.5 / 1.5 px off the middle, with small negatives from their spline shift),
-**KAIR/USRNet sets** (``.mat`` variable ``kernels``: cell (1,N) or (N,1), numeric (K,K,N) or
-(N,K,K), a cube refused as ambiguous; ids ``<stem>_<i>`` or the file's ``ids`` cell; a
-``scale`` variable must match), **folders of** ``.npy`` (traiNNer) and single ``.npy``/``.mat``
-kernels (id = stem), and **kgengine pools** (ids, seeds, confidences, reports kept). Each
-kernel is checked (:func:`~kgengine.kernel.check_kernel`), negatives clipped, renormalised
-to sum 1 (unless within :data:`SUM_TOL`: imports are exact and idempotent), zero-padded to
-one odd common size (grown if a shift would push mass off it) and re-centred to the
-convention (centre of mass on the middle pixel, :func:`~kgengine.kernel.center_kernel`)
-unless within :data:`CENTRE_TOL` px. Sources: ``<file>`` or ``<file>[i]`` (0-based index in
-a set or pool). A bad or missing file is a :class:`~kgengine.errors.KGEngineError` naming it.
+:func:`import_kernels` reads each source with :func:`kgengine.pool_import.read_source`
+(**KernelGAN/RealSR and kgengine result folders**: ``<name>_kernel_x{s}.mat`` or ``.npy`` of
+the asked scale only, also in sub-folders as in ``results/<name>/``, id ``<name>``; the
+authors' 17×17 x2 / 33×33 x4 kernels sit 0.5 / 1.5 px off the middle, with small negatives
+from their spline shift; **KAIR/USRNet sets** (``.mat`` variable ``kernels``); **folders
+of** ``.npy`` (traiNNer) and single ``.npy``/``.mat`` kernels (id = stem); **kgengine
+pools**, ids, seeds, confidences and reports kept; a folder's ``.mat`` beside a ``.npy`` of
+the same name is one kernel, read once: :attr:`ImportResult.skipped`). Each kernel is
+checked (:func:`~kgengine.kernel.check_kernel`), negatives clipped, renormalised to sum 1
+(unless within :data:`SUM_TOL`: imports are exact and idempotent), zero-padded to one odd
+common size (grown if a shift would push mass off it) and re-centred to the convention
+(centre of mass on the middle pixel, :func:`~kgengine.kernel.center_kernel`) unless within
+:data:`CENTRE_TOL` px. A bad or missing file is a :class:`~kgengine.errors.KGEngineError`
+naming it.
 
 :func:`export_pool` writes ``npy`` (folder of ``<id>.npy``, float32 (K,K)), ``mat-folder``
 (``<id>_kernel_x{s}.mat``, ``Kernel`` float64) or ``kair-mat`` (one ``.mat``: ``kernels``
-cell (1,N) of float64 (K,K), ``ids`` cell (1,N), ``scale``), atomically; ``size`` crops or
-zero-pads every kernel around its centre pixel (:func:`resize_kernel`).
+cell (1,N) of float64 (K,K), ``ids`` cell (1,N), ``scale``), atomically; ``size`` (odd, at
+most :data:`MAX_SIZE`) crops or zero-pads every kernel around its centre pixel
+(:func:`resize_kernel`).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,8 @@ import numpy as np
 from kgengine.atomic import ensure_dir, save_mat, save_npy
 from kgengine.errors import KGEngineError
 from kgengine.kernel import center_kernel, center_of_mass, check_kernel, pad_to
-from kgengine.pool import POOL_FILE, KernelPool, load_pool
+from kgengine.pool import KernelPool
+from kgengine.pool_import import RawKernel, kair_kernels, read_source  # noqa: F401 (API)
 
 #: A kernel whose centre of mass is this close (pixels, per axis) to the middle is not moved.
 CENTRE_TOL = 1e-6
@@ -46,19 +47,9 @@ SUM_TOL = 1e-6
 TAIL_MASS = 1e-5
 #: Export formats of :func:`export_pool`.
 FORMATS = ("npy", "mat-folder", "kair-mat")
-_RESULT = re.compile(r"^(?P<id>.+)_kernel_x(?P<scale>\d+)\.mat$", re.IGNORECASE)
-
-
-@dataclass
-class RawKernel:
-    """One kernel as read, before clean-up: (h, w) array, id, source, provenance."""
-
-    kernel: np.ndarray
-    id: str
-    source: str
-    seed: int = -1
-    confidence: float = math.nan
-    report: dict | None = None
+#: Largest ``size`` of :func:`export_pool` (SRMD takes 15, KAIR 25, KernelGAN x4 33; each
+#: kernel is held as (size, size) float64: 0.5 MB at 255).
+MAX_SIZE = 255
 
 
 @dataclass
@@ -70,15 +61,25 @@ class ImportResult:
     pool: KernelPool
     shifts: np.ndarray
     negatives: np.ndarray
+    #: Files of the source folders left out, each with why: ``"twin"`` (a ``.mat`` whose
+    #: ``.npy`` of the same name was read) or ``"x<s>"`` (a ``*_kernel_x<s>`` file of
+    #: another scale ``s``).
+    skipped: dict[Path, str] = field(default_factory=dict)
 
     def summary(self) -> str:
-        """One line: size, how many kernels were re-centred and clipped."""
+        """One line: size, how many kernels were re-centred and clipped, files skipped."""
         moved, neg, k = np.abs(self.shifts).max(axis=1), self.negatives, self.pool.kernel_size
         most = (f" (largest shift {moved.max():.3g} px)" if moved.any() else "",
                 f" (at most {neg.max():.2g} of the mass)" if neg.any() else "")
+        why = list(self.skipped.values())
+        skip = [f"{why.count(x)} {x} kernel files (--scale {x[1:]} reads them)"
+                for x in sorted(set(why) - {"twin"})]
+        if "twin" in why:
+            skip.insert(0, f"{why.count('twin')} .mat files with a .npy of the same name")
         return (f"{len(self.pool)} kernels {k}x{k} (x{self.pool.scale}); "
                 f"{int((moved > 0).sum())} re-centred{most[0]}; "
-                f"{int((neg > 0).sum())} with negative values clipped{most[1]}")
+                f"{int((neg > 0).sum())} with negative values clipped{most[1]}"
+                + (f"; skipped {' and '.join(skip)}" if skip else ""))
 
 
 def import_kernels(sources: Sequence[str | os.PathLike], scale: int = 2) -> ImportResult:
@@ -94,147 +95,11 @@ def import_kernels(sources: Sequence[str | os.PathLike], scale: int = 2) -> Impo
     """
     if int(scale) < 1:
         raise KGEngineError(f"scale must be >= 1, got {scale}")
-    raws = [raw for src in sources for raw in read_source(Path(src), int(scale))]
-    return conform_kernels(raws, int(scale))
-
-
-def read_source(path: Path, scale: int) -> list[RawKernel]:
-    """The kernels of one file or folder, unchecked (:func:`import_kernels`)."""
-    if path.is_dir():
-        if (path / POOL_FILE).is_file():
-            return _read_pool(path / POOL_FILE, scale)
-        return _read_folder(path, scale)
-    if not path.is_file():
-        raise KGEngineError(f"{path}: no such file or folder")
-    return _read_file(path, scale)
-
-
-def _read_file(path: Path, scale: int) -> list[RawKernel]:
-    """The kernels of a ``.npz`` pool, ``.npy`` kernel or ``.mat`` kernel or set."""
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
-        return _read_pool(path, scale)
-    if suffix == ".npy":
-        try:
-            return [RawKernel(np.load(path, allow_pickle=False), path.stem, str(path))]
-        except Exception as exc:  # noqa: BLE001 - any failure is a bad file
-            raise KGEngineError(f"{path}: cannot read .npy ({type(exc).__name__})") from None
-    if suffix == ".mat":
-        return _read_mat(path, scale)
-    raise KGEngineError(f"{path}: not a kernel file (expected .npy, .mat or .npz)")
-
-
-def _read_folder(path: Path, scale: int) -> list[RawKernel]:
-    """Kernel files of ``path`` (sorted) and ``*_kernel_x{scale}.mat`` of its sub-folders."""
-    entries = sorted(path.iterdir())
-    files = [p for p in entries if p.is_file() and p.suffix.lower() in (".npy", ".mat")]
-    for sub in (p for p in entries if p.is_dir()):
-        files += sorted(p for p in sub.iterdir() if p.is_file() and _RESULT.match(p.name))
-    taken = [p for p in files if not (m := _RESULT.match(p.name)) or int(m["scale"]) == scale]
-    if not taken:
-        other = sorted({int(m["scale"]) for p in files if (m := _RESULT.match(p.name))})
-        hint = f" (it has x{other[0]} result files: use --scale {other[0]})" if other else ""
-        raise KGEngineError(f"{path}: no kernel files (.npy, .mat, *_kernel_x{scale}.mat or "
-                            f"{POOL_FILE}){hint}")
-    return [raw for p in taken for raw in _read_file(p, scale)]
-
-
-def _read_pool(path: Path, scale: int) -> list[RawKernel]:
-    """The rows of a kgengine pool file, with their ids, seeds, confidences, reports."""
-    pool = load_pool(path, scale)
-    reports = pool.reports or [None] * len(pool)
-    return [RawKernel(pool.kernels[i], pool.ids[i], f"{path}[{i}]", pool.seeds[i],
-                      float(pool.confidences[i]), reports[i]) for i in range(len(pool))]
-
-
-def _load_mat(path: Path) -> dict:
-    from scipy.io import loadmat
-
-    try:
-        return loadmat(path)
-    except NotImplementedError:
-        raise KGEngineError(f"{path}: MATLAB v7.3 files are not supported (save with -v7)"
-                            ) from None
-    except Exception as exc:  # noqa: BLE001 - any failure is a bad file
-        raise KGEngineError(f"{path}: cannot read .mat file ({type(exc).__name__})") from None
-
-
-def _read_mat(path: Path, scale: int) -> list[RawKernel]:
-    """A KAIR set (``kernels``), a KernelGAN kernel (``Kernel``) or a lone 2-D variable."""
-    match = _RESULT.match(path.name)
-    if match and int(match["scale"]) != scale:
-        raise KGEngineError(f"{path}: an x{match['scale']} kernel (its name), not x{scale}; "
-                            f"use --scale {match['scale']}")
-    data, name = _load_mat(path), match["id"] if match else path.stem
-    if "kernels" in data:
-        kernels = kair_kernels(data["kernels"], str(path))
-        ids = _kair_ids(data, len(kernels), path)
-        _check_stored_scale(data.get("scale"), path, scale)
-        return [RawKernel(k, i, f"{path}[{n}]") for n, (k, i) in enumerate(
-            zip(kernels, ids, strict=True))]
-    if "Kernel" in data:
-        return [RawKernel(data["Kernel"], name, str(path))]
-    arrays = [v for k, v in data.items() if not k.startswith("__") and isinstance(
-        v, np.ndarray) and v.ndim == 2 and np.issubdtype(v.dtype, np.number)]
-    if len(arrays) != 1:
-        raise KGEngineError(f"{path}: no 'Kernel' or 'kernels' variable and {len(arrays)} "
-                            "2-D variables (need exactly one)")
-    return [RawKernel(arrays[0], name, str(path))]
-
-
-def kair_kernels(value: np.ndarray, where: str) -> list[np.ndarray]:
-    """The 2-D kernels of a KAIR/USRNet ``kernels`` variable, in order.
-
-    ``value``: a cell (object) array (1, N) or (N, 1), a numeric (K, K, N) or (N, K, K), or
-    one (h, w) kernel. Raises :class:`KGEngineError` naming ``where`` for another shape, a
-    cube (K, K, K) (ambiguous) or no kernels.
-    """
-    arr = np.asarray(value)
-    if arr.dtype == object:
-        if arr.ndim != 2 or 1 not in arr.shape:
-            raise KGEngineError(f"{where}: 'kernels' cell array must be (1,N) or (N,1), "
-                                f"got {arr.shape}")
-        kernels = list(arr.ravel())
-    elif not np.issubdtype(arr.dtype, np.number):
-        raise KGEngineError(f"{where}: 'kernels' is not numeric ({arr.dtype})")
-    elif arr.ndim == 2:
-        kernels = [arr]
-    elif arr.ndim == 3 and arr.shape[0] == arr.shape[1] == arr.shape[2]:
-        raise KGEngineError(f"{where}: 'kernels' of shape {arr.shape} could be (K,K,N) or "
-                            "(N,K,K); save it as a cell array")
-    elif arr.ndim == 3 and arr.shape[0] == arr.shape[1]:
-        kernels = [arr[:, :, i] for i in range(arr.shape[2])]  # (K, K, N): MATLAB
-    elif arr.ndim == 3 and arr.shape[1] == arr.shape[2]:
-        kernels = list(arr)  # (N, K, K): NumPy
-    else:
-        raise KGEngineError(f"{where}: 'kernels' must be a cell array, (K,K,N) or (N,K,K), "
-                            f"got shape {arr.shape}")
-    if not kernels:
-        raise KGEngineError(f"{where}: 'kernels' holds no kernels")
-    return kernels
-
-
-def _check_stored_scale(stored: object, path: Path, scale: int) -> None:
-    """Refuse a KAIR file whose ``scale`` variable (if any) is not ``scale``."""
-    if stored is None:
-        return
-    value = np.asarray(stored).ravel()
-    if value.size != 1 or not np.issubdtype(value.dtype, np.number):
-        raise KGEngineError(f"{path}: 'scale' must be one number, got {value.size} values")
-    if int(value[0]) != scale:
-        raise KGEngineError(f"{path}: holds x{int(value[0])} kernels (its 'scale'), not "
-                            f"x{scale}; use --scale {int(value[0])}")
-
-
-def _kair_ids(data: dict, n: int, path: Path) -> list[str]:
-    """The ``ids`` cell of a KAIR file (:func:`export_pool` writes one), else ``<stem>_<i>``."""
-    if "ids" not in data:
-        return [f"{path.stem}_{i:0{max(3, len(str(n - 1)))}d}" for i in range(n)]
-    cells = [np.asarray(c).ravel() for c in np.asarray(data["ids"]).ravel()]
-    ids = [str(c[0]) if c.size else "" for c in cells]
-    if len(ids) != n or "" in ids:
-        raise KGEngineError(f"{path}: 'ids' must be a cell array of {n} strings (one a kernel)")
-    return ids
+    skipped: dict[Path, str] = {}
+    raws = [raw for src in sources for raw in read_source(Path(src), int(scale), skipped)]
+    result = conform_kernels(raws, int(scale))
+    result.skipped = skipped
+    return result
 
 
 def prepare_kernel(k: object, where: str) -> tuple[np.ndarray, float]:
@@ -327,10 +192,11 @@ class ExportResult:
 
 
 def check_size(size: int) -> int:
-    """``size`` if odd and >= 1 (the kernel centre is a pixel), else :class:`KGEngineError`."""
-    if size < 1 or size % 2 == 0:
-        raise KGEngineError(f"--size must be odd and >= 1 (the kernel centre is a pixel), "
-                            f"got {size}")
+    """``size`` if odd (the kernel centre is a pixel) and in [1, :data:`MAX_SIZE`], else
+    :class:`KGEngineError`."""
+    if not 1 <= size <= MAX_SIZE or size % 2 == 0:
+        raise KGEngineError(f"--size must be odd and in [1, {MAX_SIZE}] (the kernel centre is "
+                            f"a pixel), got {size}")
     return size
 
 

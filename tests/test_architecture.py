@@ -62,6 +62,7 @@ LAYERS: dict[str, int] = {
     "kgengine.api": 4,
     "kgengine.outputs": 4,
     "kgengine.pool": 4,
+    "kgengine.pool_import": 4,
     "kgengine.pool_interop": 4,
     "kgengine.plotting": 4,
     "kgengine.export": 4,

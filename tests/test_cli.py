@@ -186,6 +186,12 @@ def test_bad_options_exit_1_with_message(tmp_path, lr_png):
     assert res.exit_code == 1 and "unknown config key 'nope'" in res.output
     res = runner.invoke(app, ["estimate", str(lr_png), "-o", str(tmp_path), "--set", "lr_g=abc"])
     assert res.exit_code == 1 and "lr_g: expected float" in res.output
+    for command in (["estimate", str(lr_png)], ["eval", str(tmp_path)]):
+        res = runner.invoke(app, [*command, "-o", str(tmp_path / "o"), "--authors-defects",
+                                  "--fix-defects"])
+        assert res.exit_code == 1, res.output
+        assert "--authors-defects and --fix-defects ask for opposite things" in res.output
+        assert not (tmp_path / "o").exists()
 
 
 def test_info_reports_backends():

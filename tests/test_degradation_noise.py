@@ -75,6 +75,11 @@ def test_noise_collect_cli_and_bank(tmp_path) -> None:
     res = CliRunner().invoke(app, ["noise", "collect", str(photos / "p0.png"), "-o",
                                    str(tmp_path / "n2"), "--max-var", "0.001"])
     assert res.exit_code == 1 and "no flat patch found" in res.output
+    (tmp_path / "afile").write_text("x")
+    res = CliRunner().invoke(app, ["noise", "collect", str(photos / "broken.png"), "-o",
+                                   str(tmp_path / "afile")])
+    assert res.exit_code == 1 and "afile: is a file, not a folder" in res.output
+    assert "broken.png" not in res.output  # refused before any photo was read
 
 
 def test_real_stage_adds_a_bank_patch(tmp_path) -> None:

@@ -48,6 +48,19 @@ def test_16bit_grayscale_scaled(tmp_path):
     np.testing.assert_allclose(img[..., 0], arr / 65535.0, atol=1e-6)
 
 
+def test_32bit_integer_tiff(tmp_path):
+    """Mode "I" within 16 bits reads as 16-bit values; beyond, a one-line error that says
+    so (not "float values must lie in [0, 1]")."""
+    arr = (np.arange(40 * 50).reshape(40, 50) * 30).astype(np.int32)
+    Image.fromarray(arr).save(tmp_path / "ok.tif")
+    np.testing.assert_allclose(read_image(tmp_path / "ok.tif")[..., 0], arr / 65535.0,
+                               atol=1e-6)
+    Image.fromarray(arr * 1000).save(tmp_path / "wide.tif")
+    with pytest.raises(BadImageError, match=r"wide\.tif: 32-bit integer pixels from 0 to "
+                                            r"59970000: expected 8- or 16-bit values"):
+        read_image(tmp_path / "wide.tif")
+
+
 def test_npy_input_and_nan(tmp_path):
     arr = np.random.default_rng(1).random((30, 30, 3)).astype(np.float32)
     np.save(tmp_path / "x.npy", arr)

@@ -95,6 +95,13 @@ def check_mode(mode: str | None) -> None:
         raise KGEngineError(f"--mode: expected composed or layers, got {mode!r}")
 
 
+def check_defects(authors_defects: bool, fix_defects: bool) -> None:
+    """Refuse ``--authors-defects`` with ``--fix-defects`` (they ask for opposite things)."""
+    if authors_defects and fix_defects:
+        raise KGEngineError("--authors-defects and --fix-defects ask for opposite things; "
+                            "give one (--authors-defects is the default)")
+
+
 def check_out_dir(out: Path) -> Path:
     """Create the output folder ``out`` now, so that a bad ``-o`` fails before any work.
 

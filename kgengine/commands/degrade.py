@@ -8,6 +8,7 @@ degradation pipeline (:mod:`kgengine.degradation.pipeline`) on the CPU.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -15,7 +16,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from kgengine.commands._common import cli_errors, fail
+from kgengine.commands._common import at_least, check_seed, cli_errors, fail
 from kgengine.hooks import JobHooks
 from kgengine.progress import progress_hooks
 
@@ -61,16 +62,17 @@ def degrade(
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="Output folder: lr/, hr/, manifest.jsonl.")],
     scale: Annotated[int | None, typer.Option(
-        "--scale", help="2 or 4. Default: the pool file's (2 for folders).")] = None,
+        "--scale", help="2 or 4 (KernelGAN's scales; a pool file made for another is "
+                        "refused). Default: the pool file's (2 for folders).")] = None,
     noise: Annotated[float, typer.Option(
         "--noise", help="Sigma of Gaussian noise on the LR, [0,1] units; 0 = none.")] = 0.0,
     provider: Annotated[str, typer.Option(
         "--provider", help="auto (TensorRT, CUDA, then CPU), tensorrt, cuda, cpu.")] = "auto",
     batch: Annotated[int, typer.Option(
-        "--batch", help="Images of equal size per onnxruntime call.")] = 8,
+        "--batch", help="Images of equal size per onnxruntime call (at least 1).")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Picks each image's kernel and noise.")] = 0,
     threads: Annotated[int | None, typer.Option(
-        "--threads", help="CPU threads (default: all cores).")] = None,
+        "--threads", help="CPU threads, at least 1 (default: all cores).")] = None,
     copy_hr: Annotated[bool, typer.Option(
         "--copy-hr", help="Write every HR to OUT/hr/ (same names as OUT/lr/: a paired "
                           "folder for BasicSR/traiNNer); default: only cropped ones.")] = False,
@@ -91,15 +93,17 @@ def degrade(
     and skipped; the exit code is 1 if any file failed, after all the others are done.
     Pipeline options (--pipeline, --noise-range, --noise-poisson, --noise-patches,
     --second-order, --jpeg, --shuffle, --set) run the degradation pipeline on the CPU.
+    Every option is checked before OUT is created or written.
     """
     from kgengine.degradation import build_config, degrade_folder  # onnx(runtime): when used
     from kgengine.degradation.config import parse_sets
 
-    if top is not None and min_confidence is not None:  # before the progress bar
-        fail("give at most one of --min-confidence and --top")
+    use_pipeline = bool(pipeline or noise_range or noise_poisson or noise_patches
+                        or second_order or jpeg or shuffle or sets)
+    _check_options(out, scale, noise, seed, batch, threads, provider, min_confidence, top,
+                   use_pipeline)
     config = None
-    if (pipeline or noise_range or noise_poisson or noise_patches or second_order or jpeg
-            or shuffle or sets):
+    if use_pipeline:
         config = build_config(pipeline, noise=noise, noise_range=noise_range,
                               poisson=noise_poisson, real_noise=noise_patches,
                               second_order=second_order, jpeg=jpeg, shuffle=shuffle,
@@ -114,12 +118,36 @@ def degrade(
             )
     except OSError as exc:
         fail(f"{exc.filename or out}: {exc.strerror or exc}")
-    typer.echo(
-        f"{report.written} pairs written, {report.skipped} already there, "
-        f"{len(report.failed)} failed; manifest: {report.manifest}"
-    )
+    typer.echo(f"{report.written} pairs written, {report.skipped} already there, "
+               f"{len(report.failed)} failed; manifest: {report.manifest}")
     if report.failed:
         raise typer.Exit(1)
+
+
+def _check_options(out: Path, scale: int | None, noise: float, seed: int, batch: int,
+                   threads: int | None, provider: str, min_confidence: float | None,
+                   top: float | None, use_pipeline: bool) -> None:
+    """Refuse a bad option value with one line before the progress bar and before OUT is
+    created (``degrade_folder`` checks them again, and the pool and folders, before it)."""
+    from kgengine.degradation.folder import check_out_path
+    from kgengine.degradation.plan import check_scale
+    from kgengine.degradation.runner import check_provider
+    from kgengine.pool import check_min_confidence
+
+    if top is not None and min_confidence is not None:
+        fail("give at most one of --min-confidence and --top")
+    check_scale(scale, "--scale")
+    check_seed("--seed", seed)
+    for option, value in (("--batch", batch), ("--threads", threads)):
+        at_least(option, value, 1)
+    if not (math.isfinite(noise) and noise >= 0):
+        fail(f"--noise must be a finite sigma >= 0, got {noise}")
+    if min_confidence is not None:
+        check_min_confidence(min_confidence)
+    if top is not None and not 0 < top <= 1:  # NaN too
+        fail(f"top fraction must be in (0, 1], got {top}")
+    check_provider(provider, runs=not use_pipeline)
+    check_out_path(out)
 
 
 def _failures_as_errors(hooks: JobHooks) -> JobHooks:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,6 +11,7 @@ import typer
 from kgengine.commands._common import (
     at_least,
     auto_batch,
+    check_defects,
     check_device,
     check_mode,
     check_out_dir,
@@ -96,6 +98,7 @@ def estimate(
     check_mode(mode)
     if stop not in ("full", "auto"):
         raise KGEngineError(f"--stop: expected full or auto, got {stop!r}")
+    check_defects(authors_defects, fix_defects)
     import torch
 
     from kgengine.sysinfo import auto_threads
@@ -112,24 +115,30 @@ def estimate(
 
 def _expand(images: list[Path], recursive: bool, out: Path) -> tuple[list[Path], int]:
     """(the IMAGE arguments with each folder replaced by its image files
-    (:func:`kgengine.farm.inputs.folder_images`, OUTDIR left out), each file once (a folder
-    and a file in it), the number of folders without images). Files stay as given, so a
-    missing one fails alone, naming itself; a folder without images fails alone too (one
-    error line), and the others go on."""
+    (:func:`kgengine.farm.inputs.folder_images`: OUTDIR and kgengine's own outputs left out,
+    on one line), each file once (a folder and a file in it; two spellings of one file, on
+    one line), the number of folders without images). Files stay as given, so a missing one
+    fails alone, naming itself; a folder without images fails alone too (one error line),
+    and the others go on."""
     from kgengine.farm.inputs import folder_images
+
+    def log(message: str) -> None:
+        typer.echo(message, err=True)
 
     paths: dict[Path, Path] = {}  # resolved -> as given, in first-seen order
     empty = 0
     for p in images:
         found = [p]
         if p.is_dir():
-            found = folder_images(p, recursive, exclude=[out])
+            found = folder_images(p, recursive, exclude=[out], log=log)
             if not found:
                 empty += 1
                 _failed(KGEngineError(f"{shown(p)}: no image files in this folder" + (
                     "" if recursive else " (-r also reads its sub-folders)")))
         for f in found:
-            paths.setdefault(f.resolve(), f)
+            first = paths.setdefault(f.resolve(), f)
+            if os.path.abspath(first) != os.path.abspath(f):
+                log(f"skip {shown(f)}: same file as {shown(first)}")
     return list(paths.values()), empty
 
 

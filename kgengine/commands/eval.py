@@ -12,6 +12,7 @@ from kgengine.commands._common import (
     MAX_SEED,
     at_least,
     auto_batch,
+    check_defects,
     check_device,
     check_out_dir,
     check_seed,
@@ -151,6 +152,7 @@ def eval_command(
                                ("--iters", iters, 1)):
         at_least(option, value, low)
     check_device(device)
+    check_defects(authors_defects, fix_defects)
     batch = auto_batch(batch, device, restarts)
     settings = EvalSettings(
         scale=scale,

@@ -1,7 +1,9 @@
 """``kgengine export fixed|pool|generator``: write ONNX degraders and trained generators.
 
 Each command calls :func:`kgengine.export.export_model` with its kind (the registry
-:data:`kgengine.export.EXPORTERS`) and prints what the file holds.
+:data:`kgengine.export.EXPORTERS`) and prints what the file holds. Options are checked first
+(``--tile`` and ``--scale`` in [1, 8], ``--kernel-size`` odd in [1, 255]: the bounds of
+:mod:`kgengine.export.graph`; ``-o`` ending in ``.onnx``), each a one-line error.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Annotated
 import typer
 
 from kgengine.commands._common import check_out_file, cli_errors
+from kgengine.errors import KGEngineError
 
 export_app = typer.Typer(
     help="Export ONNX models: fixed-kernel degrader, kernel-pool degrader, trained generator.",
@@ -22,10 +25,9 @@ Out = Annotated[Path, typer.Option("--out", "-o", help="The .onnx file to write.
 Noise = Annotated[
     bool, typer.Option("--noise/--no-noise", help="Inputs noise_sigma, noise: lr += sigma * noise.")
 ]
-Tile = Annotated[
-    int, typer.Option("--tile", help="LR pixels per Conv step per axis (4: fast CPU; 1: plain).")
-]
-Scale = Annotated[int, typer.Option("--scale", help="Downscaling factor (2 or 4).")]
+Tile = Annotated[int, typer.Option(
+    "--tile", help="LR pixels per Conv step per axis, 1-8 (4: fast CPU; 1: plain).")]
+Scale = Annotated[int, typer.Option("--scale", help="Downscaling factor (2 or 4; 1-8).")]
 Dtype = Annotated[
     str, typer.Option("--dtype", help="fp32, or fp16 (inputs, weights and output in float16).")
 ]
@@ -35,15 +37,23 @@ def register(app: typer.Typer) -> None:
     app.add_typer(export_app, name="export")
 
 
-def _export(kind: str, out: Path, **options: object) -> None:
-    """Write the export ``kind`` to ``out``, then print its inputs/outputs and metadata.
+def _check_options(out: Path, scale: int = 2, tile: int = 1) -> None:
+    """Refuse (one line) an ``out`` not ending in ``.onnx``, a folder or an unwritable
+    place, and ``--scale`` / ``--tile`` outside [1, 8], before any work."""
+    from kgengine.export.graph import MAX_SCALE, MAX_TILE, check_range
 
-    Raises:
-        OutputError: ``out`` is a folder or cannot be written (one line naming it).
-    """
+    if out.suffix.lower() != ".onnx" and not out.is_dir():  # a folder: check_out_file says so
+        raise KGEngineError(f"{out}: the model is ONNX; give a file name ending in .onnx")
+    check_range("--scale", scale, MAX_SCALE)
+    check_range("--tile", tile, MAX_TILE)
+    check_out_file(out)
+
+
+def _export(kind: str, out: Path, **options: object) -> None:
+    """Write the export ``kind`` to ``out`` (checked by :func:`_check_options`), then print
+    its inputs/outputs and metadata."""
     from kgengine.export import export_model  # onnx: only when exporting
 
-    check_out_file(out)
     written = export_model(kind, out, **options)
     typer.echo(f"wrote {out}")
     for line in written.lines:
@@ -60,6 +70,7 @@ def export_fixed(
     """hr (N,C,H,W) -> lr (N,C,ceil(H/s),ceil(W/s)) with this kernel baked in."""
     from kgengine.pool import read_kernel_file
 
+    _check_options(out, scale, tile)
     _export("fixed", out, kernel=read_kernel_file(kernel), scale=scale, noise=noise, tile=tile,
             dtype=dtype)
 
@@ -69,10 +80,14 @@ def export_fixed(
 def export_pool(
     out: Out,
     kernel_size: Annotated[int, typer.Option(
-        "--kernel-size", help="Odd kernel size K of the pool.")] = 13,
+        "--kernel-size", help="Odd kernel size K of the pool, at most 255.")] = 13,
     scale: Scale = 2, noise: Noise = False, tile: Tile = 4, dtype: Dtype = "fp32",
 ) -> None:
     """hr (N,C,H,W), kernel (N,1,K,K) -> lr: kernel i applied to image i."""
+    from kgengine.export.graph import check_kernel_side
+
+    _check_options(out, scale, tile)
+    check_kernel_side("--kernel-size", kernel_size)
     _export("pool", out, kernel_size=kernel_size, scale=scale, noise=noise, tile=tile,
             dtype=dtype)
 
@@ -89,4 +104,5 @@ def export_generator(
     """hr (N,C,H,W) -> G's valid-region x2 output, G applied to each channel."""
     from kgengine.export import load_generator_weights
 
+    _check_options(out)
     _export("generator", out, weights=load_generator_weights(weights), folded=folded)

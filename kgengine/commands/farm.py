@@ -16,9 +16,10 @@ from kgengine.commands._common import (
     check_seed,
     cli_errors,
     note_cold_cache,
+    one_line,
 )
 from kgengine.config import KernelGANConfig, parse_overrides
-from kgengine.errors import KGEngineError
+from kgengine.errors import KGEngineError, shown
 
 pool_app = typer.Typer(help="Look at a kernel pool: statistics, a PNG mosaic, a filtered "
                             "copy by confidence; import kernels from KernelGAN/RealSR, KAIR or "
@@ -108,9 +109,11 @@ def farm(
     too. Options left out take the pool's stored settings. Bad images end as failed rows
     with their reason; an image whose files cannot be written (full disk, ...) is reported
     on one line and left pending for the next run, the others go on; the exit code is 1 if
-    any image failed or was left pending in this run. Pool folders (this one included) are
-    never read as input. Each image's confidence is stored in the manifest, its report
-    and the pool (see `kgengine pool filter --min-confidence`).
+    any image failed or was left pending in this run, or a folder INPUT gave no image
+    files (each reported on one line). kgengine's own outputs (pool folders, this one
+    included, estimate and degrade output folders) are never read as input. Each image's
+    confidence is stored in the manifest, its report and the pool (see `kgengine pool
+    filter --min-confidence`).
     """
     from kgengine.farm.runner import run_farm
     from kgengine.progress import progress_hooks
@@ -122,7 +125,9 @@ def farm(
     check_seed("--seed", seed)
     check_device(device, here=ray is None)
     check_mode(mode)
+    _check_choices(dtype, stop)
     config = _config(overrides)
+    empty = _check_inputs(inputs or [], out, recursive)  # before POOL_DIR is created
     with progress_hooks("images") as hooks:
         if ray is None:
             note_cold_cache(hooks.log)
@@ -133,8 +138,41 @@ def farm(
             retry_failed=retry_failed, ray_address=ray, ray_cpus=ray_cpus, threads=threads,
             hooks=hooks)
     typer.echo(summary.text())
-    if summary.failed or summary.left_pending:
+    if summary.failed or summary.left_pending or empty:
         raise typer.Exit(1)
+
+
+def _check_choices(dtype: str | None, stop: str | None) -> None:
+    """Raise :class:`KGEngineError` for an unknown ``--dtype`` or ``--stop`` (before the pool
+    folder is created; :func:`kgengine.farm.settings.resolve_settings` checks them too)."""
+    from kgengine.farm.settings import DTYPES
+
+    if dtype is not None and dtype not in DTYPES:
+        raise KGEngineError(f"--dtype: expected {' or '.join(DTYPES)}, got {dtype!r}")
+    if stop is not None and stop not in ("full", "auto"):
+        raise KGEngineError(f"--stop: expected full or auto, got {stop!r}")
+
+
+def _check_inputs(inputs: list[Path], out: Path, recursive: bool) -> int:
+    """Print one ``error:`` line per folder INPUT that gives no image files; the number.
+
+    Raises:
+        KGEngineError: an INPUT does not exist; or no INPUT gives images (none given, or
+            each an empty folder) and ``out`` is no pool yet: nothing is created.
+        typer.Exit: (1) every INPUT is an empty folder and ``out`` is no pool yet.
+    """
+    from kgengine.farm.inputs import folders_without_images
+    from kgengine.farm.manifest import MANIFEST_FILE
+
+    messages = folders_without_images(inputs, recursive, exclude=[out])
+    for message in messages:
+        typer.echo(f"error: {one_line(message)}", err=True)
+    if len(messages) == len(inputs) and not (out / MANIFEST_FILE).is_file():
+        if messages:
+            raise typer.Exit(1)
+        raise KGEngineError(f"{shown(out)}: no pool there yet (no {MANIFEST_FILE}) and no "
+                            "INPUT given: name images, folders or .txt lists to start one")
+    return len(messages)
 
 
 def _config(overrides: list[str] | None) -> KernelGANConfig | None:
@@ -155,14 +193,15 @@ def _config(overrides: list[str] | None) -> KernelGANConfig | None:
 @cli_errors
 def info(
     pool: PoolArg,
-    bins: Annotated[int, typer.Option("--bins", help="Histogram bins.")] = 10,
+    bins: Annotated[int, typer.Option("--bins", help="Histogram bins (1-100).")] = 10,
     min_confidence: MinConfidence = None,
 ) -> None:
     """Print the pool's size, kernel size, confidences (count, min/median/max, how many pass
     --min-confidence) and histograms of kernel widths and anisotropy."""
     from kgengine.farm.poolview import pool_info
 
-    at_least("--bins", bins, 1)
+    if not 1 <= bins <= 100:  # one line per bin
+        raise KGEngineError(f"--bins must be in [1, 100], got {bins}")
     typer.echo(pool_info(pool, bins, min_confidence))
 
 
@@ -184,6 +223,8 @@ def plot(
     at_least("--columns", columns, 1)
     at_least("--limit", limit, 1)
     for path in (out, hist):
+        if path is not None and path.suffix.lower() != ".png" and not path.is_dir():
+            raise KGEngineError(f"{path}: the picture is PNG; give a file name ending in .png")
         if path is not None:
             check_out_file(path)
     for p in plot_pool(pool, out, columns=columns, limit=limit, hist=hist,
@@ -216,12 +257,13 @@ def filter_command(
 @cli_errors
 def import_command(
     sources: Annotated[list[Path], typer.Argument(
-        help="KernelGAN/RealSR result folders (*_kernel_x2.mat / *_kernel_x4.mat, also in "
-             "sub-folders), KAIR/USRNet .mat kernel sets (variable 'kernels'), folders of "
-             ".npy kernels (traiNNer), .npy/.mat kernel files and kgengine pools.")],
+        help="KernelGAN/RealSR and kgengine estimate result folders (*_kernel_x2.mat|.npy / "
+             "*_kernel_x4.mat|.npy, also in sub-folders; a .mat beside a .npy of the same "
+             "name is read once), KAIR/USRNet .mat kernel sets (variable 'kernels'), folders "
+             "of .npy kernels (traiNNer), .npy/.mat kernel files and kgengine pools.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="The pool file to write (.npz).")],
     scale: Annotated[int, typer.Option(
-        "--scale", help="2 or 4: which *_kernel_x{s}.mat to take from result folders; "
+        "--scale", help="2 or 4: which *_kernel_x{s}.mat|.npy to take from result folders; "
                         "stored in the pool.")] = 2,
 ) -> None:
     """Collect kernels of other tools (and pools) into one kgengine pool file.

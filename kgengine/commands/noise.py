@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from kgengine.commands._common import cli_errors
+from kgengine.commands._common import check_out_dir, cli_errors
 from kgengine.progress import progress_hooks
 
 noise_app = typer.Typer(help="Real-noise patches for the degradation pipeline.",
@@ -46,6 +46,7 @@ def collect(
     """
     from kgengine.degradation.noisebank import collect_noise
 
+    check_out_dir(out)  # a bad -o fails before any photo is read
     with progress_hooks("collecting", Console(stderr=True)) as hooks:
         report = collect_noise(photos, out, patch=patch, stride=stride, max_var=max_var,
                                min_mean=min_mean, max_mean=max_mean, hooks=hooks)

@@ -24,9 +24,12 @@ What :func:`degrade_folder` does, and the choices it makes:
   (one JSON object per pair: everything needed to rebuild it, see :func:`rebuild_lr`;
   relative paths are relative to ``out_dir``) and ``out_dir/degrade_settings.json``.
 - **Resume**: a file whose manifest entry and output files exist is skipped. The manifest
-  is appended after each batch and rewritten (sorted) at the end. A rerun into the same
-  ``out_dir`` with another HR folder, seed, noise, scale, pool content, pipeline, noise
-  patches or ``copy_hr`` is refused.
+  is appended after each batch and rewritten (sorted) at the end. A rerun into an
+  ``out_dir`` that holds pairs made with another HR folder, seed, noise, scale, pool
+  content, pipeline, noise patches or ``copy_hr`` is refused (a folder without pairs does
+  not pin the settings of the run that left it).
+- **Checks first**: every argument, the pool, the HR folder, ``out_dir`` and the provider
+  are checked before ``out_dir`` is created or written; scales are 2 or 4 (KernelGAN's).
 - **File names** that are not valid UTF-8 work: hashed as their raw bytes, written to the
   manifest as ``\\udcNN`` JSON escapes (ASCII lines; Python reads the exact name back) and
   shown as ``\\xNN`` in messages.

@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,7 +158,7 @@ def _to_bool(value: Any) -> bool:
 def _to_range(value: Any, kind: type) -> tuple:
     """``"lo-hi"``, ``"lo,hi"``, ``"x"``, ``[lo, hi]`` or a number -> ``(lo, hi)`` of ``kind``."""
     if isinstance(value, str):
-        parts = [p.strip() for p in re.split(r"(?<![eE])-|,", value) if p.strip()]
+        parts = _split_range(value)
     elif isinstance(value, int | float) and not isinstance(value, bool):
         parts = [value]
     else:
@@ -172,6 +171,24 @@ def _to_range(value: Any, kind: type) -> tuple:
     if kind is int and any(not v.is_integer() for v in values):
         raise ValueError
     return tuple(kind(v) for v in values)
+
+
+def _split_range(text: str) -> list[str]:
+    """``"lo,hi"`` or ``"lo-hi"`` -> ``[lo, hi]``, ``"x"`` -> ``[x]`` (texts, stripped).
+
+    Signs are kept: the ``-`` between two bounds is the first one that follows a digit, a
+    point or a letter other than an exponent's ``e``, so ``"-1-2"`` is ``["-1", "2"]`` (then
+    refused as a negative bound) and ``"1e-3-0.1"`` is ``["1e-3", "0.1"]``. An empty bound
+    (``"0.1-"``) stays empty, and ``float`` refuses it.
+    """
+    if "," in text:
+        return [p.strip() for p in text.split(",")]
+    s = text.strip()
+    for i in range(1, len(s)):
+        before = s[:i].rstrip()
+        if s[i] == "-" and before and before[-1] not in "eE+-":
+            return [before, s[i + 1:].strip()]
+    return [s]
 
 
 def _validate(cfg: PipelineConfig) -> None:

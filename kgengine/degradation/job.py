@@ -6,19 +6,27 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from kgengine.atomic import ensure_dir
 from kgengine.degradation.config import PipelineConfig
-from kgengine.degradation.folder import clean_stale_tmp, lock_out_dir
+from kgengine.degradation.folder import (
+    check_out_path,
+    clean_stale_tmp,
+    lock_out_dir,
+    missing_top,
+    remove_unused,
+)
 from kgengine.degradation.manifest import (
     MANIFEST,
     check_settings,
     is_done,
-    open_manifest,
+    read_manifest,
+    record_settings,
     write_manifest,
 )
 from kgengine.degradation.pipeline import Pipeline
 from kgengine.degradation.pipeline_runner import run_pipeline_pairs
 from kgengine.degradation.plan import PairPlan, list_hr_files, make_plan
-from kgengine.degradation.runner import DegradeReport, run_pairs
+from kgengine.degradation.runner import DegradeReport, check_provider, open_session, run_pairs
 from kgengine.errors import KGEngineError, shown
 from kgengine.hooks import JobHooks
 from kgengine.pool import KernelPool
@@ -59,7 +67,7 @@ def degrade_folder(
             pairs per manifest append).
         provider: ``auto|tensorrt|cuda|cpu`` (:func:`kgengine.providers.make_session`);
             not used with a pipeline.
-        threads: CPU threads for onnxruntime (default: all usable cores).
+        threads: CPU threads for onnxruntime, >= 1 (default: all usable cores).
         hooks: ``total`` (files found), ``item_finished`` per file (``skipped`` when already
             there, ``done``, or ``failed`` with the one-line reason naming the file), and
             ``log`` (the provider or pipeline used; stale temporary files removed).
@@ -74,6 +82,11 @@ def degrade_folder(
         top: instead of ``min_confidence``, use the pool's most confident fraction ``top``
             in (0, 1] (:func:`kgengine.pool.top_threshold`); the threshold it gives is what
             the settings record, so a resume with the same ``top`` and pool goes on.
+    Every argument, the pool, the HR folder, ``out_dir`` (not a file) and the provider
+    (:func:`~kgengine.degradation.runner.check_provider`) are checked before ``out_dir`` is
+    created or written; its settings are recorded only once the onnxruntime session runs.
+    A folder that holds no pairs does not pin the settings of the run that left it.
+
     Raises:
         KGEngineError: bad arguments, pool, folder, or provider (not for bad HR files).
     """
@@ -81,29 +94,45 @@ def degrade_folder(
     hr_dir, out_dir = Path(hr_dir), Path(out_dir)
     if pipeline is not None and noise > 0:
         raise KGEngineError("noise: with a pipeline, set its gaussian_sigma instead")
+    if threads is not None and threads < 1:
+        raise KGEngineError(f"threads must be >= 1, got {threads}")
+    check_provider(provider, runs=pipeline is None)
+    check_out_path(out_dir)
     plan = make_plan(kernels, scale, noise, seed, batch, min_confidence, top)
     if top is not None:
         hooks.log(f"--top {top}: confidence >= {plan.min_confidence:.4g}, "
                   f"{len(plan.pool)} kernels kept")
     pipe = Pipeline(plan.pool, pipeline, scale=plan.scale) if pipeline is not None else None
     files = list_hr_files(hr_dir)
-    with lock_out_dir(out_dir):
-        stale = clean_stale_tmp(out_dir)
-        if stale:
-            hooks.log(f"removed {len(stale)} temporary files of an interrupted run")
-        check_settings(out_dir, {**plan.settings(hr_dir), "copy_hr": copy_hr,
-                                 **(pipe.settings() if pipe else NO_PIPELINE)})
-        return _run(plan, pipe, files, out_dir, hooks, batch=batch, provider=provider,
-                    threads=threads, copy_hr=copy_hr)
+    settings = {**plan.settings(hr_dir), "copy_hr": copy_hr,
+                **(pipe.settings() if pipe else NO_PIPELINE)}
+    created = missing_top(out_dir)
+    try:
+        ensure_dir(out_dir)
+        with lock_out_dir(out_dir):
+            stale = clean_stale_tmp(out_dir)
+            if stale:
+                hooks.log(f"removed {len(stale)} temporary files of an interrupted run")
+            return _run(plan, pipe, files, out_dir, hooks, settings, batch=batch,
+                        provider=provider, threads=threads, copy_hr=copy_hr)
+    except KGEngineError:
+        remove_unused(out_dir, created)  # a job stopped before writing a file leaves nothing
+        raise
 
 
 def _run(plan: PairPlan, pipe: Pipeline | None, files: list[Path], out_dir: Path,
-         hooks: JobHooks, *, batch: int, provider: str, threads: int | None, copy_hr: bool,
-         ) -> DegradeReport:
-    """Skip the pairs already there, make the others, rewrite the manifest sorted."""
-    entries = open_manifest(out_dir)
+         hooks: JobHooks, settings: dict, *, batch: int, provider: str, threads: int | None,
+         copy_hr: bool) -> DegradeReport:
+    """Check the settings, skip the pairs already there, start the session, record the
+    settings, make the others, rewrite the manifest sorted."""
+    record = check_settings(out_dir, settings)
+    entries = read_manifest(out_dir / MANIFEST)
     there = {p for p in files if is_done(out_dir, entries.get(p.name))}
     todo = [p for p in files if p not in there]
+    choice = open_session(plan, out_dir, provider, threads) if todo and pipe is None else None
+    if record:
+        record_settings(out_dir, settings)
+    write_manifest(out_dir / MANIFEST, entries)  # clean: before appending after a torn line
     report = DegradeReport(out_dir, len(files), 0, len(there))
     hooks.total(len(files))
     for p in sorted(there):
@@ -114,8 +143,8 @@ def _run(plan: PairPlan, pipe: Pipeline | None, files: list[Path], out_dir: Path
         new = run_pipeline_pairs(plan, pipe, todo, out_dir, report, hooks, batch=batch,
                                  copy_hr=copy_hr)
     else:
-        new = run_pairs(plan, todo, out_dir, report, hooks, batch=batch, provider=provider,
-                        threads=threads, copy_hr=copy_hr)
+        new = run_pairs(plan, todo, out_dir, report, hooks, batch=batch, choice=choice,
+                        copy_hr=copy_hr)
     entries.update((e["name"], e) for e in new)
     write_manifest(out_dir / MANIFEST, entries)
     return report

@@ -3,8 +3,9 @@ rebuilding a pair's LR from its line.
 
 Files in ``out_dir``: :data:`MANIFEST` (``manifest.jsonl``, one object per pair, see
 :func:`pair_entry`; relative paths are relative to ``out_dir``) and :data:`SETTINGS`
-(``degrade_settings.json``, the job's settings; a rerun with other :data:`RESUME_KEYS` is
-refused). The manifest is appended after each batch and rewritten sorted by name at the end.
+(``degrade_settings.json``, the job's settings; a rerun with other :data:`RESUME_KEYS` into a
+folder that holds pairs is refused). The manifest is appended after each batch and rewritten
+sorted by name at the end.
 """
 
 from __future__ import annotations
@@ -119,17 +120,32 @@ def is_done(out_dir: Path, entry: dict | None) -> bool:
     return Path(entry["hr"]).is_absolute() or (out_dir / entry["hr"]).is_file()
 
 
-def check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
-    """Record ``settings`` in a new ``out_dir``, or check them against the recorded ones.
+def holds_pairs(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds pairs: manifest entries, or files in ``lr/`` or ``hr/``
+    (pairs of a run killed before its manifest line, or an older manifest removed)."""
+    if read_manifest(out_dir / MANIFEST):
+        return True
+    return any(p.is_file() for sub in ("lr", "hr") if (out_dir / sub).is_dir()
+               for p in (out_dir / sub).iterdir())
 
+
+def check_settings(out_dir: Path, settings: dict[str, Any]) -> bool:
+    """Check ``settings`` against those recorded in ``out_dir``; writes nothing.
+
+    Only a folder that holds pairs (:func:`holds_pairs`) pins its settings: the settings
+    file of a run that made none (every file failed, or it stopped before the first pair)
+    is replaced by the next run's.
+
+    Returns:
+        whether the settings must be recorded (:func:`record_settings`): no settings file,
+        or one of a folder without pairs.
     Raises:
         KGEngineError: the folder holds pairs made with another value of a
             :data:`RESUME_KEYS` key, or its settings file is not JSON.
     """
     path = out_dir / SETTINGS
-    if not path.is_file():
-        save_json(path, settings)
-        return
+    if not path.is_file() or not holds_pairs(out_dir):
+        return True
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:
@@ -148,6 +164,12 @@ def check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
             f"{out_dir}: holds pairs made with {k}={was!r}, not {now!r}; "
             "use another output folder"
         )
+    return False
+
+
+def record_settings(out_dir: Path, settings: dict[str, Any]) -> None:
+    """Write ``settings`` to ``out_dir``'s :data:`SETTINGS` (atomically)."""
+    save_json(out_dir / SETTINGS, settings)
 
 
 def rebuild_lr(entry: dict, pool: KernelPool) -> np.ndarray:

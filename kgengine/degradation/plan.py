@@ -21,6 +21,17 @@ from kgengine.errors import KGEngineError
 from kgengine.pool import KernelPool, filter_pool, load_pool, top_threshold
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".npy")
+#: Scales of the pairs :func:`degrade_folder` makes: those of the kernels KernelGAN
+#: estimates (``kgengine pool import --scale 2|4``).
+DEGRADE_SCALES = (2, 4)
+#: Largest seed (non-negative 64-bit signed, as the other commands take).
+MAX_SEED = 2**63 - 1
+
+
+def check_scale(scale: int | None, option: str = "scale") -> None:
+    """Raise unless ``scale`` (None: not given) is one of :data:`DEGRADE_SCALES`."""
+    if scale is not None and scale not in DEGRADE_SCALES:
+        raise KGEngineError(f"{option} must be 2 or 4, got {scale}")
 
 
 def hash_int(*parts: object) -> int:
@@ -158,10 +169,14 @@ def make_plan(
     (:func:`kgengine.pool.top_threshold`; the plan records that threshold).
 
     Raises:
-        KGEngineError: a bad pool, a scale the pool is not for, an empty pool, no kernel
-            passing ``min_confidence``, both ``min_confidence`` and ``top``, a bad ``top``,
-            ``batch < 1``, or a noise sigma that is not finite and >= 0.
+        KGEngineError: a scale other than 2 or 4 (asked, or the pool's), a bad pool, a scale
+            the pool is not for, an empty pool, no kernel passing ``min_confidence``, both
+            ``min_confidence`` and ``top``, a bad ``top``, ``batch < 1``, a seed outside
+            [0, 2**63 - 1], or a noise sigma that is not finite and >= 0.
     """
+    check_scale(scale)
+    if not 0 <= seed <= MAX_SEED:
+        raise KGEngineError(f"seed must be between 0 and {MAX_SEED}, got {seed}")
     if top is not None:
         if min_confidence is not None:
             raise KGEngineError("give at most one of --min-confidence and --top")
@@ -173,6 +188,10 @@ def make_plan(
     else:
         pool = load_pool(kernels, scale, min_confidence=min_confidence)
     scale = pool.scale if scale is None else int(scale)
+    if pool.scale not in DEGRADE_SCALES:
+        where = "the kernel pool" if isinstance(kernels, KernelPool) else str(kernels)
+        raise KGEngineError(f"{where}: holds x{pool.scale} kernels; degrade makes x2 or x4 "
+                            "pairs only")
     if scale != pool.scale:
         raise KGEngineError(f"the kernel pool is for x{pool.scale}, but scale {scale} was asked")
     if len(pool) == 0:

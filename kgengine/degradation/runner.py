@@ -15,15 +15,22 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
+import onnxruntime as ort
 
 from kgengine.atomic import atomic_write
 from kgengine.degradation.manifest import MANIFEST, append_manifest, pair_entry
 from kgengine.degradation.plan import PairPlan, crop_to_scale, size_batches, unit_noise
 from kgengine.errors import BadImageError, KGEngineError, shown
-from kgengine.export import build_pool_model, check_hr_size
+from kgengine.export import build_pool_model
 from kgengine.hooks import JobHooks
 from kgengine.imageio import read_image, write_png
-from kgengine.providers import make_session
+from kgengine.providers import (
+    ORT_NAMES,
+    PROVIDERS,
+    SessionChoice,
+    cuda_device_count,
+    make_session,
+)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -72,10 +79,10 @@ class PairMaker:
             try:
                 img = read_image(p)
                 crop = crop_to_scale(img, self.plan.scale)
-                try:
-                    check_hr_size(crop.shape[0], crop.shape[1], self.plan.pool.kernel_size)
-                except KGEngineError as exc:
-                    raise BadImageError(p, str(exc)) from None
+                why = size_problem(img.shape[:2], crop.shape[:2], self.plan.scale,
+                                   self.plan.pool.kernel_size)
+                if why:
+                    raise BadImageError(p, why)
             except BadImageError as exc:
                 errors.append((p.name, str(exc)))
                 continue
@@ -102,6 +109,56 @@ class PairMaker:
         hr = write_hr(self.out_dir, item, self.copy_hr)
         return pair_entry(self.plan, item.path, hr, item.size, item.crop.shape[:2],
                           lr.shape[1:], self.provider)
+
+
+def size_problem(size: tuple[int, int], crop: tuple[int, int], scale: int, kernel_size: int
+                 ) -> str:
+    """Why an HR image of ``size`` (h, w), cropped to ``crop`` (multiples of ``scale``), is
+    too small for the ONNX degrader, or "" when it is not: both sides of the crop must
+    exceed the kernel size (ONNX reflect padding). The message gives the file's own size,
+    and the crop's when the crop is smaller, e.g. ``"image is 13x13 (12x12 once cropped to
+    multiples of the scale 2): the HR side must exceed the kernel size 13"``."""
+    (h, w), (ch, cw) = size, crop
+    if min(ch, cw) > kernel_size:
+        return ""
+    cut = f" ({cw}x{ch} once cropped to multiples of the scale {scale})" if (ch, cw) != (h, w) \
+        else ""
+    return f"image is {w}x{h}{cut}: the HR side must exceed the kernel size {kernel_size}"
+
+
+def check_provider(provider: str, *, runs: bool = True) -> None:
+    """Raise now, before any file is written, for a provider that cannot run here: an
+    unknown name, or, when it ``runs`` (not with a pipeline, which runs on the CPU),
+    ``tensorrt``/``cuda`` missing from the onnxruntime build or without a CUDA device (the
+    first checks of :func:`kgengine.providers.make_session`, with the same lines).
+
+    Raises:
+        KGEngineError: ``unknown provider ...`` or ``provider '<name>' cannot run here: ...``.
+    """
+    if provider not in PROVIDERS:
+        raise KGEngineError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+    if not runs or provider in ("auto", "cpu"):
+        return
+    why = f"{ORT_NAMES[provider]} is not in this onnxruntime build"
+    if ORT_NAMES[provider] in ort.get_available_providers():
+        count, why = cuda_device_count()
+        if count:
+            return
+    raise KGEngineError(f"provider {provider!r} cannot run here: {provider}: {why}")
+
+
+def open_session(plan: PairPlan, out_dir: Path, provider: str, threads: int | None
+                 ) -> SessionChoice:
+    """An onnxruntime session of the pool degrader of ``plan`` on ``provider``
+    (:func:`kgengine.providers.make_session`; TensorRT engines cached in
+    ``out_dir/.trt_cache``).
+
+    Raises:
+        KGEngineError: the provider cannot run here.
+    """
+    model = build_pool_model(plan.pool.kernel_size, plan.scale, noise=plan.noise > 0)
+    return make_session(model.SerializeToString(), provider, threads,
+                        trt_cache=out_dir / ".trt_cache")
 
 
 def write_hr(out_dir: Path, item: HrImage, copy: bool) -> str:
@@ -141,19 +198,14 @@ def prefetched(reader: ThreadPoolExecutor, read: Callable[[T], R], items: list[T
 
 def run_pairs(
     plan: PairPlan, todo: list[Path], out_dir: Path, report: DegradeReport, hooks: JobHooks,
-    *, batch: int, provider: str, threads: int | None, copy_hr: bool = False,
+    *, batch: int, choice: SessionChoice, copy_hr: bool = False,
 ) -> list[dict]:
-    """Make the pairs of ``todo`` (non-empty) into ``out_dir``; returns their new entries.
+    """Make the pairs of ``todo`` (non-empty) into ``out_dir`` with the session ``choice``
+    (:func:`open_session`); returns their new entries.
 
     Counts into ``report`` (provider, written, failed) and tells ``hooks``: the provider
     line through ``log``, each file through ``item_finished`` (``done`` or ``failed``).
-
-    Raises:
-        KGEngineError: the provider cannot run here.
     """
-    model = build_pool_model(plan.pool.kernel_size, plan.scale, noise=plan.noise > 0)
-    choice = make_session(model.SerializeToString(), provider, threads,
-                          trt_cache=out_dir / ".trt_cache")
     report.provider, report.provider_notes = choice.provider, choice.notes
     hooks.log(choice.describe())
     maker = PairMaker(plan, out_dir, choice.provider, copy_hr)

@@ -26,6 +26,8 @@ It computes exactly the same sums as a plain stride-``s`` Conv plus zero taps. A
 single output channel leaves most of the CPU's work units idle (SIMD lanes of onnxruntime's
 blocked Conv, rows of its im2col GEMM); with 16 output channels the model runs 2-4x faster
 on the CPU (``bench/bench_degrade.py``). ``tile = 1`` gives the plain Pad + Conv graph.
+The weight holds ``t²·(k + s(t−1))²`` values, so ``t``, ``s`` and the kernel side are bounded
+(8, 8 and 255: :data:`~kgengine.export.graph.MAX_TILE` and its neighbours).
 
 Noise (when exported with ``noise=True``): two more inputs, ``noise_sigma`` of shape (N,) or
 (1,) and ``noise`` (unit Gaussian samples, broadcastable to ``lr``); the model returns
@@ -59,8 +61,11 @@ from onnx import TensorProto, helper
 from kgengine.errors import KGEngineError
 from kgengine.export.graph import (
     DEFAULT_TILE,
+    MAX_KERNEL_SIZE,
     blur_nodes,
     check_dtype,
+    check_kernel_side,
+    check_range,
     check_scale,
     const,
     hr_input,
@@ -84,18 +89,21 @@ def build_fixed_model(
 
     Args:
         kernel: (h, w) kernel (any size; used as given, cast to float32, then to the dtype).
-        scale: integer factor s >= 1.
+        scale: integer factor s in [1, 8].
         noise: add the ``noise_sigma`` (N,)|(1,) and ``noise`` inputs (see module doc).
-        tile: LR pixels per Conv position along each axis (see module doc); any ``t >= 1``
-            gives the same result up to float32 rounding.
+        tile: LR pixels per Conv position along each axis (see module doc); any ``t`` in
+            [1, 8] (:data:`~kgengine.export.graph.MAX_TILE`) gives the same result up to
+            float32 rounding.
         dtype: ``"fp32"`` or ``"fp16"`` (every float input, weight and output; module doc).
     Raises:
-        KGEngineError: ``kernel`` not 2-D, ``scale``/``tile`` not positive integers, or an
-            unknown dtype.
+        KGEngineError: ``kernel`` not 2-D or a side over 255, ``scale``/``tile`` not
+            integers in [1, 8], or an unknown dtype.
     """
     k = np.asarray(kernel, dtype=np.float32)
     if k.ndim != 2:
         raise KGEngineError(f"kernel: expected (h,w), got shape {k.shape}")
+    for side in k.shape:
+        check_range("kernel side", side, MAX_KERNEL_SIZE)
     check_scale(scale, tile)
     elem, np_dtype, dtype_name = check_dtype(dtype)
     kh, kw = k.shape
@@ -129,20 +137,18 @@ def build_pool_model(
     """The pool degrader: ``hr (N,C,H,W), kernel (N,1,K,K) -> lr``, kernel i on image i.
 
     Args:
-        kernel_size: K, odd (pool kernels are zero-padded to it, centred).
-        scale: integer factor s >= 1.
+        kernel_size: K, odd, at most 255 (pool kernels are zero-padded to it, centred).
+        scale: integer factor s in [1, 8].
         noise: add the ``noise_sigma`` and ``noise`` inputs (see module doc).
         tile: as in :func:`build_fixed_model`.
         dtype: ``"fp32"`` or ``"fp16"`` (``hr``, ``kernel``, noise inputs and ``lr``).
     Raises:
-        KGEngineError: ``kernel_size`` not odd and positive, bad ``scale``/``tile``, or an
+        KGEngineError: ``kernel_size`` not odd in [1, 255], bad ``scale``/``tile``, or an
             unknown dtype.
     """
     check_scale(scale, tile)
     elem, _, dtype_name = check_dtype(dtype)
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise KGEngineError(f"kernel size must be odd and positive, got {kernel_size}")
-    k = kernel_size
+    k = check_kernel_side("kernel size", kernel_size)
     inits = [
         pads(k, k),
         const("k_flat_shape", np.array([0, -1], np.int64)),

@@ -25,6 +25,13 @@ OPSET = 17
 IR_VERSION = 8
 #: LR pixels per Conv output position along each axis (``t``; 16 Conv output channels).
 DEFAULT_TILE = 4
+#: Largest tile, scale and kernel side of the degraders. The tiled weight holds
+#: ``t²·(k + s(t−1))²`` values (float32; the pool model's index, int64): at t = 8 a 13×13
+#: x2 kernel gives a 0.2 MB fixed / 0.4 MB pool model and a 37×37 x4 one 1.1 / 2.2 MB, at
+#: all three maxima the pool model is 50 MB; t = 16 is 2-18 MB, t = 64 316 MB, t = 128 past
+#: protobuf's 2 GB limit. Beyond t = 4 the zero taps only add work (the CPU speed-up is from
+#: the 16 output channels), so 8 is room enough.
+MAX_TILE, MAX_SCALE, MAX_KERNEL_SIZE = 8, 8, 255
 #: Element types of the degraders: name -> (ONNX type, NumPy dtype, metadata name).
 DTYPES: dict[str, tuple[int, type, str]] = {
     "fp32": (TensorProto.FLOAT, np.float32, "float32"),
@@ -53,12 +60,26 @@ def check_hr_size(h: int, w: int, kernel_size: int) -> None:
         )
 
 
+def check_range(name: str, value: int, high: int, low: int = 1) -> int:
+    """``value`` if an integer in [low, high], else :class:`KGEngineError` naming ``name``
+    (the option, e.g. ``--tile``), the value and the range."""
+    if int(value) != value or not low <= value <= high:
+        raise KGEngineError(f"{name} must be an integer in [{low}, {high}], got {value}")
+    return int(value)
+
+
 def check_scale(scale: int, tile: int = 1) -> None:
-    """Raise unless ``scale`` and ``tile`` are positive integers."""
-    if int(scale) != scale or scale < 1:
-        raise KGEngineError(f"scale must be a positive integer, got {scale}")
-    if int(tile) != tile or tile < 1:
-        raise KGEngineError(f"tile must be a positive integer, got {tile}")
+    """Raise unless ``scale`` is in [1, :data:`MAX_SCALE`] and ``tile`` in [1,
+    :data:`MAX_TILE`] (integers)."""
+    check_range("scale", scale, MAX_SCALE)
+    check_range("tile", tile, MAX_TILE)
+
+
+def check_kernel_side(name: str, side: int) -> int:
+    """``side`` if odd and in [1, :data:`MAX_KERNEL_SIZE`], else :class:`KGEngineError`."""
+    if int(side) != side or not 1 <= side <= MAX_KERNEL_SIZE or side % 2 == 0:
+        raise KGEngineError(f"{name} must be an odd integer in [1, {MAX_KERNEL_SIZE}], got {side}")
+    return int(side)
 
 
 def tile_index(kh: int, kw: int, scale: int, tile: int) -> np.ndarray:

@@ -10,18 +10,30 @@ An INPUT is one of
   relative paths are relative to the list's folder); each entry is a file or a folder as
   above. Entries that do not exist are kept, so that they end as failed rows naming the file.
 
-Paths are made absolute (``resolve``) and repeated paths are kept once, in first-seen order.
-A command-line INPUT that does not exist is an error (most likely a typo). Files inside a
-kgengine pool folder (the farm's own POOL_DIR included) are never taken: a farm run twice on
-``photos -r -o photos/pool`` must not train on its own ``*_kernel.png`` heat maps.
+Paths are made absolute (``resolve``) and repeated paths are kept once, in first-seen order
+(a path that reaches an earlier one through a symbolic link is reported on one line).
+A command-line INPUT that does not exist is an error (most likely a typo).
+
+kgengine's own outputs are never taken, so that a run twice on ``photos -r -o photos/out``
+does not train on its own ``*_kernel.png`` heat maps:
+
+- files inside a kgengine pool folder (one holding ``manifest.sqlite``, or inside one; the
+  farm's own POOL_DIR and an ``exclude`` folder too), even when named;
+- in a folder that holds ``kgengine estimate`` reports (one of its first few
+  ``<stem>_report.json`` is a kgengine report naming ``<stem>_kernel_x2.npy``), the kernel
+  files :data:`OUTPUT_ENDINGS` (the folder's other images are taken);
+- a ``kgengine degrade`` output folder (holding ``degrade_settings.json``) that a recursive
+  walk comes to is not entered (named, it is read: its ``lr/`` images are real inputs to a
+  test of the estimator).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from kgengine.errors import KGEngineError, brief_list, shown
@@ -31,31 +43,42 @@ from kgengine.farm.manifest import MANIFEST_FILE
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".npy")
 #: Files read as lists of paths.
 LIST_SUFFIXES = (".txt",)
+#: kgengine's image-like output files (:func:`kgengine.outputs.output_paths`; not imported:
+#: it loads torch), left out of folders that hold estimate reports.
+OUTPUT_ENDINGS = ("_kernel.png", "_kernel_x2.npy", "_kernel_x4.npy")
+#: An estimate report, ``<stem>_report.json``; at most :data:`REPORTS_READ` are read a folder.
+REPORT_ENDING = "_report.json"
+REPORTS_READ = 3
+#: A degrade output folder's settings (:data:`kgengine.degradation.manifest.SETTINGS`).
+DEGRADE_SETTINGS = "degrade_settings.json"
+#: Larger JSON files are not read to recognise an output folder.
+_MAX_JSON = 16 << 20
+
+Log = Callable[[str], None]
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike], recursive: bool = False,
                   exclude: Sequence[str | os.PathLike] = (),
-                  log: Callable[[str], None] = lambda m: None) -> list[Path]:
+                  log: Log = lambda m: None) -> list[Path]:
     """Expand files, folders and ``.txt`` lists into absolute image paths (see module doc).
 
-    Files inside a kgengine pool folder (one holding ``manifest.sqlite``, e.g. its
-    ``kernels/*_kernel.png`` heat maps) or inside an ``exclude`` folder (the farm's own
-    POOL_DIR) are left out, with one ``log`` line saying how many: a farm never trains on
-    its own outputs.
+    kgengine's own outputs (pool folders, an ``exclude`` folder such as the farm's own
+    POOL_DIR, the kernel files of estimate output folders, degrade output folders) are left
+    out, with one ``log`` line saying which: a farm never trains on its own outputs.
 
     Raises:
         KGEngineError: an INPUT does not exist, or a list file cannot be read.
     """
     out: list[Path] = []
-    seen: set[Path] = set()
-    in_pool = _PoolFolders(exclude)
+    seen: dict[Path, Path] = {}  # resolved -> as first met
+    own = _OwnOutputs(exclude)
     left_out: list[Path] = []
     for inp in inputs:
         p = Path(inp).expanduser()
         if p.is_dir():
-            found = _folder(p, recursive, in_pool)
+            found = _folder(p, recursive, own)
         elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
-            found = _list_file(p, recursive, in_pool)
+            found = _list_file(p, recursive, own)
         elif p.is_file():
             found = [p]
         else:
@@ -63,34 +86,66 @@ def expand_inputs(inputs: Sequence[str | os.PathLike], recursive: bool = False,
         for f in found:
             r = f.resolve()
             if r in seen:
+                if os.path.abspath(f) != os.path.abspath(seen[r]):  # a link, not a repeat
+                    log(f"skip {shown(f)}: same file as {shown(seen[r])}")
                 continue
-            seen.add(r)
-            (left_out if in_pool(r.parent) else out).append(r)
-    skipped = [f"the pool folder(s) {brief_list(in_pool.pruned, 3)}"] if in_pool.pruned else []
-    if left_out:
-        skipped.append(f"{len(left_out)} file(s) inside kgengine pool folders, e.g. "
-                       f"{shown(left_out[0])}")
-    if skipped:
-        log(f"skip {' and '.join(skipped)}: a farm never reads a pool folder as input")
+            seen[r] = f
+            (left_out if own(r.parent) else out).append(r)
+    own.report(log, left_out)
     return out
 
 
 def folder_images(folder: str | os.PathLike, recursive: bool = False,
-                  exclude: Sequence[str | os.PathLike] = ()) -> list[Path]:
+                  exclude: Sequence[str | os.PathLike] = (), log: Log = lambda m: None
+                  ) -> list[Path]:
     """The image files that a folder INPUT gives (see the module docstring; sorted, hidden
-    files and pool folders left out), without those inside an ``exclude`` folder (e.g. the
-    output folder of ``kgengine estimate``, which holds ``*_kernel.png`` heat maps)."""
-    in_pool = _PoolFolders(exclude)
-    return [f for f in _folder(Path(folder), recursive, in_pool) if not in_pool(f.parent)]
+    files and kgengine's own outputs left out, with one ``log`` line saying which), without
+    those inside an ``exclude`` folder (e.g. the output folder of ``kgengine estimate``)."""
+    own = _OwnOutputs(exclude)
+    found = _folder(Path(folder), recursive, own)
+    own.report(log, [f for f in found if own(f.parent)])
+    return [f for f in found if not own(f.parent)]
 
 
-class _PoolFolders:
-    """``in_pool(folder)``: is ``folder`` a pool folder (it or a parent holds
-    ``manifest.sqlite``, or is one of ``exclude``)? Memoised per folder."""
+def folders_without_images(inputs: Sequence[str | os.PathLike], recursive: bool = False,
+                           exclude: Sequence[str | os.PathLike] = ()) -> list[str]:
+    """One message per folder INPUT that gives no image file (see the module docstring);
+    a folder is walked only until its first image.
+
+    Raises:
+        KGEngineError: an INPUT does not exist (before anything is written).
+    """
+    messages = []
+    for inp in inputs:
+        p = Path(inp).expanduser()
+        if not p.exists():
+            raise KGEngineError(f"{shown(p)}: no such file or folder")
+        if not p.is_dir():
+            continue
+        own = _OwnOutputs(exclude)
+        if own(p):
+            messages.append(f"{shown(p)}: a kgengine pool or output folder, never read as input")
+        elif not any(not own(f.parent) for f in _walk(p, recursive, own)):
+            messages.append(f"{shown(p)}: no image files in this folder" + (
+                "" if recursive else " (-r also reads its sub-folders)"))
+    return messages
+
+
+class _OwnOutputs:
+    """kgengine's own outputs met while expanding INPUTs (see the module docstring).
+
+    ``own(folder)``: is ``folder`` a pool folder (it or a parent holds ``manifest.sqlite``,
+    or is one of ``exclude``)? Memoised per folder. The lists record what was left out.
+    """
 
     def __init__(self, exclude: Sequence[str | os.PathLike]) -> None:
-        self.known: dict[Path, bool] = {Path(e).resolve(): True for e in exclude}
-        self.pruned: list[Path] = []  # pool folders a recursive walk did not enter
+        self.excluded = {Path(e).resolve() for e in exclude}
+        self.known: dict[Path, bool] = dict.fromkeys(self.excluded, True)
+        self.pools: list[Path] = []  # pool folders a recursive walk did not enter
+        self.outdirs: list[Path] = []  # ``exclude`` folders (not pools) it did not enter
+        self.degrade: list[Path] = []  # degrade output folders it did not enter
+        self.estimate: list[Path] = []  # estimate output folders whose kernel files ...
+        self.kernels = 0  # ... were left out, and how many
 
     def __call__(self, folder: Path) -> bool:
         folder = folder.resolve()
@@ -99,26 +154,111 @@ class _PoolFolders:
             self.known[folder] = here or (folder.parent != folder and self(folder.parent))
         return self.known[folder]
 
+    def enter(self, root: Path, dirs: Iterable[str]) -> list[str]:
+        """The sub-folders of ``root`` a recursive walk enters, sorted: hidden ones, pool
+        folders and degrade output folders left out (the latter two noted)."""
+        keep = []
+        for d in sorted(dirs):
+            p = root / d
+            if d.startswith("."):
+                continue
+            if self(p):
+                pool = p.resolve() not in self.excluded or (p / MANIFEST_FILE).is_file()
+                (self.pools if pool else self.outdirs).append(p)
+            elif _is_degrade_output(p):
+                self.degrade.append(p)
+            else:
+                keep.append(d)
+        return keep
 
-def _folder(folder: Path, recursive: bool, in_pool: _PoolFolders) -> list[Path]:
+    def images(self, folder: Path, names: Iterable[str]) -> list[Path]:
+        """The image files among ``names`` (the files in ``folder``), sorted; the kernel
+        files :data:`OUTPUT_ENDINGS` left out (and noted) if ``folder`` holds estimate
+        reports."""
+        names = sorted(names)
+        found = [n for n in names if _is_image_name(n)]
+        kernels = [n for n in found if n.endswith(OUTPUT_ENDINGS)]
+        if kernels and _holds_reports(folder, names):
+            self.estimate.append(folder)
+            self.kernels += len(kernels)
+            found = [n for n in found if not n.endswith(OUTPUT_ENDINGS)]
+        return [folder / n for n in found]
+
+    def report(self, log: Log, in_pools: Sequence[Path]) -> None:
+        """Say on one ``log`` line what was left out (nothing if nothing was); ``in_pools``:
+        files left out for being inside a pool or ``exclude`` folder."""
+        parts = [f"the {what} folder(s) {brief_list(found, 3)}" for what, found in (
+            ("pool", self.pools), ("output", self.outdirs), ("degrade output", self.degrade))
+            if found]
+        if self.estimate:
+            parts.append(f"{self.kernels} kernel file(s) in the estimate output folder(s) "
+                         f"{brief_list(self.estimate, 3)}")
+        if in_pools:
+            parts.append(f"{len(in_pools)} file(s) inside kgengine pool folders, e.g. "
+                         f"{shown(in_pools[0])}")
+        if not parts:
+            return
+        pools_only = not (self.outdirs or self.degrade or self.estimate)
+        why = ("a farm never reads a pool folder as input" if pools_only
+               else "kgengine never reads its own outputs as input")
+        listed = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+        log(f"skip {listed}: {why}")
+
+
+def _folder(folder: Path, recursive: bool, own: _OwnOutputs) -> list[Path]:
+    return sorted(_walk(folder, recursive, own), key=lambda p: p.relative_to(folder).parts)
+
+
+def _walk(folder: Path, recursive: bool, own: _OwnOutputs) -> Iterator[Path]:
+    """A folder INPUT's image files, a folder at a time (see :class:`_OwnOutputs`)."""
     if not recursive:
-        files = [p for p in folder.iterdir() if p.is_file()]
-        return sorted((p for p in files if _is_image_name(p)), key=lambda p: p.name)
-    found = []
+        yield from own.images(folder, [p.name for p in folder.iterdir() if p.is_file()])
+        return
     for root, dirs, names in os.walk(folder):
-        # pool folders are not descended into (their files would be left out anyway)
-        pools = [d for d in dirs if in_pool(Path(root) / d)]
-        in_pool.pruned += [Path(root) / d for d in pools]
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in pools)
-        found += [Path(root) / n for n in names if _is_image_name(Path(n))]
-    return sorted(found, key=lambda p: p.relative_to(folder).parts)
+        dirs[:] = own.enter(Path(root), dirs)  # pool folders' files would be left out anyway
+        yield from own.images(Path(root), names)
 
 
-def _is_image_name(p: Path) -> bool:
-    return not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+def _is_image_name(name: str) -> bool:
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
 
 
-def _list_file(path: Path, recursive: bool, in_pool: _PoolFolders) -> list[Path]:
+def _read_json(path: Path) -> object:
+    """The JSON value in ``path``; None if it cannot be read, is too large or is no JSON."""
+    try:
+        if path.stat().st_size > _MAX_JSON:
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _holds_reports(folder: Path, names: Sequence[str]) -> bool:
+    """Whether one of the first :data:`REPORTS_READ` ``<stem>_report.json`` in ``names``
+    (sorted) is a report of ``kgengine estimate`` (or of a farm): a JSON object with
+    ``image`` and ``kernel_x2``, whose ``files`` name ``<stem>_kernel_x2.npy``."""
+    reports = [n for n in names if n.endswith(REPORT_ENDING)][:REPORTS_READ]
+    for name in reports:
+        report = _read_json(folder / name)
+        stem = name[: -len(REPORT_ENDING)]
+        if (isinstance(report, dict) and "image" in report and "kernel_x2" in report
+                and isinstance(report.get("files"), dict)
+                and report["files"].get("x2_npy") == f"{stem}_kernel_x2.npy"):
+            return True
+    return False
+
+
+def _is_degrade_output(folder: Path) -> bool:
+    """Whether ``folder`` is a ``kgengine degrade`` output folder: its
+    ``degrade_settings.json`` is a JSON object with ``pool_fingerprint`` and ``hr_dir``."""
+    path = folder / DEGRADE_SETTINGS
+    if not path.is_file():
+        return False
+    settings = _read_json(path)
+    return isinstance(settings, dict) and "pool_fingerprint" in settings and "hr_dir" in settings
+
+
+def _list_file(path: Path, recursive: bool, own: _OwnOutputs) -> list[Path]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -131,7 +271,7 @@ def _list_file(path: Path, recursive: bool, in_pool: _PoolFolders) -> list[Path]
         p = Path(entry).expanduser()
         if not p.is_absolute():
             p = path.parent / p
-        found += _folder(p, recursive, in_pool) if p.is_dir() else [p]
+        found += _folder(p, recursive, own) if p.is_dir() else [p]
     return found
 
 
