@@ -90,23 +90,32 @@ def lr_of(setname: str, sc: int, name: str) -> np.ndarray:
     return read_image(rc.SETS[setname][0] / f"lr_x{sc}" / f"{name}.png")
 
 
+def restart_snapshots(lrs: list[tuple[np.ndarray, str]], seeds: list[int],
+                      snaps: tuple[int, ...] = SNAPS) -> dict[int, np.ndarray]:
+    """The K restarts of each (LR image, name) of ``lrs`` with its image seed, trained as one
+    batch (the bytes of ``estimate --restarts K``) for ``max(snaps)`` iterations with the
+    defaults; their raw kernels (B·K, k, k) at each of ``snaps``."""
+    cfg = KernelGANConfig()
+    prepared, all_seeds = [], []
+    for (lr, name), seed in zip(lrs, seeds, strict=True):
+        prepared += [prepare_image(lr, cfg, name)] * K
+        all_seeds += [restart_seed(seed, r) for r in range(K)]
+    trainer = BatchTrainer(prepared, all_seeds, cfg)
+    out: dict[int, np.ndarray] = {}
+
+    def snapshot(done: int) -> None:
+        if done in snaps:
+            out[done] = trainer.final_kernels()
+
+    trainer.run(max(snaps), snapshot, every=50)
+    return out
+
+
 def train_batch(batch: list[tuple[str, int, str, int]], stored: dict) -> dict[str, dict]:
     """Train the K restarts of each group in ``batch`` for 1500 iterations; their raw kernels
     at :data:`SNAPS` (1500 compared with ``stored``, then left out: it is stored there)."""
-    cfg = KernelGANConfig()
-    prepared, seeds = [], []
-    for setname, sc, name, seed in batch:
-        p = prepare_image(lr_of(setname, sc, name), cfg, name)
-        prepared += [p] * K
-        seeds += [restart_seed(seed, r) for r in range(K)]
-    trainer = BatchTrainer(prepared, seeds, cfg)
-    snaps: dict[int, np.ndarray] = {}
-
-    def snapshot(done: int) -> None:
-        if done in SNAPS:
-            snaps[done] = trainer.final_kernels()
-
-    trainer.run(FULL, snapshot, every=50)
+    snaps = restart_snapshots([(lr_of(s, sc, n), n) for s, sc, n, _ in batch],
+                              [seed for *_, seed in batch])
     out = {}
     for g, group in enumerate(batch):
         setname, sc, name, seed = group
