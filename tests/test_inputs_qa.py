@@ -10,9 +10,8 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from test_reliability import FakeTrainer, error_lines
+from test_reliability import FakeTrainer, _one_thread, error_lines  # noqa: F401
 from typer.testing import CliRunner
 
 from kgengine.cli import app
@@ -28,15 +27,6 @@ from kgengine.farm.manifest import MANIFEST_FILE, Manifest
 
 runner = CliRunner()
 ITERS = ["--iters", "20", "--device", "cpu"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """torch on 1 thread: the machine is shared."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture

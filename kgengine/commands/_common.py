@@ -95,6 +95,12 @@ def check_mode(mode: str | None) -> None:
         raise KGEngineError(f"--mode: expected composed or layers, got {mode!r}")
 
 
+def check_stop(stop: str | None) -> None:
+    """Raise unless ``stop`` (None: not given) is ``full`` or ``auto``."""
+    if stop is not None and stop not in ("full", "auto"):
+        raise KGEngineError(f"--stop: expected full or auto, got {stop!r}")
+
+
 def check_defects(authors_defects: bool, fix_defects: bool) -> None:
     """Refuse ``--authors-defects`` with ``--fix-defects`` (they ask for opposite things)."""
     if authors_defects and fix_defects:

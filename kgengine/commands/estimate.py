@@ -16,6 +16,7 @@ from kgengine.commands._common import (
     check_mode,
     check_out_dir,
     check_seed,
+    check_stop,
     cli_errors,
     note_cold_cache,
     one_line,
@@ -96,8 +97,7 @@ def estimate(
     check_seed("--seed", seed)
     check_device(device)
     check_mode(mode)
-    if stop not in ("full", "auto"):
-        raise KGEngineError(f"--stop: expected full or auto, got {stop!r}")
+    check_stop(stop)
     check_defects(authors_defects, fix_defects)
     import torch
 

@@ -16,6 +16,7 @@ from kgengine.commands._common import (
     check_device,
     check_out_dir,
     check_seed,
+    check_stop,
     cli_errors,
     fail,
     note_cold_cache,
@@ -165,8 +166,7 @@ def eval_command(
         restarts=restarts,
         stop=stop,
     )
-    if stop not in ("full", "auto"):
-        fail(f"--stop: expected full or auto, got {stop!r}")
+    check_stop(stop)
     check_out_dir(out)
     with progress_hooks(f"eval x{scale}") as hooks:
         note_cold_cache(hooks.log)

@@ -14,6 +14,7 @@ from kgengine.commands._common import (
     check_out_dir,
     check_out_file,
     check_seed,
+    check_stop,
     cli_errors,
     note_cold_cache,
     one_line,
@@ -125,7 +126,8 @@ def farm(
     check_seed("--seed", seed)
     check_device(device, here=ray is None)
     check_mode(mode)
-    _check_choices(dtype, stop)
+    _check_dtype(dtype)
+    check_stop(stop)
     config = _config(overrides)
     empty = _check_inputs(inputs or [], out, recursive)  # before POOL_DIR is created
     with progress_hooks("images") as hooks:
@@ -142,15 +144,13 @@ def farm(
         raise typer.Exit(1)
 
 
-def _check_choices(dtype: str | None, stop: str | None) -> None:
-    """Raise :class:`KGEngineError` for an unknown ``--dtype`` or ``--stop`` (before the pool
-    folder is created; :func:`kgengine.farm.settings.resolve_settings` checks them too)."""
+def _check_dtype(dtype: str | None) -> None:
+    """Raise :class:`KGEngineError` for an unknown ``--dtype`` (before the pool folder is
+    created; :func:`kgengine.farm.settings.resolve_settings` checks it too)."""
     from kgengine.farm.settings import DTYPES
 
     if dtype is not None and dtype not in DTYPES:
         raise KGEngineError(f"--dtype: expected {' or '.join(DTYPES)}, got {dtype!r}")
-    if stop is not None and stop not in ("full", "auto"):
-        raise KGEngineError(f"--stop: expected full or auto, got {stop!r}")
 
 
 def _check_inputs(inputs: list[Path], out: Path, recursive: bool) -> int:

@@ -74,13 +74,6 @@ def append_manifest(path: Path, entries: list[dict]) -> None:
         os.fsync(fh.fileno())
 
 
-def open_manifest(out_dir: Path) -> dict[str, dict]:
-    """The entries of ``out_dir``'s manifest, rewritten clean (a torn last line dropped)."""
-    entries = read_manifest(out_dir / MANIFEST)
-    write_manifest(out_dir / MANIFEST, entries)  # before appending after a torn line
-    return entries
-
-
 def pair_entry(
     plan: PairPlan, hr_path: Path, hr: str, hr_size: tuple[int, int], crop: tuple[int, int],
     lr_size: tuple[int, int], provider: str,
