@@ -251,8 +251,7 @@ def test_out_on_a_file_is_refused_like_other_commands(hr_dir, kernel_dir, tmp_pa
 @pytest.mark.parametrize(("args", "message"), [
     (("--seed", "-1"), f"--seed must be between 0 and {MAX_SEED}, got -1"),
     (("--seed", str(MAX_SEED + 1)), f"--seed must be between 0 and {MAX_SEED}, got "),
-    (("--threads", "-1"), "--threads must be at least 1, got -1"),
-    (("--threads", "0"), "--threads must be at least 1, got 0"),
+    (("--threads", "-1"), "--threads must be at least 0, got -1"),
     (("--batch", "0"), "--batch must be at least 1, got 0"),
     (("--noise", "-0.1"), "--noise must be a finite sigma >= 0, got -0.1"),
     (("--noise", "-0.1", "--jpeg", "30-95"), "--noise must be a finite sigma >= 0"),
@@ -270,7 +269,7 @@ def test_bad_numbers_are_refused_before_out(hr_dir, kernel_dir, tmp_path, args,
 def test_the_api_refuses_them_too(hr_dir, kernel_dir, tmp_path) -> None:
     out = tmp_path / "out"
     for kwargs, message in (({"seed": -1}, "seed must be between 0 and"),
-                            ({"threads": 0}, "threads must be >= 1, got 0"),
+                            ({"threads": -1}, "threads must be >= 0"),
                             ({"provider": "bogus"}, "unknown provider")):
         with pytest.raises(KGEngineError, match=message):
             degrade_folder(hr_dir, kernel_dir, out, **kwargs)

@@ -118,7 +118,7 @@ def test_pool_with_nan_settings_from_an_older_version_is_one_line(tmp_path, fake
 
 
 # ---------------------------------------------------------------------- 3. non-UTF-8 names
-def test_non_utf8_file_name_is_skipped_with_one_line(tmp_path, fake):
+def test_non_utf8_file_name_fails_with_one_line(tmp_path, fake):
     imgs = make_images(tmp_path / "in", 2)
     bad = os.fsencode(tmp_path / "in") + b"/caf\xe9.png"  # Latin-1 bytes: not UTF-8
     with open(bad, "wb") as fh:
@@ -126,7 +126,7 @@ def test_non_utf8_file_name_is_skipped_with_one_line(tmp_path, fake):
     res = runner.invoke(app, ["farm", str(tmp_path / "in"), "-o", str(tmp_path / "pool")])
     assert res.exit_code == 1, res.output
     lines = [ln for ln in res.output.splitlines() if "caf" in ln]
-    assert lines == [f"skip {tmp_path / 'in'}/caf\\xe9.png: the file name is not valid UTF-8; "
+    assert lines == [f"failed: {tmp_path / 'in'}/caf\\xe9.png: the file name is not valid UTF-8; "
                      "rename the file"]
     assert "2 done, 1 failed" in res.output
     with Manifest(tmp_path / "pool") as man:

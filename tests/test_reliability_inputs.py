@@ -199,7 +199,7 @@ BAD_VALUES = [
      "config g_kernel_sizes: expected odd sizes"),
     (["estimate", "{img}", "-o", "{out}", "--set", "iters=2.7"],
      "config iters: expected an integer, got '2.7'"),
-    (["farm", "{img}", "-o", "{out}", "--threads", "-1"], "--threads must be at least 1"),
+    (["farm", "{img}", "-o", "{out}", "--threads", "-1"], "--threads must be at least 0"),
     (["farm", "{img}", "-o", "{out}", "--device", "gpu"], "--device: expected auto, cpu"),
     (["farm", "{img}", "-o", "{out}", "--mode", "bogus"], "--mode: expected composed or"),
     (["farm", "{img}", "-o", "{out}", "--seed", "-1"], "--seed must be between 0 and"),

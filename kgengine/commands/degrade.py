@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -72,7 +73,8 @@ def degrade(
         "--batch", help="Images of equal size per onnxruntime call (at least 1).")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Picks each image's kernel and noise.")] = 0,
     threads: Annotated[int | None, typer.Option(
-        "--threads", help="CPU threads, at least 1 (default: all cores).")] = None,
+        "--threads", help="CPU threads for onnxruntime (0 or left out: the default, all "
+                          "usable cores).")] = None,
     copy_hr: Annotated[bool, typer.Option(
         "--copy-hr", help="Write every HR to OUT/hr/ (same names as OUT/lr/: a paired "
                           "folder for BasicSR/traiNNer); default: only cropped ones.")] = False,
@@ -95,8 +97,9 @@ def degrade(
     --second-order, --jpeg, --shuffle, --set) run the degradation pipeline on the CPU.
     Every option is checked before OUT is created or written.
     """
-    from kgengine.degradation import build_config, degrade_folder  # onnx(runtime): when used
+    from kgengine.degradation import build_config  # onnx(runtime): when used
     from kgengine.degradation.config import parse_sets
+    from kgengine.degradation.job import plan_job, run_job
 
     use_pipeline = bool(pipeline or noise_range or noise_poisson or noise_patches
                         or second_order or jpeg or shuffle or sets)
@@ -110,12 +113,13 @@ def degrade(
                               sets=parse_sets(sets or []))
         noise = 0.0  # now the pipeline's gaussian_sigma
     try:
+        # the pool, the HR folder and OUT are checked before the progress bar starts, so a
+        # bad one is the only line printed
+        job = plan_job(hr_dir, kernels, out, scale=scale, noise=noise, seed=seed, batch=batch,
+                       provider=provider, threads=threads, pipeline=config, copy_hr=copy_hr,
+                       min_confidence=min_confidence, top=top, log=partial(typer.echo, err=True))
         with progress_hooks("degrading", Console(stderr=True)) as hooks:
-            report = degrade_folder(
-                hr_dir, kernels, out, scale=scale, noise=noise, seed=seed, batch=batch,
-                provider=provider, threads=threads, hooks=_failures_as_errors(hooks),
-                pipeline=config, copy_hr=copy_hr, min_confidence=min_confidence, top=top,
-            )
+            report = run_job(job, _failures_as_errors(hooks))
     except OSError as exc:
         fail(f"{exc.filename or out}: {exc.strerror or exc}")
     typer.echo(f"{report.written} pairs written, {report.skipped} already there, "
@@ -128,7 +132,7 @@ def _check_options(out: Path, scale: int | None, noise: float, seed: int, batch:
                    threads: int | None, provider: str, min_confidence: float | None,
                    top: float | None, use_pipeline: bool) -> None:
     """Refuse a bad option value with one line before the progress bar and before OUT is
-    created (``degrade_folder`` checks them again, and the pool and folders, before it)."""
+    created (``plan_job`` checks them again, and the pool and folders, before it too)."""
     from kgengine.degradation.folder import check_out_path
     from kgengine.degradation.plan import check_scale
     from kgengine.degradation.runner import check_provider
@@ -138,8 +142,8 @@ def _check_options(out: Path, scale: int | None, noise: float, seed: int, batch:
         fail("give at most one of --min-confidence and --top")
     check_scale(scale, "--scale")
     check_seed("--seed", seed)
-    for option, value in (("--batch", batch), ("--threads", threads)):
-        at_least(option, value, 1)
+    at_least("--batch", batch, 1)
+    at_least("--threads", threads, 0)  # 0: the default
     if not (math.isfinite(noise) and noise >= 0):
         fail(f"--noise must be a finite sigma >= 0, got {noise}")
     if min_confidence is not None:

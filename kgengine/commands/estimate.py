@@ -34,8 +34,8 @@ Stop = Annotated[
                            "changing, measured to cost no accuracy, docs/PERFORMANCE.md) or "
                            "full (every iteration).")]
 Threads = Annotated[
-    int, typer.Option(help="CPU threads for torch (0 = torch's default, capped at the idle "
-                           "cores: on a busy machine fewer threads are much faster).")]
+    int, typer.Option(help="CPU threads for torch (0, the default: all cores, capped at the "
+                           "idle ones; on a busy machine fewer threads are much faster).")]
 Batch = Annotated[int, typer.Option(help=(
     "Images trained together (0 = auto: 8 // --restarts on a CPU, where an image's kernel "
     "is the same bytes at any batch size; 1 on a GPU, where it is not)."))]

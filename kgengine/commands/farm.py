@@ -67,8 +67,8 @@ Ray = Annotated[str | None, typer.Option(
                   "(host:port or ray://host:10001), or 'local' (start a local Ray).")]
 RayCpus = Annotated[float, typer.Option("--ray-cpus", help="CPUs each Ray task requests.")]
 Threads = Annotated[int | None, typer.Option(
-    "--threads", help="torch CPU threads (default: all cores, capped at the idle ones; "
-                             "fewer can be much faster on a busy machine).")]
+    "--threads", help="torch CPU threads (0 or left out: the default, all cores, capped at "
+                      "the idle ones; fewer can be much faster on a busy machine).")]
 PoolArg = Annotated[Path, typer.Argument(help="kernel_pool.npz, a farm POOL_DIR or a kernel "
                                               "folder.")]
 MinConfidence = Annotated[float | None, typer.Option(
@@ -119,9 +119,9 @@ def farm(
     from kgengine.farm.runner import run_farm
     from kgengine.progress import progress_hooks
 
-    for option, value in (("--batch", batch), ("--iters", iters), ("--restarts", restarts),
-                          ("--threads", threads)):
+    for option, value in (("--batch", batch), ("--iters", iters), ("--restarts", restarts)):
         at_least(option, value, 1)
+    at_least("--threads", threads, 0)  # 0: the default, as estimate's
     at_least("--ray-cpus", ray_cpus, 0.01)
     check_seed("--seed", seed)
     check_device(device, here=ray is None)

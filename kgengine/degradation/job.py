@@ -4,7 +4,10 @@ LR/HR training pairs (see :mod:`kgengine.degradation`)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kgengine.atomic import ensure_dir
 from kgengine.degradation.config import PipelineConfig
@@ -67,7 +70,8 @@ def degrade_folder(
             pairs per manifest append).
         provider: ``auto|tensorrt|cuda|cpu`` (:func:`kgengine.providers.make_session`);
             not used with a pipeline.
-        threads: CPU threads for onnxruntime, >= 1 (default: all usable cores).
+        threads: CPU threads for onnxruntime, >= 0 (None or 0: the default, all usable
+            cores).
         hooks: ``total`` (files found), ``item_finished`` per file (``skipped`` when already
             there, ``done``, or ``failed`` with the one-line reason naming the file), and
             ``log`` (the provider or pipeline used; stale temporary files removed).
@@ -84,28 +88,88 @@ def degrade_folder(
             the settings record, so a resume with the same ``top`` and pool goes on.
     Every argument, the pool, the HR folder, ``out_dir`` (not a file) and the provider
     (:func:`~kgengine.degradation.runner.check_provider`) are checked before ``out_dir`` is
-    created or written; its settings are recorded only once the onnxruntime session runs.
-    A folder that holds no pairs does not pin the settings of the run that left it.
+    created or written (:func:`plan_job`, then :func:`run_job`); its settings are recorded
+    only once the onnxruntime session runs. A folder that holds no pairs does not pin the
+    settings of the run that left it.
 
     Raises:
         KGEngineError: bad arguments, pool, folder, or provider (not for bad HR files).
     """
     hooks = hooks or JobHooks()
+    job = plan_job(hr_dir, kernels, out_dir, scale=scale, noise=noise, seed=seed, batch=batch,
+                   provider=provider, threads=threads, pipeline=pipeline, copy_hr=copy_hr,
+                   min_confidence=min_confidence, top=top, log=hooks.log)
+    return run_job(job, hooks)
+
+
+@dataclass(frozen=True)
+class DegradeJob:
+    """A checked degradation job (:func:`plan_job`): what :func:`run_job` needs."""
+
+    plan: PairPlan
+    pipe: Pipeline | None
+    files: list[Path]
+    out_dir: Path
+    settings: dict[str, Any]
+    batch: int
+    provider: str
+    threads: int | None
+    copy_hr: bool
+
+
+def plan_job(
+    hr_dir: str | os.PathLike,
+    kernels: str | os.PathLike | KernelPool,
+    out_dir: str | os.PathLike,
+    *,
+    scale: int | None = None,
+    noise: float = 0.0,
+    seed: int = 0,
+    batch: int = 8,
+    provider: str = "auto",
+    threads: int | None = None,
+    pipeline: PipelineConfig | None = None,
+    copy_hr: bool = False,
+    min_confidence: float | None = None,
+    top: float | None = None,
+    log: Callable[[str], None] = lambda m: None,
+) -> DegradeJob:
+    """Check every argument of :func:`degrade_folder` (same names), load the pool and list
+    the HR files, writing nothing: a caller can report a bad pool or folder before it
+    shows any progress. ``log``: the kernels ``top`` keeps, on one line.
+
+    Raises:
+        KGEngineError: bad arguments, pool, folder, or provider.
+    """
     hr_dir, out_dir = Path(hr_dir), Path(out_dir)
     if pipeline is not None and noise > 0:
         raise KGEngineError("noise: with a pipeline, set its gaussian_sigma instead")
-    if threads is not None and threads < 1:
-        raise KGEngineError(f"threads must be >= 1, got {threads}")
+    if threads is not None and threads < 0:
+        raise KGEngineError(f"threads must be >= 0 (0: all usable cores), got {threads}")
     check_provider(provider, runs=pipeline is None)
     check_out_path(out_dir)
     plan = make_plan(kernels, scale, noise, seed, batch, min_confidence, top)
     if top is not None:
-        hooks.log(f"--top {top}: confidence >= {plan.min_confidence:.4g}, "
-                  f"{len(plan.pool)} kernels kept")
+        log(f"--top {top}: confidence >= {plan.min_confidence:.4g}, "
+            f"{len(plan.pool)} kernels kept")
     pipe = Pipeline(plan.pool, pipeline, scale=plan.scale) if pipeline is not None else None
     files = list_hr_files(hr_dir)
     settings = {**plan.settings(hr_dir), "copy_hr": copy_hr,
                 **(pipe.settings() if pipe else NO_PIPELINE)}
+    return DegradeJob(plan, pipe, files, out_dir, settings, batch, provider, threads or None,
+                      copy_hr)
+
+
+def run_job(job: DegradeJob, hooks: JobHooks) -> DegradeReport:
+    """Run a job of :func:`plan_job` (see :func:`degrade_folder`): create ``out_dir``, lock
+    it, remove a killed run's temporary files, make the pairs; a job stopped before it
+    wrote a file takes away the folders it created.
+
+    Raises:
+        KGEngineError: another job holds the folder, settings differ from those the folder
+            holds, or the provider cannot run here.
+    """
+    out_dir = job.out_dir
     created = missing_top(out_dir)
     try:
         ensure_dir(out_dir)
@@ -113,8 +177,9 @@ def degrade_folder(
             stale = clean_stale_tmp(out_dir)
             if stale:
                 hooks.log(f"removed {len(stale)} temporary files of an interrupted run")
-            return _run(plan, pipe, files, out_dir, hooks, settings, batch=batch,
-                        provider=provider, threads=threads, copy_hr=copy_hr)
+            return _run(job.plan, job.pipe, job.files, out_dir, hooks, job.settings,
+                        batch=job.batch, provider=job.provider, threads=job.threads,
+                        copy_hr=job.copy_hr)
     except KGEngineError:
         remove_unused(out_dir, created)  # a job stopped before writing a file leaves nothing
         raise

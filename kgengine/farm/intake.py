@@ -5,8 +5,9 @@ Each path not yet in the manifest is hashed (SHA-256 of its content, the seed id
 batches by size and to size GPU batches). It is added as a ``pending`` row, or ``failed``
 with the reason if it cannot be read. A file with the same content as an image already
 listed is skipped as a duplicate (same seed, hence the same kernel). A file whose name is not
-valid UTF-8 cannot be stored in the manifest: it is skipped with one line (its name shown
-with ``\\xNN`` escapes) and the others are added.
+valid UTF-8 cannot be stored in the manifest: like an unreadable file it is a failure of
+this run, reported on one ``failed:`` line (its name shown with ``\\xNN`` escapes) and
+counted with the failed images, and the others are added.
 """
 
 from __future__ import annotations
@@ -53,17 +54,18 @@ def add_inputs(man: Manifest, paths: Sequence[Path], settings: FarmSettings,
     Args:
         man: the pool's manifest. paths: expanded INPUTs (:func:`~kgengine.farm.inputs.
             expand_inputs`). settings: the job settings (its seed derives the first seeds).
-        log: one line per duplicate skipped, per unreadable file and per file whose name is
-            not valid UTF-8 (shown with ``\\xNN`` escapes; it cannot be listed in the
-            manifest: rename it).
+        log: one ``skip`` line per duplicate, one ``failed:`` line per unreadable file and
+            per file whose name is not valid UTF-8 (shown with ``\\xNN`` escapes; it cannot
+            be listed in the manifest: rename it).
     Returns:
-        (rows added, duplicates skipped, files skipped for their name).
+        (rows added, duplicates skipped, files failed for their name: not in the manifest,
+        the caller counts them with the failed rows).
     """
     known_paths, names, by_hash = man.known()
     usable = [p for p in paths if _utf8_name(p)]
     for p in paths:
         if not _utf8_name(p):
-            log(f"skip {shown(p)}: the file name is not valid UTF-8; rename the file")
+            log(f"failed: {shown(p)}: the file name is not valid UTF-8; rename the file")
     new = [p for p in usable if str(p) not in known_paths]
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as ex:
         probes = list(ex.map(probe, new))

@@ -95,9 +95,9 @@ def run_farm(
         ray_address: None = train here; "auto" / "host:port" / "ray://..." = submit batches
             to that Ray cluster; "local" = start a local Ray instance.
         ray_cpus: CPUs each Ray task requests (and its torch threads).
-        threads: torch CPU threads for local training (default: torch's, capped at the idle
-            cores, :func:`kgengine.sysinfo.auto_threads`; restored after). On a busy
-            machine fewer threads than cores can be much faster.
+        threads: torch CPU threads for local training (None or 0: the default, torch's,
+            capped at the idle cores, :func:`kgengine.sysinfo.auto_threads`; restored
+            after). On a busy machine fewer threads than cores can be much faster.
         hooks: progress callbacks (``total``: images to train in this run; ``item_finished``
             per image with state done, failed or retry; ``batch_started`` /
             ``batch_progress`` in iterations; ``log``: duplicates, unreadable files, Ray).
@@ -115,7 +115,7 @@ def run_farm(
     t0 = time.perf_counter()
     summary = FarmSummary(pool_dir)
     old_threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads) if threads is not None else auto_threads(old_threads))
+    torch.set_num_threads(max(1, threads) if threads else auto_threads(old_threads))
     try:
         with lock_pool_dir(pool_dir), Manifest(pool_dir) as man:
             settings = resolve_settings(man.settings(), seed=seed, x4=x4, iters=iters,
@@ -158,7 +158,7 @@ def _prepare(job: FarmJob, inputs: Sequence[str | os.PathLike], recursive: bool,
     summary.added, summary.duplicates, bad_names = add_inputs(man, paths, job.settings,
                                                               job.hooks.log)
     before = man.counts()
-    # unreadable new files, and files skipped for a name the manifest cannot hold
+    # unreadable new files, and files failed for a name the manifest cannot hold
     summary.failed = before["failed"] - failed_before + bad_names
     summary.skipped = before["done"]
     return before
