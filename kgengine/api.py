@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import hashlib
+import numbers
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -22,9 +23,9 @@ import torch
 from kgengine.confidence import agreement_score, confidence_of
 from kgengine.config import KernelGANConfig
 from kgengine.consensus import Consensus, combine
-from kgengine.errors import BadImageError, KGEngineError, TrainingDivergedError
+from kgengine.errors import KGEngineError, TrainingDivergedError
 from kgengine.host_threads import map_images
-from kgengine.imageio import check_image, read_image
+from kgengine.imageio import check_array, read_image
 from kgengine.kernel import (
     analytic_x4,
     center_kernel,
@@ -137,15 +138,41 @@ def _device_name(dev: torch.device) -> str:
 
 def _load(image: ImageLike, index: int) -> tuple[str, np.ndarray]:
     if isinstance(image, np.ndarray):
-        arr = np.asarray(image, dtype=np.float32)
-        if arr.ndim == 2:
-            arr = np.repeat(arr[..., None], 3, axis=2)
-        if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-            raise BadImageError(f"image{index}", f"expected (H,W) or (H,W,3), got {arr.shape}")
-        check_image(arr[..., :3], f"image{index}")
-        return f"image{index}", np.ascontiguousarray(arr[..., :3])
-    path = Path(image)
+        return f"image{index}", check_array(image, f"image{index}")
+    if not isinstance(image, str | bytes | os.PathLike):
+        raise TypeError(f"image{index}: expected a path or an (H,W,3) NumPy array, got "
+                        f"{type(image).__name__}")
+    path = Path(os.fsdecode(image))
     return path.stem, read_image(path)
+
+
+MAX_SEED = 2**63 - 1  # seeds are integers in [0, 2**63 - 1], as the CLI's --seed
+
+
+def _is_int(value: object, low: int) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and (
+        low <= value <= MAX_SEED)
+
+
+def _check_args(images: list, seeds: list, names: Sequence[str] | None, restarts: int,
+                on_diverge: str, dtype: torch.dtype, config: object) -> None:
+    """One-line errors for the arguments of :func:`estimate_kernels` it cannot use."""
+    if not images:
+        raise ValueError("images: no images given")
+    for what, got in (("seeds", seeds), ("names", names)):
+        if got is not None and len(got) != len(images):
+            raise ValueError(f"{what}: {len(got)} for {len(images)} images (one per image)")
+    bad = [s for s in seeds if not _is_int(s, 0)]
+    if bad:
+        raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {bad[0]!r}")
+    if not _is_int(restarts, 1):
+        raise ValueError(f"restarts must be an integer >= 1, got {restarts!r}")
+    if on_diverge not in ("raise", "return"):
+        raise ValueError(f"on_diverge: expected 'raise' or 'return', got {on_diverge!r}")
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype: expected torch.float32 or torch.float64, got {dtype!r}")
+    if config is not None and not isinstance(config, KernelGANConfig):
+        raise TypeError(f"config: expected a KernelGANConfig, got {type(config).__name__}")
 
 
 #: peak bytes of reading one image (a guess: a file's size bounds its pixels loosely), per
@@ -202,14 +229,17 @@ def estimate_kernels(
     Raises:
         BadImageError: an image cannot be used (the message names it).
         TrainingDivergedError: NaN/inf appeared for some image (in every restart).
+        ValueError, TypeError: an argument that cannot be used (one line naming it).
     """
+    if isinstance(images, str | bytes | os.PathLike) or getattr(images, "ndim", 4) < 4:
+        raise TypeError("images: expected a list of images (estimate_kernel takes one)")
+    images = list(images)
+    seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(images))]
+    _check_args(images, seeds, names, restarts, on_diverge, dtype, config)
     cfg = config or KernelGANConfig()
     if iters is not None:
         cfg = cfg.with_iters(iters)
-    if restarts < 1:
-        raise ValueError(f"restarts must be >= 1, got {restarts}")
     stop_rule = stop_rule_of(stop)
-    seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(images))]
     # per-image host work on the host's threads (kgengine.host_threads), capped by memory
     loaded = map_images(lambda item: _load(item[1], item[0]), list(enumerate(images)),
                         bytes_each=READ_BYTES)
@@ -361,7 +391,9 @@ def _confidence(cfg: KernelGANConfig, cons: Consensus | None, kernelgan: np.ndar
 
 
 def estimate_kernel(image: ImageLike, *, seed: int = 0, **kwargs: Any) -> EstimateResult:
-    """Estimate one image's kernel(s); see :func:`estimate_kernels` for the arguments."""
+    """Estimate one image's kernel(s); see :func:`estimate_kernels` for the arguments (a
+    divergence raises :class:`TrainingDivergedError`, whatever ``on_diverge``)."""
     result = estimate_kernels([image], seeds=[seed], **kwargs)[0]
-    assert isinstance(result, EstimateResult)
+    if isinstance(result, TrainingDivergedError):  # on_diverge="return": one image has no slot
+        raise result
     return result

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from kgengine.errors import KGEngineError
+from kgengine.kernel import check_scale
 from kgengine.ops.downscale import SCALES, degrade_torch, downscale, reflect_index, reflect_pad
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -44,7 +46,12 @@ def degrade(hr: ArrayLike, kernel: ArrayLike, scale: int) -> ArrayLike:
     >>> k = np.full((3, 3), 1 / 9)
     >>> degrade(x, k, 1)[2, 2].round(4)
     np.float64(0.1111)
+
+    Raises:
+        KGEngineError: ``scale`` not an integer >= 1, or a NumPy call's kernel not finite
+            (a NaN in the image gives NaN pixels, as in NumPy).
     """
+    scale = check_scale(scale, "degrade")
     if isinstance(hr, torch.Tensor):
         k = kernel if isinstance(kernel, torch.Tensor) else torch.as_tensor(np.asarray(kernel))
         return _degrade_tensor(hr, k, scale)
@@ -53,6 +60,9 @@ def degrade(hr: ArrayLike, kernel: ArrayLike, scale: int) -> ArrayLike:
         raise ValueError(f"hr: expected (H,W) or (H,W,C), got shape {arr.shape}")
     chw = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     t = torch.from_numpy(np.ascontiguousarray(chw))[None]
-    k = torch.as_tensor(np.asarray(kernel, dtype=np.float64))
+    kernel = np.asarray(kernel, dtype=np.float64)
+    if not np.isfinite(kernel).all():
+        raise KGEngineError("degrade: the kernel has NaN or inf values")
+    k = torch.as_tensor(kernel)
     y = _degrade_tensor(t, k, scale)[0].numpy()
     return y[0] if arr.ndim == 2 else y.transpose(1, 2, 0)

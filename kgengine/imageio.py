@@ -68,6 +68,8 @@ def check_image(img: np.ndarray, where: object, min_size: int = 0) -> np.ndarray
     Raises:
         BadImageError: NaN/inf, values outside [0, 1], or a side below ``min_size``.
     """
+    if img.size == 0:
+        raise BadImageError(where, f"image is empty (shape {img.shape})")
     if not np.isfinite(img).all():
         raise BadImageError(where, "image contains NaN or inf values")
     lo, hi = float(img.min()), float(img.max())
@@ -78,6 +80,28 @@ def check_image(img: np.ndarray, where: object, min_size: int = 0) -> np.ndarray
     if min(h, w) < min_size:
         raise BadImageError(where, f"image is {w}x{h}, too small: needs {min_size} px a side")
     return img
+
+
+def check_array(image: np.ndarray, where: object) -> np.ndarray:
+    """An in-memory image as :func:`read_image` returns a file: float32 ``(H, W, 3)``.
+
+    ``image``: ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)`` (alpha dropped), of
+    bool, integer or float values in [0, 1] (an integer array is not rescaled: divide a
+    uint8 image by 255 first). Raises :class:`BadImageError` naming ``where`` and the problem.
+    """
+    if image.dtype.kind not in "biuf":
+        raise BadImageError(where, f"unsupported dtype {image.dtype}: expected floats in [0, 1]")
+    if image.dtype.kind in "iu" and image.size and (image.min() < 0 or image.max() > 1):
+        top = {"uint8": "255", "uint16": "65535"}.get(image.dtype.name, "the maximum")
+        raise BadImageError(where, f"{image.dtype} values from {image.min()} to {image.max()}: "
+                                   f"expected floats in [0, 1] (divide by {top} first)")
+    arr = np.asarray(image, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise BadImageError(where, f"expected an (H,W) or (H,W,C) array with C in 1, 3, 4 "
+                                   f"(channels last), got shape {image.shape}")
+    return check_image(_to_rgb(arr[..., :3]), where)
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:

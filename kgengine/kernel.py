@@ -21,10 +21,12 @@ All functions here take and return float64 NumPy arrays unless stated otherwise.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 from scipy import ndimage
 
-from kgengine.errors import BadKernelError
+from kgengine.errors import BadKernelError, KGEngineError
 
 KERNEL_CONVENTION = (
     "correlation, centre index size//2, LR[i,j]=sum k[u,v]*HR[s*i+u-c,s*j+v-c], "
@@ -270,6 +272,8 @@ def check_kernel(k: object, where: str = "kernel") -> np.ndarray:
     Raises:
         BadKernelError: ``"<where>: <problem>"`` (a :class:`KGEngineError` and a ``ValueError``).
     """
+    if np.iscomplexobj(k):
+        raise BadKernelError(f"{where}: kernel has complex values, expected real numbers")
     try:
         arr = np.asarray(k, dtype=np.float64)
     except (TypeError, ValueError):
@@ -282,6 +286,14 @@ def check_kernel(k: object, where: str = "kernel") -> np.ndarray:
     if not total > 0:
         raise BadKernelError(f"{where}: kernel sum is {total:.3g}, must be > 0")
     return arr / total
+
+
+def check_scale(scale: object, where: str = "kernel pool") -> int:
+    """``scale`` as an int if it is a whole number >= 1, else :class:`KGEngineError`."""
+    if isinstance(scale, numbers.Real) and not isinstance(scale, bool) and scale >= 1 and (
+            float(scale).is_integer()):
+        return int(scale)
+    raise KGEngineError(f"{where}: scale must be an integer >= 1, got {scale!r}")
 
 
 def common_size(*kernels: np.ndarray) -> int:

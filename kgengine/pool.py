@@ -33,15 +33,16 @@ from pathlib import Path
 import numpy as np
 
 from kgengine.atomic import atomic_write, json_default
-from kgengine.errors import KGEngineError
-from kgengine.kernel import check_kernel, common_size, pad_to
+from kgengine.errors import KGEngineError, shown
+from kgengine.kernel import check_kernel, check_scale, common_size, pad_to
 
 #: File name :func:`save_pool` uses when given a folder.
 POOL_FILE = "kernel_pool.npz"
 #: Kernel file types read from a pool folder.
 KERNEL_SUFFIXES = (".npy", ".mat")
-#: Rounding allowed outside [0, 1] in a confidence (a mean of cosines can be 1 + 2e-16).
-CONF_TOL = 1e-9
+#: Rounding allowed outside [0, 1] in a confidence (a mean of cosines can be 1 + 2e-16),
+#: and in a kernel's sum (float32 rounding of a 37×37 kernel: < 1e-5).
+CONF_TOL, SUM_TOL = 1e-9, 1e-3
 
 
 @dataclass
@@ -85,15 +86,18 @@ class KernelPool:
         if bad.size:
             raise KGEngineError(f"kernel pool: confidences must be in [0, 1] or NaN (unknown); "
                                 f"row {bad[0]} ({self.ids[bad[0]]!r}) has {conf[bad[0]]:g}")
-        if len(set(self.ids)) != n:
+        if len({str(i) for i in self.ids}) != n:  # as stored: 1 and "1" are one id
             raise KGEngineError("kernel pool: kernel ids are not unique")
-        if int(self.scale) < 1:
-            raise KGEngineError(f"kernel pool: scale must be >= 1, got {self.scale}")
+        self.scale = check_scale(self.scale)
+        sums = k.sum(axis=(1, 2), dtype=np.float64)
+        bad = np.flatnonzero(~(np.abs(sums - 1.0) <= SUM_TOL))  # NaN/inf fail too
+        if bad.size:
+            raise KGEngineError(f"kernel pool: row {bad[0]} ({self.ids[bad[0]]!r}) sums to "
+                                f"{sums[bad[0]]:g}, not 1 (make_pool checks and renormalises)")
         self.kernels = k
         self.ids = [str(i) for i in self.ids]
         self.sources = [str(s) for s in self.sources]
         self.seeds = [int(s) for s in self.seeds]
-        self.scale = int(self.scale)
         self.confidences = conf
 
     def __len__(self) -> int:
@@ -309,6 +313,7 @@ def load_pool(path: str | os.PathLike, scale: int | None = None, *,
     """
     if min_confidence is not None:
         check_min_confidence(min_confidence)
+    scale = None if scale is None else check_scale(scale, shown(path))
     pool = _read_pool(Path(path), scale)
     return pool if min_confidence is None else filter_pool(pool, min_confidence, str(path))
 

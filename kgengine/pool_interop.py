@@ -25,6 +25,7 @@ most :data:`MAX_SIZE`) crops or zero-pads every kernel around its centre pixel
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ import numpy as np
 
 from kgengine.atomic import ensure_dir, save_mat, save_npy
 from kgengine.errors import KGEngineError
-from kgengine.kernel import center_kernel, center_of_mass, check_kernel, pad_to
+from kgengine.kernel import center_kernel, center_of_mass, check_kernel, check_scale, pad_to
 from kgengine.pool import KernelPool
 from kgengine.pool_import import RawKernel, kair_kernels, read_source  # noqa: F401 (API)
 
@@ -93,11 +94,12 @@ def import_kernels(sources: Sequence[str | os.PathLike], scale: int = 2) -> Impo
         :class:`ImportResult`: (N, K, K) float32 kernels, K odd, each summing to 1 with its
         centre of mass at (K//2, K//2). Raises :class:`KGEngineError` naming a bad source.
     """
-    if int(scale) < 1:
-        raise KGEngineError(f"scale must be >= 1, got {scale}")
+    scale = check_scale(scale, "import")
+    if isinstance(sources, str | bytes | os.PathLike):
+        raise TypeError("sources: expected a list of files and folders, got one path")
     skipped: dict[Path, str] = {}
-    raws = [raw for src in sources for raw in read_source(Path(src), int(scale), skipped)]
-    result = conform_kernels(raws, int(scale))
+    raws = [raw for src in sources for raw in read_source(Path(src), scale, skipped)]
+    result = conform_kernels(raws, scale)
     result.skipped = skipped
     return result
 
@@ -194,10 +196,10 @@ class ExportResult:
 def check_size(size: int) -> int:
     """``size`` if odd (the kernel centre is a pixel) and in [1, :data:`MAX_SIZE`], else
     :class:`KGEngineError`."""
-    if not 1 <= size <= MAX_SIZE or size % 2 == 0:
+    if not isinstance(size, numbers.Integral) or not 1 <= size <= MAX_SIZE or size % 2 == 0:
         raise KGEngineError(f"--size must be odd and in [1, {MAX_SIZE}] (the kernel centre is "
                             f"a pixel), got {size}")
-    return size
+    return int(size)
 
 
 def resize_kernel(k: np.ndarray, size: int, where: str = "kernel") -> tuple[np.ndarray, float]:
@@ -209,7 +211,10 @@ def resize_kernel(k: np.ndarray, size: int, where: str = "kernel") -> tuple[np.n
     an even or non-positive ``size`` or a crop that leaves no mass.
     """
     check_size(size)
+    check_kernel(k, where)  # 2-D, finite, sum > 0; the values are taken as given below
     k = np.asarray(k, dtype=np.float64)
+    if k.shape[0] != k.shape[1]:
+        raise KGEngineError(f"{where}: expected a square (K,K) kernel, got shape {k.shape}")
     if size >= k.shape[0]:
         return pad_to(k, size), 0.0
     c, h = k.shape[0] // 2, size // 2
@@ -248,7 +253,7 @@ def export_pool(pool: KernelPool, out: str | os.PathLike, fmt: str,
     """
     if fmt not in FORMATS:
         raise KGEngineError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    size = pool.kernel_size if size is None else int(size)
+    size = check_size(pool.kernel_size if size is None else size)
     resized = [resize_kernel(k, size, i) for k, i in zip(pool.kernels, pool.ids, strict=True)]
     lost = max(x for _, x in resized)
     out = Path(out)

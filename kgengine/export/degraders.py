@@ -96,12 +96,17 @@ def build_fixed_model(
             float32 rounding.
         dtype: ``"fp32"`` or ``"fp16"`` (every float input, weight and output; module doc).
     Raises:
-        KGEngineError: ``kernel`` not 2-D or a side over 255, ``scale``/``tile`` not
-            integers in [1, 8], or an unknown dtype.
+        KGEngineError: ``kernel`` not 2-D, not finite or a side over 255, ``scale``/``tile``
+            not integers in [1, 8], or an unknown dtype.
     """
-    k = np.asarray(kernel, dtype=np.float32)
+    if np.iscomplexobj(kernel) or np.asarray(kernel).dtype.kind not in "biuf":
+        raise KGEngineError(f"kernel: expected real numbers, got {np.asarray(kernel).dtype}")
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf: refused below
+        k = np.asarray(kernel, dtype=np.float32)
     if k.ndim != 2:
         raise KGEngineError(f"kernel: expected (h,w), got shape {k.shape}")
+    if not np.isfinite(k).all():
+        raise KGEngineError("kernel: contains NaN or inf values (in float32)")
     for side in k.shape:
         check_range("kernel side", side, MAX_KERNEL_SIZE)
     check_scale(scale, tile)

@@ -55,6 +55,8 @@ def load_generator_weights(path: str | os.PathLike) -> list[np.ndarray]:
 
 def check_generator_weights(weights: list[np.ndarray]) -> None:
     """Raise unless ``weights`` is a chain of 4-D conv weights from 1 channel to 1 channel."""
+    if len(weights) == 0:
+        raise KGEngineError("no generator weights (expected at least one layer)")
     prev = 1
     for i, w in enumerate(weights):
         if w.ndim != 4:

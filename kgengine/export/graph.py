@@ -12,6 +12,8 @@ DepthToSpace -> Slice; :func:`tile_index` / :func:`tiled_weight` lay out its Con
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -63,8 +65,8 @@ def check_hr_size(h: int, w: int, kernel_size: int) -> None:
 def check_range(name: str, value: int, high: int, low: int = 1) -> int:
     """``value`` if an integer in [low, high], else :class:`KGEngineError` naming ``name``
     (the option, e.g. ``--tile``), the value and the range."""
-    if int(value) != value or not low <= value <= high:
-        raise KGEngineError(f"{name} must be an integer in [{low}, {high}], got {value}")
+    if not isinstance(value, numbers.Real) or int(value) != value or not low <= value <= high:
+        raise KGEngineError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
     return int(value)
 
 
