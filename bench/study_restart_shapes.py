@@ -18,6 +18,10 @@ PSNR on ``study_shapes``'s 17×17 canvas, against
 - the isotropic σ = 1.3 Gaussian;
 with the confidence's Spearman ρ against PSNR per shape.
 
+``--confidence`` (a third table, ``bench/data/restart_shapes_confidence.md``): each shape's groups
+in thirds by confidence, with the saved and true kernels' elongation and short-axis variance (why
+the confidence ranks motion blur backwards), and the restarts combined by the medoid rule.
+
 ``--clean-n`` (a second table, ``bench/data/restart_shapes_clean_n.md``): the restarts'
 clean-up n (``restart_n_filtering``, 70 since 0.9.3, chosen on Gaussian kernels) at 60 and 50
 instead, on these groups and on the Gaussian groups of ``bench/study_restart_iters.py``
@@ -42,7 +46,7 @@ import numpy as np
 from kgengine.api import restart_seed
 from kgengine.atomic import save_json, save_text
 from kgengine.config import KernelGANConfig
-from kgengine.kernel import gaussian_kernel
+from kgengine.kernel import gaussian_kernel, principal_axes
 from kgengine.sysinfo import machine_line
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -221,6 +225,65 @@ def clean_n_report(workers: int = 2) -> str:
         "change at 60 and 50.", "", *lines, ""])
 
 
+OUT_CONF = sh.DATA / "restart_shapes_confidence.md"
+
+
+def _score_conf(item: tuple[str, dict]) -> dict | None:
+    """One group at 1250: the saved kernel's confidence, PSNR, principal variances and those
+    of the true kernel, and the PSNR of the ``medoid`` combination rule (None if diverged)."""
+    key, rec = item
+    shape, stem, s = key.split("/")
+    i = [p.stem for p in sh.images()].index(stem)
+    seed, raws = int(s[1:]), rec["1250"]
+    if any(k is None for k in raws):
+        return None
+    lr, gt = lr_of(shape, i), sh.shape_kernel(shape, i)
+    seeds = [restart_seed(seed, r) for r in range(K)]
+    res = api_result(raws, lr, seeds, 1250, False)
+    medoid = api_result(raws, lr, seeds, 1250, False, rule="medoid")
+    return {"shape": shape, "conf": res.confidence, "psnr": rc._psnr(res.kernel_x2, gt, 2),
+            "medoid": rc._psnr(medoid.kernel_x2, gt, 2),
+            "iso": rc._psnr(gaussian_kernel(13, 1.3), gt, 2),
+            "saved": principal_axes(res.kernel_x2)[:2], "true": principal_axes(gt)[:2]}
+
+
+def confidence_report(workers: int = 2) -> str:
+    """Per shape, the groups in thirds by confidence: what the confident ones look like."""
+    runs = json.loads(STORE.read_text())["runs"]
+    with Pool(workers) as pool:
+        rows = [r for r in pool.map(_score_conf, sorted(runs.items()), chunksize=2) if r]
+    lines = ["| kernel | third by confidence | groups | confidence | PSNR | PSNR − σ 1.3 | "
+             "elongation, saved / true (medians) | short-axis variance, saved / true "
+             "(median ratio) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    rules = ["| kernel | groups | `mean` (the default) | `medoid`: Δ ± SE (worst) |",
+             "|---|---:|---:|---:|"]
+    for shape in sh.SHAPES:
+        rs = sorted((r for r in rows if r["shape"] == shape), key=lambda r: r["conf"])
+        cuts = [0, len(rs) // 3, 2 * len(rs) // 3, len(rs)]
+        for j, name in enumerate(("lowest", "middle", "highest")):
+            part = rs[cuts[j] : cuts[j + 1]]
+            e_s = np.median([r["saved"][0] / r["saved"][1] for r in part])
+            e_t = np.median([r["true"][0] / r["true"][1] for r in part])
+            short = np.median([r["saved"][1] / r["true"][1] for r in part])
+            lines.append(
+                f"| {shape} | {name} | {len(part)} | {np.mean([r['conf'] for r in part]):.2f} | "
+                f"{np.mean([r['psnr'] for r in part]):.2f} | "
+                f"{np.mean([r['psnr'] - r['iso'] for r in part]):+.2f} | "
+                f"{e_s:.1f} / {e_t:.1f} | {short:.1f} |")
+        rules.append(f"| {shape} | {len(rs)} | {np.mean([r['psnr'] for r in rs]):.2f} | "
+                     f"{_diff([r['medoid'] for r in rs], [r['psnr'] for r in rs])} |")
+    return "\n".join([
+        "# What the confidence sees on kernels that are not Gaussians", "",
+        f"`python bench/study_restart_shapes.py --confidence` (module docstring). "
+        f"{machine_line()}. The `--restarts 4` groups of `restart_shapes_study.md` (restarts of "
+        "1250, seeds 0-2, x2), each shape's groups in thirds by the saved kernel's confidence; "
+        "elongation = var_long / var_short of the second moments "
+        "(`kgengine.kernel.principal_axes`).", "", *lines, "",
+        "## The combination rule", "",
+        "The same groups combined by `combine(rule=\"medoid\")` instead of the default mean, "
+        "paired.", "", *rules, ""])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--train", action="store_true", help="train the groups not stored yet")
@@ -228,9 +291,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--clean-n", action="store_true",
                    help="the restarts' clean-up n at 60 and 50 (second table)")
+    p.add_argument("--confidence", action="store_true",
+                   help="what the confidence sees, and the medoid rule (third table)")
     a = p.parse_args(argv)
     if a.train:
         train(tuple(a.seeds))
+        return 0
+    if a.confidence:
+        text = confidence_report(a.workers)
+        save_text(OUT_CONF, text)
+        print(text)
         return 0
     if a.clean_n:
         text = clean_n_report(a.workers)

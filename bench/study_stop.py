@@ -145,16 +145,16 @@ def train(batch_size: int = 8) -> None:
 
 
 def api_result(raws: list, lr: np.ndarray, seeds: list[int], t: int, x4: bool,
-               cfg: KernelGANConfig | None = None) -> EstimateResult:
+               cfg: KernelGANConfig | None = None, rule: str = "mean") -> EstimateResult:
     """What ``estimate`` saves for one image from the raw kernels ``raws`` (one per run: 1 for
     one run, K for ``--restarts K``, with their ``seeds``; the first is the image's seed)
     trained ``t`` iterations on LR image ``lr``: the API's own post-processing (with the
-    defaults, or ``cfg``)."""
+    defaults, or ``cfg``; the restarts combined by ``rule``)."""
     k = np.asarray(raws, np.float64)
     n = len(k)
     final = _Final(k, np.ones(n, bool), [{}] * n, list(seeds), [[torch.zeros(1)]] * n, [t] * n)
     return _image_result(final, list(range(n)), "image", lr, seeds[0], {}, x4,
-                         cfg or KernelGANConfig(), "mean")
+                         cfg or KernelGANConfig(), rule)
 
 
 def saved_at(job: tuple[str, int, str, int], raw: list | None, t: int
