@@ -21,7 +21,7 @@ import pytest
 import torch
 import typer
 from PIL import Image
-from test_reliability import FakeTrainer, make_images
+from test_reliability import FakeTrainer, _one_thread, make_images  # noqa: F401
 from typer.testing import CliRunner
 
 from kgengine.cli import app
@@ -40,15 +40,6 @@ runner = CliRunner()
 DEFAULT_THREADS = 2
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    """torch on 1 thread (the machine is shared), restored after: estimate sets it."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture()
 def fake(monkeypatch) -> FakeTrainer:
     """The farm's trainer replaced by :class:`FakeTrainer`, recording torch's threads."""
@@ -64,6 +55,15 @@ def fake(monkeypatch) -> FakeTrainer:
 
 
 @pytest.fixture()
+def kernel_dir(tmp_path) -> Path:
+    """A folder holding one kernel file."""
+    folder = tmp_path / "kernels"
+    folder.mkdir()
+    np.save(folder / "g.npy", anisotropic_gaussian(13, 1.0, 2.0, 0.5))
+    return folder
+
+
+@pytest.fixture()
 def hr_dir(tmp_path) -> Path:
     """Two small HR images."""
     folder = tmp_path / "hr"
@@ -71,15 +71,6 @@ def hr_dir(tmp_path) -> Path:
     rng = np.random.default_rng(0)
     for name, (h, w) in {"a.png": (48, 40), "b.png": (50, 52)}.items():
         Image.fromarray(to_uint8(rng.random((h, w, 3)))).save(folder / name)
-    return folder
-
-
-@pytest.fixture()
-def kernel_dir(tmp_path) -> Path:
-    """A folder holding one kernel file."""
-    folder = tmp_path / "kernels"
-    folder.mkdir()
-    np.save(folder / "g.npy", anisotropic_gaussian(13, 1.0, 2.0, 0.5))
     return folder
 
 
