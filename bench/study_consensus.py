@@ -22,6 +22,7 @@ Run: ``python bench/study_consensus.py`` (writes ``bench/data/consensus_study.md
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -147,7 +148,8 @@ def report(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args(argv)  # --help
     rows = study(ensure_devset(DEFAULT_OUT))
     text = report(rows)
     save_text(DATA / "consensus_study.md", text)

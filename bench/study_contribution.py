@@ -26,6 +26,7 @@ Run: ``python bench/study_contribution.py`` (about 2 min) -> ``bench/data/contri
 
 from __future__ import annotations
 
+import argparse
 import sys
 from multiprocessing import Pool
 from pathlib import Path
@@ -100,7 +101,8 @@ def table(all_rows: list[dict]) -> list[str]:
     return lines
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args(argv)  # --help
     text = "\n".join([
         "# What KernelGAN's training adds to the spectrum's estimate", "",
         f"`python bench/study_contribution.py` (module docstring). {machine_line()}. Aligned "

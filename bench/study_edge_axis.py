@@ -22,6 +22,7 @@ Run: ``python bench/study_edge_axis.py`` (writes ``bench/data/edge_axis_study.md
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -124,7 +125,8 @@ def report() -> str:
     return "\n".join(lines + [""])
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args(argv)  # --help
     text = report()
     save_text(DATA / "edge_axis_study.md", text)
     print(text)

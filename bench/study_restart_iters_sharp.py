@@ -20,6 +20,7 @@ Run: ``python bench/study_restart_iters_sharp.py`` (about 15 min on 2 cores, res
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -103,7 +104,8 @@ def report(store: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args(argv)  # --help
     text = report(train())
     save_text(OUT, text)
     print(text)

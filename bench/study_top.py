@@ -14,6 +14,7 @@ Run: ``python bench/study_top.py`` (about 1 min) -> ``bench/data/top_study.md``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from multiprocessing import Pool
@@ -87,7 +88,8 @@ def rows_of(label: str, runs: list[tuple[int, float, float, float]]) -> list[str
     return lines
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args(argv)  # --help
     lines = ["| pool (default one runs) | filter | kept | threshold | mean PSNR kept | "
              "mean PSNR all | runs below iso kept |", "|---|---|---:|---:|---:|---:|---:|",
              *rows_of("development set (seeds 0-2)", dev_runs()),
