@@ -297,18 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.train:
         train(tuple(a.seeds))
         return 0
-    if a.confidence:
-        text = confidence_report(a.workers)
-        save_text(OUT_CONF, text)
-        print(text)
-        return 0
-    if a.clean_n:
-        text = clean_n_report(a.workers)
-        save_text(OUT_N, text)
-        print(text)
-        return 0
-    text = report(a.workers)
-    save_text(OUT, text)
+    make, out = ((confidence_report, OUT_CONF) if a.confidence else
+                 (clean_n_report, OUT_N) if a.clean_n else (report, OUT))
+    text = make(a.workers)
+    save_text(out, text)
     print(text)
     return 0
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from kgengine.confidence import agreement_score, confidence_of
-from kgengine.config import KernelGANConfig
+from kgengine.config import MAX_SEED, KernelGANConfig
 from kgengine.consensus import Consensus, combine
 from kgengine.errors import KGEngineError, TrainingDivergedError
 from kgengine.host_threads import map_images
@@ -144,9 +144,6 @@ def _load(image: ImageLike, index: int) -> tuple[str, np.ndarray]:
                         f"{type(image).__name__}")
     path = Path(os.fsdecode(image))
     return path.stem, read_image(path)
-
-
-MAX_SEED = 2**63 - 1  # seeds are integers in [0, 2**63 - 1], as the CLI's --seed
 
 
 def _is_int(value: object, low: int) -> bool:

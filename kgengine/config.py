@@ -8,6 +8,9 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
+#: Seeds are integers in [0, MAX_SEED] (non-negative 64-bit signed: what torch takes).
+MAX_SEED = 2**63 - 1
+
 
 @dataclass(frozen=True)
 class KernelGANConfig:

@@ -18,13 +18,12 @@ from typing import NoReturn, ParamSpec, TypeVar
 import typer
 
 from kgengine.atomic import ensure_dir
+from kgengine.config import MAX_SEED
 from kgengine.errors import KGEngineError, OutputError, shown
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: Seeds are non-negative 64-bit signed integers (what torch and the trainer take).
-MAX_SEED = 2**63 - 1
 #: Generator computations (``--mode``), as :data:`kgengine.trainer.MODES` (not imported: it
 #: would load torch for every command).
 MODES = ("composed", "layers")

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from kgengine._version import __version__
+from kgengine.config import MAX_SEED
 from kgengine.errors import KGEngineError
 from kgengine.pool import KernelPool, filter_pool, load_pool, top_threshold
 
@@ -24,8 +25,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".p
 #: Scales of the pairs :func:`degrade_folder` makes: those of the kernels KernelGAN
 #: estimates (``kgengine pool import --scale 2|4``).
 DEGRADE_SCALES = (2, 4)
-#: Largest seed (non-negative 64-bit signed, as the other commands take).
-MAX_SEED = 2**63 - 1
 
 
 def check_scale(scale: int | None, option: str = "scale") -> None:
