@@ -28,6 +28,7 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,9 @@ class KernelPool:
         if len({str(i) for i in self.ids}) != n:  # as stored: 1 and "1" are one id
             raise KGEngineError("kernel pool: kernel ids are not unique")
         self.scale = check_scale(self.scale)
+        bad_seed = [v for v in self.seeds if isinstance(v, bool) or not isinstance(v, Integral)]
+        if bad_seed:
+            raise KGEngineError(f"kernel pool: seeds must be integers, got {bad_seed[0]!r}")
         sums = k.sum(axis=(1, 2), dtype=np.float64)
         bad = np.flatnonzero(~(np.abs(sums - 1.0) <= SUM_TOL))  # NaN/inf fail too
         if bad.size:
@@ -262,6 +266,8 @@ def save_pool(path: str | os.PathLike, pool: KernelPool) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".npz":
         path = path / POOL_FILE
+    if not len(pool):
+        raise KGEngineError(f"{path}: the pool holds no kernels; nothing to save")
     index = [
         {
             "row": i,

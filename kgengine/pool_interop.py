@@ -198,7 +198,8 @@ class ExportResult:
 def check_size(size: int) -> int:
     """``size`` if odd (the kernel centre is a pixel) and in [1, :data:`MAX_SIZE`], else
     :class:`KGEngineError`."""
-    if not isinstance(size, numbers.Integral) or not 1 <= size <= MAX_SIZE or size % 2 == 0:
+    if (isinstance(size, bool) or not isinstance(size, numbers.Integral)
+            or not 1 <= size <= MAX_SIZE or size % 2 == 0):
         raise KGEngineError(f"--size must be odd and in [1, {MAX_SIZE}] (the kernel centre is "
                             f"a pixel), got {size}")
     return int(size)

@@ -11,7 +11,12 @@ import torch
 import kgengine
 from kgengine import api
 from kgengine.errors import BadImageError, BadKernelError, KGEngineError, TrainingDivergedError
-from kgengine.export import build_fixed_model, build_generator_model, fold_generator
+from kgengine.export import (
+    build_fixed_model,
+    build_generator_model,
+    build_pool_model,
+    fold_generator,
+)
 from kgengine.kernel import gaussian_kernel
 from kgengine.pool import KernelPool, load_pool, make_pool, save_pool
 from kgengine.pool_interop import export_pool, import_kernels, resize_kernel
@@ -108,6 +113,20 @@ def test_pool_ids_are_unique_as_stored_and_the_scale_whole() -> None:
         KernelPool(np.stack([K13]), ["a"], ["s"], [0], 2.5)
 
 
+@pytest.mark.parametrize("seed", [1.5, 2.0, True, "3", None])
+def test_pool_seeds_must_be_integers(seed) -> None:
+    with pytest.raises(KGEngineError, match=f"seeds must be integers, got {seed!r}"):
+        KernelPool(np.stack([K13]), ["a"], ["s"], [seed], 2)
+    assert KernelPool(np.stack([K13]), ["a"], ["s"], [np.int64(7)], 2).seeds == [7]
+
+
+def test_an_empty_pool_is_not_saved_since_it_could_not_be_loaded(tmp_path) -> None:
+    empty = make_pool([K13], ["a"], ["s"], 2).select([])
+    with pytest.raises(KGEngineError, match=r"p\.npz: the pool holds no kernels; nothing"):
+        save_pool(tmp_path / "p.npz", empty)
+    assert list(tmp_path.iterdir()) == []  # no file and no temporary left behind
+
+
 def test_load_pool_checks_its_scale_argument(tmp_path) -> None:
     path = save_pool(tmp_path / "p.npz", make_pool([K13], ["a"], ["s"], 2))
     assert load_pool(path, scale=2).scale == 2
@@ -154,6 +173,25 @@ def test_export_numbers_that_are_no_integers_are_one_line() -> None:
         build_generator_model([])
     with pytest.raises(KGEngineError, match="no generator weights"):
         fold_generator([])
+
+
+@pytest.mark.parametrize("bad", [True, np.bool_(True), float("nan"), float("inf"), 2.5, "2"])
+def test_export_sizes_refuse_bools_and_non_finite_numbers(bad) -> None:
+    with pytest.raises(KGEngineError, match=f"scale must be an integer in .* got {bad!r}"):
+        build_fixed_model(K13, bad)
+    with pytest.raises(KGEngineError, match=f"tile must be an integer in .* got {bad!r}"):
+        build_fixed_model(K13, 2, tile=bad)
+    with pytest.raises(KGEngineError, match="kernel size must be an odd integer"):
+        build_pool_model(bad, 2)
+    whole = build_fixed_model(K13, 2.0, tile=1.0).SerializeToString()  # whole floats: as ints
+    assert whole == build_fixed_model(K13, 2, tile=1).SerializeToString()
+
+
+@pytest.mark.parametrize("bad", [True, 5.0, 4, 0])
+def test_export_pool_size_refuses_bools_and_floats(tmp_path, bad) -> None:
+    pool = make_pool([K13], ["a"], ["s"], 2)
+    with pytest.raises(KGEngineError, match=f"--size must be odd .* got {bad}"):
+        export_pool(pool, tmp_path / "out", "npy", size=bad)
 
 
 @pytest.mark.parametrize("scale", [0, -2, 2.5, "2", True])

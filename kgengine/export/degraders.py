@@ -109,7 +109,7 @@ def build_fixed_model(
         raise KGEngineError("kernel: contains NaN or inf values (in float32)")
     for side in k.shape:
         check_range("kernel side", side, MAX_KERNEL_SIZE)
-    check_scale(scale, tile)
+    scale, tile = check_scale(scale, tile)
     elem, np_dtype, dtype_name = check_dtype(dtype)
     kh, kw = k.shape
     inits = [pads(kh, kw), const("weight", tiled_weight(k, scale, tile).astype(np_dtype)),
@@ -151,7 +151,7 @@ def build_pool_model(
         KGEngineError: ``kernel_size`` not odd in [1, 255], bad ``scale``/``tile``, or an
             unknown dtype.
     """
-    check_scale(scale, tile)
+    scale, tile = check_scale(scale, tile)
     elem, _, dtype_name = check_dtype(dtype)
     k = check_kernel_side("kernel size", kernel_size)
     inits = [

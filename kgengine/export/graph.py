@@ -62,24 +62,30 @@ def check_hr_size(h: int, w: int, kernel_size: int) -> None:
         )
 
 
+def _whole(value: object) -> bool:
+    """True for a finite whole number that is not a bool (2 and 2.0 are, True and 1.5 not)."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        return False
+    return bool(np.isfinite(value)) and int(value) == value
+
+
 def check_range(name: str, value: int, high: int, low: int = 1) -> int:
     """``value`` if an integer in [low, high], else :class:`KGEngineError` naming ``name``
     (the option, e.g. ``--tile``), the value and the range."""
-    if not isinstance(value, numbers.Real) or int(value) != value or not low <= value <= high:
+    if not _whole(value) or not low <= value <= high:
         raise KGEngineError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
     return int(value)
 
 
-def check_scale(scale: int, tile: int = 1) -> None:
-    """Raise unless ``scale`` is in [1, :data:`MAX_SCALE`] and ``tile`` in [1,
-    :data:`MAX_TILE`] (integers)."""
-    check_range("scale", scale, MAX_SCALE)
-    check_range("tile", tile, MAX_TILE)
+def check_scale(scale: int, tile: int = 1) -> tuple[int, int]:
+    """``(scale, tile)`` as ints if ``scale`` is in [1, :data:`MAX_SCALE`] and ``tile`` in
+    [1, :data:`MAX_TILE`] (whole numbers), else :class:`KGEngineError`."""
+    return check_range("scale", scale, MAX_SCALE), check_range("tile", tile, MAX_TILE)
 
 
 def check_kernel_side(name: str, side: int) -> int:
     """``side`` if odd and in [1, :data:`MAX_KERNEL_SIZE`], else :class:`KGEngineError`."""
-    if int(side) != side or not 1 <= side <= MAX_KERNEL_SIZE or side % 2 == 0:
+    if not _whole(side) or not 1 <= side <= MAX_KERNEL_SIZE or side % 2 == 0:
         raise KGEngineError(f"{name} must be an odd integer in [1, {MAX_KERNEL_SIZE}], got {side}")
     return int(side)
 
