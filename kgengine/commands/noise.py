@@ -44,8 +44,9 @@ def collect(
 
     A bad photo is reported on one line and skipped (exit code 1 at the end).
     """
-    from kgengine.degradation.noisebank import collect_noise
+    from kgengine.degradation.noisebank import check_collect_args, collect_noise
 
+    check_collect_args(patch, stride, max_var, min_mean, max_mean)  # before OUT is made
     check_out_dir(out)  # a bad -o fails before any photo is read
     with progress_hooks("collecting", Console(stderr=True)) as hooks:
         report = collect_noise(photos, out, patch=patch, stride=stride, max_var=max_var,

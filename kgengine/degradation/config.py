@@ -24,7 +24,10 @@ as integers, ``hi`` included). A TOML file holds any subset of the fields at its
     jpeg_prob = 1.0
     jpeg_quality = [30, 95]
 
-Unknown keys and wrong types fail with one line naming the key (:class:`KGEngineError`).
+Unknown keys and wrong types fail with one line naming the key (:class:`KGEngineError`),
+and so does a stage with a positive probability that ``order`` leaves out (the CLI flags
+that turn a stage on add it at the end of ``order`` when it is missing). ``poisson_peak``
+is at most :data:`MAX_PEAK` (NumPy's Poisson sampler refuses larger means).
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ STAGES = ("second", "gaussian", "poisson", "real", "jpeg")
 #: ``F.interpolate`` modes of the second round's resize.
 RESIZE_MODES = ("bilinear", "bicubic", "area")
 SECOND_KERNELS = ("gaussian", "pool")
+#: Largest ``poisson_peak`` (photons at white).
+MAX_PEAK = 1e12
 
 
 @dataclass(frozen=True)
@@ -214,6 +219,13 @@ def _validate(cfg: PipelineConfig) -> None:
         raise bad(f"second_size must be odd and positive, got {cfg.second_size}")
     if cfg.second_sigma[0] <= 0 or cfg.second_resize[0] <= 0 or cfg.poisson_peak[0] <= 0:
         raise bad("second_sigma, second_resize and poisson_peak must be > 0")
+    if cfg.poisson_peak[1] > MAX_PEAK:
+        raise bad(f"poisson_peak must be at most {MAX_PEAK:g}, got {cfg.poisson_peak}")
+    for stage in STAGES:
+        prob = getattr(cfg, f"{stage}_prob")
+        if prob > 0 and stage not in cfg.order:
+            raise bad(f"{stage}_prob is {prob} but order {list(cfg.order)} has no "
+                      f"{stage!r}; add it to order")
     if not cfg.resize_modes or any(m not in RESIZE_MODES for m in cfg.resize_modes):
         raise bad(f"resize_modes must be a non-empty subset of {RESIZE_MODES}")
     if not (1 <= cfg.jpeg_quality[0] and cfg.jpeg_quality[1] <= 100):
@@ -237,7 +249,8 @@ def load_config(path: str | os.PathLike) -> PipelineConfig:
         raise KGEngineError(f"{path}: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise KGEngineError(f"{path}: not valid TOML ({exc})") from None
-    if data.get("real_noise") and not Path(data["real_noise"]).is_absolute():
+    if isinstance(data.get("real_noise"), str) and data["real_noise"] \
+            and not Path(data["real_noise"]).is_absolute():
         data["real_noise"] = str(path.parent / data["real_noise"])
     try:
         return PipelineConfig.from_dict(data)
@@ -254,10 +267,16 @@ def build_config(
     """A config from a TOML file (or config, or the defaults), then the CLI flags, then
     ``sets`` (``--set key=value``), each overriding the previous.
 
-    Flags: ``noise`` σ (> 0: Gaussian noise of exactly σ) or ``noise_range`` ``"lo-hi"``;
-    ``poisson``; ``real_noise`` folder; ``second_order``; ``jpeg`` ``"lo-hi"``; ``shuffle``.
-    Each turns its stage on (probability 1).
+    Flags: ``noise`` σ (> 0: Gaussian noise of exactly σ) or ``noise_range`` ``"lo-hi"``
+    (not both); ``poisson``; ``real_noise`` folder; ``second_order``; ``jpeg`` ``"lo-hi"``;
+    ``shuffle``. Each turns its stage on (probability 1; added at the end of ``order`` when
+    the base leaves it out).
+
+    Raises:
+        KGEngineError: as :func:`load_config`, or both ``noise`` and ``noise_range``.
     """
+    if noise > 0 and noise_range:
+        raise KGEngineError("give at most one of --noise and --noise-range")
     cfg = base if isinstance(base, PipelineConfig) else (
         load_config(base) if base is not None else PipelineConfig())
     changes: dict[str, Any] = {}
@@ -273,6 +292,10 @@ def build_config(
         changes.update(jpeg_prob=1.0, jpeg_quality=jpeg)
     if shuffle:
         changes["shuffle"] = True
+    turned_on = [k[:-5] for k, v in changes.items() if k.endswith("_prob") and v > 0]
+    missing = tuple(s for s in STAGES if s in turned_on and s not in cfg.order)
+    if missing:
+        changes["order"] = cfg.order + missing
     return cfg.replace(**changes).replace(**(sets or {}))
 
 

@@ -77,9 +77,10 @@ def degrade_folder(
             ``log`` (the provider or pipeline used; stale temporary files removed).
         pipeline: degrade through :class:`~kgengine.degradation.pipeline.Pipeline` with this
             config (CPU, ``kgengine.ops.downscale``) instead of the ONNX degrader.
-        copy_hr: write every pair's HR to ``out_dir/hr/<stem>.png`` (uncropped PNGs copied
-            byte for byte), so ``hr/`` and ``lr/`` hold the same file names (a paired
-            folder for BasicSR/traiNNer); default: only cropped HRs are written there.
+        copy_hr: write every pair's HR to ``out_dir/hr/<stem>.png`` as 8-bit RGB (uncropped
+            8-bit RGB PNGs copied byte for byte), so ``hr/`` and ``lr/`` hold the same file
+            names (a paired folder for BasicSR/traiNNer); default: only cropped HRs are
+            written there.
         min_confidence: use only the pool's kernels whose confidence is known and >= this
             (:func:`kgengine.pool.filter_pool`); manifest rows count in that filtered pool.
             Recorded in the settings: a resume with another threshold is refused.

@@ -40,7 +40,8 @@ RESUME_DEFAULTS = {"pipeline": None, "real_noise_fingerprint": None, "copy_hr": 
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, dict]:
-    """Entries of a ``manifest.jsonl`` by HR file name; unparsable lines are ignored."""
+    """Entries of a ``manifest.jsonl`` by HR file name; unparsable lines, and lines without
+    the text fields ``name``, ``lr`` and ``hr``, are ignored."""
     entries: dict[str, dict] = {}
     path = Path(path)
     if not path.is_file():
@@ -48,7 +49,8 @@ def read_manifest(path: str | os.PathLike) -> dict[str, dict]:
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             entry = json.loads(line)
-            entries[entry["name"]] = entry
+            if all(isinstance(entry[k], str) for k in ("name", "lr", "hr")):
+                entries[entry["name"]] = entry
         except (ValueError, KeyError, TypeError):
             continue  # a line cut short by a crash
     return entries
@@ -142,7 +144,9 @@ def check_settings(out_dir: Path, settings: dict[str, Any]) -> bool:
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:
-        raise KGEngineError(f"{path}: not valid JSON; use another output folder") from None
+        old = None
+    if not isinstance(old, dict):
+        raise KGEngineError(f"{path}: not a JSON object of settings; use another output folder")
     diff = [k for k in RESUME_KEYS if old.get(k, RESUME_DEFAULTS.get(k)) != settings[k]]
     if diff:
         k = diff[0]

@@ -119,8 +119,8 @@ class PairDataset(Dataset):
                  pool: KernelPool | str | os.PathLike, config: PipelineConfig | None = None,
                  *, seed: int = 0, scale: int | None = None, patch: int | None = None,
                  bank: NoiseBank | None = None) -> None:
-        is_dir = isinstance(hr, str | os.PathLike) and Path(hr).is_dir()
-        self.files = list_hr_files(hr) if is_dir else [Path(p) for p in hr]
+        is_path = isinstance(hr, str | os.PathLike)  # a folder (a file or typo: refused)
+        self.files = list_hr_files(hr) if is_path else [Path(p) for p in hr]
         self.pipeline = Pipeline(pool, config, scale=scale, bank=bank)
         if patch is not None and (patch < 1 or patch % self.pipeline.scale):
             raise ValueError(f"patch: expected a multiple of {self.pipeline.scale}, got {patch}")

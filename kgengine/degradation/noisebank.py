@@ -119,6 +119,21 @@ def list_photos(inputs: list[str | os.PathLike]) -> list[Path]:
     return files
 
 
+def check_collect_args(patch: int, stride: int | None, max_var: float, min_mean: float,
+                       max_mean: float) -> None:
+    """Raise unless ``patch >= 2``, ``stride`` (None: P) ``>= 1``, ``max_var > 0`` and
+    ``min_mean <= max_mean`` (NaN refused), with one line naming the option."""
+    if patch < 2:
+        raise KGEngineError(f"--patch must be at least 2, got {patch}")
+    if stride is not None and stride < 1:
+        raise KGEngineError(f"--stride must be at least 1, got {stride}")
+    if not max_var > 0:
+        raise KGEngineError(f"--max-var must be > 0, got {max_var}")
+    if not min_mean <= max_mean:
+        raise KGEngineError(f"--min-mean must be at most --max-mean, got {min_mean} and "
+                            f"{max_mean}")
+
+
 @dataclass
 class NoiseReport:
     """What :func:`collect_noise` did."""
@@ -144,10 +159,8 @@ def collect_noise(
         KGEngineError: bad arguments, no photos, or no flat patch at all.
     """
     hooks = hooks or JobHooks()
-    stride = stride or patch
-    if patch < 2 or stride < 1 or max_var <= 0:
-        raise KGEngineError(f"need patch >= 2, stride >= 1, max_var > 0; got {patch}, "
-                            f"{stride}, {max_var}")
+    check_collect_args(patch, stride, max_var, min_mean, max_mean)
+    stride = patch if stride is None else stride
     files = list_photos(inputs)
     hooks.total(len(files))
     report, stacks, records = NoiseReport(Path(out_dir), 0, 0), [], []
@@ -181,18 +194,26 @@ def load_noise_bank(path: str | os.PathLike) -> NoiseBank:
     """Read the patches of :func:`collect_noise` (a folder, or the ``.npy`` file).
 
     Raises:
-        KGEngineError: no such file, not a (N, P, P, 3) finite float array, or empty.
+        KGEngineError: no such file, not a ``.npy`` file, not a (N, P, P, 3) finite float
+            array, empty, or an unreadable index.
     """
     path = Path(path)
     npy = path / NOISE_FILE if path.is_dir() else path
     try:
         arr = np.load(npy, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise KGEngineError(f"{npy}: cannot read noise patches ({exc})") from None
-    if (arr.ndim != 4 or arr.shape[1] != arr.shape[2] or arr.shape[3] != 3 or len(arr) == 0
+    if not isinstance(arr, np.ndarray):  # an .npz archive
+        arr.close()
+        raise KGEngineError(f"{npy}: cannot read noise patches (not a .npy file)")
+    if (arr.ndim != 4 or arr.shape[1] != arr.shape[2] or arr.shape[3] != 3 or arr.size == 0
             or not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all()):
         raise KGEngineError(f"{npy}: expected finite (N,P,P,3) float patches, got "
                             f"{arr.shape} {arr.dtype}")
     index_path = npy.parent / INDEX_FILE
-    index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.is_file() else {}
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.is_file() \
+            else {}
+    except (OSError, ValueError) as exc:
+        raise KGEngineError(f"{index_path}: not a valid noise index ({exc})") from None
     return NoiseBank(arr.astype(np.float32, copy=False), str(npy.resolve()), index)

@@ -139,7 +139,7 @@ class Pipeline:
         self.check_input(hr, draws)
         dev, down = hr.device, self._down(hr.device)
         t = self._on(dev)
-        rows = torch.tensor([d.kernel_row for d in draws], device=dev)
+        rows = torch.tensor([d.kernel_row for d in draws], dtype=torch.long, device=dev)
         x = st.kernel_downscale(hr, t["kernels"][rows], self.scale, down)
         for pos in range(max((len(d.order) for d in draws), default=0)):
             for stage in self.config.order:

@@ -34,6 +34,7 @@ from kgengine.providers import (
 
 T = TypeVar("T")
 R = TypeVar("R")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass
@@ -162,15 +163,15 @@ def open_session(plan: PairPlan, out_dir: Path, provider: str, threads: int | No
 
 
 def write_hr(out_dir: Path, item: HrImage, copy: bool) -> str:
-    """The pair's HR for the manifest: ``hr/<stem>.png`` (written, 8-bit PNG) when the image
-    was cropped or ``copy`` is set (an uncropped ``.png`` is copied byte for byte), else the
-    HR file's absolute path (nothing written)."""
+    """The pair's HR for the manifest: ``hr/<stem>.png`` (written, 8-bit RGB PNG) when the
+    image was cropped or ``copy`` is set (an uncropped 8-bit RGB ``.png`` is copied byte for
+    byte), else the HR file's absolute path (nothing written)."""
     cropped = item.crop.shape[:2] != item.size
     if not (cropped or copy):
         return str(item.path.resolve())
     hr = f"hr/{item.path.stem}.png"
-    if not cropped and item.path.suffix.lower() == ".png":
-        data = item.path.read_bytes()
+    data = item.path.read_bytes() if not cropped and item.path.suffix.lower() == ".png" else b""
+    if data[:8] == PNG_SIGNATURE and data[24:26] == b"\x08\x02":  # IHDR: 8-bit, RGB
         atomic_write(out_dir / hr, lambda tmp: Path(tmp).write_bytes(data))
     else:
         write_png(out_dir / hr, item.crop)
