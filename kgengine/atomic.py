@@ -117,13 +117,25 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     return atomic_write(path, write)
 
 
+#: The text of a ``.mat`` file's 116-byte header: scipy writes the time of writing there,
+#: so that the same arrays would not give the same bytes.
+MAT_HEADER = b"MATLAB 5.0 MAT-file, written by kgengine".ljust(116)
+
+
 def save_mat(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
-    """Atomically save a MATLAB ``.mat`` file (v5) with the given variables."""
+    """Atomically save a MATLAB ``.mat`` file (v5) with the given variables; its header
+    text is :data:`MAT_HEADER`, so the same arrays give the same bytes."""
+    import io
+
     from scipy.io import savemat
+
+    buf = io.BytesIO()
+    savemat(buf, arrays)
+    data = MAT_HEADER + buf.getvalue()[len(MAT_HEADER):]
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as fh:
-            savemat(fh, arrays)
+            fh.write(data)
 
     return atomic_write(path, write)
 

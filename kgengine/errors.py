@@ -74,3 +74,8 @@ class TrainingDivergedError(KGEngineError):
 
 class BadKernelError(KGEngineError, ValueError):
     """A kernel cannot be used: not 2-D, NaN/inf, or a sum that is not positive."""
+
+
+class BadSettingError(KGEngineError, ValueError):
+    """A setting cannot be used: an unknown value of an environment variable such as
+    ``KGENGINE_OPS_BACKEND`` or ``KGENGINE_CUDA_GRAPH`` (one line naming it and the value)."""

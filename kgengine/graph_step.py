@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from kgengine.errors import BadSettingError
 from kgengine.ops._spec import PatchBatch
 
 ENV_VAR = "KGENGINE_CUDA_GRAPH"
@@ -41,7 +42,8 @@ def mode_for(device: torch.device) -> str:
     """``"off"``, ``"eager"`` or ``"capture"`` from :data:`ENV_VAR` for a trainer on ``device``.
 
     Raises:
-        ValueError: an unknown value (one line naming the variable and the value).
+        BadSettingError: an unknown value (a ValueError; one line naming the variable and
+            the value).
     """
     raw = os.environ.get(ENV_VAR, "").strip().lower()
     if raw in ("", "0", "off"):
@@ -49,7 +51,7 @@ def mode_for(device: torch.device) -> str:
     if raw == "eager":
         return "eager"
     if raw not in ("1", "on", "capture"):
-        raise ValueError(f"{ENV_VAR}: expected 0, 1 or eager, got {raw!r}")
+        raise BadSettingError(f"{ENV_VAR}: expected 0, 1 or eager, got {raw!r}")
     if device.type != "cuda":
         warnings.warn(f"{ENV_VAR}={raw}: {device} is not a CUDA device; the step runs "
                       "uncaptured", RuntimeWarning, stacklevel=3)

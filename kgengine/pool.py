@@ -10,8 +10,7 @@ centred (the kernel's centre index ``(h//2, w//2)`` lands on ``(K//2, K//2)``, w
   :attr:`~kgengine.api.EstimateResult.confidence` in [0, 1], NaN where unknown; a pool
   written before this array existed reads as all NaN) and ``index`` (a JSON string: one
   record per row with its id, source image, seed, confidence (null when unknown) and
-  estimation report); no pickled
-  objects, so ``np.load(path, allow_pickle=False)`` reads it;
+  estimation report); no pickled objects, so ``np.load(path, allow_pickle=False)`` reads it;
 - a folder of ``.npy`` / ``.mat`` kernels (``.mat`` variable ``Kernel`` as saved by
   ZSSR/KernelGAN/DIV2KRK, or else the file's only 2-D variable), or a single such file.
 
@@ -200,6 +199,8 @@ def read_kernel_file(path: str | os.PathLike) -> np.ndarray:
     variable in the file. Returns (h, w) float64 summing to 1.
     """
     path = Path(path)
+    if not path.is_file():
+        raise KGEngineError(f"{path}: {'a folder' if path.is_dir() else 'no such file'}")
     suffix = path.suffix.lower()
     if suffix == ".npy":
         try:

@@ -67,8 +67,11 @@ class RunStore:
         try:
             run = json.loads(path.read_text(encoding="utf-8"))
             kernel = np.asarray(run["kernel"], dtype=np.float64)
+            check_kernel(kernel, str(path))  # NaN, 1-D or zero-sum: damaged too
+            if run["seed"] != seed or not isinstance(run["wall_s"], int | float):
+                return None
         except (OSError, ValueError, KeyError, TypeError):
-            return None  # unreadable or damaged: estimate again
+            return None  # unreadable or damaged (BadKernelError is a ValueError): estimate again
         got = {key: run.get(key, LEGACY_IDENTITY.get(key)) for key in self.identity}
         if got != self.identity:
             raise ResumeMismatchError(

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from kgengine.accuracy.dataset import EvalImage, check_scale
+from kgengine.errors import KGEngineError
 from kgengine.imageio import read_image
 from kgengine.kernel import analytic_x4, bicubic_taps, common_size, gaussian_kernel
 from kgengine.metrics import aligned_kernel_psnr, kernel_psnr, lr_resynthesis_psnr
@@ -104,7 +105,11 @@ def score_image(
     hr = lr = ceiling = None
     if image.hr_path is not None:
         hr, lr = read_image(image.hr_path), read_image(image.lr_path)
-        ceiling = lr_resynthesis_psnr(hr, lr, gt, scale).psnr
+        try:
+            ceiling = lr_resynthesis_psnr(hr, lr, gt, scale).psnr
+        except ValueError as exc:  # sizes that do not match: name both files
+            raise KGEngineError(f"{image.hr_path}: does not fit {image.lr_path} at "
+                                f"x{scale} ({exc})") from None
     baselines = baseline_kernels(scale)
     # One canvas for every method of this image, so that their kernel PSNRs compare.
     size = common_size(gt, *baselines.values(), *(run["kernel"] for run in runs))

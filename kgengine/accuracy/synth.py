@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from kgengine.atomic import save_json, save_mat
+from kgengine.config import KernelGANConfig
 from kgengine.degrade import degrade
 from kgengine.errors import KGEngineError
 from kgengine.hooks import JobHooks
@@ -51,6 +53,10 @@ VAR_RANGE = (0.6, 5.0)
 NOISE_LEVEL = 0.25
 #: HR height and width are cropped to a multiple of this (so x2 and x4 sizes are exact).
 CROP_MULTIPLE = 4
+#: Smallest LR side ``kgengine eval`` estimates (KernelGAN's input crop, 64 px).
+EVAL_MIN_SIDE = KernelGANConfig().crop_size
+#: Names of an image's files in the layout's folders.
+_LAYOUT_NAME = re.compile(r"^(?:im|kernel)_(\d+)\.(?:png|mat)$")
 
 
 @dataclass(frozen=True)
@@ -128,7 +134,10 @@ def make_div2krk_like(
         hooks: progress: ``total(n)`` once, then ``item_finished("im_N", "done", "")``
             after each image, or ``item_finished("im_N", "failed", <one-line reason>)``
             for an HR image that is unreadable or smaller than 64 px a side, or whose
-            files cannot be written: it is skipped (no ``im_N`` files) and the others go on.
+            files cannot be written: it is skipped (no ``im_N`` files) and the others go on;
+            ``log`` notes an image whose LR image is too small for ``kgengine eval`` (under
+            :data:`EVAL_MIN_SIDE` px a side) and the removal of an earlier, larger set's
+            files of images past ``im_n`` (so that no old image is mixed into this set).
     Returns:
         One dict per image written: ``index``, ``name``, ``source``, ``hr_shape``, the
         kernel parameters. The same list is saved to ``out_dir/synth.json``.
@@ -138,6 +147,10 @@ def make_div2krk_like(
     out = Path(out_dir)
     hooks = hooks or JobHooks()
     chosen = select_evenly([Path(p) for p in hr_paths], n)
+    removed = _remove_stale(out, len(chosen))
+    if removed:
+        hooks.log(f"{out}: removed {removed} files of images past im_{len(chosen)} "
+                  "(an earlier, larger set)")
     hooks.total(len(chosen))
     manifest: list[dict] = []
     for index, src in enumerate(chosen, start=1):
@@ -151,6 +164,10 @@ def make_div2krk_like(
                     path.unlink(missing_ok=True)
             hooks.item_finished(name, "failed", str(exc))
             continue
+        small = [f"x{s}" for s in (2, 4) if min(shape) // s < EVAL_MIN_SIDE]
+        if small:
+            hooks.log(f"note: {name} ({src.name}): its LR image at {', '.join(small)} is "
+                      f"under {EVAL_MIN_SIDE} px a side; kgengine eval skips it there")
         manifest.append({"index": index, "name": name, "source": src.name,
                          "hr_shape": list(shape), **asdict(params)})
         hooks.item_finished(name, "done", "")
@@ -195,3 +212,18 @@ def _files(out: Path, index: int) -> dict[str, Path]:
             "lr_x4": out / "lr_x4" / f"im_{index}.png",
             "gt_k_x2": out / "gt_k_x2" / f"kernel_{index}.mat",
             "gt_k_x4": out / "gt_k_x4" / f"kernel_{index}.mat"}
+
+
+def _remove_stale(out: Path, count: int) -> int:
+    """Remove the files of images past ``count`` from the layout's folders (left there by an
+    earlier set with more images: they would be mixed into this one); returns how many."""
+    removed = 0
+    for folder in {p.parent for p in _files(out, 1).values()}:
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            m = _LAYOUT_NAME.match(path.name)
+            if m and int(m.group(1)) > count and path.is_file():
+                path.unlink()
+                removed += 1
+    return removed

@@ -3,7 +3,8 @@
 Each command calls :func:`kgengine.export.export_model` with its kind (the registry
 :data:`kgengine.export.EXPORTERS`) and prints what the file holds. Options are checked first
 (``--tile`` and ``--scale`` in [1, 8], ``--kernel-size`` odd in [1, 255]: the bounds of
-:mod:`kgengine.export.graph`; ``-o`` ending in ``.onnx``), each a one-line error.
+:mod:`kgengine.export.graph`; ``--dtype`` fp32 or fp16; ``-o`` ending in ``.onnx``;
+a fixed kernel's sides at most 255, naming its file), each a one-line error.
 """
 
 from __future__ import annotations
@@ -37,15 +38,18 @@ def register(app: typer.Typer) -> None:
     app.add_typer(export_app, name="export")
 
 
-def _check_options(out: Path, scale: int = 2, tile: int = 1) -> None:
+def _check_options(out: Path, scale: int = 2, tile: int = 1, dtype: str = "fp32") -> None:
     """Refuse (one line) an ``out`` not ending in ``.onnx``, a folder or an unwritable
-    place, and ``--scale`` / ``--tile`` outside [1, 8], before any work."""
-    from kgengine.export.graph import MAX_SCALE, MAX_TILE, check_range
+    place, ``--scale`` / ``--tile`` outside [1, 8] and an unknown ``--dtype``, before any
+    work."""
+    from kgengine.export.graph import DTYPES, MAX_SCALE, MAX_TILE, check_range
 
     if out.suffix.lower() != ".onnx" and not out.is_dir():  # a folder: check_out_file says so
         raise KGEngineError(f"{out}: the model is ONNX; give a file name ending in .onnx")
     check_range("--scale", scale, MAX_SCALE)
     check_range("--tile", tile, MAX_TILE)
+    if dtype not in DTYPES:
+        raise KGEngineError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     check_out_file(out)
 
 
@@ -68,11 +72,14 @@ def export_fixed(
     out: Out, scale: Scale = 2, noise: Noise = False, tile: Tile = 4, dtype: Dtype = "fp32",
 ) -> None:
     """hr (N,C,H,W) -> lr (N,C,ceil(H/s),ceil(W/s)) with this kernel baked in."""
+    from kgengine.export.graph import MAX_KERNEL_SIZE, check_range
     from kgengine.pool import read_kernel_file
 
-    _check_options(out, scale, tile)
-    _export("fixed", out, kernel=read_kernel_file(kernel), scale=scale, noise=noise, tile=tile,
-            dtype=dtype)
+    _check_options(out, scale, tile, dtype)
+    k = read_kernel_file(kernel)
+    for side in k.shape:
+        check_range(f"{kernel}: kernel side", side, MAX_KERNEL_SIZE)
+    _export("fixed", out, kernel=k, scale=scale, noise=noise, tile=tile, dtype=dtype)
 
 
 @export_app.command("pool")
@@ -86,7 +93,7 @@ def export_pool(
     """hr (N,C,H,W), kernel (N,1,K,K) -> lr: kernel i applied to image i."""
     from kgengine.export.graph import check_kernel_side
 
-    _check_options(out, scale, tile)
+    _check_options(out, scale, tile, dtype)
     check_kernel_side("--kernel-size", kernel_size)
     _export("pool", out, kernel_size=kernel_size, scale=scale, noise=noise, tile=tile,
             dtype=dtype)

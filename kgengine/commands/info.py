@@ -52,8 +52,8 @@ def _onnxruntime() -> dict[str, Any]:
 def _numba() -> dict[str, Any]:
     try:
         import numba
-    except ImportError as exc:
-        return {"available": f"no ({exc})"}
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a bad NUMBA_* variable
+        return {"available": f"no ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})"}
     out: dict[str, Any] = {"version": numba.__version__}
     try:
         from numba import cuda
@@ -101,7 +101,11 @@ def _ops() -> dict[str, Any]:
 
     from kgengine.compiled import compiled_on
 
-    out = dict(backend_report())
+    try:
+        out = dict(backend_report())
+        out.update(_overridden_ops())
+    except Exception as exc:  # noqa: BLE001 - report, never fail
+        return {"available": f"no ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})"}
     out["networks (cpu)"] = ("numba (compiled G composition, D passes, priors, Adam)"
                              if compiled_on(torch.device("cpu")) else "torch (the references)")
     out["networks (cuda)"] = "torch"
@@ -110,6 +114,40 @@ def _ops() -> dict[str, Any]:
     value = os.environ.get(ENV_VAR, "").strip()
     out["cuda graph of the step"] = (f"{ENV_VAR}={value}" if value
                                      else f"off ({ENV_VAR}=1 captures it on CUDA)")
+    if value:
+        from kgengine.graph_step import mode_for
+
+        try:
+            mode_for(torch.device("cuda"))  # parses the value; nothing runs on a GPU
+        except ValueError as exc:
+            out["cuda graph of the step"] = f"invalid: a training stops with {exc}"
+    return out
+
+
+def _overridden_ops() -> dict[str, str]:
+    """The op lines of :func:`backend_report` as ``KGENGINE_OPS_BACKEND`` makes them (the
+    report shows the automatic choice): the backend that runs, or why a training stops."""
+    import warnings
+
+    from kgengine.ops.backend import ENV_VAR as OPS_VAR
+    from kgengine.ops.backend import OPS, backend_name
+
+    name = os.environ.get(OPS_VAR, "").strip()
+    if not name:
+        return {}
+    out = {}
+    for op in OPS:
+        for device in ("cpu", "cuda"):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # an unusable one: torch, said here
+                    got = backend_name(op, device)
+            except ValueError as exc:
+                lines = {f"{o} ({d})": f"none: {OPS_VAR} is invalid" for o in OPS
+                         for d in ("cpu", "cuda")}
+                return {**lines, OPS_VAR: f"{name} (invalid: a training stops with {exc})"}
+            out[f"{op} ({device})"] = (f"{got} (set by {OPS_VAR})" if got == name
+                                       else f"{got} ({OPS_VAR}={name} does not run here)")
     return out
 
 

@@ -43,22 +43,26 @@ def load_generator_weights(path: str | os.PathLike) -> list[np.ndarray]:
         raise KGEngineError(f"{path}: cannot read generator weights ({why})") from None
     weights = []
     while f"w{len(weights)}" in arrays:
-        weights.append(np.asarray(arrays[f"w{len(weights)}"], dtype=np.float32))
+        weights.append(arrays[f"w{len(weights)}"])
     if not weights:
         raise KGEngineError(f"{path}: no generator weights (expected arrays w0, w1, ...)")
     try:
         check_generator_weights(weights)
     except KGEngineError as exc:
         raise KGEngineError(f"{path}: {exc}") from None
-    return weights
+    return [np.asarray(w, dtype=np.float32) for w in weights]
 
 
 def check_generator_weights(weights: list[np.ndarray]) -> None:
-    """Raise unless ``weights`` is a chain of 4-D conv weights from 1 channel to 1 channel."""
+    """Raise unless ``weights`` is a chain of 4-D real conv weights from 1 channel to 1
+    channel."""
     if len(weights) == 0:
         raise KGEngineError("no generator weights (expected at least one layer)")
     prev = 1
     for i, w in enumerate(weights):
+        w = np.asarray(w)
+        if w.dtype.kind not in "biuf":  # complex: a float cast would drop the imaginary part
+            raise KGEngineError(f"w{i} holds {w.dtype} values, expected real numbers")
         if w.ndim != 4:
             raise KGEngineError(f"w{i} must be 4-D (out,in,kh,kw), got shape {w.shape}")
         if w.shape[1] != prev:
@@ -103,8 +107,8 @@ def build_generator_model(weights: list[np.ndarray], folded: bool = False) -> on
     Raises:
         KGEngineError: the weights do not chain from 1 channel to 1 channel.
     """
-    weights = [np.asarray(w, dtype=np.float32) for w in weights]
     check_generator_weights(weights)
+    weights = [np.asarray(w, dtype=np.float32) for w in weights]
     inits = [
         const("nc1_shape", np.array([-1, 1, 0, 0], np.int64)),
         const("i0", np.array([0], np.int64)),

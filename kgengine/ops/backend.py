@@ -50,6 +50,8 @@ from typing import Any
 
 import torch
 
+from kgengine.errors import BadSettingError
+
 #: Module of each backend; each defines every op of :data:`OPS` with the public signature.
 MODULES = {
     "torch": "kgengine.ops._torch",
@@ -180,7 +182,7 @@ def backend_name(op: str, device: torch.device | str, backend: str | None = None
         return auto_backend(op, device_type)
     if name not in BACKENDS:
         source = "backend" if backend else ENV_VAR
-        raise ValueError(f"{source}: expected one of {BACKENDS}, got {name!r}")
+        raise BadSettingError(f"{source}: expected one of {BACKENDS}, got {name!r}")
     if not _runs_on(name, device_type):
         reason = f"it does not run on {device_type} tensors"
     else:
