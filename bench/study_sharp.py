@@ -276,20 +276,26 @@ def authors_table() -> list[str]:
     store = json.loads(STORE.read_text())
     ref = store.get("authors", {})
     cfg = KernelGANConfig()
-    rows: dict[str, list[tuple[float, float]]] = {"authors": [], "finished": [], "shipped": []}
+    from study_stop import api_result
+
+    rows: dict[str, list[tuple[float, float]]] = {"authors": [], "finished": [], "shipped": [],
+                                                  "today": []}
     for i, p in enumerate(images()):
         if p.stem not in ref:
             continue
-        truth_k, gray = true_kernel(i), lr_image(i, p).mean(axis=2)
-        ks, _ = shipped(np.asarray(store["runs"][_key(p, 0)]["raw"]), gray, cfg)
+        truth_k, lr = true_kernel(i), lr_image(i, p)
+        raw = np.asarray(store["runs"][_key(p, 0)]["raw"])
+        ks, _ = shipped(raw, lr.mean(axis=2), cfg)
         ks["authors"] = np.asarray(ref[p.stem]["kernel"])
+        ks["today"] = api_result([raw], lr, [0], 3000, False).kernel_x2
         for c in rows:
             rows[c].append((rc._psnr(ks[c], truth_k, 2),
                             float(np.log(_area(ks[c]) / _area(truth_k)))))
     if not rows["authors"]:
         return ["(not run: `python bench/study_sharp.py --authors BASELINE`)"]
     labels = {"authors": "the authors' code (their clean-up)", "finished": "kgengine, "
-              "finished, no spectrum", "shipped": "kgengine 0.9.8 (shipped)"}
+              "finished, no spectrum", "shipped": "kgengine 0.9.8 (shipped)",
+              "today": "kgengine today (the API's post-processing of the same raw kernels)"}
     lines = ["| kernel | runs | mean aligned PSNR | median ln(area / true area) |",
              "|---|---:|---:|---:|"]
     for c, v in rows.items():
