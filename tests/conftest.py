@@ -1,4 +1,5 @@
-"""Shared fixtures: seeded RNG restore, the bundled sample, a known anisotropic kernel."""
+"""Shared fixtures: seeded RNG restore, the bundled sample, a known anisotropic kernel, a
+folder holding one kernel file."""
 
 from __future__ import annotations
 
@@ -34,3 +35,14 @@ def aniso_kernel() -> np.ndarray:
     from kgengine.kernel import anisotropic_gaussian
 
     return anisotropic_gaussian(13, 4.0, 0.8, 0.6)
+
+
+@pytest.fixture()
+def kernel_dir(tmp_path) -> Path:
+    """A folder holding one kernel file, ``g.npy`` (a 13x13 anisotropic Gaussian)."""
+    from kgengine.kernel import anisotropic_gaussian
+
+    folder = tmp_path / "kernels"
+    folder.mkdir()
+    np.save(folder / "g.npy", anisotropic_gaussian(13, 1.0, 2.0, 0.5))
+    return folder

@@ -55,15 +55,6 @@ def fake(monkeypatch) -> FakeTrainer:
 
 
 @pytest.fixture()
-def kernel_dir(tmp_path) -> Path:
-    """A folder holding one kernel file."""
-    folder = tmp_path / "kernels"
-    folder.mkdir()
-    np.save(folder / "g.npy", anisotropic_gaussian(13, 1.0, 2.0, 0.5))
-    return folder
-
-
-@pytest.fixture()
 def hr_dir(tmp_path) -> Path:
     """Two small HR images."""
     folder = tmp_path / "hr"

@@ -44,14 +44,6 @@ def hr_dir(tmp_path) -> Path:
     return folder
 
 
-@pytest.fixture()
-def kernel_dir(tmp_path) -> Path:
-    folder = tmp_path / "kernels"
-    folder.mkdir()
-    np.save(folder / "g.npy", anisotropic_gaussian(13, 1.0, 2.0, 0.5))
-    return folder
-
-
 def _pool_file(tmp_path: Path, scale: int) -> Path:
     pool = make_pool([anisotropic_gaussian(13, 1.0, 2.0, 0.5)], ["k0"], ["p0.png"], scale,
                      seeds=[0])
