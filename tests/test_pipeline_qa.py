@@ -212,3 +212,35 @@ def test_copy_hr_writes_8bit_rgb_pngs(pool_file, tmp_path) -> None:
         with Image.open(out / "hr" / f"{name}.png") as im:
             assert im.mode == "RGB", name
             np.testing.assert_array_equal(np.asarray(im), want)
+
+
+# --- 0.9.22: caps on sizes that only exhaust memory or saturate the image ---
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"second_size": 99999}, "second_size must be odd, 1-63"),
+    ({"second_size": 65}, "second_size must be odd, 1-63"),
+    ({"second_resize": "0.5-100"}, "second_resize must be at most 4"),
+    ({"gaussian_sigma": "0-5"}, "gaussian_sigma must be at most 1"),
+])
+def test_pipeline_sizes_beyond_their_caps_are_refused(changes, message) -> None:
+    with pytest.raises(KGEngineError, match=message):
+        PipelineConfig().replace(**changes)
+    # the caps themselves are accepted
+    PipelineConfig().replace(second_size=63, second_resize="0.5-4", gaussian_sigma="0-1")
+
+
+@pytest.mark.parametrize("noise", ["5", "-0.1", "nan"])
+def test_degrade_noise_outside_the_image_range_is_one_line(hr_dir, pool_file, tmp_path,
+                                                           noise) -> None:
+    res = _run("degrade", hr_dir, "-k", pool_file, "-o", tmp_path / "out", "--noise", noise)
+    _one_error(res, "--noise must be a sigma in [0, 1]")
+    assert not (tmp_path / "out").exists()
+
+
+def test_degrade_folder_refuses_noise_outside_the_image_range(hr_dir, pool_file,
+                                                              tmp_path) -> None:
+    from kgengine.degradation import degrade_folder
+
+    with pytest.raises(KGEngineError, match="noise must be a sigma in"):
+        degrade_folder(hr_dir, pool_file, tmp_path / "out", noise=float("nan"))

@@ -8,7 +8,6 @@ degradation pipeline (:mod:`kgengine.degradation.pipeline`) on the CPU.
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -144,8 +143,8 @@ def _check_options(out: Path, scale: int | None, noise: float, seed: int, batch:
     check_seed("--seed", seed)
     at_least("--batch", batch, 1)
     at_least("--threads", threads, 0)  # 0: the default
-    if not (math.isfinite(noise) and noise >= 0):
-        fail(f"--noise must be a finite sigma >= 0, got {noise}")
+    if not 0 <= noise <= 1:  # NaN too
+        fail(f"--noise must be a sigma in [0, 1] (image range), got {noise}")
     if min_confidence is not None:
         check_min_confidence(min_confidence)
     if top is not None and not 0 < top <= 1:  # NaN too

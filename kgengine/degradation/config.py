@@ -27,7 +27,10 @@ as integers, ``hi`` included). A TOML file holds any subset of the fields at its
 Unknown keys and wrong types fail with one line naming the key (:class:`KGEngineError`),
 and so does a stage with a positive probability that ``order`` leaves out (the CLI flags
 that turn a stage on add it at the end of ``order`` when it is missing). ``poisson_peak``
-is at most :data:`MAX_PEAK` (NumPy's Poisson sampler refuses larger means).
+is at most :data:`MAX_PEAK` (NumPy's Poisson sampler refuses larger means), ``second_size``
+at most :data:`MAX_SECOND_SIZE`, ``second_resize`` at most :data:`MAX_RESIZE` and
+``gaussian_sigma`` at most 1 (one image range): larger values only exhaust memory or
+saturate the image.
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ RESIZE_MODES = ("bilinear", "bicubic", "area")
 SECOND_KERNELS = ("gaussian", "pool")
 #: Largest ``poisson_peak`` (photons at white).
 MAX_PEAK = 1e12
+#: Largest ``second_size`` (LR pixels) and ``second_resize`` factor.
+MAX_SECOND_SIZE = 63
+MAX_RESIZE = 4.0
 
 
 @dataclass(frozen=True)
@@ -215,8 +221,12 @@ def _validate(cfg: PipelineConfig) -> None:
                 raise bad(f"{f.name} must be a range lo-hi with 0 <= lo <= hi, got {v}")
     if cfg.second_kernel not in SECOND_KERNELS:
         raise bad(f"second_kernel must be one of {SECOND_KERNELS}, got {cfg.second_kernel!r}")
-    if cfg.second_size < 1 or cfg.second_size % 2 == 0:
-        raise bad(f"second_size must be odd and positive, got {cfg.second_size}")
+    if not 1 <= cfg.second_size <= MAX_SECOND_SIZE or cfg.second_size % 2 == 0:
+        raise bad(f"second_size must be odd, 1-{MAX_SECOND_SIZE}, got {cfg.second_size}")
+    if cfg.second_resize[1] > MAX_RESIZE:
+        raise bad(f"second_resize must be at most {MAX_RESIZE:g}, got {cfg.second_resize}")
+    if cfg.gaussian_sigma[1] > 1.0:
+        raise bad(f"gaussian_sigma must be at most 1 (image range 0-1), got {cfg.gaussian_sigma}")
     if cfg.second_sigma[0] <= 0 or cfg.second_resize[0] <= 0 or cfg.poisson_peak[0] <= 0:
         raise bad("second_sigma, second_resize and poisson_peak must be > 0")
     if cfg.poisson_peak[1] > MAX_PEAK:

@@ -143,6 +143,8 @@ def plan_job(
         KGEngineError: bad arguments, pool, folder, or provider.
     """
     hr_dir, out_dir = Path(hr_dir), Path(out_dir)
+    if not 0 <= noise <= 1:  # NaN too
+        raise KGEngineError(f"noise must be a sigma in [0, 1] (image range), got {noise}")
     if pipeline is not None and noise > 0:
         raise KGEngineError("noise: with a pipeline, set its gaussian_sigma instead")
     if threads is not None and threads < 0:
