@@ -244,3 +244,27 @@ def test_degrade_folder_refuses_noise_outside_the_image_range(hr_dir, pool_file,
 
     with pytest.raises(KGEngineError, match="noise must be a sigma in"):
         degrade_folder(hr_dir, pool_file, tmp_path / "out", noise=float("nan"))
+
+
+def _noise_folder(path: Path, seed: int) -> Path:
+    patches = 0.02 * np.random.default_rng(seed).standard_normal((5, 16, 16, 3))
+    path.mkdir()
+    patches -= patches.mean(axis=(1, 2), keepdims=True)
+    np.save(path / NOISE_FILE, patches.astype(np.float32))
+    return path
+
+
+def test_a_moved_noise_folder_resumes_and_other_patches_are_refused(hr_dir, pool_file,
+                                                                    tmp_path) -> None:
+    out = tmp_path / "out"
+    first = _noise_folder(tmp_path / "noise", 1)
+    assert _run("degrade", hr_dir, "-k", pool_file, "-o", out,
+                "--noise-patches", first).exit_code == 0
+    lr = {p.name: p.read_bytes() for p in (out / "lr").iterdir()}
+    moved = first.rename(tmp_path / "moved")
+    res = _run("degrade", hr_dir, "-k", pool_file, "-o", out, "--noise-patches", moved)
+    assert res.exit_code == 0 and "0 pairs written, 2 already there" in res.output, res.output
+    assert {p.name: p.read_bytes() for p in (out / "lr").iterdir()} == lr
+    other = _noise_folder(tmp_path / "other", 2)
+    _one_error(_run("degrade", hr_dir, "-k", pool_file, "-o", out, "--noise-patches", other),
+               "real_noise_fingerprint")

@@ -31,7 +31,8 @@ SETTINGS = "degrade_settings.json"
 #: Settings that must match to resume into an existing output folder (``pipeline``: the
 #: pipeline config, None without one; ``real_noise_fingerprint``: its noise patches;
 #: ``copy_hr``: every HR copied to ``hr/``; ``min_confidence``: the pool filter, None
-#: without one).
+#: without one). The pipeline's ``real_noise`` path is not compared: the fingerprint of the
+#: patches is, so a noise folder moved or renamed resumes.
 RESUME_KEYS = ("scale", "noise_sigma", "seed", "pool_fingerprint", "hr_dir", "pipeline",
                "real_noise_fingerprint", "copy_hr", "min_confidence")
 #: The value of a resume key in a settings file written before the key existed.
@@ -147,10 +148,10 @@ def check_settings(out_dir: Path, settings: dict[str, Any]) -> bool:
         old = None
     if not isinstance(old, dict):
         raise KGEngineError(f"{path}: not a JSON object of settings; use another output folder")
-    diff = [k for k in RESUME_KEYS if old.get(k, RESUME_DEFAULTS.get(k)) != settings[k]]
+    diff = [k for k in RESUME_KEYS if _resume_value(old, k) != _resume_value(settings, k)]
     if diff:
         k = diff[0]
-        was, now = old.get(k, RESUME_DEFAULTS.get(k)), settings[k]
+        was, now = _resume_value(old, k), _resume_value(settings, k)
         if isinstance(was, dict) and isinstance(now, dict):  # name the fields that differ
             keys = [f for f in sorted({*was, *now}) if was.get(f) != now.get(f)]
             was = ", ".join(f"{f}={was.get(f)!r}" for f in keys)
@@ -162,6 +163,14 @@ def check_settings(out_dir: Path, settings: dict[str, Any]) -> bool:
             "use another output folder"
         )
     return False
+
+
+def _resume_value(settings: dict[str, Any], key: str) -> Any:
+    """The value of resume key ``key`` as compared (:data:`RESUME_KEYS`)."""
+    value = settings.get(key, RESUME_DEFAULTS.get(key))
+    if key == "pipeline" and isinstance(value, dict):
+        value = {f: v for f, v in value.items() if f != "real_noise"}
+    return value
 
 
 def record_settings(out_dir: Path, settings: dict[str, Any]) -> None:
