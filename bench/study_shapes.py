@@ -95,12 +95,16 @@ def shape_kernel(shape: str, index: int) -> np.ndarray:
     return k / k.sum()
 
 
-def lr_image(shape: str, index: int, path: Path) -> np.ndarray:
-    """The central CROP² of the photo degraded x2 by the shape's kernel, 8 bits, float32."""
+def hr_crop(path: Path) -> np.ndarray:
+    """The photo's central CROP² (the HR image of every shape's LR image), float32."""
     hr = read_image(path)
     top, left = ((n - CROP) // 2 for n in hr.shape[:2])
-    hr = hr[top : top + CROP, left : left + CROP]
-    lr = degrade(hr, shape_kernel(shape, index), 2)
+    return hr[top : top + CROP, left : left + CROP]
+
+
+def lr_image(shape: str, index: int, path: Path) -> np.ndarray:
+    """The central CROP² of the photo degraded x2 by the shape's kernel, 8 bits, float32."""
+    lr = degrade(hr_crop(path), shape_kernel(shape, index), 2)
     return (np.round(np.clip(lr, 0, 1) * 255) / 255).astype(np.float32)
 
 
