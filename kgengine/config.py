@@ -156,10 +156,10 @@ class KernelGANConfig:
         """Every setting checked and converted (:func:`_checked`), at construction too."""
         for key, value in _checked({k: getattr(self, k) for k in _fields()}).items():
             object.__setattr__(self, key, value)
-        if self.d_output_size < 1:
-            raise ValueError(f"config crop_size: {self.crop_size} is too small for a "
-                             f"{self.kernel_size}x{self.kernel_size} generator and a "
-                             f"{self.d_kernel_size}x{self.d_kernel_size} discriminator")
+        if self.d_output_size < 2:  # BatchNorm needs 2 values a channel for one crop
+            g, d = self.kernel_size, self.d_kernel_size
+            raise ValueError(f"config crop_size: {self.crop_size} is too small for a {g}x{g} "
+                             f"generator and a {d}x{d} discriminator (D's map must be 2x2 or more)")
 
     def replace(self, **changes: Any) -> KernelGANConfig:
         """A copy with ``changes``; unknown keys, wrong types and values out of range

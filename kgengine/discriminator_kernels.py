@@ -10,10 +10,13 @@ from numba import njit
 from kgengine.discriminator import BN_EPS, SN_EPS
 from kgengine.numba_util import put2d as _put
 
-# BN_EPS, SN_EPS are compiled into Numba's disk cache, which watches only this file: touch it
-# after changing them. Helpers are inlined at Numba's level (``inline="always"``): compiled
-# alone and linked from the cache, they rounded otherwise than inlined by LLVM in a fresh
-# compile, so bytes depended on a warm cache (tested).
+# BN_EPS, SN_EPS and put2d are compiled in; Numba's disk cache hashes only this file's text, so
+# COMPILED_IN_DIGEST records them (a test compares it with compiled_in_digest(*COMPILED_IN);
+# updating it refreshes the cache). Helpers are inlined at Numba's level
+# (``inline="always"``): compiled alone and linked from the cache, they rounded otherwise than
+# inlined by LLVM in a fresh compile, so bytes depended on a warm cache (tested).
+COMPILED_IN = (BN_EPS, SN_EPS, _put)
+COMPILED_IN_DIGEST = "caf9701ac687"
 #: Reassociation lets loops use SIMD lanes (order fixed by the code and the loop lengths, not
 #: by B); no "nnan": the ReLU keeps NaN, like torch's.
 _FAST = {"reassoc", "contract", "nsz"}

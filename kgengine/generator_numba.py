@@ -27,6 +27,10 @@ from kgengine.numba_util import put2d as _put
 from kgengine.numba_util import single_threaded_blas, slots
 
 _FAST = {"reassoc", "contract", "nsz"}
+#: What the cached kernels compile in from other modules, and its digest
+#: (:func:`kgengine.numba_util.compiled_in_digest`: Numba's cache hashes this file only).
+COMPILED_IN = (_put,)
+COMPILED_IN_DIGEST = "eea07e78afa0"
 
 
 @njit(cache=True, nogil=True)

@@ -1,9 +1,12 @@
 """Helpers of the compiled Numba kernels: single-threaded BLAS, serial twins of parallel
-kernels, tasks on threads, reusable work buffers."""
+kernels, tasks on threads, reusable work buffers, the digest of what a cached kernel
+compiles in from other modules."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import inspect
 import math
 import os
 import re
@@ -39,6 +42,29 @@ def single_threaded_blas() -> int:
     for lib in mine:
         lib.set_num_threads(1)
     return len(mine)
+
+
+def compiled_in_digest(*objects: object) -> str:
+    """The first 12 hex digits of SHA-256 over what a module's cached kernels compile in from
+    other modules: each function's source (:func:`inspect.getsource`), each array's dtype,
+    shape and bytes, each other value's ``repr``.
+
+    Numba's disk cache is keyed on a hash of the kernel's own file only, so an edit of such
+    a helper or constant alone would leave stale compiled code in every cache. Each such
+    module therefore keeps the tuple ``COMPILED_IN`` and this digest of it as a literal,
+    ``COMPILED_IN_DIGEST``; ``tests/test_numba_util.py`` compares the two, and updating the
+    literal changes the module's text, which refreshes the cache.
+    """
+    h = hashlib.sha256()
+    for obj in objects:
+        if isinstance(obj, np.ndarray):
+            h.update(f"{obj.dtype}{obj.shape}".encode() + np.ascontiguousarray(obj).tobytes())
+        elif callable(obj):
+            h.update(inspect.getsource(inspect.unwrap(getattr(obj, "py_func", obj))).encode())
+        else:
+            h.update(repr(obj).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:12]
 
 
 @njit(cache=True, inline="always")

@@ -110,3 +110,25 @@ def test_farm_set_out_of_range_exits_1_before_the_pool_exists(tmp_path):
     assert [line for line in res.output.splitlines() if line.startswith("error:")] == [
         "error: config restart_n_filtering: must be at least 1, got 0"]
     assert not pool.exists()
+
+
+def test_a_crop_that_leaves_d_a_1x1_map_is_refused() -> None:
+    """D's BatchNorm needs two values a channel for one crop: the PyTorch D (the GPU path)
+    fails on a 1×1 map, so the config refuses it; the smallest crop left runs D's reference
+    on one crop of one image."""
+    import torch
+
+    from kgengine import discriminator as D
+
+    with pytest.raises(ValueError, match=r"crop_size: 26 is too small .* 2x2 or more"):
+        KernelGANConfig(crop_size=26)
+    cfg = KernelGANConfig(crop_size=27)
+    assert cfg.d_output_size == 2
+    p = D.init_params(cfg.d_channels, cfg.d_kernel_size, cfg.d_layers, cfg.d_init_gain, False,
+                      torch.Generator().manual_seed(0))
+    p = {k: v[None] for k, v in p.items()}  # one image
+    x = torch.rand(1, 1, 3, cfg.g_output_size, cfg.g_output_size, dtype=torch.float64)
+    out = D.forward(x, p)
+    assert out.shape == (1, 1, 2, 2) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="more than 1 value per channel"):  # why 2x2
+        D.forward(x[..., :-1, :-1], p)

@@ -19,7 +19,13 @@ import kgengine.ops._custom as _custom
 from kgengine.numba_util import lazy_njit, serial_twin
 from kgengine.ops._spec import PatchBatch, make_crop_origin, source_index
 from kgengine.ops.backend import serial_only
-from kgengine.ops.rng import INV_2_32, STREAM_D_NOISE, make_scalar_rng
+from kgengine.ops.rng import (
+    INV_2_32,
+    STREAM_D_NOISE,
+    STREAM_D_POS,
+    STREAM_G_POS,
+    make_scalar_rng,
+)
 
 # Numba's default "omp" threading layer shares the OpenMP runtime with PyTorch's CPU pool:
 # interleaving the two (the trainer calls a Numba op and then torch ops every iteration)
@@ -29,8 +35,12 @@ from kgengine.ops.rng import INV_2_32, STREAM_D_NOISE, make_scalar_rng
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
-# Compiled into the cached kernels below. Numba's disk cache is keyed on this file only: after
-# editing rng.make_scalar_rng or _spec.make_crop_origin, touch this file (or clear __pycache__).
+# Compiled into the cached kernels below. Numba's disk cache hashes this file's text only, so
+# ``COMPILED_IN_DIGEST`` records what they take from other modules (a test compares it with
+# ``compiled_in_digest(*COMPILED_IN)``; updating it refreshes the cache).
+COMPILED_IN = (make_scalar_rng, make_crop_origin, STREAM_G_POS, STREAM_D_POS, STREAM_D_NOISE,
+               INV_2_32)
+COMPILED_IN_DIGEST = "ac26979beff2"
 _hash32, _uniform, _normal = make_scalar_rng(njit)
 _crop_origin = make_crop_origin(njit, _uniform)
 
