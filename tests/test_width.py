@@ -387,7 +387,7 @@ def test_api_skips_an_image_too_small_for_a_spectrum():
     from kgengine.width import MIN_SIDE
 
     img = np.random.default_rng(0).random((MIN_SIDE - 2, MIN_SIDE - 2, 3)).astype(np.float32)
-    cfg = KernelGANConfig(crop_size=26, shave=0)
+    cfg = KernelGANConfig(crop_size=27, shave=0)
     on = estimate_kernels([img], seeds=[1], iters=5, device="cpu", config=cfg)[0]
     off = estimate_kernels([img], seeds=[1], iters=5, device="cpu",
                            config=cfg.replace(width_calibration=False))[0]
