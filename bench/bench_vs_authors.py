@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     # the reference saves its kernels 0.5 px (x2) / 1.5 px (x4) off the middle: the aligned
     # kernel PSNR forgives that, the LR re-synthesis does not (`kgengine pool import` re-centres)
     runs["authors' code, re-centred"] = {k: center_kernel(np.asarray(v, np.float64))
-                                             for k, v in authors.items()}
+                                         for k, v in authors.items()}
     confidences: dict[str, dict[str, float]] = {}
     for spec in args.variants.split(";"):
         name, cfg, opts = variant_config(spec)

@@ -6,8 +6,9 @@ sit on photos whose own spectrum misleads the width: the spectral fit of
 known Gaussian kernels, mostly per photo (``bench/study_image_bias.py``, sections 1-1b: no
 band of radii fits better). This asks whether the *model* of the fit, not its band, is the
 limit. The fit regresses ``s(f) = log P_LR(f/2) − log P_LR(f)`` on ``[1, fy², 2·fx·fy, fx²]``
-(ordinary least squares over the calibration's polar bins). Tried here, each a change of
-that regression only:
+(ordinary least squares over the calibration's polar bins,
+:func:`kgengine.spectral.spectral_bins`). Tried here, each a change of that regression
+only:
 
 - ``huber``: the same design, Huber weights (δ = 1.345 × the residuals' MAD scale, 10
   reweighted passes): periodic structure (windows, tiles) makes outlying bins;
@@ -43,9 +44,8 @@ from kgengine.atomic import save_text
 from kgengine.degrade import degrade
 from kgengine.imageio import read_image
 from kgengine.kernel import analytic_x4, anisotropic_gaussian
-from kgengine.spectral import MIN_BINS, VAR_RANGE, spectral_covariance
+from kgengine.spectral import covariance_of_quadratic, spectral_bins, spectral_covariance
 from kgengine.sysinfo import machine_line
-from kgengine.width import A_MID, BAND, NOISE_MARGIN, R_MID, polar_log_power, read_crop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from devset import HR_DIR  # noqa: E402
@@ -63,27 +63,10 @@ MODELS: dict[str, tuple[bool, bool, bool]] = {
 }
 
 
-def bins(lr_gray: np.ndarray) -> tuple[np.ndarray, ...] | None:
-    """The regression's data as the shipped fit builds it: for each used polar bin, its
-    ``s`` value, ``fy``, ``fx`` and angle index (1-D arrays), or None with too few bins."""
-    lp, count, floor = polar_log_power(read_crop(lr_gray)[None])
-    lp, floor = lp[0], floor[0]
-    use = ((count > 0) & ((R_MID > BAND[0]) & (R_MID < BAND[1]))[:, None]
-           & (lp >= floor + np.log(NOISE_MARGIN)))
-    if use.sum() < MIN_BINS:
-        return None
-    clean = np.log(np.maximum(np.exp(lp) - np.exp(floor) / np.log(2.0), 1e-300))
-    half = np.stack([np.interp(R_MID / 2, R_MID, clean[:, a]) for a in range(len(A_MID))], 1)
-    fy = R_MID[:, None] * np.sin(A_MID)[None, :]
-    fx = R_MID[:, None] * np.cos(A_MID)[None, :]
-    angle = np.broadcast_to(np.arange(len(A_MID))[None, :], use.shape)
-    return (half - clean)[use], fy[use], fx[use], angle[use]
-
-
 def fit(data: tuple[np.ndarray, ...], scale: int, angle_intercepts: bool, log_r: bool,
         huber: bool) -> np.ndarray:
-    """Σ ((row, col) px², eigenvalues clipped to :data:`VAR_RANGE`) of one model of
-    :data:`MODELS` on :func:`bins`' data."""
+    """Σ ((row, col) px², eigenvalues clipped as the shipped fit's) of one model of
+    :data:`MODELS` on :func:`kgengine.spectral.spectral_bins`' data."""
     s, fy, fx, angle = data
     cols = ([(angle == a).astype(np.float64) for a in np.unique(angle)] if angle_intercepts
             else [np.ones_like(fy)])
@@ -97,9 +80,7 @@ def fit(data: tuple[np.ndarray, ...], scale: int, angle_intercepts: bool, log_r:
         resid = np.abs(s - design @ beta)
         delta = 1.345 * 1.4826 * np.median(np.abs(resid - np.median(resid))) + 1e-12
         weight = np.where(resid <= delta, 1.0, delta / np.maximum(resid, 1e-300))
-    c = 4 * np.pi**2 * (1 / 4 - (1 / 16 if scale == 2 else 1 / 64))
-    w, v = np.linalg.eigh(np.array([[beta[-3], beta[-2]], [beta[-2], beta[-1]]]) / c)
-    return v @ np.diag(np.clip(w, *VAR_RANGE)) @ v.T
+    return covariance_of_quadratic(beta[-3:], scale)
 
 
 def moments(k: np.ndarray) -> np.ndarray:
@@ -130,7 +111,7 @@ def photo(path: Path) -> tuple[str, np.ndarray]:
         for i, sc in enumerate(SCALES):
             lr = degrade(hr, k2 if sc == 2 else analytic_x4(k2), sc)
             gray = (np.round(np.clip(lr, 0.0, 1.0) * 255.0) / 255.0).mean(axis=2)
-            data = bins(gray)
+            data = spectral_bins(gray)
             if data is None:
                 continue
             shipped = spectral_covariance(gray, sc)

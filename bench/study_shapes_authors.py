@@ -111,18 +111,24 @@ def run_reference(baseline: Path, n_images: int, workers: int) -> None:
 COLUMNS = ("authors", "faithful", "one", "restarts", "iso")
 
 
-def score(key: str, record: dict) -> dict | None:
+def kgengine_stores() -> tuple[dict, dict, dict]:
+    """kgengine's stored raw kernels, read once: the restarts (``bench/study_restart_shapes.py``),
+    the one runs of ``--stop auto`` and of 3000 iterations (``bench/study_shapes.py``)."""
+    return tuple(json.loads(path.read_text())["runs"]
+                 for path in (rs.STORE, sh.STORE_AUTO, sh.STORE))
+
+
+def score(key: str, record: dict, stores: tuple[dict, dict, dict]) -> dict | None:
     """One (shape, image): for each of :data:`COLUMNS` (the reference, kgengine's training
     with the authors' clean-up, kgengine's one run and restarts, σ 1.3) its aligned kernel
     PSNR and its LR re-synthesis PSNR (``<column>_lr``), and the true kernel's LR
     re-synthesis PSNR (``truth_lr``, the ceiling) and the reference's kernel's after
     re-centring (``centred_lr``: it saves its kernels half a pixel off the middle, which
     the aligned kernel PSNR forgives and a degradation does not); None where kgengine's
-    restarts or one run are not stored, or a restart diverged."""
+    restarts or one run are not stored, or a restart diverged. ``stores``:
+    :func:`kgengine_stores`."""
     shape, stem = key.split("/")
-    group = json.loads(rs.STORE.read_text())["runs"].get(f"{key}/s0")
-    one = json.loads(sh.STORE_AUTO.read_text())["runs"].get(key)
-    full = json.loads(sh.STORE.read_text())["runs"].get(key)
+    group, one, full = stores[0].get(f"{key}/s0"), stores[1].get(key), stores[2].get(key)
     if group is None or one is None or full is None or any(k is None for k in group["1250"]):
         return None
     i = [p.stem for p in sh.images()].index(stem)
@@ -195,7 +201,8 @@ def resynthesis_table(rows: list[dict]) -> list[str]:
 
 def report() -> str:
     runs = json.loads(STORE.read_text())["runs"]
-    scored = {k: score(k, v) for k, v in runs.items()}
+    stores = kgengine_stores()
+    scored = {k: score(k, v, stores) for k, v in runs.items()}
     rows = [r for r in scored.values() if r is not None]
     per = ["| run | authors' code | kgengine's training, the authors' clean-up | one run | "
            "restarts | σ 1.3 | LR re-synthesis: authors / one run / restarts / σ 1.3 |",

@@ -39,23 +39,19 @@ MIN_BINS: int = 8
 MAX_AREA_RATIO: float = 2.0
 
 
-def spectral_covariance(lr_gray: np.ndarray, scale: int = 2, *, subtract_floor: bool = True,
-                        band: tuple[float, float] = BAND) -> np.ndarray | None:
-    """Σ of the Gaussian kernel the LR spectrum fits (module docstring).
+def spectral_bins(lr_gray: np.ndarray, *, subtract_floor: bool = True,
+                  band: tuple[float, float] = BAND) -> tuple[np.ndarray, ...] | None:
+    """The data of the fit: ``s(f) = log P_LR(f/2) − log P_LR(f)`` at the polar bins used.
+
+    A bin is used where it is within ``band`` and above the noise mask (module docstring).
 
     Args:
-        lr_gray: (H, W) LR image, any range, at least 32×32 (its central 1024×1024 crop is
-            read). scale: 2 or 4 (x4: Σ of the x2 kernel from which the x4 one is derived).
-        subtract_floor: subtract the noise power first (False: the first version, measured
-            in ``bench/study_spectral.py``). band: the radii fitted, cycles/pixel (the
-            calibration's :data:`kgengine.width.BAND`; others measured in
-            ``bench/study_image_bias.py``).
+        lr_gray, subtract_floor, band: as :func:`spectral_covariance`.
     Returns:
-        (2, 2) float64 covariance in (row, col) pixels², eigenvalues in :data:`VAR_RANGE`;
-        None when fewer than :data:`MIN_BINS` bins are above the noise mask.
+        ``(s, fy, fx, angle)``, 1-D float64 arrays over the used bins (``angle``: the bin's
+        index in :data:`kgengine.width.A_MID`, int); None when fewer than :data:`MIN_BINS`
+        bins are used.
     """
-    if scale not in (2, 4):
-        raise ValueError(f"scale must be 2 or 4, got {scale}")
     lp, count, floor = polar_log_power(read_crop(lr_gray)[None])
     lp, floor = lp[0], floor[0]
     use = ((count > 0) & ((R_MID > band[0]) & (R_MID < band[1]))[:, None]
@@ -67,11 +63,45 @@ def spectral_covariance(lr_gray: np.ndarray, scale: int = 2, *, subtract_floor: 
     half = np.stack([np.interp(R_MID / 2, R_MID, clean[:, a]) for a in range(len(A_MID))], 1)
     fy = (R_MID[:, None] * np.sin(A_MID)[None, :])[use]
     fx = (R_MID[:, None] * np.cos(A_MID)[None, :])[use]
-    design = np.stack([np.ones_like(fy), fy**2, 2 * fx * fy, fx**2], 1)
-    beta = np.linalg.lstsq(design, (half - clean)[use], rcond=None)[0]
+    angle = np.broadcast_to(np.arange(len(A_MID))[None, :], use.shape)[use]
+    return (half - clean)[use], fy, fx, angle
+
+
+def covariance_of_quadratic(q: np.ndarray, scale: int) -> np.ndarray:
+    """Σ from the fitted coefficients ``q = (q_yy, q_xy, q_xx)`` of ``fy², 2·fx·fy, fx²``:
+    ``Σ = Q / (4π² (1/4 − 1/16))`` (x4: ``1/4 − 1/64``), eigenvalues clipped to
+    :data:`VAR_RANGE`; (2, 2) float64, (row, col) px²."""
     c = 4 * np.pi**2 * (1 / 4 - (1 / 16 if scale == 2 else 1 / 64))
-    w, v = np.linalg.eigh(np.array([[beta[1], beta[2]], [beta[2], beta[3]]]) / c)
+    w, v = np.linalg.eigh(np.array([[q[0], q[1]], [q[1], q[2]]]) / c)
     return v @ np.diag(np.clip(w, *VAR_RANGE)) @ v.T
+
+
+def spectral_covariance(lr_gray: np.ndarray, scale: int = 2, *, subtract_floor: bool = True,
+                        band: tuple[float, float] = BAND) -> np.ndarray | None:
+    """Σ of the Gaussian kernel the LR spectrum fits (module docstring): ordinary least
+    squares of :func:`spectral_bins`' ``s`` on ``[1, fy², 2·fx·fy, fx²]``.
+
+    Args:
+        lr_gray: (H, W) LR image, any range, at least 32×32 (its central 1024×1024 crop is
+            read). scale: 2 or 4 (x4: Σ of the x2 kernel from which the x4 one is derived).
+        subtract_floor: subtract the noise power first (False: the first version, measured
+            in ``bench/study_spectral.py``). band: the radii fitted, cycles/pixel (the
+            calibration's :data:`kgengine.width.BAND`; others measured in
+            ``bench/study_image_bias.py``; other regressions in
+            ``bench/study_fit_models.py``).
+    Returns:
+        (2, 2) float64 covariance in (row, col) pixels², eigenvalues in :data:`VAR_RANGE`;
+        None when fewer than :data:`MIN_BINS` bins are above the noise mask.
+    """
+    if scale not in (2, 4):
+        raise ValueError(f"scale must be 2 or 4, got {scale}")
+    data = spectral_bins(lr_gray, subtract_floor=subtract_floor, band=band)
+    if data is None:
+        return None
+    s, fy, fx, _ = data
+    design = np.stack([np.ones_like(fy), fy**2, 2 * fx * fy, fx**2], 1)
+    beta = np.linalg.lstsq(design, s, rcond=None)[0]
+    return covariance_of_quadratic(beta[1:], scale)
 
 
 def gaussian_of(cov: np.ndarray, size: int = 13) -> np.ndarray:
