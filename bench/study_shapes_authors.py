@@ -43,6 +43,7 @@ import json
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -75,34 +76,44 @@ def key_of(shape: str, i: int) -> str:
 
 def run_reference(baseline: Path, n_images: int, workers: int) -> None:
     """The reference on every job of :func:`jobs` not stored yet, ``workers`` at a time."""
+    note = ("the authors' KernelGAN (../shared/baseline, sefibk/KernelGAN) on "
+            "bench/study_shapes.py's LR images, seed 0, 3000 iterations; kernels as its "
+            ".mat files give them (x2)")
+    stored = json.loads(STORE.read_text())["runs"] if STORE.exists() else {}
+    todo = [j for j in jobs(n_images) if key_of(*j) not in stored]
+    run_references(baseline, STORE, note, 2, workers,
+                   [(key_of(s, i), lambda s=s, i=i: sh.lr_image(s, i, sh.images()[i]))
+                    for s, i in todo])
+
+
+def run_references(baseline: Path, store_path: Path, note: str, scale: int, workers: int,
+                   todo: list[tuple[str, Callable[[], np.ndarray]]]) -> None:
+    """The reference (seed 0, 3000 iterations, one thread) at ``scale`` on each (key, a
+    function making the LR image) of ``todo``, ``workers`` at a time, each record added to
+    the JSON store ``store_path`` (made with ``note``) as it comes, atomically."""
     from PIL import Image
     from run_authors import run_one
 
     lock = threading.Lock()
-    store = json.loads(STORE.read_text()) if STORE.exists() else {
-        "note": "the authors' KernelGAN (../shared/baseline, sefibk/KernelGAN) on "
-                "bench/study_shapes.py's LR images, seed 0, 3000 iterations; kernels as its "
-                ".mat files give them (x2)", "runs": {}}
-    save_json(STORE, store)
-    todo = [j for j in jobs(n_images) if key_of(*j) not in store["runs"]]
+    if not store_path.exists():
+        save_json(store_path, {"note": note, "runs": {}})
 
     def one(job: tuple[str, Path]) -> None:
         key, png = job
-        record = run_one(baseline, png, 2, 0, 3000)
+        record = run_one(baseline, png, scale, 0, 3000)
         with lock:
-            current = json.loads(STORE.read_text())
+            current = json.loads(store_path.read_text())
             current["runs"][key] = record
-            save_json(STORE, current)
+            save_json(store_path, current)
             print(f"{key} done in {record['seconds']} s ({len(current['runs'])} stored)",
                   flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         items = []
-        for shape, i in todo:  # here, not in the threads: Numba's workqueue is not thread-safe
-            png = Path(tmp) / f"{shape}_{sh.images()[i].stem}.png"
-            lr = sh.lr_image(shape, i, sh.images()[i])
-            Image.fromarray(np.round(lr * 255).astype(np.uint8)).save(png)
-            items.append((key_of(shape, i), png))
+        for key, make in todo:  # here, not in the threads: Numba's workqueue is not thread-safe
+            png = Path(tmp) / f"{key.replace('/', '_')}.png"
+            Image.fromarray(np.round(make() * 255).astype(np.uint8)).save(png)
+            items.append((key, png))
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(one, items))
 

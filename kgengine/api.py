@@ -22,7 +22,7 @@ import torch
 
 from kgengine.confidence import agreement_score, confidence_of
 from kgengine.config import MAX_SEED, KernelGANConfig
-from kgengine.consensus import Consensus, combine
+from kgengine.consensus import RULES, Consensus, combine
 from kgengine.errors import KGEngineError, TrainingDivergedError
 from kgengine.host_threads import map_images
 from kgengine.imageio import check_array, read_image
@@ -152,7 +152,7 @@ def _is_int(value: object, low: int) -> bool:
 
 
 def _check_args(images: list, seeds: list, names: Sequence[str] | None, restarts: int,
-                on_diverge: str, dtype: torch.dtype, config: object) -> None:
+                on_diverge: str, dtype: torch.dtype, config: object, rule: str) -> None:
     """One-line errors for the arguments of :func:`estimate_kernels` it cannot use."""
     if not images:
         raise ValueError("images: no images given")
@@ -164,6 +164,8 @@ def _check_args(images: list, seeds: list, names: Sequence[str] | None, restarts
         raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {bad[0]!r}")
     if not _is_int(restarts, 1):
         raise ValueError(f"restarts must be an integer >= 1, got {restarts!r}")
+    if rule not in RULES:
+        raise ValueError(f"rule: expected one of {RULES}, got {rule!r}")
     if on_diverge not in ("raise", "return"):
         raise ValueError(f"on_diverge: expected 'raise' or 'return', got {on_diverge!r}")
     if dtype not in (torch.float32, torch.float64):
@@ -232,7 +234,7 @@ def estimate_kernels(
         raise TypeError("images: expected a list of images (estimate_kernel takes one)")
     images = list(images)
     seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(images))]
-    _check_args(images, seeds, names, restarts, on_diverge, dtype, config)
+    _check_args(images, seeds, names, restarts, on_diverge, dtype, config, rule)
     cfg = config or KernelGANConfig()
     if iters is not None:
         cfg = cfg.with_iters(iters)

@@ -10,9 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
+#: Control characters (a newline in a file name, ...) as escapes: ``\\n``, ``\\x1b``.
+_CONTROL = {c: ascii(chr(c))[1:-1] for c in (*range(32), 127)}
+
 
 def shown(path: object) -> str:
-    """``path`` as printable text: bytes that are not UTF-8 appear as ``\\xNN`` escapes.
+    """``path`` as printable text on one line: bytes that are not UTF-8 appear as ``\\xNN``
+    escapes, control characters (a newline in a file name) as ``\\n``, ``\\x1b``, ...
 
     A file name that is not valid UTF-8 (Python keeps its bytes as surrogates) would make
     ``print`` fail; ``shown(Path(b"bad\\xff.png"))`` is ``"bad\\\\xff.png"``.
@@ -21,8 +25,8 @@ def shown(path: object) -> str:
     try:
         raw = text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # surrogates that are no escaped bytes
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return raw.decode("utf-8", "backslashreplace")
+        return text.encode("utf-8", "backslashreplace").decode("utf-8").translate(_CONTROL)
+    return raw.decode("utf-8", "backslashreplace").translate(_CONTROL)
 
 
 def brief_list(items: Iterable[object], limit: int = 10) -> str:

@@ -128,7 +128,8 @@ def _check_file(path: Path) -> None:
     if path.is_dir():
         raise BadImageError(path, "is a folder, not an image file")
     if not path.is_file():
-        raise BadImageError(path, "no such file")
+        raise BadImageError(path, "a symbolic link to nothing (broken, or a loop)"
+                            if path.is_symlink() else "no such file")
 
 
 def _check_pixels(path: Path, w: int, h: int) -> None:

@@ -9,6 +9,7 @@ stderr and exit code 1 (:func:`cli_errors`); option values are checked before an
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 from collections.abc import Callable
@@ -34,7 +35,7 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 def one_line(message: str, limit: int = MAX_LINE) -> str:
     """``message`` as one printable line of at most ``limit`` characters."""
-    text = " ".join(shown(message).split())
+    text = shown(" ".join(str(message).split()))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -62,7 +63,9 @@ def cli_errors(command: Callable[P, R]) -> Callable[P, R]:
 
 
 def at_least(option: str, value: float | None, low: float) -> None:
-    """Raise unless ``value`` (None: not given) is at least ``low``."""
+    """Raise unless ``value`` (None: not given) is a finite number at least ``low``."""
+    if value is not None and not math.isfinite(value):
+        raise KGEngineError(f"{option} must be a finite number, got {value}")
     if value is not None and value < low:
         raise KGEngineError(f"{option} must be at least {low}, got {value}")
 

@@ -120,7 +120,7 @@ def _expand(images: list[Path], recursive: bool, out: Path) -> tuple[list[Path],
     one line), the number of folders without images). Files stay as given, so a missing one
     fails alone, naming itself; a folder without images fails alone too (one error line),
     and the others go on."""
-    from kgengine.farm.inputs import folder_images
+    from kgengine.farm.inputs import folder_images, real_path
 
     def log(message: str) -> None:
         typer.echo(message, err=True)
@@ -136,7 +136,7 @@ def _expand(images: list[Path], recursive: bool, out: Path) -> tuple[list[Path],
                 _failed(KGEngineError(f"{shown(p)}: no image files in this folder" + (
                     "" if recursive else " (-r also reads its sub-folders)")))
         for f in found:
-            first = paths.setdefault(f.resolve(), f)
+            first = paths.setdefault(real_path(f), f)
             if os.path.abspath(first) != os.path.abspath(f):
                 log(f"skip {shown(f)}: same file as {shown(first)}")
     return list(paths.values()), empty

@@ -156,11 +156,24 @@ def plan_job(
         log(f"--top {top}: confidence >= {plan.min_confidence:.4g}, "
             f"{len(plan.pool)} kernels kept")
     pipe = Pipeline(plan.pool, pipeline, scale=plan.scale) if pipeline is not None else None
+    if pipe is None:
+        _check_onnx_kernel_size(plan.pool, kernels)
     files = list_hr_files(hr_dir)
     settings = {**plan.settings(hr_dir), "copy_hr": copy_hr,
                 **(pipe.settings() if pipe else NO_PIPELINE)}
     return DegradeJob(plan, pipe, files, out_dir, settings, batch, provider, threads or None,
                       copy_hr)
+
+
+def _check_onnx_kernel_size(pool: KernelPool, kernels: object) -> None:
+    """Refuse, naming the pool, kernels larger than the ONNX degrader takes."""
+    from kgengine.export.graph import MAX_KERNEL_SIZE
+
+    if pool.kernel_size > MAX_KERNEL_SIZE:
+        where = "the kernel pool" if isinstance(kernels, KernelPool) else shown(kernels)
+        raise KGEngineError(f"{where}: kernel size {pool.kernel_size} is above the ONNX "
+                            f"degrader's limit {MAX_KERNEL_SIZE} (pipeline options such as "
+                            "--jpeg take larger kernels)")
 
 
 def run_job(job: DegradeJob, hooks: JobHooks) -> DegradeReport:

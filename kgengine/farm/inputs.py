@@ -84,7 +84,7 @@ def expand_inputs(inputs: Sequence[str | os.PathLike], recursive: bool = False,
         else:
             raise KGEngineError(f"{shown(p)}: no such file or folder")
         for f in found:
-            r = f.resolve()
+            r = real_path(f)
             if r in seen:
                 if os.path.abspath(f) != os.path.abspath(seen[r]):  # a link, not a repeat
                     log(f"skip {shown(f)}: same file as {shown(seen[r])}")
@@ -93,6 +93,13 @@ def expand_inputs(inputs: Sequence[str | os.PathLike], recursive: bool = False,
             (left_out if own(r.parent) else out).append(r)
     own.report(log, left_out)
     return out
+
+
+def real_path(path: Path) -> Path:
+    """``path`` absolute, its links followed as far as they go: a symbolic-link loop gives
+    the loop's own path (``Path.resolve`` raises RuntimeError there before Python 3.13),
+    which then fails alone when read, naming itself."""
+    return Path(os.path.realpath(path))
 
 
 def folder_images(folder: str | os.PathLike, recursive: bool = False,
@@ -139,7 +146,7 @@ class _OwnOutputs:
     """
 
     def __init__(self, exclude: Sequence[str | os.PathLike]) -> None:
-        self.excluded = {Path(e).resolve() for e in exclude}
+        self.excluded = {real_path(Path(e)) for e in exclude}
         self.known: dict[Path, bool] = dict.fromkeys(self.excluded, True)
         self.pools: list[Path] = []  # pool folders a recursive walk did not enter
         self.outdirs: list[Path] = []  # ``exclude`` folders (not pools) it did not enter
@@ -148,7 +155,7 @@ class _OwnOutputs:
         self.kernels = 0  # ... were left out, and how many
 
     def __call__(self, folder: Path) -> bool:
-        folder = folder.resolve()
+        folder = real_path(folder)
         if folder not in self.known:
             here = (folder / MANIFEST_FILE).is_file()
             self.known[folder] = here or (folder.parent != folder and self(folder.parent))
@@ -163,7 +170,7 @@ class _OwnOutputs:
             if d.startswith("."):
                 continue
             if self(p):
-                pool = p.resolve() not in self.excluded or (p / MANIFEST_FILE).is_file()
+                pool = real_path(p) not in self.excluded or (p / MANIFEST_FILE).is_file()
                 (self.pools if pool else self.outdirs).append(p)
             elif _is_degrade_output(p):
                 self.degrade.append(p)
