@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+import kgengine
 from kgengine.accuracy.synth import crop_to_multiple
 from kgengine.api import estimate_kernels, finish_kernel, restart_seed
 from kgengine.atomic import save_json, save_text
@@ -145,11 +146,11 @@ def train_restarts(store: dict, seed: int, per_batch: int = 2) -> None:
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
-def score(item: tuple[str, dict]) -> dict | None:
+def score(item: tuple[str, dict, dict | None]) -> dict | None:
     """One (shape, image, seed): each column's aligned kernel PSNR (x4) and LR re-synthesis PSNR
     (``<column>_lr``), the true kernel's (``truth_lr``, the ceiling) and the one run's
     stopping iteration; None until both runs are stored, or where one diverged."""
-    key, rec = item
+    key, rec, ref = item  # ref: the reference's record of the run (None: not run)
     one, group = rec.get("one"), rec.get("restarts")
     if one is None or group is None or one["raw"] is None or any(k is None for k in group):
         return None
@@ -172,7 +173,6 @@ def score(item: tuple[str, dict]) -> dict | None:
     for name, k in k2.items():
         out[name] = rc._psnr(k, truth, 4)
         out[f"{name}_lr"] = lr_resynthesis_psnr(hr, lr, analytic_x4(k), 4).psnr
-    ref = _authors().get(key)
     if ref is not None:  # its x4 kernel as saved (0.5 px off the middle at x4: re-centred)
         k4 = np.asarray(ref["kernel"])
         out["authors"] = aligned_kernel_psnr(k4, truth, size=rc.CANVAS[4]).psnr
@@ -266,16 +266,17 @@ def seed_table(rows: list[dict]) -> list[str]:
 
 def scored_runs(workers: int) -> dict[str, dict | None]:
     """:func:`score` of every stored run, ``workers`` at a time; a run already scored with
-    the same raw kernels and reference record is taken from :data:`SCORES` (a cache outside
-    the repository, keyed by a digest of both)."""
+    the same raw kernels, reference record, study code and kgengine version is taken from
+    :data:`SCORES` (a cache outside the repository, keyed by a digest of all four)."""
     runs, ref = _load()["runs"], _authors()
-    digest = {k: hashlib.sha256(json.dumps([v, ref.get(k)]).encode()).hexdigest()
+    code = [Path(__file__).read_text(encoding="utf-8"), kgengine.__version__]
+    digest = {k: hashlib.sha256(json.dumps([v, ref.get(k), code]).encode()).hexdigest()
               for k, v in runs.items()}
     cache = json.loads(SCORES.read_text()) if SCORES.exists() else {}
     todo = [k for k in runs if cache.get(k, {}).get("digest") != digest[k]]
     with Pool(workers) as pool:
-        for k, row in zip(todo, pool.map(score, [(k, runs[k]) for k in todo], chunksize=1),
-                          strict=True):
+        items = [(k, runs[k], ref.get(k)) for k in todo]
+        for k, row in zip(todo, pool.map(score, items, chunksize=1), strict=True):
             cache[k] = {"digest": digest[k], "row": row}
     SCORES.parent.mkdir(parents=True, exist_ok=True)
     save_json(SCORES, cache)
