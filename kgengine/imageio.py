@@ -124,12 +124,22 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         raise BadImageError(path, f"cannot read the image header ({type(exc).__name__})") from None
 
 
+#: The problem named when a file to read is a symbolic link that leads nowhere.
+BROKEN_LINK = "a symbolic link to nothing (broken, or a loop)"
+
+
+def listed_file(path: Path) -> bool:
+    """Whether a folder listing takes ``path`` as a file: a regular file (or a link to one),
+    or a symbolic link to nothing (broken, or a loop), so that reading it fails as one bad
+    file naming the link instead of vanishing from the job without a word."""
+    return path.is_file() or (path.is_symlink() and not path.exists())
+
+
 def _check_file(path: Path) -> None:
     if path.is_dir():
         raise BadImageError(path, "is a folder, not an image file")
     if not path.is_file():
-        raise BadImageError(path, "a symbolic link to nothing (broken, or a loop)"
-                            if path.is_symlink() else "no such file")
+        raise BadImageError(path, BROKEN_LINK if path.is_symlink() else "no such file")
 
 
 def _check_pixels(path: Path, w: int, h: int) -> None:

@@ -145,3 +145,52 @@ def test_a_newline_in_a_file_name_stays_on_one_line(tmp_path, sample_hr, fake):
     assert res.exit_code == 1
     assert error_lines(res.output) == [
         f"error: {tmp_path / 'in'}/x\\ny.png: not an image file (unrecognised format)"]
+
+
+# ---------------------------------------------------------------------- links to nothing
+def _dangling(path):
+    """``path``: a symbolic link to a file that does not exist."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(path.with_name("gone.png"))
+    return path
+
+
+@pytest.mark.parametrize("recursive", [False, True])
+def test_estimate_names_a_link_to_nothing_in_a_folder(tmp_path, sample_hr, monkeypatch,
+                                                     recursive):
+    """0.9.23 dropped a broken link from a plain folder's listing without a word (and a
+    recursive walk named its missing target instead of the link)."""
+    monkeypatch.setattr(kgengine.api, "estimate_kernels", _fake_kernels)
+    good = _png(tmp_path / "in" / "good.png", sample_hr)
+    link = _dangling(tmp_path / "in" / "link.png")
+    res = _invoke("estimate", tmp_path / "in", *(["-r"] if recursive else []),
+                  "-o", tmp_path / "out", "--iters", 2)
+    assert res.exit_code == 1, res.output
+    assert error_lines(res.output) == [f"error: {link}: {LOOP}"]
+    assert (tmp_path / "out" / f"{good.stem}_report.json").is_file()
+
+
+def test_farm_fails_a_link_to_nothing_and_finishes_the_others(tmp_path, sample_hr, fake):
+    good = _png(tmp_path / "in" / "good.png", sample_hr)
+    link = _dangling(tmp_path / "in" / "link.png")
+    res = _invoke("farm", tmp_path / "in", "-o", tmp_path / "pool")
+    assert res.exit_code == 1, res.output
+    with Manifest(tmp_path / "pool") as man:
+        states = {row.path: (row.state, row.reason) for row in man.rows()}
+    assert states == {str(good): ("done", states[str(good)][1]),
+                      str(link): ("failed", f"{link}: {LOOP}")}
+
+
+def test_degrade_and_noise_bank_name_a_link_to_nothing(tmp_path, sample_hr, fake):
+    from kgengine.degradation import collect_noise
+
+    _png(tmp_path / "in" / "good.png", sample_hr)
+    link = _dangling(tmp_path / "in" / "link.png")
+    _invoke("farm", tmp_path / "in" / "good.png", "-o", tmp_path / "pool")
+    res = _invoke("degrade", tmp_path / "in", "-k", tmp_path / "pool", "-o", tmp_path / "pairs",
+                  "--provider", "cpu")
+    assert res.exit_code == 1
+    assert error_lines(res.output) == [f"error: {link}: {LOOP}"]
+    assert (tmp_path / "pairs" / "lr" / "good.png").is_file()
+    report = collect_noise([tmp_path / "in"], tmp_path / "noise", patch=16, max_var=1e9)
+    assert report.images == 1 and report.failed == [f"{link}: {LOOP}"]

@@ -37,7 +37,7 @@ from kgengine.atomic import save_json, save_npy
 from kgengine.degradation.plan import IMAGE_SUFFIXES
 from kgengine.errors import BadImageError, KGEngineError
 from kgengine.hooks import JobHooks
-from kgengine.imageio import read_image
+from kgengine.imageio import listed_file, read_image
 
 NOISE_FILE = "noise_patches.npy"
 INDEX_FILE = "noise_index.json"
@@ -109,7 +109,7 @@ def list_photos(inputs: list[str | os.PathLike]) -> list[Path]:
     for item in map(Path, inputs):
         if item.is_dir():
             files += sorted(p for p in item.iterdir()
-                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+                            if listed_file(p) and p.suffix.lower() in IMAGE_SUFFIXES)
         elif item.is_file():
             files.append(item)
         else:

@@ -19,6 +19,7 @@ from PIL import Image
 from kgengine._version import __version__
 from kgengine.config import MAX_SEED
 from kgengine.errors import KGEngineError
+from kgengine.imageio import listed_file
 from kgengine.pool import KernelPool, filter_pool, load_pool, top_threshold
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".npy")
@@ -80,7 +81,7 @@ def list_hr_files(hr_dir: str | os.PathLike) -> list[Path]:
     if not hr_dir.is_dir():
         raise KGEngineError(f"{hr_dir}: no such folder")
     files = sorted(
-        p for p in hr_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        p for p in hr_dir.iterdir() if listed_file(p) and p.suffix.lower() in IMAGE_SUFFIXES
     )
     if not files:
         raise KGEngineError(f"{hr_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from kgengine.errors import KGEngineError, brief_list, shown
 from kgengine.farm.manifest import MANIFEST_FILE
+from kgengine.imageio import listed_file
 
 #: Files taken from folders (the same set ``kgengine degrade`` reads).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".npy")
@@ -98,8 +99,10 @@ def expand_inputs(inputs: Sequence[str | os.PathLike], recursive: bool = False,
 def real_path(path: Path) -> Path:
     """``path`` absolute, its links followed as far as they go: a symbolic-link loop gives
     the loop's own path (``Path.resolve`` raises RuntimeError there before Python 3.13),
-    which then fails alone when read, naming itself."""
-    return Path(os.path.realpath(path))
+    which then fails alone when read, naming itself; a link to nothing stays the link, so
+    that its error names the file the user listed, not the missing target."""
+    real = os.path.realpath(path)
+    return Path(real if os.path.exists(real) else os.path.abspath(path))
 
 
 def folder_images(folder: str | os.PathLike, recursive: bool = False,
@@ -219,7 +222,7 @@ def _folder(folder: Path, recursive: bool, own: _OwnOutputs) -> list[Path]:
 def _walk(folder: Path, recursive: bool, own: _OwnOutputs) -> Iterator[Path]:
     """A folder INPUT's image files, a folder at a time (see :class:`_OwnOutputs`)."""
     if not recursive:
-        yield from own.images(folder, [p.name for p in folder.iterdir() if p.is_file()])
+        yield from own.images(folder, [p.name for p in folder.iterdir() if listed_file(p)])
         return
     for root, dirs, names in os.walk(folder):
         dirs[:] = own.enter(Path(root), dirs)  # pool folders' files would be left out anyway

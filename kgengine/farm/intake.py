@@ -22,7 +22,7 @@ from kgengine.farm.inputs import unique_names
 from kgengine.farm.manifest import Manifest, NewImage
 from kgengine.farm.seeds import content_hash, derive_seed
 from kgengine.farm.settings import FarmSettings
-from kgengine.imageio import image_size
+from kgengine.imageio import BROKEN_LINK, image_size
 
 #: (sha256, width, height, failure reason) of a file; None where unknown.
 Probe = tuple[str | None, int | None, int | None, str | None]
@@ -37,7 +37,8 @@ def probe(path: Path) -> Probe:
     try:
         sha = content_hash(path)
     except FileNotFoundError:
-        return None, None, None, f"{shown(path)}: no such file"
+        what = BROKEN_LINK if path.is_symlink() else "no such file"
+        return None, None, None, f"{shown(path)}: {what}"
     except OSError as exc:
         return None, None, None, f"{shown(path)}: cannot read file ({exc.strerror or exc})"
     try:
