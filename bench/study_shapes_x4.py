@@ -54,7 +54,7 @@ from kgengine.atomic import save_json, save_text
 from kgengine.config import KernelGANConfig
 from kgengine.degrade import degrade
 from kgengine.imageio import read_image
-from kgengine.kernel import analytic_x4, center_kernel, gaussian_kernel
+from kgengine.kernel import analytic_x4, center_kernel, gaussian_kernel, principal_axes
 from kgengine.metrics import aligned_kernel_psnr, lr_resynthesis_psnr
 from kgengine.spectral import gaussian_of, spectral_covariance
 from kgengine.sysinfo import machine_line
@@ -173,11 +173,21 @@ def score(item: tuple[str, dict, dict | None]) -> dict | None:
     for name, k in k2.items():
         out[name] = rc._psnr(k, truth, 4)
         out[f"{name}_lr"] = lr_resynthesis_psnr(hr, lr, analytic_x4(k), 4).psnr
+        out[f"{name}_area"] = log_area(analytic_x4(k), truth)
     if ref is not None:  # its x4 kernel as saved (0.5 px off the middle at x4: re-centred)
         k4 = np.asarray(ref["kernel"])
         out["authors"] = aligned_kernel_psnr(k4, truth, size=rc.CANVAS[4]).psnr
         out["authors_lr"] = lr_resynthesis_psnr(hr, lr, center_kernel(k4), 4).psnr
+        out["authors_area"] = log_area(k4, truth)
     return out
+
+
+def log_area(k: np.ndarray, truth: np.ndarray) -> float:
+    """``log2(A(k) / A(truth))`` with ``A = sqrt(var1·var2)`` of
+    :func:`kgengine.kernel.principal_axes` (the second-moment ellipse's area, up to π):
+    how much wider (> 0) or narrower than the true kernel an estimate is, whatever its shape."""
+    return float(np.log2(np.sqrt(np.prod(principal_axes(k)[:2])
+                                 / np.prod(principal_axes(truth)[:2]))))
 
 
 def _authors() -> dict:
@@ -240,6 +250,23 @@ def table(rows: list[dict], suffix: str) -> list[str]:
     return lines
 
 
+def width_table(rows: list[dict], columns: list[tuple[str, str]]) -> list[str]:
+    """Per shape and estimate: how much wider than the true x4 kernel it is (the factor
+    ``2^mean log_area`` of the second-moment area) and the runs narrower than the truth."""
+    lines = ["| kernel | runs | " + " | ".join(name for _, name in columns) + " |",
+             "|---|---:|" + "---:|" * len(columns)]
+    for shape in (*sh.SHAPES, "all"):
+        sel = [r for r in rows if shape in ("all", r["shape"])]
+        if not sel:
+            continue
+        cells = []
+        for c, _ in columns:
+            a = np.array([r[f"{c}_area"] for r in sel])
+            cells.append(f"{2 ** a.mean():.2f}× ({int((a < 0).sum())} narrower)")
+        lines.append(f"| {shape} | {len(sel)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def seed_table(rows: list[dict]) -> list[str]:
     """Per shape and column: the mean at each seed, and the spread across seeds (the SD of
     one image's PSNR over the seeds, averaged over the images that have every seed)."""
@@ -298,7 +325,12 @@ def report(workers: int = 2) -> str:
         "images, its x4 kernel as saved (aligned kernel PSNR forgives its offset) and "
         "re-centred for LR re-synthesis (as `kgengine pool import` takes it): "
         f"{len(ref)} runs, {np.mean([v['seconds'] for v in ref]):.0f} s per run on "
-        f"{ref[0]['machine']}, 2 at a time.", "", *authors_table(rows), ""]
+        f"{ref[0]['machine']}, 2 at a time.", "", *authors_table(rows), "",
+        "Width on the same runs (the second-moment area against the true kernel's, as in "
+        "\"Width\" above):", "",
+        *width_table([r for r in rows if "authors" in r],
+                     [("authors", "authors' code"), *[c for c in COLUMNS
+                                                      if c[0] in AUTHOR_COLUMNS]]), ""]
     return "\n".join([
         "# x4 on kernels that are not Gaussians", "",
         "`python bench/study_shapes_x4.py` (module docstring). The 16 Urban100 photos at full "
@@ -309,7 +341,12 @@ def report(workers: int = 2) -> str:
         "the paired difference with the one run ± its standard error over the runs. "
         f"{len(rows)} of {len(jobs())} (shape, image, seed) runs scored; the one runs "
         f"stopped at {iters:.0f} iterations on average. Scored on {machine_line()}.", "",
-        *table(rows, ""), "", "## By seed", "", *seed_table(rows), "", *reference,
+        *table(rows, ""), "", "## Width", "",
+        "How much wider than the true x4 kernel each estimate is: the ratio of the areas of "
+        "their second-moment ellipses (`sqrt(var1·var2)`, `kgengine.kernel.principal_axes`), "
+        "its geometric mean over the runs, and how many runs came out narrower than the "
+        "truth.", "", *width_table(rows, COLUMNS), "",
+        "## By seed", "", *seed_table(rows), "", *reference,
         "## LR re-synthesis PSNR", "",
         "The same kernels' x4: the HR photo degraded by each against the LR image, at the best "
         "sub-sampling phase, 8 LR px shaved (`kgengine.metrics.lr_resynthesis_psnr`); the true "

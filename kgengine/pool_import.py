@@ -14,7 +14,10 @@ and the ``<name>_kernel_x{s}`` files of its sub-folders (``results/<name>/``), l
 another scale and each ``.mat`` with a ``.npy`` of the same name beside it (kgengine writes
 every kernel as both: one kernel, read from the ``.npy``); the files left out go into the
 caller's ``skipped`` with why. Sources: ``<file>`` or ``<file>[i]`` (0-based index in a set
-or pool). A bad or missing file is a :class:`~kgengine.errors.KGEngineError` naming it.
+or pool). A bad or missing file named as a source is a :class:`~kgengine.errors.KGEngineError`
+naming it; a bad file found in a folder (unreadable, cut short, a kernel that is not finite
+or sums to 0) goes into the caller's ``failed`` with its one-line error, and the folder's
+other files are read: one broken result among thousands does not stop an import.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from kgengine.errors import KGEngineError
+from kgengine.kernel import check_kernel
 from kgengine.pool import POOL_FILE, load_pool
 
 _RESULT = re.compile(r"^(?P<id>.+)_kernel_x(?P<scale>\d+)\.(mat|npy)$", re.IGNORECASE)
@@ -44,15 +48,16 @@ class RawKernel:
     report: dict | None = None
 
 
-def read_source(path: Path, scale: int, skipped: dict[Path, str] | None = None
-                ) -> list[RawKernel]:
+def read_source(path: Path, scale: int, skipped: dict[Path, str] | None = None,
+                failed: dict[Path, str] | None = None) -> list[RawKernel]:
     """The kernels of one file or folder, unchecked (module doc); the files of a folder that
     were left out go into ``skipped`` ({file: ``"twin"`` or ``"x<s>"``}, see
-    :class:`kgengine.pool_interop.ImportResult`)."""
+    :class:`kgengine.pool_interop.ImportResult`), those that could not be used into
+    ``failed`` ({file: its one-line error}; None: the first one raises)."""
     if path.is_dir():
         if (path / POOL_FILE).is_file():
             return _read_pool(path / POOL_FILE, scale)
-        return _read_folder(path, scale, {} if skipped is None else skipped)
+        return _read_folder(path, scale, {} if skipped is None else skipped, failed)
     if not path.is_file():
         raise KGEngineError(f"{path}: no such file or folder")
     return _read_file(path, scale)
@@ -78,9 +83,11 @@ def _read_file(path: Path, scale: int) -> list[RawKernel]:
         raise KGEngineError(f"{path}: cannot read .npy ({type(exc).__name__})") from None
 
 
-def _read_folder(path: Path, scale: int, skipped: dict[Path, str]) -> list[RawKernel]:
+def _read_folder(path: Path, scale: int, skipped: dict[Path, str],
+                 failed: dict[Path, str] | None) -> list[RawKernel]:
     """Kernel files of ``path`` (sorted) and ``*_kernel_x{s}.mat|.npy`` of its sub-folders,
-    less (into ``skipped``) those of another scale and a ``.mat`` with a ``.npy`` twin."""
+    less (into ``skipped``) those of another scale and a ``.mat`` with a ``.npy`` twin, and
+    less (into ``failed``, unless None) those that cannot be read or hold a bad kernel."""
     entries = sorted(path.iterdir())
     files = [p for p in entries if p.is_file() and p.suffix.lower() in (".npy", ".mat")]
     for sub in (p for p in entries if p.is_dir()):
@@ -99,7 +106,19 @@ def _read_folder(path: Path, scale: int, skipped: dict[Path, str]) -> list[RawKe
         hint = f" (it has x{other[0]} result files: use --scale {other[0]})" if other else ""
         raise KGEngineError(f"{path}: no kernel files (.npy, .mat, *_kernel_x{scale}.mat or "
                             f"{POOL_FILE}){hint}")
-    return [raw for p in taken for raw in _read_file(p, scale)]
+    out = []
+    for p in taken:
+        try:
+            raws = _read_file(p, scale)
+            for raw in raws:
+                check_kernel(raw.kernel, raw.source)
+        except KGEngineError as exc:
+            if failed is None:
+                raise
+            failed[p] = str(exc)
+            continue
+        out += raws
+    return out
 
 
 def _read_pool(path: Path, scale: int) -> list[RawKernel]:

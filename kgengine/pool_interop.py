@@ -12,8 +12,9 @@ checked (:func:`~kgengine.kernel.check_kernel`), negatives clipped, renormalised
 (unless within :data:`SUM_TOL`: imports are exact and idempotent), zero-padded to one odd
 common size (grown if a shift would push mass off it) and re-centred to the convention
 (centre of mass on the middle pixel, :func:`~kgengine.kernel.center_kernel`) unless within
-:data:`CENTRE_TOL` px. A bad or missing file is a :class:`~kgengine.errors.KGEngineError`
-naming it.
+:data:`CENTRE_TOL` px. A bad or missing file named as a source is a
+:class:`~kgengine.errors.KGEngineError` naming it; a bad file inside a source folder is left
+out and listed in :attr:`ImportResult.failed` with its one-line error.
 
 :func:`export_pool` writes ``npy`` (folder of ``<id>.npy``, float32 (K,K)), ``mat-folder``
 (``<id>_kernel_x{s}.mat``, ``Kernel`` float64) or ``kair-mat`` (one ``.mat``: ``kernels``
@@ -68,6 +69,9 @@ class ImportResult:
     #: ``.npy`` of the same name was read) or ``"x<s>"`` (a ``*_kernel_x<s>`` file of
     #: another scale ``s``).
     skipped: dict[Path, str] = field(default_factory=dict)
+    #: Files of the source folders that could not be used (unreadable, cut short, a kernel
+    #: not finite or summing to 0), each with its one-line error; the others were imported.
+    failed: dict[Path, str] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line: size, how many kernels were re-centred and clipped, files skipped."""
@@ -94,15 +98,21 @@ def import_kernels(sources: Sequence[str | os.PathLike], scale: int = 2) -> Impo
             kgengine pool or KAIR file recording another scale is refused.
     Returns:
         :class:`ImportResult`: (N, K, K) float32 kernels, K odd, each summing to 1 with its
-        centre of mass at (K//2, K//2). Raises :class:`KGEngineError` naming a bad source.
+        centre of mass at (K//2, K//2); the bad files found in source folders in ``failed``.
+        Raises :class:`KGEngineError` naming a bad source, or when no kernel is left.
     """
     scale = check_scale(scale, "import")
     if isinstance(sources, str | bytes | os.PathLike):
         raise TypeError("sources: expected a list of files and folders, got one path")
     skipped: dict[Path, str] = {}
-    raws = [raw for src in sources for raw in read_source(Path(src), scale, skipped)]
+    failed: dict[Path, str] = {}
+    raws = [raw for src in sources for raw in read_source(Path(src), scale, skipped, failed)]
+    if not raws and failed:
+        first = next(iter(failed.values()))
+        raise KGEngineError(f"no kernel to import: all {len(failed)} kernel files of the "
+                            f"sources failed (the first: {first})")
     result = conform_kernels(raws, scale)
-    result.skipped = skipped
+    result.skipped, result.failed = skipped, failed
     return result
 
 

@@ -333,13 +333,45 @@ def test_export_into_a_folder_of_other_kernels_is_refused(tmp_path, pool_file) -
 
 
 # ---------------------------------------------------------------------------- bad inputs
-def test_corrupt_or_missing_mat_is_one_line_naming_the_file(tmp_path) -> None:
+def test_bad_files_in_a_folder_are_left_out_and_named(tmp_path) -> None:
+    """One cut-short or NaN kernel file among a folder's results: an error line each, the
+    others imported (exit code 1); a folder with no usable file: one line, no pool."""
     folder = tmp_path / "res"
-    folder.mkdir()
-    savemat(folder / "a_kernel_x2.mat", {"Kernel": anisotropic_gaussian(13, 2, 2, 0)})
+    (folder / "sub").mkdir(parents=True)
+    good = anisotropic_gaussian(13, 2, 2, 0)
+    savemat(folder / "a_kernel_x2.mat", {"Kernel": good})
     (folder / "b_kernel_x2.mat").write_bytes(b"MATLAB 5.0 MAT-file, but cut short")
+    np.save(folder / "sub" / "c_kernel_x2.npy", np.full((5, 5), np.nan))
+    np.save(folder / "d.npy", np.zeros((3, 3)))
     out = tmp_path / "p.npz"
-    _fails_with(_cli("import", str(folder), "-o", str(out)), str(folder / "b_kernel_x2.mat"))
+    res = CliRunner().invoke(app, ["pool", "import", str(folder), "-o", str(out)])
+    assert res.exit_code == 1, res.output
+    errors = sorted(x for x in res.output.splitlines() if x.startswith("error: "))
+    assert len(errors) == 3 and errors[0].startswith(  # the exception's name is SciPy's
+        f"error: {folder / 'b_kernel_x2.mat'}: cannot read .mat file ("), res.output
+    assert errors[1:] == [
+        f"error: {folder / 'd.npy'}: kernel sum is 0, must be > 0",
+        f"error: {folder / 'sub' / 'c_kernel_x2.npy'}: kernel contains NaN or inf values",
+    ], res.output
+    assert "3 kernel file(s) failed and were left out" in res.output
+    pool = load_pool(out)
+    assert pool.ids == ["a"]
+    np.testing.assert_allclose(pool.kernels[0], good / good.sum(), atol=1e-7)
+    result = import_kernels([folder])
+    assert sorted(result.failed) == [folder / "b_kernel_x2.mat", folder / "d.npy",
+                                     folder / "sub" / "c_kernel_x2.npy"]
+    (folder / "a_kernel_x2.mat").unlink()
+    out.unlink()
+    _fails_with(_cli("import", str(folder), "-o", str(out)),
+                "no kernel to import: all 3 kernel files of the sources failed (the first: ")
+    assert not out.exists()
+
+
+def test_corrupt_or_missing_mat_is_one_line_naming_the_file(tmp_path) -> None:
+    (tmp_path / "b_kernel_x2.mat").write_bytes(b"MATLAB 5.0 MAT-file, but cut short")
+    out = tmp_path / "p.npz"
+    _fails_with(_cli("import", str(tmp_path / "b_kernel_x2.mat"), "-o", str(out)),
+                str(tmp_path / "b_kernel_x2.mat"))
     missing = tmp_path / "gone_kernel_x2.mat"
     _fails_with(_cli("import", str(missing), "-o", str(out)), str(missing), "no such file")
     savemat(tmp_path / "nan.mat", {"Kernel": np.full((5, 5), np.nan)})

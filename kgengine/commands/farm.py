@@ -270,7 +270,9 @@ def import_command(
 
     Each kernel is checked, its negatives clipped, renormalised to sum 1 and re-centred to
     kgengine's convention (centre of mass on the middle pixel), so that `degrade` uses it
-    as intended; each row records its source file (and its index in a set or pool).
+    as intended; each row records its source file (and its index in a set or pool). A bad
+    file inside a source folder gets an error line and is left out (exit code 1, the pool
+    written with the others); a bad file named as a source stops the import.
     """
     from kgengine.pool import save_pool
     from kgengine.pool_interop import import_kernels
@@ -281,8 +283,13 @@ def import_command(
         raise KGEngineError(f"{out}: the pool file must end in .npz")
     check_out_file(out)
     result = import_kernels(sources, scale)
+    for message in result.failed.values():
+        typer.echo(f"error: {one_line(message)}", err=True)
     path = save_pool(out, result.pool)
     typer.echo(f"wrote {path}: {result.summary()}")
+    if result.failed:
+        typer.echo(f"{len(result.failed)} kernel file(s) failed and were left out", err=True)
+        raise typer.Exit(1)
 
 
 @pool_app.command("export")
