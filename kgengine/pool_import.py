@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from kgengine.errors import KGEngineError
+from kgengine.imageio import BROKEN_LINK, listed_file
 from kgengine.kernel import check_kernel
 from kgengine.pool import POOL_FILE, load_pool
 
@@ -89,9 +90,9 @@ def _read_folder(path: Path, scale: int, skipped: dict[Path, str],
     less (into ``skipped``) those of another scale and a ``.mat`` with a ``.npy`` twin, and
     less (into ``failed``, unless None) those that cannot be read or hold a bad kernel."""
     entries = sorted(path.iterdir())
-    files = [p for p in entries if p.is_file() and p.suffix.lower() in (".npy", ".mat")]
+    files = [p for p in entries if listed_file(p) and p.suffix.lower() in (".npy", ".mat")]
     for sub in (p for p in entries if p.is_dir()):
-        files += sorted(p for p in sub.iterdir() if p.is_file() and _RESULT.match(p.name))
+        files += sorted(p for p in sub.iterdir() if listed_file(p) and _RESULT.match(p.name))
     npy = {p.with_suffix("") for p in files if p.suffix.lower() == ".npy"}
     taken = []
     for p in files:
@@ -109,6 +110,8 @@ def _read_folder(path: Path, scale: int, skipped: dict[Path, str],
     out = []
     for p in taken:
         try:
+            if not p.is_file():
+                raise KGEngineError(f"{p}: {BROKEN_LINK}")
             raws = _read_file(p, scale)
             for raw in raws:
                 check_kernel(raw.kernel, raw.source)

@@ -334,8 +334,9 @@ def test_export_into_a_folder_of_other_kernels_is_refused(tmp_path, pool_file) -
 
 # ---------------------------------------------------------------------------- bad inputs
 def test_bad_files_in_a_folder_are_left_out_and_named(tmp_path) -> None:
-    """One cut-short or NaN kernel file among a folder's results: an error line each, the
-    others imported (exit code 1); a folder with no usable file: one line, no pool."""
+    """Cut-short, NaN, all-zero and broken-link kernel files among a folder's results: an
+    error line each, the others imported (exit code 1); a folder with no usable file: one
+    line, no pool."""
     folder = tmp_path / "res"
     (folder / "sub").mkdir(parents=True)
     good = anisotropic_gaussian(13, 2, 2, 0)
@@ -343,27 +344,29 @@ def test_bad_files_in_a_folder_are_left_out_and_named(tmp_path) -> None:
     (folder / "b_kernel_x2.mat").write_bytes(b"MATLAB 5.0 MAT-file, but cut short")
     np.save(folder / "sub" / "c_kernel_x2.npy", np.full((5, 5), np.nan))
     np.save(folder / "d.npy", np.zeros((3, 3)))
+    (folder / "e_kernel_x2.npy").symlink_to(folder / "gone.npy")
     out = tmp_path / "p.npz"
     res = CliRunner().invoke(app, ["pool", "import", str(folder), "-o", str(out)])
     assert res.exit_code == 1, res.output
     errors = sorted(x for x in res.output.splitlines() if x.startswith("error: "))
-    assert len(errors) == 3 and errors[0].startswith(  # the exception's name is SciPy's
+    assert len(errors) == 4 and errors[0].startswith(  # the exception's name is SciPy's
         f"error: {folder / 'b_kernel_x2.mat'}: cannot read .mat file ("), res.output
     assert errors[1:] == [
         f"error: {folder / 'd.npy'}: kernel sum is 0, must be > 0",
+        f"error: {folder / 'e_kernel_x2.npy'}: a symbolic link to nothing (broken, or a loop)",
         f"error: {folder / 'sub' / 'c_kernel_x2.npy'}: kernel contains NaN or inf values",
     ], res.output
-    assert "3 kernel file(s) failed and were left out" in res.output
+    assert "4 kernel file(s) failed and were left out" in res.output
     pool = load_pool(out)
     assert pool.ids == ["a"]
     np.testing.assert_allclose(pool.kernels[0], good / good.sum(), atol=1e-7)
     result = import_kernels([folder])
     assert sorted(result.failed) == [folder / "b_kernel_x2.mat", folder / "d.npy",
-                                     folder / "sub" / "c_kernel_x2.npy"]
+                                     folder / "e_kernel_x2.npy", folder / "sub" / "c_kernel_x2.npy"]
     (folder / "a_kernel_x2.mat").unlink()
     out.unlink()
     _fails_with(_cli("import", str(folder), "-o", str(out)),
-                "no kernel to import: all 3 kernel files of the sources failed (the first: ")
+                "no kernel to import: all 4 kernel files of the sources failed (the first: ")
     assert not out.exists()
 
 
