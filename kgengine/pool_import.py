@@ -93,7 +93,7 @@ def _read_folder(path: Path, scale: int, skipped: dict[Path, str],
     files = [p for p in entries if listed_file(p) and p.suffix.lower() in (".npy", ".mat")]
     for sub in (p for p in entries if p.is_dir()):
         files += sorted(p for p in sub.iterdir() if listed_file(p) and _RESULT.match(p.name))
-    npy = {p.with_suffix("") for p in files if p.suffix.lower() == ".npy"}
+    npy = {p.with_suffix("") for p in files if p.suffix.lower() == ".npy" and p.is_file()}
     taken = []
     for p in files:
         if (m := _RESULT.match(p.name)) and int(m["scale"]) != scale:
