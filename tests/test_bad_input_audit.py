@@ -2,7 +2,9 @@
 naming it (estimate, farm; a traceback before), a kernel too large for the ONNX degrader is
 refused naming its file before ``degrade`` starts, a NaN or infinite ``--ray-cpus`` is
 refused, the API's ``rule`` is checked before any training, and a newline in a file name
-no longer splits a farm's ``failed:`` or degrade's ``error:`` line."""
+no longer splits a farm's ``failed:`` or degrade's ``error:`` line. 0.9.24: a symbolic link
+to nothing inside a folder is one failed file naming the link (estimate, farm, degrade, the
+noise bank), not dropped from the listing nor named by its missing target."""
 
 from __future__ import annotations
 
