@@ -125,11 +125,15 @@ def stored_settings(report: dict[str, Any]) -> dict[str, Any]:
             "stop": report.get("stop", "full")}
 
 
-def stored_differences(outdir: str | Path, name: str, wanted: dict[str, Any]) -> list[str] | None:
+def stored_differences(outdir: str | Path, name: str, wanted: dict[str, Any],
+                       source: str | None = None) -> list[str] | None:
     """Whether ``name``'s outputs in ``outdir`` can be kept by a rerun asking ``wanted``.
 
     Args:
         wanted: :func:`requested_settings` of the rerun.
+        source: the SHA-256 (hex) of the image asked now. A report that names another
+            (``image_sha256``, written since 0.9.25) was made from another file of the same
+            name: that is a difference. None, or a report without it: not compared.
     Returns:
         None when there are no usable outputs (no report, an unreadable one, or a missing
         kernel file): the image is to be done; ``[]`` when they exist and were made with the
@@ -148,6 +152,9 @@ def stored_differences(outdir: str | Path, name: str, wanted: dict[str, Any]) ->
         have["x4"] = False
     diff = [f"{k} (stored {have[k]}, asked {wanted[k]})" for k in wanted
             if k != "config" and have[k] != wanted[k] and not (k == "x4" and have[k])]
+    made_from = report.get("image_sha256")
+    if source is not None and isinstance(made_from, str) and made_from != source:
+        diff.insert(0, f"image (stored sha256 {made_from[:12]}, asked {source[:12]})")
     old = have["config"] if isinstance(have["config"], dict) else {}
     if "restart_n_filtering" not in old and "n_filtering" in old:  # before 0.9.3
         old = {**old, "restart_n_filtering": old["n_filtering"]}

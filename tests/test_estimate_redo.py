@@ -28,17 +28,17 @@ def estimate(out: Path, *extra: str):
                                "--device", "cpu", "--threads", "1", *extra])
 
 
-def own_files(out: Path) -> set[str]:
-    """The names of kgengine's outputs of the sample in ``out`` that are there."""
-    return {p.name for p in output_paths(out, "sample_lr").values() if p.exists()}
+def own_files(out: Path, name: str = "sample_lr") -> set[str]:
+    """The names of kgengine's outputs of image ``name`` in ``out`` that are there."""
+    return {p.name for p in output_paths(out, name).values() if p.exists()}
 
 
-def check_consistent(out: Path) -> dict:
+def check_consistent(out: Path, name: str = "sample_lr") -> dict:
     """The report lists exactly the image's other files (all there) and describes the saved
     kernel; returns it."""
-    report = json.loads((out / "sample_lr_report.json").read_text())
-    assert own_files(out) == {*report["files"].values(), "sample_lr_report.json"}
-    k2 = np.load(out / "sample_lr_kernel_x2.npy")
+    report = json.loads((out / f"{name}_report.json").read_text())
+    assert own_files(out, name) == {*report["files"].values(), f"{name}_report.json"}
+    k2 = np.load(out / f"{name}_kernel_x2.npy")
     assert report["kernel_x2"]["size"] == list(k2.shape)
     assert report["kernel_x2"]["sum"] == pytest.approx(float(k2.sum()))
     assert not list(out.glob(".*.tmp"))
@@ -138,3 +138,73 @@ def test_a_first_write_removes_nothing_of_other_images(tmp_path):
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.name in before} == before
     assert {p.name for p in out.iterdir()} - set(before) == {
         p.name for p in output_paths(out, "other").values() if "x4" not in p.name}
+
+
+# ---------------------------------------------------------------- other files, same name
+def _two_photos_named_im(tmp_path: Path) -> tuple[Path, Path]:
+    """``a/im.png`` (the sample) and ``b/im.png`` (the sample upside down): one name, two
+    images."""
+    from PIL import Image
+
+    a, b = tmp_path / "a" / "im.png", tmp_path / "b" / "im.png"
+    a.parent.mkdir()
+    b.parent.mkdir()
+    a.write_bytes(SAMPLE.read_bytes())
+    Image.fromarray(np.asarray(Image.open(SAMPLE))[::-1].copy()).save(b)
+    return a, b
+
+
+def run(out: Path, *inputs: Path):
+    return runner.invoke(app, ["estimate", *map(str, inputs), "-o", str(out), "--iters", "30",
+                               "--device", "cpu", "--threads", "1"])
+
+
+def test_another_file_of_the_same_name_is_redone_not_skipped(tmp_path):
+    """Before 0.9.25 ``b/im.png`` was skipped as done: ``out`` kept ``a/im.png``'s kernel."""
+    from kgengine.farm.seeds import content_hash
+
+    a, b = _two_photos_named_im(tmp_path)
+    alone = tmp_path / "alone"
+    assert run(alone, b).exit_code == 0
+    out = tmp_path / "out"
+    assert run(out, a).exit_code == 0
+    k_a = (out / "im_kernel_x2.npy").read_bytes()
+    res = run(out, b)
+    assert res.exit_code == 0, res.output
+    sha_a, sha_b = content_hash(a), content_hash(b)
+    assert (f"{b}: redone, its outputs were made from another file of its name: image (stored "
+            f"sha256 {sha_a[:12]}, asked {sha_b[:12]})") in res.output
+    assert (out / "im_kernel_x2.npy").read_bytes() == (alone / "im_kernel_x2.npy").read_bytes()
+    assert (out / "im_kernel_x2.npy").read_bytes() != k_a
+    report = check_consistent(out, "im")
+    assert report["image"] == str(b) and report["image_sha256"] == sha_b
+    assert f"skip {b} (done)" in run(out, b).output
+    # a report written before 0.9.25 has no hash: kept, as then
+    del report["image_sha256"]
+    (out / "im_report.json").write_text(json.dumps(report))
+    assert f"skip {a} (done)" in run(out, a).output
+
+
+def test_inputs_sharing_a_name_get_their_content_hash_in_it(tmp_path):
+    """Two inputs named ``im`` were refused before any work (0.9.24); now each gets
+    ``im-<8 hex of its SHA-256>`` (the farm's rule), with the kernel it trains alone."""
+    from kgengine.farm.seeds import content_hash
+
+    a, b = _two_photos_named_im(tmp_path)
+    names = {p: f"im-{content_hash(p)[:8]}" for p in (a, b)}
+    alone = {}
+    for p in (a, b):
+        assert run(tmp_path / f"alone_{p.parent.name}", p).exit_code == 0
+        alone[p] = (tmp_path / f"alone_{p.parent.name}" / "im_kernel_x2.npy").read_bytes()
+    out = tmp_path / "out"
+    res = run(out, a.parent, b.parent)
+    assert res.exit_code == 0, res.output
+    for p in (a, b):
+        assert (f"{p}: another input has the name 'im'; its outputs are named "
+                f"'{names[p]}'") in res.output
+        assert (out / f"{names[p]}_kernel_x2.npy").read_bytes() == alone[p]  # a batch of 2
+        report = json.loads((out / f"{names[p]}_report.json").read_text())
+        assert report["image"] == str(p) and report["batch_size"] == 2
+    assert not (out / "im_report.json").exists()
+    res = run(out, a.parent, b.parent)
+    assert res.exit_code == 0 and res.output.count("(done)") == 2, res.output

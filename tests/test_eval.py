@@ -229,6 +229,47 @@ def test_eval_resumes_and_refuses_other_settings(dataset, tmp_path):
                  estimator=per_image(FakeEstimator()))
 
 
+def test_eval_refuses_runs_of_another_image_of_the_same_name(dataset, tmp_path):
+    """Before 0.9.25 a run was known by its name only: another dataset evaluated into the same
+    OUTDIR resumed the first dataset's kernels and scored them against its own truth."""
+    from kgengine.farm.seeds import content_hash
+
+    out = tmp_path / "out"
+    settings = EvalSettings(scale=2, seeds=(0,), iters=7)
+    run_eval(dataset, out, settings, estimator=per_image(FakeEstimator()))
+    run = json.loads((out / "runs" / "im_2_seed0.json").read_text())
+    assert run["lr_sha256"] == content_hash(dataset / "lr_x2" / "im_2.png")
+    other = tmp_path / "other"
+    shutil.copytree(dataset, other)
+    lr = other / "lr_x2" / "im_2.png"
+    old = content_hash(lr)
+    from PIL import Image
+
+    Image.fromarray(np.asarray(Image.open(lr))[::-1].copy()).save(lr)
+    before = {f.name: f.read_bytes() for f in (out / "runs").iterdir()}
+    with pytest.raises(ResumeMismatchError, match=(
+            rf"im_2_seed0.json: made from another image than {lr} \(sha256 {old[:12]}, now "
+            rf"{content_hash(lr)[:12]}: another dataset's output folder, or the image "
+            r"changed\); use another output folder")):
+        run_eval(other, out, settings, estimator=per_image(FakeEstimator()))
+    assert {f.name: f.read_bytes() for f in (out / "runs").iterdir()} == before
+    res = runner_eval(other, tmp_path / "fresh")
+    assert res == 2  # a fresh folder estimates both images
+    # a run stored before 0.9.25 has no hash: resumed, as then
+    del run["lr_sha256"]
+    (out / "runs" / "im_2_seed0.json").write_text(json.dumps(run))
+    again = FakeEstimator()
+    run_eval(dataset, out, settings, estimator=per_image(again))
+    assert again.calls == []
+
+
+def runner_eval(dataset: Path, out: Path) -> int:
+    """How many runs a fresh evaluation of ``dataset`` into ``out`` estimates."""
+    fake = FakeEstimator()
+    run_eval(dataset, out, EvalSettings(scale=2, seeds=(0,), iters=7), estimator=per_image(fake))
+    return len(fake.calls)
+
+
 def test_authors_and_fixed_variants_are_passed_and_labelled(dataset, tmp_path):
     fake = FakeEstimator()
     res = run_eval(dataset, tmp_path / "o", EvalSettings(seeds=(0,), iters=5, ids=(1,),

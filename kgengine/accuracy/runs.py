@@ -5,7 +5,10 @@ without restarts) and the estimator's report of one run, written atomically, so 
 interrupted job resumes where it stopped. Every file also records the store's *identity*
 (scale, method, iterations, restarts, stop rule, kernel clean-up): one ``OUTDIR`` holds one
 configuration, and a run made with another one is refused rather than mixed in. A run
-stored before an identity key existed has that key's :data:`LEGACY_IDENTITY` value.
+stored before an identity key existed has that key's :data:`LEGACY_IDENTITY` value. Since
+0.9.25 a run also records the SHA-256 of the LR image it was made from (``lr_sha256``): a
+run of another image of the same name (another dataset's ``OUTDIR``, or a changed one) is
+refused too, rather than scored against this dataset's true kernel.
 """
 
 from __future__ import annotations
@@ -78,6 +81,12 @@ class RunStore:
                 f"{path}: made with {got}, not {self.identity}; "
                 "use another output folder for this setting"
             )
+        made_from, now = run.get("lr_sha256"), _sha256(image.lr_path)
+        if isinstance(made_from, str) and now is not None and made_from != now:
+            raise ResumeMismatchError(
+                f"{path}: made from another image than {image.lr_path} (sha256 "
+                f"{made_from[:12]}, now {now[:12]}: another dataset's output folder, or the "
+                "image changed); use another output folder")
         run["kernel"] = kernel
         return run
 
@@ -105,6 +114,7 @@ class RunStore:
         run = {
             "image": image.name,
             "index": image.index,
+            "lr_sha256": _sha256(image.lr_path),
             "seed": seed,
             **self.identity,
             "wall_s": wall_s,
@@ -116,3 +126,14 @@ class RunStore:
         save_json(self.path(image, seed), run)
         run["kernel"] = kernel
         return run
+
+
+def _sha256(path: Path) -> str | None:
+    """The SHA-256 (hex) of a file's bytes; None where it cannot be read (its estimation
+    fails, naming it)."""
+    from kgengine.farm.seeds import content_hash
+
+    try:
+        return content_hash(path)
+    except OSError:
+        return None

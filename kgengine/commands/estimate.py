@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import typer
 
@@ -159,12 +159,8 @@ def _estimate(
         raise KGEngineError(str(exc)) from None
     resolve_device(device)
     batch = auto_batch(batch, device, restarts)
-    stems = [p.stem for p in images]
-    dupes = sorted({s for s in stems if stems.count(s) > 1})
-    if dupes:
-        raise KGEngineError(f"several inputs share the name {shown(dupes[0])!r}: outputs "
-                            "would collide")
     check_out_dir(out)
+    sources = _sources(images)
     wanted = requested_settings(seed=seed, iters=cfg.run_iters(restarts), config=cfg.to_dict(),
                                 x4=x4, restarts=restarts, mode=mode,
                                 stop=stop_setting(stop_rule_of(stop)))
@@ -172,15 +168,15 @@ def _estimate(
     with progress_hooks("images") as hooks:
         hooks.total(len(images))
         # smallest first: a batch holds its images padded to the largest one
-        todo = sorted((p for p in images if not _done(p, out, wanted, force, hooks)),
-                      key=_pixels)
+        todo = sorted((p for p in images if not _done(p, sources[p], out, wanted, force,
+                                                      hooks)), key=_pixels)
         if todo:
             note_cold_cache(hooks.log)
         for start in range(0, len(todo), batch):
-            for path, state in _train(todo[start : start + batch], out, cfg, wanted, device,
-                                      hooks):
+            for path, state in _train(todo[start : start + batch], sources, out, cfg, wanted,
+                                      device, hooks):
                 failed += state == "failed"
-                hooks.item_finished(path.stem, state, "")
+                hooks.item_finished(sources[path].name, state, "")
     return failed
 
 
@@ -195,24 +191,55 @@ def _pixels(path: Path) -> int:
     return w * h
 
 
-def _done(path: Path, out: Path, wanted: dict[str, Any], force: bool, hooks: JobHooks) -> bool:
-    """Whether ``path``'s outputs in ``out`` were made with the same settings (then it is
-    skipped, and counted); says why it is redone where they were made with others."""
+class Source(NamedTuple):
+    """An input's output name and the SHA-256 (hex) of its bytes (None: unreadable)."""
+
+    name: str
+    sha256: str | None
+
+
+def _sources(images: list[Path]) -> dict[Path, Source]:
+    """Each image's :class:`Source`. The name is the file's stem, or, where several inputs
+    share a stem, ``<stem>-<8 hex digits of its content hash>`` (the farm's rule,
+    :func:`kgengine.farm.inputs.unique_names`), said on one line per such image."""
+    from kgengine.farm.inputs import unique_names
+    from kgengine.farm.seeds import content_hash
+
+    digests: list[str | None] = []
+    for p in images:
+        try:
+            digests.append(content_hash(p))
+        except OSError:  # fails, naming itself, when read
+            digests.append(None)
+    out = {p: Source(n, h) for p, n, h in zip(images, unique_names(images, digests, set()),
+                                               digests, strict=True)}
+    for p, src in out.items():
+        if src.name != p.stem:
+            typer.echo(f"{shown(p)}: another input has the name {shown(p.stem)!r}; its "
+                       f"outputs are named {shown(src.name)!r}", err=True)
+    return out
+
+
+def _done(path: Path, src: Source, out: Path, wanted: dict[str, Any], force: bool,
+          hooks: JobHooks) -> bool:
+    """Whether ``path``'s outputs in ``out`` were made from this image with the same settings
+    (then it is skipped, and counted); says why it is redone where they were not."""
     from kgengine.outputs import stored_differences
 
-    diff = None if force else stored_differences(out, path.stem, wanted)
+    diff = None if force else stored_differences(out, src.name, wanted, src.sha256)
     if diff == []:
         hooks.log(f"skip {shown(path)} (done)")
-        hooks.item_finished(path.stem, "skipped", "")
+        hooks.item_finished(src.name, "skipped", "")
         return True
     if diff:
-        hooks.log(f"{shown(path)}: redone, its outputs were made with other settings: "
-                  f"{brief_list(diff, 5)}")
+        what = "from another file of its name" if diff[0].startswith("image ") else (
+            "with other settings")
+        hooks.log(f"{shown(path)}: redone, its outputs were made {what}: {brief_list(diff, 5)}")
     return False
 
 
-def _train(paths: list[Path], out: Path, cfg: KernelGANConfig, wanted: dict[str, Any],
-           device: str, hooks: JobHooks) -> list[tuple[Path, str]]:
+def _train(paths: list[Path], sources: dict[Path, Source], out: Path, cfg: KernelGANConfig,
+           wanted: dict[str, Any], device: str, hooks: JobHooks) -> list[tuple[Path, str]]:
     """Read, train (one batch) and write ``paths``: each path's state, done or failed."""
     from kgengine.api import estimate_kernels
     from kgengine.errors import BadImageError
@@ -237,12 +264,14 @@ def _train(paths: list[Path], out: Path, cfg: KernelGANConfig, wanted: dict[str,
     except BadImageError as exc:  # refused when prepared: each image alone says which
         if len(ok) == 1:
             return [*states, (ok[0], _failed(exc))]
-        return states + [s for p in ok for s in _train([p], out, cfg, wanted, device, hooks)]
-    return states + [(p, _write(p, r, out, wanted["iters"], len(ok), hooks))
+        return states + [s for p in ok
+                         for s in _train([p], sources, out, cfg, wanted, device, hooks)]
+    return states + [(p, _write(p, sources[p], r, out, wanted["iters"], len(ok), hooks))
                      for p, r in zip(ok, results, strict=True)]
 
 
-def _write(path: Path, res: Any, out: Path, iters: int, n: int, hooks: JobHooks) -> str:
+def _write(path: Path, src: Source, res: Any, out: Path, iters: int, n: int,
+           hooks: JobHooks) -> str:
     """Write one image's outputs (``res`` an :class:`EstimateResult`, or the error of a
     diverged training) and say so: its state."""
     from kgengine.outputs import write_outputs
@@ -250,8 +279,9 @@ def _write(path: Path, res: Any, out: Path, iters: int, n: int, hooks: JobHooks)
     try:
         if isinstance(res, Exception):
             raise res
-        res.name = path.stem
+        res.name = src.name
         res.report["image"] = str(path)
+        res.report["image_sha256"] = src.sha256
         write_outputs(res, out)
     except KGEngineError as exc:
         return _failed(exc)
