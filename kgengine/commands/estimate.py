@@ -83,13 +83,14 @@ def estimate(
     """Estimate the x2 (and x4) kernel of each image and write .npy, .mat, PNG and a JSON report.
 
     A folder stands for the image files directly inside it (with -r, also in its
-    sub-folders; OUTDIR and kgengine pool folders left out), in name order. Images whose
-    outputs in OUTDIR were made with the same settings (seed, iters, config,
-    x4, restarts, mode) are skipped (resume); outputs made with other settings are redone
-    and replaced, with a line saying what differs. The others are trained BATCH at a time,
-    every image with the same seed, and each image's files are written when its batch ends.
-    A bad image or a file that cannot be written is reported on one line and skipped; the
-    exit code is 1 if any image failed, after all the others are done.
+    sub-folders; OUTDIR and kgengine pool folders left out), in name order. Outputs are
+    named by the image's stem (``<stem>-<8 hex digits of its SHA-256>`` where two inputs
+    share one). Images whose outputs in OUTDIR were made from the same file (its SHA-256)
+    with the same settings (seed, iters, config, x4, restarts, mode) are skipped (resume);
+    others are redone and replaced, with a line saying what differs. The rest are trained
+    BATCH at a time, every image with the same seed, and each image's files are written
+    when its batch ends. A bad image or a file that cannot be written is reported on one
+    line and skipped; the exit code is 1 if any image failed, after all the others are done.
     """
     for option, value, low in (("--iters", iters, 1), ("--restarts", restarts, 1),
                                ("--threads", threads, 0), ("--batch", batch, 0)):
