@@ -253,7 +253,7 @@ def test_eval_refuses_runs_of_another_image_of_the_same_name(dataset, tmp_path):
             r"changed\); use another output folder")):
         run_eval(other, out, settings, estimator=per_image(FakeEstimator()))
     assert {f.name: f.read_bytes() for f in (out / "runs").iterdir()} == before
-    res = runner_eval(other, tmp_path / "fresh")
+    res = fresh_eval_calls(other, tmp_path / "fresh")
     assert res == 2  # a fresh folder estimates both images
     # a run stored before 0.9.25 has no hash: resumed, as then
     del run["lr_sha256"]
@@ -263,7 +263,7 @@ def test_eval_refuses_runs_of_another_image_of_the_same_name(dataset, tmp_path):
     assert again.calls == []
 
 
-def runner_eval(dataset: Path, out: Path) -> int:
+def fresh_eval_calls(dataset: Path, out: Path) -> int:
     """How many runs a fresh evaluation of ``dataset`` into ``out`` estimates."""
     fake = FakeEstimator()
     run_eval(dataset, out, EvalSettings(scale=2, seeds=(0,), iters=7), estimator=per_image(fake))

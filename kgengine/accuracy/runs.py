@@ -23,6 +23,7 @@ import numpy as np
 from kgengine.accuracy.dataset import EvalImage
 from kgengine.atomic import save_json
 from kgengine.errors import KGEngineError
+from kgengine.farm.seeds import content_hash_or_none
 from kgengine.kernel import check_kernel
 
 #: Identity keys added after runs were first stored, with the value older runs were made with.
@@ -81,7 +82,7 @@ class RunStore:
                 f"{path}: made with {got}, not {self.identity}; "
                 "use another output folder for this setting"
             )
-        made_from, now = run.get("lr_sha256"), _sha256(image.lr_path)
+        made_from, now = run.get("lr_sha256"), content_hash_or_none(image.lr_path)
         if isinstance(made_from, str) and now is not None and made_from != now:
             raise ResumeMismatchError(
                 f"{path}: made from another image than {image.lr_path} (sha256 "
@@ -114,7 +115,7 @@ class RunStore:
         run = {
             "image": image.name,
             "index": image.index,
-            "lr_sha256": _sha256(image.lr_path),
+            "lr_sha256": content_hash_or_none(image.lr_path),
             "seed": seed,
             **self.identity,
             "wall_s": wall_s,
@@ -126,14 +127,3 @@ class RunStore:
         save_json(self.path(image, seed), run)
         run["kernel"] = kernel
         return run
-
-
-def _sha256(path: Path) -> str | None:
-    """The SHA-256 (hex) of a file's bytes; None where it cannot be read (its estimation
-    fails, naming it)."""
-    from kgengine.farm.seeds import content_hash
-
-    try:
-        return content_hash(path)
-    except OSError:
-        return None

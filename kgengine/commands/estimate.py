@@ -204,14 +204,9 @@ def _sources(images: list[Path]) -> dict[Path, Source]:
     share a stem, ``<stem>-<8 hex digits of its content hash>`` (the farm's rule,
     :func:`kgengine.farm.inputs.unique_names`), said on one line per such image."""
     from kgengine.farm.inputs import unique_names
-    from kgengine.farm.seeds import content_hash
+    from kgengine.farm.seeds import content_hash_or_none
 
-    digests: list[str | None] = []
-    for p in images:
-        try:
-            digests.append(content_hash(p))
-        except OSError:  # fails, naming itself, when read
-            digests.append(None)
+    digests = [content_hash_or_none(p) for p in images]
     out = {p: Source(n, h) for p, n, h in zip(images, unique_names(images, digests, set()),
                                                digests, strict=True)}
     for p, src in out.items():

@@ -33,6 +33,15 @@ def content_hash(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def content_hash_or_none(path: str | os.PathLike) -> str | None:
+    """:func:`content_hash`, or None where the file cannot be read (whoever reads it next
+    fails, naming it)."""
+    try:
+        return content_hash(path)
+    except OSError:
+        return None
+
+
 def derive_seed(job_seed: int, identity: str, attempt: int = 0) -> int:
     """The training seed of one image: ``sha256(job_seed, identity, attempt)`` -> [0, 2**63).
 
