@@ -125,6 +125,17 @@ def stored_settings(report: dict[str, Any]) -> dict[str, Any]:
             "stop": report.get("stop", "full")}
 
 
+def stored_image_hash(outdir: str | Path, name: str) -> str | None:
+    """The ``image_sha256`` that ``name``'s report in ``outdir`` records (written since
+    0.9.25), or None: no report, an unreadable one, or one without it."""
+    try:
+        report = json.loads(output_paths(outdir, name)["report"].read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    made_from = report.get("image_sha256") if isinstance(report, dict) else None
+    return made_from if isinstance(made_from, str) else None
+
+
 def stored_differences(outdir: str | Path, name: str, wanted: dict[str, Any],
                        source: str | None = None) -> list[str] | None:
     """Whether ``name``'s outputs in ``outdir`` can be kept by a rerun asking ``wanted``.

@@ -208,3 +208,37 @@ def test_inputs_sharing_a_name_get_their_content_hash_in_it(tmp_path):
     assert not (out / "im_report.json").exists()
     res = run(out, a.parent, b.parent)
     assert res.exit_code == 0 and res.output.count("(done)") == 2, res.output
+
+
+def test_a_photo_of_the_same_name_added_later_renames_nothing_done(tmp_path):
+    """Before 0.9.26 adding ``b/im.png`` to a job that had done ``a/im.png`` renamed both to
+    ``im-<hash>`` and trained ``a`` again; now an input whose outputs are in ``-o`` (the
+    report's ``image_sha256``) keeps their name, under its stem or its hashed name."""
+    from kgengine.farm.seeds import content_hash
+
+    a, b = _two_photos_named_im(tmp_path)
+    name_b = f"im-{content_hash(b)[:8]}"
+    alone = tmp_path / "alone"
+    assert run(alone, b).exit_code == 0
+    out = tmp_path / "out"
+    assert run(out, a).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    res = run(out, a.parent, b.parent)
+    assert res.exit_code == 0, res.output
+    assert f"skip {a} (done)" in res.output
+    assert f"{a}: " not in res.output.replace(f"skip {a} (done)", "")
+    assert f"{b}: another input has the name 'im'; its outputs are named '{name_b}'" in res.output
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name in before} == before
+    assert (out / f"{name_b}_kernel_x2.npy").read_bytes() == (
+        alone / "im_kernel_x2.npy").read_bytes()
+    assert json.loads((out / f"{name_b}_report.json").read_text())["image_sha256"] == (
+        content_hash(b))
+    # b alone later: it keeps its hashed name and is done; a alone keeps 'im'
+    res = run(out, b)
+    assert res.exit_code == 0, res.output
+    assert (f"{b}: keeps the name of its earlier outputs in {out}; its outputs are named "
+            f"'{name_b}'") in res.output
+    assert f"skip {b} (done)" in res.output
+    assert run(out, a).output.count("(done)") == 1
+    assert {p.name for p in out.iterdir()} == {*before, *(p.name for p in output_paths(
+        out, name_b).values() if "x4" not in p.name)}

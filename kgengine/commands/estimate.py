@@ -85,7 +85,7 @@ def estimate(
     A folder stands for the image files directly inside it (with -r, also in its
     sub-folders; OUTDIR and kgengine pool folders left out), in name order. Outputs are
     named by the image's stem (``<stem>-<8 hex digits of its SHA-256>`` where two inputs
-    share one). Images whose outputs in OUTDIR were made from the same file (its SHA-256)
+    share one; a file whose outputs are already in OUTDIR keeps their name). Images whose outputs in OUTDIR were made from the same file (its SHA-256)
     with the same settings (seed, iters, config, x4, restarts, mode) are skipped (resume);
     others are redone and replaced, with a line saying what differs. The rest are trained
     BATCH at a time, every image with the same seed, and each image's files are written
@@ -161,7 +161,7 @@ def _estimate(
     resolve_device(device)
     batch = auto_batch(batch, device, restarts)
     check_out_dir(out)
-    sources = _sources(images)
+    sources = _sources(images, out)
     wanted = requested_settings(seed=seed, iters=cfg.run_iters(restarts), config=cfg.to_dict(),
                                 x4=x4, restarts=restarts, mode=mode,
                                 stop=stop_setting(stop_rule_of(stop)))
@@ -199,21 +199,44 @@ class Source(NamedTuple):
     sha256: str | None
 
 
-def _sources(images: list[Path]) -> dict[Path, Source]:
-    """Each image's :class:`Source`. The name is the file's stem, or, where several inputs
-    share a stem, ``<stem>-<8 hex digits of its content hash>`` (the farm's rule,
-    :func:`kgengine.farm.inputs.unique_names`), said on one line per such image."""
+def _sources(images: list[Path], out: Path) -> dict[Path, Source]:
+    """Each image's :class:`Source`. An input whose outputs are already in ``out`` under its
+    stem or ``<stem>-<8 hex digits of its content hash>`` (the report's ``image_sha256`` is
+    its hash) keeps that name, so adding a photo of the same name to a finished job renames
+    and redoes nothing. Any other input is named by the farm's rule
+    (:func:`kgengine.farm.inputs.unique_names`): its stem, or the hashed name where another
+    input (or a kept name) has the stem. A name other than the stem is said on one line."""
     from kgengine.farm.inputs import unique_names
     from kgengine.farm.seeds import content_hash_or_none
 
-    digests = [content_hash_or_none(p) for p in images]
-    out = {p: Source(n, h) for p, n, h in zip(images, unique_names(images, digests, set()),
-                                               digests, strict=True)}
-    for p, src in out.items():
-        if src.name != p.stem:
-            typer.echo(f"{shown(p)}: another input has the name {shown(p.stem)!r}; its "
-                       f"outputs are named {shown(src.name)!r}", err=True)
-    return out
+    digests = {p: content_hash_or_none(p) for p in images}
+    kept = _kept_names(images, digests, out)
+    rest = [p for p in images if p not in kept]
+    names = {**kept, **dict(zip(rest, unique_names(rest, [digests[p] for p in rest],
+                                                   set(kept.values())), strict=True))}
+    for p in images:
+        if names[p] == p.stem:
+            continue
+        why = (f"keeps the name of its earlier outputs in {shown(out)}" if p in kept else
+               f"another input has the name {shown(p.stem)!r}")
+        typer.echo(f"{shown(p)}: {why}; its outputs are named {shown(names[p])!r}", err=True)
+    return {p: Source(names[p], digests[p]) for p in images}
+
+
+def _kept_names(images: list[Path], digests: dict[Path, str | None],
+                out: Path) -> dict[Path, str]:
+    """The inputs whose outputs are in ``out`` under the stem or the hashed name, made from
+    this very file (the report's ``image_sha256``): input -> that name."""
+    from kgengine.outputs import stored_image_hash
+
+    kept: dict[Path, str] = {}
+    for p in images:
+        h = digests[p]
+        for name in ([p.stem, f"{p.stem}-{h[:8]}"] if h else []):
+            if name not in kept.values() and stored_image_hash(out, name) == h:
+                kept[p] = name
+                break
+    return kept
 
 
 def _done(path: Path, src: Source, out: Path, wanted: dict[str, Any], force: bool,
