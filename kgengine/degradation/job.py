@@ -21,9 +21,11 @@ from kgengine.degradation.folder import (
 from kgengine.degradation.manifest import (
     MANIFEST,
     check_settings,
+    hr_change,
     is_done,
     read_manifest,
     record_settings,
+    void_pair,
     write_manifest,
 )
 from kgengine.degradation.pipeline import Pipeline
@@ -208,6 +210,12 @@ def _run(plan: PairPlan, pipe: Pipeline | None, files: list[Path], out_dir: Path
     settings, make the others, rewrite the manifest sorted."""
     record = check_settings(out_dir, settings)
     entries = read_manifest(out_dir / MANIFEST)
+    for p in files:  # an HR file edited in place: its old pair goes before the redo
+        change = hr_change(entries[p.name], p) if p.name in entries else None
+        if change:
+            void_pair(out_dir, entries.pop(p.name))
+            hooks.log(f"{shown(p)}: redone, its HR file changed since its pair was made "
+                      f"({change})")
     there = {p for p in files if is_done(out_dir, entries.get(p.name))}
     todo = [p for p in files if p not in there]
     choice = open_session(plan, out_dir, provider, threads) if todo and pipe is None else None

@@ -106,7 +106,55 @@ def pair_entry(
         "noise_seed": plan.noise_seed(hr_path.name),
         "seed": plan.seed,
         "provider": provider,
+        **hr_identity(hr_path),
     }
+
+
+def hr_identity(path: Path) -> dict[str, Any]:
+    """What a pair records of its HR file to notice it edited in place: ``hr_bytes`` (size),
+    ``hr_mtime_ns`` and ``hr_sha256`` (of its bytes; since 0.9.26)."""
+    from kgengine.farm.seeds import content_hash
+
+    st = path.stat()
+    return {"hr_bytes": st.st_size, "hr_mtime_ns": st.st_mtime_ns,
+            "hr_sha256": content_hash(path)}
+
+
+def hr_change(entry: dict, path: Path) -> str | None:
+    """How ``path`` differs from the HR file ``entry``'s pair was made from, or None.
+
+    Same size and modification time: unchanged, nothing read. Otherwise the SHA-256 decides
+    (a file touched or copied with its bytes kept is unchanged). An entry written before
+    0.9.26 records none of this: unchanged.
+
+    Returns:
+        None, or e.g. ``"stored sha256 0123456789ab, now ba9876543210"`` (``now unreadable``
+        when the file cannot be read: it is redone, and fails naming it).
+    """
+    from kgengine.farm.seeds import content_hash_or_none
+
+    stored = entry.get("hr_sha256")
+    if not isinstance(stored, str):
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        st = None
+    if st is not None and (st.st_size, st.st_mtime_ns) == (entry.get("hr_bytes"),
+                                                           entry.get("hr_mtime_ns")):
+        return None
+    now = content_hash_or_none(path)
+    if now == stored:
+        return None
+    return f"stored sha256 {stored[:12]}, now {now[:12] if now else 'unreadable'}"
+
+
+def void_pair(out_dir: Path, entry: dict) -> None:
+    """Remove the files of a pair that is to be made again (its LR, and its HR where it is
+    a copy in ``out_dir``), so that a redo that fails leaves no pair of the old HR."""
+    for rel in (entry["lr"], entry["hr"]):
+        if not Path(rel).is_absolute():
+            (out_dir / rel).unlink(missing_ok=True)
 
 
 def is_done(out_dir: Path, entry: dict | None) -> bool:
