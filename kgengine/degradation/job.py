@@ -22,6 +22,7 @@ from kgengine.degradation.manifest import (
     MANIFEST,
     check_settings,
     hr_change,
+    hr_identity,
     is_done,
     read_manifest,
     record_settings,
@@ -216,6 +217,8 @@ def _run(plan: PairPlan, pipe: Pipeline | None, files: list[Path], out_dir: Path
             void_pair(out_dir, entries.pop(p.name))
             hooks.log(f"{shown(p)}: redone, its HR file changed since its pair was made "
                       f"({change})")
+        elif "hr_sha256" in entries.get(p.name, {}):  # touched, same bytes: not hashed again
+            entries[p.name].update(hr_identity(p, entries[p.name]["hr_sha256"]))
     there = {p for p in files if is_done(out_dir, entries.get(p.name))}
     todo = [p for p in files if p not in there]
     choice = open_session(plan, out_dir, provider, threads) if todo and pipe is None else None

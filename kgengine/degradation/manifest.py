@@ -110,14 +110,14 @@ def pair_entry(
     }
 
 
-def hr_identity(path: Path) -> dict[str, Any]:
+def hr_identity(path: Path, sha256: str | None = None) -> dict[str, Any]:
     """What a pair records of its HR file to notice it edited in place: ``hr_bytes`` (size),
-    ``hr_mtime_ns`` and ``hr_sha256`` (of its bytes; since 0.9.26)."""
+    ``hr_mtime_ns`` and ``hr_sha256`` (of its bytes, read unless given; since 0.9.26)."""
     from kgengine.farm.seeds import content_hash
 
     st = path.stat()
     return {"hr_bytes": st.st_size, "hr_mtime_ns": st.st_mtime_ns,
-            "hr_sha256": content_hash(path)}
+            "hr_sha256": sha256 or content_hash(path)}
 
 
 def hr_change(entry: dict, path: Path) -> str | None:
