@@ -309,14 +309,17 @@ def test_old_manifest_gets_the_confidence_column(tmp_path):
     db.close()
     assert "confidence" not in _columns(tmp_path / "manifest.sqlite")
     with Manifest(tmp_path) as man:
-        assert _columns(tmp_path / "manifest.sqlite")[-1] == "confidence"
+        assert _columns(tmp_path / "manifest.sqlite")[-3:] == [
+            "confidence", "file_size", "file_mtime_ns"]  # 0.9.26's too
         old, new = man.rows()
         assert old.state == "done" and old.seed_used == 5 and old.confidence is None
+        assert old.file_size is None and old.file_mtime_ns is None
         man.claim([new.id])
         man.mark_done(new.id, 7, 0.5, {}, confidence=0.75)
     with Manifest(tmp_path) as man:  # opened again: the column is not added twice
         assert [r.confidence for r in man.rows()] == [None, 0.75]
-    assert _columns(tmp_path / "manifest.sqlite").count("confidence") == 1
+    assert [_columns(tmp_path / "manifest.sqlite").count(c)
+            for c in ("confidence", "file_size", "file_mtime_ns")] == [1, 1, 1]
 
 
 def test_settings_without_restarts_read_as_one():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -128,13 +128,13 @@ def farm(
     check_mode(mode)
     _check_dtype(dtype)
     check_stop(stop)
-    config = _config(overrides)
+    settings = _overrides(overrides)
     empty = _check_inputs(inputs or [], out, recursive)  # before POOL_DIR is created
     with progress_hooks("images") as hooks:
         if ray is None:
             note_cold_cache(hooks.log)
         summary = run_farm(
-            inputs or [], out, batch=batch, seed=seed, x4=x4, iters=iters, config=config,
+            inputs or [], out, batch=batch, seed=seed, x4=x4, iters=iters, overrides=settings,
             dtype=dtype, mode=mode, restarts=restarts, stop=stop, device=device,
             recursive=recursive,
             retry_failed=retry_failed, ray_address=ray, ray_cpus=ray_cpus, threads=threads,
@@ -175,18 +175,21 @@ def _check_inputs(inputs: list[Path], out: Path, recursive: bool) -> int:
     return len(messages)
 
 
-def _config(overrides: list[str] | None) -> KernelGANConfig | None:
-    """The ``--set key=value`` overrides applied to the default config (None if none).
+def _overrides(overrides: list[str] | None) -> dict[str, Any] | None:
+    """The ``--set key=value`` overrides, checked on the default config (None if none); the
+    farm applies them to the pool's stored config (a new pool's: the default).
 
     Raises:
-        KGEngineError: an unknown key or a value of the wrong type.
+        KGEngineError: an unknown key or a value of the wrong type or out of range.
     """
     if not overrides:
         return None
     try:
-        return KernelGANConfig().replace(**parse_overrides(overrides))
+        parsed = parse_overrides(overrides)
+        KernelGANConfig().replace(**parsed)
     except ValueError as exc:
         raise KGEngineError(str(exc)) from None
+    return parsed
 
 
 @pool_app.command("info")

@@ -4,7 +4,9 @@ Each path not yet in the manifest is hashed (SHA-256 of its content, the seed id
 :mod:`kgengine.farm.seeds`) and its size read from the header without decoding (to group
 batches by size and to size GPU batches). It is added as a ``pending`` row, or ``failed``
 with the reason if it cannot be read. A file with the same content as an image already
-listed is skipped as a duplicate (same seed, hence the same kernel). A file whose name is not
+listed is skipped as a duplicate (same seed, hence the same kernel), unless that image is not
+done yet and its file is gone: then the new file takes its place (a photo renamed or moved
+while queued). A file whose name is not
 valid UTF-8 cannot be stored in the manifest: like an unreadable file it is a failure of
 this run, reported on one ``failed:`` line (its name shown with ``\\xNN`` escapes) and
 counted with the failed images, and the others are added.
@@ -19,13 +21,32 @@ from pathlib import Path
 
 from kgengine.errors import BadImageError, shown
 from kgengine.farm.inputs import unique_names
-from kgengine.farm.manifest import Manifest, NewImage
+from kgengine.farm.manifest import Manifest, NewImage, Row
 from kgengine.farm.seeds import content_hash, derive_seed
 from kgengine.farm.settings import FarmSettings
 from kgengine.imageio import BROKEN_LINK, image_size
 
 #: (sha256, width, height, failure reason) of a file; None where unknown.
 Probe = tuple[str | None, int | None, int | None, str | None]
+
+
+def file_stat(path: Path) -> tuple[int | None, int | None]:
+    """(size in bytes, modification time in ns) of a file; (None, None) if it has none."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None, None
+    return st.st_size, st.st_mtime_ns
+
+
+def new_image(name: str, path: Path, pr: Probe, stat: tuple[int | None, int | None],
+              job_seed: int) -> NewImage:
+    """The manifest row of ``path`` probed as ``pr`` (its stat taken before the hash):
+    pending with its first seed, or failed with the reason."""
+    sha, w, h, reason = pr
+    return NewImage(name, str(path), sha, w, h,
+                    None if sha is None else derive_seed(job_seed, sha, 0),
+                    "failed" if reason else "pending", reason, *stat)
 
 
 def probe(path: Path) -> Probe:
@@ -68,30 +89,48 @@ def add_inputs(man: Manifest, paths: Sequence[Path], settings: FarmSettings,
         if not _utf8_name(p):
             log(f"failed: {shown(p)}: the file name is not valid UTF-8; rename the file")
     new = [p for p in usable if str(p) not in known_paths]
+    stats = [file_stat(p) for p in new]  # before the hash: an edit meanwhile shows next run
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as ex:
         probes = list(ex.map(probe, new))
-    keep: list[tuple[Path, Probe]] = []
+    keep: list[tuple[Path, Probe, tuple[int | None, int | None]]] = []
     duplicates = 0
-    for p, pr in zip(new, probes, strict=True):
+    queued = {r.sha256: r for r in man.rows() if r.state != "done" and r.sha256}
+    for p, pr, st in zip(new, probes, stats, strict=True):
         sha = pr[0]
-        if sha is not None and sha in by_hash:
+        if sha is not None and sha in queued and not Path(queued[sha].path).exists():
+            _take_place(man, queued.pop(sha), p, pr, st, names, settings.seed, log)
+        elif sha is not None and sha in by_hash:
             log(f"skip {shown(p)}: same content as {shown(by_hash[sha])}")
             duplicates += 1
             continue
+        else:
+            keep.append((p, pr, st))
         if sha is not None:
             by_hash[sha] = str(p)
-        keep.append((p, pr))
-    out_names = unique_names([p for p, _ in keep], [pr[0] for _, pr in keep], names)
-    rows = [
-        NewImage(name, str(p), sha, w, h,
-                 None if sha is None else derive_seed(settings.seed, sha, 0),
-                 "failed" if reason else "pending", reason)
-        for name, (p, (sha, w, h, reason)) in zip(out_names, keep, strict=True)
-    ]
+    out_names = unique_names([p for p, _, _ in keep], [pr[0] for _, pr, _ in keep], names)
+    rows = [new_image(name, p, pr, st, settings.seed)
+            for name, (p, pr, st) in zip(out_names, keep, strict=True)]
     for r in rows:
         if r.state == "failed":
             log(f"failed: {r.reason}")
     return man.add(rows), duplicates, len(paths) - len(usable)
+
+
+def _take_place(man: Manifest, row: Row, path: Path, pr: Probe,
+                stat: tuple[int | None, int | None], names: set[str], job_seed: int,
+                log: Callable[[str], None]) -> None:
+    """Move the ``row`` not done yet, whose file is gone, to ``path`` (the same content): it
+    is trained from there (a failed row is tried again), named by the new file
+    (:func:`unique_names`), with the same seed."""
+    names.discard(row.name)
+    name = unique_names([path], [pr[0]], names)[0]
+    names.add(name)
+    man.set_identity(row.id, new_image(name, path, pr, stat, job_seed),
+                     f"file moved from {row.path}")
+    if row.state == "failed":  # it may have failed for the file that was gone
+        man.requeue([row.id], f"file moved from {row.path}; tried again")
+    log(f"{shown(path)}: takes the place of {shown(row.path)}, which is gone (same content; "
+        f"not trained yet)")
 
 
 def _utf8_name(path: Path) -> bool:

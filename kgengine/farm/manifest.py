@@ -7,10 +7,13 @@ One row per image (table ``images``)::
     started, a killed one included), diverged (trainings that diverged; picks the next seed),
     seed_used (the seed of the kept kernel), added_at, started_at, finished_at, train_s,
     outputs (JSON: output kind -> path relative to POOL_DIR), confidence (the kernel's
-    :attr:`~kgengine.api.EstimateResult.confidence` in [0, 1]; NULL where unknown)
+    :attr:`~kgengine.api.EstimateResult.confidence` in [0, 1]; NULL where unknown),
+    file_size, file_mtime_ns (the file's size and modification time when its hash was last
+    taken, since 0.9.26: a change means the file is hashed again,
+    :mod:`kgengine.farm.recheck`; NULL where unknown)
 
-A manifest written before the ``confidence`` column existed gets it (``ALTER TABLE ... ADD
-COLUMN``, NULL in every row) when it is opened, so old pools keep working.
+A manifest written before a column existed gets it (``ALTER TABLE ... ADD COLUMN``, NULL in
+every row) when it is opened, so old pools keep working.
 
 ``state`` is one of ``pending``, ``running``, ``done``, ``failed``. Every state change is
 committed at once (SQLite WAL journal, ``synchronous=FULL``) and appended to the ``events``
@@ -64,7 +67,9 @@ CREATE TABLE IF NOT EXISTS images (
     finished_at REAL,
     train_s REAL,
     outputs TEXT,
-    confidence REAL
+    confidence REAL,
+    file_size INTEGER,
+    file_mtime_ns INTEGER
 );
 CREATE INDEX IF NOT EXISTS images_state ON images (state);
 CREATE TABLE IF NOT EXISTS events (
@@ -77,7 +82,7 @@ CREATE TABLE IF NOT EXISTS events (
 """
 #: Columns added to ``images`` after the first release: name -> SQL type. A manifest without
 #: one gets it when opened (:meth:`Manifest._add_missing_columns`).
-_ADDED_COLUMNS = {"confidence": "REAL"}
+_ADDED_COLUMNS = {"confidence": "REAL", "file_size": "INTEGER", "file_mtime_ns": "INTEGER"}
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,8 @@ class NewImage:
     seed: int | None
     state: str = "pending"
     reason: str | None = None
+    file_size: int | None = None
+    file_mtime_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,8 @@ class Row:
     train_s: float | None
     outputs: str | None
     confidence: float | None = None
+    file_size: int | None = None
+    file_mtime_ns: int | None = None
 
     @property
     def output_paths(self) -> dict[str, str]:
@@ -217,12 +226,36 @@ class Manifest:
                     raise ValueError(f"new rows are pending or failed, not {im.state!r}")
                 cur = db.execute(
                     "INSERT INTO images (name, path, sha256, width, height, seed, state, reason,"
-                    " added_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " added_at, finished_at, file_size, file_mtime_ns)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (im.name, im.path, im.sha256, im.width, im.height, im.seed, im.state,
-                     im.reason, now, now if im.state == "failed" else None),
+                     im.reason, now, now if im.state == "failed" else None, im.file_size,
+                     im.file_mtime_ns),
                 )
                 self._event(db, [int(cur.lastrowid)], im.state, im.reason, now)
         return len(images)
+
+    def set_identity(self, image_id: int, new: NewImage, detail: str | None = None) -> None:
+        """Give a row the identity of ``new`` (path, name, sha256, size, first seed and file
+        stat; not its state): its file was renamed, edited or first read. Another sha256
+        starts its divergence count again (its seeds are a new file's). With ``detail``, an
+        event (in the row's state) says why."""
+        with self._tx() as db:
+            db.execute("UPDATE images SET name = ?, path = ?, width = ?, height = ?, seed = ?,"
+                       " file_size = ?, file_mtime_ns = ?, diverged = CASE WHEN sha256 IS ?"
+                       " THEN diverged ELSE 0 END, sha256 = ? WHERE id = ?",
+                       (new.name, new.path, new.width, new.height, new.seed, new.file_size,
+                        new.file_mtime_ns, new.sha256, new.sha256, image_id))
+            if detail is not None:
+                state = db.execute("SELECT state FROM images WHERE id = ?",
+                                   (image_id,)).fetchone()[0]
+                self._event(db, [image_id], state, _one_line(detail), time.time())
+
+    def set_file_stat(self, image_id: int, size: int, mtime_ns: int) -> None:
+        """Record a row's file size and modification time (its content is unchanged)."""
+        with self._tx() as db:
+            db.execute("UPDATE images SET file_size = ?, file_mtime_ns = ? WHERE id = ?",
+                       (size, mtime_ns, image_id))
 
     # ------------------------------------------------------------------ transitions
     def recover(self) -> int:

@@ -10,8 +10,10 @@
    removed; ``done`` rows whose files are missing or unreadable are queued again with the
    reason (:func:`~kgengine.farm.poolfiles.heal_done_rows`); rows left ``running`` by a
    killed job go back to ``pending``.
-3. **Inputs.** INPUTs are expanded (:mod:`kgengine.farm.inputs`; files inside pool folders,
-   this one included, are left out) and the new files added as rows
+3. **Inputs.** Listed files edited since they were hashed get their new identity, a done
+   one is queued again (:mod:`kgengine.farm.recheck`). INPUTs are expanded
+   (:mod:`kgengine.farm.inputs`; files inside pool folders, this one included, are left
+   out) and the new files added as rows
    (:mod:`kgengine.farm.intake`: content hash, duplicates, unreadable files, names that are
    not UTF-8).
 4. **Training.** Pending rows, grouped by image size, are trained ``batch`` at a time in one
@@ -32,6 +34,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -45,6 +48,7 @@ from kgengine.farm.local import train_local
 from kgengine.farm.manifest import Manifest, lock_pool_dir
 from kgengine.farm.poolfiles import heal_done_rows, rebuild_pool, remove_partial_files
 from kgengine.farm.ray_runner import check_reachable, train_ray
+from kgengine.farm.recheck import recheck_rows
 from kgengine.farm.records import FarmJob, FarmSummary
 from kgengine.farm.settings import check_mode, resolve_settings
 from kgengine.hooks import JobHooks
@@ -60,6 +64,7 @@ def run_farm(
     x4: bool | None = None,
     iters: int | None = None,
     config: KernelGANConfig | None = None,
+    overrides: dict[str, Any] | None = None,
     dtype: str | None = None,
     mode: str | None = None,
     restarts: int | None = None,
@@ -82,6 +87,8 @@ def run_farm(
             :func:`~kgengine.farm.batching.auto_batch`).
         seed, x4, iters, config, dtype, mode: job settings; None = the pool's stored value
             (defaults 0, False, 3000, paper config, "float32", "composed" for a new pool).
+        overrides: config fields to change (``--set key=value``), applied to ``config`` or,
+            without it, to the pool's stored config (a new pool's: the default).
         restarts: trainings per image (K ≥ 1, in the same batch), combined into its kernel;
             each image's confidence (the restarts' agreement) goes into the manifest, its
             report and the pool. A job setting like the above (default 1; an older pool
@@ -119,8 +126,8 @@ def run_farm(
     try:
         with lock_pool_dir(pool_dir), Manifest(pool_dir) as man:
             settings = resolve_settings(man.settings(), seed=seed, x4=x4, iters=iters,
-                                        config=config, dtype=dtype, mode=mode,
-                                        restarts=restarts, stop=stop)
+                                        config=config, overrides=overrides, dtype=dtype,
+                                        mode=mode, restarts=restarts, stop=stop)
             job = FarmJob(man, settings, pool_dir, summary, hooks)
             before = _prepare(job, inputs, recursive, retry_failed)
             if ray_address is None:
@@ -155,6 +162,7 @@ def _prepare(job: FarmJob, inputs: Sequence[str | os.PathLike], recursive: bool,
     if retry_failed:
         man.retry_failed()
     failed_before = man.counts()["failed"]
+    recheck_rows(man, job.pool_dir, job.settings.seed, job.hooks.log)  # files edited since
     summary.added, summary.duplicates, bad_names = add_inputs(man, paths, job.settings,
                                                               job.hooks.log)
     before = man.counts()

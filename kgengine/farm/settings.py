@@ -72,7 +72,8 @@ class FarmSettings:
 
 def resolve_settings(stored: dict[str, Any] | None, *, seed: int | None = None,
                      x4: bool | None = None, iters: int | None = None,
-                     config: KernelGANConfig | None = None, dtype: str | None = None,
+                     config: KernelGANConfig | None = None,
+                     overrides: dict[str, Any] | None = None, dtype: str | None = None,
                      mode: str | None = None, restarts: int | None = None,
                      stop: str | None = None) -> FarmSettings:
     """The job settings: stored ones (or defaults) with the given options applied.
@@ -81,17 +82,19 @@ def resolve_settings(stored: dict[str, Any] | None, *, seed: int | None = None,
         stored: the manifest's settings (:meth:`FarmSettings.to_dict`), None for a new pool.
         seed, x4, iters, config, dtype, mode, restarts, stop ("full" or "auto"): the options
             given; None = the stored value.
+        overrides: config fields to change (``--set``), applied to ``config`` or, without
+            it, to the stored config, before ``iters``.
     Raises:
         KGEngineError: an unknown ``dtype`` or ``stop``, ``restarts < 1``, or a given option
             differs from the stored one (naming each, with both values).
     """
     base = FarmSettings.from_dict(stored) if stored is not None else FarmSettings()
     cfg = config if config is not None else base.config
-    if iters is not None:
-        try:
-            cfg = cfg.with_iters(iters)
-        except ValueError as exc:
-            raise KGEngineError(str(exc)) from None
+    try:
+        cfg = cfg.replace(**overrides) if overrides else cfg
+        cfg = cfg.with_iters(iters) if iters is not None else cfg
+    except ValueError as exc:
+        raise KGEngineError(str(exc)) from None
     if dtype is not None and dtype not in DTYPES:
         raise KGEngineError(f"dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
     if restarts is not None and restarts < 1:
