@@ -42,7 +42,9 @@ def collect(
 ) -> None:
     """Cut photos into patches, keep the flat ones, remove each one's mean, save the stack.
 
-    A bad photo is reported on one line and skipped (exit code 1 at the end).
+    A bad photo is reported on one line and skipped (exit code 1 at the end). OUT may be
+    a photo folder: the files this command writes are never read as photos (one line says
+    so).
     """
     from kgengine.degradation.noisebank import check_collect_args, collect_noise
 

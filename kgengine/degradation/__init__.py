@@ -27,7 +27,10 @@ What :func:`degrade_folder` does, and the choices it makes:
   is appended after each batch and rewritten (sorted) at the end. A rerun into an
   ``out_dir`` that holds pairs made with another HR folder, seed, noise, scale, pool
   content, pipeline, noise patches or ``copy_hr`` is refused (a folder without pairs does
-  not pin the settings of the run that left it).
+  not pin the settings of the run that left it). The entry of an HR file no longer listed
+  that claims a listed file's pair (renamed within its stem, ``a.png`` -> ``a.PNG``) is
+  removed with its files, and the listed file's pair made again; the pair of an HR file
+  removed from the folder otherwise stays.
 - **Checks first**: every argument, the pool, the HR folder, ``out_dir`` and the provider
   are checked before ``out_dir`` is created or written; scales are 2 or 4 (KernelGAN's).
 - **File names** that are not valid UTF-8 work: hashed as their raw bytes, written to the

@@ -30,7 +30,8 @@ that turn a stage on add it at the end of ``order`` when it is missing). ``poiss
 is at most :data:`MAX_PEAK` (NumPy's Poisson sampler refuses larger means), ``second_size``
 at most :data:`MAX_SECOND_SIZE`, ``second_resize`` at most :data:`MAX_RESIZE` and
 ``gaussian_sigma`` at most 1 (one image range): larger values only exhaust memory or
-saturate the image.
+saturate the image. ``second_sigma`` is at least :data:`MIN_SECOND_SIGMA` (a narrower
+Gaussian is a delta, and a degenerate one cannot be built). Every number is finite.
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ MAX_PEAK = 1e12
 #: Largest ``second_size`` (LR pixels) and ``second_resize`` factor.
 MAX_SECOND_SIZE = 63
 MAX_RESIZE = 4.0
+#: Smallest ``second_sigma`` (LR pixels). Any Gaussian below about 0.2 px is already a
+#: delta (its neighbours weigh exp(-1/(2·0.2²)) ≈ 4e-6 of the centre), so this floor only
+#: refuses what cannot be built: a far smaller sigma underflows to a singular covariance
+#: (:func:`kgengine.kernel.anisotropic_gaussian`). The default range is 0.2-1.5
+#: (Real-ESRGAN's second blur).
+MIN_SECOND_SIGMA = 0.01
 
 
 @dataclass(frozen=True)
@@ -144,7 +151,7 @@ def _coerce(key: str, value: Any) -> Any:
         if isinstance(default, int) and number != float(value):
             raise ValueError
         return number
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # int(inf): OverflowError
         raise KGEngineError(
             f"pipeline: {key} expects {_kind(default)}, got {value!r}"
         ) from None
@@ -227,8 +234,11 @@ def _validate(cfg: PipelineConfig) -> None:
         raise bad(f"second_resize must be at most {MAX_RESIZE:g}, got {cfg.second_resize}")
     if cfg.gaussian_sigma[1] > 1.0:
         raise bad(f"gaussian_sigma must be at most 1 (image range 0-1), got {cfg.gaussian_sigma}")
-    if cfg.second_sigma[0] <= 0 or cfg.second_resize[0] <= 0 or cfg.poisson_peak[0] <= 0:
-        raise bad("second_sigma, second_resize and poisson_peak must be > 0")
+    if cfg.second_sigma[0] < MIN_SECOND_SIGMA:
+        raise bad(f"second_sigma must be at least {MIN_SECOND_SIGMA:g} (LR pixels), got "
+                  f"{cfg.second_sigma}")
+    if cfg.second_resize[0] <= 0 or cfg.poisson_peak[0] <= 0:
+        raise bad("second_resize and poisson_peak must be > 0")
     if cfg.poisson_peak[1] > MAX_PEAK:
         raise bad(f"poisson_peak must be at most {MAX_PEAK:g}, got {cfg.poisson_peak}")
     for stage in STAGES:

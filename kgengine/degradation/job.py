@@ -26,6 +26,7 @@ from kgengine.degradation.manifest import (
     is_done,
     read_manifest,
     record_settings,
+    rival_entries,
     void_pair,
     write_manifest,
 )
@@ -33,7 +34,7 @@ from kgengine.degradation.pipeline import Pipeline
 from kgengine.degradation.pipeline_runner import run_pipeline_pairs
 from kgengine.degradation.plan import PairPlan, list_hr_files, make_plan
 from kgengine.degradation.runner import DegradeReport, check_provider, open_session, run_pairs
-from kgengine.errors import KGEngineError, shown
+from kgengine.errors import KGEngineError, brief_list, shown
 from kgengine.hooks import JobHooks
 from kgengine.pool import KernelPool
 
@@ -81,9 +82,9 @@ def degrade_folder(
         pipeline: degrade through :class:`~kgengine.degradation.pipeline.Pipeline` with this
             config (CPU, ``kgengine.ops.downscale``) instead of the ONNX degrader.
         copy_hr: write every pair's HR to ``out_dir/hr/<stem>.png`` as 8-bit RGB (uncropped
-            8-bit RGB PNGs copied byte for byte), so ``hr/`` and ``lr/`` hold the same file
-            names (a paired folder for BasicSR/traiNNer); default: only cropped HRs are
-            written there.
+            8-bit RGB PNGs without an EXIF rotation copied byte for byte), so ``hr/`` and
+            ``lr/`` hold the same file names (a paired folder for BasicSR/traiNNer);
+            default: only cropped HRs are written there.
         min_confidence: use only the pool's kernels whose confidence is known and >= this
             (:func:`kgengine.pool.filter_pool`); manifest rows count in that filtered pool.
             Recorded in the settings: a resume with another threshold is refused.
@@ -211,6 +212,7 @@ def _run(plan: PairPlan, pipe: Pipeline | None, files: list[Path], out_dir: Path
     settings, make the others, rewrite the manifest sorted."""
     record = check_settings(out_dir, settings)
     entries = read_manifest(out_dir / MANIFEST)
+    _void_rivals(out_dir, entries, files, hooks.log)
     for p in files:  # an HR file edited in place: its old pair goes before the redo
         change = hr_change(entries[p.name], p) if p.name in entries else None
         if change:
@@ -240,3 +242,21 @@ def _run(plan: PairPlan, pipe: Pipeline | None, files: list[Path], out_dir: Path
     entries.update((e["name"], e) for e in new)
     write_manifest(out_dir / MANIFEST, entries)
     return report
+
+
+def _void_rivals(out_dir: Path, entries: dict[str, dict], files: list[Path],
+                 log: Callable[[str], None]) -> None:
+    """Remove the entries (and the files) of pairs whose files a listed HR file's pair
+    also claims (:func:`~kgengine.degradation.manifest.rival_entries`: an HR file renamed
+    within its stem), and the listed file's own entry with them, so that it is made again:
+    which of the two wrote the files last is not known. One ``log`` line per listed file.
+    Entries of HR files no longer listed that claim no listed file's pair stay."""
+    for p, names in rival_entries(entries, files).items():
+        for name in names:
+            void_pair(out_dir, entries.pop(name))
+        own = entries.pop(p.name, None)
+        if own is not None:
+            void_pair(out_dir, own)
+        log(f"{shown(p)}: {'redone' if own else 'made'}, its pair's files lr/{shown(p.stem)}.png "
+            f"were also claimed in the manifest by {brief_list(names, 3)}, no longer in the "
+            "HR folder (renamed?); that entry and its files are removed")

@@ -157,6 +157,32 @@ def void_pair(out_dir: Path, entry: dict) -> None:
             (out_dir / rel).unlink(missing_ok=True)
 
 
+def claimed_files(entry: dict) -> set[str]:
+    """The files in ``out_dir`` that a pair's entry claims: its LR, and its HR where that is
+    a copy (a relative path)."""
+    return {entry[k] for k in ("lr", "hr") if not Path(entry[k]).is_absolute()}
+
+
+def rival_entries(entries: dict[str, dict], files: list[Path]) -> dict[Path, list[str]]:
+    """For each of ``files`` (the HR listing), the names of the other entries that claim
+    its pair's files (``lr/<stem>.png``, ``hr/<stem>.png``), when there are any.
+
+    Stems are unique in a listing, so such an entry is that of an HR file no longer listed
+    under its name (renamed within the stem, ``a.png`` -> ``a.PNG``, or removed and another
+    file of that stem added): the files are, or are about to be, another file's pair.
+    """
+    claims: dict[str, set[str]] = {}
+    for name, entry in entries.items():
+        for rel in claimed_files(entry):
+            claims.setdefault(rel, set()).add(name)
+    rivals: dict[Path, list[str]] = {}
+    for p in files:
+        names = claims.get(f"lr/{p.stem}.png", set()) | claims.get(f"hr/{p.stem}.png", set())
+        if names - {p.name}:
+            rivals[p] = sorted(names - {p.name})
+    return rivals
+
+
 def is_done(out_dir: Path, entry: dict | None) -> bool:
     """Whether a pair exists: its manifest entry, its LR file and (if copied) its HR file."""
     if entry is None or not (out_dir / entry["lr"]).is_file():

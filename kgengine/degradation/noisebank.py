@@ -17,6 +17,9 @@ Files written by :func:`collect_noise` into the output folder (atomically):
   ``max_var``, ``min_mean``, ``max_mean``), ``count`` and one record per patch
   (``source`` file, ``y``, ``x`` of its top-left corner, ``var`` and ``mean`` of its luma).
 
+These files are never read as photos (:func:`list_photos`), so the output folder may be
+the photo folder and a rerun there reads the same photos.
+
 The pipeline's ``real`` stage (:func:`kgengine.degradation.stages.real_noise`) adds a random
 patch, tiled from a random offset to the LR size.
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,12 +39,14 @@ import numpy as np
 from kgengine._version import __version__
 from kgengine.atomic import save_json, save_npy
 from kgengine.degradation.plan import IMAGE_SUFFIXES
-from kgengine.errors import BadImageError, KGEngineError
+from kgengine.errors import BadImageError, KGEngineError, brief_list
 from kgengine.hooks import JobHooks
 from kgengine.imageio import listed_file, read_image
 
 NOISE_FILE = "noise_patches.npy"
 INDEX_FILE = "noise_index.json"
+#: The files :func:`collect_noise` writes, never read as photos.
+OWN_FILES = (NOISE_FILE, INDEX_FILE)
 #: Luma weights (ITU-R BT.601, as Pillow's ``convert("L")``).
 LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -103,8 +109,14 @@ def flat_patches(
     return out, records
 
 
-def list_photos(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Image files: each input file, and the image files directly in each input folder."""
+def list_photos(inputs: list[str | os.PathLike], out_dir: str | os.PathLike | None = None,
+                log: Callable[[str], None] = lambda m: None) -> list[Path]:
+    """Image files: each input file, and the image files directly in each input folder.
+
+    The files of a noise bank (:data:`OWN_FILES` in ``out_dir``, or next to a
+    :data:`INDEX_FILE`) are left out, named or not, with one ``log`` line saying so: a
+    rerun with ``-o`` the photo folder does not read its own patches as a photo.
+    """
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -114,9 +126,22 @@ def list_photos(inputs: list[str | os.PathLike]) -> list[Path]:
             files.append(item)
         else:
             raise KGEngineError(f"{item}: no such file or folder")
+    own = [p for p in files if _own_output(p, out_dir)]
+    if own:
+        log(f"skip {brief_list(own, 3)}: kgengine never reads its own outputs as input")
+        files = [p for p in files if not _own_output(p, out_dir)]
     if not files:
         raise KGEngineError(f"no images in {', '.join(map(str, inputs))}")
     return files
+
+
+def _own_output(path: Path, out_dir: str | os.PathLike | None) -> bool:
+    """Whether ``path`` is a file :func:`collect_noise` writes: one of :data:`OWN_FILES`, in
+    ``out_dir`` or next to a noise index."""
+    if path.name not in OWN_FILES:
+        return False
+    here = out_dir is not None and path.parent.resolve() == Path(out_dir).resolve()
+    return here or (path.parent / INDEX_FILE).is_file()
 
 
 def check_collect_args(patch: int, stride: int | None, max_var: float, min_mean: float,
@@ -154,14 +179,15 @@ def collect_noise(
     Args:
         inputs: photo files and folders (their image files, not sub-folders).
         patch, stride, max_var, min_mean, max_mean: see :func:`flat_patches`.
-        hooks: ``total``, then ``item_finished(name, "done"|"failed", detail)`` per photo.
+        hooks: ``log`` (a noise bank's own files left out, :func:`list_photos`),
+            ``total``, then ``item_finished(name, "done"|"failed", detail)`` per photo.
     Raises:
         KGEngineError: bad arguments, no photos, or no flat patch at all.
     """
     hooks = hooks or JobHooks()
     check_collect_args(patch, stride, max_var, min_mean, max_mean)
     stride = patch if stride is None else stride
-    files = list_photos(inputs)
+    files = list_photos(inputs, out_dir, hooks.log)
     hooks.total(len(files))
     report, stacks, records = NoiseReport(Path(out_dir), 0, 0), [], []
     for path in files:

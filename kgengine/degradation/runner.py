@@ -8,6 +8,7 @@ degrading batch ``i``; PNGs are written by two threads.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import onnxruntime as ort
+from PIL import Image
 
 from kgengine.atomic import atomic_write
 from kgengine.degradation.manifest import MANIFEST, append_manifest, pair_entry
@@ -35,6 +37,10 @@ from kgengine.providers import (
 T = TypeVar("T")
 R = TypeVar("R")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: The EXIF tag of the orientation (1 = upright).
+EXIF_ORIENTATION = 0x0112
+#: The orientation in XMP, as Pillow reads it.
+XMP_ORIENTATION = re.compile(rb'tiff:Orientation(="|>)([0-9])')
 
 
 @dataclass
@@ -164,18 +170,60 @@ def open_session(plan: PairPlan, out_dir: Path, provider: str, threads: int | No
 
 def write_hr(out_dir: Path, item: HrImage, copy: bool) -> str:
     """The pair's HR for the manifest: ``hr/<stem>.png`` (written, 8-bit RGB PNG) when the
-    image was cropped or ``copy`` is set (an uncropped 8-bit RGB ``.png`` is copied byte for
-    byte), else the HR file's absolute path (nothing written)."""
+    image was cropped or ``copy`` is set (an uncropped 8-bit RGB ``.png`` stored upright,
+    :func:`png_upright`, is copied byte for byte), else the HR file's absolute path (nothing
+    written). The PNG written is the image as read, EXIF orientation applied."""
     cropped = item.crop.shape[:2] != item.size
     if not (cropped or copy):
         return str(item.path.resolve())
     hr = f"hr/{item.path.stem}.png"
     data = item.path.read_bytes() if not cropped and item.path.suffix.lower() == ".png" else b""
-    if data[:8] == PNG_SIGNATURE and data[24:26] == b"\x08\x02":  # IHDR: 8-bit, RGB
+    if data[:8] == PNG_SIGNATURE and data[24:26] == b"\x08\x02" and png_upright(data):
         atomic_write(out_dir / hr, lambda tmp: Path(tmp).write_bytes(data))
     else:
         write_png(out_dir / hr, item.crop)
     return hr
+
+
+def png_upright(data: bytes) -> bool:
+    """Whether a PNG's bytes can be copied as the HR :func:`~kgengine.imageio.read_image`
+    reads: no orientation other than 1 (read_image applies Pillow's, so a copy would keep
+    the stored pixels and the tag while the LR is made from the rotated image).
+
+    The chunks are walked without decoding. Pillow takes the orientation from an ``eXIf``
+    chunk (1 when absent or unreadable), else from EXIF in a ``Raw profile type exif`` text
+    chunk or ``tiff:Orientation`` in XMP: an ``eXIf`` orientation other than 1, any EXIF
+    text chunk, and XMP that is compressed or gives an orientation other than 1 count as
+    not upright (that image is written decoded).
+    """
+    pos = len(PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        length, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        body = data[pos + 8:pos + 8 + length]
+        keyword = body.split(b"\0", 1)[0] if kind in (b"tEXt", b"zTXt", b"iTXt") else b""
+        if kind == b"eXIf" and _exif_orientation(body) != 1:
+            return False
+        if keyword == b"Raw profile type exif":
+            return False
+        if keyword == b"XML:com.adobe.xmp":
+            packed = kind == b"zTXt" or (kind == b"iTXt" and body[len(keyword) + 1:][:1] != b"\0")
+            match = XMP_ORIENTATION.search(body)
+            if packed or (match and match[2] != b"1"):
+                return False
+        if kind == b"IEND":
+            break
+        pos += 12 + length  # length, type, data, CRC
+    return True
+
+
+def _exif_orientation(exif: bytes) -> int:
+    """The orientation tag of EXIF data (TIFF bytes; 1 when absent or unreadable)."""
+    tags = Image.Exif()
+    try:
+        tags.load(exif)
+        return int(tags.get(EXIF_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 - broken EXIF: read_image reads the pixels as stored
+        return 1
 
 
 def same_size(images: list[HrImage]) -> list[list[HrImage]]:
