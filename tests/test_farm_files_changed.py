@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 import kgengine.farm.intake as intake
 from kgengine.cli import app
 from kgengine.config import KernelGANConfig
+from kgengine.errors import KGEngineError
 from kgengine.farm.manifest import Manifest
 from kgengine.farm.runner import run_farm
 from kgengine.farm.seeds import content_hash, derive_seed
@@ -180,3 +181,66 @@ def test_set_without_iters_takes_the_pools_iterations(tmp_path):
     assert res.exit_code == 1
     assert "config.lr_d (pool: 0.0002, given: 0.0003)" in res.output
     assert "config.iters" not in res.output
+
+
+def test_the_only_photo_edited_into_a_bad_one_leaves_no_stale_pool(tmp_path):
+    """Before 0.9.26 a pool whose every image was queued again kept its old pool file."""
+    photos = tmp_path / "photos"
+    photo(photos / "a.png", "a")
+    pool = tmp_path / "pool"
+    farm([photos], pool)
+    assert (pool / "kernel_pool.npz").is_file()
+    with Image.open(DATA) as im:
+        im.crop((0, 0, 20, 20)).save(photos / "a.png")  # now too small to train
+    summary, logs = farm([photos], pool)
+    assert summary.failed == 1 and any(x.startswith(f"{photos / 'a.png'}: redone") for x in logs)
+    assert not (pool / "kernel_pool.npz").exists()
+    assert not (pool / "kernels" / "a_kernel_x2.npy").exists()
+
+
+def test_a_damaged_mat_kernel_is_redone(tmp_path):
+    photos = tmp_path / "photos"
+    photo(photos / "a.png", "a")
+    pool = tmp_path / "pool"
+    farm([photos], pool)
+    mat = pool / "kernels" / "a_kernel_x2.mat"
+    good = mat.read_bytes()
+    mat.write_bytes(good[:200])  # truncated
+    farm([photos], pool)
+    assert mat.read_bytes() == good  # trained again: the same seed, the same bytes
+    with Manifest(pool) as man:
+        (row,) = man.rows()
+        assert any("a_kernel_x2.mat is unreadable" in (e[3] or "") for e in man.events(row.id))
+
+
+def test_inputs_that_give_nothing_create_nothing(tmp_path):
+    runner = CliRunner()
+    (tmp_path / "empty").mkdir()
+    listing = tmp_path / "list.txt"
+    listing.write_text("empty\n")
+    pool = tmp_path / "pool"
+    res = runner.invoke(app, ["farm", str(listing), "-o", str(pool)])
+    assert res.exit_code == 1 and f"error: {listing}: lists no image files" in res.output
+    assert not pool.exists()
+    listing.write_bytes(b"\xff\xfe\x00bad")  # not UTF-8
+    res = runner.invoke(app, ["farm", str(listing), "-o", str(pool)])
+    assert res.exit_code == 1 and f"{listing}: cannot read the list of paths" in res.output
+    assert not pool.exists()
+    with pytest.raises(KGEngineError, match="cannot read the list of paths"):
+        run_farm([listing], pool)  # the API too: before the folder is made
+    assert not pool.exists()
+
+
+def test_an_emptied_manifest_is_refused_over_a_pools_kernels(tmp_path):
+    photos = tmp_path / "photos"
+    photo(photos / "a.png", "a")
+    pool = tmp_path / "pool"
+    farm([photos], pool)
+    for extra in ("-wal", "-shm"):
+        (pool / f"manifest.sqlite{extra}").unlink(missing_ok=True)
+    (pool / "manifest.sqlite").write_bytes(b"")
+    before = (pool / "kernel_pool.npz").read_bytes()
+    with pytest.raises(KGEngineError, match=r"manifest.sqlite: empty \(0 bytes\), but the "
+                                            r"folder holds a pool's kernels"):
+        farm([photos], pool)
+    assert (pool / "kernel_pool.npz").read_bytes() == before

@@ -147,7 +147,10 @@ def test_farm_never_reads_a_pool_folder_as_input(tmp_path, fake):
     assert f"skip the pool folder(s) {photos / 'pool'}: a farm never reads" in res.output
     heat = photos / "pool" / "kernels" / "p0_kernel.png"  # given by name: left out too
     res = runner.invoke(app, ["farm", str(heat), "-o", str(photos / "pool")])
-    assert res.exit_code == 0 and "1 file(s) inside kgengine pool folders" in res.output
+    assert "1 file(s) inside kgengine pool folders" in res.output
+    # an INPUT that gives nothing is an error, as an empty folder is (exit 0 before 0.9.26)
+    assert res.exit_code == 1 and error_lines(res.output) == [
+        f"error: {heat}: inside a kgengine pool or output folder, never read as input"]
     other = photos / "old_pool"  # another kgengine pool folder inside the input
     make_images(other / "kernels", 1, prefix="heat")
     (other / MANIFEST_FILE).write_bytes(b"")

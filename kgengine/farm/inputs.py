@@ -119,20 +119,29 @@ def folder_images(folder: str | os.PathLike, recursive: bool = False,
 
 def folders_without_images(inputs: Sequence[str | os.PathLike], recursive: bool = False,
                            exclude: Sequence[str | os.PathLike] = ()) -> list[str]:
-    """One message per folder INPUT that gives no image file (see the module docstring);
-    a folder is walked only until its first image.
+    """One message per folder or ``.txt`` list INPUT that gives no image file, and per
+    file INPUT inside a kgengine pool folder (see the module docstring); a folder is walked
+    only until its first image.
 
     Raises:
-        KGEngineError: an INPUT does not exist (before anything is written).
+        KGEngineError: an INPUT does not exist, or a list cannot be read (before anything
+            is written).
     """
     messages = []
     for inp in inputs:
         p = Path(inp).expanduser()
         if not p.exists():
             raise KGEngineError(f"{shown(p)}: no such file or folder")
-        if not p.is_dir():
-            continue
         own = _OwnOutputs(exclude)
+        if p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
+            if not [f for f in _list_file(p, recursive, own) if not own(real_path(f).parent)]:
+                messages.append(f"{shown(p)}: lists no image files")
+            continue
+        if not p.is_dir():
+            if own(real_path(p).parent):
+                messages.append(f"{shown(p)}: inside a kgengine pool or output folder, "
+                                "never read as input")
+            continue
         if own(p):
             messages.append(f"{shown(p)}: a kgengine pool or output folder, never read as input")
         elif not any(not own(f.parent) for f in _walk(p, recursive, own)):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from kgengine.errors import BadKernelError, KGEngineError
-from kgengine.farm.manifest import Manifest, Row
+from kgengine.farm.manifest import MANIFEST_FILE, Manifest, Row
 from kgengine.kernel import check_kernel
 from kgengine.pool import make_pool, save_pool
 
@@ -32,6 +32,20 @@ POOL_X2, POOL_X4 = "kernel_pool.npz", "kernel_pool_x4.npz"
 
 class UnusableOutputs(KGEngineError):
     """A ``done`` row's files are missing or cannot be read (the message says which)."""
+
+
+def check_manifest_kept(pool_dir: Path) -> None:
+    """Refuse a pool folder whose ``manifest.sqlite`` is empty (0 bytes) while it holds a
+    pool's files: SQLite would start a new, empty job over the old kernels.
+
+    Raises:
+        KGEngineError: naming the manifest.
+    """
+    man = pool_dir / MANIFEST_FILE
+    if (man.is_file() and man.stat().st_size == 0
+            and ((pool_dir / KERNELS_DIR).is_dir() or (pool_dir / POOL_X2).is_file())):
+        raise KGEngineError(f"{man}: empty (0 bytes), but the folder holds a pool's kernels: "
+                            "restore the manifest from a backup, or use a new pool folder")
 
 
 def remove_partial_files(pool_dir: Path) -> int:
@@ -52,8 +66,9 @@ def remove_partial_files(pool_dir: Path) -> int:
 def load_done_row(pool_dir: Path, row: Row, x4: bool) -> tuple[dict, dict[str, np.ndarray]]:
     """The report and kernels (``x2``, and ``x4`` when ``x4``) of a ``done`` row, checked.
 
-    Every file the row lists must exist; the report must be a JSON object and each kernel a
-    usable kernel (:func:`~kgengine.kernel.check_kernel`).
+    Every file the row lists must exist; the report must be a JSON object, each kernel a
+    usable kernel (:func:`~kgengine.kernel.check_kernel`) and each ``.mat`` hold the same
+    kernel (the PNG picture and the generator weights are checked for presence only).
 
     Raises:
         UnusableOutputs: naming the first file that is missing or unreadable, and why.
@@ -85,7 +100,22 @@ def load_done_row(pool_dir: Path, row: Row, x4: bool) -> tuple[dict, dict[str, n
                                   ) from None
         except (OSError, ValueError) as exc:
             raise UnusableOutputs(f"{rel} is unreadable ({type(exc).__name__})") from None
+        if f"{tag}_mat" in files:
+            _check_mat(pool_dir, files[f"{tag}_mat"], kernels[tag])
     return report, kernels
+
+
+def _check_mat(pool_dir: Path, rel: str, kernel: np.ndarray) -> None:
+    """Raise :class:`UnusableOutputs` unless ``rel`` is a ``.mat`` whose ``Kernel`` is
+    ``kernel`` (the ``.npy``'s)."""
+    from scipy.io import loadmat
+
+    try:
+        stored = loadmat(pool_dir / rel).get("Kernel")
+    except Exception as exc:  # noqa: BLE001 - a damaged file makes the parser raise anything
+        raise UnusableOutputs(f"{rel} is unreadable ({type(exc).__name__})") from None
+    if not isinstance(stored, np.ndarray) or not np.array_equal(stored, kernel):
+        raise UnusableOutputs(f"{rel} does not hold the kernel of its .npy")
 
 
 def heal_done_rows(man: Manifest, pool_dir: Path, x4: bool) -> int:
@@ -112,8 +142,9 @@ def rebuild_pool(man: Manifest, pool_dir: Path, x4: bool,
     the kept training, confidences = the manifest's (NaN where NULL: one training per image),
     reports = the per-image JSON reports. A row whose files became unusable
     (:func:`load_done_row`) is put back to ``pending`` with the reason (one ``log`` line)
-    and left out: one bad file never stops the rebuild. Nothing is written when no image is
-    done. Returns the files written.
+    and left out: one bad file never stops the rebuild. When no image is done nothing is
+    written and an earlier pool file is removed (its images were all queued again: edited
+    or damaged). Returns the files written.
 
     Raises:
         OutputError: a pool file cannot be written.
@@ -130,6 +161,8 @@ def rebuild_pool(man: Manifest, pool_dir: Path, x4: bool,
         reports.append(report)
         kernels.append(ks)
     if not rows:
+        for fname in (POOL_X2, POOL_X4):
+            (pool_dir / fname).unlink(missing_ok=True)
         return []
     written = []
     for tag, scale, fname in (("x2", 2, POOL_X2), ("x4", 4, POOL_X4)):

@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,7 +47,12 @@ from kgengine.farm.inputs import expand_inputs
 from kgengine.farm.intake import add_inputs
 from kgengine.farm.local import train_local
 from kgengine.farm.manifest import Manifest, lock_pool_dir
-from kgengine.farm.poolfiles import heal_done_rows, rebuild_pool, remove_partial_files
+from kgengine.farm.poolfiles import (
+    check_manifest_kept,
+    heal_done_rows,
+    rebuild_pool,
+    remove_partial_files,
+)
 from kgengine.farm.ray_runner import check_reachable, train_ray
 from kgengine.farm.recheck import recheck_rows
 from kgengine.farm.records import FarmJob, FarmSummary
@@ -118,7 +124,9 @@ def run_farm(
     hooks = hooks or JobHooks()
     if ray_address is not None:
         check_reachable(ray_address)  # before anything is written
+    paths = expand_inputs(inputs, recursive, exclude=[pool_dir], log=hooks.log)  # that too
     pool_dir = ensure_dir(pool_dir)
+    check_manifest_kept(pool_dir)
     t0 = time.perf_counter()
     summary = FarmSummary(pool_dir)
     old_threads = torch.get_num_threads()
@@ -129,7 +137,7 @@ def run_farm(
                                         config=config, overrides=overrides, dtype=dtype,
                                         mode=mode, restarts=restarts, stop=stop)
             job = FarmJob(man, settings, pool_dir, summary, hooks)
-            before = _prepare(job, inputs, recursive, retry_failed)
+            before = _prepare(job, paths, retry_failed)
             if ray_address is None:
                 _train_here(job, batch, device)
             else:
@@ -144,16 +152,15 @@ def run_farm(
     return summary
 
 
-def _prepare(job: FarmJob, inputs: Sequence[str | os.PathLike], recursive: bool,
-             retry_failed: bool) -> dict[str, int]:
-    """Steps 1 to 3 of the module docstring: settings, clean-up and recovery, new inputs.
+def _prepare(job: FarmJob, paths: list[Path], retry_failed: bool) -> dict[str, int]:
+    """Steps 1 to 3 of the module docstring: settings, clean-up and recovery, new inputs
+    (``paths``: the INPUTs expanded, :func:`~kgengine.farm.inputs.expand_inputs`).
 
     Returns:
         the rows per state before training.
     """
     man, summary = job.man, job.summary
     check_mode(job.settings)
-    paths = expand_inputs(inputs, recursive, exclude=[job.pool_dir], log=job.hooks.log)
     if man.settings() is None:
         man.set_settings(job.settings.to_dict())
     remove_partial_files(job.pool_dir)
