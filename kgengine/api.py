@@ -206,7 +206,8 @@ def estimate_kernels(
     Args:
         images: paths or (H, W, 3) float arrays in [0, 1] (LR images).
         seeds: one seed per image (default ``seed + i``); results do not depend on batching.
-        x4: also derive the x4 kernel analytically.
+        x4: the images are x4 LR: also derive the x4 kernel; the x2 kernel's post-processing
+            then reads the spectrum with the x4 model (another kernel than ``x4=False``).
         iters: iterations of each training, one run or each restart (default:
             ``config.run_iters(restarts)``, 3000 for one run and 1250 for each restart).
         device: "auto", "cpu", "cuda" or "cuda:N".

@@ -267,7 +267,8 @@ def check_kernel(k: object, where: str = "kernel") -> np.ndarray:
     """Validate one kernel and renormalise it: ``k / Σk`` as float64.
 
     Args:
-        k: array-like; must be 2-D, non-empty, finite, with a positive sum.
+        k: array-like; must be 2-D, non-empty, finite, with a finite positive sum (and
+            finite divided by it).
         where: the file, row or role named in the error message.
     Raises:
         BadKernelError: ``"<where>: <problem>"`` (a :class:`KGEngineError` and a ``ValueError``).
@@ -282,10 +283,18 @@ def check_kernel(k: object, where: str = "kernel") -> np.ndarray:
         raise BadKernelError(f"{where}: kernel must be a 2-D array, got shape {arr.shape}")
     if not np.isfinite(arr).all():
         raise BadKernelError(f"{where}: kernel contains NaN or inf values")
-    total = arr.sum()
-    if not total > 0:
-        raise BadKernelError(f"{where}: kernel sum is {total:.3g}, must be > 0")
-    return arr / total
+    with np.errstate(over="ignore", invalid="ignore"):  # the checks below say it in one line
+        total = arr.sum()
+        if not np.isfinite(total):
+            raise BadKernelError(f"{where}: kernel sum is not finite (values up to "
+                                 f"{np.abs(arr).max():.3g})")
+        if not total > 0:
+            raise BadKernelError(f"{where}: kernel sum is {total:.3g}, must be > 0")
+        out = arr / total
+    if not np.isfinite(out).all():  # huge values of opposite signs cancelling to a tiny sum
+        raise BadKernelError(f"{where}: kernel values are not finite divided by its sum "
+                             f"{total:.3g}")
+    return out
 
 
 def check_scale(scale: object, where: str = "kernel pool") -> int:

@@ -29,7 +29,8 @@ from kgengine.atomic import (
     save_npy,
     why,
 )
-from kgengine.errors import OutputError
+from kgengine.errors import BadKernelError, OutputError
+from kgengine.kernel import check_kernel
 
 
 def output_paths(outdir: str | Path, name: str) -> dict[str, Path]:
@@ -125,6 +126,16 @@ def stored_settings(report: dict[str, Any]) -> dict[str, Any]:
             "stop": report.get("stop", "full")}
 
 
+def _usable_kernel(path: Path) -> bool:
+    """Whether ``path`` holds a usable kernel (:func:`kgengine.kernel.check_kernel`): a file
+    deleted, truncated or damaged outside kgengine is redone, not kept."""
+    try:
+        check_kernel(np.load(path, allow_pickle=False), "")
+    except (OSError, ValueError, BadKernelError):
+        return False
+    return True
+
+
 def stored_image_hash(outdir: str | Path, name: str) -> str | None:
     """The ``image_sha256`` that ``name``'s report in ``outdir`` records (written since
     0.9.25), or None: no report, an unreadable one, or one without it."""
@@ -146,23 +157,26 @@ def stored_differences(outdir: str | Path, name: str, wanted: dict[str, Any],
             (``image_sha256``, written since 0.9.25) was made from another file of the same
             name: that is a difference. None, or a report without it: not compared.
     Returns:
-        None when there are no usable outputs (no report, an unreadable one, or a missing
-        kernel file): the image is to be done; ``[]`` when they exist and were made with the
-        same settings (x4 outputs also serve a run without x4); otherwise the differences,
+        None when there are no usable outputs (no report, an unreadable one, or a kernel
+        file missing or damaged, :func:`_usable_kernel`): the image is to be done; ``[]``
+        when they exist and were made with the same settings; otherwise the differences,
         e.g. ``["seed (stored 0, asked 4)", "config.lr_g (stored 0.0002, asked 0.0001)"]``.
+        ``x4`` is a setting like the others (since 0.9.26): ``--x4`` reads the image as an
+        x4 LR, which changes the x2 kernel's post-processing, so x4 outputs do not serve a
+        run without it.
     """
     p = output_paths(outdir, name)
     try:
         report = json.loads(p["report"].read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(report, dict) or not p["x2_npy"].is_file():
+    if not isinstance(report, dict) or not _usable_kernel(p["x2_npy"]):
         return None
     have = stored_settings(report)
-    if have["x4"] and not p["x4_npy"].is_file():
-        have["x4"] = False
+    if have["x4"] and not _usable_kernel(p["x4_npy"]):
+        return None
     diff = [f"{k} (stored {have[k]}, asked {wanted[k]})" for k in wanted
-            if k != "config" and have[k] != wanted[k] and not (k == "x4" and have[k])]
+            if k != "config" and have[k] != wanted[k]]
     made_from = report.get("image_sha256")
     if source is not None and isinstance(made_from, str) and made_from != source:
         diff.insert(0, f"image (stored sha256 {made_from[:12]}, asked {source[:12]})")
@@ -188,7 +202,8 @@ def stored_differences(outdir: str | Path, name: str, wanted: dict[str, Any],
     # from before 0.8 has no such key, and a one-run output does not depend on it; nor on
     # restart_n_filtering; width_prior, elongation_choice, width_refine and width_release
     # matter only with width_calibration
-    ignored = {"restart_iters"} | ({"restart_n_filtering"} if wanted["restarts"] == 1 else set())
+    ignored = {"restart_iters"} | ({"restart_n_filtering"} if wanted["restarts"] == 1 else
+                                   {"iters"})  # restarts: iters too acts through the top level
     if not old.get("width_calibration") and not new.get("width_calibration"):
         ignored |= {"width_prior", "elongation_choice", "width_refine", "width_release"}
     diff += [f"config.{k} (stored {old.get(k)}, asked {new[k]})" for k in new

@@ -11,8 +11,8 @@ centred (the kernel's centre index ``(h//2, w//2)`` lands on ``(K//2, K//2)``, w
   written before this array existed reads as all NaN) and ``index`` (a JSON string: one
   record per row with its id, source image, seed, confidence (null when unknown) and
   estimation report); no pickled objects, so ``np.load(path, allow_pickle=False)`` reads it;
-- a folder of ``.npy`` / ``.mat`` kernels (``.mat`` variable ``Kernel`` as saved by
-  ZSSR/KernelGAN/DIV2KRK, or else the file's only 2-D variable), or a single such file.
+- a folder of ``.npy`` / ``.mat`` kernels (``.mat``: :func:`mat_kernel`; a KAIR set is
+  refused, ``kgengine pool import`` reads it), or a single such file.
 
 Every kernel is checked (2-D, finite, sum > 0) and renormalised to sum 1; a bad file, or a
 confidence outside [0, 1] (NaN is "unknown"), raises :class:`~kgengine.errors.KGEngineError`
@@ -193,11 +193,8 @@ def top_threshold(pool: KernelPool, fraction: float, where: str = "kernel pool")
 
 
 def read_kernel_file(path: str | os.PathLike) -> np.ndarray:
-    """Read one kernel from ``.npy`` or ``.mat`` and validate it (see :func:`check_kernel`).
-
-    ``.mat``: the variable ``Kernel`` (ZSSR/KernelGAN/DIV2KRK), else the only 2-D numeric
-    variable in the file. Returns (h, w) float64 summing to 1.
-    """
+    """Read one kernel from ``.npy`` or ``.mat`` (:func:`mat_kernel`) and validate it (see
+    :func:`check_kernel`). Returns (h, w) float64 summing to 1."""
     path = Path(path)
     if not path.is_file():
         raise KGEngineError(f"{path}: {'a folder' if path.is_dir() else 'no such file'}")
@@ -208,32 +205,45 @@ def read_kernel_file(path: str | os.PathLike) -> np.ndarray:
         except Exception as exc:  # noqa: BLE001 - any failure is a bad file
             raise KGEngineError(f"{path}: cannot read .npy kernel ({type(exc).__name__})") from None
     elif suffix == ".mat":
-        arr = _read_mat_kernel(path)
+        arr = mat_kernel(load_mat(path), path)
     else:
         raise KGEngineError(f"{path}: not a kernel file (expected .npy or .mat)")
     return check_kernel(arr, str(path))
 
 
-def _read_mat_kernel(path: Path) -> np.ndarray:
+def load_mat(path: Path) -> dict:
+    """The variables of a ``.mat`` file (SciPy), or :class:`KGEngineError` naming it."""
     from scipy.io import loadmat
 
     try:
-        data = loadmat(path)
+        return loadmat(path)
     except NotImplementedError:
-        raise KGEngineError(f"{path}: MATLAB v7.3 files are not supported (use -v7)") from None
+        raise KGEngineError(f"{path}: MATLAB v7.3 files are not supported (save with -v7)"
+                            ) from None
     except Exception as exc:  # noqa: BLE001 - any failure is a bad file
         raise KGEngineError(f"{path}: cannot read .mat file ({type(exc).__name__})") from None
+
+
+def mat_kernel(data: dict, path: Path) -> np.ndarray:
+    """The one kernel of a loaded ``.mat`` file, unchecked: its ``Kernel`` variable
+    (ZSSR/KernelGAN/DIV2KRK), else its only 2-D numeric variable larger than 1x1 (MATLAB
+    stores a scalar, such as a KAIR file's ``scale``, as 1x1: that is no kernel).
+
+    A KAIR/USRNet set (``kernels``, as ``pool export --format kair-mat`` writes) is refused
+    naming its size: ``kgengine pool import`` makes a pool of it, ids and scale kept."""
+    if "kernels" in data:
+        arr = np.asarray(data["kernels"])
+        n = arr.size if arr.dtype == object else 1 if arr.ndim < 3 else arr.shape[
+            2 if arr.shape[0] == arr.shape[1] else 0]
+        raise KGEngineError(f"{path}: holds a set of {n} kernel{'s' * (n != 1)} (KAIR "
+                            "'kernels'), not one; `kgengine pool import` makes a pool of it")
     if "Kernel" in data:
         return data["Kernel"]
-    arrays = [
-        v for k, v in data.items()
-        if not k.startswith("__") and isinstance(v, np.ndarray) and v.ndim == 2
-        and np.issubdtype(v.dtype, np.number)
-    ]
+    arrays = [v for k, v in data.items() if not k.startswith("__") and isinstance(v, np.ndarray)
+              and v.ndim == 2 and v.size > 1 and np.issubdtype(v.dtype, np.number)]
     if len(arrays) != 1:
-        raise KGEngineError(
-            f"{path}: no 'Kernel' variable and {len(arrays)} 2-D variables (need exactly one)"
-        )
+        raise KGEngineError(f"{path}: no 'Kernel' variable and {len(arrays)} 2-D variables "
+                            "larger than 1x1 (need exactly one)")
     return arrays[0]
 
 
@@ -269,17 +279,10 @@ def save_pool(path: str | os.PathLike, pool: KernelPool) -> Path:
         path = path / POOL_FILE
     if not len(pool):
         raise KGEngineError(f"{path}: the pool holds no kernels; nothing to save")
-    index = [
-        {
-            "row": i,
-            "id": pool.ids[i],
-            "source": pool.sources[i],
-            "seed": pool.seeds[i],
-            "confidence": _json_confidence(pool.confidences[i]),
-            "report": None if pool.reports is None else pool.reports[i],
-        }
-        for i in range(len(pool))
-    ]
+    reports = pool.reports or [None] * len(pool)
+    index = [{"row": i, "id": pool.ids[i], "source": pool.sources[i], "seed": pool.seeds[i],
+              "confidence": None if np.isnan(c := pool.confidences[i]) else float(c),
+              "report": reports[i]} for i in range(len(pool))]
     arrays = {
         "kernels": pool.kernels.astype(np.float32),
         "ids": np.array(pool.ids, dtype=str),
@@ -295,10 +298,6 @@ def save_pool(path: str | os.PathLike, pool: KernelPool) -> Path:
             np.savez(fh, **arrays)
 
     return atomic_write(path, write)
-
-
-def _json_confidence(value: float) -> float | None:
-    return None if np.isnan(value) else float(value)
 
 
 def load_pool(path: str | os.PathLike, scale: int | None = None, *,

@@ -4,10 +4,11 @@ first step of ``kgengine pool import`` (:func:`kgengine.pool_interop.import_kern
 A **file**: a kgengine pool ``.npz`` (ids, seeds, confidences, reports kept); a ``.npy``
 kernel; a ``.mat`` holding a KAIR/USRNet set (variable ``kernels``: cell (1,N) or (N,1),
 numeric (K,K,N) or (N,K,K), a cube refused as ambiguous; ids ``<stem>_<i>`` or the file's
-``ids`` cell; a ``scale`` variable must match), a KernelGAN kernel (``Kernel``) or one 2-D
-variable. A kernel file named ``<name>_kernel_x{s}.mat|.npy`` (KernelGAN/RealSR, kgengine
-``estimate`` and farm ``kernels/``) has id ``<name>`` and is refused for another scale;
-other ids are the file's stem.
+``ids`` cell; a ``scale`` variable must be a whole number and match), a KernelGAN kernel
+(``Kernel``) or one 2-D variable larger than 1x1. A kernel file named
+``<name>_kernel_x{s}.mat|.npy`` (KernelGAN/RealSR, kgengine ``estimate`` and farm
+``kernels/``) has id ``<name>`` and is refused for another scale; other ids are the file's
+stem.
 
 A **folder**: its ``kernel_pool.npz`` if it has one, else its ``.npy``/``.mat`` files (sorted)
 and the ``<name>_kernel_x{s}`` files of its sub-folders (``results/<name>/``), less those of
@@ -15,9 +16,10 @@ another scale and each ``.mat`` with a ``.npy`` of the same name beside it (kgen
 every kernel as both: one kernel, read from the ``.npy``); the files left out go into the
 caller's ``skipped`` with why. Sources: ``<file>`` or ``<file>[i]`` (0-based index in a set
 or pool). A bad or missing file named as a source is a :class:`~kgengine.errors.KGEngineError`
-naming it; a bad file found in a folder (unreadable, cut short, a kernel that is not finite
-or sums to 0) goes into the caller's ``failed`` with its one-line error, and the folder's
-other files are read: one broken result among thousands does not stop an import.
+naming it; a bad file found in a folder (unreadable, cut short, a kernel that is not finite,
+sums to 0 or is over :data:`MAX_SIDE` px a side) goes into the caller's ``failed`` with its
+one-line error, and the folder's other files are read: one broken result among thousands
+does not stop an import.
 """
 
 from __future__ import annotations
@@ -32,9 +34,17 @@ import numpy as np
 from kgengine.errors import KGEngineError
 from kgengine.imageio import BROKEN_LINK, listed_file
 from kgengine.kernel import check_kernel
-from kgengine.pool import POOL_FILE, load_pool
+from kgengine.pool import POOL_FILE, load_mat, load_pool, mat_kernel
 
-_RESULT = re.compile(r"^(?P<id>.+)_kernel_x(?P<scale>\d+)\.(mat|npy)$", re.IGNORECASE)
+#: A result file's name: ``<id>_kernel_x<s>.mat|.npy`` (DOTALL: an id may hold a newline).
+_RESULT = re.compile(r"^(?P<id>.+)_kernel_x(?P<scale>\d+)\.(mat|npy)$",
+                     re.IGNORECASE | re.DOTALL)
+#: Largest kernel side imported (and exported): the ONNX degrader's, so that ``degrade`` takes
+#: every pool made here (:data:`kgengine.export.graph.MAX_KERNEL_SIZE`).
+MAX_SIDE = 255
+#: Largest scale a KAIR file's ``scale`` may hold: the ONNX degrader's
+#: (:data:`kgengine.export.graph.MAX_SCALE`).
+MAX_SCALE = 8
 
 
 @dataclass
@@ -114,7 +124,7 @@ def _read_folder(path: Path, scale: int, skipped: dict[Path, str],
                 raise KGEngineError(f"{p}: {BROKEN_LINK}")
             raws = _read_file(p, scale)
             for raw in raws:
-                check_kernel(raw.kernel, raw.source)
+                check_raw(raw.kernel, raw.source)
         except KGEngineError as exc:
             if failed is None:
                 raise
@@ -132,36 +142,34 @@ def _read_pool(path: Path, scale: int) -> list[RawKernel]:
                       float(pool.confidences[i]), reports[i]) for i in range(len(pool))]
 
 
-def _load_mat(path: Path) -> dict:
-    from scipy.io import loadmat
+def result_file(name: str) -> tuple[str, int] | None:
+    """``(id, scale)`` of a result file's name ``<id>_kernel_x<s>.mat|.npy`` (a folder
+    import reads such a file as the kernel ``<id>`` of scale ``s``), else None."""
+    m = _RESULT.match(name)
+    return (m["id"], int(m["scale"])) if m else None
 
-    try:
-        return loadmat(path)
-    except NotImplementedError:
-        raise KGEngineError(f"{path}: MATLAB v7.3 files are not supported (save with -v7)"
-                            ) from None
-    except Exception as exc:  # noqa: BLE001 - any failure is a bad file
-        raise KGEngineError(f"{path}: cannot read .mat file ({type(exc).__name__})") from None
+
+def check_raw(kernel: object, where: str) -> None:
+    """:func:`~kgengine.kernel.check_kernel` (2-D, finite, a finite sum > 0) and at most
+    :data:`MAX_SIDE` px per side, else :class:`KGEngineError` ``"<where>: <problem>"``."""
+    check_kernel(kernel, where)
+    h, w = np.shape(kernel)
+    if max(h, w) > MAX_SIDE:
+        raise KGEngineError(f"{where}: kernel is {h}x{w}, larger than {MAX_SIDE} px per side "
+                            "(the most `degrade` takes)")
 
 
 def _read_mat(path: Path, name: str, scale: int) -> list[RawKernel]:
-    """A KAIR set (``kernels``), a KernelGAN kernel (``Kernel``, id ``name``) or a lone 2-D
-    variable."""
-    data = _load_mat(path)
-    if "kernels" in data:
-        kernels = kair_kernels(data["kernels"], str(path))
-        ids = _kair_ids(data, len(kernels), path)
-        _check_stored_scale(data.get("scale"), path, scale)
-        return [RawKernel(k, i, f"{path}[{n}]") for n, (k, i) in enumerate(
-            zip(kernels, ids, strict=True))]
-    if "Kernel" in data:
-        return [RawKernel(data["Kernel"], name, str(path))]
-    arrays = [v for k, v in data.items() if not k.startswith("__") and isinstance(
-        v, np.ndarray) and v.ndim == 2 and np.issubdtype(v.dtype, np.number)]
-    if len(arrays) != 1:
-        raise KGEngineError(f"{path}: no 'Kernel' or 'kernels' variable and {len(arrays)} "
-                            "2-D variables (need exactly one)")
-    return [RawKernel(arrays[0], name, str(path))]
+    """A KAIR set (``kernels``), else one kernel (:func:`~kgengine.pool.mat_kernel`: the
+    ``Kernel`` variable or a lone 2-D variable larger than 1x1), id ``name``."""
+    data = load_mat(path)
+    if "kernels" not in data:
+        return [RawKernel(mat_kernel(data, path), name, str(path))]
+    kernels = kair_kernels(data["kernels"], str(path))
+    ids = _kair_ids(data, len(kernels), path)
+    _check_stored_scale(data.get("scale"), path, scale)
+    return [RawKernel(k, i, f"{path}[{n}]") for n, (k, i) in enumerate(
+        zip(kernels, ids, strict=True))]
 
 
 def kair_kernels(value: np.ndarray, where: str) -> list[np.ndarray]:
@@ -197,15 +205,22 @@ def kair_kernels(value: np.ndarray, where: str) -> list[np.ndarray]:
 
 
 def _check_stored_scale(stored: object, path: Path, scale: int) -> None:
-    """Refuse a KAIR file whose ``scale`` variable (if any) is not ``scale``."""
+    """Refuse a KAIR file whose ``scale`` variable (if any) is not one real whole number in
+    [1, :data:`MAX_SCALE`] (NaN, inf, 2.5, 2+1j), or is not ``scale``."""
     if stored is None:
         return
     value = np.asarray(stored).ravel()
     if value.size != 1 or not np.issubdtype(value.dtype, np.number):
         raise KGEngineError(f"{path}: 'scale' must be one number, got {value.size} values")
-    if int(value[0]) != scale:
-        raise KGEngineError(f"{path}: holds x{int(value[0])} kernels (its 'scale'), not "
-                            f"x{scale}; use --scale {int(value[0])}")
+    number = value[0].item()  # a Python int, float or complex
+    if not (isinstance(number, int | float) and 1 <= number <= MAX_SCALE
+            and float(number).is_integer()):  # NaN fails too
+        raise KGEngineError(f"{path}: 'scale' must be a whole number in [1, {MAX_SCALE}], "
+                            f"got {number!r}")
+    stored_scale = int(number)
+    if stored_scale != scale:
+        raise KGEngineError(f"{path}: holds x{stored_scale} kernels (its 'scale'), not "
+                            f"x{scale}; use --scale {stored_scale}")
 
 
 def _kair_ids(data: dict, n: int, path: Path) -> list[str]:

@@ -8,9 +8,10 @@ from their spline shift; **KAIR/USRNet sets** (``.mat`` variable ``kernels``); *
 of** ``.npy`` (traiNNer) and single ``.npy``/``.mat`` kernels (id = stem); **kgengine
 pools**, ids, seeds, confidences and reports kept; a folder's ``.mat`` beside a ``.npy`` of
 the same name is one kernel, read once: :attr:`ImportResult.skipped`). Each kernel is
-checked (:func:`~kgengine.kernel.check_kernel`), negatives clipped, renormalised to sum 1
-(unless within :data:`SUM_TOL`: imports are exact and idempotent), zero-padded to one odd
-common size (grown if a shift would push mass off it) and re-centred to the convention
+checked (:func:`~kgengine.kernel.check_kernel`; at most :data:`MAX_SIZE` px a side),
+negatives clipped, renormalised to sum 1 (unless within :data:`SUM_TOL`: imports are exact
+and idempotent), zero-padded to one odd common size (grown if a shift would push mass off
+it, up to :data:`MAX_SIZE`) and re-centred to the convention
 (centre of mass on the middle pixel, :func:`~kgengine.kernel.center_kernel`) unless within
 :data:`CENTRE_TOL` px. A bad or missing file named as a source is a
 :class:`~kgengine.errors.KGEngineError` naming it; a bad file inside a source folder is left
@@ -18,27 +19,37 @@ out and listed in :attr:`ImportResult.failed` with its one-line error.
 
 :func:`export_pool` writes ``npy`` (folder of ``<id>.npy``, float32 (K,K)), ``mat-folder``
 (``<id>_kernel_x{s}.mat``, ``Kernel`` float64) or ``kair-mat`` (one ``.mat``: ``kernels``
-cell (1,N) of float64 (K,K), ``ids`` cell (1,N), ``scale``), atomically; ``size`` (odd, at
-most :data:`MAX_SIZE`) crops or zero-pads every kernel around its centre pixel
-(:func:`resize_kernel`).
+cell (1,N) of float64 (K,K), ``ids`` cell (1,N), ``scale``), atomically, never over the pool
+it exports; ``size`` (odd, at most :data:`MAX_SIZE`) crops or zero-pads every kernel around
+its centre pixel (:func:`resize_kernel`). An import of an export gives back the same ids.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from kgengine.atomic import ensure_dir, save_mat, save_npy
-from kgengine.errors import KGEngineError
+from kgengine.atomic import ensure_dir, save_mat, save_npy, why
+from kgengine.errors import KGEngineError, OutputError
 from kgengine.kernel import center_kernel, center_of_mass, check_kernel, check_scale, pad_to
 from kgengine.pool import KernelPool
-from kgengine.pool_import import RawKernel, kair_kernels, read_source  # noqa: F401 (API)
+from kgengine.pool_import import (  # noqa: F401 (API)
+    MAX_SIDE,
+    RawKernel,
+    check_raw,
+    kair_kernels,
+    read_source,
+    result_file,
+)
 
 #: A kernel whose centre of mass is this close (pixels, per axis) to the middle is not moved:
 #: a thousandth of a pixel, so that kgengine's own kernels (centred to about 1e-5 px by
@@ -51,9 +62,12 @@ SUM_TOL = 1e-6
 TAIL_MASS = 1e-5
 #: Export formats of :func:`export_pool`.
 FORMATS = ("npy", "mat-folder", "kair-mat")
-#: Largest ``size`` of :func:`export_pool` (SRMD takes 15, KAIR 25, KernelGAN x4 33; each
-#: kernel is held as (size, size) float64: 0.5 MB at 255).
-MAX_SIZE = 255
+#: Largest ``size`` of :func:`export_pool` and kernel side :func:`import_kernels` takes: the
+#: ONNX degrader's (SRMD takes 15, KAIR 25, KernelGAN x4 33; each kernel is held as
+#: (size, size) float64: 0.5 MB at 255).
+MAX_SIZE = MAX_SIDE
+#: Longest file name :func:`export_pool` writes, in bytes (Linux, macOS and Windows: 255).
+NAME_MAX = 255
 
 
 @dataclass
@@ -120,13 +134,18 @@ def prepare_kernel(k: object, where: str) -> tuple[np.ndarray, float]:
     """Check ``k``, clip its negatives, renormalise to sum 1 (unless within :data:`SUM_TOL`).
 
     Returns ((h, w) float64, the clipped negative mass relative to the positive mass);
-    raises :class:`KGEngineError` ``"<where>: <problem>"`` (not 2-D, not finite, sum <= 0).
+    raises :class:`KGEngineError` ``"<where>: <problem>"`` (not 2-D, not finite, sum <= 0 or
+    not finite, a side over :data:`MAX_SIZE`).
     """
-    check_kernel(k, where)  # validation; the values are taken as they are below
+    check_raw(k, where)  # validation; the values are taken as they are below
     raw = np.asarray(k, dtype=np.float64)
     kernel = np.clip(raw, 0.0, None)
-    total = kernel.sum()
-    negative = float(np.clip(-raw, 0.0, None).sum() / total)
+    with np.errstate(over="ignore", invalid="ignore"):  # said in one line below
+        total = kernel.sum()
+        negative = float(np.clip(-raw, 0.0, None).sum() / total)
+    if not (np.isfinite(total) and np.isfinite(negative)):
+        raise KGEngineError(f"{where}: kernel sum is not finite (of its positive or of its "
+                            "negative values)")
     if abs(total - 1.0) > SUM_TOL:
         kernel = kernel / total
     return kernel, negative
@@ -184,7 +203,12 @@ def conform_kernels(raws: Sequence[RawKernel], scale: int) -> ImportResult:
                                 f"{seen[r.id]}; import these sources separately")
         seen[r.id] = r.source
     prepared = [prepare_kernel(r.kernel, r.source) for r in raws]
-    size = max(canvas_size(k) for k, _ in prepared)
+    sizes = [canvas_size(k) for k, _ in prepared]
+    size = max(sizes)
+    if size > MAX_SIZE:  # a kernel of up to MAX_SIZE px whose centre of mass is far off
+        raise KGEngineError(f"{raws[sizes.index(size)].source}: re-centred, the kernel needs a "
+                            f"{size}x{size} canvas, larger than {MAX_SIZE} (the most `degrade` "
+                            "takes)")
     rows, shifts = zip(*(centre_on(k, size) for k, _ in prepared), strict=True)
     reports = [r.report for r in raws]
     pool = KernelPool(np.stack(rows).astype(np.float32), [r.id for r in raws],
@@ -238,46 +262,116 @@ def resize_kernel(k: np.ndarray, size: int, where: str = "kernel") -> tuple[np.n
     return crop / crop.sum(), float(1.0 - kept)
 
 
-def _file_names(pool: KernelPool, fmt: str, out: Path) -> list[str]:
-    """One file name per kernel in the folder ``out`` (created); refuses ids that are no
-    file names and a folder holding other files of the format (:func:`export_pool`)."""
-    for i in pool.ids:
+def _file_names(pool: KernelPool, fmt: str) -> list[str]:
+    """One file name per kernel (:func:`export_pool`), each checked before anything is
+    written: an id that is no file name, or too long for one (:data:`NAME_MAX`), and for
+    ``npy`` an id that ``pool import`` would read back as another (``img_kernel_x4.npy``: a
+    result file, id ``img``, x4) are refused."""
+    names = [f"{i}.npy" if fmt == "npy" else f"{i}_kernel_x{pool.scale}.mat" for i in pool.ids]
+    for i, name in zip(pool.ids, names, strict=True):
         if i in ("", ".", "..") or any(ch in i for ch in "/\\\0"):
             raise KGEngineError(f"kernel id {i!r} cannot be a file name")
-    suffix = ".npy" if fmt == "npy" else ".mat"
-    names = [f"{i}.npy" if fmt == "npy" else f"{i}_kernel_x{pool.scale}.mat" for i in pool.ids]
-    taken = set(names)
+        try:
+            size = len(os.fsencode(name))
+        except UnicodeError:
+            raise KGEngineError(f"kernel id {i!r} cannot be a file name (not encodable)") from None
+        if size > NAME_MAX:
+            raise KGEngineError(f"kernel id {i[:40]!r}... is too long for a file name ({size} "
+                                f"bytes as {name[-12:]!r}, at most {NAME_MAX})")
+        if fmt == "npy" and (read := result_file(name)):
+            raise KGEngineError(
+                f"kernel id {i!r}: {name!r} would be imported back as the x{read[1]} result "
+                f"file of {read[0]!r}; export as mat-folder or kair-mat, which keep every id")
+    return names
+
+
+def _check_overwrite(pool: KernelPool, out: Path, targets: list[Path],
+                     source: str | os.PathLike | None) -> None:
+    """Refuse an export onto the pool it exports (:func:`export_pool`): ``out`` is ``source``
+    (the pool's file or folder), or a file to write is ``source`` or a file the pool's
+    kernels were read from (its ``sources``), compared as resolved paths."""
+    src, what = None if source is None else Path(source).resolve(), (
+        "file" if targets == [out] else "folder")
+    if src is not None and out.resolve() == src:
+        raise KGEngineError(f"{out}: is the pool being exported; write to another {what}")
+    ours = {src} | {Path(s).resolve() for s in pool.sources if "\0" not in s}
+    hit = next((t for t in targets if t.resolve() in ours), None)
+    if hit is not None:
+        raise KGEngineError(f"{out}: the export would overwrite {hit.name!r}, a kernel file of "
+                            f"the pool being exported; write to another {what}")
+
+
+def _check_folder(out: Path, names: list[str], fmt: str) -> None:
+    """Create ``out``; refuse it when it holds other files of the format's type."""
+    suffix, taken = (".npy" if fmt == "npy" else ".mat"), set(names)
     others = sorted(p.name for p in ensure_dir(out).iterdir()
                     if p.suffix.lower() == suffix and p.name not in taken)
     if others:
         raise KGEngineError(f"{out}: already holds {len(others)} other {suffix} files "
                             f"(e.g. {others[0]}); export into an empty folder")
-    return names
 
 
-def export_pool(pool: KernelPool, out: str | os.PathLike, fmt: str,
-                size: int | None = None) -> ExportResult:
+def _write_files(out: Path, names: list[str], rows: list[np.ndarray], fmt: str) -> list[Path]:
+    """Write every kernel into a new hidden folder in ``out``, then move each onto its name:
+    a write that fails (full disk, ...) leaves none of the export's files in ``out`` (a kill
+    leaves at most the hidden ``.export-*`` folder, which no kgengine reader takes)."""
+    try:
+        part = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    except OSError as exc:
+        raise OutputError(out, f"cannot write ({why(exc)})", exc.errno) from exc
+    moved: list[Path] = []
+    try:
+        written = [save_npy(part / f"{n}.npy", k.astype(np.float32)) if fmt == "npy"
+                   else save_mat(part / f"{n}.mat", {"Kernel": k}) for n, k in enumerate(rows)]
+        for tmp, name in zip(written, names, strict=True):
+            try:
+                os.replace(tmp, out / name)
+            except OSError as exc:
+                raise OutputError(out / name, f"cannot write ({why(exc)})", exc.errno) from exc
+            moved.append(out / name)
+    except BaseException:
+        for path in moved:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise
+    finally:
+        shutil.rmtree(part, ignore_errors=True)
+    return moved
+
+
+def export_pool(pool: KernelPool, out: str | os.PathLike, fmt: str, size: int | None = None,
+                *, source: str | os.PathLike | None = None) -> ExportResult:
     """Write ``pool`` (kernels (N, K, K)) as ``fmt`` (:data:`FORMATS`, see the module doc).
 
     ``out``: the folder (``npy``, ``mat-folder``; created; refused if it holds other files
     of that type) or the ``.mat`` file (``kair-mat``). ``size``: crop or zero-pad every
-    kernel to (size, size), odd (:func:`resize_kernel`); None keeps (K, K). Raises
-    :class:`KGEngineError` (bad format, size or folder) or ``OutputError`` (a failed write).
+    kernel to (size, size), odd (:func:`resize_kernel`); None keeps (K, K), refused over
+    :data:`MAX_SIZE`. ``source``: the pool's file or folder, if any: an export onto it or
+    over one of the pool's kernel files is refused. ``pool import`` reads every export
+    back with the same ids: every name is checked before any file is written, and an id
+    whose ``npy`` file name is a result file's (``<name>_kernel_x<s>.npy``) is refused
+    (``mat-folder`` and ``kair-mat`` keep any id). The files of a folder are written
+    together: a failed export leaves none. Raises :class:`KGEngineError` (bad format, size,
+    id or folder) or ``OutputError`` (a failed write).
     """
     if fmt not in FORMATS:
         raise KGEngineError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if size is None and pool.kernel_size > MAX_SIZE:
+        k = pool.kernel_size
+        raise KGEngineError(f"{source or 'kernel pool'}: its kernels are {k}x{k}, larger than "
+                            f"the {MAX_SIZE} px this export takes; give --size (odd, at most "
+                            f"{MAX_SIZE}) to crop them")
     size = check_size(pool.kernel_size if size is None else size)
+    out = Path(out)
+    names = [] if fmt == "kair-mat" else _file_names(pool, fmt)
+    _check_overwrite(pool, out, [out / n for n in names] if names else [out], source)
     resized = [resize_kernel(k, size, i) for k, i in zip(pool.kernels, pool.ids, strict=True)]
     lost = max(x for _, x in resized)
-    out = Path(out)
     if fmt == "kair-mat":
         cells, ids = np.empty((1, len(pool)), dtype=object), np.empty((1, len(pool)), object)
         for n, (k, _) in enumerate(resized):
             cells[0, n], ids[0, n] = k, pool.ids[n]
         save_mat(out, {"kernels": cells, "ids": ids, "scale": np.int64(pool.scale)})
         return ExportResult([out], size, lost)
-    names = _file_names(pool, fmt, out)
-    paths = [save_npy(out / n, k.astype(np.float32)) if fmt == "npy"
-             else save_mat(out / n, {"Kernel": k}) for n, (k, _) in zip(names, resized,
-                                                                      strict=True)]
-    return ExportResult(paths, size, lost)
+    _check_folder(out, names, fmt)
+    return ExportResult(_write_files(out, names, [k for k, _ in resized], fmt), size, lost)

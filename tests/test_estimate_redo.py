@@ -111,9 +111,16 @@ def test_a_redo_without_x4_removes_the_x4_files_and_nothing_else(tmp_path, redo)
     for other in others:
         (out / other).write_text("not kgengine's")
     with_x4 = check_consistent(out)
-    # a rerun with the same settings but no --x4 keeps the x4 outputs (they serve it)
+    # without --x4 the spectrum is read as x2's, so the x2 kernel is another one: the x4
+    # outputs do not serve it (before 0.9.26 they were kept, with a kernel a fresh run
+    # without --x4 does not give)
     res = estimate(out)
-    assert res.exit_code == 0 and "skip" in res.output and x4 <= own_files(out)
+    assert res.exit_code == 0 and "x4 (stored True, asked False)" in res.output
+    assert not x4 & own_files(out)
+    assert estimate(tmp_path / "plain").exit_code == 0
+    assert (out / "sample_lr_kernel_x2.npy").read_bytes() == (
+        tmp_path / "plain" / "sample_lr_kernel_x2.npy").read_bytes()
+    assert estimate(out, "--x4").exit_code == 0 and x4 <= own_files(out)
 
     res = estimate(out, *redo)
     assert res.exit_code == 0, res.output
@@ -242,3 +249,56 @@ def test_a_photo_of_the_same_name_added_later_renames_nothing_done(tmp_path):
     assert run(out, a).output.count("(done)") == 1
     assert {p.name for p in out.iterdir()} == {*before, *(p.name for p in output_paths(
         out, name_b).values() if "x4" not in p.name)}
+
+
+def test_two_copies_of_one_photo_under_one_name_are_both_kept(tmp_path):
+    """Two inputs ``x/im.png`` and ``y/im.png`` with the same bytes are named ``im-<8 hex>``
+    and ``im-<12 hex>``; before 0.9.26 a rerun kept only the first name, trained the second
+    again under ``im`` and, the run after, swapped them."""
+    from kgengine.farm.seeds import content_hash
+
+    x, y = tmp_path / "x" / "im.png", tmp_path / "y" / "im.png"
+    for p in (x, y):
+        p.parent.mkdir()
+        p.write_bytes(SAMPLE.read_bytes())
+    h = content_hash(x)
+    out = tmp_path / "out"
+    assert run(out, x, y).exit_code == 0
+    reports = sorted(p.name for p in out.glob("*_report.json"))
+    assert reports == [f"im-{h[:12]}_report.json", f"im-{h[:8]}_report.json"]
+    for _ in range(2):
+        res = run(out, x, y)
+        assert res.exit_code == 0 and res.output.count("(done)") == 2, res.output
+        assert sorted(p.name for p in out.glob("*_report.json")) == reports
+
+
+def test_restarts_are_not_redone_for_a_length_given_another_way(tmp_path):
+    """With restarts the iterations run are the top-level ``iters``: ``--iters 30`` and
+    ``--set restart_iters=30`` train the same (before 0.9.26 the second was redone for
+    ``config.iters``)."""
+    out = tmp_path / "out"
+    assert estimate(out, "--restarts", "2").exit_code == 0
+    kernel = (out / "sample_lr_kernel_x2.npy").read_bytes()
+    res = runner.invoke(app, ["estimate", str(SAMPLE), "-o", str(out), "--restarts", "2",
+                              "--set", "restart_iters=30", "--device", "cpu", "--threads", "1"])
+    assert res.exit_code == 0 and "(done)" in res.output, res.output
+    assert (out / "sample_lr_kernel_x2.npy").read_bytes() == kernel
+    res = runner.invoke(app, ["estimate", str(SAMPLE), "-o", str(out), "--restarts", "2",
+                              "--set", "restart_iters=40", "--device", "cpu", "--threads", "1"])
+    assert "iters (stored 30, asked 40)" in res.output
+
+
+@pytest.mark.parametrize("damage", ["truncate", "nan", "delete_x4"])
+def test_a_damaged_kernel_file_is_redone(tmp_path, damage):
+    out = tmp_path / "out"
+    assert estimate(out, "--x4").exit_code == 0
+    good = {n: (out / f"sample_lr_kernel_{n}.npy").read_bytes() for n in ("x2", "x4")}
+    if damage == "truncate":
+        (out / "sample_lr_kernel_x2.npy").write_bytes(good["x2"][:50])
+    elif damage == "nan":
+        np.save(out / "sample_lr_kernel_x2.npy", np.full((13, 13), np.nan))
+    else:
+        (out / "sample_lr_kernel_x4.npy").unlink()
+    res = estimate(out, "--x4")
+    assert res.exit_code == 0 and "(done)" not in res.output, res.output
+    assert {n: (out / f"sample_lr_kernel_{n}.npy").read_bytes() for n in ("x2", "x4")} == good

@@ -52,7 +52,10 @@ def estimate(
     images: Annotated[list[Path], typer.Argument(
         help="LR images (PNG/JPEG/TIFF/... or .npy), or folders of them.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")],
-    x4: Annotated[bool, typer.Option("--x4", help="Also derive the x4 kernel.")] = False,
+    x4: Annotated[bool, typer.Option("--x4", help=(
+        "The images are x4 LR images: derive the x4 kernel too. The x2 kernel's "
+        "post-processing then reads the spectrum as x4's, so it differs from a run "
+        "without --x4."))] = False,
     iters: Annotated[int | None, typer.Option(
         help="Iterations of each training (default: 3000, the paper's, for one run; 1250 for "
              "each restart with --restarts K > 1).")] = None,
@@ -226,14 +229,16 @@ def _sources(images: list[Path], out: Path) -> dict[Path, Source]:
 
 def _kept_names(images: list[Path], digests: dict[Path, str | None],
                 out: Path) -> dict[Path, str]:
-    """The inputs whose outputs are in ``out`` under the stem or the hashed name, made from
-    this very file (the report's ``image_sha256``): input -> that name."""
+    """The inputs whose outputs are in ``out`` under the stem or a hashed name (``<stem>-``
+    8, 12, ... hex digits, as :func:`~kgengine.farm.inputs.unique_names` lengthens them
+    between files of the same content), made from this very content (the report's
+    ``image_sha256``): input -> that name, each name given once."""
     from kgengine.outputs import stored_image_hash
 
     kept: dict[Path, str] = {}
     for p in images:
         h = digests[p]
-        for name in ([p.stem, f"{p.stem}-{h[:8]}"] if h else []):
+        for name in ([p.stem, *(f"{p.stem}-{h[:n]}" for n in range(8, 65, 4))] if h else []):
             if name not in kept.values() and stored_image_hash(out, name) == h:
                 kept[p] = name
                 break

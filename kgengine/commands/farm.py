@@ -37,8 +37,9 @@ Batch = Annotated[int | None, typer.Option(
     "--batch", help="Images per batched training. Default: 8 on CPU, measured from free "
                            "memory on GPU.")]
 X4 = Annotated[bool | None, typer.Option(
-    "--x4/--no-x4", help="Also derive x4 kernels (and kernel_pool_x4.npz). Default: no / the "
-                         "pool's setting.")]
+    "--x4/--no-x4", help="The photos are x4 LR images: derive x4 kernels too (and "
+                         "kernel_pool_x4.npz); the x2 kernels' post-processing reads the "
+                         "spectrum as x4's. Default: no / the pool's setting.")]
 Iters = Annotated[int | None, typer.Option(
     "--iters", help="Iterations of each training (default: 3000, the paper's, for one run; 1250 "
                     "for each restart with --restarts K > 1; the pool's setting on resume).")]
@@ -110,9 +111,10 @@ def farm(
     too. Options left out take the pool's stored settings. Bad images end as failed rows
     with their reason; an image whose files cannot be written (full disk, ...) is reported
     on one line and left pending for the next run, the others go on; the exit code is 1 if
-    any image failed or was left pending in this run, or a folder INPUT gave no image
-    files (each reported on one line). kgengine's own outputs (pool folders, this one
-    included, estimate and degrade output folders) are never read as input. Each image's
+    any image failed or was left pending in this run, or a folder or .txt list INPUT gave
+    no image files, or a file INPUT lies in a pool folder (each reported on one line).
+    kgengine's own outputs (pool folders, this one included, estimate and degrade output
+    folders) are never read as input. Each image's
     confidence is stored in the manifest, its report and the pool (see `kgengine pool
     filter --min-confidence`).
     """
@@ -230,6 +232,8 @@ def plot(
             raise KGEngineError(f"{path}: the picture is PNG; give a file name ending in .png")
         if path is not None:
             check_out_file(path)
+    if hist is not None and hist.resolve() == out.resolve():
+        raise KGEngineError(f"{hist}: --hist is the mosaic's file (-o {out}); give another name")
     for p in plot_pool(pool, out, columns=columns, limit=limit, hist=hist,
                        min_confidence=min_confidence):
         typer.echo(f"wrote {p}")
@@ -325,7 +329,8 @@ def export_command(
     else:
         check_out_file(out)
     kernels = load_pool(pool, min_confidence=min_confidence)
-    result = export_pool(kernels, out, fmt, size)
+    result = export_pool(kernels, out, fmt, size, source=pool)
     k = result.size
-    lost = f"; the crop dropped up to {result.lost:.2%} of a kernel's mass" if result.lost else ""
+    lost = (f"; the crop dropped up to {result.lost:.2%} of a kernel's mass"
+            if result.lost >= 5e-5 else "")  # below 0.01 %: rounding, not mass
     typer.echo(f"wrote {len(kernels)} kernels {k}x{k} as {fmt} to {out}{lost}")
