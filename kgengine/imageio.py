@@ -167,10 +167,8 @@ def _npy_array(path: Path) -> np.ndarray:
 
 def _read_npy(path: Path) -> np.ndarray:
     arr = _npy_array(path)
-    if arr.dtype == np.uint8:
-        scale = 255.0
-    elif arr.dtype == np.uint16:
-        scale = 65535.0
+    if arr.dtype.kind == "u" and arr.dtype.itemsize in (1, 2):  # either byte order
+        scale = 255.0 if arr.dtype.itemsize == 1 else 65535.0
     elif np.issubdtype(arr.dtype, np.floating):
         scale = 1.0  # checked to lie in [0, 1] by read_image
     else:

@@ -302,3 +302,22 @@ def test_a_damaged_kernel_file_is_redone(tmp_path, damage):
     res = estimate(out, "--x4")
     assert res.exit_code == 0 and "(done)" not in res.output, res.output
     assert {n: (out / f"sample_lr_kernel_{n}.npy").read_bytes() for n in ("x2", "x4")} == good
+
+
+def test_the_output_folder_may_be_the_folder_of_photos(tmp_path):
+    """``kgengine estimate photos -o photos`` read nothing before 0.9.26 (the output folder
+    was left out as a whole, with a message about pool folders); now its photos are read and
+    its own kernel files are not, on this run and the next."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.png").write_bytes(SAMPLE.read_bytes())
+    alone = tmp_path / "alone"
+    assert run(alone, photos / "a.png").exit_code == 0
+    res = run(photos, photos)
+    assert res.exit_code == 0 and "pool" not in res.output, res.output
+    assert (photos / "a_kernel_x2.npy").read_bytes() == (alone / "a_kernel_x2.npy").read_bytes()
+    res = run(photos, photos)
+    assert res.exit_code == 0 and res.output.count("(done)") == 1, res.output
+    # the heat map a_kernel.png and a_kernel_x2.npy are not read as photos
+    assert "skip 2 kernel file(s) in the estimate output folder(s)" in res.output
+    assert not list(photos.glob("a_kernel*_kernel*"))

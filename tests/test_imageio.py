@@ -109,3 +109,17 @@ def test_huge_image_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(io, "MAX_PIXELS", 5000)
     with pytest.raises(BadImageError, match="larger than 5000 pixels"):
         io.read_image(tmp_path / "big.png")
+
+
+@pytest.mark.parametrize("dtype", [">u2", "<u2", ">f4", "|u1"])
+def test_npy_of_either_byte_order_reads_the_same(tmp_path, dtype):
+    """A big-endian uint16 ``.npy`` was refused ("unsupported dtype >u2: expected uint8,
+    uint16 ...") before 0.9.26; every byte order now reads as the native array does."""
+    rng = np.random.default_rng(3)
+    top = {"u2": 65535, "f4": 1, "u1": 255}[dtype[1:]]
+    arr = (rng.random((40, 44, 3)) * top).astype(dtype[1:])
+    native, swapped = tmp_path / "native.npy", tmp_path / "order.npy"
+    np.save(native, arr)
+    np.save(swapped, arr.astype(dtype))
+    assert np.load(swapped).dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(read_image(swapped), read_image(native))

@@ -1,8 +1,10 @@
 """A seeded synthetic benchmark in the DIV2KRK layout (docs/ALGORITHM.md section 8).
 
 For image ``N`` (1-based, like DIV2KRK) the random generator is
-``numpy.random.default_rng([seed, N])``, so every image is reproducible on its own and the
-set does not change when ``n`` grows. From it:
+``numpy.random.default_rng([seed, N])``, so every image is reproducible on its own: the same
+HR folder, ``n`` and seed give the same set. Image ``N``'s kernel draw does not depend on
+``n``, but its HR photo does (:func:`select_evenly` spreads the ``n`` photos over the
+folder), so a set made with another ``n`` is another set. From it:
 
 - ``var1, var2 ~ U(0.6, 5)`` (axis *variances*, px²), ``theta ~ U(0, π)``, and per-entry
   multiplicative noise ``U(1 − 0.25, 1 + 0.25)`` of shape 11×11;

@@ -120,11 +120,11 @@ def estimate(
 
 def _expand(images: list[Path], recursive: bool, out: Path) -> tuple[list[Path], int]:
     """(the IMAGE arguments with each folder replaced by its image files
-    (:func:`kgengine.farm.inputs.folder_images`: OUTDIR and kgengine's own outputs left out,
-    on one line), each file once (a folder and a file in it; two spellings of one file, on
-    one line), the number of folders without images). Files stay as given, so a missing one
-    fails alone, naming itself; a folder without images fails alone too (one error line),
-    and the others go on."""
+    (:func:`kgengine.farm.inputs.folder_images`: OUTDIR, unless it is that folder, and
+    kgengine's own outputs left out, on one line), each file once (a folder and a file in
+    it; two spellings of one file, on one line), the number of folders without images).
+    Files stay as given, so a missing one fails alone, naming itself; a folder without
+    images fails alone too (one error line), and the others go on."""
     from kgengine.farm.inputs import folder_images, real_path
 
     def log(message: str) -> None:
@@ -135,7 +135,9 @@ def _expand(images: list[Path], recursive: bool, out: Path) -> tuple[list[Path],
     for p in images:
         found = [p]
         if p.is_dir():
-            found = folder_images(p, recursive, exclude=[out], log=log)
+            # OUTDIR named as the folder to read: its images are read, its kernels are not
+            mine = [] if real_path(p) == real_path(out) else [out]
+            found = folder_images(p, recursive, exclude=mine, log=log)
             if not found:
                 empty += 1
                 _failed(KGEngineError(f"{shown(p)}: no image files in this folder" + (
