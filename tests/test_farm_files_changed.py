@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
+from test_farm import _one_thread  # noqa: F401 (an autouse fixture: torch on 1 thread)
 from typer.testing import CliRunner
 
 import kgengine.farm.intake as intake
@@ -27,14 +27,6 @@ DATA = Path(__file__).resolve().parents[1] / "kgengine" / "data" / "sample_hr.pn
 CFG = KernelGANConfig(iters=8, lr_decay_every=3, bic_decay_every=2, bic_loss_threshold=10.0)
 BOXES = {"a": (0, 0, 100, 96), "b": (100, 100, 210, 200), "c": (180, 0, 320, 120),
          "edited": (0, 190, 124, 320)}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def photo(path: Path, box: str) -> Path:

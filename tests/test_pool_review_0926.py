@@ -13,27 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy.io import savemat
-from typer.testing import CliRunner
+from test_pool_qa import _cli, _fails_with
 
-from kgengine.cli import app
 from kgengine.errors import KGEngineError, OutputError
 from kgengine.export.graph import MAX_KERNEL_SIZE, MAX_SCALE
 from kgengine.kernel import anisotropic_gaussian, center_kernel, check_kernel
 from kgengine.pool import load_pool, make_pool, read_kernel_file, save_pool
 from kgengine.pool_interop import MAX_SIZE, export_pool, import_kernels, prepare_kernel
-
-
-def _cli(*args: object):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def _fails_with(res, *parts: str) -> None:
-    """Exit code 1 and one output line, ``error: ...``, holding every part."""
-    assert res.exit_code == 1, res.output
-    lines = res.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
-    for part in parts:
-        assert part in lines[0], res.output
 
 
 def _kernel(i: int, size: int = 13) -> np.ndarray:
