@@ -211,7 +211,8 @@ def estimate_kernels(
         iters: iterations of each training, one run or each restart (default:
             ``config.run_iters(restarts)``, 3000 for one run and 1250 for each restart).
         device: "auto", "cpu", "cuda" or "cuda:N".
-        config: a :class:`KernelGANConfig` (default: the authors' settings, defects 1-3 included).
+        config: a :class:`KernelGANConfig` (default ``KernelGANConfig()``: the authors'
+            training, defects 1-3 included, and kgengine's post-processing).
         dtype: training precision (float32; float64 for exactness tests).
         mode: "composed" (fast) or "layers" (the authors' layer-by-layer computation).
         callback: called with the number of finished iterations every 50 iterations.

@@ -161,14 +161,19 @@ def analytic_x4(k2: np.ndarray) -> np.ndarray:
 
     ``k4[t] = sum_{2v + u = t} k2[v] k2[u]`` (per axis), so that in the kgengine convention
     ``degrade(degrade(x, k2, 2), k2, 2) == degrade(x, k4, 4)`` away from the borders.
-    For odd ``n`` the centre index of ``k4`` is ``3 (n // 2) = (3n - 2) // 2``.
+    For odd ``n`` the centre index of ``k4`` is ``3 (n // 2) = (3n - 2) // 2``. An even side
+    is first padded with a zero row/column at its end (the same centre index ``n // 2``,
+    now odd: ``n + 1``), so the identity holds for it too (since 0.9.26; before, its k4 was
+    one HR pixel off).
 
     Args:
-        k2: (n, n) x2 kernel.
+        k2: (n0, n1) x2 kernel.
     Returns:
-        (3n-2, 3n-2) kernel with the same sum squared as ``k2`` (1 for a normalised k2).
+        (3m0-2, 3m1-2) kernel, ``mi`` = ``ni`` rounded up to odd, with the same sum squared
+        as ``k2`` (1 for a normalised k2).
     """
     k2 = np.asarray(k2, np.float64)
+    k2 = np.pad(k2, [(0, 1 - n % 2) for n in k2.shape])
     n0, n1 = k2.shape
     out = np.zeros((3 * n0 - 2, 3 * n1 - 2))
     for r in range(n0):
