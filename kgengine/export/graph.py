@@ -204,6 +204,27 @@ def noise_io(nodes: list, inits: list, inputs: list, y: str, out: str,
     ]
 
 
+def live_parts(nodes: list, inits: list, out_name: str) -> tuple[list, list]:
+    """The ``nodes`` (in topological order) and ``inits`` that ``out_name`` depends on, in
+    their order."""
+    needed, keep = {out_name}, []
+    for node in reversed(nodes):
+        if needed.intersection(node.output):
+            keep.append(node)
+            needed.update(_reads(node))
+    return keep[::-1], [i for i in inits if i.name in needed]
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """The names a node reads: its inputs and those its sub-graphs (a Loop's body) read."""
+    names = set(node.input)
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            for inner in sub.node:
+                names |= _reads(inner)
+    return names
+
+
 def make_model(
     name: str, nodes: list, inputs: list, out_name: str, inits: list, doc: str,
     elem: int = TensorProto.FLOAT,
@@ -211,9 +232,12 @@ def make_model(
     """A model (opset :data:`OPSET`, IR :data:`IR_VERSION`) with one (N,C,h,w) output of
     ONNX type ``elem`` (float32 by default).
 
-    Metadata is added by :func:`kgengine.export.metadata.stamp`.
+    Metadata is added by :func:`kgengine.export.metadata.stamp`. Nodes and initializers the
+    output does not depend on (with ``tile = 1`` the Slice's) are left out, so onnxruntime
+    has nothing to remove (it warned about each at every session).
     """
     outputs = [helper.make_tensor_value_info(out_name, elem, ["N", "C", "h", "w"])]
+    nodes, inits = live_parts(nodes, inits, out_name)
     graph = helper.make_graph(nodes, name, inputs, outputs, inits)
     model = helper.make_model(
         graph,
