@@ -1,3 +1,3 @@
-from kgengine.cli import app
+from kgengine.cli import run
 
-app(prog_name="kgengine")
+run()

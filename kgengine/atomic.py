@@ -11,6 +11,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -70,6 +71,26 @@ def _remove(tmp: str | None) -> None:
     if tmp is not None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+
+
+#: The name of a temporary file of :func:`atomic_write` (``mkstemp``'s 8 random characters).
+_TMP_NAME = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
+
+
+def remove_stale_tmp(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of :func:`atomic_write` directly in ``folder`` (left by a
+    process killed mid-write; call it holding the folder's lock); returns what was removed.
+    Other files, hidden ones included, are not touched."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in sorted(folder.iterdir()):
+        if _TMP_NAME.fullmatch(p.name) and p.is_file():
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+    return removed
 
 
 def ensure_dir(path: str | os.PathLike) -> Path:

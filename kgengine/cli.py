@@ -7,6 +7,7 @@ Each command group lives in its own ``kgengine/commands/<name>.py`` module with 
 from __future__ import annotations
 
 import importlib
+import signal
 
 import typer
 
@@ -54,5 +55,18 @@ for _name in COMMAND_MODULES:
     importlib.import_module(f"kgengine.commands.{_name}").register(app)
 
 
+def _terminated(signum: int, _frame: object) -> None:
+    """SIGTERM (``kill``, ``timeout``, a batch scheduler) stops the command as Ctrl-C does:
+    the file being written is removed and a job's claimed work is given back."""
+    raise SystemExit(128 + signum)
+
+
+def run() -> None:
+    """The ``kgengine`` console script: :data:`app`, with SIGTERM handled (:func:`_terminated`;
+    without it the process died at once, leaving a temporary file)."""
+    signal.signal(signal.SIGTERM, _terminated)
+    app(prog_name="kgengine")
+
+
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    run()

@@ -24,7 +24,8 @@ def inject_write_faults(monkeypatch, seed: int, kill_below: float,
         draw = rng.random()
         if draw < kill_below:
             injected["kill"] += 1
-            (path.parent / f".{path.name}.killed.tmp").write_bytes(b"partial")
+            # named as atomic_write's mkstemp names them (8 random characters)
+            (path.parent / f".{path.name}.killed00.tmp").write_bytes(b"partial")
             raise Killed
         if draw < fail_below:
             injected["fail"] += 1

@@ -41,11 +41,14 @@ from kgengine.accuracy.report import render_report, write_kernel_grid
 from kgengine.accuracy.runs import RunStore
 from kgengine.accuracy.scoring import score_image
 from kgengine.accuracy.summary import summarise
-from kgengine.atomic import save_json, save_text
+from kgengine.atomic import exclusive_lock, remove_stale_tmp, save_json, save_text
 from kgengine.config import KernelGANConfig
 from kgengine.errors import KGEngineError
 from kgengine.hooks import JobHooks
 from kgengine.sysinfo import machine_info
+
+#: One ``eval`` at a time writes into an output folder (:func:`exclusive_lock`).
+LOCK_FILE = ".eval.lock"
 
 RunKey = tuple[str, int]  # (image name, seed)
 
@@ -163,8 +166,20 @@ def run_eval(
         raise KGEngineError(f"stop: expected full or auto, got {settings.stop!r}")
     images = list_dataset(dataset_dir, settings.scale, settings.ids)
     settings = replace(settings, config=settings.kernelgan_config().to_dict())
+    out = Path(out_dir)
+    with exclusive_lock(out, LOCK_FILE, "another kgengine eval is writing into this folder"):
+        for folder in (out, out / "runs"):  # a run killed mid-write (SIGKILL) left them
+            remove_stale_tmp(folder)
+        return _evaluate(dataset_dir, out, settings, images, estimator, hooks, grid_images,
+                         batch)
+
+
+def _evaluate(dataset_dir: str | os.PathLike, out: Path, settings: EvalSettings,
+              images: list[EvalImage], estimator: BatchEstimator | None, hooks: JobHooks,
+              grid_images: int, batch: int) -> dict[str, Any]:
+    """:func:`run_eval` holding the output folder's lock, from its resume on."""
     t_start = time.perf_counter()
-    store = RunStore(out_dir, settings.run_identity())
+    store = RunStore(out, settings.run_identity())
     gts, errors = _load_true_kernels(images)
     usable = [im for im in images if im.name in gts]
     est = _Estimation(settings, store, estimator or default_estimator(), hooks)
@@ -189,7 +204,6 @@ def run_eval(
         "summary": summarise(rows, settings.method),
         "grid_png": "kernels.png",
     }
-    out = Path(out_dir)
     write_kernel_grid(out / "kernels.png", rows, kernels, settings.method, grid_images)
     save_json(out / "results.json", results)
     save_text(out / "report.md", render_report(results))

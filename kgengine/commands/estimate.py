@@ -8,6 +8,7 @@ from typing import Annotated, Any, NamedTuple
 
 import typer
 
+from kgengine.atomic import exclusive_lock, remove_stale_tmp
 from kgengine.commands._common import (
     at_least,
     auto_batch,
@@ -39,6 +40,8 @@ Threads = Annotated[
 Batch = Annotated[int, typer.Option(help=(
     "Images trained together (0 = auto: 8 // --restarts on a CPU, where an image's kernel "
     "is the same bytes at any batch size; 1 on a GPU, where it is not)."))]
+#: One ``estimate`` at a time writes into an output folder (:func:`exclusive_lock`).
+LOCK_FILE = ".estimate.lock"
 Recursive = Annotated[bool, typer.Option(
     "--recursive", "-r", help="Also take images from sub-folders of folder IMAGEs.")]
 
@@ -167,12 +170,17 @@ def _estimate(
     resolve_device(device)
     batch = auto_batch(batch, device, restarts)
     check_out_dir(out)
-    sources = _sources(images, out)
     wanted = requested_settings(seed=seed, iters=cfg.run_iters(restarts), config=cfg.to_dict(),
                                 x4=x4, restarts=restarts, mode=mode,
                                 stop=stop_setting(stop_rule_of(stop)))
     failed = 0
-    with progress_hooks("images") as hooks:
+    with exclusive_lock(out, LOCK_FILE, "another kgengine estimate is writing into this folder"), \
+            progress_hooks("images") as hooks:
+        stale = remove_stale_tmp(out)  # a run killed mid-write (SIGKILL) left them
+        if stale:
+            hooks.log(f"{shown(out)}: removed {len(stale)} temporary file(s) of an "
+                      "interrupted run")
+        sources = _sources(images, out)
         hooks.total(len(images))
         # smallest first: a batch holds its images padded to the largest one
         todo = sorted((p for p in images if not _done(p, sources[p], out, wanted, force,

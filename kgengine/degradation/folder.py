@@ -17,7 +17,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from kgengine.atomic import exclusive_lock
+from kgengine.atomic import exclusive_lock, remove_stale_tmp
 from kgengine.errors import OutputError, shown
 
 LOCK_FILE = ".degrade.lock"
@@ -36,19 +36,10 @@ def lock_out_dir(out_dir: str | os.PathLike) -> contextlib.AbstractContextManage
 
 
 def clean_stale_tmp(out_dir: str | os.PathLike) -> list[Path]:
-    """Remove the ``.*.tmp`` files of ``out_dir``, ``out_dir/lr`` and ``out_dir/hr`` left by
-    an interrupted run (call it holding :func:`lock_out_dir`); returns what was removed."""
-    removed = []
-    for sub in SUBDIRS:
-        folder = Path(out_dir) / sub
-        if not folder.is_dir():
-            continue
-        for p in sorted(folder.iterdir()):
-            if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file():
-                p.unlink(missing_ok=True)
-                removed.append(p)
-    return removed
-
+    """Remove the temporary files (:func:`kgengine.atomic.remove_stale_tmp`) of ``out_dir``,
+    ``out_dir/lr`` and ``out_dir/hr`` left by an interrupted run (call it holding
+    :func:`lock_out_dir`); returns what was removed."""
+    return [p for sub in SUBDIRS for p in remove_stale_tmp(Path(out_dir) / sub)]
 
 
 def missing_top(out_dir: str | os.PathLike) -> Path | None:

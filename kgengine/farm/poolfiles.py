@@ -12,13 +12,13 @@ files went bad meanwhile instead of stopping (:func:`rebuild_pool`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from kgengine.atomic import remove_stale_tmp
 from kgengine.errors import BadKernelError, KGEngineError
 from kgengine.farm.manifest import MANIFEST_FILE, Manifest, Row
 from kgengine.kernel import check_kernel
@@ -49,18 +49,12 @@ def check_manifest_kept(pool_dir: Path) -> None:
 
 
 def remove_partial_files(pool_dir: Path) -> int:
-    """Delete leftover ``.<name>.<random>.tmp`` files of atomic writes cut by a kill.
+    """Delete leftover temporary files of atomic writes cut by a kill
+    (:func:`kgengine.atomic.remove_stale_tmp`) in the pool folder and ``kernels/``.
 
     Returns the number of files removed.
     """
-    n = 0
-    for folder in (pool_dir, pool_dir / KERNELS_DIR):
-        if folder.is_dir():
-            for p in folder.glob(".*.tmp"):
-                with contextlib.suppress(OSError):
-                    p.unlink(missing_ok=True)
-                    n += 1
-    return n
+    return sum(len(remove_stale_tmp(folder)) for folder in (pool_dir, pool_dir / KERNELS_DIR))
 
 
 def load_done_row(pool_dir: Path, row: Row, x4: bool) -> tuple[dict, dict[str, np.ndarray]]:
