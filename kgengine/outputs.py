@@ -126,14 +126,31 @@ def stored_settings(report: dict[str, Any]) -> dict[str, Any]:
             "stop": report.get("stop", "full")}
 
 
-def _usable_kernel(path: Path) -> bool:
-    """Whether ``path`` holds a usable kernel (:func:`kgengine.kernel.check_kernel`): a file
-    deleted, truncated or damaged outside kgengine is redone, not kept."""
+def _usable_kernel(npy: Path, mat: Path) -> bool:
+    """Whether ``npy`` holds a usable kernel (:func:`kgengine.kernel.check_kernel`) and
+    ``mat`` the same one (:func:`mat_problem`): a file deleted, truncated or damaged
+    outside kgengine is redone, not kept."""
     try:
-        check_kernel(np.load(path, allow_pickle=False), "")
+        kernel = np.load(npy, allow_pickle=False)
+        check_kernel(kernel, "")
     except (OSError, ValueError, BadKernelError):
         return False
-    return True
+    return mat_problem(mat, kernel) is None
+
+
+def mat_problem(path: Path, kernel: np.ndarray) -> str | None:
+    """None if ``path`` is a ``.mat`` whose ``Kernel`` is ``kernel`` (the ``.npy``'s, as
+    :func:`write_outputs` writes them), else what is wrong: "is unreadable (<error>)" or "does
+    not hold the kernel of its .npy"."""
+    from scipy.io import loadmat
+
+    try:
+        stored = loadmat(path).get("Kernel")
+    except Exception as exc:  # noqa: BLE001 - a damaged file makes the parser raise anything
+        return f"is unreadable ({type(exc).__name__})"
+    if not isinstance(stored, np.ndarray) or not np.array_equal(stored, kernel):
+        return "does not hold the kernel of its .npy"
+    return None
 
 
 def stored_image_hash(outdir: str | Path, name: str) -> str | None:
@@ -170,10 +187,10 @@ def stored_differences(outdir: str | Path, name: str, wanted: dict[str, Any],
         report = json.loads(p["report"].read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(report, dict) or not _usable_kernel(p["x2_npy"]):
+    if not isinstance(report, dict) or not _usable_kernel(p["x2_npy"], p["x2_mat"]):
         return None
     have = stored_settings(report)
-    if have["x4"] and not _usable_kernel(p["x4_npy"]):
+    if have["x4"] and not _usable_kernel(p["x4_npy"], p["x4_mat"]):
         return None
     diff = [f"{k} (stored {have[k]}, asked {wanted[k]})" for k in wanted
             if k != "config" and have[k] != wanted[k]]

@@ -288,7 +288,7 @@ def test_restarts_are_not_redone_for_a_length_given_another_way(tmp_path):
     assert "iters (stored 30, asked 40)" in res.output
 
 
-@pytest.mark.parametrize("damage", ["truncate", "nan", "delete_x4"])
+@pytest.mark.parametrize("damage", ["truncate", "nan", "delete_x4", "mat"])
 def test_a_damaged_kernel_file_is_redone(tmp_path, damage):
     out = tmp_path / "out"
     assert estimate(out, "--x4").exit_code == 0
@@ -297,8 +297,11 @@ def test_a_damaged_kernel_file_is_redone(tmp_path, damage):
         (out / "sample_lr_kernel_x2.npy").write_bytes(good["x2"][:50])
     elif damage == "nan":
         np.save(out / "sample_lr_kernel_x2.npy", np.full((13, 13), np.nan))
-    else:
+    elif damage == "delete_x4":
         (out / "sample_lr_kernel_x4.npy").unlink()
+    else:  # the .mat holding another kernel than its .npy
+        mat = out / "sample_lr_kernel_x2.mat"
+        mat.write_bytes((out / "sample_lr_kernel_x4.mat").read_bytes())
     res = estimate(out, "--x4")
     assert res.exit_code == 0 and "(done)" not in res.output, res.output
     assert {n: (out / f"sample_lr_kernel_{n}.npy").read_bytes() for n in ("x2", "x4")} == good

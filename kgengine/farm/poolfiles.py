@@ -22,6 +22,7 @@ from kgengine.atomic import remove_stale_tmp
 from kgengine.errors import BadKernelError, KGEngineError
 from kgengine.farm.manifest import MANIFEST_FILE, Manifest, Row
 from kgengine.kernel import check_kernel
+from kgengine.outputs import mat_problem
 from kgengine.pool import make_pool, save_pool
 
 #: Per-image output folder inside POOL_DIR.
@@ -95,21 +96,10 @@ def load_done_row(pool_dir: Path, row: Row, x4: bool) -> tuple[dict, dict[str, n
         except (OSError, ValueError) as exc:
             raise UnusableOutputs(f"{rel} is unreadable ({type(exc).__name__})") from None
         if f"{tag}_mat" in files:
-            _check_mat(pool_dir, files[f"{tag}_mat"], kernels[tag])
+            problem = mat_problem(pool_dir / files[f"{tag}_mat"], kernels[tag])
+            if problem:
+                raise UnusableOutputs(f"{files[f'{tag}_mat']} {problem}")
     return report, kernels
-
-
-def _check_mat(pool_dir: Path, rel: str, kernel: np.ndarray) -> None:
-    """Raise :class:`UnusableOutputs` unless ``rel`` is a ``.mat`` whose ``Kernel`` is
-    ``kernel`` (the ``.npy``'s)."""
-    from scipy.io import loadmat
-
-    try:
-        stored = loadmat(pool_dir / rel).get("Kernel")
-    except Exception as exc:  # noqa: BLE001 - a damaged file makes the parser raise anything
-        raise UnusableOutputs(f"{rel} is unreadable ({type(exc).__name__})") from None
-    if not isinstance(stored, np.ndarray) or not np.array_equal(stored, kernel):
-        raise UnusableOutputs(f"{rel} does not hold the kernel of its .npy")
 
 
 def heal_done_rows(man: Manifest, pool_dir: Path, x4: bool) -> int:
