@@ -34,9 +34,13 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 def one_line(message: str, limit: int = MAX_LINE) -> str:
-    """``message`` as one printable line of at most ``limit`` characters."""
+    """``message`` as one printable line of at most ``limit`` characters; a longer one keeps
+    its start and its end (the reason, after a long path), joined by "…"."""
     text = shown(" ".join(str(message).split()))
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) // 2
+    return text[:head] + "…" + text[len(text) - (limit - 1 - head):]
 
 
 def fail(message: str) -> NoReturn:

@@ -232,7 +232,8 @@ def _sources(images: list[Path], out: Path) -> dict[Path, Source]:
         if names[p] == p.stem:
             continue
         why = (f"keeps the name of its earlier outputs in {shown(out)}" if p in kept else
-               f"another input has the name {shown(p.stem)!r}")
+               "its name is too long for its output files" if not names[p].startswith(p.stem)
+               else f"another input has the name {shown(p.stem)!r}")
         typer.echo(f"{shown(p)}: {why}; its outputs are named {shown(names[p])!r}", err=True)
     return {p: Source(names[p], digests[p]) for p in images}
 
@@ -243,12 +244,14 @@ def _kept_names(images: list[Path], digests: dict[Path, str | None],
     8, 12, ... hex digits, as :func:`~kgengine.farm.inputs.unique_names` lengthens them
     between files of the same content), made from this very content (the report's
     ``image_sha256``): input -> that name, each name given once."""
+    from kgengine.farm.inputs import short_stem
     from kgengine.outputs import stored_image_hash
 
     kept: dict[Path, str] = {}
     for p in images:
         h = digests[p]
-        for name in ([p.stem, *(f"{p.stem}-{h[:n]}" for n in range(8, 65, 4))] if h else []):
+        stem = short_stem(p, h) if h else ""
+        for name in ([stem, *(f"{stem}-{h[:n]}" for n in range(8, 65, 4))] if h else []):
             if name not in kept.values() and stored_image_hash(out, name) == h:
                 kept[p] = name
                 break
@@ -296,13 +299,23 @@ def _train(paths: list[Path], sources: dict[Path, Source], out: Path, cfg: Kerne
             x4=wanted["x4"], device=device, config=cfg, mode=wanted["mode"],
             callback=hooks.batch_progress, on_diverge="return", restarts=wanted["restarts"],
             stop=wanted["stop"])
-    except BadImageError as exc:  # refused when prepared: each image alone says which
+    except (BadImageError, MemoryError) as exc:  # refused when prepared, or too large for
+        # this memory: each image alone says which (a photo too large even alone fails)
         if len(ok) == 1:
-            return [*states, (ok[0], _failed(exc))]
+            return [*states, (ok[0], _failed(_no_memory(ok[0], imgs[0]) if isinstance(
+                exc, MemoryError) else exc))]
+        imgs.clear()  # freed before the retries
         return states + [s for p in ok
                          for s in _train([p], sources, out, cfg, wanted, device, hooks)]
     return states + [(p, _write(p, sources[p], r, out, wanted["iters"], len(ok), hooks))
                      for p, r in zip(ok, results, strict=True)]
+
+
+def _no_memory(path: Path, img: Any) -> KGEngineError:
+    """The one-line failure of an image too large to estimate in this machine's memory."""
+    h, w = img.shape[:2]
+    return KGEngineError(f"{shown(path)}: not enough memory to estimate its kernel ({w}x{h} "
+                         "px); downscale it or use a machine with more memory")
 
 
 def _write(path: Path, src: Source, res: Any, out: Path, iters: int, n: int,

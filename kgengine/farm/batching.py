@@ -97,19 +97,23 @@ def measure_gpu_footprint(device: torch.device, settings: FarmSettings) -> tuple
     return per_image, max(peaks[0] - per_image, 0.0)
 
 
-def back_off(job: FarmJob, chunk: list[Row], batch: int) -> int:
-    """After ``chunk`` ran out of GPU memory in a batch of ``batch``: the new batch size.
+def back_off(job: FarmJob, chunk: list[Row], batch: int, gpu: bool = True) -> int:
+    """After ``chunk`` ran out of GPU memory (``gpu``) or host memory (a ``MemoryError``: a
+    photo too large, or too many large ones in a batch) in a batch of ``batch``: the new
+    batch size.
 
     Its rows still running go back to ``pending`` and the batch size is halved; at a batch of
     1 they are marked failed instead (an image that does not fit alone).
     """
+    what = "GPU memory" if gpu else "memory"
     still = job.still_running(chunk)
-    torch.cuda.empty_cache()
+    if gpu:
+        torch.cuda.empty_cache()
     if batch == 1:
         for r in still:
-            job.finish(r, KGEngineError(f"{r.path}: out of GPU memory even in a batch of 1"))
+            job.finish(r, KGEngineError(f"{r.path}: out of {what} even in a batch of 1"))
         return batch
     batch = max(1, batch // 2)
-    job.man.requeue([r.id for r in still], f"out of GPU memory; retried in batches of {batch}")
-    job.hooks.log(f"out of GPU memory: batch size lowered to {batch}")
+    job.man.requeue([r.id for r in still], f"out of {what}; retried in batches of {batch}")
+    job.hooks.log(f"out of {what}: batch size lowered to {batch}")
     return batch

@@ -36,6 +36,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
+from kgengine.atomic import why as os_reason
 from kgengine.errors import KGEngineError, brief_list, shown
 from kgengine.farm.manifest import MANIFEST_FILE
 from kgengine.imageio import listed_file
@@ -54,6 +55,9 @@ REPORTS_READ = 3
 DEGRADE_SETTINGS = "degrade_settings.json"
 #: Larger JSON files are not read to recognise an output folder.
 _MAX_JSON = 16 << 20
+
+#: Longest output name stem kept as it is, in bytes (:func:`short_stem`).
+MAX_STEM_BYTES = 200
 
 Log = Callable[[str], None]
 
@@ -165,11 +169,15 @@ class _OwnOutputs:
         self.degrade: list[Path] = []  # degrade output folders it did not enter
         self.estimate: list[Path] = []  # estimate output folders whose kernel files ...
         self.kernels = 0  # ... were left out, and how many
+        self.unreadable: list[tuple[Path, OSError]] = []  # folders a walk could not look in
 
     def __call__(self, folder: Path) -> bool:
         folder = real_path(folder)
         if folder not in self.known:
-            here = (folder / MANIFEST_FILE).is_file()
+            try:
+                here = (folder / MANIFEST_FILE).is_file()
+            except OSError:  # a path too long for the system: its files fail alone when read
+                here = False
             self.known[folder] = here or (folder.parent != folder and self(folder.parent))
         return self.known[folder]
 
@@ -180,6 +188,11 @@ class _OwnOutputs:
         for d in sorted(dirs):
             p = root / d
             if d.startswith("."):
+                continue
+            try:
+                _is_degrade_output(p)
+            except OSError as exc:  # e.g. a path longer than the system takes
+                self.unreadable.append((p, exc))
                 continue
             if self(p):
                 pool = real_path(p) not in self.excluded or (p / MANIFEST_FILE).is_file()
@@ -205,7 +218,10 @@ class _OwnOutputs:
 
     def report(self, log: Log, in_pools: Sequence[Path]) -> None:
         """Say on one ``log`` line what was left out (nothing if nothing was); ``in_pools``:
-        files left out for being inside a pool or ``exclude`` folder."""
+        files left out for being inside a pool or ``exclude`` folder. A folder that could
+        not be looked in gets its own line, with the reason."""
+        for folder, exc in self.unreadable:
+            log(f"skip {shown(folder)}: cannot read this folder ({os_reason(exc)})")
         parts = [f"the {what} folder(s) {brief_list(found, 3)}" for what, found in (
             ("pool", self.pools), ("output", self.outdirs), ("degrade output", self.degrade))
             if found]
@@ -295,7 +311,8 @@ def _list_file(path: Path, recursive: bool, own: _OwnOutputs) -> list[Path]:
 
 
 def unique_names(paths: Sequence[Path], hashes: Sequence[str | None], taken: set[str]) -> list[str]:
-    """Output names for new images: the file stem, or ``<stem>-<8 hex>`` when it would clash.
+    """Output names for new images: the file stem (:func:`short_stem`), or
+    ``<stem>-<8 hex>`` when it would clash.
 
     A stem is used as is when no other new image and no name in ``taken`` (images already in
     the manifest, which keep their names) has it. Otherwise the first 8 hex digits of the
@@ -307,18 +324,33 @@ def unique_names(paths: Sequence[Path], hashes: Sequence[str | None], taken: set
     Returns:
         one name per path, unique among themselves and not in ``taken``.
     """
-    counts = Counter(p.stem for p in paths)
+    digests = [h or hashlib.sha256(str(p).encode()).hexdigest() for p, h in zip(
+        paths, hashes, strict=True)]
+    stems = [short_stem(p, d) for p, d in zip(paths, digests, strict=True)]
+    counts = Counter(stems)
     used = set(taken)
     names = []
-    for p, h in zip(paths, hashes, strict=True):
-        name = p.stem
+    for stem, digest in zip(stems, digests, strict=True):
+        name = stem
         if counts[name] > 1 or name in used:
-            digest = h or hashlib.sha256(str(p).encode()).hexdigest()
             n = 8
-            name = f"{p.stem}-{digest[:n]}"
+            name = f"{stem}-{digest[:n]}"
             while name in used:
                 n += 4
-                name = f"{p.stem}-{digest[:n]}" if n <= len(digest) else f"{name}x"
+                name = f"{stem}-{digest[:n]}" if n <= len(digest) else f"{name}x"
         used.add(name)
         names.append(name)
     return names
+
+
+def short_stem(path: Path, digest: str) -> str:
+    """``path``'s stem, or where its UTF-8 is longer than :data:`MAX_STEM_BYTES`, its first
+    whole characters up to 160 bytes and ``~<8 hex digits of digest>``: every output file
+    name of the image (the longest, a temporary ``.<stem>_generator.npz.<8>.tmp``, is 28
+    bytes longer) then fits the usual 255-byte limit. Before 0.9.26 such an image was
+    trained and could never be written."""
+    stem = path.stem
+    if len(stem.encode("utf-8", "surrogateescape")) <= MAX_STEM_BYTES:
+        return stem
+    cut = stem.encode("utf-8", "surrogateescape")[:160].decode("utf-8", "ignore")
+    return f"{cut}~{digest[:8]}"

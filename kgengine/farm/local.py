@@ -4,9 +4,10 @@ Pending rows come smallest image first (:meth:`Manifest.pending`), so a batch ho
 similar size. A chunk of rows is claimed (``running``), its images read (a bad one is marked
 ``failed`` with its reason and the batch goes on without it) and trained in one batched
 model; each outcome is recorded as it comes (:mod:`kgengine.farm.records`). A batch that runs
-out of GPU memory is queued again with a halved batch size (:func:`~kgengine.farm.batching.
-back_off`); a stop (Ctrl-C) or an unexpected error gives the claimed rows back. Rows whose
-files could not be written are held back until the next run (:meth:`FarmJob.pending`).
+out of GPU (or host) memory is queued again with a halved batch size
+(:func:`~kgengine.farm.batching.back_off`); a stop (Ctrl-C) or an unexpected error gives
+the claimed rows back. Rows whose files could not be written are held back until the next
+run (:meth:`FarmJob.pending`).
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ def train_local(job: FarmJob, batch: int, device: str) -> int:
             job.man.claim([r.id for r in chunk])
             try:
                 train_chunk(job, chunk, device)
-            except torch.cuda.OutOfMemoryError:
-                batch = back_off(job, chunk, batch)
+            except (torch.cuda.OutOfMemoryError, MemoryError) as exc:  # MemoryError: the host's
+                batch = back_off(job, chunk, batch, gpu=not isinstance(exc, MemoryError))
             except BaseException as exc:
                 # stopped (Ctrl-C) or an unexpected error: give the claimed rows back
                 job.give_back(chunk, f"interrupted: {type(exc).__name__}")
