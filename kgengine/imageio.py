@@ -12,9 +12,9 @@
   upright), also by :func:`image_size`;
 - **values**: 8-bit data is divided by 255, 16-bit by 65535 (PNG/TIFF or ``uint8`` /
   ``uint16`` ``.npy``; Pillow decodes a 16-bit *colour* PNG to 8 bits per channel, so it
-  is read at 8-bit precision: save a ``uint16`` ``.npy`` to keep 16 bits); float data (``.npy``, float TIFF) must already lie in [0, 1]; NaN/inf
-  are refused; grayscale is replicated to 3 channels, palettes expanded, alpha dropped
-  (KernelGAN sees only colour);
+  is read at 8-bit precision: save a ``uint16`` ``.npy`` to keep 16 bits); float data
+  (``.npy``, float TIFF) must already lie in [0, 1]; NaN/inf are refused; grayscale is
+  replicated to 3 channels, palettes expanded, alpha dropped (KernelGAN sees only colour);
 - **shape**: ``.npy`` arrays are ``(H, W)`` or ``(H, W, C)`` with C in 1, 3, 4; an image
   whose shorter side is below ``min_size`` is refused.
 
