@@ -38,7 +38,11 @@ COMMAND_MODULES: list[str] = [
 
 def _version_callback(value: bool) -> None:
     if value:
-        typer.echo(f"kgengine {__version__}")
+        try:
+            typer.echo(f"kgengine {__version__}")
+        except OSError as exc:  # stdout full or closed: one line, as the commands do
+            typer.echo(f"error: {exc.strerror or exc}", err=True)
+            raise typer.Exit(1) from None
         raise typer.Exit()
 
 

@@ -18,15 +18,24 @@ from rich.progress import (
 from kgengine.hooks import JobHooks
 
 
+def stderr_console() -> Console:
+    """The console of progress bars and per-item lines: stderr, so that stdout holds the
+    results alone (``kgengine eval ... > table.txt``), and at least 40 columns wide (with
+    ``COLUMNS=0`` Rich printed every line as nothing)."""
+    console = Console(stderr=True)
+    return console if console.width >= 40 else Console(stderr=True, width=80)
+
+
 def make_progress(console: Console | None = None) -> Progress:
-    """A progress display with description, bar, count, elapsed and remaining time."""
+    """A progress display with description, bar, count, elapsed and remaining time, on
+    ``console`` (default :func:`stderr_console`)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=console,
+        console=console or stderr_console(),
     )
 
 

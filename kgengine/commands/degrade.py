@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from kgengine.commands._common import at_least, check_seed, cli_errors, fail
 from kgengine.hooks import JobHooks
@@ -117,7 +116,7 @@ def degrade(
         job = plan_job(hr_dir, kernels, out, scale=scale, noise=noise, seed=seed, batch=batch,
                        provider=provider, threads=threads, pipeline=config, copy_hr=copy_hr,
                        min_confidence=min_confidence, top=top, log=partial(typer.echo, err=True))
-        with progress_hooks("degrading", Console(stderr=True)) as hooks:
+        with progress_hooks("degrading") as hooks:
             report = run_job(job, _failures_as_errors(hooks))
     except OSError as exc:
         fail(f"{exc.filename or out}: {exc.strerror or exc}")

@@ -93,7 +93,7 @@ def estimate(
     named by the image's stem (``<stem>-<8 hex digits of its SHA-256>`` where two inputs
     share one; a file whose outputs are already in OUTDIR keeps their name). Images whose
     outputs in OUTDIR were made from the same file (its SHA-256) with the same settings
-    (seed, iters, config, x4, restarts, mode) are skipped (resume); others are redone and
+    (seed, iters, config, x4, restarts, mode, stop) are skipped (resume); others are redone and
     replaced, with a line saying what differs. The rest are trained
     BATCH at a time, every image with the same seed, and each image's files are written
     when its batch ends. A bad image or a file that cannot be written is reported on one

@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from kgengine._version import __version__
+from kgengine.commands._common import cli_errors
 from kgengine.sysinfo import machine_info
 
 
@@ -15,6 +16,7 @@ def register(app: typer.Typer) -> None:
     app.command("info")(info)
 
 
+@cli_errors
 def info() -> None:
     """Print versions and which accelerated paths are available here, with reasons."""
     for section, entries in collect().items():

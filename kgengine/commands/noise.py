@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from kgengine.commands._common import check_out_dir, cli_errors
 from kgengine.progress import progress_hooks
@@ -50,7 +49,7 @@ def collect(
 
     check_collect_args(patch, stride, max_var, min_mean, max_mean)  # before OUT is made
     check_out_dir(out)  # a bad -o fails before any photo is read
-    with progress_hooks("collecting", Console(stderr=True)) as hooks:
+    with progress_hooks("collecting") as hooks:
         report = collect_noise(photos, out, patch=patch, stride=stride, max_var=max_var,
                                min_mean=min_mean, max_mean=max_mean, hooks=hooks)
     typer.echo(f"{report.patches} noise patches ({patch}x{patch}) from {report.images} photos, "

@@ -134,7 +134,8 @@ def confidence_lines(pool: KernelPool, min_confidence: float | None = None) -> l
         lines = [f"  confidence: {known.size} of {len(pool)} known; min {known.min():.3f}"
                  f"  median {np.median(known):.3f}  max {known.max():.3f}"]
     else:
-        lines = ["  confidence: unknown for every kernel (estimated without restarts)"]
+        lines = ["  confidence: unknown for every kernel (neither restarts nor a usable "
+                 "spectrum gave one, or a pool made before 0.9.7)"]
     if min_confidence is not None:
         n = int(np.count_nonzero(conf >= min_confidence))
         lines.append(f"  confidence >= {min_confidence:g}: {n} of {len(pool)} kernels pass"
