@@ -250,8 +250,10 @@ def _kept_names(images: list[Path], digests: dict[Path, str | None],
     kept: dict[Path, str] = {}
     for p in images:
         h = digests[p]
-        stem = short_stem(p, h) if h else ""
-        for name in ([stem, *(f"{stem}-{h[:n]}" for n in range(8, 65, 4))] if h else []):
+        if h is None:  # unreadable: it fails, naming itself, when read
+            continue
+        stem = short_stem(p, h)
+        for name in (stem, *(f"{stem}-{h[:n]}" for n in range(8, 65, 4))):
             if name not in kept.values() and stored_image_hash(out, name) == h:
                 kept[p] = name
                 break

@@ -152,9 +152,8 @@ def hr_change(entry: dict, path: Path) -> str | None:
 def void_pair(out_dir: Path, entry: dict) -> None:
     """Remove the files of a pair that is to be made again (its LR, and its HR where it is
     a copy in ``out_dir``), so that a redo that fails leaves no pair of the old HR."""
-    for rel in (entry["lr"], entry["hr"]):
-        if not Path(rel).is_absolute():
-            (out_dir / rel).unlink(missing_ok=True)
+    for rel in claimed_files(entry):
+        (out_dir / rel).unlink(missing_ok=True)
 
 
 def claimed_files(entry: dict) -> set[str]:
