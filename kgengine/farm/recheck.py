@@ -25,7 +25,7 @@ from pathlib import Path
 
 from kgengine.errors import shown
 from kgengine.farm.intake import file_stat, new_image, probe
-from kgengine.farm.manifest import Manifest, Row
+from kgengine.farm.manifest import Manifest, NewImage, Row
 
 
 def recheck_rows(man: Manifest, pool_dir: Path, job_seed: int,
@@ -65,7 +65,8 @@ def recheck_rows(man: Manifest, pool_dir: Path, job_seed: int,
     return changed, failed
 
 
-def _renew(man: Manifest, row: Row, pool_dir: Path, new, log: Callable[[str], None]) -> None:
+def _renew(man: Manifest, row: Row, pool_dir: Path, new: NewImage,
+           log: Callable[[str], None]) -> None:
     """Give ``row`` its file's new identity ``new``; a done row's old files go first and it
     is queued again."""
     was = f"stored sha256 {row.sha256[:12]}" if row.sha256 else "unreadable when listed"
