@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kgengine.errors import BadKernelError
 from kgengine.kernel import center_kernel, check_kernel, common_size, pad_to
 
 #: Inlier radius floor (L2 distance of sum-1 kernels): identical-looking restarts are kept.
@@ -49,10 +50,25 @@ class Consensus:
 
 
 def centred_stack(kernels: list[np.ndarray]) -> np.ndarray:
-    """(K, S, S): each kernel checked, renormalised, padded to the common size and centred."""
+    """(K, S, S): each kernel checked, its negative entries clipped (a kernel's centre of
+    mass is taken on its positive mass; the estimator's cleaned kernels have none),
+    renormalised, padded to the common size and centred.
+
+    Raises:
+        BadKernelError: a kernel with NaN/inf, a sum that is not positive, or no positive
+            entries.
+    """
     size = common_size(*kernels)
-    return np.stack([center_kernel(pad_to(check_kernel(k, f"restart {i}"), size))
-                     for i, k in enumerate(kernels)])
+    out = []
+    for i, k in enumerate(kernels):
+        k = check_kernel(k, f"restart {i}")
+        if k.min() < 0.0:
+            k = np.clip(k, 0.0, None)
+            if not k.sum() > 0:
+                raise BadKernelError(f"restart {i}: the kernel has no positive entries")
+            k = k / k.sum()
+        out.append(center_kernel(pad_to(k, size)))
+    return np.stack(out)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

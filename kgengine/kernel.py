@@ -62,7 +62,8 @@ def anisotropic_gaussian(
     """Anisotropic Gaussian ``k(x) ∝ exp(-½ xᵀ Σ⁻¹ x)`` with ``Σ = R(θ) diag(var1, var2) R(θ)ᵀ``.
 
     ``x = (col - c, row - c)`` with ``c = size // 2``: ``var1`` is the variance along the
-    direction at angle ``theta`` (radians, counter-clockwise from the column axis). With
+    direction at angle ``theta`` (radians, from the column axis toward the row axis: with
+    row 0 drawn at the top, as images are, a positive angle turns clockwise). With
     ``noise`` (same shape, multiplicative, e.g. ``U(1-0.25, 1+0.25)``) the kernel is
     ``k * noise`` renormalised, as in the DIV2KRK recipe.
 
@@ -142,16 +143,29 @@ def center_kernel(k: np.ndarray, tol: float = 1e-9, max_passes: int = 10) -> np.
 
     Sub-pixel shift by cubic spline within the same (h, w) support, then negatives are
     clipped and the kernel renormalised to sum 1; repeated (clipping moves the centre of mass
-    slightly) until the centre is within ``tol`` px or after ``max_passes``. Returns the
-    (h, w) centred kernel.
+    slightly) until the centre is within ``tol`` px or after ``max_passes``. A kernel
+    already centred is clipped and renormalised too (before 0.9.27 it came back as given).
+    Returns the (h, w) centred kernel, non-negative, sum 1.
+
+    Raises:
+        BadKernelError: NaN/inf entries, or no positive mass left to centre.
     """
     k = np.asarray(k, np.float64)
+    if not np.isfinite(k).all():
+        raise BadKernelError("center_kernel: the kernel has NaN or inf entries")
     target = (k.shape[0] // 2, k.shape[1] // 2)
     for _ in range(max_passes):
         cy, cy_x = center_of_mass(k)
         if abs(target[0] - cy) < tol and abs(target[1] - cy_x) < tol:
             break
         k = np.clip(shift_kernel(k, target[0] - cy, target[1] - cy_x), 0.0, None)
+        if not k.sum() > 0:
+            raise BadKernelError("center_kernel: no positive mass left after the shift")
+        k = k / k.sum()
+    if k.min() < 0.0 or abs(k.sum() - 1.0) > 1e-12:  # centred as given: not yet clipped
+        k = np.clip(k, 0.0, None)
+        if not k.sum() > 0:
+            raise BadKernelError("center_kernel: the kernel has no positive entries")
         k = k / k.sum()
     return k
 

@@ -41,7 +41,13 @@ PSNR_CAP = 100.0
 
 
 def psnr_from_mse(mse: float, peak: float = 1.0) -> float:
-    """``min(20·log10(peak / sqrt(mse)), PSNR_CAP)``; ``mse == 0`` gives ``PSNR_CAP``."""
+    """``min(20·log10(peak / sqrt(mse)), PSNR_CAP)``; ``mse == 0`` gives ``PSNR_CAP``.
+
+    Raises:
+        ValueError: ``mse`` is NaN or infinite (a NaN input upstream).
+    """
+    if not math.isfinite(mse):
+        raise ValueError(f"psnr_from_mse: the MSE is {mse} (NaN or inf in an input?)")
     if mse <= 0.0:
         return PSNR_CAP
     return min(20.0 * math.log10(peak / math.sqrt(mse)), PSNR_CAP)
@@ -102,6 +108,9 @@ def aligned_kernel_psnr(
     Returns:
         :class:`AlignedPSNR` with the PSNR (dB) and the shift ``(dy, dx)`` applied to ``est``.
     """
+    if not (0.0 <= max_shift < math.inf and 0.0 < step < math.inf):
+        raise ValueError(f"aligned_kernel_psnr: expected max_shift >= 0 and step > 0, got "
+                         f"max_shift={max_shift}, step={step}")
     est = check_kernel(est, "estimate")
     gt = check_kernel(gt, "ground truth")
     size = _canvas(size, est, gt)
@@ -117,7 +126,7 @@ def aligned_kernel_psnr(
         return float(np.sum((moved - gt_w) ** 2)) / size**2
 
     n = int(round(max_shift / step))
-    grid = np.arange(-n, n + 1) * step
+    grid = np.clip(np.arange(-n, n + 1) * step, -max_shift, max_shift)  # |t| <= max_shift
     best_t, best = np.zeros(2), mse(np.zeros(2))
     for dy in grid:
         for dx in grid:
@@ -208,6 +217,9 @@ def lr_resynthesis_psnr(
     """
     hr = np.asarray(hr, dtype=np.float64)
     lr_true = np.asarray(lr_true, dtype=np.float64)
+    for name, img in (("hr", hr), ("lr", lr_true)):
+        if not np.isfinite(img).all():
+            raise ValueError(f"lr_resynthesis_psnr: {name} has NaN or inf pixels")
     if hr.ndim != lr_true.ndim or hr.shape[2:] != lr_true.shape[2:]:
         raise ValueError(f"hr {hr.shape} and lr {lr_true.shape} have different layouts")
     h_lr, w_lr = lr_true.shape[:2]

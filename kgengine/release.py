@@ -68,7 +68,7 @@ def released_prior(prior: float, cov: np.ndarray | None,
     Returns:
         λ', float in [0, λ].
     """
-    if prior < 0:
+    if not prior >= 0:  # NaN too
         raise ValueError(f"prior must be >= 0, got {prior}")
     return float(prior * release_fraction(cov, release))
 

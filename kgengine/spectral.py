@@ -60,11 +60,27 @@ def spectral_bins(lr_gray: np.ndarray, *, subtract_floor: bool = True,
         return None
     clean = (np.log(np.maximum(np.exp(lp) - np.exp(floor) / np.log(2.0), 1e-300))
              if subtract_floor else lp)
-    half = np.stack([np.interp(R_MID / 2, R_MID, clean[:, a]) for a in range(len(A_MID))], 1)
+    half = _at_half_radius(clean, count)
+    use &= np.isfinite(half)
+    if use.sum() < MIN_BINS:
+        return None
     fy = (R_MID[:, None] * np.sin(A_MID)[None, :])[use]
     fx = (R_MID[:, None] * np.cos(A_MID)[None, :])[use]
     angle = np.broadcast_to(np.arange(len(A_MID))[None, :], use.shape)[use]
     return (half - clean)[use], fy, fx, angle
+
+
+def _at_half_radius(clean: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """``clean`` (nr, na) read at half each bin's radius: per angle, linear in the radius
+    between the bins that hold frequencies (``count > 0``; an empty bin's value is no
+    data). NaN for an angle without such a bin. Below about 112 px an LR grid leaves the
+    innermost bins empty for some angles; reading them as data biased the fit (0.9.27)."""
+    half = np.full(clean.shape, np.nan)
+    for a in range(len(A_MID)):
+        held = count[:, a] > 0
+        if held.any():
+            half[:, a] = np.interp(R_MID / 2, R_MID[held], clean[held, a])
+    return half
 
 
 def covariance_of_quadratic(q: np.ndarray, scale: int) -> np.ndarray:
@@ -130,10 +146,10 @@ def mix_covariance(k: np.ndarray, cov: np.ndarray | None, weight: float = 0.5
     areas ``sqrt(det Σ)`` differ by more than :data:`MAX_AREA_RATIO`.
 
     Args:
-        k: (h, w) x2 kernel, sum 1, odd sizes. cov: (2, 2) the spectrum's fit, or None (no
+        k: (n, n) x2 kernel, sum 1, n odd. cov: (2, 2) the spectrum's fit, or None (no
             fit). weight: w in [0, 1].
     Returns:
-        (the kernel, (h, w) float64, sum 1; the report: ``weight``, the fit's ``var_long``,
+        (the kernel, (n, n) float64, sum 1; the report: ``weight``, the fit's ``var_long``,
         ``var_short``, ``theta_deg`` (or None where there was no fit), ``at_floor``: True
         where the fit's smaller variance is at :data:`VAR_RANGE`'s lower end, i.e. the image
         looks sharper than the fit can represent (most sharp photos at x2,
@@ -144,6 +160,8 @@ def mix_covariance(k: np.ndarray, cov: np.ndarray | None, weight: float = 0.5
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"weight must be in [0, 1], got {weight}")
     k = np.asarray(k, np.float64)
+    if k.ndim != 2 or k.shape[0] != k.shape[1]:
+        raise ValueError(f"mix_covariance: expected a square (n, n) kernel, got {k.shape}")
     info: dict[str, Any] = {"weight": weight, "var_long": None, "var_short": None,
                             "theta_deg": None, "at_floor": None, "mixed": False}
     if cov is None:

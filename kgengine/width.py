@@ -320,7 +320,7 @@ def _fits(lr_gray: np.ndarray, kernels: list[np.ndarray], scale: int,
           prior: float, refine: bool = False) -> list[WidthFit]:
     """:func:`calibrate_width` of each kernel; the image is read once (the spectra of every
     candidate come from one :func:`residual_spread` call: the same bytes as one per kernel)."""
-    if prior < 0:
+    if not prior >= 0:  # NaN too
         raise ValueError(f"prior must be >= 0, got {prior}")
     lr_gray = read_crop(lr_gray)
     cands = [[scale_kernel(k, float(s)) for s in SCALES] for k in kernels]

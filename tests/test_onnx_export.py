@@ -37,6 +37,7 @@ from kgengine.export import (
     save_model,
     tiled_weight,
 )
+from kgengine.export.generator import VALID_CONVENTION
 from kgengine.kernel import KERNEL_CONVENTION, anisotropic_gaussian
 from kgengine.providers import make_session, session_options
 
@@ -291,7 +292,9 @@ def test_metadata_round_trip(tmp_path) -> None:
         meta = read_metadata(path)
         assert meta["kind"] == kind
         assert meta["kgengine_version"] == __version__
-        assert meta["kernel_convention"] == KERNEL_CONVENTION
+        # the generator is a valid (unpadded, uncentred) correlation, not the degraders' map
+        assert meta["kernel_convention"] == (VALID_CONVENTION if kind == "generator"
+                                             else KERNEL_CONVENTION)
         assert meta["opset"] == str(OPSET) == "17"
         assert meta["scale"] == expected_scale[kind]
         assert meta["kernel_size"] == expected_size[kind]

@@ -157,6 +157,7 @@ def build_pool_model(
     inits = [
         pads(k, k),
         const("k_flat_shape", np.array([0, -1], np.int64)),
+        const("off_range", np.array([100], np.int64)),
         const("k_zero_pad", np.array([0, 0, 0, 1], np.int64)),
         const("tile_index", tile_index(k, k, scale, tile)),
     ]
@@ -170,8 +171,7 @@ def build_pool_model(
         helper.make_node("Reshape", ["kernel", "k_flat_shape"], ["k_flat"]),  # (N, K²)
         helper.make_node("Pad", ["k_flat", "k_zero_pad"], ["k_flat0"]),  # (N, K²+1), last 0
         helper.make_node("Gather", ["k_flat0", "tile_index"], ["weights"], axis=1),
-        helper.make_node("Gather", ["in_shape", "i0"], ["n1"], axis=0),
-        helper.make_node("Squeeze", ["n1"], ["n"]),
+        *_kernel_rows_check(),
         helper.make_node("Loop", ["n", ""], ["y" if noise else "lr"],
                          body=_per_image_blur(scale, tile, elem)),
     ]
@@ -183,6 +183,23 @@ def build_pool_model(
     doc += _noise_doc(noise) + f"; {dtype_name}"
     model = make_model("kgengine_pool_degrader", nodes, inputs, "lr", inits, doc, elem)
     return stamp(model, meta)
+
+
+def _kernel_rows_check() -> list:
+    """Nodes for the Loop's trip count ``n`` = kernel's N, read at index 100·(N_kernel −
+    N_hr) of kernel's shape: index 0 when the two batches agree, out of range (an error
+    that names this node) when they do not. Before 0.9.27 extra kernels were ignored
+    without a word. (A Reshape to hr's N does not do: onnxruntime's optimiser drops it.)"""
+    return [
+        helper.make_node("Gather", ["in_shape", "i0"], ["n1"], axis=0),
+        helper.make_node("Shape", ["kernel"], ["k_shape"]),
+        helper.make_node("Gather", ["k_shape", "i0"], ["nk1"], axis=0),
+        helper.make_node("Sub", ["nk1", "n1"], ["n_diff"]),
+        helper.make_node("Mul", ["n_diff", "off_range"], ["n_index"]),
+        helper.make_node("Gather", ["k_shape", "n_index"], ["n_checked"], axis=0,
+                         name="kernel_rows_must_equal_hr_images"),
+        helper.make_node("Squeeze", ["n_checked"], ["n"]),
+    ]
 
 
 def _per_image_blur(scale: int, tile: int, elem: int = TensorProto.FLOAT) -> onnx.GraphProto:

@@ -24,6 +24,11 @@ from kgengine.errors import KGEngineError
 from kgengine.export.graph import const, hr_input, make_model
 from kgengine.export.metadata import stamp
 
+#: The generator's own mapping (``kernel_convention`` in its metadata): no centring, no
+#: padding; LR pixel (i, j) sits on HR pixel (2i + R//2, 2j + R//2).
+VALID_CONVENTION = ("correlation, valid (no padding, no centring), "
+                    "LR[i,j]=sum K[u,v]*HR[2*i+u,2*j+v], phase 0")
+
 
 def load_generator_weights(path: str | os.PathLike) -> list[np.ndarray]:
     """Read ``<name>_generator.npz``: arrays ``w0..w{L-1}``, torch layout (out, in, kh, kw).
@@ -127,11 +132,14 @@ def build_generator_model(weights: list[np.ndarray], folded: bool = False) -> on
         helper.make_node("Concat", ["nc", "g_hw"], ["out_shape"], axis=0),
         helper.make_node("Reshape", ["g_out", "out_shape"], ["lr"]),
     ]
-    rf = 1 + sum(w.shape[2] - 1 for w in weights)
-    meta = {"kind": "generator", "scale": 2, "kernel_size": rf,
+    rh, rw = (1 + sum(w.shape[axis] - 1 for w in weights) for axis in (2, 3))
+    size = str(rh) if rh == rw else f"{rh}x{rw}"
+    meta = {"kind": "generator", "scale": 2, "kernel_size": size,
             "generator_form": "folded" if folded else f"{len(weights)}-layer",
+            # not the degraders' centred, reflect-padded convention (0.9.27: it said so)
+            "kernel_convention": VALID_CONVENTION,
             "borders": "valid (no padding): output floor((H-R)/2)+1, R = kernel_size"}
-    doc = f"hr (N,C,H,W) -> lr (N,C,floor((H-{rf})/2)+1,floor((W-{rf})/2)+1), KernelGAN G"
+    doc = f"hr (N,C,H,W) -> lr (N,C,floor((H-{rh})/2)+1,floor((W-{rw})/2)+1), KernelGAN G"
     return stamp(make_model("kgengine_generator", nodes, [hr_input()], "lr", inits, doc), meta)
 
 

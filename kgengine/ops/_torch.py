@@ -40,8 +40,8 @@ def degrade_torch(hr: torch.Tensor, kernel: torch.Tensor, scale: int) -> torch.T
 
     Args:
         hr: (B, C, H, W) float tensor.
-        kernel: (h, w) shared by the batch, or (B, h, w) one kernel per image; cast to
-            hr's dtype and device.
+        kernel: (h, w) or (1, h, w) shared by the batch, or (B, h, w) one kernel per image;
+            cast to hr's dtype and device.
         scale: integer sub-sampling factor s >= 1.
     Returns:
         (B, C, ceil(H/s), ceil(W/s)) tensor, hr's dtype.
@@ -52,6 +52,8 @@ def degrade_torch(hr: torch.Tensor, kernel: torch.Tensor, scale: int) -> torch.T
     kernel = kernel.to(dtype=hr.dtype, device=hr.device)
     if kernel.dim() == 2:
         kernel = kernel.expand(b, *kernel.shape)
+    elif kernel.dim() == 3 and kernel.shape[0] == 1:  # shared, as ops.downscale takes it
+        kernel = kernel.expand(b, *kernel.shape[1:])
     if kernel.dim() != 3 or kernel.shape[0] != b:
         raise ValueError(f"kernel: expected (h,w) or ({b},h,w), got shape {tuple(kernel.shape)}")
     kh, kw = kernel.shape[-2:]
