@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
-from kgengine.errors import BadSettingError
+from kgengine.env_settings import CUDA_GRAPH_VAR, cuda_graph
 from kgengine.ops._spec import PatchBatch
 
-ENV_VAR = "KGENGINE_CUDA_GRAPH"
+ENV_VAR = CUDA_GRAPH_VAR
 #: Uncaptured iterations (on a side stream) before the capture, as PyTorch asks for.
 WARMUP = 3
 
@@ -45,13 +45,10 @@ def mode_for(device: torch.device) -> str:
         BadSettingError: an unknown value (a ValueError; one line naming the variable and
             the value).
     """
+    mode = cuda_graph()
+    if mode != "capture":
+        return mode
     raw = os.environ.get(ENV_VAR, "").strip().lower()
-    if raw in ("", "0", "off"):
-        return "off"
-    if raw == "eager":
-        return "eager"
-    if raw not in ("1", "on", "capture"):
-        raise BadSettingError(f"{ENV_VAR}: expected 0, 1 or eager, got {raw!r}")
     if device.type != "cuda":
         warnings.warn(f"{ENV_VAR}={raw}: {device} is not a CUDA device; the step runs "
                       "uncaptured", RuntimeWarning, stacklevel=3)

@@ -11,8 +11,10 @@ centred (the kernel's centre index ``(h//2, w//2)`` lands on ``(K//2, K//2)``, w
   written before this array existed reads as all NaN) and ``index`` (a JSON string: one
   record per row with its id, source image, seed, confidence (null when unknown) and
   estimation report); no pickled objects, so ``np.load(path, allow_pickle=False)`` reads it;
-- a folder of ``.npy`` / ``.mat`` kernels (``.mat``: :func:`mat_kernel`; a KAIR set is
-  refused, ``kgengine pool import`` reads it), or a single such file.
+- a folder of ``.npy`` / ``.mat`` kernels (:func:`kgengine.kernel_files.folder_kernel_files`:
+  result files ``<name>_kernel_x<s>`` of one scale only; ``.mat``:
+  :func:`kgengine.kernel_files.mat_kernel`; a KAIR set is refused, ``kgengine pool
+  import`` reads it), or a single such file.
 
 Every kernel is checked (2-D, finite, sum > 0) and renormalised to sum 1; a bad file, or a
 confidence outside [0, 1] (NaN is "unknown"), raises :class:`~kgengine.errors.KGEngineError`
@@ -35,11 +37,10 @@ import numpy as np
 from kgengine.atomic import atomic_write, json_default
 from kgengine.errors import KGEngineError, shown
 from kgengine.kernel import check_kernel, check_scale, common_size, pad_to
+from kgengine.kernel_files import folder_kernel_files, read_kernel_file
 
 #: File name :func:`save_pool` uses when given a folder.
 POOL_FILE = "kernel_pool.npz"
-#: Kernel file types read from a pool folder.
-KERNEL_SUFFIXES = (".npy", ".mat")
 #: Rounding allowed outside [0, 1] in a confidence (a mean of cosines can be 1 + 2e-16),
 #: and in a kernel's sum (float32 rounding of a 37×37 kernel: < 1e-5).
 CONF_TOL, SUM_TOL = 1e-9, 1e-3
@@ -192,61 +193,6 @@ def top_threshold(pool: KernelPool, fraction: float, where: str = "kernel pool")
     return float(known[m - 1])
 
 
-def read_kernel_file(path: str | os.PathLike) -> np.ndarray:
-    """Read one kernel from ``.npy`` or ``.mat`` (:func:`mat_kernel`) and validate it (see
-    :func:`check_kernel`). Returns (h, w) float64 summing to 1."""
-    path = Path(path)
-    if not path.is_file():
-        raise KGEngineError(f"{path}: {'a folder' if path.is_dir() else 'no such file'}")
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except Exception as exc:  # noqa: BLE001 - any failure is a bad file
-            raise KGEngineError(f"{path}: cannot read .npy kernel ({type(exc).__name__})") from None
-    elif suffix == ".mat":
-        arr = mat_kernel(load_mat(path), path)
-    else:
-        raise KGEngineError(f"{path}: not a kernel file (expected .npy or .mat)")
-    return check_kernel(arr, str(path))
-
-
-def load_mat(path: Path) -> dict:
-    """The variables of a ``.mat`` file (SciPy), or :class:`KGEngineError` naming it."""
-    from scipy.io import loadmat
-
-    try:
-        return loadmat(path)
-    except NotImplementedError:
-        raise KGEngineError(f"{path}: MATLAB v7.3 files are not supported (save with -v7)"
-                            ) from None
-    except Exception as exc:  # noqa: BLE001 - any failure is a bad file
-        raise KGEngineError(f"{path}: cannot read .mat file ({type(exc).__name__})") from None
-
-
-def mat_kernel(data: dict, path: Path) -> np.ndarray:
-    """The one kernel of a loaded ``.mat`` file, unchecked: its ``Kernel`` variable
-    (ZSSR/KernelGAN/DIV2KRK), else its only 2-D numeric variable larger than 1x1 (MATLAB
-    stores a scalar, such as a KAIR file's ``scale``, as 1x1: that is no kernel).
-
-    A KAIR/USRNet set (``kernels``, as ``pool export --format kair-mat`` writes) is refused
-    naming its size: ``kgengine pool import`` makes a pool of it, ids and scale kept."""
-    if "kernels" in data:
-        arr = np.asarray(data["kernels"])
-        n = arr.size if arr.dtype == object else 1 if arr.ndim < 3 else arr.shape[
-            2 if arr.shape[0] == arr.shape[1] else 0]
-        raise KGEngineError(f"{path}: holds a set of {n} kernel{'s' * (n != 1)} (KAIR "
-                            "'kernels'), not one; `kgengine pool import` makes a pool of it")
-    if "Kernel" in data:
-        return data["Kernel"]
-    arrays = [v for k, v in data.items() if not k.startswith("__") and isinstance(v, np.ndarray)
-              and v.ndim == 2 and v.size > 1 and np.issubdtype(v.dtype, np.number)]
-    if len(arrays) != 1:
-        raise KGEngineError(f"{path}: no 'Kernel' variable and {len(arrays)} 2-D variables "
-                            "larger than 1x1 (need exactly one)")
-    return arrays[0]
-
-
 def make_pool(
     kernels: list[np.ndarray],
     ids: list[str],
@@ -329,18 +275,12 @@ def _read_pool(path: Path, scale: int | None) -> KernelPool:
     if path.is_dir() and (path / POOL_FILE).is_file():  # a farm's pool folder
         path = path / POOL_FILE
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in KERNEL_SUFFIXES)
-        if not files:
-            raise KGEngineError(f"{path}: no .npy or .mat kernel files in this folder")
-        stems = [p.stem for p in files]
-        dup = sorted({s for s in stems if stems.count(s) > 1})
-        if dup:
-            raise KGEngineError(f"{path}: several kernel files named {dup[0]!r} (.npy and .mat?)")
+        files, ids, scale = folder_kernel_files(path, scale)
         kernels = [read_kernel_file(p) for p in files]
-        return make_pool(kernels, stems, [str(p.resolve()) for p in files], scale or 2)
+        return make_pool(kernels, ids, [str(p.resolve()) for p in files], scale)
     if not path.is_file():
         raise KGEngineError(f"{path}: no such kernel pool (file or folder)")
-    if path.suffix.lower() in KERNEL_SUFFIXES:
+    if path.suffix.lower() in (".npy", ".mat"):
         return make_pool([read_kernel_file(path)], [path.stem], [str(path.resolve())], scale or 2)
     if path.suffix.lower() != ".npz":
         raise KGEngineError(f"{path}: not a kernel pool (expected .npz, .npy, .mat or a folder)")

@@ -25,7 +25,6 @@ does not stop an import.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,11 +33,10 @@ import numpy as np
 from kgengine.errors import KGEngineError
 from kgengine.imageio import BROKEN_LINK, listed_file
 from kgengine.kernel import check_kernel
-from kgengine.pool import POOL_FILE, load_mat, load_pool, mat_kernel
+from kgengine.kernel_files import RESULT_NAME as _RESULT
+from kgengine.kernel_files import load_mat, mat_kernel
+from kgengine.pool import POOL_FILE, load_pool
 
-#: A result file's name: ``<id>_kernel_x<s>.mat|.npy`` (DOTALL: an id may hold a newline).
-_RESULT = re.compile(r"^(?P<id>.+)_kernel_x(?P<scale>\d+)\.(mat|npy)$",
-                     re.IGNORECASE | re.DOTALL)
 #: Largest kernel side imported (and exported): the ONNX degrader's, so that ``degrade`` takes
 #: every pool made here (:data:`kgengine.export.graph.MAX_KERNEL_SIZE`).
 MAX_SIDE = 255

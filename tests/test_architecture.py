@@ -20,6 +20,7 @@ LAYERS: dict[str, int] = {
     # 0 foundation: no kgengine imports but each other
     "kgengine._version": 0,
     "kgengine.errors": 0,
+    "kgengine.env_settings": 0,
     "kgengine.atomic": 0,
     "kgengine.hooks": 0,
     "kgengine.sysinfo": 0,
@@ -62,6 +63,7 @@ LAYERS: dict[str, int] = {
     "kgengine.api": 4,
     "kgengine.outputs": 4,
     "kgengine.pool": 4,
+    "kgengine.kernel_files": 4,
     "kgengine.pool_import": 4,
     "kgengine.pool_interop": 4,
     "kgengine.plotting": 4,

@@ -18,7 +18,8 @@ from test_pool_qa import _cli, _fails_with
 from kgengine.errors import KGEngineError, OutputError
 from kgengine.export.graph import MAX_KERNEL_SIZE, MAX_SCALE
 from kgengine.kernel import anisotropic_gaussian, center_kernel, check_kernel
-from kgengine.pool import load_pool, make_pool, read_kernel_file, save_pool
+from kgengine.kernel_files import read_kernel_file
+from kgengine.pool import load_pool, make_pool, save_pool
 from kgengine.pool_interop import MAX_SIZE, export_pool, import_kernels, prepare_kernel
 
 

@@ -20,6 +20,7 @@ import typer
 
 from kgengine.atomic import ensure_dir
 from kgengine.config import MAX_SEED
+from kgengine.env_settings import check_env
 from kgengine.errors import KGEngineError, OutputError, shown
 
 P = ParamSpec("P")
@@ -82,7 +83,9 @@ def check_seed(option: str, value: int | None) -> None:
 
 def check_device(device: str, *, here: bool = True) -> str:
     """Raise unless ``device`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; with ``here``
-    (training in this process) ``cuda:N`` must also exist when CUDA is available."""
+    (training in this process) ``cuda:N`` must also exist when CUDA is available. The
+    environment's code-path variables are checked here too (:func:`check_env`)."""
+    check_env()
     if not _DEVICE_RE.match(device):
         raise KGEngineError(f"--device: expected auto, cpu, cuda or cuda:N, got {device!r}")
     if here and device.startswith("cuda:"):

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from kgengine.commands._common import at_least, check_seed, cli_errors, fail
+from kgengine.env_settings import check_env
 from kgengine.hooks import JobHooks
 from kgengine.progress import progress_hooks
 
@@ -138,6 +139,7 @@ def _check_options(out: Path, scale: int | None, noise: float, seed: int, batch:
 
     if top is not None and min_confidence is not None:
         fail("give at most one of --min-confidence and --top")
+    check_env()
     check_scale(scale, "--scale")
     check_seed("--seed", seed)
     at_least("--batch", batch, 1)

@@ -73,7 +73,7 @@ def export_fixed(
 ) -> None:
     """hr (N,C,H,W) -> lr (N,C,ceil(H/s),ceil(W/s)) with this kernel baked in."""
     from kgengine.export.graph import MAX_KERNEL_SIZE, check_range
-    from kgengine.pool import read_kernel_file
+    from kgengine.kernel_files import read_kernel_file
 
     _check_options(out, scale, tile, dtype)
     k = read_kernel_file(kernel)

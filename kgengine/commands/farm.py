@@ -34,8 +34,8 @@ Inputs = Annotated[
 PoolDir = Annotated[Path, typer.Option("-o", "--out", help="Pool folder (manifest, kernels/, "
                                                            "kernel_pool.npz); rerun to resume.")]
 Batch = Annotated[int | None, typer.Option(
-    "--batch", help="Images per batched training. Default: 8 on CPU, measured from free "
-                           "memory on GPU.")]
+    "--batch", help="Images per batched training. Default: 8 on CPU; on a GPU, from "
+                           "probe runs and its total memory (its free memory when it is busy).")]
 X4 = Annotated[bool | None, typer.Option(
     "--x4/--no-x4", help="The photos are x4 LR images: derive x4 kernels too (and "
                          "kernel_pool_x4.npz); the x2 kernels' post-processing reads the "

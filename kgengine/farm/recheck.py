@@ -13,6 +13,9 @@ modification time when it was hashed. At the start of each run, :func:`recheck_r
   identity, said on one line. The same hash only records the new time (a file touched or
   copied with its bytes), so it is not hashed again next run. A ``done`` row without a
   recorded time (listed before 0.9.26) gets the file's time now, without a hash;
+- fails a row whose file now has the content of another listed image (a duplicate, as
+  :mod:`kgengine.farm.intake` skips one when it is listed; since 0.9.27): a done row's
+  old files are removed first, and the reason names the other file;
 - leaves a row whose file is gone as it is (a kernel that is done stays in the pool; a
   pending file fails when it is read, naming it) and ``failed`` rows (``--retry-failed``
   queues them first).
@@ -41,6 +44,7 @@ def recheck_rows(man: Manifest, pool_dir: Path, job_seed: int,
         (rows queued again or given a new identity, rows failed because unreadable).
     """
     changed = failed = 0
+    by_hash = man.known()[2]
     for row in man.rows("pending") + man.rows("done"):
         path = Path(row.path)
         stat = file_stat(path)
@@ -60,9 +64,25 @@ def recheck_rows(man: Manifest, pool_dir: Path, job_seed: int,
         if pr[0] == row.sha256:
             man.set_file_stat(row.id, *stat)
             continue
+        if by_hash.get(pr[0], row.path) != row.path:
+            _fail_duplicate(man, row, pool_dir, by_hash[pr[0]], log)
+            failed += 1
+            continue
         _renew(man, row, pool_dir, new_image(row.name, path, pr, stat, job_seed), log)
         changed += 1
     return changed, failed
+
+
+def _fail_duplicate(man: Manifest, row: Row, pool_dir: Path, other: str,
+                    log: Callable[[str], None]) -> None:
+    """Fail ``row``, whose file changed into a copy of ``other``'s (a done row's old files
+    go first): one kernel per content, as when a duplicate is listed."""
+    for rel in (row.output_paths.values() if row.state == "done" else ()):
+        (pool_dir / rel).unlink(missing_ok=True)
+    reason = (f"{shown(row.path)}: same content as {shown(other)} (the file changed since it "
+              "was listed); a duplicate, not trained")
+    man.mark_failed(row.id, reason)
+    log(f"failed: {reason}")
 
 
 def _renew(man: Manifest, row: Row, pool_dir: Path, new: NewImage,

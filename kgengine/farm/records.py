@@ -80,6 +80,7 @@ def record(man: Manifest, row: Row, outcome: EstimateResult | Exception,
     if isinstance(outcome, EstimateResult):
         outcome.name = row.name
         outcome.report["image"] = row.path
+        outcome.report["image_sha256"] = row.sha256  # as estimate's reports (0.9.27)
         outcome.report["farm"] = {"sha256": row.sha256, "job_seed": settings.seed,
                                   "attempt": row.diverged, "pool": str(pool_dir),
                                   "restarts": settings.restarts}

@@ -50,6 +50,7 @@ from typing import Any
 
 import torch
 
+from kgengine.env_settings import OPS_BACKEND_VAR, ops_backend
 from kgengine.errors import BadSettingError
 
 #: Module of each backend; each defines every op of :data:`OPS` with the public signature.
@@ -61,7 +62,7 @@ MODULES = {
 }
 BACKENDS = tuple(MODULES)
 OPS = ("downscale", "sample_patches")
-ENV_VAR = "KGENGINE_OPS_BACKEND"
+ENV_VAR = OPS_BACKEND_VAR
 
 _LOCAL = threading.local()
 
@@ -177,12 +178,11 @@ def backend_name(op: str, device: torch.device | str, backend: str | None = None
     if op not in OPS:
         raise ValueError(f"op: expected one of {OPS}, got {op!r}")
     device_type = torch.device(device).type
-    name = backend or os.environ.get(ENV_VAR, "").strip() or None
+    name = backend or ops_backend()
     if name is None:
         return auto_backend(op, device_type)
     if name not in BACKENDS:
-        source = "backend" if backend else ENV_VAR
-        raise BadSettingError(f"{source}: expected one of {BACKENDS}, got {name!r}")
+        raise BadSettingError(f"backend: expected one of {BACKENDS}, got {name!r}")
     if not _runs_on(name, device_type):
         reason = f"it does not run on {device_type} tensors"
     else:
