@@ -18,7 +18,9 @@ be entered from two threads at once. ``tests/test_host_threads.py`` compares the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -30,10 +32,51 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+#: [calls inside :func:`torch_single_threaded`, torch's thread count saved by the first]
+_SINGLE: list = [0, None]
+_SINGLE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def torch_single_threaded() -> Iterator[None]:
+    """torch on one thread inside (the compiled trainer's tasks take the host threads).
+
+    Calls that overlap, on several threads of one process (a service calling the API from
+    a thread pool), share one save: the first in saves torch's thread count and the last
+    out restores it. Before 0.9.27 each saved what it found, so a call that began during
+    another's saved 1 and restored it last, and every thread made afterwards ran torch on
+    one thread. A call that ends while another is inside gives its own thread back the
+    count that thread had. (A thread *made* while a call is inside starts with torch's count
+    of that moment, 1: torch's rule; kgengine's trainers take their thread budget from
+    :func:`torch_threads`, not from it.)
+    """
+    with _SINGLE_LOCK:
+        own = torch.get_num_threads()
+        if _SINGLE[0] == 0:
+            _SINGLE[1] = own
+        _SINGLE[0] += 1
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        with _SINGLE_LOCK:
+            _SINGLE[0] -= 1
+            torch.set_num_threads(_SINGLE[1] if _SINGLE[0] == 0 else own)
+
+
+def torch_threads() -> int:
+    """torch's thread count as the caller left it: the count saved by
+    :func:`torch_single_threaded` while a call is inside it (where torch reads 1), else
+    ``torch.get_num_threads()``; at least 1."""
+    with _SINGLE_LOCK:
+        saved = _SINGLE[1] if _SINGLE[0] else None
+    return max(1, saved if saved is not None else torch.get_num_threads())
+
+
 def default_workers() -> int:
     """The threads per-image host work may use: torch's thread count (which ``estimate`` and
-    ``farm`` cap at the idle cores), at least 1."""
-    return max(1, torch.get_num_threads())
+    ``farm`` cap at the idle cores; :func:`torch_threads`), at least 1."""
+    return torch_threads()
 
 
 def available_memory() -> int | None:

@@ -4,6 +4,7 @@ compiles in from other modules."""
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import inspect
@@ -182,23 +183,35 @@ def submit(fn: Callable, *args: object) -> Future:
 
 #: Work buffers returned by finished passes, by shape: a pass that takes them avoids
 #: touching megabytes of fresh pages (page faults, which also serialise the threads; measured
-#: with B = 4: D's forward 7.5 -> 3.6 ms, and 2 threads 1.1x -> 1.75x).
-_FREE: dict[tuple, list] = {}
+#: with B = 4: D's forward 7.5 -> 3.6 ms, and 2 threads 1.1x -> 1.75x). At most
+#: :data:`FREE_KEYS` keys, the least recently used dropped first: a farm's batches shrink
+#: through every size as images stop, and each size's sets (~4.4 MB an image) were kept for
+#: the whole job (0.9.27; a step uses 4-8 keys).
+_FREE: collections.OrderedDict[tuple, list] = collections.OrderedDict()
+_FREE_LOCK = threading.Lock()
+FREE_KEYS = 16
 
 
 def take(key: tuple, make: Callable[[], object]) -> object:
     """A free buffer set of ``key`` (given back by :func:`give`), or ``make()``."""
-    try:
-        return _FREE[key].pop()
-    except (KeyError, IndexError):  # none free (or another thread took the last one)
-        return make()
+    with _FREE_LOCK:
+        free = _FREE.get(key)
+        if free:
+            _FREE.move_to_end(key)
+            return free.pop()
+    return make()
 
 
 def give(key: tuple, bufs: object) -> None:
-    """Return a set that nothing uses any more (at most 4 kept per key)."""
-    free = _FREE.setdefault(key, [])
-    if len(free) < 4:
-        free.append(bufs)
+    """Return a set that nothing uses any more (at most 4 kept per key, and at most
+    :data:`FREE_KEYS` keys)."""
+    with _FREE_LOCK:
+        free = _FREE.setdefault(key, [])
+        _FREE.move_to_end(key)
+        if len(free) < 4:
+            free.append(bufs)
+        while len(_FREE) > FREE_KEYS:
+            _FREE.popitem(last=False)
 
 
 def slots(shapes: list[tuple[int, ...]], out: np.ndarray | None, dtype: np.dtype

@@ -31,6 +31,7 @@ import torch
 from kgengine.batch_rows import set_threads
 from kgengine.compiled import compiled_on
 from kgengine.config import KernelGANConfig
+from kgengine.host_threads import torch_single_threaded, torch_threads
 from kgengine.prepare import PreparedImage
 from kgengine.stopping import StopRule
 from kgengine.trainer import BatchTrainer
@@ -54,7 +55,7 @@ def make_trainer(images: list[PreparedImage], seeds: list[int], cfg: KernelGANCo
     :func:`part_count` parts where that is more than one, else a :class:`BatchTrainer`.
     ``threads``: the host threads to use (default: torch's thread count)."""
     device = torch.device(device)
-    threads = threads or torch.get_num_threads()
+    threads = threads or torch_threads()
     parts = part_count(len(images), threads, device, mode)
     if parts == 1:
         return BatchTrainer(images, seeds, cfg, device, dtype, mode, threads=threads)
@@ -121,8 +122,9 @@ class SplitTrainer:
                     _hand_over(i, grant, ended, self.parts)
                     changed.notify()
 
-        t0, torch_threads = time.perf_counter(), torch.get_num_threads()
-        torch.set_num_threads(1)  # each part's run saves and restores this: all see 1
+        t0 = time.perf_counter()
+        single = torch_single_threaded()  # the parts' runs nest theirs in it: all see 1
+        single.__enter__()
         pool = ThreadPoolExecutor(len(self.parts), thread_name_prefix="kgengine-part")
         futures = [pool.submit(train, i) for i in range(len(self.parts))]
         try:
@@ -135,7 +137,7 @@ class SplitTrainer:
             raise
         finally:
             pool.shutdown(wait=True)
-            torch.set_num_threads(torch_threads)
+            single.__exit__(None, None, None)
 
     @property
     def n_parts(self) -> int:

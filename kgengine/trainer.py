@@ -27,6 +27,7 @@ from kgengine.adam import FlatAdam
 from kgengine.compiled import compiled_on, compose_for, discriminator_for, priors_for
 from kgengine.config import KernelGANConfig
 from kgengine.flatbuf import flat_grad, flatten
+from kgengine.host_threads import torch_single_threaded, torch_threads
 from kgengine.ops._spec import PatchBatch
 from kgengine.ops.backend import resolve, serial_ops
 from kgengine.ops.rng import STREAM_G_NOISE, box_muller, normal
@@ -72,7 +73,7 @@ class BatchTrainer:
         # with the compiled networks (CPU), D's (image, crop) tasks get the threads and PyTorch
         # runs on one during :meth:`run`: its OpenMP workers, spinning between the small
         # operations, took the cores from the tasks (2 cores, B = 4: 25 vs 18.5 ms/iteration)
-        self.threads = threads or torch.get_num_threads()
+        self.threads = threads or torch_threads()
         self.compiled = compiled_on(self.device)
         self._d_forward = discriminator_for(self.device, self.threads)
         self._compose = compose_for(self.device)
@@ -311,14 +312,12 @@ class BatchTrainer:
         """
         t0 = time.perf_counter()
         tracker = StopTracker(stop, self.b) if stop is not None else None
-        torch_threads = torch.get_num_threads()
-        if self.compiled:  # D's tasks take the threads: PyTorch and the ops on this one
-            torch.set_num_threads(1)
+        # D's tasks take the threads: PyTorch and the ops on this one
+        single = torch_single_threaded() if self.compiled else contextlib.nullcontext()
         try:
-            with serial_ops() if self.compiled else contextlib.nullcontext():
+            with single, serial_ops() if self.compiled else contextlib.nullcontext():
                 self._loop(iters, callback, every, stop, tracker)
         finally:
-            torch.set_num_threads(torch_threads)
             lean_step.settle(self)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -3,6 +3,8 @@ assertion here failed before its fix."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -138,3 +140,177 @@ def test_a_shared_kernel_with_a_batch_axis_works_at_every_scale() -> None:
     k = torch.from_numpy(gaussian_kernel(5, 1.0))
     for scale in (2, 5):
         torch.testing.assert_close(degrade(x, k[None], scale), degrade(x, k, scale))
+
+
+def test_work_buffers_keep_a_bounded_number_of_sizes() -> None:
+    """Each batch size a farm's shrinking batches went through kept its buffer sets for the
+    whole job (~4.4 MB an image per size); now the least recently used sizes are dropped."""
+    from kgengine import numba_util
+
+    saved = dict(numba_util._FREE)
+    numba_util._FREE.clear()
+    try:
+        for size in range(40):
+            numba_util.give(("test", size), np.zeros(1))
+        assert len(numba_util._FREE) == numba_util.FREE_KEYS
+        assert ("test", 39) in numba_util._FREE and ("test", 0) not in numba_util._FREE
+        kept = numba_util.take(("test", 30), lambda: pytest.fail("made"))  # a kept set
+        assert kept.shape == (1,)
+        numba_util.give(("test", 30), kept)
+        numba_util.give(("test", 99), np.zeros(1))  # evicts the oldest, not the one used
+        assert ("test", 30) in numba_util._FREE and ("test", 24) not in numba_util._FREE
+    finally:
+        numba_util._FREE.clear()
+        numba_util._FREE.update(saved)
+
+
+def test_pool_files_are_compressed_and_old_ones_still_load(tmp_path) -> None:
+    """The index (UTF-32 JSON of every report) made a 2000-image pool 27.7 MB."""
+    from kgengine.pool import load_pool, make_pool, save_pool
+
+    n = 300
+    report = {"config": {f"key{i}": i for i in range(60)}, "note": "x" * 400}
+    pool = make_pool([gaussian_kernel(13, 1.0 + i / n) for i in range(n)],
+                     [f"img{i}" for i in range(n)], [f"/photos/img{i}.png" for i in range(n)],
+                     2, reports=[report] * n)
+    path = save_pool(tmp_path / "pool.npz", pool)
+    index_bytes = np.load(path)["index"].nbytes
+    assert path.stat().st_size < index_bytes / 5  # the index alone, uncompressed
+    back = load_pool(path)
+    np.testing.assert_array_equal(back.kernels, pool.kernels.astype(np.float32))
+    assert back.ids == pool.ids and back.reports == pool.reports
+    with np.load(path) as data:  # an uncompressed pool (before 0.9.27) reads the same
+        np.savez(tmp_path / "old.npz", **{k: data[k] for k in data.files})
+    old = load_pool(tmp_path / "old.npz")
+    assert old.fingerprint() == back.fingerprint() and old.reports == back.reports
+
+
+def test_a_killed_exports_hidden_folder_is_removed_by_the_next(tmp_path) -> None:
+    """A SIGKILL mid-export left its ``.export-*`` folder in ``out`` for good."""
+    import subprocess
+    import sys
+
+    from kgengine import pool_interop
+    from kgengine.pool import make_pool
+
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    orphan = out / f"{pool_interop._EXPORT_PREFIX}{dead}-abc"
+    orphan.mkdir()
+    (orphan / "0.npy").write_bytes(b"partial")
+    live = out / f"{pool_interop._EXPORT_PREFIX}{os.getpid()}-def"  # a running export's
+    live.mkdir()
+    other = out / ".export-another_host-1-ghi"  # another machine's: its pid means nothing
+    other.mkdir()
+    pool = make_pool([gaussian_kernel(13, 1.0)], ["k"], ["k.npy"], 2)
+    pool_interop.export_pool(pool, out, "npy")
+    assert not orphan.exists() and live.exists() and other.exists()
+    assert (out / "k.npy").is_file()
+
+
+_TWO_DEGRADES = """
+import threading, numpy as np, kgengine
+k = np.full((13, 13), 1 / 169.0)
+hr = np.random.default_rng(0).random((256, 256, 3))
+ref = kgengine.degrade(hr, k, 2)
+bad = []
+def loop():
+    for _ in range(60):
+        if not np.array_equal(kgengine.degrade(hr, k, 2), ref):
+            bad.append(1)
+ts = [threading.Thread(target=loop) for _ in range(3)]
+[t.start() for t in ts]
+[t.join(240) for t in ts]
+print("differing", len(bad), "alive", sum(t.is_alive() for t in ts))
+"""
+
+
+def test_parallel_kernels_from_several_threads_do_not_abort() -> None:
+    """Two threads in Numba's workqueue layer at once aborted the process (SIGABRT, exit
+    134): a service calling ``degrade`` or ``estimate_kernel`` from a thread pool died. Run
+    in a child process, since a regression kills the process it happens in."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KGENGINE_OPS_BACKEND": "numba"}
+    out = subprocess.run([sys.executable, "-c", _TWO_DEGRADES], capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "differing 0 alive 0" in out.stdout
+
+
+def test_overlapping_calls_restore_torchs_thread_count() -> None:
+    """A call that began during another's saved torch's 1 and restored it last: every thread
+    made later ran torch on one thread, and a trainer made during the overlap got 1 thread."""
+    import threading
+
+    from kgengine.host_threads import torch_single_threaded, torch_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, int] = {}
+
+    def call_a() -> None:
+        with torch_single_threaded():
+            a_in.set()
+            b_in.wait(30)
+        a_out.set()
+
+    def call_b() -> None:
+        a_in.wait(30)
+        with torch_single_threaded():
+            seen["budget"] = torch_threads()  # what a trainer made now takes
+            b_in.set()
+            a_out.wait(30)  # A ends first
+
+    def fresh() -> None:
+        seen["fresh"] = torch.get_num_threads()
+
+    try:
+        threads = [threading.Thread(target=call_a), threading.Thread(target=call_b)]
+        [t.start() for t in threads]
+        [t.join(60) for t in threads]
+        probe = threading.Thread(target=fresh)
+        probe.start()
+        probe.join(30)
+        assert seen == {"budget": 2, "fresh": 2}
+        assert torch.get_num_threads() == 2 and torch_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+_CONCURRENT_ESTIMATES = """
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+import numpy as np
+import kgengine
+from kgengine.imageio import read_image
+full = read_image("kgengine/data/sample_lr.png")
+images = {"a": full, "b": np.ascontiguousarray(full[16:144, 20:148])}
+jobs = [("a", 0), ("b", 0), ("a", 1)]
+def run(job):
+    res = kgengine.estimate_kernel(images[job[0]], seed=job[1], iters=300, stop="full")
+    return hashlib.sha256(res.raw_kernel.tobytes() + res.kernel_x2.tobytes()).hexdigest()
+alone = [run(j) for j in jobs]
+with ThreadPoolExecutor(3) as ex:
+    together = list(ex.map(run, jobs))
+print("same" if together == alone else f"differ {together} {alone}")
+"""
+
+
+def test_concurrent_estimates_give_the_bytes_of_single_runs() -> None:
+    """Three ``estimate_kernel`` calls from three threads at once (300 float32 iterations,
+    the 160 px sample and a 128 px crop, two seeds): each kernel the bytes of the same call
+    alone. Before 0.9.27 this aborted the process (the calls' width calibration entered
+    Numba's thread pool together). In a child process, for the same reason."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-c", _CONCURRENT_ESTIMATES], capture_output=True,
+                         text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "same", out.stdout

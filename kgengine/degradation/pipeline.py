@@ -23,7 +23,6 @@ Poisson draw and the JPEG codec (Pillow) run on the CPU, the tensors making a ro
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,9 +37,6 @@ from kgengine.errors import KGEngineError
 from kgengine.imageio import read_image
 from kgengine.ops.backend import backend_name, resolve
 from kgengine.pool import KernelPool, load_pool
-
-#: Numba's "workqueue" threading layer must not be entered by two threads at once.
-_CPU_OP_LOCK = threading.Lock()
 
 
 class Pipeline:
@@ -107,15 +103,9 @@ class Pipeline:
         return self._tensors[key]
 
     def _down(self, device: torch.device) -> st.Downscale:
-        fn = resolve("downscale", device)
-        if device.type != "cpu":
-            return fn
-
-        def locked(x: torch.Tensor, k: torch.Tensor, s: int, border: str) -> torch.Tensor:
-            with _CPU_OP_LOCK:
-                return fn(x, k, s, border)
-
-        return locked
+        """The downscale op on ``device`` (safe from several threads: the CPU kernels let one
+        thread at a time into Numba's thread pool, :mod:`kgengine.ops._numba_cpu`)."""
+        return resolve("downscale", device)
 
     def check_input(self, hr: torch.Tensor, draws: Sequence[Draws]) -> None:
         """Raise ``ValueError`` unless ``hr`` is float32 (B,C,H,W), H and W multiples of s,

@@ -8,7 +8,9 @@ tensors (no copy; any strides).
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 
 import numba
 import numpy as np
@@ -70,10 +72,28 @@ _GRADK_SIGS = [
 SERIAL_WORK = 500_000
 
 
+#: Held while a parallel kernel runs: Numba's ``workqueue`` threading layer aborts the whole
+#: process when two threads enter it at once (API calls from several threads of a service:
+#: 0.9.27's review), so a call that finds it held runs the serial twin (the same bits).
+_PARALLEL = threading.Lock()
+
+
 def _pick(parallel, serial, work: int):  # noqa: ANN001, ANN202
     """``parallel`` for at least :data:`SERIAL_WORK` outside :func:`serial_ops`, else
-    ``serial``."""
-    return parallel if work >= SERIAL_WORK and not serial_only() else serial
+    ``serial``; the parallel one only while no other thread runs one (:data:`_PARALLEL`)."""
+    if work < SERIAL_WORK or serial_only():
+        return serial
+    return functools.partial(_one_parallel, parallel, serial)
+
+
+def _one_parallel(parallel, serial, *args: object) -> None:  # noqa: ANN001
+    """``parallel(*args)``, or ``serial(*args)`` where another thread holds the pool."""
+    if not _PARALLEL.acquire(blocking=False):
+        return serial(*args)
+    try:
+        return parallel(*args)
+    finally:
+        _PARALLEL.release()
 
 
 # ------------------------------------------------------------------------------- patches
