@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
+import platform
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -91,6 +94,37 @@ def remove_stale_tmp(folder: str | os.PathLike) -> list[Path]:
                 p.unlink()
                 removed.append(p)
     return removed
+
+
+def process_dir_prefix(kind: str) -> str:
+    """``<kind>-<host>-`` : the start of a temporary folder's name that a process makes as
+    ``<kind>-<host>-<pid>-<random>`` (``tempfile.mkdtemp(prefix=prefix + f"{pid}-")``), so
+    that :func:`remove_dead_process_dirs` can tell whether its maker still runs."""
+    return f"{kind}-{platform.node().replace('-', '_')}-"
+
+
+def remove_dead_process_dirs(folder: str | os.PathLike, prefix: str) -> list[Path]:
+    """Remove the folders ``<prefix><pid>-*`` in ``folder`` whose process is gone on this
+    machine (killed mid-job; ``prefix`` from :func:`process_dir_prefix`, so another
+    machine's folders on a shared disk do not match). A live process's folder stays."""
+    removed = []
+    for p in sorted(Path(folder).glob(f"{glob.escape(prefix)}*")):
+        pid = p.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and p.is_dir() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, owned by another user
+        return True
+    return True
 
 
 def ensure_dir(path: str | os.PathLike) -> Path:

@@ -30,7 +30,6 @@ import contextlib
 import math
 import numbers
 import os
-import platform
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -39,7 +38,14 @@ from pathlib import Path
 
 import numpy as np
 
-from kgengine.atomic import ensure_dir, save_mat, save_npy, why
+from kgengine.atomic import (
+    ensure_dir,
+    process_dir_prefix,
+    remove_dead_process_dirs,
+    save_mat,
+    save_npy,
+    why,
+)
 from kgengine.errors import KGEngineError, OutputError
 from kgengine.kernel import center_kernel, center_of_mass, check_kernel, check_scale, pad_to
 from kgengine.pool import KernelPool
@@ -312,39 +318,16 @@ def _check_folder(out: Path, names: list[str], fmt: str) -> None:
                             f"(e.g. {others[0]}); export into an empty folder")
 
 
-#: The hidden folder an export writes into first: ``.export-<host>-<pid>-<random>``.
-_EXPORT_PREFIX = f".export-{platform.node().replace('-', '_')}-"
-
-
-def _remove_orphans(out: Path) -> None:
-    """Remove the ``.export-*`` folders in ``out`` of this machine's exports whose process
-    is gone (killed mid-export; since 0.9.27). Another machine's, or a live one's, stay."""
-    for p in out.glob(f"{_EXPORT_PREFIX}*"):
-        pid = p.name[len(_EXPORT_PREFIX):].split("-", 1)[0]
-        if not (pid.isdigit() and p.is_dir()) or _alive(int(pid)):
-            continue
-        shutil.rmtree(p, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # it exists, owned by another user
-        return True
-    return True
-
-
 def _write_files(out: Path, names: list[str], rows: list[np.ndarray], fmt: str) -> list[Path]:
     """Write every kernel into a new hidden folder in ``out``, then move each onto its name:
     a write that fails (full disk, ...) leaves none of the export's files in ``out`` (a kill
     leaves at most the hidden ``.export-*`` folder, which no kgengine reader takes, and the
-    next export into ``out`` from this machine removes: :func:`_remove_orphans`)."""
-    _remove_orphans(out)
+    next export into ``out`` from this machine removes:
+    :func:`kgengine.atomic.remove_dead_process_dirs`)."""
+    prefix = process_dir_prefix(".export")
+    remove_dead_process_dirs(out, prefix)
     try:
-        part = Path(tempfile.mkdtemp(prefix=f"{_EXPORT_PREFIX}{os.getpid()}-", dir=out))
+        part = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=out))
     except OSError as exc:
         raise OutputError(out, f"cannot write ({why(exc)})", exc.errno) from exc
     moved: list[Path] = []

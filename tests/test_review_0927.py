@@ -191,16 +191,18 @@ def test_a_killed_exports_hidden_folder_is_removed_by_the_next(tmp_path) -> None
     import sys
 
     from kgengine import pool_interop
+    from kgengine.atomic import process_dir_prefix
     from kgengine.pool import make_pool
 
     out = tmp_path / "out"
     out.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    orphan = out / f"{pool_interop._EXPORT_PREFIX}{dead}-abc"
+    prefix = process_dir_prefix(".export")
+    orphan = out / f"{prefix}{dead}-abc"
     orphan.mkdir()
     (orphan / "0.npy").write_bytes(b"partial")
-    live = out / f"{pool_interop._EXPORT_PREFIX}{os.getpid()}-def"  # a running export's
+    live = out / f"{prefix}{os.getpid()}-def"  # a running export's
     live.mkdir()
     other = out / ".export-another_host-1-ghi"  # another machine's: its pid means nothing
     other.mkdir()
