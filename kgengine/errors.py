@@ -44,12 +44,17 @@ class BadImageError(KGEngineError):
     """An input image cannot be used: unreadable, truncated, too small, NaN, ...
 
     The message always starts with the file name, so a batch log line is self-contained.
+    ``BadImageError(message)`` alone (no reason) keeps ``message`` whole, with ``path`` ""
+    and ``reason`` the message: how a ``DataLoader`` raises a worker's error again in the
+    main process (before 0.9.27 that failed and torch raised a ``RuntimeError`` instead).
     """
 
-    def __init__(self, path: object, reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{shown(path)}: {reason}")
+    def __init__(self, path: object, reason: str | None = None) -> None:
+        self.path, self.reason = ("", str(path)) if reason is None else (str(path), reason)
+        super().__init__(self.reason if reason is None else f"{shown(path)}: {reason}")
+
+    def __reduce__(self) -> tuple:  # pickled (worker processes) with its path and reason
+        return (type(self), (self.path, self.reason) if self.path else (self.reason,))
 
 
 class OutputError(KGEngineError, OSError):
@@ -60,16 +65,24 @@ class OutputError(KGEngineError, OSError):
     :func:`kgengine.atomic.ensure_dir`. The message is ``"<path>: <reason>"``; it is also an
     :class:`OSError` (``filename`` = the path, ``strerror`` = the reason, ``errno`` as the
     system gave it), so code that catches ``OSError`` keeps working. Jobs treat it like a bad
-    image: that item fails with this line, the others go on.
+    image: that item fails with this line, the others go on. ``OutputError(message)`` alone
+    keeps ``message`` whole (as :class:`BadImageError`).
     """
 
-    def __init__(self, path: object, reason: str, errno: int | None = None) -> None:
+    def __init__(self, path: object, reason: str | None = None, errno: int | None = None
+                 ) -> None:
+        if reason is None:
+            path, reason = "", str(path)
         OSError.__init__(self, errno, reason, str(path))
         self.path = str(path)
         self.reason = reason
 
     def __str__(self) -> str:
-        return f"{shown(self.path)}: {self.reason}"
+        return f"{shown(self.path)}: {self.reason}" if self.path else self.reason
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.path, self.reason, self.errno) if self.path
+                else (self.reason, None, self.errno))
 
 
 class TrainingDivergedError(KGEngineError):

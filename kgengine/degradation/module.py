@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from kgengine.degradation.config import PipelineConfig
 from kgengine.degradation.draws import Draws, stage_rng
@@ -36,7 +36,7 @@ from kgengine.degradation.noisebank import NoiseBank
 from kgengine.degradation.pipeline import Pipeline
 from kgengine.degradation.plan import crop_to_scale, list_hr_files
 from kgengine.degradation.stages import from_u8, quantize_u8
-from kgengine.errors import BadImageError
+from kgengine.errors import BadImageError, KGEngineError
 from kgengine.imageio import read_image
 from kgengine.pool import KernelPool
 
@@ -79,12 +79,18 @@ class Degrader(nn.Module):
                 s; C = 3 when the ``real`` or ``jpeg`` stage is on. Computed in float32.
             names: B image keys (HR file names: the same key gives the same degradation as
                 ``kgengine degrade``); default ``f"{stream}#{call}:{i}"`` for call number
-                ``call`` of this module (new draws at every call).
+                ``call`` of this module (new draws at every call). In a ``DataLoader``
+                worker (e.g. in ``collate_fn``) the default is
+                ``f"{stream}#w{seed}.{call}:{i}"`` with the worker's seed (torch's, new
+                each epoch): each worker starts with a copy of the module and its count,
+                so before 0.9.27 the workers drew the same degradations, every epoch.
         Returns:
             (B, C, H/s, W/s) tensor, ``hr``'s dtype and device.
         """
         if names is None:
-            names = [f"{self.stream}#{self.calls}:{i}" for i in range(hr.shape[0])]
+            worker = get_worker_info()
+            call = self.calls if worker is None else f"w{worker.seed}.{self.calls}"
+            names = [f"{self.stream}#{call}:{i}" for i in range(hr.shape[0])]
         self.calls += 1
         self.last_draws = [self.pipeline.draw(self.seed, str(n)) for n in names]
         lr = self.pipeline.apply(hr.to(torch.float32), self.last_draws)
@@ -99,6 +105,16 @@ class Degrader(nn.Module):
                 f"quantize={self.quantize}")
 
 
+def _check_names(files: list[Path]) -> None:
+    """Refuse two files of one name: the name is the key of an image's draws."""
+    seen: dict[str, Path] = {}
+    for p in files:
+        if p.name in seen:
+            raise KGEngineError(f"{p}: same file name as {seen[p.name]} (a name is the key of "
+                                "the degradation draws; give files with distinct names)")
+        seen[p.name] = p
+
+
 class PairDataset(Dataset):
     """LR/HR pairs made on the fly from HR files, for ``DataLoader`` workers (CPU).
 
@@ -110,8 +126,13 @@ class PairDataset(Dataset):
     of s) an HR crop of ``patch × patch`` at a random position (multiples of s, drawn from
     the key) is degraded, so LR and HR stay aligned.
 
+    The epoch lives in shared memory, so :meth:`set_epoch` reaches ``DataLoader`` workers
+    that outlive an epoch (``persistent_workers=True``; before 0.9.27 they kept drawing
+    epoch 0's degradations).
+
     Args:
-        hr: a folder of HR images (its files) or a list of files.
+        hr: a folder of HR images (its files) or a list of files, whose names must differ
+            (a name is the key of the draws: two files of one name would get one draw).
         pool, config, seed, scale, bank: as :class:`Degrader`.
     """
 
@@ -120,15 +141,25 @@ class PairDataset(Dataset):
                  *, seed: int = 0, scale: int | None = None, patch: int | None = None,
                  bank: NoiseBank | None = None) -> None:
         is_path = isinstance(hr, str | os.PathLike)  # a folder (a file or typo: refused)
+        if is_path and Path(hr).is_file():
+            raise KGEngineError(f"{hr}: is a file, not a folder (give a list for files)")
         self.files = list_hr_files(hr) if is_path else [Path(p) for p in hr]
+        _check_names(self.files)
         self.pipeline = Pipeline(pool, config, scale=scale, bank=bank)
-        if patch is not None and (patch < 1 or patch % self.pipeline.scale):
-            raise ValueError(f"patch: expected a multiple of {self.pipeline.scale}, got {patch}")
-        self.seed, self.patch, self.epoch = int(seed), patch, 0
+        if patch is not None and (isinstance(patch, bool) or not isinstance(patch, int)
+                                  or patch < 1 or patch % self.pipeline.scale):
+            raise ValueError(f"patch: expected a multiple of {self.pipeline.scale}, got {patch!r}")
+        self.seed, self.patch = int(seed), patch
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose draws items get (:meth:`set_epoch`)."""
+        return int(self._epoch[0])
 
     def set_epoch(self, epoch: int) -> None:
-        """Use the draws of ``epoch`` (0: those of the offline job)."""
-        self.epoch = int(epoch)
+        """Use the draws of ``epoch`` (0: those of the offline job), in every worker."""
+        self._epoch[0] = int(epoch)
 
     def key(self, i: int) -> str:
         """The image key of item ``i`` in the current epoch."""
