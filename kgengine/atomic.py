@@ -16,6 +16,7 @@ import platform
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -103,21 +104,34 @@ def process_dir_prefix(kind: str) -> str:
     return f"{kind}-{platform.node().replace('-', '_')}-"
 
 
-def remove_dead_process_dirs(folder: str | os.PathLike, prefix: str) -> list[Path]:
+#: A process's temporary folder untouched for this long (s) may be removed once its
+#: process is gone: a live job writes into it (and two containers of one host name have
+#: separate process ids, so a pid alone does not tell).
+ORPHAN_AGE_S = 600.0
+
+
+def remove_dead_process_dirs(folder: str | os.PathLike, prefix: str,
+                             min_age_s: float = ORPHAN_AGE_S) -> list[Path]:
     """Remove the folders ``<prefix><pid>-*`` in ``folder`` whose process is gone on this
-    machine (killed mid-job; ``prefix`` from :func:`process_dir_prefix`, so another
-    machine's folders on a shared disk do not match). A live process's folder stays."""
+    machine and which nothing wrote into for ``min_age_s`` seconds (killed mid-job;
+    ``prefix`` from :func:`process_dir_prefix`, so another machine's folders on a shared
+    disk do not match). Nothing is removed on Windows (no safe liveness probe there)."""
     removed = []
     for p in sorted(Path(folder).glob(f"{glob.escape(prefix)}*")):
         pid = p.name[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and p.is_dir() and not _alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
+        with contextlib.suppress(OSError):
+            if (pid.isdigit() and p.is_dir() and time.time() - p.stat().st_mtime >= min_age_s
+                    and not _alive(int(pid))):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
     return removed
 
 
 def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this machine."""
+    """Whether process ``pid`` exists on this machine (always True on Windows, where
+    ``os.kill`` would end it)."""
+    if os.name == "nt":
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -19,6 +19,7 @@ be entered from two threads at once. ``tests/test_host_threads.py`` compares the
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,15 +46,15 @@ def torch_single_threaded() -> Iterator[None]:
     a thread pool), share one save: the first in saves torch's thread count and the last
     out restores it. Before 0.9.27 each saved what it found, so a call that began during
     another's saved 1 and restored it last, and every thread made afterwards ran torch on
-    one thread. A call that ends while another is inside gives its own thread back the
-    count that thread had. (A thread *made* while a call is inside starts with torch's count
-    of that moment, 1: torch's rule; kgengine's trainers take their thread budget from
+    one thread. A call that ends while another is inside gives its thread the saved count
+    too. (A thread *made* while a call is inside starts with torch's count of that moment,
+    1: torch's rule; kgengine's trainers take their thread budget from
     :func:`torch_threads`, not from it.)
     """
     with _SINGLE_LOCK:
-        own = torch.get_num_threads()
         if _SINGLE[0] == 0:
-            _SINGLE[1] = own
+            _SINGLE[1] = torch.get_num_threads()
+        own = _SINGLE[1]  # not this thread's count: it may be the 1 of another call
         _SINGLE[0] += 1
         torch.set_num_threads(1)
     try:
@@ -62,6 +63,18 @@ def torch_single_threaded() -> Iterator[None]:
         with _SINGLE_LOCK:
             _SINGLE[0] -= 1
             torch.set_num_threads(_SINGLE[1] if _SINGLE[0] == 0 else own)
+
+
+def _forget_calls() -> None:
+    """In a forked child: no call of the parent's is inside, and its lock may be held."""
+    global _SINGLE_LOCK
+    _SINGLE_LOCK = threading.Lock()
+    if _SINGLE[0]:
+        _SINGLE[0] = 0
+        torch.set_num_threads(_SINGLE[1])
+
+
+os.register_at_fork(after_in_child=_forget_calls)
 
 
 def torch_threads() -> int:

@@ -192,6 +192,17 @@ _FREE_LOCK = threading.Lock()
 FREE_KEYS = 16
 
 
+def _forget_free() -> None:
+    """In a forked child: the parent's free sets are its own to reuse (and the lock may be
+    held by a thread the child does not have)."""
+    global _FREE_LOCK
+    _FREE_LOCK = threading.Lock()
+    _FREE.clear()
+
+
+os.register_at_fork(after_in_child=_forget_free)
+
+
 def take(key: tuple, make: Callable[[], object]) -> object:
     """A free buffer set of ``key`` (given back by :func:`give`), or ``make()``."""
     with _FREE_LOCK:

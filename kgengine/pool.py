@@ -38,7 +38,7 @@ import numpy as np
 from kgengine.atomic import atomic_write, json_default
 from kgengine.errors import KGEngineError, shown
 from kgengine.kernel import check_kernel, check_scale, common_size, pad_to
-from kgengine.kernel_files import folder_kernel_files, read_kernel_file
+from kgengine.kernel_files import RESULT_NAME, folder_kernel_files, read_kernel_file
 
 #: File name :func:`save_pool` uses when given a folder.
 POOL_FILE = "kernel_pool.npz"
@@ -281,8 +281,10 @@ def _read_pool(path: Path, scale: int | None) -> KernelPool:
         return make_pool(kernels, ids, [str(p.resolve()) for p in files], scale)
     if not path.is_file():
         raise KGEngineError(f"{path}: no such kernel pool (file or folder)")
-    if path.suffix.lower() in (".npy", ".mat"):
-        return make_pool([read_kernel_file(path)], [path.stem], [str(path.resolve())], scale or 2)
+    if path.suffix.lower() in (".npy", ".mat"):  # a result file's name gives its scale
+        named = RESULT_NAME.match(path.name)
+        scale = scale or (int(named["scale"]) if named else 2)
+        return make_pool([read_kernel_file(path)], [path.stem], [str(path.resolve())], scale)
     if path.suffix.lower() != ".npz":
         raise KGEngineError(f"{path}: not a kernel pool (expected .npz, .npy, .mat or a folder)")
     pool = _load_npz(path)

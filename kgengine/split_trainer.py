@@ -123,21 +123,19 @@ class SplitTrainer:
                     changed.notify()
 
         t0 = time.perf_counter()
-        single = torch_single_threaded()  # the parts' runs nest theirs in it: all see 1
-        single.__enter__()
-        pool = ThreadPoolExecutor(len(self.parts), thread_name_prefix="kgengine-part")
-        futures = [pool.submit(train, i) for i in range(len(self.parts))]
-        try:
-            _wait(futures, progress, ended, changed, callback)
-            for f in futures:
-                f.result()
-            return time.perf_counter() - t0
-        except BaseException:
-            cancel.set()
-            raise
-        finally:
-            pool.shutdown(wait=True)
-            single.__exit__(None, None, None)
+        with torch_single_threaded():  # the parts' runs nest theirs in it: all see 1
+            pool = ThreadPoolExecutor(len(self.parts), thread_name_prefix="kgengine-part")
+            futures = [pool.submit(train, i) for i in range(len(self.parts))]
+            try:
+                _wait(futures, progress, ended, changed, callback)
+                for f in futures:
+                    f.result()
+                return time.perf_counter() - t0
+            except BaseException:
+                cancel.set()
+                raise
+            finally:
+                pool.shutdown(wait=True)
 
     @property
     def n_parts(self) -> int:

@@ -48,6 +48,7 @@ def test_a_result_folder_gives_the_kernels_of_one_scale(tmp_path: Path, suffix: 
     for p in folder.glob("*_x4*"):
         shutil.copy(p, only_x4)
     assert load_pool(only_x4).scale == 4  # the one scale its result files have
+    assert load_pool(only_x4 / f"a_kernel_x4{suffix}").scale == 4  # and one such file
     with pytest.raises(KGEngineError, match="no .npy or .mat kernel files for x2"):
         load_pool(only_x4, 2)
     result = CliRunner().invoke(app, ["pool", "info", str(folder)])
@@ -104,3 +105,32 @@ def test_the_environment_module_names_every_op_backend() -> None:
     from kgengine.ops.backend import BACKENDS
 
     assert OPS_BACKENDS == BACKENDS
+
+
+def test_two_photos_that_swapped_contents_are_both_redone(tmp_path: Path) -> None:
+    """The duplicate check compared with the hashes recorded before the swap: each photo
+    was taken for a copy of the other, both failed and both kernels were removed."""
+    import os
+    import time
+
+    photos = tmp_path / "photos"
+    photo(photos / "a.png", "a")
+    photo(photos / "b.png", "b")
+    pool = tmp_path / "pool"
+    farm([photos], pool)
+    os.rename(photos / "a.png", photos / "t.png")
+    os.rename(photos / "b.png", photos / "a.png")
+    os.rename(photos / "t.png", photos / "b.png")
+    for p in photos.iterdir():
+        os.utime(p, ns=(time.time_ns(), time.time_ns()))
+    summary, logs = farm([photos], pool)
+    assert summary.failed == 0 and summary.total["done"] == 2
+    assert all("redone, its file changed" in line for line in logs) and len(logs) == 2
+    assert {r.state for r in rows(pool).values()} == {"done"}
+    # two files changed into one content: the first listed is trained, the other fails
+    photo(photos / "a.png", "c")
+    photo(photos / "b.png", "c")
+    summary, logs = farm([photos], pool)
+    assert summary.total["done"] == 1 and summary.failed == 1
+    assert logs[-1] == (f"failed: {photos / 'b.png'}: same content as {photos / 'a.png'} (the "
+                        "file changed since it was listed); a duplicate, not trained")

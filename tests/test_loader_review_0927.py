@@ -4,6 +4,7 @@ file names that would share draws are refused. Every assertion failed before its
 
 from __future__ import annotations
 
+import functools
 import pickle
 
 import numpy as np
@@ -53,8 +54,8 @@ def test_a_degrader_in_workers_draws_per_worker(data) -> None:  # noqa: F811
 
     def run(items: list[torch.Tensor]) -> list[torch.Tensor]:
         torch.manual_seed(3)  # the workers' seeds come from torch's generator
-        loader = DataLoader(items, batch_size=2, num_workers=2,
-                            collate_fn=lambda b: _degrade_batch(degrader, b))
+        loader = DataLoader(items, batch_size=2, num_workers=2,  # partial: any start method
+                            collate_fn=functools.partial(_degrade_batch, degrader))
         return list(loader)
 
     first, second = run(list(hr)), run(list(hr))

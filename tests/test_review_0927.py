@@ -206,9 +206,13 @@ def test_a_killed_exports_hidden_folder_is_removed_by_the_next(tmp_path) -> None
     live.mkdir()
     other = out / ".export-another_host-1-ghi"  # another machine's: its pid means nothing
     other.mkdir()
+    young = out / f"{prefix}{dead}-jkl"  # written into lately: perhaps another container's
+    young.mkdir()
+    for folder in (orphan, live, other):
+        os.utime(folder, (0, 0))  # untouched for long
     pool = make_pool([gaussian_kernel(13, 1.0)], ["k"], ["k.npy"], 2)
     pool_interop.export_pool(pool, out, "npy")
-    assert not orphan.exists() and live.exists() and other.exists()
+    assert not orphan.exists() and live.exists() and other.exists() and young.exists()
     assert (out / "k.npy").is_file()
 
 
@@ -316,3 +320,40 @@ def test_concurrent_estimates_give_the_bytes_of_single_runs() -> None:
                          text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "same", out.stdout
+
+
+def test_a_call_that_ends_first_gives_its_thread_the_saved_count() -> None:
+    """A pool thread whose first torch use fell inside another call read 1 as its own
+    count and got 1 back when its call ended first: later trainers there had 1 thread."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kgengine.host_threads import torch_single_threaded, torch_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    a_in, b_out = threading.Event(), threading.Event()
+
+    def call_a() -> None:
+        with torch_single_threaded():
+            a_in.set()
+            b_out.wait(30)  # B ends first
+
+    def call_b() -> tuple[int, int]:
+        a_in.wait(30)
+        with torch_single_threaded():
+            pass
+        b_out.set()
+        return torch.get_num_threads(), torch_threads()
+
+    try:
+        with ThreadPoolExecutor(1) as pool:  # B's thread is made while A is inside
+            a = threading.Thread(target=call_a)
+            a.start()
+            a_in.wait(30)
+            b_counts = pool.submit(call_b).result(60)
+            a.join(60)
+            after = pool.submit(lambda: (torch.get_num_threads(), torch_threads())).result(60)
+        assert b_counts == (2, 2) and after == (2, 2)
+    finally:
+        torch.set_num_threads(before)

@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -105,6 +106,20 @@ class Degrader(nn.Module):
                 f"quantize={self.quantize}")
 
 
+def _patch_side(patch: object, scale: int) -> int | None:
+    """``patch`` as an int (any integer type, NumPy's too), a positive multiple of ``scale``,
+    or None; else ``ValueError`` (a float such as 64.0 failed later in slicing)."""
+    if patch is None:
+        return None
+    try:
+        side = operator.index(patch)
+    except TypeError:
+        side = 0
+    if isinstance(patch, bool) or side < 1 or side % scale:
+        raise ValueError(f"patch: expected a positive multiple of {scale}, got {patch!r}")
+    return side
+
+
 def _check_names(files: list[Path]) -> None:
     """Refuse two files of one name: the name is the key of an image's draws."""
     seen: dict[str, Path] = {}
@@ -146,10 +161,7 @@ class PairDataset(Dataset):
         self.files = list_hr_files(hr) if is_path else [Path(p) for p in hr]
         _check_names(self.files)
         self.pipeline = Pipeline(pool, config, scale=scale, bank=bank)
-        if patch is not None and (isinstance(patch, bool) or not isinstance(patch, int)
-                                  or patch < 1 or patch % self.pipeline.scale):
-            raise ValueError(f"patch: expected a multiple of {self.pipeline.scale}, got {patch!r}")
-        self.seed, self.patch = int(seed), patch
+        self.seed, self.patch = int(seed), _patch_side(patch, self.pipeline.scale)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     @property

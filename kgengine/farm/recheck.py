@@ -13,9 +13,12 @@ modification time when it was hashed. At the start of each run, :func:`recheck_r
   identity, said on one line. The same hash only records the new time (a file touched or
   copied with its bytes), so it is not hashed again next run. A ``done`` row without a
   recorded time (listed before 0.9.26) gets the file's time now, without a hash;
-- fails a row whose file now has the content of another listed image (a duplicate, as
-  :mod:`kgengine.farm.intake` skips one when it is listed; since 0.9.27): a done row's
-  old files are removed first, and the reason names the other file;
+- fails a row whose file now has the content that another listed file holds now (a
+  duplicate, as :mod:`kgengine.farm.intake` skips one when it is listed; since 0.9.27): a
+  done row's old files are removed first, and the reason names the other file. Contents
+  are compared as the files are now, after every changed file is hashed: two files that
+  swapped their contents are both redone, and of two changed into one content the first
+  listed is trained;
 - leaves a row whose file is gone as it is (a kernel that is done stays in the pool; a
   pending file fails when it is read, naming it) and ``failed`` rows (``--retry-failed``
   queues them first).
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from kgengine.errors import shown
 from kgengine.farm.intake import file_stat, new_image, probe
@@ -41,10 +45,44 @@ def recheck_rows(man: Manifest, pool_dir: Path, job_seed: int,
         log: one line per row whose file changed, and a ``failed:`` line per file that
             cannot be read.
     Returns:
-        (rows queued again or given a new identity, rows failed because unreadable).
+        (rows queued again or given a new identity, rows failed: unreadable, or now a
+        duplicate of another listed file).
     """
-    changed = failed = 0
-    by_hash = man.known()[2]
+    moved, failed = _hash_changed(man, log)
+    # what each file holds now: the rows not changed keep their hash; of changed rows that
+    # now hold one content, the first (by id) takes it and the others are its duplicates
+    holder = {r.sha256: r.path for r in man.rows() if r.sha256 and r.id not in moved}
+    changed = 0
+    for row, new in sorted(moved.values(), key=lambda m: m[0].id):
+        if new.sha256 in holder:
+            _fail_duplicate(man, row, pool_dir, holder[new.sha256], log)
+            failed += 1
+            continue
+        holder[new.sha256] = row.path
+        _renew(man, row, pool_dir, new_image(row.name, Path(row.path), new.probe, new.stat,
+                                             job_seed), log)
+        changed += 1
+    return changed, failed
+
+
+class _Now(NamedTuple):
+    """A changed file as it is now: its probe (``sha256`` first) and stat."""
+
+    probe: tuple
+    stat: tuple[int | None, int | None]
+
+    @property
+    def sha256(self) -> str:
+        return self.probe[0]
+
+
+def _hash_changed(man: Manifest, log: Callable[[str], None]
+                  ) -> tuple[dict[int, tuple[Row, _Now]], int]:
+    """Hash again the pending and done rows whose file's size or time changed (module
+    docstring): ({row id: (row, its file now)} of those whose content changed, rows failed
+    because their file cannot be read). Unchanged contents just record the new stat."""
+    moved: dict[int, tuple[Row, _Now]] = {}
+    failed = 0
     for row in man.rows("pending") + man.rows("done"):
         path = Path(row.path)
         stat = file_stat(path)
@@ -64,13 +102,8 @@ def recheck_rows(man: Manifest, pool_dir: Path, job_seed: int,
         if pr[0] == row.sha256:
             man.set_file_stat(row.id, *stat)
             continue
-        if by_hash.get(pr[0], row.path) != row.path:
-            _fail_duplicate(man, row, pool_dir, by_hash[pr[0]], log)
-            failed += 1
-            continue
-        _renew(man, row, pool_dir, new_image(row.name, path, pr, stat, job_seed), log)
-        changed += 1
-    return changed, failed
+        moved[row.id] = (row, _Now(pr, stat))
+    return moved, failed
 
 
 def _fail_duplicate(man: Manifest, row: Row, pool_dir: Path, other: str,
