@@ -23,7 +23,8 @@ import torch
 from kgengine.confidence import agreement_score, confidence_of
 from kgengine.config import MAX_SEED, KernelGANConfig
 from kgengine.consensus import RULES, Consensus, combine
-from kgengine.errors import KGEngineError, TrainingDivergedError
+from kgengine.devices import resolve_device
+from kgengine.errors import TrainingDivergedError
 from kgengine.host_threads import map_images
 from kgengine.imageio import check_array, read_image
 from kgengine.kernel import (
@@ -71,23 +72,6 @@ class EstimateResult:
     generator_weights: list[np.ndarray] = field(repr=False)
     raw_kernel: np.ndarray = field(repr=False)
     confidence: float | None = None
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA if available, else CPU; a bad or absent device is a one-line error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise KGEngineError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise KGEngineError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise KGEngineError("device cuda requested but torch.cuda.is_available() is False")
-    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise KGEngineError(f"device {device}: only {torch.cuda.device_count()} CUDA device(s)")
-    return dev
 
 
 def finish_kernel(raw: np.ndarray, n_filtering: int) -> np.ndarray:

@@ -15,8 +15,11 @@ bit-comparable results.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import io
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,15 +121,51 @@ def _try_session(
         count, why = cuda_device_count()
         if count == 0:
             return None, why
+    made = trt_cache is not None and name == "tensorrt" and not Path(trt_cache).exists()
     try:
-        sess = ort.InferenceSession(
-            model, session_options(threads), providers=_provider_list(name, trt_cache)
-        )
+        with _quiet_probe(name != "cpu"):
+            sess = ort.InferenceSession(
+                model, session_options(threads), providers=_provider_list(name, trt_cache)
+            )
     except Exception as exc:  # noqa: BLE001 - provider libraries may fail in many ways
-        return None, f"session creation failed ({type(exc).__name__}: {str(exc)[:120]})"
-    if sess.get_providers()[0] != wanted:
-        return None, f"{wanted} did not load (missing CUDA/cuDNN/TensorRT libraries?)"
-    return sess, ""
+        sess, why = None, f"session creation failed ({type(exc).__name__}: {str(exc)[:120]})"
+    else:
+        why = f"{wanted} did not load (missing CUDA/cuDNN/TensorRT libraries?)"
+        sess = sess if sess.get_providers()[0] == wanted else None
+    if sess is None and made:  # no empty cache folder left for a provider that did not load
+        with contextlib.suppress(OSError):
+            Path(trt_cache).rmdir()
+    return sess, "" if sess is not None else why
+
+
+def probe_provider(name: str) -> str:
+    """"" where a session on provider ``name`` opens for a one-node model, else why not (one
+    line): what ``kgengine info`` reports as usable."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return _try_session(model.SerializeToString(), name, 1, None)[1]
+
+
+@contextlib.contextmanager
+def _quiet_probe(on: bool) -> Iterator[None]:
+    """While a GPU provider is tried: onnxruntime's library-load errors (its default
+    logger, on stderr) and its fallback banner (printed on stdout) are held back; the
+    caller says in one line why a provider did not load (0.9.27: a dozen lines came, some
+    on stdout). The default logger goes back to onnxruntime's default level, warnings."""
+    if not on:
+        yield
+        return
+    ort.set_default_logger_severity(4)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        ort.set_default_logger_severity(2)
 
 
 def make_session(

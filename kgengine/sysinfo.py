@@ -46,6 +46,17 @@ def simd_level(flags: str | None = None) -> str:
     return ""
 
 
+def _gpu_name() -> str | None:
+    """The first CUDA device's name; None without one, or where it cannot be read (a GPU
+    listed but not usable: the report must not stop a finished run, 0.9.27)."""
+    import torch
+
+    try:
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001 - any failure: no name to report
+        return None
+
+
 def machine_info(device: str = "auto") -> dict[str, Any]:
     """The machine and software a result was measured on, for reports and benches.
 
@@ -60,7 +71,7 @@ def machine_info(device: str = "auto") -> dict[str, Any]:
         "cpu": cpu_name(),
         "simd": simd_level(),
         "cores": os.cpu_count(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "gpu": _gpu_name(),
         "device": device,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

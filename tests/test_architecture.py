@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     # 1 kernel maths, image IO, configuration, custom ops
     "kgengine.kernel": 1,
     "kgengine.lanes": 1,
+    "kgengine.devices": 1,
     "kgengine.numba_util": 1,
     "kgengine.host_threads": 1,
     "kgengine.stopping": 1,

@@ -83,16 +83,19 @@ def check_seed(option: str, value: int | None) -> None:
 
 def check_device(device: str, *, here: bool = True) -> str:
     """Raise unless ``device`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; with ``here``
-    (training in this process) ``cuda:N`` must also exist when CUDA is available. The
+    (training in this process) a CUDA device must also exist: torch must see CUDA, and
+    ``cuda:N`` be one of its devices (before 0.9.27 a farm made its pool folder first). The
     environment's code-path variables are checked here too (:func:`check_env`)."""
     check_env()
     if not _DEVICE_RE.match(device):
         raise KGEngineError(f"--device: expected auto, cpu, cuda or cuda:N, got {device!r}")
-    if here and device.startswith("cuda:"):
-        import torch  # only for a numbered GPU
+    if here and device.startswith("cuda"):
+        import torch  # only for a GPU
 
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n and int(device[5:]) >= n:
+        if not n:
+            raise KGEngineError(f"--device {device}: torch sees no CUDA device here")
+        if device.startswith("cuda:") and int(device[5:]) >= n:
             raise KGEngineError(f"--device {device}: this machine has {n} GPU(s), "
                                 f"cuda:0 to cuda:{n - 1}")
     return device

@@ -41,12 +41,18 @@ def _onnxruntime() -> dict[str, Any]:
         import onnxruntime as ort
     except ImportError as exc:
         return {"available": f"no ({exc})"}
-    from kgengine.providers import cuda_device_count
+    from kgengine.providers import ORT_NAMES, cuda_device_count, probe_provider
 
     n, reason = cuda_device_count()
-    gpu = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-           if p in ort.get_available_providers()]
-    usable = f"{', '.join(gpu)} + CPU" if n and gpu else f"CPU only ({reason or 'no GPU build'})"
+    built = [name for name in ("tensorrt", "cuda")
+             if ORT_NAMES[name] in ort.get_available_providers()]
+    if not (n and built):
+        usable = f"CPU only ({reason or 'no GPU build'})"
+    else:  # a session on a one-node model, as degrade would open one (0.9.27: built + driver
+        tried = {name: probe_provider(name) for name in built}  # was taken for usable)
+        ok = [ORT_NAMES[name] for name, why in tried.items() if not why]
+        notes = "; ".join(f"{name}: {why}" for name, why in tried.items() if why)
+        usable = " + ".join([*ok, "CPU"]) + (f" ({notes})" if notes else "")
     return {"version": ort.__version__, "built with": ", ".join(ort.get_available_providers()),
             "usable here": usable}
 

@@ -164,9 +164,16 @@ def auto_backend(op: str, device_type: str) -> str:
         return name if availability(name)[0] else "torch"
     if device_type == "cuda":
         for name in CUDA_DEFAULT[op]:
-            if availability(name)[0]:
+            if availability(name)[0] and not _simulated(name):
                 return name
     return "torch"
+
+
+def _simulated(name: str) -> bool:
+    """``numba_cuda`` under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``): a test
+    harness, thousands of times slower than torch (25 s a patch-sampling call), so never
+    picked automatically, only when named (0.9.27)."""
+    return name == "numba_cuda" and os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
 
 def backend_name(op: str, device: torch.device | str, backend: str | None = None) -> str:
@@ -192,7 +199,8 @@ def backend_name(op: str, device: torch.device | str, backend: str | None = None
     if (name, device_type) not in _warned:
         _warned.add((name, device_type))
         warnings.warn(
-            f"kgengine ops: backend {name!r} unavailable ({reason}); using 'torch'",
+            f"kgengine ops: backend {name!r} unavailable ({' '.join(reason.split())}); "
+            "using 'torch'",
             RuntimeWarning,
             stacklevel=4,
         )
@@ -229,6 +237,6 @@ def backend_report() -> dict[str, str]:
         report[f"{op} (cuda)"] = auto_backend(op, "cuda")
     for key, name in (("numba", "numba"), ("numba.cuda", "numba_cuda"), ("cupy", "cupy")):
         ok, why = availability(name)
-        report[key] = f"{'yes' if ok else 'no'}: {why}"
+        report[key] = f"{'yes' if ok else 'no'}: {' '.join(why.split())}"
     report[ENV_VAR] = os.environ.get(ENV_VAR) or "(unset)"
     return report
