@@ -30,12 +30,16 @@ def folder_kernel_files(path: Path, scale: int | None) -> tuple[list[Path], list
 
     Result files (:data:`RESULT_NAME`) of another scale than ``scale`` are left out. With
     ``scale`` None the scale is 2 where the folder has no result files or x2 ones, else the
-    one scale its result files have (several without x2: an error naming them).
+    one scale its result files have (several without x2: an error naming them). A ``.mat``
+    beside a ``.npy`` of the same stem (what ``kgengine estimate`` writes) is left out, as
+    ``kgengine pool import`` does (0.9.27; before, such a folder was refused).
 
     Raises:
-        KGEngineError: no kernel files, or two files of one stem (``.npy`` and ``.mat``).
+        KGEngineError: no kernel files, or two files of one stem otherwise.
     """
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in KERNEL_SUFFIXES)
+    npy = {p.with_suffix("") for p in files if p.suffix.lower() == ".npy"}
+    files = [p for p in files if not (p.suffix.lower() == ".mat" and p.with_suffix("") in npy)]
     scales = sorted({int(m["scale"]) for p in files if (m := RESULT_NAME.match(p.name))})
     if scale is None:
         if len(scales) > 1 and 2 not in scales:

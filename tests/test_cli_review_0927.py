@@ -134,3 +134,14 @@ def test_two_photos_that_swapped_contents_are_both_redone(tmp_path: Path) -> Non
     assert summary.total["done"] == 1 and summary.failed == 1
     assert logs[-1] == (f"failed: {photos / 'b.png'}: same content as {photos / 'a.png'} (the "
                         "file changed since it was listed); a duplicate, not trained")
+
+
+def test_an_estimate_output_folder_is_a_pool(tmp_path: Path) -> None:
+    """``kgengine estimate -o out`` writes each kernel as ``.npy`` and ``.mat``: the folder
+    was refused as a pool ("several kernel files named ...")."""
+    folder = _result_folder(tmp_path / "out", ".npy")
+    for p in folder.glob("*.npy"):
+        savemat(p.with_suffix(".mat"), {"Kernel": np.load(p)})
+    pool = load_pool(folder, 4)
+    assert pool.ids == ["a_kernel_x4", "b_kernel_x4"]
+    assert all(s.endswith(".npy") for s in pool.sources)
