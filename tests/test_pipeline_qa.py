@@ -155,9 +155,10 @@ def test_noise_collect_bad_options_are_refused(tmp_path, option, message) -> Non
 # --- 4. Python API ---
 
 
-@pytest.mark.parametrize("hr", ["missing", "hr/a.png"])
-def test_pair_dataset_refuses_a_path_that_is_no_folder(hr_dir, pool_file, hr) -> None:
-    with pytest.raises(KGEngineError, match="no such folder"):
+@pytest.mark.parametrize(("hr", "why"), [("missing", "no such folder"),
+                                         ("hr/a.png", "is a file, not a folder")])
+def test_pair_dataset_refuses_a_path_that_is_no_folder(hr_dir, pool_file, hr, why) -> None:
+    with pytest.raises(KGEngineError, match=why):
         PairDataset(str(hr_dir.parent / hr), pool_file)
 
 
