@@ -306,7 +306,9 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
     kernelgan = k2
     if cfg.spectral_mix > 0 and spectrum_ok:
         k2, spectral = mix_covariance(k2, cov, cfg.spectral_mix)
-    confidence, terms = _confidence(cfg, cons, kernelgan, cov, k2)
+    # the restarts' mean cosine to their consensus, a diverged restart counted as 0
+    agreement = None if cons is None else min(1.0, cons.confidence * len(ok) / len(rows))
+    confidence, terms = _confidence(cfg, agreement, kernelgan, cov, k2)
     pick = ok[cons.medoid] if cons is not None else ok[0]
     k4 = analytic_x4(k2) if x4 else None
     report = {
@@ -325,14 +327,26 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
         "spectral": spectral,
     }
     if cons is not None:
-        report["restarts"] = {
-            "k": len(rows), "rule": rule, "seeds": [final.seeds[r] for r in rows],
-            "diverged": len(rows) - len(ok), "medoid": cons.medoid,
-            "agreement": cons.confidence,
-            "iters_used": [final.iters_used[r] for r in rows],
-            "inliers": list(cons.inliers), "kernels": [k.tolist() for k in finished]}
+        report["restarts"] = _restarts_report(final, rows, ok, rule, cons, finished, agreement)
     weights = [w.detach().float().cpu().numpy() for w in final.g_weights[pick]]
     return EstimateResult(name, k2, k4, report, weights, raw[pick], confidence)
+
+
+def _restarts_report(final: _Final, rows: list[int], ok: list[int], rule: str,
+                     cons: Consensus, finished: list[np.ndarray], agreement: float
+                     ) -> dict[str, Any]:
+    """The report's ``restarts``: one entry per restart (``rows``, K) for its seed,
+    iterations and finished kernel (None where it diverged); ``medoid`` and ``inliers``
+    index the K restarts (before 0.9.27 they indexed the finite ones only, and ``kernels``
+    held those only)."""
+    place = [rows.index(r) for r in ok]  # a finite restart's index among the K
+    kernels: list[list | None] = [None] * len(rows)
+    for i, k in zip(place, finished, strict=True):
+        kernels[i] = k.tolist()
+    return {"k": len(rows), "rule": rule, "seeds": [final.seeds[r] for r in rows],
+            "diverged": len(rows) - len(ok), "medoid": place[cons.medoid],
+            "agreement": agreement, "iters_used": [final.iters_used[r] for r in rows],
+            "inliers": [place[i] for i in cons.inliers], "kernels": kernels}
 
 
 def _calibrated(cfg: KernelGANConfig, gray: np.ndarray | None, sc: int, k2: np.ndarray,
@@ -359,15 +373,15 @@ def _calibrated(cfg: KernelGANConfig, gray: np.ndarray | None, sc: int, k2: np.n
     return fit.kernel, {**width, "scale": fit.scale, "prior_used": prior}
 
 
-def _confidence(cfg: KernelGANConfig, cons: Consensus | None, kernelgan: np.ndarray,
+def _confidence(cfg: KernelGANConfig, agreement: float | None, kernelgan: np.ndarray,
                 cov: np.ndarray | None, saved: np.ndarray
                 ) -> tuple[float | None, dict[str, Any] | None]:
     """(the result's confidence, the report's ``confidence_terms``): with
     ``spectral_confidence``, :func:`kgengine.confidence.spectral_confidence` of KernelGAN's
     kernel (before the mix) and the spectrum's Gaussian (None without a fit); else the
-    restarts' agreement (None for one run)."""
+    restarts' ``agreement`` (None for one run)."""
     if not cfg.spectral_confidence:
-        return (cons.confidence if cons is not None else None), None
+        return agreement, None
     if cov is None:
         return None, None
     g = gaussian_of(cov, kernelgan.shape[0])

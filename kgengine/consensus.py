@@ -102,5 +102,5 @@ def combine(kernels: list[np.ndarray], rule: str = "mean") -> Consensus:
     else:
         k = ks[list(inliers)].mean(axis=0)  # centred: the centre of mass is linear
         k = k / k.sum()
-    confidence = float(np.mean([cosine(ki, k) for ki in ks]))
+    confidence = min(1.0, float(np.mean([cosine(ki, k) for ki in ks])))  # 1 + 2e-16 seen
     return Consensus(k, confidence, medoid, inliers, dist)

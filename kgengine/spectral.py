@@ -149,8 +149,11 @@ def mix_covariance(k: np.ndarray, cov: np.ndarray | None, weight: float = 0.5
         k: (n, n) x2 kernel, sum 1, n odd. cov: (2, 2) the spectrum's fit, or None (no
             fit). weight: w in [0, 1].
     Returns:
-        (the kernel, (n, n) float64, sum 1; the report: ``weight``, the fit's ``var_long``,
-        ``var_short``, ``theta_deg`` (or None where there was no fit), ``at_floor``: True
+        (the kernel, (n, n) float64, sum 1; the report: ``weight``; ``var_long``,
+        ``var_short``, ``theta_deg``: the second moments of the fit's Gaussian sampled on
+        ``k``'s canvas (:func:`kgengine.kernel.principal_axes`); ``fit_var_long``,
+        ``fit_var_short``: the fitted Σ's eigenvalues (since 0.9.27; the releases' area is
+        their product's root); all None where there was no fit; ``at_floor``: True
         where the fit's smaller variance is at :data:`VAR_RANGE`'s lower end, i.e. the image
         looks sharper than the fit can represent (most sharp photos at x2,
         ``bench/study_real.py``; the confidence is then low by construction), None without
@@ -163,13 +166,16 @@ def mix_covariance(k: np.ndarray, cov: np.ndarray | None, weight: float = 0.5
     if k.ndim != 2 or k.shape[0] != k.shape[1]:
         raise ValueError(f"mix_covariance: expected a square (n, n) kernel, got {k.shape}")
     info: dict[str, Any] = {"weight": weight, "var_long": None, "var_short": None,
-                            "theta_deg": None, "at_floor": None, "mixed": False}
+                            "theta_deg": None, "fit_var_long": None, "fit_var_short": None,
+                            "at_floor": None, "mixed": False}
     if cov is None:
         return k, info
     g = gaussian_of(cov, k.shape[0])
     v1, v2, theta = principal_axes(g)
+    fit = np.linalg.eigvalsh(cov)  # ascending
     info.update(var_long=v1, var_short=v2, theta_deg=float(np.degrees(theta)),
-                at_floor=bool(np.linalg.eigvalsh(cov)[0] <= VAR_RANGE[0] * (1 + 1e-9)))
+                fit_var_long=float(fit[1]), fit_var_short=float(fit[0]),
+                at_floor=bool(fit[0] <= VAR_RANGE[0] * (1 + 1e-9)))
     k1, k2, _ = principal_axes(k)
     ratio = np.sqrt(np.linalg.det(cov)) / max(np.sqrt(k1 * k2), 1e-12)
     if not 1 / MAX_AREA_RATIO <= ratio <= MAX_AREA_RATIO or weight == 0.0:

@@ -357,3 +357,46 @@ def test_a_call_that_ends_first_gives_its_thread_the_saved_count() -> None:
         assert b_counts == (2, 2) and after == (2, 2)
     finally:
         torch.set_num_threads(before)
+
+
+def _final_of(raws: list[np.ndarray]) -> object:
+    """A finished batch of restarts with the given raw kernels (NaN: diverged)."""
+    from kgengine.api import _Final
+
+    n = len(raws)
+    return _Final(np.stack(raws), np.array([np.isfinite(r).all() for r in raws]),
+                  [{"l_g": 0.0}] * n, list(range(10, 10 + n)), [[torch.zeros(1)]] * n,
+                  [40] * n)
+
+
+def test_a_partly_diverged_restarts_report_indexes_every_restart() -> None:
+    """With restart 1 of 3 diverged, ``kernels`` held 2 entries and ``medoid``/``inliers``
+    indexed those, so ``inliers`` named the diverged restart; with 2 of 3 diverged the
+    agreement (the confidence without the spectrum) read 1.0000000000000002."""
+    from kgengine.api import _image_result
+    from kgengine.config import KernelGANConfig
+
+    cfg = KernelGANConfig(spectral_confidence=False)
+    arr = np.full((24, 24, 3), 0.5, np.float32)  # under 32 px: no spectrum
+    g, nan = gaussian_kernel(13, 1.0), np.full((13, 13), np.nan)
+    res = _image_result(_final_of([g, nan, shift_kernel(gaussian_kernel(13, 1.1), 0.2, 0)]),
+                        [0, 1, 2], "img", arr, 0, {}, False, cfg, "mean")
+    rs = res.report["restarts"]
+    assert rs["diverged"] == 1 and rs["seeds"] == [10, 11, 12]
+    assert rs["kernels"][1] is None and rs["kernels"][0] is not None and rs["kernels"][2]
+    assert rs["medoid"] in (0, 2) and set(rs["inliers"]) <= {0, 2}
+    assert 0.6 < rs["agreement"] <= 2 / 3 and res.confidence == rs["agreement"]
+    res = _image_result(_final_of([nan, g, nan]), [0, 1, 2], "img", arr, 0, {}, False, cfg,
+                        "mean")
+    rs = res.report["restarts"]
+    assert rs["medoid"] == 1 and rs["inliers"] == [1] and rs["kernels"][0] is None
+    assert rs["agreement"] == pytest.approx(1 / 3) and res.confidence <= 1 / 3 + 1e-12
+
+
+def test_the_spectral_report_gives_the_fits_own_variances(small_lr: np.ndarray) -> None:
+    """``var_short`` (the moments of the Gaussian sampled on 13×13) read 0.144 with
+    ``at_floor`` true for a fit whose floor is 0.2 px²: the fit's eigenvalues are now there."""
+    cov = np.diag([3.773, 0.2])
+    _, info = mix_covariance(gaussian_kernel(13, 1.3), cov, 0.5)
+    assert info["at_floor"] and info["fit_var_short"] == pytest.approx(0.2)
+    assert info["fit_var_long"] == pytest.approx(3.773) and info["var_short"] < 0.2
