@@ -129,10 +129,19 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 BROKEN_LINK = "a symbolic link to nothing (broken, or a loop)"
 
 
+#: A noise bank's files (:mod:`kgengine.degradation.noisebank` writes them): a patch array
+#: next to its index is never an input of a folder listing (0.9.27: ``noise collect -o`` a
+#: photo folder made ``degrade``, ``farm`` and ``estimate`` read the patches as an image).
+NOISE_BANK_FILES = ("noise_patches.npy", "noise_index.json")
+
+
 def listed_file(path: Path) -> bool:
     """Whether a folder listing takes ``path`` as a file: a regular file (or a link to one),
     or a symbolic link to nothing (broken, or a loop), so that reading it fails as one bad
-    file naming the link instead of vanishing from the job without a word."""
+    file naming the link instead of vanishing from the job without a word; not a noise
+    bank's patch file (:data:`NOISE_BANK_FILES`)."""
+    if path.name == NOISE_BANK_FILES[0] and (path.parent / NOISE_BANK_FILES[1]).is_file():
+        return False
     return path.is_file() or (path.is_symlink() and not path.exists())
 
 

@@ -238,9 +238,9 @@ def test_noise_collect_into_the_photo_folder_reruns(tmp_path) -> None:
     bank = load_noise_bank(photos).patches
     again = _cli(*args)
     assert again.exit_code == 0, again.output
-    skips = [line for line in again.stderr.splitlines() if "own outputs" in line]
-    assert skips == [f"skip {photos / NOISE_FILE}: kgengine never reads its own outputs as "
-                     "input"], again.stderr
+    # a folder listing leaves a bank's patch file out without a word since 0.9.27 (every
+    # command's, kgengine.imageio.listed_file); named, it is skipped with a line (below)
+    assert "own outputs" not in again.stderr, again.stderr
     assert "18 noise patches (16x16) from 2 photos, 0 failed" in again.stdout
     np.testing.assert_array_equal(load_noise_bank(photos).patches, bank)
     index = json.loads((photos / INDEX_FILE).read_text())

@@ -45,9 +45,10 @@ def collect(
     a photo folder: the files this command writes are never read as photos (one line says
     so).
     """
-    from kgengine.degradation.noisebank import check_collect_args, collect_noise
+    from kgengine.degradation.noisebank import check_collect_args, collect_noise, list_photos
 
     check_collect_args(patch, stride, max_var, min_mean, max_mean)  # before OUT is made
+    list_photos(photos, out)  # no photos: one line before OUT is made (0.9.27)
     check_out_dir(out)  # a bad -o fails before any photo is read
     with progress_hooks("collecting") as hooks:
         report = collect_noise(photos, out, patch=patch, stride=stride, max_var=max_var,

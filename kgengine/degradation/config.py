@@ -55,6 +55,10 @@ STAGES = ("second", "gaussian", "poisson", "real", "jpeg")
 #: ``F.interpolate`` modes of the second round's resize.
 RESIZE_MODES = ("bilinear", "bicubic", "area")
 SECOND_KERNELS = ("gaussian", "pool")
+#: Smallest ``poisson_peak`` (0.9.27: 1e-50 rounded to 0 in float32 and gave black LR).
+MIN_PEAK = 1e-3
+#: Largest ``real_scale`` (patch amplitude factor; 0.9.27: 3.5e38 gave NaN).
+MAX_REAL_SCALE = 100.0
 #: Largest ``poisson_peak`` (photons at white).
 MAX_PEAK = 1e12
 #: Largest ``second_size`` (LR pixels) and ``second_resize`` factor.
@@ -237,8 +241,12 @@ def _validate(cfg: PipelineConfig) -> None:
     if cfg.second_sigma[0] < MIN_SECOND_SIGMA:
         raise bad(f"second_sigma must be at least {MIN_SECOND_SIGMA:g} (LR pixels), got "
                   f"{cfg.second_sigma}")
-    if cfg.second_resize[0] <= 0 or cfg.poisson_peak[0] <= 0:
-        raise bad("second_resize and poisson_peak must be > 0")
+    if cfg.second_resize[0] <= 0:
+        raise bad("second_resize must be > 0")
+    if cfg.poisson_peak[0] < MIN_PEAK:  # below it float32 rounds the peak to 0: 0/0, black
+        raise bad(f"poisson_peak must be at least {MIN_PEAK:g}, got {cfg.poisson_peak}")
+    if cfg.real_scale[1] > MAX_REAL_SCALE:
+        raise bad(f"real_scale must be at most {MAX_REAL_SCALE:g}, got {cfg.real_scale}")
     if cfg.poisson_peak[1] > MAX_PEAK:
         raise bad(f"poisson_peak must be at most {MAX_PEAK:g}, got {cfg.poisson_peak}")
     for stage in STAGES:

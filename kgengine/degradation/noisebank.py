@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,10 +42,9 @@ from kgengine.atomic import save_json, save_npy
 from kgengine.degradation.plan import IMAGE_SUFFIXES
 from kgengine.errors import BadImageError, KGEngineError, brief_list
 from kgengine.hooks import JobHooks
-from kgengine.imageio import listed_file, read_image
+from kgengine.imageio import NOISE_BANK_FILES, listed_file, read_image
 
-NOISE_FILE = "noise_patches.npy"
-INDEX_FILE = "noise_index.json"
+NOISE_FILE, INDEX_FILE = NOISE_BANK_FILES  # (``noise_patches.npy``, ``noise_index.json``)
 #: The files :func:`collect_noise` writes, never read as photos.
 OWN_FILES = (NOISE_FILE, INDEX_FILE)
 #: Luma weights (ITU-R BT.601, as Pillow's ``convert("L")``).
@@ -126,6 +126,8 @@ def list_photos(inputs: list[str | os.PathLike], out_dir: str | os.PathLike | No
             files.append(item)
         else:
             raise KGEngineError(f"{item}: no such file or folder")
+    seen: set[Path] = set()  # a photo named twice (a folder and its file) is read once
+    files = [p for p in files if not (p.resolve() in seen or seen.add(p.resolve()))]
     own = [p for p in files if _own_output(p, out_dir)]
     if own:
         log(f"skip {brief_list(own, 3)}: kgengine never reads its own outputs as input")
@@ -227,7 +229,7 @@ def load_noise_bank(path: str | os.PathLike) -> NoiseBank:
     npy = path / NOISE_FILE if path.is_dir() else path
     try:
         arr = np.load(npy, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # a damaged .npz too
         raise KGEngineError(f"{npy}: cannot read noise patches ({exc})") from None
     if not isinstance(arr, np.ndarray):  # an .npz archive
         arr.close()
