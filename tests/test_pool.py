@@ -155,6 +155,10 @@ def test_bad_pools(tmp_path) -> None:
         load_pool(tmp_path / "other.npz")
     np.save(tmp_path / "k.npy", gaussian_kernel(5, 1.0))
     savemat(tmp_path / "k.mat", {"Kernel": gaussian_kernel(5, 1.0)})
+    # a .mat beside its .npy (as estimate writes them) is left out (0.9.27)
+    assert [s.rsplit("/", 1)[-1] for s in load_pool(tmp_path).sources] == ["k.npy"]
+    with open(tmp_path / "k.NPY", "wb") as fh:  # two .npy files of one stem
+        np.save(fh, gaussian_kernel(5, 1.2))
     with pytest.raises(KGEngineError, match="several kernel files named 'k'"):
         load_pool(tmp_path)
     with pytest.raises(KGEngineError, match="K odd"):
