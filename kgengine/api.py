@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kgengine.compiled import backends_used
 from kgengine.confidence import agreement_score, confidence_of
 from kgengine.config import MAX_SEED, KernelGANConfig
 from kgengine.consensus import RULES, Consensus, combine
@@ -120,14 +121,14 @@ def _device_name(dev: torch.device) -> str:
     return str(dev)
 
 
-def _load(image: ImageLike, index: int) -> tuple[str, np.ndarray]:
+def _load(image: ImageLike, index: int, min_size: int = 0) -> tuple[str, np.ndarray]:
     if isinstance(image, np.ndarray):
         return f"image{index}", check_array(image, f"image{index}")
     if not isinstance(image, str | bytes | os.PathLike):
         raise TypeError(f"image{index}: expected a path or an (H,W,3) NumPy array, got "
                         f"{type(image).__name__}")
     path = Path(os.fsdecode(image))
-    return path.stem, read_image(path)
+    return path.stem, read_image(path, min_size)  # a small file is refused naming its path
 
 
 def _is_int(value: object, low: int) -> bool:
@@ -226,7 +227,8 @@ def estimate_kernels(
         cfg = cfg.with_iters(iters)
     stop_rule = stop_rule_of(stop)
     # per-image host work on the host's threads (kgengine.host_threads), capped by memory
-    loaded = map_images(lambda item: _load(item[1], item[0]), list(enumerate(images)),
+    loaded = map_images(lambda item: _load(item[1], item[0], cfg.crop_size),
+                        list(enumerate(images)),
                         bytes_each=READ_BYTES)
     if names is not None:
         loaded = [(n, arr) for n, (_, arr) in zip(names, loaded, strict=True)]
@@ -246,7 +248,7 @@ def estimate_kernels(
            "wall_s": setup_s + train_s, "train_s": train_s,
            "ms_per_iter": 1000.0 * train_s / max(trainer.iteration, 1), "config": cfg.to_dict(),
            "stop": stop_setting(stop_rule), "cuda_graph": trainer.graph_status,
-           "train_parts": getattr(trainer, "n_parts", 1),
+           "train_parts": getattr(trainer, "n_parts", 1), "backends": backends_used(dev),
            "environment": machine_info(str(dev))}
     final = _Final(trainer.final_kernels(), trainer.final_finite(),
                    trainer.final_losses(), run_seeds, trainer.final_weights(),

@@ -19,7 +19,7 @@ import torch
 from kgengine import discriminator as D
 from kgengine import generator as G
 from kgengine import priors
-from kgengine.ops.backend import ENV_VAR, availability
+from kgengine.ops.backend import ENV_VAR, OPS, availability, backend_name
 
 #: ``torch`` here keeps the PyTorch networks on CPU (the ops keep their own choice)
 NETWORKS_VAR = "KGENGINE_NETWORKS"
@@ -65,3 +65,22 @@ def priors_for(device: torch.device) -> Callable[..., tuple[torch.Tensor, dict]]
         if tuple(p.name for p in priors.PRIORS) == priors_numba.NAMES:
             return priors_numba.add_priors
     return priors.add_priors
+
+
+def backends_used(device: torch.device) -> dict[str, str | None]:
+    """What computes a training on ``device`` (each report's ``backends``, 0.9.28): the
+    networks (``"numba"`` where :func:`compiled_on`, else ``"torch"``), each op's backend
+    (:func:`kgengine.ops.backend.backend_name`) and the Numba and llvmlite versions, which
+    compile that code. Kernels are the same bytes only for the same entries (and SIMD
+    level): ``KGENGINE_OPS_BACKEND=torch`` or ``KGENGINE_NETWORKS=torch`` train others."""
+    out: dict[str, str | None] = {"networks": "numba" if compiled_on(device) else "torch"}
+    out.update({op: backend_name(op, device) for op in OPS})
+    try:
+        import llvmlite
+        import numba
+    except ImportError:
+        out.update(numba=None, llvmlite=None)
+    else:
+        out.update(numba=numba.__version__, llvmlite=llvmlite.__version__)
+    return out
+

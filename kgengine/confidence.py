@@ -44,7 +44,8 @@ def agreement_score(k: np.ndarray, g: np.ndarray, saved: np.ndarray) -> tuple[fl
     size = common_size(k, g)
     dist = float(np.linalg.norm(pad_to(k, size) - pad_to(g, size)))
     v_long, v_short, _ = principal_axes(saved)
-    return dist, float(v_long / max(v_short, 1e-12))
+    # a point (both variances 0) is round: e = 1, not 0 (0.9.28)
+    return dist, float(max(v_long, 1e-12) / max(v_short, 1e-12))
 
 
 def confidence_of(distance: float, elongation: float,

@@ -48,13 +48,17 @@ def read_image(path: str | os.PathLike, min_size: int = 0) -> np.ndarray:
 
     Args:
         path: a PNG/JPEG/TIFF/BMP/... file readable by Pillow, or a ``.npy`` array.
-        min_size: refuse images whose shorter side is below this (pixels).
+        min_size: refuse images whose shorter side is below this (pixels), from the header,
+            before anything is decoded.
     Raises:
         BadImageError: with a one-line ``"<path>: <reason>"`` message.
     """
     path = Path(path)
     _check_file(path)
-    img = _read_npy(path) if path.suffix.lower() == ".npy" else _read_pillow(path)
+    if path.suffix.lower() == ".npy":
+        img = _read_npy(path, min_size)
+    else:
+        img = _read_pillow(path, min_size)
     return check_image(img, path, min_size)
 
 
@@ -119,10 +123,26 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         return int(shape[1]), int(shape[0])
     try:
         with _pillow_limits(), Image.open(path) as im:
-            w, h = im.size
-            return (h, w) if _orientation(im) in _SWAPPING_ORIENTATIONS else (w, h)
+            return _upright_size(im)
     except Exception as exc:  # noqa: BLE001 - any failure is a bad file
         raise BadImageError(path, f"cannot read the image header ({type(exc).__name__})") from None
+
+
+def _upright_size(im: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` of an opened image once its EXIF orientation is applied.
+
+    Pillow's TIFF plugin (13) already reports a rotated TIFF's upright size on open (and
+    rotates it on load), so a TIFF whose size is its tags' ``ImageWidth``/``ImageLength``
+    swapped is not swapped again.
+    """
+    w, h = im.size
+    if _orientation(im) not in _SWAPPING_ORIENTATIONS:
+        return w, h
+    if im.format == "TIFF" and w != h:
+        tags = getattr(im, "tag_v2", {})
+        if (tags.get(256), tags.get(257)) == (h, w):  # already upright
+            return w, h
+    return h, w
 
 
 #: The problem named when a file to read is a symbolic link that leads nowhere.
@@ -133,6 +153,24 @@ BROKEN_LINK = "a symbolic link to nothing (broken, or a loop)"
 #: next to its index is never an input of a folder listing (0.9.27: ``noise collect -o`` a
 #: photo folder made ``degrade``, ``farm`` and ``estimate`` read the patches as an image).
 NOISE_BANK_FILES = ("noise_patches.npy", "noise_index.json")
+
+
+#: Files a folder listing takes as images (``estimate``, ``farm``, ``degrade``, ``noise
+#: collect``, ``synth``), case-insensitive; names starting with "." (macOS ``._a.png``) are
+#: never listed (:func:`folder_image`).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".npy")
+
+
+def image_name(name: str) -> bool:
+    """Whether a file of this name is an image of a folder: not hidden, an
+    :data:`IMAGE_SUFFIXES` suffix."""
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def folder_image(path: Path) -> bool:
+    """Whether a folder listing takes ``path`` as an image: :func:`image_name` and
+    :func:`listed_file` (the one rule of every command that reads a folder of photos)."""
+    return image_name(path.name) and listed_file(path)
 
 
 def listed_file(path: Path) -> bool:
@@ -152,15 +190,17 @@ def _check_file(path: Path) -> None:
         raise BadImageError(path, BROKEN_LINK if path.is_symlink() else "no such file")
 
 
-def _check_pixels(path: Path, w: int, h: int) -> None:
+def _check_pixels(path: Path, w: int, h: int, min_size: int = 0) -> None:
     if w * h > MAX_PIXELS:
         raise BadImageError(path, f"image is {w}x{h}, larger than {MAX_PIXELS} pixels")
     if w < 1 or h < 1:
         raise BadImageError(path, f"image is {w}x{h}: empty")
+    if min(w, h) < min_size:  # the message check_image gives
+        raise BadImageError(path, f"image is {w}x{h}, too small: needs {min_size} px a side")
 
 
 # ---------------------------------------------------------------------- .npy
-def _npy_array(path: Path) -> np.ndarray:
+def _npy_array(path: Path, min_size: int = 0) -> np.ndarray:
     """The ``.npy`` array memory-mapped (header read, no data loaded), shape checked."""
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -171,19 +211,19 @@ def _npy_array(path: Path) -> np.ndarray:
         shape = getattr(arr, "shape", "?")
         raise BadImageError(path, f"expected an (H,W) or (H,W,C) array with C in 1, 3, 4, "
                                   f"got shape {shape}")
-    _check_pixels(path, int(arr.shape[1]), int(arr.shape[0]))
+    _check_pixels(path, int(arr.shape[1]), int(arr.shape[0]), min_size)
     return arr
 
 
-def _read_npy(path: Path) -> np.ndarray:
-    arr = _npy_array(path)
+def _read_npy(path: Path, min_size: int = 0) -> np.ndarray:
+    arr = _npy_array(path, min_size)
     if arr.dtype.kind == "u" and arr.dtype.itemsize in (1, 2):  # either byte order
         scale = 255.0 if arr.dtype.itemsize == 1 else 65535.0
-    elif np.issubdtype(arr.dtype, np.floating):
-        scale = 1.0  # checked to lie in [0, 1] by read_image
+    elif np.issubdtype(arr.dtype, np.floating) or arr.dtype.kind == "b":
+        scale = 1.0  # floats checked to lie in [0, 1] by read_image; bool is 0 or 1
     else:
-        raise BadImageError(path, f"unsupported dtype {arr.dtype}: expected uint8, uint16 or "
-                                  "floats in [0, 1]")
+        raise BadImageError(path, f"unsupported dtype {arr.dtype}: expected uint8, uint16, "
+                                  "bool or floats in [0, 1]")
     img = np.array(arr, dtype=np.float32)  # copies out of the memory map
     del arr
     if scale != 1.0:
@@ -203,6 +243,8 @@ def _pillow_limits() -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # a damaged file's "Corrupt EXIF data" & co.: the read fails on one line, or works
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
         yield
 
 
@@ -214,14 +256,15 @@ def _orientation(im: Image.Image) -> int:
         return 1
 
 
-def _read_pillow(path: Path) -> np.ndarray:
+def _read_pillow(path: Path, min_size: int = 0) -> np.ndarray:
     try:
         with _pillow_limits(), Image.open(path) as im:
-            _check_pixels(path, *im.size)
+            _check_pixels(path, *_upright_size(im), min_size)
+            fmt = im.format
             im.load()
             if _orientation(im) != 1:
                 im = ImageOps.exif_transpose(im)
-            return _pil_to_float(im, path)
+            return _pil_to_float(im, path, fmt)
     except BadImageError:
         raise
     except Image.DecompressionBombError:
@@ -237,7 +280,8 @@ def _read_pillow(path: Path) -> np.ndarray:
         raise BadImageError(path, f"cannot decode image ({type(exc).__name__}: {exc})") from None
 
 
-def _pil_to_float(im: Image.Image, path: Path) -> np.ndarray:
+def _pil_to_float(im: Image.Image, path: Path, fmt: str | None = None) -> np.ndarray:
+    """Pixels as float32 RGB in [0, 1]; ``fmt`` is the file's format (Pillow's name)."""
     mode = im.mode
     if mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -247,7 +291,10 @@ def _pil_to_float(im: Image.Image, path: Path) -> np.ndarray:
         if arr.size and (arr.min() < 0 or arr.max() > 65535):
             raise BadImageError(path, f"32-bit integer pixels from {arr.min():.0f} to "
                                       f"{arr.max():.0f}: expected 8- or 16-bit values")
-        scale = 65535.0 if arr.max(initial=0) > 255 or mode.startswith("I;16") else 255.0
+        # 16-bit PNG/TIFF ("I;16") and PGM/PPM (Pillow scales their maxval to 65535) are
+        # 16-bit whatever their values; a 32-bit integer TIFF is read as 8-bit where it fits
+        sixteen = mode.startswith("I;16") or fmt in ("PPM", "PGM", "PNM")
+        scale = 65535.0 if sixteen or arr.max(initial=0) > 255 else 255.0
         return _to_rgb((arr / scale).astype(np.float32)[..., None])
     if mode == "F":
         return _to_rgb(np.asarray(im, dtype=np.float32)[..., None])

@@ -11,15 +11,63 @@ import inspect
 import math
 import os
 import re
+import stat
+import tempfile
 import threading
 import types
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import numba
 import numpy as np
 import torch
 from numba import njit
+
+
+def _cache_probe() -> int:  # pragma: no cover - compiled by Numba only if ever called
+    return 0
+
+
+def ensure_cache_location(decorate: Callable[[Callable], object] | None = None) -> str | None:
+    """Give Numba a folder to cache kgengine's kernels in where it has none.
+
+    Numba writes a kernel's cache next to its source, else under the user's home
+    (``~/.cache``), else in ``NUMBA_CACHE_DIR``; where none of these is writable (a package
+    installed read-only, run as a user without a writable home: ``docker --user``, a service
+    account) every ``@njit(cache=True)`` raised ``RuntimeError`` at import. Then this sets
+    Numba's cache folder to ``<tmp>/kgengine-numba-<uid>`` (made private to this user; a
+    fresh temporary folder if that one is not ours) and warns once, naming
+    ``NUMBA_CACHE_DIR``. Called when this module is imported, before any cached kernel is
+    defined (every module with cached kernels imports this one first).
+
+    Args:
+        decorate: the probe (``njit(cache=True)``, which finds the location when applied).
+    Returns:
+        The folder set, or None where Numba had a location.
+    """
+    try:
+        (decorate or njit(cache=True))(_cache_probe)
+        return None
+    except RuntimeError:
+        pass
+    folder = Path(tempfile.gettempdir()) / f"kgengine-numba-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        st = folder.lstat()
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+            raise PermissionError  # another user's folder: its cache would run as our code
+    except OSError:
+        folder = Path(tempfile.mkdtemp(prefix="kgengine-numba-"))
+    numba.config.CACHE_DIR = str(folder)
+    warnings.warn(f"kgengine: Numba cannot write its cache next to kgengine or in your home; "
+                  f"compiled kernels are cached in {folder} (set NUMBA_CACHE_DIR to choose)",
+                  RuntimeWarning, stacklevel=2)
+    return str(folder)
+
+
+ensure_cache_location()
 
 
 @functools.cache

@@ -1,6 +1,7 @@
 """Per-image output files of an estimate, all written atomically.
 
-``<name>_kernel_x2.npy`` / ``.mat`` (key ``Kernel``, as ZSSR, SRMD and USRNet load it),
+``<name>_kernel_x2.npy`` / ``.mat`` (key ``Kernel``, as ZSSR and KernelGAN load it: a
+correlation kernel; KAIR/USRNet convolve, so ``pool export --format kair-mat`` rotates it),
 ``<name>_kernel_x4.npy`` / ``.mat`` with x4, ``<name>_kernel.png`` (picture of the
 kernel(s)), ``<name>_generator.npz`` (the six trained G weights ``w0..w5``, for
 ``kgengine export generator``) and ``<name>_report.json``. The report is written last: its

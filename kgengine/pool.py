@@ -12,6 +12,8 @@ centred (the kernel's centre index ``(h//2, w//2)`` lands on ``(K//2, K//2)``, w
   record per row with its id, source image, seed, confidence (null when unknown) and
   estimation report); no pickled objects, so ``np.load(path, allow_pickle=False)`` reads it
   (compressed since 0.9.27, which ``np.load`` reads as before; older pools still load);
+- a farm's pool folder: its ``kernel_pool.npz``, or at scale 4 its
+  :data:`POOL_FILE_X4` where it has one (``farm --x4``);
 - a folder of ``.npy`` / ``.mat`` kernels (:func:`kgengine.kernel_files.folder_kernel_files`:
   result files ``<name>_kernel_x<s>`` of one scale only; ``.mat``:
   :func:`kgengine.kernel_files.mat_kernel`; a KAIR set is refused, ``kgengine pool
@@ -42,6 +44,8 @@ from kgengine.kernel_files import RESULT_NAME, folder_kernel_files, read_kernel_
 
 #: File name :func:`save_pool` uses when given a folder.
 POOL_FILE = "kernel_pool.npz"
+#: A farm's x4 pool beside it (``farm --x4``), which a farm folder read at scale 4 gives.
+POOL_FILE_X4 = "kernel_pool_x4.npz"
 #: Rounding allowed outside [0, 1] in a confidence (a mean of cosines can be 1 + 2e-16),
 #: and in a kernel's sum (float32 rounding of a 37×37 kernel: < 1e-5).
 CONF_TOL, SUM_TOL = 1e-9, 1e-3
@@ -273,7 +277,9 @@ def load_pool(path: str | os.PathLike, scale: int | None = None, *,
 
 def _read_pool(path: Path, scale: int | None) -> KernelPool:
     """:func:`load_pool` without the confidence filter."""
-    if path.is_dir() and (path / POOL_FILE).is_file():  # a farm's pool folder
+    if path.is_dir() and scale == 4 and (path / POOL_FILE_X4).is_file():  # farm --x4
+        path = path / POOL_FILE_X4
+    elif path.is_dir() and (path / POOL_FILE).is_file():  # a farm's pool folder
         path = path / POOL_FILE
     if path.is_dir():
         files, ids, scale = folder_kernel_files(path, scale)

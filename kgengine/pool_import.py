@@ -166,8 +166,34 @@ def _read_mat(path: Path, name: str, scale: int) -> list[RawKernel]:
     kernels = kair_kernels(data["kernels"], str(path))
     ids = _kair_ids(data, len(kernels), path)
     _check_stored_scale(data.get("scale"), path, scale)
+    if kair_convention(data, path) == "convolution":  # kgengine's kernels are correlations
+        kernels = [np.ascontiguousarray(np.asarray(k)[::-1, ::-1]) for k in kernels]
     return [RawKernel(k, i, f"{path}[{n}]") for n, (k, i) in enumerate(
         zip(kernels, ids, strict=True))]
+
+
+def kair_convention(data: dict, path: Path) -> str:
+    """How a KAIR ``.mat`` set's kernels are applied: ``"convolution"`` or ``"correlation"``.
+
+    KAIR, USRNet and SRMD's Python code blur with ``scipy.ndimage.convolve``
+    (``utils_sisr.classical_degradation``): ``LR = (HR ∗ k)↓s``, the kernel rotated 180°
+    against kgengine's correlation (README, "The kernel convention"). A file's
+    ``convention`` variable says which (``pool export --format kair-mat`` writes
+    ``"convolution"`` since 0.9.28); without one, a file with an ``ids`` cell was written by
+    an earlier kgengine export (unrotated: ``"correlation"``), and any other is KAIR's own
+    (``"convolution"``).
+
+    Raises:
+        KGEngineError: a ``convention`` that is neither.
+    """
+    if "convention" not in data:
+        return "correlation" if "ids" in data else "convolution"
+    value = np.asarray(data["convention"]).ravel()
+    text = str(value[0]) if value.size == 1 else ""
+    if text not in ("convolution", "correlation"):
+        raise KGEngineError(f"{path}: 'convention' must be 'convolution' or 'correlation', "
+                            f"got {text or value!r}")
+    return text
 
 
 def kair_kernels(value: np.ndarray, where: str) -> list[np.ndarray]:

@@ -4,22 +4,25 @@
 (**KernelGAN/RealSR and kgengine result folders**: ``<name>_kernel_x{s}.mat`` or ``.npy`` of
 the asked scale only, also in sub-folders as in ``results/<name>/``, id ``<name>``; the
 authors' 17×17 x2 / 33×33 x4 kernels sit 0.5 / 1.5 px off the middle, with small negatives
-from their spline shift; **KAIR/USRNet sets** (``.mat`` variable ``kernels``); **folders
-of** ``.npy`` (traiNNer) and single ``.npy``/``.mat`` kernels (id = stem); **kgengine
-pools**, ids, seeds, confidences and reports kept; a folder's ``.mat`` beside a ``.npy`` of
-the same name is one kernel, read once: :attr:`ImportResult.skipped`). Each kernel is
-checked (:func:`~kgengine.kernel.check_kernel`; at most :data:`MAX_SIZE` px a side),
-negatives clipped, renormalised to sum 1 (unless within :data:`SUM_TOL`: imports are exact
-and idempotent), zero-padded to one odd common size (grown if a shift would push mass off
-it, up to :data:`MAX_SIZE`) and re-centred to the convention
-(centre of mass on the middle pixel, :func:`~kgengine.kernel.center_kernel`) unless within
-:data:`CENTRE_TOL` px. A bad or missing file named as a source is a
-:class:`~kgengine.errors.KGEngineError` naming it; a bad file inside a source folder is left
-out and listed in :attr:`ImportResult.failed` with its one-line error.
+from their spline shift; **KAIR/USRNet sets** (``.mat`` variable ``kernels``; KAIR
+convolves, so each is rotated 180° into kgengine's correlation:
+:func:`kgengine.pool_import.kair_convention`); **folders of** ``.npy`` (traiNNer) and single
+``.npy``/``.mat`` kernels (id = stem); **kgengine pools**, ids, seeds, confidences and
+reports kept; a folder's ``.mat`` beside a ``.npy`` of the same name is one kernel, read
+once: :attr:`ImportResult.skipped`). Each kernel is checked
+(:func:`~kgengine.kernel.check_kernel`; at most :data:`MAX_SIZE` px a side), negatives
+clipped, renormalised to sum 1 (unless within :data:`SUM_TOL`: imports are exact and
+idempotent), zero-padded to one odd common size (grown if a shift would push mass off it, up
+to :data:`MAX_SIZE`) and re-centred to the convention (centre of mass on the middle pixel,
+:func:`~kgengine.kernel.center_kernel`) unless within :data:`CENTRE_TOL` px. A bad or
+missing file named as a source is a :class:`~kgengine.errors.KGEngineError` naming it; a bad
+file inside a source folder is left out and listed in :attr:`ImportResult.failed` with its
+one-line error.
 
 :func:`export_pool` writes ``npy`` (folder of ``<id>.npy``, float32 (K,K)), ``mat-folder``
 (``<id>_kernel_x{s}.mat``, ``Kernel`` float64) or ``kair-mat`` (one ``.mat``: ``kernels``
-cell (1,N) of float64 (K,K), ``ids`` cell (1,N), ``scale``), atomically, never over the pool
+cell (1,N) of float64 (K,K), rotated 180° since 0.9.28 because KAIR/USRNet convolve,
+``ids`` cell (1,N), ``scale``, ``convention`` = ``"convolution"``), atomically, never over the pool
 it exports; ``size`` (odd, at most :data:`MAX_SIZE`) crops or zero-pads every kernel around
 its centre pixel (:func:`resize_kernel`). An import of an export gives back the same ids.
 """
@@ -380,9 +383,10 @@ def export_pool(pool: KernelPool, out: str | os.PathLike, fmt: str, size: int | 
     lost = max(x for _, x in resized)
     if fmt == "kair-mat":
         cells, ids = np.empty((1, len(pool)), dtype=object), np.empty((1, len(pool)), object)
-        for n, (k, _) in enumerate(resized):
-            cells[0, n], ids[0, n] = k, pool.ids[n]
-        save_mat(out, {"kernels": cells, "ids": ids, "scale": np.int64(pool.scale)})
+        for n, (k, _) in enumerate(resized):  # KAIR convolves: the kernel rotated 180°
+            cells[0, n], ids[0, n] = np.ascontiguousarray(k[::-1, ::-1]), pool.ids[n]
+        save_mat(out, {"kernels": cells, "ids": ids, "scale": np.int64(pool.scale),
+                       "convention": "convolution"})
         return ExportResult([out], size, lost)
     _check_folder(out, names, fmt)
     return ExportResult(_write_files(out, names, [k for k, _ in resized], fmt), size, lost)

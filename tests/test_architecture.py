@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "kgengine.atomic": 0,
     "kgengine.hooks": 0,
     "kgengine.sysinfo": 0,
+    "kgengine.host_memory": 0,
     # 1 kernel maths, image IO, configuration, custom ops
     "kgengine.kernel": 1,
     "kgengine.lanes": 1,

@@ -125,6 +125,10 @@ def test_farm_pool_is_identical_at_batch_1_and_6(sample_hr, tmp_path):
     order_a = np.argsort([Path(s).name for s in a.sources])
     order_b = np.argsort([Path(s).name for s in b.sources])
     assert a.kernels[order_a].tobytes() == b.kernels[order_b].tobytes()
+    # and what the README lists with them: ids, seeds, confidences
+    assert [a.ids[i] for i in order_a] == [b.ids[i] for i in order_b]
+    assert [a.seeds[i] for i in order_a] == [b.seeds[i] for i in order_b]
+    assert a.confidences[order_a].tobytes() == b.confidences[order_b].tobytes()
 
 
 @pytest.mark.parametrize("fn, fill", [(torch.sigmoid, 0.0), (lambda a: a.pow(0.2), 1.0),

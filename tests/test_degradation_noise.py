@@ -98,3 +98,19 @@ def test_real_stage_adds_a_bank_patch(tmp_path) -> None:
     oy, ox = p["offset"]
     np.testing.assert_allclose(lr, 0.5 + p["scale"] * tiled[:, oy : oy + 20, ox : ox + 20],
                                atol=1e-6)
+
+
+@pytest.mark.parametrize(("shape", "patch", "stride"), [((37, 53), 8, 1), ((64, 64), 16, 3),
+                                                        ((20, 9), 9, 2), ((9, 9), 9, 1)])
+def test_window_stats_in_bands_equal_the_whole_view(shape, patch, stride) -> None:
+    """0.9.28: the windows' statistics are taken a band of rows at a time (``--stride 1`` took
+    2.0 GB on a 300 px photo); any band size gives the one-shot NumPy result."""
+    from kgengine.degradation.noisebank import window_stats
+
+    luma = np.random.default_rng(1).random(shape) * 255
+    win = np.lib.stride_tricks.sliding_window_view(luma, (patch, patch))[::stride, ::stride]
+    var_ref, mean_ref = win.var(axis=(-2, -1)), win.mean(axis=(-2, -1))
+    for budget in (1, patch * patch * 3, 10**9):
+        var, mean = window_stats(luma, patch, stride, budget)
+        np.testing.assert_allclose(var, var_ref, rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(mean, mean_ref, rtol=1e-12, atol=1e-9)

@@ -358,3 +358,17 @@ def test_pool_plot_draws_only_confident_kernels(tmp_path, monkeypatch) -> None:
     plot_pool(path, tmp_path / "m.png", min_confidence=0.8)
     assert [t.split("\n")[0] for t in drawn] == ["a", "d", "e"]
     assert drawn[0].endswith("conf 0.950")
+
+
+def test_a_farm_folder_read_at_x4_gives_its_x4_pool(tmp_path) -> None:
+    """0.9.28 review: ``degrade -k FARM --scale 4`` refused a ``farm --x4`` folder, naming
+    its x2 pool; it now reads ``kernel_pool_x4.npz``."""
+    from kgengine.kernel import analytic_x4
+    from kgengine.pool import POOL_FILE, POOL_FILE_X4
+
+    k2 = anisotropic_gaussian(13, 2.0, 1.0, 0.4)
+    save_pool(tmp_path / POOL_FILE, make_pool([k2], ["a"], ["a.png"], 2))
+    save_pool(tmp_path / POOL_FILE_X4, make_pool([analytic_x4(k2)], ["a"], ["a.png"], 4))
+    assert load_pool(tmp_path, scale=4).scale == 4
+    assert load_pool(tmp_path, scale=4).kernel_size == 37
+    assert load_pool(tmp_path).scale == 2 and load_pool(tmp_path, scale=2).kernel_size == 13

@@ -115,9 +115,9 @@ def test_exported_files_are_what_the_other_tools_read(tmp_path, pool_file) -> No
     np.testing.assert_array_equal(k, pool.kernels[0])
     assert _cli("export", str(pool_file), "-o", str(tmp_path / "s.mat"), "--format",
                 "kair-mat").exit_code == 0
-    kernels = loadmat(tmp_path / "s.mat")["kernels"]  # KAIR: kernels[0, i]
+    kernels = loadmat(tmp_path / "s.mat")["kernels"]  # KAIR: kernels[0, i], convolved
     assert kernels.shape == (1, 3)
-    np.testing.assert_array_equal(kernels[0, 2], pool.kernels[2])
+    np.testing.assert_array_equal(kernels[0, 2], pool.kernels[2][::-1, ::-1])
     assert _cli("export", str(pool_file), "-o", str(tmp_path / "n"), "--format",
                 "npy").exit_code == 0
     assert np.load(tmp_path / "n" / "x y.npy").dtype == np.float32
@@ -266,7 +266,9 @@ def test_kair_kernels_in_every_layout(tmp_path, layout) -> None:
     pool = import_kernels([path], 2).pool
     assert pool.ids == ["kernels_12_000", "kernels_12_001", "kernels_12_002"]
     assert pool.sources == [f"{path}[{i}]" for i in range(3)]
-    np.testing.assert_array_equal(pool.kernels, np.stack(kernels).astype(np.float32))
+    # KAIR convolves: each kernel is rotated 180° into kgengine's correlation (0.9.28)
+    np.testing.assert_array_equal(pool.kernels,
+                                  np.stack(kernels)[:, ::-1, ::-1].astype(np.float32))
 
 
 def test_kair_cells_of_mixed_sizes_are_padded_and_centred(tmp_path) -> None:
@@ -487,3 +489,64 @@ def test_export_then_import_gives_the_pool_back(tmp_path, fmt):
     off = ndimage.shift(anisotropic_gaussian(13, 1.5, 1.5, 0.0), (0.01, 0.0), order=3)
     _, output, _ = _round_trip(tmp_path / "off", [off], fmt)
     assert "1 re-centred (largest shift 0.01 px)" in output
+
+
+# ------------------------------------------------- KAIR convolves (0.9.28 review)
+def _comet() -> np.ndarray:
+    """A 9x9 kernel that is not point-symmetric, centre of mass exactly on (4, 4)."""
+    k = np.zeros((9, 9))
+    k[4, 3], k[4, 6] = 2.0, 1.0  # columns: (2*3 + 6) / 3 = 4
+    k[1, 4], k[5, 4] = 1.0, 3.0  # rows: (1 + 15 + 4*3) / 7 = 4 with the row-4 mass
+    k = ndimage.gaussian_filter(k, 0.6)
+    k /= k.sum()
+    assert np.abs(k - k[::-1, ::-1]).max() > 1e-2
+    return k
+
+
+def _kair_lr(hr: np.ndarray, k: np.ndarray, s: int) -> np.ndarray:
+    """KAIR's ``utils_sisr.classical_degradation`` (SciPy convolve, phase 0), with the
+    mirror border that kgengine's degrade uses (KAIR wraps; only the border differs)."""
+    return ndimage.convolve(hr, k[..., None], mode="mirror")[::s, ::s]
+
+
+def test_a_kair_kernel_blurs_in_degrade_as_it_does_in_kair(tmp_path) -> None:
+    k = _comet()
+    cells = np.empty((1, 1), dtype=object)
+    cells[0, 0] = k
+    savemat(tmp_path / "set.mat", {"kernels": cells})
+    pool = import_kernels([tmp_path / "set.mat"], 2).pool
+    hr = np.random.default_rng(0).random((40, 36, 3))
+    want = _kair_lr(hr, k, 2)
+    np.testing.assert_allclose(degrade(hr, pool.kernels[0].astype(np.float64), 2), want,
+                               atol=1e-6)
+    # unrotated it would be another blur: the test can tell
+    assert np.abs(degrade(hr, k, 2) - want).max() > 1e-3
+
+
+def test_a_kair_mat_export_blurs_in_kair_as_it_does_in_degrade(tmp_path) -> None:
+    k = _comet().astype(np.float32)
+    pool = KernelPool(k[None], ["c"], ["c.npy"], [0], 2)
+    save_pool(tmp_path / "p.npz", pool)
+    assert _cli("export", str(tmp_path / "p.npz"), "-o", str(tmp_path / "s.mat"), "--format",
+                "kair-mat").exit_code == 0
+    data = loadmat(tmp_path / "s.mat")
+    assert str(data["convention"][0]) == "convolution"
+    hr = np.random.default_rng(1).random((33, 40, 3))
+    np.testing.assert_allclose(_kair_lr(hr, data["kernels"][0, 0], 2),
+                               degrade(hr, k.astype(np.float64), 2), atol=1e-6)
+    # and it imports back to the same kernel
+    np.testing.assert_array_equal(import_kernels([tmp_path / "s.mat"], 2).pool.kernels[0], k)
+
+
+def test_an_export_made_before_0928_is_read_unrotated(tmp_path) -> None:
+    """kgengine's kair-mat files before 0.9.28 held the correlation kernels, with an ``ids``
+    cell and no ``convention``: they are read as they were written."""
+    k = _comet()
+    cells, ids = np.empty((1, 1), dtype=object), np.empty((1, 1), dtype=object)
+    cells[0, 0], ids[0, 0] = k, "c"
+    savemat(tmp_path / "old.mat", {"kernels": cells, "ids": ids, "scale": np.int64(2)})
+    np.testing.assert_allclose(import_kernels([tmp_path / "old.mat"], 2).pool.kernels[0], k,
+                               atol=1e-7)
+    savemat(tmp_path / "bad.mat", {"kernels": cells, "convention": "flipped"})
+    with pytest.raises(KGEngineError, match="bad.mat: 'convention' must be"):
+        import_kernels([tmp_path / "bad.mat"], 2)

@@ -38,8 +38,9 @@ Threads = Annotated[
     int, typer.Option(help="CPU threads for torch (0, the default: all cores, capped at the "
                            "idle ones; on a busy machine fewer threads are much faster).")]
 Batch = Annotated[int, typer.Option(help=(
-    "Images trained together (0 = auto: 8 // --restarts on a CPU, where an image's kernel "
-    "is the same bytes at any batch size; 1 on a GPU, where it is not)."))]
+    "Images trained together (0 = auto: 8 // --restarts on a CPU, fewer where the free "
+    "memory holds fewer of the largest image; there an image's kernel is the same bytes at "
+    "any batch size; 1 on a GPU, where it is not)."))]
 #: One ``estimate`` at a time writes into an output folder (:func:`exclusive_lock`).
 LOCK_FILE = ".estimate.lock"
 Recursive = Annotated[bool, typer.Option(
@@ -167,8 +168,8 @@ def _estimate(
             **parse_overrides(overrides))
     except ValueError as exc:
         raise KGEngineError(str(exc)) from None
-    resolve_device(device)
-    batch = auto_batch(batch, device, restarts)
+    on_cpu = resolve_device(device).type == "cpu"
+    given, batch = batch, auto_batch(batch, device, restarts)
     check_out_dir(out)
     wanted = requested_settings(seed=seed, iters=cfg.run_iters(restarts), config=cfg.to_dict(),
                                 x4=x4, restarts=restarts, mode=mode,
@@ -183,16 +184,31 @@ def _estimate(
         sources = _sources(images, out)
         hooks.total(len(images))
         # smallest first: a batch holds its images padded to the largest one
-        todo = sorted((p for p in images if not _done(p, sources[p], out, wanted, force,
-                                                      hooks)), key=_pixels)
+        sizes = {p: _pixels(p) for p in images
+                 if not _done(p, sources[p], out, wanted, force, hooks)}
+        todo = sorted(sizes, key=sizes.__getitem__)
         if todo:
             note_cold_cache(hooks.log)
-        for start in range(0, len(todo), batch):
-            for path, state in _train(todo[start : start + batch], sources, out, cfg, wanted,
+        start = 0
+        for n in _batch_lengths([sizes[p] for p in todo], batch, given == 0 and on_cpu,
+                                restarts):
+            for path, state in _train(todo[start : start + n], sources, out, cfg, wanted,
                                       device, hooks):
                 failed += state == "failed"
                 hooks.item_finished(sources[path].name, state, "")
+            start += n
     return failed
+
+
+def _batch_lengths(sizes: list[int], batch: int, by_memory: bool, restarts: int) -> list[int]:
+    """The batches' lengths for images of these H·W (in training order): ``batch`` each,
+    or, for the automatic CPU batch, as many as the host's memory holds
+    (:func:`kgengine.host_memory.memory_batches`; the kernels are the same bytes)."""
+    if by_memory:
+        from kgengine.host_memory import memory_batches
+
+        return memory_batches(sizes, batch, restarts)
+    return [min(batch, len(sizes) - i) for i in range(0, len(sizes), batch)]
 
 
 def _pixels(path: Path) -> int:

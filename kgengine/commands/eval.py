@@ -24,12 +24,11 @@ from kgengine.commands._common import (
 )
 from kgengine.errors import KGEngineError, brief_list
 from kgengine.hooks import JobHooks
+from kgengine.imageio import folder_image
 from kgengine.progress import progress_hooks
 
 #: Most values ``--ids`` / ``--seeds`` may list.
 MAX_LIST = 100_000
-#: File suffixes ``kgengine synth`` takes as HR images.
-HR_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 DatasetDir = Annotated[
     Path, typer.Argument(help="Folder in the DIV2KRK layout (lr_x2/, gt_k_x2/, gt/ ...).")
@@ -195,7 +194,7 @@ def synth_command(hr_dir: HrDir, out: SynthOut, n: Count = None, seed: SetSeed =
     check_seed("--seed", seed)
     if not hr_dir.is_dir():
         fail(f"{hr_dir}: not a folder")
-    paths = sorted(p for p in hr_dir.iterdir() if p.suffix.lower() in HR_SUFFIXES)
+    paths = sorted(p for p in hr_dir.iterdir() if folder_image(p))
     if not paths:
         fail(f"{hr_dir}: no images")
     check_out_dir(out)

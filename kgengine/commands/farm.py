@@ -266,7 +266,8 @@ def import_command(
     sources: Annotated[list[Path], typer.Argument(
         help="KernelGAN/RealSR and kgengine estimate result folders (*_kernel_x2.mat|.npy / "
              "*_kernel_x4.mat|.npy, also in sub-folders; a .mat beside a .npy of the same "
-             "name is read once), KAIR/USRNet .mat kernel sets (variable 'kernels'), folders "
+             "name is read once), KAIR/USRNet .mat kernel sets (variable 'kernels'; rotated "
+             "180°, since KAIR convolves and kgengine correlates), folders "
              "of .npy kernels (traiNNer), .npy/.mat kernel files and kgengine pools.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="The pool file to write (.npz).")],
     scale: Annotated[int, typer.Option(
@@ -308,7 +309,8 @@ def export_command(
     fmt: Annotated[str, typer.Option(
         "--format", help="npy: `<id>.npy` per kernel (traiNNer); mat-folder: "
                          "`<id>_kernel_x{s}.mat` with 'Kernel' (KernelGAN/RealSR); kair-mat: one "
-                         ".mat with a 'kernels' cell array (KAIR/USRNet).")],
+                         ".mat with a 'kernels' cell array (KAIR/USRNet; each kernel rotated "
+                         "180°, since KAIR convolves).")],
     size: Annotated[int | None, typer.Option(
         "--size", help="Crop or zero-pad every kernel to KxK around its centre (odd; e.g. 15 "
                        "for SRMD); a crop is renormalised to sum 1.")] = None,

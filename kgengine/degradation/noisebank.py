@@ -39,16 +39,17 @@ import numpy as np
 
 from kgengine._version import __version__
 from kgengine.atomic import save_json, save_npy
-from kgengine.degradation.plan import IMAGE_SUFFIXES
 from kgengine.errors import BadImageError, KGEngineError, brief_list
 from kgengine.hooks import JobHooks
-from kgengine.imageio import NOISE_BANK_FILES, listed_file, read_image
+from kgengine.imageio import NOISE_BANK_FILES, folder_image, read_image
 
 NOISE_FILE, INDEX_FILE = NOISE_BANK_FILES  # (``noise_patches.npy``, ``noise_index.json``)
 #: The files :func:`collect_noise` writes, never read as photos.
 OWN_FILES = (NOISE_FILE, INDEX_FILE)
 #: Luma weights (ITU-R BT.601, as Pillow's ``convert("L")``).
 LUMA = np.array([0.299, 0.587, 0.114])
+#: Window elements (float64) whose statistics :func:`window_stats` takes at once (32 MB).
+WINDOW_BUDGET = 2**22
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,7 @@ def flat_patches(
     if h < patch or w < patch:
         return np.zeros((0, patch, patch, 3), np.float32), []
     luma = 255.0 * (img.astype(np.float64) @ LUMA)  # (H, W)
-    win = np.lib.stride_tricks.sliding_window_view(luma, (patch, patch))[::stride, ::stride]
-    var, mean = win.var(axis=(-2, -1)), win.mean(axis=(-2, -1))  # (ny, nx)
+    var, mean = window_stats(luma, patch, stride)
     keep = np.argwhere((var < max_var) & (mean >= min_mean) & (mean <= max_mean))
     out = np.empty((len(keep), patch, patch, 3), np.float32)
     records = []
@@ -107,6 +107,25 @@ def flat_patches(
         out[n] = p - p.mean(axis=(0, 1))
         records.append({"y": y, "x": x, "var": float(var[iy, ix]), "mean": float(mean[iy, ix])})
     return out, records
+
+
+def window_stats(luma: np.ndarray, patch: int, stride: int,
+                 budget: int = WINDOW_BUDGET) -> tuple[np.ndarray, np.ndarray]:
+    """Variance and mean of every ``P × P`` window of ``luma`` whose corner is on the stride
+    grid: ``(ny, nx)`` float64 each, ``ny = (H − P) // stride + 1`` (``nx`` likewise).
+
+    Taken a band of window rows at a time, at most ``budget`` window elements each (NumPy's
+    ``var`` makes a copy of the windows it reads), so memory stays bounded at any stride.
+    """
+    win = np.lib.stride_tricks.sliding_window_view(luma, (patch, patch))[::stride, ::stride]
+    ny, nx = win.shape[:2]
+    var, mean = np.empty((ny, nx)), np.empty((ny, nx))
+    rows = max(1, budget // (nx * patch * patch))
+    for r in range(0, ny, rows):
+        band = win[r : r + rows]
+        var[r : r + rows], mean[r : r + rows] = band.var(axis=(-2, -1)), band.mean(
+            axis=(-2, -1))
+    return var, mean
 
 
 def list_photos(inputs: list[str | os.PathLike], out_dir: str | os.PathLike | None = None,
@@ -120,14 +139,13 @@ def list_photos(inputs: list[str | os.PathLike], out_dir: str | os.PathLike | No
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += sorted(p for p in item.iterdir()
-                            if listed_file(p) and p.suffix.lower() in IMAGE_SUFFIXES)
+            files += sorted(p for p in item.iterdir() if folder_image(p))
         elif item.is_file():
             files.append(item)
         else:
             raise KGEngineError(f"{item}: no such file or folder")
     seen: set[Path] = set()  # a photo named twice (a folder and its file) is read once
-    files = [p for p in files if not (p.resolve() in seen or seen.add(p.resolve()))]
+    files = [p for p in files if not (_real(p) in seen or seen.add(_real(p)))]
     own = [p for p in files if _own_output(p, out_dir)]
     if own:
         log(f"skip {brief_list(own, 3)}: kgengine never reads its own outputs as input")
@@ -135,6 +153,14 @@ def list_photos(inputs: list[str | os.PathLike], out_dir: str | os.PathLike | No
     if not files:
         raise KGEngineError(f"no images in {', '.join(map(str, inputs))}")
     return files
+
+
+def _real(path: Path) -> Path:
+    """``path`` resolved, or as it is where it cannot be (a link loop: it fails when read)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path
 
 
 def _own_output(path: Path, out_dir: str | os.PathLike | None) -> bool:

@@ -14,15 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from kgengine import imageio
 from kgengine._version import __version__
 from kgengine.config import MAX_SEED
 from kgengine.errors import KGEngineError
-from kgengine.imageio import listed_file
 from kgengine.pool import KernelPool, filter_pool, load_pool, top_threshold
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".npy")
+IMAGE_SUFFIXES = imageio.IMAGE_SUFFIXES  # one listing rule: imageio.folder_image
 #: Scales of the pairs :func:`degrade_folder` makes: those of the kernels KernelGAN
 #: estimates (``kgengine pool import --scale 2|4``).
 DEGRADE_SCALES = (2, 4)
@@ -81,7 +80,7 @@ def list_hr_files(hr_dir: str | os.PathLike) -> list[Path]:
     if not hr_dir.is_dir():
         raise KGEngineError(f"{hr_dir}: no such folder")
     files = sorted(
-        p for p in hr_dir.iterdir() if listed_file(p) and p.suffix.lower() in IMAGE_SUFFIXES
+        p for p in hr_dir.iterdir() if imageio.folder_image(p)
     )
     if not files:
         raise KGEngineError(f"{hr_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
@@ -96,13 +95,10 @@ def list_hr_files(hr_dir: str | os.PathLike) -> list[Path]:
 def probe_size(path: Path) -> tuple[int, int] | None:
     """(H, W) from the file header without decoding, or None (the real read reports why)."""
     try:
-        if path.suffix.lower() == ".npy":
-            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
-            return int(shape[0]), int(shape[1])
-        with Image.open(path) as im:
-            return im.size[1], im.size[0]
-    except Exception:  # noqa: BLE001 - the real read reports the problem
+        w, h = imageio.image_size(path)  # EXIF orientation applied, as the read will be
+    except KGEngineError:  # the real read reports the problem
         return None
+    return h, w
 
 
 def size_batches(files: list[Path], scale: int, batch: int) -> list[list[Path]]:

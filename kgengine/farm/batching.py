@@ -1,7 +1,8 @@
 """Batch sizing: the default batch size, GPU memory probing, and the out-of-memory back-off.
 
 When no batch size is given: :data:`CPU_BATCH` on CPU (throughput grows up to about B = 8 on
-small CPUs and flattens after, see ``bench/bench_farm.py``; memory is not the limit there),
+small CPUs and flattens after, see ``bench/bench_farm.py``), fewer where the host's available
+memory would not hold that many of the largest image (:mod:`kgengine.host_memory`),
 and on CUDA the largest B whose measured footprint fits 80 % of the GPU's total memory,
 unless other processes leave too little of it free (:func:`batch_for_memory`). With
 ``restarts = K`` a batch of B images trains B·K models, so both defaults are divided by K
@@ -20,6 +21,7 @@ from kgengine.errors import KGEngineError
 from kgengine.farm.manifest import Row
 from kgengine.farm.records import FarmJob
 from kgengine.farm.settings import FarmSettings
+from kgengine.host_memory import cpu_batch_for_memory
 from kgengine.prepare import prepare_image
 from kgengine.trainer import BatchTrainer
 
@@ -50,11 +52,14 @@ def auto_batch(device: torch.device, settings: FarmSettings, max_pixels: int = 0
     iterations (``torch.cuda.max_memory_allocated``), ``bytes_per_pixel`` = the image
     (3 channels of ``dtype``) plus its two float64 crop CDFs, since a batch holds its images
     zero-padded to the largest one (``max_pixels`` = the largest H·W expected); K =
-    ``settings.restarts`` trainings per image. On CPU: ``CPU_BATCH // K``, at least 1.
+    ``settings.restarts`` trainings per image. On CPU: ``CPU_BATCH // K``, at least 1, and
+    at most what the host's available memory holds at ``max_pixels``
+    (:func:`kgengine.host_memory.cpu_batch_for_memory`; the kernels are the same bytes at
+    any CPU batch size).
     """
     k = max(1, settings.restarts)
     if device.type != "cuda":
-        return max(1, CPU_BATCH // k)
+        return cpu_batch_for_memory(max(1, CPU_BATCH // k), max_pixels, k)
     per_image, base = measure_gpu_footprint(device, settings)
     bytes_pp = 3 * torch.tensor([], dtype=settings.torch_dtype).element_size() + 2 * 8
     free, total = torch.cuda.mem_get_info(device)

@@ -39,10 +39,9 @@ from pathlib import Path
 from kgengine.atomic import why as os_reason
 from kgengine.errors import KGEngineError, brief_list, shown
 from kgengine.farm.manifest import MANIFEST_FILE
-from kgengine.imageio import listed_file
+from kgengine.imageio import IMAGE_SUFFIXES, image_name, listed_file
 
-#: Files taken from folders (the same set ``kgengine degrade`` reads).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".npy")
+__all__ = ["IMAGE_SUFFIXES"]  # files taken from folders: one rule everywhere (imageio)
 #: Files read as lists of paths.
 LIST_SUFFIXES = (".txt",)
 #: kgengine's image-like output files (:func:`kgengine.outputs.output_paths`; not imported:
@@ -255,7 +254,7 @@ def _walk(folder: Path, recursive: bool, own: _OwnOutputs) -> Iterator[Path]:
 
 
 def _is_image_name(name: str) -> bool:
-    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
+    return image_name(name)
 
 
 def _read_json(path: Path) -> object:

@@ -23,12 +23,12 @@ from kgengine.errors import BadKernelError, KGEngineError
 from kgengine.farm.manifest import MANIFEST_FILE, Manifest, Row
 from kgengine.kernel import check_kernel
 from kgengine.outputs import mat_problem
-from kgengine.pool import make_pool, save_pool
+from kgengine.pool import POOL_FILE, POOL_FILE_X4, make_pool, save_pool
 
 #: Per-image output folder inside POOL_DIR.
 KERNELS_DIR = "kernels"
 #: Pool files inside POOL_DIR.
-POOL_X2, POOL_X4 = "kernel_pool.npz", "kernel_pool_x4.npz"
+POOL_X2, POOL_X4 = POOL_FILE, POOL_FILE_X4
 
 
 class UnusableOutputs(KGEngineError):
