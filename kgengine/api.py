@@ -116,9 +116,7 @@ def kernel_stats(k: np.ndarray) -> dict[str, Any]:
 
 
 def _device_name(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return f"{dev} ({torch.cuda.get_device_name(dev)})"
-    return str(dev)
+    return f"{dev} ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else str(dev)
 
 
 def _load(image: ImageLike, index: int, min_size: int = 0) -> tuple[str, np.ndarray]:
@@ -132,12 +130,13 @@ def _load(image: ImageLike, index: int, min_size: int = 0) -> tuple[str, np.ndar
 
 
 def _is_int(value: object, low: int) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and (
-        low <= value <= MAX_SEED)
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    return ok and low <= value <= MAX_SEED
 
 
 def _check_args(images: list, seeds: list, names: Sequence[str] | None, restarts: int,
-                on_diverge: str, dtype: torch.dtype, config: object, rule: str) -> None:
+                on_diverge: str, dtype: torch.dtype, config: object, rule: str, x4: object
+                ) -> None:
     """One-line errors for the arguments of :func:`estimate_kernels` it cannot use."""
     if not images:
         raise ValueError("images: no images given")
@@ -153,6 +152,8 @@ def _check_args(images: list, seeds: list, names: Sequence[str] | None, restarts
         raise ValueError(f"rule: expected one of {RULES}, got {rule!r}")
     if on_diverge not in ("raise", "return"):
         raise ValueError(f"on_diverge: expected 'raise' or 'return', got {on_diverge!r}")
+    if not isinstance(x4, bool | np.bool_):  # "no" was true (0.9.28)
+        raise TypeError(f"x4: expected True or False, got {x4!r}")
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype: expected torch.float32 or torch.float64, got {dtype!r}")
     if config is not None and not isinstance(config, KernelGANConfig):
@@ -163,9 +164,7 @@ def _check_args(images: list, seeds: list, names: Sequence[str] | None, restarts
 #: pixel of :func:`prepare_image` (103 measured with tracemalloc on a 12 MP image), and of one
 #: image's post-processing (its spectra read at most 1024×1024 pixels: about 0.3 GB), for
 #: :func:`kgengine.host_threads.map_images`' memory cap
-READ_BYTES = 50 << 20
-PREP_BYTES_PER_PIXEL = 110
-POST_BYTES = 400 << 20
+READ_BYTES, PREP_BYTES_PER_PIXEL, POST_BYTES = 50 << 20, 110, 400 << 20
 
 
 def estimate_kernels(
@@ -221,7 +220,7 @@ def estimate_kernels(
         raise TypeError("images: expected a list of images (estimate_kernel takes one)")
     images = list(images)
     seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(images))]
-    _check_args(images, seeds, names, restarts, on_diverge, dtype, config, rule)
+    _check_args(images, seeds, names, restarts, on_diverge, dtype, config, rule, x4)
     cfg = config or KernelGANConfig()
     if iters is not None:
         cfg = cfg.with_iters(iters)

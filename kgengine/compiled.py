@@ -17,19 +17,19 @@ from collections.abc import Callable
 import torch
 
 from kgengine import discriminator as D
+from kgengine import env_settings, priors
 from kgengine import generator as G
-from kgengine import priors
 from kgengine.ops.backend import ENV_VAR, OPS, availability, backend_name
 
 #: ``torch`` here keeps the PyTorch networks on CPU (the ops keep their own choice)
-NETWORKS_VAR = "KGENGINE_NETWORKS"
+NETWORKS_VAR = env_settings.NETWORKS_VAR
 
 
 def compiled_on(device: torch.device) -> bool:
     """Use the compiled Numba networks: CPU, Numba imports, neither ``KGENGINE_OPS_BACKEND``
     (which forces every PyTorch reference) nor ``KGENGINE_NETWORKS`` is ``torch``."""
-    forced = {os.environ.get(v, "").strip() for v in (ENV_VAR, NETWORKS_VAR)}
-    return device.type == "cpu" and availability("numba")[0] and "torch" not in forced
+    forced = os.environ.get(ENV_VAR, "").strip() == "torch" or env_settings.torch_networks()
+    return device.type == "cpu" and availability("numba")[0] and not forced
 
 
 def discriminator_for(device: torch.device, threads: int = 1) -> Callable[..., torch.Tensor]:

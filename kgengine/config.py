@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -277,15 +278,17 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
                      "lambda_bicubic", "lambda_sparse_end", "lambda_centralized_end",
                      "boundary_penalty", "boundary_sigma", "bic_loss_threshold", "bic_min",
                      "bic_constraints_below", "width_prior"), (0, _INF, True, False)),
-    **dict.fromkeys(("crop_size", "grad_window", "g_channels", "d_kernel_size", "d_channels",
-                     "iters", "restart_iters", "lr_decay_every", "lr_decay_factor",
+    **dict.fromkeys(("iters", "restart_iters", "lr_decay_every", "lr_decay_factor",
                      "bic_decay_every", "bic_decay_rate", "n_filtering", "restart_n_filtering"),
-                    (1, _INF, True, False)),
+                    (1, _INF, True, False)),  # sizes: structural maxima (0.9.28: huge hung)
+    **dict.fromkeys(("g_channels", "d_channels"), (1, 1024, True, True)),
+    "crop_size": (1, 2048, True, True), "grad_window": (1, 255, True, True),
+    "d_kernel_size": (1, 63, True, True),
     **dict.fromkeys(("lr_g", "lr_d", "g_init_gain", "d_init_gain", "sparse_power"),
                     (0, _INF, False, False)),
     **dict.fromkeys(("grad_percent", "elongation_power", "spectral_mix"), (0, 1, True, True)),
     **dict.fromkeys(("beta1", "beta2"), (0, 1, True, False)),
-    "d_layers": (3, _INF, True, False),
+    "d_layers": (3, 64, True, True),
 }
 
 
@@ -300,10 +303,8 @@ def _in_range(key: str, number: float) -> None:
     if (low <= number if low_ok else low < number) and (
             number <= high if high_ok else number < high):
         return
-    if high == _INF:
-        allowed = f"at least {low:g}" if low_ok else f"greater than {low:g}"
-    else:
-        allowed = f"in {'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}"
+    allowed = ((f"at least {low:g}" if low_ok else f"greater than {low:g}") if high == _INF
+               else f"in {'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}")
     raise ValueError(f"config {key}: must be {allowed}, got {number!r}")
 
 
@@ -318,8 +319,10 @@ def _checked(changes: dict[str, Any]) -> dict[str, Any]:
     defaults = _fields()
     out: dict[str, Any] = {}
     for key, value in changes.items():
-        if key not in defaults:
-            raise ValueError(f"unknown config key {key!r}")
+        if key not in defaults:  # with the nearest keys (lr_G: lr_g)
+            near = difflib.get_close_matches(key.lower(), defaults, 3, 0.6)
+            raise ValueError(f"unknown config key {key!r}" + (
+                f"; did you mean {', '.join(near)}?" if near else ""))
         default = defaults[key]
         if isinstance(default, bool):
             value = _bool(key, value)
@@ -391,10 +394,7 @@ def _kernel_sizes(key: str, value: Any) -> tuple[int, ...]:
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """Parse ``["key=value", ...]`` CLI overrides (checked by :meth:`KernelGANConfig.replace`)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"config override {item!r}: expected key=value")
-        key, value = item.split("=", 1)
-        out[key.strip()] = value.strip()
-    return out
+    bad = [item for item in items if "=" not in item]
+    if bad:
+        raise ValueError(f"config override {bad[0]!r}: expected key=value")
+    return {k.strip(): v.strip() for k, v in (item.split("=", 1) for item in items)}

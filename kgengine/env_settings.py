@@ -3,9 +3,12 @@
 - ``KGENGINE_OPS_BACKEND``: the backend of the custom ops (:data:`OPS_BACKENDS`; unset:
   automatic), see :mod:`kgengine.ops.backend`;
 - ``KGENGINE_CUDA_GRAPH``: ``0``/``off`` (default), ``eager``, or ``1``/``on``/``capture``,
-  see :mod:`kgengine.graph_step`.
+  see :mod:`kgengine.graph_step`;
+- ``KGENGINE_NETWORKS``: ``torch`` (case-blind) keeps the PyTorch networks on CPU, unset or
+  blank the compiled ones, see :mod:`kgengine.compiled` (checked since 0.9.28: ``Torch``
+  or ``pytorch`` were ignored without a word).
 
-The commands check both before they make any folder or file (:func:`check_env`): a
+The commands check all three before they make any folder or file (:func:`check_env`): a
 misspelt value is one line naming the variable, and nothing is written (before 0.9.27 it
 surfaced at the first training step, after a farm had recorded its pool settings).
 """
@@ -20,6 +23,19 @@ OPS_BACKEND_VAR = "KGENGINE_OPS_BACKEND"
 #: The op backends by name (the keys of :data:`kgengine.ops.backend.MODULES`, tested).
 OPS_BACKENDS = ("torch", "numba", "numba_cuda", "cupy")
 CUDA_GRAPH_VAR = "KGENGINE_CUDA_GRAPH"
+NETWORKS_VAR = "KGENGINE_NETWORKS"
+
+
+def torch_networks() -> bool:
+    """Whether ``KGENGINE_NETWORKS`` asks for the PyTorch networks (``torch``, case-blind).
+
+    Raises:
+        BadSettingError: a value other than ``torch`` or blank.
+    """
+    raw = os.environ.get(NETWORKS_VAR, "").strip().lower()
+    if raw not in ("", "torch"):
+        raise BadSettingError(f"{NETWORKS_VAR}: expected torch (or unset), got {raw!r}")
+    return raw == "torch"
 
 
 def ops_backend() -> str | None:
@@ -51,6 +67,7 @@ def cuda_graph() -> str:
 
 
 def check_env() -> None:
-    """Raise :class:`BadSettingError` for a bad value of either variable."""
+    """Raise :class:`BadSettingError` for a bad value of any of the three variables."""
     ops_backend()
     cuda_graph()
+    torch_networks()

@@ -53,3 +53,11 @@ def test_numba_gets_a_private_cache_folder_where_it_has_none(monkeypatch, tmp_pa
     with pytest.warns(RuntimeWarning):
         other = numba_util.ensure_cache_location(no_locator)
     assert other != folder and Path(other).parent == tmp_path
+
+
+@pytest.mark.parametrize("x4", ["no", "false", 0, None])
+def test_x4_must_be_a_bool(x4) -> None:
+    """``estimate_kernel(x4="no")`` derived an x4 kernel."""
+    img = np.random.default_rng(0).random((64, 64, 3)).astype(np.float32)
+    with pytest.raises(TypeError, match="x4: expected True or False"):
+        estimate_kernel(img, iters=2, x4=x4)

@@ -45,7 +45,6 @@ from kgengine.atomic import exclusive_lock, remove_stale_tmp, save_json, save_te
 from kgengine.config import KernelGANConfig
 from kgengine.errors import BadImageError, KGEngineError
 from kgengine.hooks import JobHooks
-from kgengine.imageio import image_size
 from kgengine.sysinfo import machine_info
 
 #: One ``eval`` at a time writes into an output folder (:func:`exclusive_lock`).
@@ -257,16 +256,10 @@ class _Estimation:
         return todo
 
     def chunk(self, chunk: Sequence[tuple[EvalImage, int]]) -> None:
-        """Estimate one chunk; if the whole call fails, retry its runs one at a time. A run
-        whose LR image is too small (from its header) fails alone first, so that the others
-        stay one batch."""
+        """Estimate one chunk; if the whole call fails, retry its runs one at a time. Where
+        it fails on one named image (a :class:`BadImageError` naming its LR file: too small,
+        unreadable), that image's runs fail and the others are retried as one batch."""
         cfg = self.settings.kernelgan_config()
-        small = [(im, s) for im, s in chunk if _too_small(im.lr_path, cfg.crop_size)]
-        for image, seed in small:
-            self._record(image, seed, _small_error(image.lr_path, cfg.crop_size), 0.0)
-        chunk = [run for run in chunk if run not in small]
-        if not chunk:
-            return
         n_iters = cfg.run_iters(self.settings.restarts)
         self.hooks.batch_started([_run_name(im, s) for im, s in chunk], n_iters)
         t0 = time.perf_counter()
@@ -282,8 +275,17 @@ class _Estimation:
                 raise KGEngineError(f"the estimator returned {len(results)} results "
                                     f"for {len(chunk)} runs")
         except Exception as exc:  # noqa: BLE001 - one bad image must not stop a long job
+            bad = [run for run in chunk if isinstance(exc, BadImageError)
+                   and exc.path == str(run[0].lr_path)]
             if len(chunk) == 1:
                 results = [exc]
+            elif bad:
+                for image, seed in bad:
+                    self._record(image, seed, exc, 0.0)
+                rest = [run for run in chunk if run not in bad]
+                if rest:
+                    self.chunk(rest)
+                return
             else:
                 self.hooks.log(f"batch of {len(chunk)} failed ({describe(exc)}); "
                                "running them one by one")
@@ -348,19 +350,4 @@ def _score(
 
 def _run_name(image: EvalImage, seed: int) -> str:
     return f"{image.name} seed {seed}"
-
-
-def _too_small(path: Path, min_size: int) -> bool:
-    """Whether the image's header says a side is below ``min_size`` (unreadable: False, its
-    read fails with its own reason)."""
-    try:
-        return min(image_size(path)) < min_size
-    except KGEngineError:
-        return False
-
-
-def _small_error(path: Path, min_size: int) -> BadImageError:
-    """The error :func:`~kgengine.imageio.read_image` gives for an image that is too small."""
-    w, h = image_size(path)
-    return BadImageError(path, f"image is {w}x{h}, too small: needs {min_size} px a side")
 

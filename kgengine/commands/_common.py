@@ -75,6 +75,28 @@ def at_least(option: str, value: float | None, low: float) -> None:
         raise KGEngineError(f"{option} must be at least {low}, got {value}")
 
 
+#: Most restarts per image (``--restarts``): a batch trains K models of each image.
+MAX_RESTARTS = 64
+
+
+def max_threads() -> int:
+    """The most ``--threads`` taken: 4 per core, at least 64 (more only oversubscribe; a
+    huge value made torch's and onnxruntime's thread pools crash or hang)."""
+    return max(64, 4 * (os.cpu_count() or 1))
+
+
+def check_counts(threads: int | None = None, restarts: int | None = None) -> None:
+    """Raise unless ``--threads`` is in [0, :func:`max_threads`] and ``--restarts`` in
+    [1, :data:`MAX_RESTARTS`] (None: not given)."""
+    at_least("--threads", threads, 0)
+    at_least("--restarts", restarts, 1)
+    if threads is not None and threads > max_threads():
+        raise KGEngineError(f"--threads must be at most {max_threads()} (4 per core), got "
+                            f"{threads}")
+    if restarts is not None and restarts > MAX_RESTARTS:
+        raise KGEngineError(f"--restarts must be at most {MAX_RESTARTS}, got {restarts}")
+
+
 def check_seed(option: str, value: int | None) -> None:
     """Raise unless ``value`` (None: not given) is a seed in [0, 2**63 - 1]."""
     if value is not None and not 0 <= value <= MAX_SEED:

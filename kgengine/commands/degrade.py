@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from kgengine.commands._common import at_least, check_seed, cli_errors, fail
+from kgengine.commands._common import at_least, check_counts, check_seed, cli_errors, fail
 from kgengine.env_settings import check_env
 from kgengine.hooks import JobHooks
 from kgengine.progress import progress_hooks
@@ -143,7 +143,7 @@ def _check_options(out: Path, scale: int | None, noise: float, seed: int, batch:
     check_scale(scale, "--scale")
     check_seed("--seed", seed)
     at_least("--batch", batch, 1)
-    at_least("--threads", threads, 0)  # 0: the default
+    check_counts(threads=threads)  # 0: the default
     if not 0 <= noise <= 1:  # NaN too
         fail(f"--noise must be a sigma in [0, 1] (image range), got {noise}")
     if min_confidence is not None:

@@ -12,6 +12,7 @@ from kgengine.atomic import exclusive_lock, remove_stale_tmp
 from kgengine.commands._common import (
     at_least,
     auto_batch,
+    check_counts,
     check_defects,
     check_device,
     check_mode,
@@ -23,7 +24,7 @@ from kgengine.commands._common import (
     one_line,
 )
 from kgengine.config import KernelGANConfig, parse_overrides
-from kgengine.errors import KGEngineError, brief_list, shown
+from kgengine.errors import BadImageError, KGEngineError, brief_list, shown
 from kgengine.hooks import JobHooks
 from kgengine.progress import progress_hooks
 
@@ -100,9 +101,9 @@ def estimate(
     when its batch ends. A bad image or a file that cannot be written is reported on one
     line and skipped; the exit code is 1 if any image failed, after all the others are done.
     """
-    for option, value, low in (("--iters", iters, 1), ("--restarts", restarts, 1),
-                               ("--threads", threads, 0), ("--batch", batch, 0)):
+    for option, value, low in (("--iters", iters, 1), ("--batch", batch, 0)):
         at_least(option, value, low)
+    check_counts(threads=threads, restarts=restarts)
     check_seed("--seed", seed)
     check_device(device)
     check_mode(mode)
@@ -163,13 +164,20 @@ def _estimate(
     from kgengine.stopping import stop_rule_of, stop_setting
 
     base = KernelGANConfig.defects_fixed() if fix_defects else KernelGANConfig()
-    try:  # --set iters=N wins over --iters
+    try:
         cfg = (base if iters is None else base.with_iters(iters)).replace(
             **parse_overrides(overrides))
     except ValueError as exc:
         raise KGEngineError(str(exc)) from None
+    if iters is not None and cfg.iters != iters:  # --set iters=M as well, as the farm
+        raise KGEngineError(f"--iters {iters} and --set iters={cfg.iters} disagree: give one "
+                            "of them")
     on_cpu = resolve_device(device).type == "cpu"
     given, batch = batch, auto_batch(batch, device, restarts)
+    if not any(os.path.lexists(p) for p in images):  # nothing to read: no folder made
+        for p in images:
+            _failed(BadImageError(p, "no such file"))
+        return len(images)
     check_out_dir(out)
     wanted = requested_settings(seed=seed, iters=cfg.run_iters(restarts), config=cfg.to_dict(),
                                 x4=x4, restarts=restarts, mode=mode,
@@ -298,7 +306,6 @@ def _train(paths: list[Path], sources: dict[Path, Source], out: Path, cfg: Kerne
            wanted: dict[str, Any], device: str, hooks: JobHooks) -> list[tuple[Path, str]]:
     """Read, train (one batch) and write ``paths``: each path's state, done or failed."""
     from kgengine.api import estimate_kernels
-    from kgengine.errors import BadImageError
     from kgengine.imageio import read_image
 
     states, imgs, ok = [], [], []

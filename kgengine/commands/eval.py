@@ -12,6 +12,7 @@ from kgengine.commands._common import (
     MAX_SEED,
     at_least,
     auto_batch,
+    check_counts,
     check_defects,
     check_device,
     check_out_dir,
@@ -22,6 +23,7 @@ from kgengine.commands._common import (
     note_cold_cache,
     one_line,
 )
+from kgengine.env_settings import check_env
 from kgengine.errors import KGEngineError, brief_list
 from kgengine.hooks import JobHooks
 from kgengine.imageio import folder_image
@@ -148,7 +150,8 @@ def eval_command(
 
     if scale not in (2, 4):
         fail(f"--scale must be 2 or 4, got {scale}")
-    for option, value, low in (("--batch", batch, 0), ("--restarts", restarts, 1),
+    check_counts(restarts=restarts)
+    for option, value, low in (("--batch", batch, 0),
                                ("--iters", iters, 1)):
         at_least(option, value, low)
     check_device(device)
@@ -166,6 +169,9 @@ def eval_command(
         stop=stop,
     )
     check_stop(stop)
+    from kgengine.accuracy.dataset import list_dataset
+
+    list_dataset(dataset_dir, scale, settings.ids)  # a bad dataset or --ids: nothing written
     check_out_dir(out)
     with progress_hooks(f"eval x{scale}") as hooks:
         note_cold_cache(hooks.log)
@@ -190,6 +196,7 @@ def synth_command(hr_dir: HrDir, out: SynthOut, n: Count = None, seed: SetSeed =
     """
     from kgengine.accuracy import make_div2krk_like
 
+    check_env()  # before anything is written, as every other command
     at_least("--n", n, 1)
     check_seed("--seed", seed)
     if not hr_dir.is_dir():

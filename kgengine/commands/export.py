@@ -73,12 +73,16 @@ def export_fixed(
 ) -> None:
     """hr (N,C,H,W) -> lr (N,C,ceil(H/s),ceil(W/s)) with this kernel baked in."""
     from kgengine.export.graph import MAX_KERNEL_SIZE, check_range
-    from kgengine.kernel_files import read_kernel_file
+    from kgengine.kernel_files import RESULT_NAME, read_kernel_file
 
-    _check_options(out, scale, tile, dtype)
-    k = read_kernel_file(kernel)
+    k = read_kernel_file(kernel)  # a bad kernel file: refused before the output is made
     for side in k.shape:
         check_range(f"{kernel}: kernel side", side, MAX_KERNEL_SIZE)
+    named = RESULT_NAME.match(kernel.name)
+    if named and int(named["scale"]) != scale:  # as pool import reads a result file's name
+        raise KGEngineError(f"{kernel}: an x{named['scale']} kernel (its name), not "
+                            f"x{scale}; give --scale {named['scale']}")
+    _check_options(out, scale, tile, dtype)
     _export("fixed", out, kernel=k, scale=scale, noise=noise, tile=tile, dtype=dtype)
 
 
@@ -111,5 +115,6 @@ def export_generator(
     """hr (N,C,H,W) -> G's valid-region x2 output, G applied to each channel."""
     from kgengine.export import load_generator_weights
 
+    loaded = load_generator_weights(weights)  # a bad file: refused before the output is made
     _check_options(out)
-    _export("generator", out, weights=load_generator_weights(weights), folded=folded)
+    _export("generator", out, weights=loaded, folded=folded)

@@ -9,6 +9,7 @@ import typer
 
 from kgengine.commands._common import (
     at_least,
+    check_counts,
     check_device,
     check_mode,
     check_out_dir,
@@ -121,9 +122,9 @@ def farm(
     from kgengine.farm.runner import run_farm
     from kgengine.progress import progress_hooks
 
-    for option, value in (("--batch", batch), ("--iters", iters), ("--restarts", restarts)):
+    for option, value in (("--batch", batch), ("--iters", iters)):
         at_least(option, value, 1)
-    at_least("--threads", threads, 0)  # 0: the default, as estimate's
+    check_counts(threads=threads, restarts=restarts)  # --threads 0: the default
     at_least("--ray-cpus", ray_cpus, 0.01)
     check_seed("--seed", seed)
     check_device(device, here=ray is None)
@@ -227,6 +228,7 @@ def plot(
 
     at_least("--columns", columns, 1)
     at_least("--limit", limit, 1)
+    _pool_given(pool, min_confidence)
     for path in (out, hist):
         if path is not None and path.suffix.lower() != ".png" and not path.is_dir():
             raise KGEngineError(f"{path}: the picture is PNG; give a file name ending in .png")
@@ -237,6 +239,20 @@ def plot(
     for p in plot_pool(pool, out, columns=columns, limit=limit, hist=hist,
                        min_confidence=min_confidence):
         typer.echo(f"wrote {p}")
+
+
+def _pool_given(pool: Path, min_confidence: float | None = None,
+                top: float | None = None) -> None:
+    """Refuse a missing pool, a bad ``--min-confidence`` or ``--top`` before an output file's
+    folder is made (0.9.28: a failed pool command left an empty ``-o`` folder)."""
+    from kgengine.pool import check_min_confidence
+
+    if not pool.exists():
+        raise KGEngineError(f"{pool}: no such kernel pool (file or folder)")
+    if min_confidence is not None:
+        check_min_confidence(min_confidence)
+    if top is not None and not 0 < top <= 1:  # NaN too
+        raise KGEngineError(f"--top must be a fraction in (0, 1], got {top}")
 
 
 @pool_app.command("filter")
@@ -254,6 +270,9 @@ def filter_command(
     """Write a new pool file with only the kernels of confident estimates (for `degrade`)."""
     from kgengine.farm.poolview import filter_pool_file
 
+    if (min_confidence is None) == (top is None):
+        raise KGEngineError("give one of --min-confidence and --top")
+    _pool_given(pool, min_confidence, top)
     check_out_file(out)
     path, kept, total, threshold = filter_pool_file(pool, min_confidence, out, top)
     which = f" (the most confident {top:g} of those known)" if top is not None else ""
@@ -289,8 +308,8 @@ def import_command(
         raise KGEngineError(f"--scale must be 2 or 4, got {scale}")
     if out.suffix.lower() != ".npz":
         raise KGEngineError(f"{out}: the pool file must end in .npz")
+    result = import_kernels(sources, scale)  # a bad source: refused before -o is made
     check_out_file(out)
-    result = import_kernels(sources, scale)
     for message in result.failed.values():
         typer.echo(f"error: {one_line(message)}", err=True)
     path = save_pool(out, result.pool)
@@ -324,13 +343,13 @@ def export_command(
         raise KGEngineError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if size is not None:
         check_size(size)
+    kernels = load_pool(pool, min_confidence=min_confidence)  # before -o is made
     if fmt != "kair-mat":
         check_out_dir(out)
     elif out.suffix.lower() != ".mat":
         raise KGEngineError(f"{out}: the kair-mat file must end in .mat")
     else:
         check_out_file(out)
-    kernels = load_pool(pool, min_confidence=min_confidence)
     result = export_pool(kernels, out, fmt, size, source=pool)
     k = result.size
     lost = (f"; the crop dropped up to {result.lost:.2%} of a kernel's mass"

@@ -174,10 +174,10 @@ def _own_output(path: Path, out_dir: str | os.PathLike | None) -> bool:
 
 def check_collect_args(patch: int, stride: int | None, max_var: float, min_mean: float,
                        max_mean: float) -> None:
-    """Raise unless ``patch >= 2``, ``stride`` (None: P) ``>= 1``, ``max_var > 0`` and
-    ``min_mean <= max_mean`` (NaN refused), with one line naming the option."""
-    if patch < 2:
-        raise KGEngineError(f"--patch must be at least 2, got {patch}")
+    """Raise unless ``2 <= patch <= 1024``, ``stride`` (None: P) ``>= 1``, ``max_var > 0``
+    and ``min_mean <= max_mean`` (NaN refused), with one line naming the option."""
+    if not 2 <= patch <= 1024:
+        raise KGEngineError(f"--patch must be in [2, 1024], got {patch}")
     if stride is not None and stride < 1:
         raise KGEngineError(f"--stride must be at least 1, got {stride}")
     if not max_var > 0:
