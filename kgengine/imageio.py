@@ -7,10 +7,10 @@
   header through a memory map) and an image over :data:`MAX_PIXELS` is refused before any
   pixel is decoded; Pillow's own decompression-bomb limit is raised to the same value (and
   its warning silenced), so it neither refuses a valid image below kgengine's limit nor
-  prints;
+  prints; an image below ``min_size`` is refused from its header too;
 - **orientation**: a JPEG/TIFF's EXIF orientation is applied (a "rotate 90" photo is read
   upright), also by :func:`image_size`;
-- **values**: 8-bit data is divided by 255, 16-bit by 65535 (PNG/TIFF or ``uint8`` /
+- **values**: 8-bit data is divided by 255, 16-bit by 65535 (PNG/TIFF/PGM/PPM or ``uint8`` /
   ``uint16`` ``.npy``; Pillow decodes a 16-bit *colour* PNG to 8 bits per channel, so it
   is read at 8-bit precision: save a ``uint16`` ``.npy`` to keep 16 bits); float data
   (``.npy``, float TIFF) must already lie in [0, 1]; NaN/inf are refused; grayscale is
