@@ -189,7 +189,9 @@ def kair_convention(data: dict, path: Path) -> str:
     if "convention" not in data:
         return "correlation" if "ids" in data else "convolution"
     value = np.asarray(data["convention"]).ravel()
-    text = str(value[0]) if value.size == 1 else ""
+    if value.size == 1 and value.dtype == object:  # a MATLAB cell {'convolution'}
+        value = np.asarray(value[0]).ravel()
+    text = str(value[0]).strip() if value.size == 1 else ""
     if text not in ("convolution", "correlation"):
         raise KGEngineError(f"{path}: 'convention' must be 'convolution' or 'correlation', "
                             f"got {text or value!r}")

@@ -35,12 +35,6 @@ from kgengine.width import A_MID, BAND, NOISE_MARGIN, R_MID, polar_log_power, re
 VAR_RANGE: tuple[float, float] = (0.2, 8.0)
 #: Fewer usable bins than this: no fit.
 MIN_BINS: int = 8
-#: The least-squares Σ describes no blur, and gives no fit, where its smaller eigenvalue is
-#: above this (wider than the range in every direction: an 8-bit ramp, 14.8 px²) or its
-#: larger one below minus half of it (a spectrum that rises with frequency: a smooth float
-#: blob, −13 px²). Every benchmark and real LR image stays within 5.1 and −1.2 px²
-#: (``bench/data/fit_range_study.md``, with σ = 3/255 noise too).
-DEGENERATE_VAR: float = 8.0
 #: KernelGAN's kernel is kept unmixed where sqrt(det Σ) of the two differ by more than this.
 MAX_AREA_RATIO: float = 2.0
 
@@ -113,8 +107,7 @@ def spectral_covariance(lr_gray: np.ndarray, scale: int = 2, *, subtract_floor: 
             ``bench/study_fit_models.py``).
     Returns:
         (2, 2) float64 covariance in (row, col) pixels², eigenvalues in :data:`VAR_RANGE`;
-        None when fewer than :data:`MIN_BINS` bins are above the noise mask, or the fit
-        describes no blur (:func:`fit_is_degenerate`).
+        None when fewer than :data:`MIN_BINS` bins are above the noise mask.
     """
     if scale not in (2, 4):
         raise ValueError(f"scale must be 2 or 4, got {scale}")
@@ -124,18 +117,7 @@ def spectral_covariance(lr_gray: np.ndarray, scale: int = 2, *, subtract_floor: 
     s, fy, fx, _ = data
     design = np.stack([np.ones_like(fy), fy**2, 2 * fx * fy, fx**2], 1)
     beta = np.linalg.lstsq(design, s, rcond=None)[0]
-    if fit_is_degenerate(beta[1:], scale):
-        return None
     return covariance_of_quadratic(beta[1:], scale)
-
-
-def fit_is_degenerate(q: np.ndarray, scale: int) -> bool:
-    """Whether the unclipped Σ of the coefficients ``q`` (:func:`covariance_of_quadratic`)
-    describes no blur: ``λ_short > DEGENERATE_VAR`` or ``λ_long < −DEGENERATE_VAR / 2``
-    (:data:`DEGENERATE_VAR`; images without kernel information, 0.9.28's review)."""
-    c = 4 * np.pi**2 * (1 / 4 - (1 / 16 if scale == 2 else 1 / 64))
-    lo, hi = np.linalg.eigvalsh(np.array([[q[0], q[1]], [q[1], q[2]]]) / c)
-    return bool(lo > DEGENERATE_VAR or hi < -DEGENERATE_VAR / 2)
 
 
 def gaussian_of(cov: np.ndarray, size: int = 13) -> np.ndarray:

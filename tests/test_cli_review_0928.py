@@ -93,11 +93,16 @@ def test_a_misspelt_networks_variable_is_refused(tmp_path, value) -> None:
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("key", ["iters", "restart_iters"])
 @pytest.mark.parametrize("command", ["estimate", "farm"])
-def test_iters_and_set_iters_must_agree(tmp_path, command) -> None:
-    """``--iters 2 --set iters=3``: estimate trained 3 and the farm 2."""
-    _refused(_run(command, SAMPLE, "-o", tmp_path / "o", "--iters", 2, "--set", "iters=3"),
-             "--iters 2 and --set iters=3 disagree")
+def test_iters_and_set_iters_must_agree(tmp_path, command, key) -> None:
+    """``--iters 2 --set iters=3``: estimate trained 3 and the farm 2 (``restart_iters``
+    likewise, which ``--iters`` sets too); equal values are taken."""
+    _refused(_run(command, SAMPLE, "-o", tmp_path / "o", "--iters", 2, "--set", f"{key}=3"),
+             f"--iters 2 and --set {key}=3 disagree")
+    from kgengine.farm.settings import resolve_settings
+
+    assert resolve_settings(None, iters=2, overrides={key: "2"}).config.iters == 2
 
 
 @pytest.mark.parametrize(("setting", "bound"), [("g_channels=100000", "[1, 1024]"),

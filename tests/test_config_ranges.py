@@ -19,11 +19,11 @@ SAMPLE = Path(__file__).resolve().parent.parent / "kgengine" / "data" / "sample_
 #: (field, bad value, the range's text in the message)
 BAD = [
     ("n_filtering", 0, "at least 1"), ("n_filtering", -3, "at least 1"),
-    ("restart_n_filtering", 0, "at least 1"), ("d_layers", 2, "at least 3"),
-    ("d_layers", 0, "at least 3"), ("iters", 0, "at least 1"), ("restart_iters", 0, "at least 1"),
-    ("crop_size", 0, "at least 1"), ("shave", -1, "at least 0"), ("grad_window", 0, "at least 1"),
-    ("g_channels", 0, "at least 1"), ("d_channels", 0, "at least 1"),
-    ("d_kernel_size", 0, "at least 1"), ("lr_decay_every", 0, "at least 1"),
+    ("restart_n_filtering", 0, "at least 1"), ("d_layers", 2, "in [3, 64]"),
+    ("d_layers", 0, "in [3, 64]"), ("iters", 0, "at least 1"), ("restart_iters", 0, "at least 1"),
+    ("crop_size", 0, "in [1, 2048]"), ("shave", -1, "at least 0"), ("grad_window", 0, "in [1, 255]"),
+    ("g_channels", 0, "in [1, 1024]"), ("d_channels", 0, "in [1, 1024]"),
+    ("d_kernel_size", 0, "in [1, 63]"), ("lr_decay_every", 0, "at least 1"),
     ("bic_decay_every", 0, "at least 1"),
     ("lr_g", -1, "greater than 0"), ("lr_g", 0, "greater than 0"), ("lr_d", 0, "greater than 0"),
     ("g_init_gain", 0, "greater than 0"), ("d_init_gain", -0.1, "greater than 0"),

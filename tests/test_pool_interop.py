@@ -547,6 +547,11 @@ def test_an_export_made_before_0928_is_read_unrotated(tmp_path) -> None:
     savemat(tmp_path / "old.mat", {"kernels": cells, "ids": ids, "scale": np.int64(2)})
     np.testing.assert_allclose(import_kernels([tmp_path / "old.mat"], 2).pool.kernels[0], k,
                                atol=1e-7)
+    conv = np.empty((1, 1), dtype=object)  # a MATLAB cell {'correlation'}
+    conv[0, 0] = "correlation"
+    savemat(tmp_path / "cell.mat", {"kernels": cells, "convention": conv})
+    np.testing.assert_allclose(import_kernels([tmp_path / "cell.mat"], 2).pool.kernels[0], k,
+                               atol=1e-7)
     savemat(tmp_path / "bad.mat", {"kernels": cells, "convention": "flipped"})
     with pytest.raises(KGEngineError, match="bad.mat: 'convention' must be"):
         import_kernels([tmp_path / "bad.mat"], 2)

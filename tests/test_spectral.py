@@ -110,19 +110,6 @@ def test_config_spectral_mix():
         cfg.replace(spectral_mix=1.5)
 
 
-def test_images_without_kernel_information_give_no_fit() -> None:
-    """0.9.28's review: an 8-bit ramp was fitted (unclipped variances 14.8 / 17.9 px²,
-    clipped to the range's top) and got confidence 0.69; a smooth float blob (−13 px²) was
-    fitted at the floor. Neither describes a blur: no fit."""
-    from kgengine.spectral import spectral_covariance
-
-    x = np.arange(96)
-    ramp = np.round(np.tile(x / 95.0, (96, 1)) * 255) / 255
-    yy, xx = np.mgrid[:96, :96]
-    blob = np.exp(-((yy - 48.0) ** 2 + (xx - 48.0) ** 2) / (2 * 15.0**2))
-    assert spectral_covariance(ramp, 2) is None and spectral_covariance(blob, 2) is None
-
-
 def test_a_point_kernel_is_round_for_the_confidence() -> None:
     """A delta's variances are both 0: its elongation was 0, and its confidence 1.0."""
     from kgengine.confidence import agreement_score, spectral_confidence

@@ -169,9 +169,10 @@ def _estimate(
             **parse_overrides(overrides))
     except ValueError as exc:
         raise KGEngineError(str(exc)) from None
-    if iters is not None and cfg.iters != iters:  # --set iters=M as well, as the farm
-        raise KGEngineError(f"--iters {iters} and --set iters={cfg.iters} disagree: give one "
-                            "of them")
+    for key in ("iters", "restart_iters"):  # --iters N sets both: --set key=M as well
+        if iters is not None and getattr(cfg, key) != iters:
+            raise KGEngineError(f"--iters {iters} and --set {key}={getattr(cfg, key)} "
+                                "disagree: give one of them")
     on_cpu = resolve_device(device).type == "cpu"
     given, batch = batch, auto_batch(batch, device, restarts)
     if not any(os.path.lexists(p) for p in images):  # nothing to read: no folder made

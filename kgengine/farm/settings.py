@@ -92,9 +92,10 @@ def resolve_settings(stored: dict[str, Any] | None, *, seed: int | None = None,
     cfg = config if config is not None else base.config
     try:
         cfg = cfg.replace(**overrides) if overrides else cfg
-        if iters is not None and "iters" in (overrides or {}) and cfg.iters != iters:
-            raise KGEngineError(f"--iters {iters} and --set iters={cfg.iters} disagree: give "
-                                "one of them")
+        for key in ("iters", "restart_iters"):  # --iters N sets both, as estimate's
+            if iters is not None and key in (overrides or {}) and getattr(cfg, key) != iters:
+                raise KGEngineError(f"--iters {iters} and --set {key}={getattr(cfg, key)} "
+                                    "disagree: give one of them")
         cfg = cfg.with_iters(iters) if iters is not None else cfg
     except ValueError as exc:
         raise KGEngineError(str(exc)) from None
