@@ -171,6 +171,8 @@ def eval_command(
     check_stop(stop)
     from kgengine.accuracy.dataset import list_dataset
 
+    if out.exists() and not out.is_dir():
+        check_out_dir(out)  # "is a file": said first, as every command does
     list_dataset(dataset_dir, scale, settings.ids)  # a bad dataset or --ids: nothing written
     check_out_dir(out)
     with progress_hooks(f"eval x{scale}") as hooks:

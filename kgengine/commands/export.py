@@ -39,9 +39,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _check_options(out: Path, scale: int = 2, tile: int = 1, dtype: str = "fp32") -> None:
-    """Refuse (one line) an ``out`` not ending in ``.onnx``, a folder or an unwritable
-    place, ``--scale`` / ``--tile`` outside [1, 8] and an unknown ``--dtype``, before any
-    work."""
+    """Refuse (one line) an ``out`` not ending in ``.onnx``, ``--scale`` / ``--tile`` outside
+    [1, 8] and an unknown ``--dtype``, before any work; nothing is made (the command checks
+    the output place with ``check_out_file`` once its inputs are read)."""
     from kgengine.export.graph import DTYPES, MAX_SCALE, MAX_TILE, check_range
 
     if out.suffix.lower() != ".onnx" and not out.is_dir():  # a folder: check_out_file says so
@@ -50,7 +50,6 @@ def _check_options(out: Path, scale: int = 2, tile: int = 1, dtype: str = "fp32"
     check_range("--tile", tile, MAX_TILE)
     if dtype not in DTYPES:
         raise KGEngineError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    check_out_file(out)
 
 
 def _export(kind: str, out: Path, **options: object) -> None:
@@ -75,6 +74,7 @@ def export_fixed(
     from kgengine.export.graph import MAX_KERNEL_SIZE, check_range
     from kgengine.kernel_files import RESULT_NAME, read_kernel_file
 
+    _check_options(out, scale, tile, dtype)
     k = read_kernel_file(kernel)  # a bad kernel file: refused before the output is made
     for side in k.shape:
         check_range(f"{kernel}: kernel side", side, MAX_KERNEL_SIZE)
@@ -82,7 +82,7 @@ def export_fixed(
     if named and int(named["scale"]) != scale:  # as pool import reads a result file's name
         raise KGEngineError(f"{kernel}: an x{named['scale']} kernel (its name), not "
                             f"x{scale}; give --scale {named['scale']}")
-    _check_options(out, scale, tile, dtype)
+    check_out_file(out)
     _export("fixed", out, kernel=k, scale=scale, noise=noise, tile=tile, dtype=dtype)
 
 
@@ -99,6 +99,7 @@ def export_pool(
 
     _check_options(out, scale, tile, dtype)
     check_kernel_side("--kernel-size", kernel_size)
+    check_out_file(out)
     _export("pool", out, kernel_size=kernel_size, scale=scale, noise=noise, tile=tile,
             dtype=dtype)
 
@@ -115,6 +116,7 @@ def export_generator(
     """hr (N,C,H,W) -> G's valid-region x2 output, G applied to each channel."""
     from kgengine.export import load_generator_weights
 
-    loaded = load_generator_weights(weights)  # a bad file: refused before the output is made
     _check_options(out)
+    loaded = load_generator_weights(weights)  # a bad file: refused before the output is made
+    check_out_file(out)
     _export("generator", out, weights=loaded, folded=folded)
