@@ -83,4 +83,3 @@ def backends_used(device: torch.device) -> dict[str, str | None]:
     else:
         out.update(numba=numba.__version__, llvmlite=llvmlite.__version__)
     return out
-

@@ -99,6 +99,8 @@ def memory_batches(sizes: list[int], cap: int, restarts: int = 1,
     one figure.
     """
     available = available_bytes() if available is None else available
+    if available is None:  # unknown (not Linux): the cap, without asking again per batch
+        return [min(cap, len(sizes) - i) for i in range(0, len(sizes), cap)]
     lengths, start = [], 0
     while start < len(sizes):
         n = 1
@@ -109,4 +111,3 @@ def memory_batches(sizes: list[int], cap: int, restarts: int = 1,
         lengths.append(n)
         start += n
     return lengths
-

@@ -350,4 +350,3 @@ def _score(
 
 def _run_name(image: EvalImage, seed: int) -> str:
     return f"{image.name} seed {seed}"
-

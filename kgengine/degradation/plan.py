@@ -79,9 +79,7 @@ def list_hr_files(hr_dir: str | os.PathLike) -> list[Path]:
     hr_dir = Path(hr_dir)
     if not hr_dir.is_dir():
         raise KGEngineError(f"{hr_dir}: no such folder")
-    files = sorted(
-        p for p in hr_dir.iterdir() if imageio.folder_image(p)
-    )
+    files = sorted(p for p in hr_dir.iterdir() if imageio.folder_image(p))
     if not files:
         raise KGEngineError(f"{hr_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
     seen: dict[str, Path] = {}

@@ -3,8 +3,9 @@
 An INPUT is one of
 
 - an image file (any suffix: a file that is not an image ends as a failed row with the reason);
-- a folder: the image files directly inside it (suffixes :data:`IMAGE_SUFFIXES`, case
-  insensitive, hidden files skipped), in sorted name order; with ``recursive=True`` also those
+- a folder: the image files directly inside it (:func:`kgengine.imageio.image_name`:
+  suffixes :data:`kgengine.imageio.IMAGE_SUFFIXES`, case insensitive, hidden files
+  skipped), in sorted name order; with ``recursive=True`` also those
   in its sub-folders (sorted by relative path, hidden folders skipped);
 - a ``.txt`` list: one path per line (blank lines and lines starting with ``#`` ignored;
   relative paths are relative to the list's folder); each entry is a file or a folder as
@@ -39,9 +40,8 @@ from pathlib import Path
 from kgengine.atomic import why as os_reason
 from kgengine.errors import KGEngineError, brief_list, shown
 from kgengine.farm.manifest import MANIFEST_FILE
-from kgengine.imageio import IMAGE_SUFFIXES, image_name, listed_file
+from kgengine.imageio import image_name, listed_file
 
-__all__ = ["IMAGE_SUFFIXES"]  # files taken from folders: one rule everywhere (imageio)
 #: Files read as lists of paths.
 LIST_SUFFIXES = (".txt",)
 #: kgengine's image-like output files (:func:`kgengine.outputs.output_paths`; not imported:
@@ -207,7 +207,7 @@ class _OwnOutputs:
         files :data:`OUTPUT_ENDINGS` left out (and noted) if ``folder`` holds estimate
         reports."""
         names = sorted(names)
-        found = [n for n in names if _is_image_name(n)]
+        found = [n for n in names if image_name(n)]
         kernels = [n for n in found if n.endswith(OUTPUT_ENDINGS)]
         if kernels and _holds_reports(folder, names):
             self.estimate.append(folder)
@@ -251,10 +251,6 @@ def _walk(folder: Path, recursive: bool, own: _OwnOutputs) -> Iterator[Path]:
     for root, dirs, names in os.walk(folder):
         dirs[:] = own.enter(Path(root), dirs)  # pool folders' files would be left out anyway
         yield from own.images(Path(root), names)
-
-
-def _is_image_name(name: str) -> bool:
-    return image_name(name)
 
 
 def _read_json(path: Path) -> object:
