@@ -297,9 +297,10 @@ def test_gpu_backends_match_reference(name) -> None:  # noqa: ANN001
                 assert_same_batch(PatchBatch(*(t.cpu() for t in got)), want)
 
 
-def test_sizes_are_read_on_the_host_once_per_tensor(monkeypatch) -> None:
-    """A trainer passes the same sizes tensor every iteration: it is validated (a host
-    read, a GPU synchronisation) once, and again only after an in-place change."""
+def test_cpu_sizes_are_read_on_the_host_every_call(monkeypatch) -> None:
+    """A GPU sizes tensor is validated (a synchronisation) once a version; a CPU one at
+    every call, since a write through a NumPy alias keeps its version (0.9.29; before, a
+    CPU tensor was read once too)."""
     from kgengine.ops import _spec
 
     calls = []
@@ -311,8 +312,8 @@ def test_sizes_are_read_on_the_host_once_per_tensor(monkeypatch) -> None:
     seeds = torch.tensor([1, 2])
     for _ in range(3):
         _spec.check_patches(images, cdf, sizes, seeds, 20, 10)
-    assert len(calls) == 1
-    sizes[1, 0] = 12  # now too small for the 20-px crop: checked again, and refused
+    assert len(calls) == 3
+    sizes[1, 0] = 12  # now too small for the 20-px crop: refused
     with pytest.raises(ValueError, match="image 1 is 12x36 pixels"):
         _spec.check_patches(images, cdf, sizes, seeds, 20, 10)
-    assert len(calls) == 2
+    assert len(calls) == 4

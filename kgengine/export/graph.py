@@ -190,17 +190,33 @@ def noise_io(nodes: list, inits: list, inputs: list, y: str, out: str,
     """Append ``out = y + reshape(noise_sigma, (-1,1,1,1)) * noise`` to the graph lists.
 
     Adds the inputs ``noise_sigma`` (S,) with S = N or 1, and ``noise`` (Nn, Cn, Hn, Wn),
-    broadcastable to ``y``, both of ONNX type ``elem`` (float32 by default).
+    broadcastable to ``y``, both of ONNX type ``elem`` (float32 by default). ``out`` has
+    ``y``'s shape: a ``noise_sigma`` or ``noise`` that would broadcast ``y`` to more images
+    or channels is an error naming the node ``noise_must_broadcast_to_lr`` (before 0.9.29
+    the output grew instead): the sum's shape is read at the indices ``0..3 + 100·d``, with
+    ``d`` the summed difference of the two shapes, and ``out`` is reshaped to what it read.
     """
     inputs += [
         helper.make_tensor_value_info("noise_sigma", elem, ["S"]),
         helper.make_tensor_value_info("noise", elem, ["Nn", "Cn", "Hn", "Wn"]),
     ]
-    inits.append(const("sigma_shape", np.array([-1, 1, 1, 1], np.int64)))
+    inits += [const("sigma_shape", np.array([-1, 1, 1, 1], np.int64)),
+              const("iota4", np.arange(4, dtype=np.int64)),
+              const("noise_off_range", np.array(100, np.int64))]
     nodes += [
         helper.make_node("Reshape", ["noise_sigma", "sigma_shape"], ["sigma4"]),
         helper.make_node("Mul", ["sigma4", "noise"], ["scaled_noise"]),
-        helper.make_node("Add", [y, "scaled_noise"], [out]),
+        helper.make_node("Add", [y, "scaled_noise"], ["noisy"]),
+        helper.make_node("Shape", [y], ["y_shape"]),
+        helper.make_node("Shape", ["noisy"], ["noisy_shape"]),
+        helper.make_node("Sub", ["noisy_shape", "y_shape"], ["shape_diff"]),
+        helper.make_node("Abs", ["shape_diff"], ["shape_abs"]),
+        helper.make_node("ReduceSum", ["shape_abs"], ["shape_d"], keepdims=0),
+        helper.make_node("Mul", ["shape_d", "noise_off_range"], ["shape_off"]),
+        helper.make_node("Add", ["iota4", "shape_off"], ["shape_index"]),
+        helper.make_node("Gather", ["noisy_shape", "shape_index"], ["lr_shape"], axis=0,
+                         name="noise_must_broadcast_to_lr"),
+        helper.make_node("Reshape", ["noisy", "lr_shape"], [out]),
     ]
 
 

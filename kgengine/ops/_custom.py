@@ -63,6 +63,9 @@ class _DownscaleFn(torch.autograd.Function):
     def backward(ctx, grad_out):  # noqa: ANN001, ANN205
         x, kernel = ctx.saved_tensors
         need_x, need_k = ctx.needs_input_grad[:2]
+        if torch.is_grad_enabled():  # backward(create_graph=True): the reference's graph
+            return _differentiable_grads(x, kernel, grad_out, ctx.scale, ctx.border,
+                                         need_x, need_k) + (None,) * 5
         gx = gk = None
         if need_k and ctx.kernel_grad is not None:
             gk = _kernel_grad_like(ctx.kernel_grad, x, kernel, grad_out, ctx.scale, ctx.border)
@@ -77,6 +80,19 @@ class _DownscaleFn(torch.autograd.Function):
             gx = next(grads) if need_x else None
             gk = next(grads) if need_k else gk
         return gx, gk, None, None, None, None, None
+
+
+def _differentiable_grads(x: torch.Tensor, kernel: torch.Tensor, grad_out: torch.Tensor,
+                          scale: int, border: str, need_x: bool, need_k: bool
+                          ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(dL/dx, dL/dkernel)`` (None where not needed) by differentiating the reference with
+    ``create_graph=True``, so that they can be differentiated again (a backend's kernel
+    gradient has no graph; before 0.9.29 a second derivative failed on the Numba backend)."""
+    with torch.enable_grad():
+        y = _torch.downscale(x, kernel, scale, border)
+        wanted = [t for t, need in ((x, need_x), (kernel, need_k)) if need]
+        grads = iter(torch.autograd.grad(y, wanted, grad_out, create_graph=True))
+    return (next(grads) if need_x else None), (next(grads) if need_k else None)
 
 
 def _kernel_grad_like(

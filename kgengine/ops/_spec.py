@@ -7,6 +7,7 @@ arguments and the output shapes are the same in every backend. No Numba or CuPy 
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -71,7 +72,8 @@ def check_downscale(x: torch.Tensor, kernel: object, scale: int, border: str) ->
         raise ValueError(f"x: expected a floating-point tensor, got {x.dtype}")
     if border not in BORDERS:
         raise ValueError(f"border: expected one of {BORDERS}, got {border!r}")
-    if scale not in SCALES:
+    # 2.0 and True compare equal to 2 and 1 but fail deep in a backend (0.9.29)
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Integral) or scale not in SCALES:
         raise ValueError(f"scale: expected one of {SCALES}, got {scale!r}")
     b, _, h, w = x.shape
     if not isinstance(kernel, torch.Tensor):
@@ -137,9 +139,9 @@ def check_patches(
     """Validate the arguments of ``sample_patches``; return ``(sizes_hw, seeds)`` as int64
     tensors on the images' device ((B, 2) and (B,)).
 
-    Reads ``sizes_hw`` on the host (a device-to-host copy, i.e. a synchronisation, if it
-    lives on a GPU) the first time a given ``sizes_hw`` tensor is seen, and again only if it
-    was modified in place since: a trainer calling this every iteration with the same
+    Reads ``sizes_hw`` on the host: a CPU tensor at every call; a GPU one (a device-to-host
+    copy, i.e. a synchronisation) the first time it is seen, and again only if it was
+    modified in place since: a trainer calling this every iteration with the same
     tensor never synchronises.
     """
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
@@ -161,7 +163,10 @@ def check_patches(
     need = max(g_size, d_size)
     key = (h, w, need)
     stamp = (sizes_hw._version, key)  # the tensor's in-place version counter
-    if getattr(sizes_hw, "_kgengine_checked", None) != stamp:
+    # On the CPU the check costs microseconds and a write through a NumPy alias leaves the
+    # version counter as it was (the Numba kernels then read outside the batch, 0.9.29):
+    # only a GPU tensor, whose check is a synchronisation, is checked once a version.
+    if sizes_hw.device.type == "cpu" or getattr(sizes_hw, "_kgengine_checked", None) != stamp:
         _check_sizes(sizes_hw, h, w, need)
         sizes_hw._kgengine_checked = stamp
     dev = images.device

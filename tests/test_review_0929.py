@@ -1,0 +1,92 @@
+"""Bugs found by the 0.9.29 review, one test each: every assertion here failed before its fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from kgengine.export.degraders import build_fixed_model, build_pool_model
+from kgengine.ops import downscale, sample_patches
+from kgengine.ops._torch import downscale as reference
+
+
+def _run(model, feeds: dict) -> np.ndarray:  # noqa: ANN001
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    sess = ort.InferenceSession(model.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+    return sess.run(["lr"], feeds)[0]
+
+
+@pytest.mark.parametrize("kind", ["fixed", "pool"])
+@pytest.mark.parametrize("channels, sigma_rows, noise_shape", [
+    (3, 4, (1, 3, 8, 8)),   # more sigmas than images
+    (3, 1, (5, 3, 8, 8)),   # more noise images than images
+    (1, 1, (1, 3, 8, 8)),   # RGB noise on a grey image
+])
+def test_onnx_noise_cannot_grow_the_batch(kind: str, channels: int, sigma_rows: int,
+                                          noise_shape: tuple[int, ...]) -> None:
+    """A noise_sigma or noise with more rows (or channels) than ``hr`` made ``lr`` that many
+    copies of the one blurred image, with no error; it now fails in a node that says why,
+    and the shapes the README gives still work."""
+    k = np.full((5, 5), 1 / 25, np.float32)
+    model = (build_fixed_model(k, 2, noise=True) if kind == "fixed"
+             else build_pool_model(5, 2, noise=True))
+    hr = np.random.default_rng(0).random((1, channels, 16, 16), dtype=np.float32)
+    feeds = {"hr": hr} if kind == "fixed" else {"hr": hr, "kernel": k[None, None]}
+    bad = {"noise_sigma": np.full(sigma_rows, 0.01, np.float32),
+           "noise": np.zeros(noise_shape, np.float32)}
+    with pytest.raises(Exception, match="noise_must_broadcast_to_lr"):
+        _run(model, {**feeds, **bad})
+    good = {"noise_sigma": np.full(1, 0.5, np.float32),
+            "noise": np.ones((1, 1, 1, 8), np.float32)}
+    clean = {"noise_sigma": np.zeros(1, np.float32), "noise": np.zeros((1, 1, 8, 8), np.float32)}
+    lr = _run(model, {**feeds, **good})
+    assert lr.shape == (1, channels, 8, 8)
+    np.testing.assert_allclose(lr - _run(model, {**feeds, **clean}), 0.5, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [2.0, np.float64(2.0), True])
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_downscale_refuses_a_scale_that_is_not_an_integer(scale: object, backend: str) -> None:
+    """2.0 and True passed the check (they equal 2 and 1) and failed with an unrelated
+    TypeError inside the backend."""
+    with pytest.raises(ValueError, match="scale: expected one of"):
+        downscale(torch.rand(1, 1, 8, 8), torch.ones(3, 3) / 9, scale, backend=backend)
+    out = downscale(torch.rand(1, 1, 8, 8), torch.ones(3, 3) / 9, np.int64(2), backend=backend)
+    assert out.shape == (1, 1, 4, 4)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_sample_patches_rechecks_sizes_changed_through_numpy(backend: str) -> None:
+    """The size check was cached on the tensor's version counter, which a write through a
+    NumPy alias leaves unchanged: the Numba kernel then cropped outside the image."""
+    images = torch.rand(1, 1, 40, 40)
+    cdf = torch.zeros(1, 2, 1600, dtype=torch.float64)
+    cdf[..., -1] = 1.0
+    buf = np.array([[40, 40]], np.int64)
+    sizes, seeds = torch.from_numpy(buf), torch.zeros(1, dtype=torch.int64)
+    sample_patches(images, cdf, sizes, seeds, 0, 32, 16, 0.0, backend=backend)
+    buf[:] = 400
+    with pytest.raises(ValueError, match="exceeds the padded batch"):
+        sample_patches(images, cdf, sizes, seeds, 0, 32, 16, 0.0, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_downscale_second_derivatives_agree(backend: str) -> None:
+    """``create_graph=True`` through the Numba backend's kernel gradient gave a gradient
+    without a graph ("element 0 of tensors does not require grad"); x's gradient had no
+    graph on any custom backend."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 2, 9, 8, dtype=torch.float64, generator=gen, requires_grad=True)
+    k = torch.rand(3, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+
+    def second(be: str | None) -> list[torch.Tensor]:
+        y = downscale(x, k, 2, backend=be) if be else reference(x, k, 2, "reflect")
+        gx, gk = torch.autograd.grad((y**2).sum(), (x, k), create_graph=True)
+        return list(torch.autograd.grad((gk**2).sum() + (gx**3).sum(), (x, k)))
+
+    for got, want in zip(second(backend), second(None), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
