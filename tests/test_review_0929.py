@@ -9,6 +9,7 @@ import torch
 
 from kgengine.export.degraders import build_fixed_model, build_pool_model
 from kgengine.ops import downscale, sample_patches
+from kgengine.ops._torch import degrade_torch, ieee_convolutions
 from kgengine.ops._torch import downscale as reference
 
 
@@ -90,3 +91,29 @@ def test_downscale_second_derivatives_agree(backend: str) -> None:
 
     for got, want in zip(second(backend), second(None), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_cuda_convolutions_are_held_to_float32() -> None:
+    """cuDNN's float32 convolutions may run in TF32 by PyTorch's default (about 1e-3
+    relative on Ampere and newer); the degrade path turns that off for its convolution and
+    restores the global setting afterwards."""
+    conv = torch.backends.cudnn.conv
+    before = conv.fp32_precision
+    with ieee_convolutions(False):
+        assert conv.fp32_precision == before
+    with ieee_convolutions(True):
+        assert conv.fp32_precision == "ieee"
+    assert conv.fp32_precision == before
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_degrade_matches_the_cpu_in_float32() -> None:
+    """With TF32 a 13×13 degrade on an Ampere+ GPU is off by about 1e-3 relative."""
+    gen = torch.Generator().manual_seed(0)
+    hr = torch.rand(2, 3, 96, 80, generator=gen)
+    k = torch.rand(13, 13, generator=gen)
+    k /= k.sum()
+    want = degrade_torch(hr.double(), k.double(), 2)
+    got = degrade_torch(hr.cuda(), k.cuda(), 2).cpu().double()
+    torch.testing.assert_close(got, want, rtol=2e-6, atol=2e-6)

@@ -15,6 +15,9 @@ Patch sampling: the spec in :mod:`kgengine.ops.patches`, vectorised over the bat
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 
@@ -65,8 +68,38 @@ def degrade_torch(hr: torch.Tensor, kernel: torch.Tensor, scale: int) -> torch.T
     xp = reflect_pad(hr, cy, bottom, cx, right)
     weight = kernel.repeat_interleave(c, dim=0).unsqueeze(1)  # (B*C, 1, kh, kw)
     xp = xp.reshape(1, b * c, *xp.shape[-2:])
-    y = F.conv2d(xp, weight, stride=scale, groups=b * c)
+    with ieee_convolutions(xp.is_cuda):
+        y = F.conv2d(xp, weight, stride=scale, groups=b * c)
     return y[..., :out_h, :out_w].reshape(b, c, out_h, out_w)
+
+
+@contextlib.contextmanager
+def ieee_convolutions(on_cuda: bool) -> Iterator[None]:
+    """cuDNN convolutions in float32 arithmetic within the block, when ``on_cuda``.
+
+    PyTorch's default lets cuDNN run float32 convolutions in TF32 on Ampere and newer GPUs
+    (a 10-bit mantissa: about 1e-3 relative), so a degrade on such a GPU differed from the
+    CPU's and from the ONNX degraders (whose CUDA provider sets ``use_tf32=0``) by that
+    much (0.9.29's review). The setting is PyTorch's global one, restored on exit; on CPU
+    nothing changes.
+    """
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if not on_cuda:
+        yield
+    elif conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9
+        old = conv.fp32_precision
+        conv.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision = old
+    else:
+        old_flag = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32 = old_flag
 
 
 def downscale(
