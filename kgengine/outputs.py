@@ -134,9 +134,17 @@ def _usable_kernel(npy: Path, mat: Path) -> bool:
     try:
         kernel = np.load(npy, allow_pickle=False)
         check_kernel(kernel, "")
-    except (OSError, ValueError, BadKernelError):
+    except (OSError, ValueError, EOFError, BadKernelError):  # an empty file: EOFError
         return False
     return mat_problem(mat, kernel) is None
+
+
+def _non_empty(path: Path) -> bool:
+    """Whether ``path`` is a file with at least one byte."""
+    try:
+        return path.is_file() and path.stat().st_size > 0
+    except OSError:
+        return False
 
 
 def mat_problem(path: Path, kernel: np.ndarray) -> str | None:
@@ -175,8 +183,9 @@ def stored_differences(outdir: str | Path, name: str, wanted: dict[str, Any],
             (``image_sha256``, written since 0.9.25) was made from another file of the same
             name: that is a difference. None, or a report without it: not compared.
     Returns:
-        None when there are no usable outputs (no report, an unreadable one, or a kernel
-        file missing or damaged, :func:`_usable_kernel`): the image is to be done; ``[]``
+        None when there are no usable outputs (no report, an unreadable one, a kernel
+        file missing or damaged, :func:`_usable_kernel`, or the picture or generator
+        missing or empty): the image is to be done; ``[]``
         when they exist and were made with the same settings; otherwise the differences,
         e.g. ``["seed (stored 0, asked 4)", "config.lr_g (stored 0.0002, asked 0.0001)"]``.
         ``x4`` is a setting like the others (since 0.9.26): ``--x4`` reads the image as an
@@ -190,6 +199,8 @@ def stored_differences(outdir: str | Path, name: str, wanted: dict[str, Any],
         return None
     if not isinstance(report, dict) or not _usable_kernel(p["x2_npy"], p["x2_mat"]):
         return None
+    if not all(_non_empty(p[key]) for key in ("png", "generator")):
+        return None  # the picture and G's weights are written for every image (0.9.29)
     have = stored_settings(report)
     if have["x4"] and not _usable_kernel(p["x4_npy"], p["x4_mat"]):
         return None

@@ -288,13 +288,22 @@ def test_restarts_are_not_redone_for_a_length_given_another_way(tmp_path):
     assert "iters (stored 30, asked 40)" in res.output
 
 
-@pytest.mark.parametrize("damage", ["truncate", "nan", "delete_x4", "mat"])
+@pytest.mark.parametrize("damage", ["truncate", "empty", "nan", "delete_x4", "mat",
+                                    "empty_png", "delete_generator"])
 def test_a_damaged_kernel_file_is_redone(tmp_path, damage):
+    """0.9.29: an empty .npy (NumPy raises EOFError) stopped the rerun with "Aborted.";
+    a missing generator or an empty picture was kept as done."""
     out = tmp_path / "out"
     assert estimate(out, "--x4").exit_code == 0
     good = {n: (out / f"sample_lr_kernel_{n}.npy").read_bytes() for n in ("x2", "x4")}
     if damage == "truncate":
         (out / "sample_lr_kernel_x2.npy").write_bytes(good["x2"][:50])
+    elif damage == "empty":
+        (out / "sample_lr_kernel_x4.npy").write_bytes(b"")
+    elif damage == "empty_png":
+        (out / "sample_lr_kernel.png").write_bytes(b"")
+    elif damage == "delete_generator":
+        (out / "sample_lr_generator.npz").unlink()
     elif damage == "nan":
         np.save(out / "sample_lr_kernel_x2.npy", np.full((13, 13), np.nan))
     elif damage == "delete_x4":
@@ -305,6 +314,7 @@ def test_a_damaged_kernel_file_is_redone(tmp_path, damage):
     res = estimate(out, "--x4")
     assert res.exit_code == 0 and "(done)" not in res.output, res.output
     assert {n: (out / f"sample_lr_kernel_{n}.npy").read_bytes() for n in ("x2", "x4")} == good
+    assert min((out / f"sample_lr_{n}").stat().st_size for n in ("kernel.png", "generator.npz"))
 
 
 def test_the_output_folder_may_be_the_folder_of_photos(tmp_path):

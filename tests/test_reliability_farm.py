@@ -55,11 +55,18 @@ def _events(pool_dir, name):
 
 
 # ---------------------------------------------------------------------- 2. self-healing pool
-@pytest.mark.parametrize("damage", ["delete x2 kernel", "truncate report", "corrupt x4 kernel"])
+@pytest.mark.parametrize("damage", ["delete x2 kernel", "truncate report", "corrupt x4 kernel",
+                                    "empty x4 kernel", "empty picture"])
 def test_pool_heals_damaged_done_rows(pool, fake, damage):
+    """0.9.29: an empty .npy stopped the farm with "Aborted." (NumPy's EOFError) at every
+    run; an empty picture was kept."""
     pool_dir, _ = pool
     files = _row(pool_dir, "p1").output_paths
-    if damage == "delete x2 kernel":
+    if damage.startswith("empty"):
+        key = "x4_npy" if damage == "empty x4 kernel" else "png"
+        (pool_dir / files[key]).write_bytes(b"")
+        why = f"{files[key]} is empty"
+    elif damage == "delete x2 kernel":
         (pool_dir / files["x2_npy"]).unlink()
         why = f"{files['x2_npy']} is missing"
     elif damage == "truncate report":

@@ -52,7 +52,8 @@ def fail(message: str) -> NoReturn:
 
 def cli_errors(command: Callable[P, R]) -> Callable[P, R]:
     """Decorate a command: a :class:`KGEngineError` (or any other :class:`OSError`, e.g. an
-    unreadable input) becomes one ``error:`` line and exit 1."""
+    unreadable input, or an ``EOFError`` from an empty file) becomes one ``error:`` line and
+    exit 1."""
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -63,6 +64,8 @@ def cli_errors(command: Callable[P, R]) -> Callable[P, R]:
         except OSError as exc:
             where = f"{shown(exc.filename)}: " if exc.filename else ""
             fail(f"{where}{exc.strerror or exc}")
+        except EOFError as exc:  # NumPy on an empty file; click would print "Aborted."
+            fail(f"a file ended early (empty or truncated): {exc}")
 
     return wrapper
 

@@ -80,7 +80,8 @@ Restarts = Annotated[
 HrDir = Annotated[Path, typer.Argument(help="Folder of HR images (png/jpg/...).")]
 SynthOut = Annotated[Path, typer.Option("--out", "-o", help="Output dataset folder.")]
 Count = Annotated[
-    int | None, typer.Option(help="Number of images (evenly spread over the sorted list).")
+    int | None,
+    typer.Option(help="Number of images (evenly spread over the sorted list). Default: all."),
 ]
 SetSeed = Annotated[int, typer.Option(help="Set seed: same seed, same set.")]
 

@@ -63,7 +63,8 @@ def load_done_row(pool_dir: Path, row: Row, x4: bool) -> tuple[dict, dict[str, n
 
     Every file the row lists must exist; the report must be a JSON object, each kernel a
     usable kernel (:func:`~kgengine.kernel.check_kernel`) and each ``.mat`` hold the same
-    kernel (the PNG picture and the generator weights are checked for presence only).
+    kernel (the PNG picture and the generator weights are checked for presence only); no
+    file may be empty.
 
     Raises:
         UnusableOutputs: naming the first file that is missing or unreadable, and why.
@@ -74,8 +75,14 @@ def load_done_row(pool_dir: Path, row: Row, x4: bool) -> tuple[dict, dict[str, n
     if lacking:
         raise UnusableOutputs(f"the manifest lists no {lacking[0]} file")
     for rel in files.values():
-        if not (pool_dir / rel).is_file():
+        try:
+            size = (pool_dir / rel).stat().st_size if (pool_dir / rel).is_file() else None
+        except OSError:
+            size = None
+        if size is None:
             raise UnusableOutputs(f"{rel} is missing")
+        if size == 0:
+            raise UnusableOutputs(f"{rel} is empty")
     try:
         with open(pool_dir / files["report"], encoding="utf-8") as fh:
             report = json.load(fh)
@@ -93,7 +100,7 @@ def load_done_row(pool_dir: Path, row: Row, x4: bool) -> tuple[dict, dict[str, n
         except BadKernelError as exc:
             raise UnusableOutputs(f"{rel} is not a usable kernel ({str(exc).lstrip(': ')})"
                                   ) from None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError) as exc:
             raise UnusableOutputs(f"{rel} is unreadable ({type(exc).__name__})") from None
         if f"{tag}_mat" in files:
             problem = mat_problem(pool_dir / files[f"{tag}_mat"], kernels[tag])
