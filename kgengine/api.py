@@ -33,10 +33,11 @@ from kgengine.kernel import (
     center_kernel,
     center_of_mass,
     clean_kernel,
+    collapsed,
     principal_axes,
     shrink_elongation,
 )
-from kgengine.prepare import prepare_image
+from kgengine.prepare import min_image_side, prepare_image
 from kgengine.release import released_clean_n, released_prior
 from kgengine.spectral import gaussian_of, mix_covariance, spectral_covariance
 from kgengine.split_trainer import make_trainer
@@ -226,7 +227,7 @@ def estimate_kernels(
         cfg = cfg.with_iters(iters)
     stop_rule = stop_rule_of(stop)
     # per-image host work on the host's threads (kgengine.host_threads), capped by memory
-    loaded = map_images(lambda item: _load(item[1], item[0], cfg.crop_size),
+    loaded = map_images(lambda item: _load(item[1], item[0], min_image_side(cfg)),
                         list(enumerate(images)),
                         bytes_each=READ_BYTES)
     if names is not None:
@@ -311,6 +312,8 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
     agreement = None if cons is None else min(1.0, cons.confidence * len(ok) / len(rows))
     confidence, terms = _confidence(cfg, agreement, kernelgan, cov, k2)
     pick = ok[cons.medoid] if cons is not None else ok[0]
+    gone = collapsed(raw[pick])  # G's kernel vanished: the saved one is the post-processing's
+    confidence = 0.0 if gone else confidence
     k4 = analytic_x4(k2) if x4 else None
     report = {
         "image": name,
@@ -323,7 +326,7 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
         "kernel_x2": {**kernel_stats(k2), "axes_unshrunk": kernel_stats(unshrunk)["axes"]},
         "kernel_x4": kernel_stats(k4) if k4 is not None else None,
         "confidence": confidence,
-        "confidence_terms": terms,
+        "confidence_terms": terms, "raw_sum": float(raw[pick].sum()), "collapsed": gone,
         "width": width,
         "spectral": spectral,
     }
@@ -336,10 +339,9 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
 def _restarts_report(final: _Final, rows: list[int], ok: list[int], rule: str,
                      cons: Consensus, finished: list[np.ndarray], agreement: float
                      ) -> dict[str, Any]:
-    """The report's ``restarts``: one entry per restart (``rows``, K) for its seed,
-    iterations and finished kernel (None where it diverged); ``medoid`` and ``inliers``
-    index the K restarts (before 0.9.27 they indexed the finite ones only, and ``kernels``
-    held those only)."""
+    """The report's ``restarts``: per restart (``rows``, K) its seed, iterations and finished
+    kernel (None where it diverged); ``medoid`` and ``inliers`` index the K restarts (since
+    0.9.27)."""
     place = [rows.index(r) for r in ok]  # a finite restart's index among the K
     kernels: list[list | None] = [None] * len(rows)
     for i, k in zip(place, finished, strict=True):
@@ -353,10 +355,9 @@ def _restarts_report(final: _Final, rows: list[int], ok: list[int], rule: str,
 def _calibrated(cfg: KernelGANConfig, gray: np.ndarray | None, sc: int, k2: np.ndarray,
                 unshrunk: np.ndarray, cov: np.ndarray | None
                 ) -> tuple[np.ndarray, dict[str, Any] | None]:
-    """(the x2 kernel, the report's ``width``) after the width calibration and the elongation
+    """(the x2 kernel, the report's ``width``) after the width calibration and elongation
     choice (:mod:`kgengine.width`) on the LR image ``gray`` ((H, W); None: too small for a
-    spectrum, the width is kept), with the pull released by the spectrum's fit ``cov``
-    (``width_release``)."""
+    spectrum: width kept), the pull released by the spectrum's fit ``cov`` (width_release)."""
     if not cfg.width_calibration:
         return k2, None
     width: dict[str, Any] = {"scale": 1.0, "prior": cfg.width_prior,

@@ -312,9 +312,9 @@ def _checked(changes: dict[str, Any]) -> dict[str, Any]:
     """``changes`` with values converted to the fields' types, each checked.
 
     Raises:
-        ValueError: an unknown key; a bool that is not true/false/1/0; an int field given
-            a non-integral value (``2.7``); a float field given NaN/inf; a number outside
-            its range (:data:`_RANGES`); bad ``g_kernel_sizes`` (:func:`_kernel_sizes`).
+        ValueError: an unknown key; a bool not true/false/1/0; an int field given ``2.7``; a
+            float field given NaN/inf or beyond float32; a number outside its range
+            (:data:`_RANGES`); bad ``g_kernel_sizes`` (:func:`_kernel_sizes`).
     """
     defaults = _fields()
     out: dict[str, Any] = {}
@@ -352,8 +352,8 @@ def _number(key: str, value: Any, kind: str) -> float:
         number = float(value)
     except ValueError:
         raise ValueError(f"config {key}: expected {kind}, got {value!r}") from None
-    if not math.isfinite(number):
-        raise ValueError(f"config {key}: expected a finite {kind}, got {value!r}")
+    if not abs(number) <= 3.4e38:  # NaN, inf, or beyond float32 (1e39 trained as inf)
+        raise ValueError(f"config {key}: expected a finite {kind} (float32), got {value!r}")
     return number
 
 

@@ -121,6 +121,23 @@ def shift_kernel(k: np.ndarray, dy: float, dx: float) -> np.ndarray:
     return ndimage.shift(np.asarray(k, np.float64), (dy, dx), order=3, mode="grid-constant")
 
 
+#: The sums a trained raw kernel has. The sum-to-one prior holds it near 1: 0.90-1.77 on
+#: every stored benchmark training that ran to its end (0.66-3.0 at 750-1250 iterations of
+#: a restart). At initialisation G's composed kernel sums to about 0, and it takes G 60-200
+#: iterations to grow one (a training of 400 stood at 0.47). Some trainings collapse back: on
+#: the development and check sets 5 of 192 one runs at 3000 iterations and 11 of 768
+#: restarts at 1500, every tap near 0 (|sum| <= 0.35, max |k| <= 0.043;
+#: ``bench/data/collapse_study.md``, 0.9.29). Nothing lay between.
+RAW_SUM_RANGE: tuple[float, float] = (0.5, 10.0)
+
+
+def collapsed(k: np.ndarray) -> bool:
+    """Whether G's composed (raw) kernel ``k`` (K, K) is no trained kernel: its sum ``Σ k``
+    lies outside :data:`RAW_SUM_RANGE` (it collapsed to about 0, was not trained long enough
+    to grow, or exploded). Such a run is saved with confidence 0 and ``collapsed: true``."""
+    return not RAW_SUM_RANGE[0] <= float(np.sum(k)) <= RAW_SUM_RANGE[1]
+
+
 def clean_kernel(k: np.ndarray, n: int = 40) -> np.ndarray:
     """Zero the negligible entries: ``k' = max(k - 0.75 * k_(n+1), 0) / sum(...)``.
 
@@ -270,7 +287,9 @@ def boundary_mask(size: int, penalty: float = 30.0, sigma: float = 0.0) -> np.nd
     outer 2 pixels for size 13). Corner value for size 13: ``30·(1 − exp(−72/338)) ≈ 5.76``.
     """
     center_size = size // 2 + size % 2
-    sigma = float(sigma) if sigma > 0 else float(size)
+    # below ~1e-154 σ² underflows and the centre's 0/0 made the mask NaN (0.9.29); the
+    # floor changes no normal σ, and any σ below it masks the same (all but the centre)
+    sigma = max(float(sigma), 1e-100) if sigma > 0 else float(size)
     z = np.arange(-size // 2 + 1, size // 2 + 1, dtype=np.float64)
     g1 = np.exp(-(z**2) / (2 * sigma**2))
     g = np.outer(g1, g1)

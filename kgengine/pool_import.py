@@ -35,7 +35,7 @@ from kgengine.imageio import BROKEN_LINK, listed_file
 from kgengine.kernel import check_kernel
 from kgengine.kernel_files import RESULT_NAME as _RESULT
 from kgengine.kernel_files import load_mat, mat_kernel
-from kgengine.pool import POOL_FILE, load_pool
+from kgengine.pool import POOL_FILE, POOL_FILE_X4, load_pool
 
 #: Largest kernel side imported (and exported): the ONNX degrader's, so that ``degrade`` takes
 #: every pool made here (:data:`kgengine.export.graph.MAX_KERNEL_SIZE`).
@@ -64,6 +64,8 @@ def read_source(path: Path, scale: int, skipped: dict[Path, str] | None = None,
     :class:`kgengine.pool_interop.ImportResult`), those that could not be used into
     ``failed`` ({file: its one-line error}; None: the first one raises)."""
     if path.is_dir():
+        if scale == 4 and (path / POOL_FILE_X4).is_file():  # farm --x4 (0.9.29: refused)
+            return _read_pool(path / POOL_FILE_X4, scale)
         if (path / POOL_FILE).is_file():
             return _read_pool(path / POOL_FILE, scale)
         return _read_folder(path, scale, {} if skipped is None else skipped, failed)

@@ -22,18 +22,26 @@ class PreparedImage:
     d_map: np.ndarray  # (h, w) float64, sums to 1
 
 
+def min_image_side(cfg: KernelGANConfig) -> int:
+    """The smallest image side that trains: ``crop_size`` rounded up to even, since the image
+    is trimmed to even sides (an odd crop of 27 on a 27 px image left 26, and the crop
+    sampler raised a traceback, 0.9.29)."""
+    return cfg.crop_size + cfg.crop_size % 2
+
+
 def prepare_image(img: np.ndarray, cfg: KernelGANConfig, name: str = "<array>") -> PreparedImage:
     """Shave ``cfg.shave`` px (less if the image is small), trim to even, map to [-1, 1].
 
     Args:
         img: (H, W, 3) float in [0, 1].
     Raises:
-        BadImageError: if the image is smaller than ``cfg.crop_size`` on a side.
+        BadImageError: if the image is smaller than :func:`min_image_side` on a side.
     """
     h, w = img.shape[:2]
-    if min(h, w) < cfg.crop_size:
-        raise BadImageError(name, f"image is {w}x{h}, too small: needs {cfg.crop_size} px a side")
-    shave = min(cfg.shave, (min(h, w) - cfg.crop_size) // 2)
+    need = min_image_side(cfg)
+    if min(h, w) < need:
+        raise BadImageError(name, f"image is {w}x{h}, too small: needs {need} px a side")
+    shave = min(cfg.shave, (min(h, w) - need) // 2)
     img = img[shave : h - shave, shave : w - shave]
     h, w = img.shape[0] - img.shape[0] % 2, img.shape[1] - img.shape[1] % 2
     img = np.ascontiguousarray(img[:h, :w], dtype=np.float64)

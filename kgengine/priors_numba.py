@@ -72,10 +72,12 @@ def _bicubic_window(g_in, taps, oh, ow, rgb_sum):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _kernel_terms(k, mask, centre, power, terms, dk):
     """The four kernel terms of one image into ``terms[1:5]`` and their gradients w.r.t. k
-    (K, K) into ``dk`` (4, K, K) float64 (see the module docstring)."""
+    (K, K) into ``dk`` (4, K, K) float64 (see the module docstring). A kernel summing to 0
+    gives NaN centring terms, as in PyTorch (IEEE division: before 0.9.29 Numba raised
+    ZeroDivisionError, a traceback where torch's path reported a diverged training)."""
     n, n2 = k.shape
     area = n * n2
     s = 0.0

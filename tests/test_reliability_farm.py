@@ -109,7 +109,7 @@ def test_non_finite_config_is_refused_before_anything_is_written(tmp_path, fake)
                                   "--set", f"lr_g={value}"])
         assert res.exit_code == 1
         assert error_lines(res.output) == [
-            f"error: config lr_g: expected a finite float, got '{value}'"]
+            f"error: config lr_g: expected a finite float (float32), got '{value}'"]
     assert not (tmp_path / "pool").exists() and not fake.calls
 
 

@@ -308,11 +308,12 @@ def _train(paths: list[Path], sources: dict[Path, Source], out: Path, cfg: Kerne
     """Read, train (one batch) and write ``paths``: each path's state, done or failed."""
     from kgengine.api import estimate_kernels
     from kgengine.imageio import read_image
+    from kgengine.prepare import min_image_side
 
     states, imgs, ok = [], [], []
     for path in paths:
         try:
-            imgs.append(read_image(path, min_size=cfg.crop_size))
+            imgs.append(read_image(path, min_size=min_image_side(cfg)))
             ok.append(path)
         except KGEngineError as exc:
             states.append((path, _failed(exc)))
@@ -365,6 +366,11 @@ def _write(path: Path, src: Source, res: Any, out: Path, iters: int, n: int,
     batch = f"a batch of {n}, " if n > 1 else ""
     hooks.log(f"{shown(path)}: done in {res.report['wall_s']:.1f} s "
               f"({batch}{res.report['ms_per_iter']:.2f} ms/iter{conf}{stopped})")
+    if res.report.get("collapsed"):
+        typer.echo(f"warning: {shown(path)}: G's kernel sums to {res.report['raw_sum']:.3g}, "
+                   "not about 1 (it collapsed, or trained too few iterations to grow): the "
+                   "saved kernel is the post-processing's alone, confidence 0; try another "
+                   "--seed or --restarts", err=True)
     return "done"
 
 

@@ -11,7 +11,8 @@ An INPUT is one of
   relative paths are relative to the list's folder); each entry is a file or a folder as
   above. Entries that do not exist are kept, so that they end as failed rows naming the file.
 
-Paths are made absolute (``resolve``) and repeated paths are kept once, in first-seen order
+Paths are made absolute, their symbolic links kept (a photo is named after the path listed,
+as by ``estimate``; since 0.9.29), and a file met again is kept once, in first-seen order
 (a path that reaches an earlier one through a symbolic link is reported on one line).
 A command-line INPUT that does not exist is an error (most likely a typo).
 
@@ -94,7 +95,10 @@ def expand_inputs(inputs: Sequence[str | os.PathLike], recursive: bool = False,
                     log(f"skip {shown(f)}: same file as {shown(seen[r])}")
                 continue
             seen[r] = f
-            (left_out if own(r.parent) else out).append(r)
+            # the path as listed, links kept: a photo is named after it, and a link pointed
+            # at another file is then a changed photo (0.9.29: the target's path was kept,
+            # so a git-annex photo replaced under its name became a second row)
+            (left_out if own(r.parent) else out).append(Path(os.path.abspath(f)))
     own.report(log, left_out)
     return out
 
@@ -248,9 +252,16 @@ def _walk(folder: Path, recursive: bool, own: _OwnOutputs) -> Iterator[Path]:
     if not recursive:
         yield from own.images(folder, [p.name for p in folder.iterdir() if listed_file(p)])
         return
-    for root, dirs, names in os.walk(folder):
+    visited = {os.path.realpath(folder)}
+    for root, dirs, names in os.walk(folder, followlinks=True):
         dirs[:] = own.enter(Path(root), dirs)  # pool folders' files would be left out anyway
-        yield from own.images(Path(root), names)
+        # linked sub-folders are followed (0.9.29: skipped without a word), each real folder
+        # once, so that a link loop ends
+        real = [os.path.realpath(Path(root) / d) for d in dirs]
+        dirs[:] = [d for d, r in zip(dirs, real, strict=True)
+                   if r not in visited and not visited.add(r)]
+        # one listing rule: no FIFOs, sockets or hidden files (0.9.29: a FIFO hung the walk)
+        yield from own.images(Path(root), [n for n in names if listed_file(Path(root) / n)])
 
 
 def _read_json(path: Path) -> object:
@@ -290,7 +301,7 @@ def _is_degrade_output(folder: Path) -> bool:
 
 def _list_file(path: Path, recursive: bool, own: _OwnOutputs) -> list[Path]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is no path
     except (OSError, UnicodeDecodeError) as exc:
         raise KGEngineError(f"{shown(path)}: cannot read the list of paths ({exc})") from None
     found: list[Path] = []

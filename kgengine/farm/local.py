@@ -19,6 +19,7 @@ from kgengine.farm.batching import back_off
 from kgengine.farm.manifest import Row
 from kgengine.farm.records import FarmJob
 from kgengine.farm.training import attempt_seed, read_images, train_batch
+from kgengine.prepare import min_image_side
 
 
 def train_local(job: FarmJob, batch: int, device: str) -> int:
@@ -47,7 +48,7 @@ def train_local(job: FarmJob, batch: int, device: str) -> int:
 def train_chunk(job: FarmJob, chunk: list[Row], device: str) -> None:
     """Read, train and record one claimed chunk of rows."""
     cfg = job.settings.config
-    images, idx, bad = read_images([r.path for r in chunk], cfg.crop_size)
+    images, idx, bad = read_images([r.path for r in chunk], min_image_side(cfg))
     for i, exc in bad.items():
         job.finish(chunk[i], exc)
     ok = [chunk[i] for i in idx]

@@ -41,6 +41,7 @@ from kgengine.farm.manifest import Row
 from kgengine.farm.records import FarmJob
 from kgengine.farm.settings import FarmSettings
 from kgengine.farm.training import attempt_seed, read_images, train_batch
+from kgengine.prepare import min_image_side
 
 #: Tasks kept in flight per worker slot (one running, one queued with its data).
 IN_FLIGHT_PER_SLOT = 2
@@ -126,7 +127,7 @@ def train_chunk(items: list[dict[str, Any]], settings: dict[str, Any], device: s
         for i, it in enumerate(items):
             paths.append(Path(tmp) / f"{i}{Path(it['filename']).suffix}")
             paths[-1].write_bytes(it["data"])
-        images, idx, bad = read_images(paths, job_settings.config.crop_size)
+        images, idx, bad = read_images(paths, min_image_side(job_settings.config))
     out = [{"name": items[i]["name"], "status": "bad",
             "message": f"{items[i]['path']}: {exc.reason}"} for i, exc in bad.items()]
     if idx:
