@@ -62,9 +62,8 @@ def degrade(
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="Output folder: lr/, hr/, manifest.jsonl.")],
     scale: Annotated[int | None, typer.Option(
-        "--scale", help="2 or 4 (KernelGAN's scales; a pool file made for another is "
-                        "refused). Default: the pool file's; for a folder, 2, or 4 where it holds "
-                        "only x4 kernels.")] = None,
+        "--scale", help="2 or 4 (a pool file made for another is refused). Default: the "
+                        "pool file's; a folder's one scale, else 2.")] = None,
     noise: Annotated[float, typer.Option(
         "--noise", help="Sigma of Gaussian noise on the LR, [0,1] units; 0 = none.")] = 0.0,
     provider: Annotated[str, typer.Option(
