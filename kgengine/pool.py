@@ -281,6 +281,9 @@ def _read_pool(path: Path, scale: int | None) -> KernelPool:
         path = path / POOL_FILE_X4
     elif path.is_dir() and (path / POOL_FILE).is_file():  # a farm's pool folder
         path = path / POOL_FILE
+    if path.is_dir() and (path / "manifest.sqlite").is_file():  # farm.manifest.MANIFEST_FILE
+        raise KGEngineError(f"{path}: a farm folder without {POOL_FILE} (no image done yet, or "
+                            f"its run stopped before writing it); run kgengine farm -o {path}")
     if path.is_dir():
         files, ids, scale = folder_kernel_files(path, scale)
         kernels = [read_kernel_file(p) for p in files]

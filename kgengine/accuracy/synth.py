@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kgengine.atomic import save_json, save_mat
+from kgengine.atomic import exclusive_lock, remove_stale_tmp, save_json, save_mat
 from kgengine.config import KernelGANConfig
 from kgengine.degrade import degrade
 from kgengine.errors import KGEngineError
@@ -57,6 +57,8 @@ NOISE_LEVEL = 0.25
 CROP_MULTIPLE = 4
 #: Smallest LR side ``kgengine eval`` estimates (KernelGAN's input crop, 64 px).
 EVAL_MIN_SIDE = KernelGANConfig().crop_size
+#: The lock file of a set's folder: one ``synth`` writes it at a time (0.9.29).
+SYNTH_LOCK = ".synth.lock"
 #: Names of an image's files in the layout's folders.
 _LAYOUT_NAME = re.compile(r"^(?:im|kernel)_(\d+)\.(?:png|mat)$")
 
@@ -147,8 +149,22 @@ def make_div2krk_like(
         OutputError: ``synth.json`` cannot be written.
     """
     out = Path(out_dir)
-    hooks = hooks or JobHooks()
-    chosen = select_evenly([Path(p) for p in hr_paths], n)
+    with exclusive_lock(out, SYNTH_LOCK, "another kgengine synth is writing this folder"):
+        return _make_set(out, select_evenly([Path(p) for p in hr_paths], n), seed, kernel_size,
+                         var_range, noise_level, hooks or JobHooks())
+
+
+def _make_set(out: Path, chosen: list[Path], seed: int, kernel_size: int,
+              var_range: tuple[float, float], noise_level: float, hooks: JobHooks
+              ) -> list[dict]:
+    """:func:`make_div2krk_like` holding the folder's lock. ``synth.json`` goes first (it
+    describes the set: a run cut short leaves none rather than a stale one) with the
+    temporary files of a killed run; each image's old files go before its new ones are
+    written, and a write cut short by anything removes that image's files (0.9.29: an
+    interrupted rerun left an LR image of one seed next to the true kernel of another)."""
+    (out / "synth.json").unlink(missing_ok=True)
+    for folder in {out, *(p.parent for p in _files(out, 1).values())}:
+        remove_stale_tmp(folder)
     removed = _remove_stale(out, len(chosen))
     if removed:
         hooks.log(f"{out}: removed {removed} files of images past im_{len(chosen)} "
@@ -158,14 +174,16 @@ def make_div2krk_like(
     for index, src in enumerate(chosen, start=1):
         name = f"im_{index}"
         try:
+            _discard(out, index)
             params, shape = _make_one(src, out, index, seed, kernel_size, var_range,
                                       noise_level)
         except KGEngineError as exc:  # a bad HR file, or a file that cannot be written
-            for path in _files(out, index).values():  # no partial im_N
-                with contextlib.suppress(OSError):
-                    path.unlink(missing_ok=True)
+            _discard(out, index)  # no partial im_N
             hooks.item_finished(name, "failed", str(exc))
             continue
+        except BaseException:  # Ctrl-C, SIGTERM: no partial im_N either
+            _discard(out, index)
+            raise
         small = [f"x{s}" for s in (2, 4) if min(shape) // s < EVAL_MIN_SIDE]
         if small:
             hooks.log(f"note: {name} ({src.name}): its LR image at {', '.join(small)} is "
@@ -214,6 +232,13 @@ def _files(out: Path, index: int) -> dict[str, Path]:
             "lr_x4": out / "lr_x4" / f"im_{index}.png",
             "gt_k_x2": out / "gt_k_x2" / f"kernel_{index}.mat",
             "gt_k_x4": out / "gt_k_x4" / f"kernel_{index}.mat"}
+
+
+def _discard(out: Path, index: int) -> None:
+    """Remove image ``index``'s files, those that are there."""
+    for path in _files(out, index).values():
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
 
 
 def _remove_stale(out: Path, count: int) -> int:

@@ -38,12 +38,14 @@ from typing import Any
 import numpy as np
 
 from kgengine._version import __version__
-from kgengine.atomic import save_json, save_npy
+from kgengine.atomic import exclusive_lock, remove_stale_tmp, save_json, save_npy
 from kgengine.errors import BadImageError, KGEngineError, brief_list
 from kgengine.hooks import JobHooks
 from kgengine.imageio import NOISE_BANK_FILES, folder_image, read_image
 
 NOISE_FILE, INDEX_FILE = NOISE_BANK_FILES  # (``noise_patches.npy``, ``noise_index.json``)
+#: The lock of a bank's folder: one ``noise collect`` writes it at a time (0.9.29).
+NOISE_LOCK = ".noise.lock"
 #: The files :func:`collect_noise` writes, never read as photos.
 OWN_FILES = (NOISE_FILE, INDEX_FILE)
 #: Luma weights (ITU-R BT.601, as Pillow's ``convert("L")``).
@@ -234,14 +236,26 @@ def collect_noise(
         raise KGEngineError(f"no flat patch found in {report.images} photos (patch {patch}, "
                             f"var < {max_var}); try a larger --max-var or a smaller --patch")
     report.patches = len(records)
-    save_npy(report.out_dir / NOISE_FILE, np.concatenate(stacks))
-    save_json(report.out_dir / INDEX_FILE, {
+    with exclusive_lock(report.out_dir, NOISE_LOCK,
+                        "another kgengine noise collect is writing this folder"):
+        _save_bank(report.out_dir, np.concatenate(stacks), {
         "format": "kgengine-noise-patches", "kgengine_version": __version__,
         "units": "[0,1] RGB, per-patch per-channel mean removed", "patch_size": patch,
         "stride": stride, "max_var": max_var, "min_mean": min_mean, "max_mean": max_mean,
         "count": len(records), "patches": records,
     })
     return report
+
+
+def _save_bank(out: Path, patches: np.ndarray, index: dict) -> None:
+    """Write the patches, then their index, into ``out`` (holding its lock). The old index
+    goes first and a killed run's temporary files with it: a write that fails or is cut
+    short leaves patches without an index, which :func:`load_noise_bank` reads as patches
+    of unknown origin, never new patches next to the old run's index (0.9.29)."""
+    remove_stale_tmp(out)
+    (out / INDEX_FILE).unlink(missing_ok=True)
+    save_npy(out / NOISE_FILE, patches)
+    save_json(out / INDEX_FILE, index)
 
 
 def load_noise_bank(path: str | os.PathLike) -> NoiseBank:
@@ -270,4 +284,10 @@ def load_noise_bank(path: str | os.PathLike) -> NoiseBank:
             else {}
     except (OSError, ValueError) as exc:
         raise KGEngineError(f"{index_path}: not a valid noise index ({exc})") from None
+    if isinstance(index, dict) and (index.get("count", len(arr)) != len(arr)
+                                    or index.get("patch_size", arr.shape[1]) != arr.shape[1]):
+        raise KGEngineError(f"{index_path}: describes {index.get('count')} patches of "
+                            f"{index.get('patch_size')} px, but {npy.name} holds {len(arr)} "
+                            f"of {arr.shape[1]} px (files of two runs); run noise collect "
+                            "again")
     return NoiseBank(arr.astype(np.float32, copy=False), str(npy.resolve()), index)

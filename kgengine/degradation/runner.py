@@ -267,7 +267,14 @@ def run_pairs(
                 hooks.item_finished(shown(name), "failed", shown(msg))
             for group in same_size(images):
                 lr = maker.run(choice.session, group)
-                new = list(writer.map(maker.write, group, lr))
+                new = []
+                for item, future in [(item, writer.submit(maker.write, item, y))
+                                     for item, y in zip(group, lr, strict=True)]:
+                    try:  # a write that fails fails its pair only (0.9.29: the whole job)
+                        new.append(future.result())
+                    except (OSError, KGEngineError) as exc:
+                        report.failed.append(shown(str(exc)))
+                        hooks.item_finished(shown(item.path.name), "failed", shown(str(exc)))
                 append_manifest(out_dir / MANIFEST, new)
                 written += new
                 report.written += len(new)

@@ -138,11 +138,15 @@ def run_farm(
                                         mode=mode, restarts=restarts, stop=stop)
             job = FarmJob(man, settings, pool_dir, summary, hooks)
             before = _prepare(job, paths, retry_failed)
-            if ray_address is None:
-                _train_here(job, batch, device)
-            else:
-                hooks.total(before["pending"])
-                train_ray(job, batch, device, ray_address, ray_cpus)
+            try:
+                if ray_address is None:
+                    _train_here(job, batch, device)
+                else:
+                    hooks.total(before["pending"])
+                    train_ray(job, batch, device, ray_address, ray_cpus)
+            except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM: the done images are in
+                rebuild_pool(man, pool_dir, settings.x4, hooks.log)  # the pool (0.9.29: not)
+                raise
             summary.pool_files = rebuild_pool(man, pool_dir, settings.x4, hooks.log)
             summary.total = man.counts()
             summary.left_pending = summary.total["pending"]
