@@ -313,7 +313,7 @@ def _image_result(final: _Final, rows: list[int], name: str, arr: np.ndarray, se
     confidence, terms = _confidence(cfg, agreement, kernelgan, cov, k2)
     pick = ok[cons.medoid] if cons is not None else ok[0]
     gone = collapsed(raw[pick])  # G's kernel vanished: the saved one is the post-processing's
-    confidence = 0.0 if gone else confidence
+    confidence = 0.0 if gone and confidence is not None else confidence  # (null stays null)
     k4 = analytic_x4(k2) if x4 else None
     report = {
         "image": name,

@@ -114,7 +114,8 @@ def test_the_same_seed_gives_the_same_bytes_at_any_time(tmp_path, monkeypatch) -
     monkeypatch.setattr(time, "asctime", lambda *a: next(clock))  # scipy's header clock
     make_div2krk_like(paths, tmp_path / "a", seed=3)
     make_div2krk_like(paths, tmp_path / "b", seed=3)
-    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.*"))
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.*")
+                   if not p.name.startswith("."))  # synth's lock file (0.9.29)
     assert len(files) == 6
     for rel in files:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
