@@ -124,3 +124,31 @@ def test_a_kernel_summing_to_zero_gives_nan_terms_not_an_exception() -> None:
     _kernel_terms(np.zeros((13, 13), np.float32), np.zeros((13, 13)), 6.0, 0.2, terms, dk)
     assert np.isnan(terms[3]) and np.isnan(dk[2]).all()
     assert terms[1] == 1.0 and terms[2] == 0.0
+
+
+def test_a_pool_stored_under_link_targets_is_relinked_without_reading(tmp_path, fake,
+                                                                    monkeypatch):
+    """Before 0.9.29 rows were stored under a linked photo's target; listed as links now,
+    every such photo was hashed again at every run, one ``skip`` line each."""
+    from kgengine.farm import intake
+    from kgengine.farm.manifest import Manifest
+
+    a, b = make_images(tmp_path / "store", 2)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for link, target in (("x.png", a), ("y.png", b)):
+        (photos / link).symlink_to(target)
+    pool = tmp_path / "pool"
+    assert runner.invoke(app, ["farm", str(photos), "-o", str(pool)]).exit_code == 0
+    with Manifest(pool) as man:  # as 0.9.28 stored them
+        for row in man.rows():
+            man.set_path(row.id, os.path.realpath(row.path), "as 0.9.28")
+    probed = []
+    real_probe = intake.probe
+    monkeypatch.setattr(intake, "probe", lambda p: probed.append(p) or real_probe(p))
+    res = runner.invoke(app, ["farm", str(photos), "-o", str(pool)])
+    assert res.exit_code == 0 and "same content" not in res.output and probed == [], res.output
+    assert "0 done, 0 failed, 2 skipped" in res.output
+    with Manifest(pool) as man:
+        assert sorted(r.path for r in man.rows()) == [str(photos / "x.png"),
+                                                      str(photos / "y.png")]

@@ -101,6 +101,8 @@ def test_downscale_second_derivatives_agree(backend: str) -> None:
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.skipif(not hasattr(torch.backends.cudnn, "conv"),
+                    reason="torch < 2.9: the legacy allow_tf32 flag only")
 def test_cuda_convolutions_are_held_to_float32() -> None:
     """cuDNN's float32 convolutions may run in TF32 by PyTorch's default (about 1e-3
     relative on Ampere and newer); the degrade path turns that off for its convolution and

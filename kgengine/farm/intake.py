@@ -88,6 +88,7 @@ def add_inputs(man: Manifest, paths: Sequence[Path], settings: FarmSettings,
     for p in paths:
         if not _utf8_name(p):
             log(f"failed: {shown(p)}: the file name is not valid UTF-8; rename the file")
+    _relink(man, [p for p in usable if str(p) not in known_paths], known_paths)
     new = [p for p in usable if str(p) not in known_paths]
     stats = [file_stat(p) for p in new]  # before the hash: an edit meanwhile shows next run
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as ex:
@@ -114,6 +115,20 @@ def add_inputs(man: Manifest, paths: Sequence[Path], settings: FarmSettings,
         if r.state == "failed":
             log(f"failed: {r.reason}")
     return man.add(rows), duplicates, len(paths) - len(usable)
+
+
+def _relink(man: Manifest, unknown: list[Path], known_paths: set[str]) -> None:
+    """A path listed through a link whose target is a row's path takes that row's place, its
+    file not read again (before 0.9.29 rows were stored under the link's target, and a pool
+    made then hashed every such photo again at each run, one ``skip`` line each); the row
+    keeps its name and outputs. ``known_paths`` gains the new paths."""
+    rows = {r.path: r for r in man.rows()}
+    for p in unknown:
+        row = rows.get(os.path.realpath(p))
+        if row is not None and row.path != str(p):
+            man.set_path(row.id, str(p), f"listed as {p}, a link to {row.path}")
+            known_paths.discard(row.path)
+            known_paths.add(str(p))
 
 
 def _take_place(man: Manifest, row: Row, path: Path, pr: Probe,

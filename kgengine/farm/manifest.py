@@ -251,6 +251,13 @@ class Manifest:
                                    (image_id,)).fetchone()[0]
                 self._event(db, [image_id], state, _one_line(detail), time.time())
 
+    def set_path(self, image_id: int, path: str, detail: str) -> None:
+        """Record a row's file under another path to the same file (a link), with an event."""
+        with self._tx() as db:
+            db.execute("UPDATE images SET path = ? WHERE id = ?", (path, image_id))
+            state = db.execute("SELECT state FROM images WHERE id = ?", (image_id,)).fetchone()[0]
+            self._event(db, [image_id], state, _one_line(detail), time.time())
+
     def set_file_stat(self, image_id: int, size: int, mtime_ns: int) -> None:
         """Record a row's file size and modification time (its content is unchanged)."""
         with self._tx() as db:
