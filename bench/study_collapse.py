@@ -16,7 +16,12 @@ restart kept (as shipped) against left out like a diverged one (an option 0.9.29
 and did not adopt). (3) The one runs that collapsed: what they scored and the confidence
 they had, against the same image's other seeds (what another seed may be expected to give).
 
-Run: ``python bench/study_collapse.py`` (about 2 min) -> ``bench/data/collapse_study.md``.
+(4) How soon G grows a kernel: the raw kernels' sums of the first 10 development images at
+x2 (seed 0, defaults, no early stop) trained 100-1000 iterations (``--growth``, about 5 min,
+stored in ``bench/data/collapse_growth.json``).
+
+Run: ``python bench/study_collapse.py [--growth]`` (about 2 min) ->
+``bench/data/collapse_study.md``.
 """
 
 from __future__ import annotations
@@ -171,7 +176,43 @@ def one_run(k: list, lr: np.ndarray, seed: int, x4: bool, gt: np.ndarray
     return rc._psnr(res.kernel_x2, gt, 4 if x4 else 2), res.confidence
 
 
+GROWTH = DATA / "collapse_growth.json"
+LENGTHS = (100, 200, 300, 500, 1000)
+
+
+def train_growth() -> None:
+    """Train the first 10 development images (x2, seed 0) at each of :data:`LENGTHS` and
+    store their raw kernels' sums."""
+    from kgengine.api import estimate_kernels
+    from kgengine.imageio import read_image
+
+    paths = sorted((rc.SETS["dev"][0] / "lr_x2").glob("*.png"))[:10]
+    imgs = [read_image(p) for p in paths]
+    sums = {}
+    for t in LENGTHS:
+        res = estimate_kernels(imgs, seeds=[0] * len(imgs), iters=t, device="cpu",
+                               on_diverge="return", stop="full")
+        sums[str(t)] = [float(np.sum(r.raw_kernel)) for r in res]
+        print(t, np.round(sums[str(t)], 2).tolist(), flush=True)
+    save_text(GROWTH, json.dumps({"images": [p.stem for p in paths], "sums": sums}, indent=1))
+
+
+def growth_table() -> list[str]:
+    if not GROWTH.is_file():
+        return ["(not measured: `python bench/study_collapse.py --growth`)"]
+    data = json.loads(GROWTH.read_text())
+    lo, hi = RAW_SUM_RANGE
+    lines = ["| iterations | raw sums (" + ", ".join(data["images"]) + ") | flagged |",
+             "|---:|---|---:|"]
+    for t, sums in data["sums"].items():
+        flagged = sum(not lo <= x <= hi for x in sums)
+        lines.append(f"| {t} | " + " ".join(f"{x:.2f}" for x in sums) + f" | {flagged} |")
+    return lines
+
+
 def main() -> int:
+    if "--growth" in sys.argv[1:]:
+        train_growth()
     text = "\n".join(
         ["# Collapsed trainings (0.9.29)", "",
          f"`python bench/study_collapse.py` ({machine_line()}). Module docstring for the "
@@ -186,7 +227,10 @@ def main() -> int:
          "The raw kernels of 3000 iterations stored by `bench/study_width.py --train` "
          "(`raw_onerun_dev.json`, 0.9.4's trainer), saved by today's post-processing. Since "
          "0.9.29 such kernels have confidence 0 and `collapsed: true`.", "",
-         *oneruns_table(), ""])
+         *oneruns_table(), "",
+         "## How soon G grows a kernel (development set x2, seed 0, no early stop)", "",
+         "At initialisation G's composed kernel sums to about 0; a training shorter than G "
+         "needs to grow one is flagged as collapsed too.", "", *growth_table(), ""])
     save_text(OUT, text)
     print(text)
     return 0

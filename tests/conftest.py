@@ -46,3 +46,16 @@ def kernel_dir(tmp_path) -> Path:
     folder.mkdir()
     np.save(folder / "g.npy", anisotropic_gaussian(13, 1.0, 2.0, 0.5))
     return folder
+
+
+@pytest.fixture()
+def fake_farm_trainer(monkeypatch):
+    """The farm's trainer replaced by ``test_reliability.FakeTrainer`` (a Gaussian per image
+    from its seed); returns it (its ``calls`` list the names of each batch)."""
+    from test_reliability import FakeTrainer
+
+    from kgengine.farm import training
+
+    fake = FakeTrainer()
+    monkeypatch.setattr(training, "estimate_kernels", fake)
+    return fake

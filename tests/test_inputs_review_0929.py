@@ -8,14 +8,13 @@ import os
 
 import numpy as np
 import pytest
-from test_reliability import FakeTrainer, make_images
+from test_reliability import make_images
 from typer.testing import CliRunner
 
 from kgengine.api import estimate_kernel
 from kgengine.cli import app
 from kgengine.config import KernelGANConfig
 from kgengine.errors import BadImageError
-from kgengine.farm import training
 from kgengine.farm.inputs import expand_inputs
 from kgengine.kernel import analytic_x4, boundary_mask, gaussian_kernel
 from kgengine.pool import POOL_FILE, POOL_FILE_X4, make_pool, save_pool
@@ -26,10 +25,8 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def fake(monkeypatch):
-    fake = FakeTrainer()
-    monkeypatch.setattr(training, "estimate_kernels", fake)
-    return fake
+def fake(fake_farm_trainer):
+    return fake_farm_trainer
 
 
 def test_a_listed_link_keeps_its_name_and_a_retargeted_one_is_redone(tmp_path, fake):
