@@ -124,10 +124,10 @@ def shift_kernel(k: np.ndarray, dy: float, dx: float) -> np.ndarray:
 #: The sums a trained raw kernel has. The sum-to-one prior holds it near 1: 0.90-1.77 on
 #: every stored benchmark training that ran to its end (0.66-3.0 at 750-1250 iterations of
 #: a restart). At initialisation G's composed kernel sums to about 0, and it takes G 60-1000
-#: iterations to grow one (development set: 8 of 10 images by 300, all by 1000). Some trainings collapse back: on
-#: the development and check sets 5 of 192 one runs at 3000 iterations and 11 of 768
-#: restarts at 1500, every tap near 0 (|sum| <= 0.35, max |k| <= 0.043;
-#: ``bench/data/collapse_study.md``, 0.9.29). Nothing lay between.
+#: iterations to grow one (development set: 8 of 10 images by 300, all by 1000). Some
+#: trainings collapse back: on the development and check sets 5 of 192 one runs at 3000
+#: iterations and 11 of 768 restarts at 1500, every tap near 0 (|sum| <= 0.35, max |k| <=
+#: 0.043; ``bench/data/collapse_study.md``, 0.9.29). Nothing lay between.
 RAW_SUM_RANGE: tuple[float, float] = (0.5, 10.0)
 
 
