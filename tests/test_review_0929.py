@@ -147,3 +147,16 @@ def test_a_collapsed_training_is_saved_with_confidence_0_and_said(tmp_path) -> N
     report = json.loads((out / "sample_lr_report.json").read_text())
     assert report["collapsed"] is True and abs(report["raw_sum"]) < 0.5
     assert report["confidence"] == 0.0
+
+
+def test_the_farm_counts_collapsed_trainings(tmp_path) -> None:
+    """A farm said nothing of a collapsed training (20 iterations: G's kernel not grown)."""
+    photos = tmp_path / "in"
+    photos.mkdir()
+    (photos / "a.png").write_bytes(SAMPLE.read_bytes())
+    res = CliRunner().invoke(app, ["farm", str(photos), "-o", str(tmp_path / "pool"),
+                                   "--iters", "20", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert "1 done, 0 failed, 0 skipped (done before), 1 collapsed (confidence 0)" in res.output
+    pool = np.load(tmp_path / "pool" / "kernel_pool.npz")
+    assert pool["confidences"].tolist() == [0.0]

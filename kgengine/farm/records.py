@@ -41,6 +41,7 @@ class FarmSummary:
     retried: int = 0  # divergences retried with another seed
     recovered: int = 0  # rows left running by a killed job, redone
     left_pending: int = 0  # not finished (Ray tasks lost; rerun to retry)
+    collapsed: int = 0  # done, but G's kernel collapsed: confidence 0 (0.9.29)
     total: dict[str, int] = field(default_factory=dict)  # rows per state at the end
     batch: int = 0
     device: str = ""
@@ -57,6 +58,7 @@ class FarmSummary:
         lines = [
             f"{self.done} done, {self.failed} failed, {self.skipped} skipped (done before)"
             + (f", {self.left_pending} left pending (rerun to retry)" if self.left_pending else "")
+            + (f", {self.collapsed} collapsed (confidence 0)" if self.collapsed else "")
             + f" in {self.elapsed_s:.1f} s: {self.images_per_hour:.1f} images/hour"
             + f" (batch {self.batch}, {self.device})",
             f"pool {self.pool_dir}: " + ", ".join(f"{n} {s}" for s, n in self.total.items()),
@@ -139,6 +141,8 @@ class FarmJob:
         state = record(self.man, row, outcome, self.settings, self.pool_dir)
         if state[0] == "unwritten":
             self.held.add(row.id)
+        elif isinstance(outcome, EstimateResult) and outcome.report.get("collapsed"):
+            self.summary.collapsed += 1  # done (recorded), with confidence 0
         count_outcome(self.summary, self.hooks, row.name, state)
 
     def pending(self) -> list[Row]:
