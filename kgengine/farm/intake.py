@@ -88,8 +88,7 @@ def add_inputs(man: Manifest, paths: Sequence[Path], settings: FarmSettings,
     for p in paths:
         if not _utf8_name(p):
             log(f"failed: {shown(p)}: the file name is not valid UTF-8; rename the file")
-    _relink(man, [p for p in usable if str(p) not in known_paths], known_paths)
-    new = [p for p in usable if str(p) not in known_paths]
+    new = _relink(man, [p for p in usable if str(p) not in known_paths], known_paths)
     stats = [file_stat(p) for p in new]  # before the hash: an edit meanwhile shows next run
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as ex:
         probes = list(ex.map(probe, new))
@@ -117,18 +116,25 @@ def add_inputs(man: Manifest, paths: Sequence[Path], settings: FarmSettings,
     return man.add(rows), duplicates, len(paths) - len(usable)
 
 
-def _relink(man: Manifest, unknown: list[Path], known_paths: set[str]) -> None:
+def _relink(man: Manifest, unknown: list[Path], known_paths: set[str]) -> list[Path]:
     """A path listed through a link whose target is a row's path takes that row's place, its
     file not read again (before 0.9.29 rows were stored under the link's target, and a pool
     made then hashed every such photo again at each run, one ``skip`` line each); the row
-    keeps its name and outputs. ``known_paths`` gains the new paths."""
+    keeps its name and outputs. Returns the paths of ``unknown`` still new (``known_paths``
+    gains the others)."""
+    if not unknown:
+        return []
     rows = {r.path: r for r in man.rows()}
+    new = []
     for p in unknown:
         row = rows.get(os.path.realpath(p))
-        if row is not None and row.path != str(p):
-            man.set_path(row.id, str(p), f"listed as {p}, a link to {row.path}")
-            known_paths.discard(row.path)
-            known_paths.add(str(p))
+        if row is None or row.path == str(p):
+            new.append(p)
+            continue
+        man.set_path(row.id, str(p), f"listed as {p}, a link to {row.path}")
+        known_paths.discard(row.path)
+        known_paths.add(str(p))
+    return new
 
 
 def _take_place(man: Manifest, row: Row, path: Path, pr: Probe,

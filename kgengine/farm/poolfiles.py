@@ -13,6 +13,7 @@ files went bad meanwhile instead of stopping (:func:`rebuild_pool`).
 from __future__ import annotations
 
 import json
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,12 +77,12 @@ def load_done_row(pool_dir: Path, row: Row, x4: bool) -> tuple[dict, dict[str, n
         raise UnusableOutputs(f"the manifest lists no {lacking[0]} file")
     for rel in files.values():
         try:
-            size = (pool_dir / rel).stat().st_size if (pool_dir / rel).is_file() else None
+            st = (pool_dir / rel).stat()
         except OSError:
-            size = None
-        if size is None:
+            raise UnusableOutputs(f"{rel} is missing") from None
+        if not stat.S_ISREG(st.st_mode):
             raise UnusableOutputs(f"{rel} is missing")
-        if size == 0:
+        if st.st_size == 0:
             raise UnusableOutputs(f"{rel} is empty")
     try:
         with open(pool_dir / files["report"], encoding="utf-8") as fh:
